@@ -1,0 +1,132 @@
+# sscild: the only entry point. `make all` re-runs the whole study and renders the book;
+# `make test` runs the tests. See README.md.
+SHELL := /bin/bash
+.DELETE_ON_ERROR:
+.SUFFIXES:
+
+# ---- what to run --------------------------------------------------------------------------
+PROFILE   ?= cpu
+DATA_ROOT ?= data
+DATA      ?= $(DATA_ROOT)/synthetic-$(PROFILE)
+RESULTS   ?= results
+BOOK_OUT  ?= book
+LAUNCHER  ?= local
+# number of folds of each profile (must match lib/sscild/profiles.py; a test checks it)
+NUM_FOLDS_smoke := 2
+NUM_FOLDS_cpu   := 8
+NUM_FOLDS_paper := 8
+NUM_FOLDS ?= $(NUM_FOLDS_$(PROFILE))
+ALL_FOLDS := $(shell seq 0 $$(( $(or $(NUM_FOLDS),8) - 1 )))
+# which folds `make train` trains (default all), e.g. FOLDS="0 1" on one machine, "2 3" on another
+FOLDS ?= $(ALL_FOLDS)
+
+# ---- environment --------------------------------------------------------------------------
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+REQ_HASH := $(shell cat requirements.txt pyproject.toml 2>/dev/null | sha256sum | cut -c1-16)
+STAMP  := $(VENV)/.installed-$(REQ_HASH)
+ifdef THREADS
+export SSCILD_THREADS := $(THREADS)
+endif
+
+# ---- derived paths --------------------------------------------------------------------------
+COHORT := $(notdir $(abspath $(DATA)))
+RES    := $(RESULTS)/$(COHORT)/$(PROFILE)
+NB     := $(RES)/notebooks
+export SSCILD_RESULTS := $(abspath $(RESULTS))
+RUN    := $(PY) -m sscild.runner --run-dir $(RES) -p profile $(PROFILE) -p data_dir $(abspath $(DATA))
+
+FOLD_NBS  := $(foreach k,$(ALL_FOLDS),$(RES)/fold_$(k)/training.ipynb)
+TRAIN_NBS := $(foreach k,$(FOLDS),$(RES)/fold_$(k)/training.ipynb)
+CHAPTERS  := 00_abstract 01_data 02_training 03_segmentation 04_clinical 05_reproducibility
+CHAPTER_NBS := $(foreach c,$(CHAPTERS),$(NB)/$(c).ipynb)
+BOOK_SRC  := $(wildcard book/*.md book/_config.yml book/_toc.yml book/*.bib book/_static/*)
+BOOK_HTML := $(BOOK_OUT)/_build/html/index.html
+
+.PHONY: all setup data train evaluate correlate book test test-fast clean help
+
+all: $(BOOK_HTML)
+
+help:
+	@echo "make all [PROFILE=cpu|smoke|paper] [DATA=/path/to/cohort]   run the study and build the book"
+	@echo "make test                                                  run the tests (unit + end-to-end smoke)"
+	@echo "make setup | data | train | evaluate | correlate | book | clean"
+	@echo "make fold-K                                                train one fold"
+
+# ---- set-up: .venv keyed on the requirements' hash (a second run installs nothing) ----------
+setup: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+# ---- data: the cohort (the synthetic one is generated), validation, cache, folds -------------
+ifeq ($(abspath $(DATA)),$(abspath $(DATA_ROOT)/synthetic-$(PROFILE)))
+$(DATA)/dataset.json: | $(STAMP)
+	$(PY) -m sscild.cli phantom $(DATA) --profile $(PROFILE)
+else
+$(DATA)/dataset.json:
+	@echo "DATA=$(DATA) is not a cohort folder: $(DATA)/dataset.json is missing." >&2
+	@echo "A cohort folder holds dataset.json, imagesTr/, labelsTr/ and clinical.csv (README: 'Your own cohort')." >&2
+	@exit 2
+endif
+
+data: $(NB)/01_data.ipynb
+
+$(NB)/01_data.ipynb: notebooks/01_data.py $(DATA)/dataset.json | $(STAMP)
+	$(RUN) --step data $< $@
+
+# ---- training: one target per fold, so `make -j4 train` trains four folds at once ----------
+train: $(TRAIN_NBS)
+
+fold-%: $(RES)/fold_%/training.ipynb ;
+
+$(RES)/fold_%/training.ipynb: notebooks/02_training.py $(NB)/01_data.ipynb | $(STAMP)
+	$(RUN) --step train_fold_$* -p fold $* $< $@
+
+$(NB)/02_training.ipynb: notebooks/02_training.py $(FOLD_NBS)
+	$(RUN) --step training_chapter $< $@
+
+# ---- evaluation, clinical correlation, front matter, provenance ------------------------------
+evaluate: $(NB)/03_segmentation.ipynb
+
+$(NB)/03_segmentation.ipynb: notebooks/03_segmentation.py $(FOLD_NBS)
+	$(RUN) --step evaluate $< $@
+
+correlate: $(NB)/04_clinical.ipynb
+
+$(NB)/04_clinical.ipynb: notebooks/04_clinical.py $(NB)/03_segmentation.ipynb
+	$(RUN) --step correlate $< $@
+
+$(NB)/00_abstract.ipynb: notebooks/00_abstract.py $(NB)/03_segmentation.ipynb $(NB)/04_clinical.ipynb
+	$(RUN) --step abstract $< $@
+
+$(NB)/05_reproducibility.ipynb: notebooks/05_reproducibility.py $(filter-out $(NB)/05_reproducibility.ipynb,$(CHAPTER_NBS))
+	$(RUN) --step reproducibility $< $@
+
+# ---- the book: executed notebooks + hand-written pages -> static HTML (no network) -----------
+# The marker records which run the book shows, so switching PROFILE or DATA rebuilds it.
+BOOK_MARK := $(BOOK_OUT)/.run-source
+$(shell mkdir -p $(BOOK_OUT); [ "$$(cat $(BOOK_MARK) 2>/dev/null)" = "$(abspath $(RES))" ] || echo "$(abspath $(RES))" > $(BOOK_MARK))
+
+book: $(BOOK_HTML)
+
+$(BOOK_HTML): $(CHAPTER_NBS) $(BOOK_SRC) $(BOOK_MARK) | $(STAMP)
+	$(PY) -m sscild.bookbuild --src book --out $(BOOK_OUT) --notebooks $(NB)
+	@echo "book: $(abspath $@)"
+
+# ---- tests ----------------------------------------------------------------------------------
+test: $(STAMP)
+	$(PY) -m pytest -q -rs tests
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -rs -m "not slow" tests
+
+# ---- clean: generated outputs only; never the cohort folders under data/ ------------------------
+clean:
+	rm -rf $(RESULTS) build figures/*/ $(BOOK_OUT)/_build $(BOOK_OUT)/chapters $(BOOK_MARK)

@@ -1,0 +1,78 @@
+"""Assemble and build the Jupyter Book (what ``make book`` runs).
+
+    python -m sscild.bookbuild --src book --out BOOK_OUT --notebooks RESULTS/<cohort>/<profile>/notebooks
+
+1. Copies the hand-written pages of ``--src`` (``_config.yml``, ``_toc.yml``, ``*.md``, ``*.bib``,
+   ``_static/``) into ``--out`` when it is another folder (the tests build in a scratch folder so a
+   user's book is never overwritten).
+2. Copies the run's executed chapter notebooks into ``<out>/chapters/``. The appendix "External
+   check on real CT" is the executed notebook of ``make external`` when there is one, else a page
+   that says it was not run and how to run it.
+3. Runs ``jupyter-book build`` with execution off and warnings as errors (``-W -n``), so a broken
+   cross-reference or citation fails the build.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+__all__ = ["assemble", "build", "main"]
+
+EXTERNAL = "A1_external"
+
+
+def assemble(src: Path, out: Path, notebooks: Path, external: Path | None = None) -> list[Path]:
+    src, out, notebooks = Path(src).resolve(), Path(out).resolve(), Path(notebooks).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    if src != out:
+        for item in src.iterdir():
+            if item.name in ("_build", "chapters") or item.name.startswith("."):
+                continue
+            target = out / item.name
+            if item.is_dir():
+                shutil.copytree(item, target, dirs_exist_ok=True)
+            else:
+                shutil.copy2(item, target)
+    chapters = out / "chapters"
+    if chapters.exists():
+        shutil.rmtree(chapters)
+    chapters.mkdir()
+    copied = []
+    for nb in sorted(notebooks.glob("[0-9][0-9]_*.ipynb")):
+        if nb.name.endswith(".failed.ipynb"):
+            continue
+        shutil.copy2(nb, chapters / nb.name)
+        copied.append(chapters / nb.name)
+    if external is not None and Path(external).exists():
+        shutil.copy2(external, chapters / f"{EXTERNAL}.ipynb")
+    else:
+        shutil.copy2(src / "external_not_run.md", chapters / f"{EXTERNAL}.md")
+    return copied
+
+
+def build(out: Path) -> int:
+    exe = Path(sys.executable).with_name("jupyter-book")
+    cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(out), "--builder", "html", "-W", "-n", "--keep-going"]
+    return subprocess.call(cmd)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m sscild.bookbuild")
+    ap.add_argument("--src", type=Path, default=Path("book"))
+    ap.add_argument("--out", type=Path, default=Path("book"))
+    ap.add_argument("--notebooks", type=Path, required=True)
+    ap.add_argument("--external", type=Path, default=None, help="executed external-check notebook, if any")
+    args = ap.parse_args(argv)
+    assemble(args.src, args.out, args.notebooks, args.external)
+    rc = build(args.out)
+    if rc != 0:
+        print(f"jupyter-book build failed (exit {rc}); see the messages above.", file=sys.stderr)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

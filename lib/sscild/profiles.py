@@ -1,0 +1,136 @@
+"""Run profiles: every size, budget and recipe setting lives here, in one place.
+
+Notebooks and make receive only a profile *name*; everything else is looked up from it.
+
+* ``smoke``: the tests' profile. Tiny synthetic volumes, 2 folds, a few dozen steps: the whole
+  book runs end to end in a few minutes on 2 CPU cores. Its numbers mean nothing.
+* ``cpu``: the default of ``make all``. 40 synthetic patients, 8 folds, a 2D U-Net on small
+  slices, about 20 minutes on 2 CPU cores.
+* ``paper``: full-resolution HRCT on a GPU (mixed precision), for SICCS or a user's cohort.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+
+__all__ = ["Profile", "PROFILES", "get_profile"]
+
+
+@dataclass(frozen=True)
+class Profile:
+    """All settings of one run profile.
+
+    Spatial tuples are in (x, y, z) order, millimetres for spacings, voxels for shapes.
+    """
+
+    name: str
+    # --- synthetic cohort (phantom) -------------------------------------------------------
+    phantom_n: int
+    phantom_shape: tuple[int, int, int]
+    phantom_spacing: tuple[float, float, float]
+    # --- preprocessing ---------------------------------------------------------------------
+    target_spacing: tuple[float | None, float | None, float | None]
+    """Resample to this spacing; ``None`` on an axis keeps the case's own spacing on that axis."""
+    hu_clip: tuple[float, float] = (-1024.0, 600.0)
+    # --- cross-validation ------------------------------------------------------------------
+    num_folds: int = 8
+    seed: int = 0
+    # --- network ---------------------------------------------------------------------------
+    spatial_dims: int = 2
+    channels: tuple[int, ...] = (16, 32, 64, 128)
+    strides: tuple[int, ...] = (2, 2, 2)
+    num_res_units: int = 2
+    dropout: float = 0.0
+    norm: str = "batch"
+    """Batch norm: its running statistics make whole-slice inference behave like patch training."""
+    patch_size: tuple[int, ...] = (128, 128)
+    """Training patch (2D: in-plane, a slice; 3D: x, y, z)."""
+    # --- training --------------------------------------------------------------------------
+    iterations: int = 1000
+    batch_size: int = 8
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    lesion_oversample: float = 0.6
+    """Share of patches centred on EF or GGO voxels (nnU-Net style foreground oversampling)."""
+    checkpoint_every: int = 100
+    log_every: int = 10
+    amp: bool = True
+    """Mixed precision; only ever used on CUDA."""
+    # --- inference -------------------------------------------------------------------------
+    tta_flips: bool = True
+    sw_batch_size: int = 16
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def with_overrides(self, **kwargs) -> "Profile":
+        return replace(self, **kwargs)
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        name="smoke",
+        phantom_n=8,
+        phantom_shape=(96, 96, 24),
+        phantom_spacing=(3.6, 3.6, 10.0),
+        target_spacing=(3.6, 3.6, 10.0),
+        num_folds=2,
+        channels=(8, 16, 32),
+        strides=(2, 2),
+        num_res_units=1,
+        patch_size=(64, 64),
+        iterations=30,
+        batch_size=4,
+        checkpoint_every=10,
+        log_every=5,
+        tta_flips=False,
+    ),
+    "cpu": Profile(
+        name="cpu",
+        phantom_n=40,
+        phantom_shape=(256, 256, 48),
+        phantom_spacing=(1.4, 1.4, 6.0),
+        target_spacing=(1.4, 1.4, 5.0),
+        num_folds=8,
+        channels=(16, 32, 64, 128),
+        strides=(2, 2, 2),
+        patch_size=(128, 128),
+        iterations=1000,
+        batch_size=8,
+        checkpoint_every=100,
+        log_every=10,
+        tta_flips=True,
+    ),
+    "paper": Profile(
+        name="paper",
+        phantom_n=40,
+        phantom_shape=(512, 512, 240),
+        phantom_spacing=(0.7, 0.7, 1.25),
+        target_spacing=(0.7, 0.7, None),
+        num_folds=8,
+        channels=(32, 64, 128, 256, 320),
+        strides=(2, 2, 2, 2),
+        patch_size=(384, 384),
+        iterations=25000,
+        batch_size=16,
+        learning_rate=1e-3,
+        checkpoint_every=500,
+        log_every=50,
+        sw_batch_size=32,
+        tta_flips=True,
+    ),
+}
+
+
+def get_profile(name: str | Profile) -> Profile:
+    """Return the profile called ``name`` (a :class:`Profile` is passed through)."""
+    if isinstance(name, Profile):
+        return name
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ValueError(
+            f"Unknown profile {name!r}. Choose one of: {', '.join(PROFILES)} "
+            "(set it with `make all PROFILE=...` or the notebook's `profile` parameter)."
+        ) from None

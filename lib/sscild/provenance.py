@@ -1,0 +1,105 @@
+"""What produced a run: code version, software, hardware, settings, seeds, step times, input checksums."""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+
+from .paths import RunPaths, read_json, repo_root
+from .profiles import Profile
+
+__all__ = ["git_state", "environment_table", "run_settings", "step_times", "input_checksums", "sha256_file"]
+
+PACKAGES = ["sscild", "torch", "monai", "numpy", "scipy", "pandas", "nibabel", "SimpleITK", "pydicom",
+            "scikit-image", "statsmodels", "seaborn", "matplotlib", "papermill", "jupytext", "jupyter-book"]
+
+
+def git_state(root: Path | None = None) -> dict:
+    root = root or repo_root()
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                                    capture_output=True, text=True, check=True).stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": "unknown (not a git checkout)", "dirty": None}
+    return {"commit": commit, "dirty": dirty}
+
+
+def _device() -> str:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return f"GPU: {torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})"
+    except Exception:  # pragma: no cover
+        pass
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+
+    return f"CPU: {cpu} ({os.cpu_count()} logical cores), no GPU"
+
+
+def environment_table() -> pd.DataFrame:
+    g = git_state()
+    rows = [("git commit", g["commit"]),
+            ("uncommitted changes", {True: "yes (dirty)", False: "no", None: "unknown"}[g["dirty"]]),
+            ("python", sys.version.split()[0]),
+            ("platform", platform.platform()),
+            ("device", _device())]
+    for pkg in PACKAGES:
+        try:
+            rows.append((pkg, metadata.version(pkg)))
+        except metadata.PackageNotFoundError:
+            rows.append((pkg, "not installed"))
+    return pd.DataFrame(rows, columns=["item", "value"]).set_index("item")
+
+
+def run_settings(run: RunPaths, profile: Profile) -> pd.DataFrame:
+    rows = [("cohort", run.cohort), ("profile", profile.name), ("results folder", str(run.root)),
+            ("base seed", profile.seed), ("fold seeds", f"seed*1000 + k for k in 0..{profile.num_folds - 1}")]
+    for k, v in profile.to_dict().items():
+        if k not in ("name", "seed", "extra"):
+            rows.append((k, str(v)))
+    return pd.DataFrame(rows, columns=["setting", "value"]).set_index("setting")
+
+
+def step_times(run: RunPaths) -> pd.DataFrame:
+    """Latest execution of each step from ``runlog.json`` (empty table if there is none)."""
+    if not run.runlog.exists():
+        return pd.DataFrame(columns=["step", "status", "seconds", "started"]).set_index("step")
+    steps = read_json(run.runlog)["steps"]
+    latest = {}
+    for s in steps:
+        latest[s["step"]] = s
+    df = pd.DataFrame([{"step": k, "status": v["status"], "seconds": v["seconds"], "started": v["started"],
+                        "parameters": ", ".join(f"{a}={b}" for a, b in v.get("parameters", {}).items())}
+                       for k, v in latest.items()])
+    return df.set_index("step")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def input_checksums(data_dir: str | Path) -> pd.DataFrame:
+    data_dir = Path(data_dir)
+    rows = [{"file": str(p.relative_to(data_dir)), "bytes": p.stat().st_size, "sha256": sha256_file(p)}
+            for p in sorted(data_dir.rglob("*")) if p.is_file()]
+    return pd.DataFrame(rows, columns=["file", "bytes", "sha256"]).set_index("file")

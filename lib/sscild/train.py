@@ -1,0 +1,353 @@
+"""Training of one cross-validation fold.
+
+The recipe (what the Model & training chapter tabulates):
+
+* **Data**: the fold's *training* patients only (``splits.json[fold]["train"]``), from the preprocessed
+  cache. The fold's held-out patients are never loaded: no early stopping or model selection touches
+  them. Monitoring uses the training batches themselves.
+* **Sampling**: 2D axial patches of ``profile.patch_size``. A share ``profile.lesion_oversample`` of
+  patches is centred on a random EF or GGO voxel (nnU-Net's foreground oversampling); the rest are
+  centred on a random lung voxel (or anywhere in the body when a case has no lung label).
+* **Augmentation** (MONAI): flips, small rotations and scaling, intensity shift and Gaussian noise.
+* **Loss**: Dice + cross-entropy (``monai.losses.DiceCELoss``), softmax over four classes.
+* **Optimiser**: AdamW, linear warm-up then polynomial decay (power 0.9), by *iterations*, so the
+  budget is deterministic.
+* **Device**: CUDA when present (mixed precision, cudnn autotuning), else CPU with threads matched to
+  the cores (``SSCILD_THREADS`` overrides, e.g. when make runs folds in parallel).
+* **Reproducibility**: every step's randomness derives from ``(seed, fold, step)``, so the same seed
+  gives identical weights on CPU, and a run resumed from a checkpoint continues exactly as an
+  uninterrupted one would.
+
+Outputs in ``results/<cohort>/<profile>/fold_<k>/``: ``checkpoint_latest.pt`` (every
+``profile.checkpoint_every`` steps), ``history.csv`` (per logged step), ``epochs.csv`` (per epoch of
+``checkpoint_every`` steps), ``model_final.pt`` and ``train_summary.json`` (written last: the fold is
+done).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .folds import read_splits
+from .model import NUM_CLASSES, build_network, count_parameters
+from .paths import RunPaths, atomic_path, read_json, write_json
+from .preprocess import load_cached
+from .profiles import Profile, get_profile
+
+__all__ = ["train_fold", "fold_is_done", "PatchSampler", "select_device", "describe_device", "set_threads"]
+
+
+def select_device(device: str | torch.device | None = None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    proc = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                proc = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"cpu: {proc}, {torch.get_num_threads()} threads"
+
+
+def set_threads() -> int:
+    n = int(os.environ.get("SSCILD_THREADS", "0")) or (os.cpu_count() or 1)
+    torch.set_num_threads(max(1, n))
+    return torch.get_num_threads()
+
+
+def _step_rng(seed: int, fold: int, step: int) -> np.random.Generator:
+    return np.random.default_rng([int(seed), int(fold), int(step)])
+
+
+class PatchSampler:
+    """Draws 2D training patches from a set of cached cases.
+
+    Args:
+        cases: mapping case id -> object with ``image`` (float32, (x, y, z)) and ``label`` (uint8).
+        patch_size: (px, py) patch size in voxels.
+        lesion_oversample: share of patches centred on EF/GGO voxels.
+
+    Example:
+        >>> s = PatchSampler(cases, patch_size=(64, 64), lesion_oversample=0.5)
+        >>> img, lab = s.sample(np.random.default_rng(0), batch_size=4)   # (4, 1, 64, 64) each
+    """
+
+    def __init__(self, cases: dict, *, patch_size, lesion_oversample: float):
+        if not cases:
+            raise ValueError("PatchSampler needs at least one training case")
+        if not 0.0 <= lesion_oversample <= 1.0:
+            raise ValueError(f"lesion_oversample must be in [0, 1], got {lesion_oversample}")
+        self.case_ids = sorted(cases)
+        self.cases = cases
+        self.patch = tuple(int(v) for v in patch_size)
+        self.lesion_oversample = float(lesion_oversample)
+        # candidate centres, stored as flat indices (small: subsample large sets)
+        self._lesion = {}
+        self._lung = {}
+        for cid in self.case_ids:
+            lab = cases[cid].label
+            les = np.flatnonzero((lab == 2) | (lab == 3))
+            lung = np.flatnonzero(lab > 0)
+            if lung.size == 0:
+                lung = np.flatnonzero(cases[cid].image > -0.5)  # inside the body
+            if lung.size == 0:
+                lung = np.arange(lab.size)
+            rs = np.random.default_rng(0)
+            self._lesion[cid] = les if les.size <= 200_000 else np.sort(rs.choice(les, 200_000, replace=False))
+            self._lung[cid] = lung if lung.size <= 200_000 else np.sort(rs.choice(lung, 200_000, replace=False))
+        self._lesion_cases = [c for c in self.case_ids if self._lesion[c].size]
+
+    def _crop(self, arr: np.ndarray, cx: int, cy: int, z: int, fill) -> np.ndarray:
+        px, py = self.patch
+        sl = arr[:, :, z]
+        out = np.full((px, py), fill, dtype=sl.dtype)
+        x0, y0 = cx - px // 2, cy - py // 2
+        sx0, sy0 = max(x0, 0), max(y0, 0)
+        sx1, sy1 = min(x0 + px, sl.shape[0]), min(y0 + py, sl.shape[1])
+        out[sx0 - x0:sx1 - x0, sy0 - y0:sy1 - y0] = sl[sx0:sx1, sy0:sy1]
+        return out
+
+    def sample(self, rng: np.random.Generator, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        imgs, labs = [], []
+        for _ in range(batch_size):
+            if self._lesion_cases and rng.random() < self.lesion_oversample:
+                cid = self._lesion_cases[rng.integers(len(self._lesion_cases))]
+                flat = self._lesion[cid][rng.integers(self._lesion[cid].size)]
+            else:
+                cid = self.case_ids[rng.integers(len(self.case_ids))]
+                flat = self._lung[cid][rng.integers(self._lung[cid].size)]
+            case = self.cases[cid]
+            cx, cy, z = np.unravel_index(flat, case.label.shape)
+            # jitter the centre so lesions are not always in the middle of the patch
+            cx += int(rng.integers(-self.patch[0] // 4, self.patch[0] // 4 + 1))
+            cy += int(rng.integers(-self.patch[1] // 4, self.patch[1] // 4 + 1))
+            imgs.append(self._crop(case.image, cx, cy, int(z), fill=np.float32(case.image.min())))
+            labs.append(self._crop(case.label, cx, cy, int(z), fill=np.uint8(0)))
+        return np.stack(imgs)[:, None].astype(np.float32), np.stack(labs)[:, None].astype(np.int64)
+
+
+def _augmenter(profile: Profile):
+    from monai.transforms import (Compose, RandAffined, RandFlipd, RandGaussianNoised,
+                                  RandScaleIntensityd, RandShiftIntensityd)
+
+    keys = ("image", "label")
+    return Compose([
+        RandFlipd(keys=keys, prob=0.5, spatial_axis=0),
+        RandFlipd(keys=keys, prob=0.2, spatial_axis=1),
+        RandAffined(keys=keys, prob=0.3, rotate_range=(math.radians(15),), scale_range=((-0.15, 0.15), (-0.15, 0.15)),
+                    mode=("bilinear", "nearest"), padding_mode="border"),
+        RandShiftIntensityd(keys="image", prob=0.3, offsets=0.05),
+        RandScaleIntensityd(keys="image", prob=0.3, factors=0.05),
+        RandGaussianNoised(keys="image", prob=0.2, std=0.03),
+    ])
+
+
+def _augment(aug, images: np.ndarray, labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    aug.set_random_state(seed=seed)
+    out_i, out_l = [], []
+    for img, lab in zip(images, labels):
+        d = aug({"image": img, "label": lab.astype(np.float32)})
+        out_i.append(np.asarray(d["image"], dtype=np.float32))
+        out_l.append(np.rint(np.asarray(d["label"])).astype(np.int64))
+    return np.stack(out_i), np.stack(out_l)
+
+
+def _lr_lambda(iterations: int, warmup: int):
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, 1.0 - (step - warmup) / max(1, iterations - warmup)) ** 0.9
+    return f
+
+
+def fold_is_done(run: RunPaths, fold: int) -> bool:
+    d = run.fold_dir(fold)
+    return (d / "train_summary.json").exists() and (d / "model_final.pt").exists()
+
+
+def load_training_cases(run: RunPaths, case_ids) -> dict:
+    """Load the cached, preprocessed training cases (the only data a fold's training ever reads)."""
+    return {cid: load_cached(run, cid) for cid in case_ids}
+
+
+def train_fold(run: RunPaths, profile: str | Profile, fold: int, *, device=None, progress: bool = True,
+               stop_after: int | None = None, iterations: int | None = None) -> dict:
+    """Train (or resume, or skip if done) fold ``fold`` of ``run``.
+
+    Args:
+        run: the run's results folder (``RunPaths``); ``splits.json`` and the cache must exist.
+        profile: profile name or object.
+        fold: fold index, 0 <= fold < number of folds in ``splits.json``.
+        device: torch device; default CUDA when available, else CPU.
+        progress: show a tqdm bar (terminal only).
+        stop_after: stop (as if killed) after this many steps, right after a checkpoint is written;
+            used to test resumption. The fold is then *not* done.
+        iterations: override the profile's budget (tests).
+
+    Returns:
+        The fold's summary dict (also ``fold_<k>/train_summary.json``).
+    """
+    p = get_profile(profile)
+    fold = int(fold)
+    out = run.fold_dir(fold)
+    if fold_is_done(run, fold):
+        return read_json(out / "train_summary.json")
+    if not run.splits.exists():
+        raise FileNotFoundError(f"{run.splits} is missing: run the Data chapter first (`make data`).")
+    splits = read_splits(run.splits)
+    if not 0 <= fold < len(splits):
+        raise ValueError(f"fold {fold} does not exist: {run.splits} has {len(splits)} folds (0..{len(splits) - 1}).")
+    train_ids = sorted(splits[fold]["train"])
+    test_ids = set(splits[fold]["val"])
+    if test_ids & set(train_ids):
+        raise ValueError(f"{run.splits}: fold {fold} has cases in both train and test: {sorted(test_ids & set(train_ids))}")
+    total = int(iterations or p.iterations)
+    seed = p.seed * 1000 + fold
+
+    device = select_device(device)
+    threads = set_threads()
+    use_amp = bool(p.amp and device.type == "cuda")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    else:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+    cases = load_training_cases(run, train_ids)
+    sampler = PatchSampler(cases, patch_size=p.patch_size[:2], lesion_oversample=p.lesion_oversample)
+    aug = _augmenter(p)
+
+    torch.manual_seed(seed)
+    net = build_network(p).to(device)
+    from monai.losses import DiceCELoss
+
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
+    opt = torch.optim.AdamW(net.parameters(), lr=p.learning_rate, weight_decay=p.weight_decay)
+    warmup = max(1, min(50, total // 20))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, warmup))
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    history: list[dict] = []
+    epochs: list[dict] = []
+    step = 0
+    elapsed_before = 0.0
+    ckpt = out / "checkpoint_latest.pt"
+    if ckpt.exists():
+        state = torch.load(ckpt, map_location=device, weights_only=False)
+        net.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        step = int(state["step"])
+        history = state["history"]
+        epochs = state["epochs"]
+        elapsed_before = float(state.get("seconds", 0.0))
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, initial=step, desc=f"fold {fold}", unit="step", disable=None, mininterval=2.0)
+
+    net.train()
+    t0 = time.perf_counter()
+    window_loss, window_dice, window_n = 0.0, np.zeros(NUM_CLASSES - 1), 0
+    epoch_loss, epoch_dice, epoch_n = 0.0, np.zeros(NUM_CLASSES - 1), 0
+    t_last = t0
+    while step < total:
+        rng = _step_rng(p.seed, fold, step)
+        img, lab = sampler.sample(rng, p.batch_size)
+        img, lab = _augment(aug, img, lab, seed=int(rng.integers(2**31 - 1)))
+        x = torch.from_numpy(img).to(device, non_blocking=True)
+        y = torch.from_numpy(lab).to(device, non_blocking=True)
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+            logits = net(x)
+            loss = loss_fn(logits, y)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        sched.step()
+        step += 1
+        with torch.no_grad():
+            pred = logits.argmax(1)
+            d = []
+            for c in range(1, NUM_CLASSES):
+                inter = ((pred == c) & (y[:, 0] == c)).sum().item()
+                denom = (pred == c).sum().item() + (y[:, 0] == c).sum().item()
+                d.append(2 * inter / denom if denom else np.nan)
+        lv = float(loss.item())
+        window_loss += lv
+        epoch_loss += lv
+        window_dice = window_dice + np.nan_to_num(d)
+        epoch_dice = epoch_dice + np.nan_to_num(d)
+        window_n += 1
+        epoch_n += 1
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{lv:.3f}", refresh=False)
+        if step % p.log_every == 0 or step == total:
+            now = time.perf_counter()
+            history.append({"step": step, "loss": window_loss / window_n, "lr": sched.get_last_lr()[0],
+                            "steps_per_s": window_n / max(now - t_last, 1e-9)})
+            t_last = now
+            window_loss, window_n = 0.0, 0
+        if step % p.checkpoint_every == 0 or step == total:
+            epochs.append({"epoch": len(epochs) + 1, "step": step, "train_loss": epoch_loss / epoch_n,
+                           "train_dice_normal": epoch_dice[0] / epoch_n, "train_dice_ef": epoch_dice[1] / epoch_n,
+                           "train_dice_ggo": epoch_dice[2] / epoch_n})
+            epoch_loss, epoch_dice, epoch_n = 0.0, np.zeros(NUM_CLASSES - 1), 0
+            state = {"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                     "scaler": scaler.state_dict(), "step": step, "history": history, "epochs": epochs,
+                     "seconds": elapsed_before + time.perf_counter() - t0}
+            with atomic_path(ckpt, suffix=".pt") as tmp:
+                torch.save(state, tmp)
+            if stop_after is not None and step >= stop_after and step < total:
+                if bar is not None:
+                    bar.close()
+                return {"fold": fold, "steps": step, "interrupted": True}
+    if bar is not None:
+        bar.close()
+    seconds = elapsed_before + time.perf_counter() - t0
+
+    pd.DataFrame(history).to_csv(out / "history.csv", index=False)
+    pd.DataFrame(epochs).to_csv(out / "epochs.csv", index=False)
+    final = {"model": net.state_dict(), "profile": p.to_dict(), "fold": fold, "num_classes": NUM_CLASSES,
+             "train_cases": train_ids}
+    with atomic_path(out / "model_final.pt", suffix=".pt") as tmp:
+        torch.save(final, tmp)
+    summary = {
+        "fold": fold,
+        "profile": p.name,
+        "cohort": run.cohort,
+        "steps": step,
+        "seconds": round(seconds, 2),
+        "steps_per_s": round(step / seconds, 3) if seconds > 0 else None,
+        "device": describe_device(device),
+        "threads": threads,
+        "amp": use_amp,
+        "parameters": count_parameters(net),
+        "seed": seed,
+        "train_cases": train_ids,
+        "test_cases": sorted(test_ids),
+        "final_loss": history[-1]["loss"] if history else None,
+        "torch": torch.__version__,
+    }
+    write_json(out / "train_summary.json", summary)
+    ckpt.unlink(missing_ok=True)
+    return summary

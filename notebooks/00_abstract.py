@@ -1,0 +1,56 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Abstract & introduction
+#
+# Systemic sclerosis (SSc) is an autoimmune disease of small vessels and connective tissue; interstitial
+# lung disease (ILD) is its leading cause of death. On high-resolution CT (HRCT), SSc-ILD shows two
+# main patterns: **ground-glass opacity (GGO)**, a hazy increase of lung attenuation, and
+# **established fibrosis (EF)**: reticulation, traction bronchiectasis and honeycombing. How much of
+# the lung they occupy predicts the course of the disease {cite}`goh2008`, but visual scoring is
+# coarse and varies between readers.
+#
+# The study re-run here {cite}`sscild2024` published an HRCT dataset of 40 SSc-ILD patients with
+# voxel labels of normal lung, EF and GGO, trained a convolutional network under 8-fold patient-wise
+# cross-validation, and correlated the predicted lesion volume with pulmonary function. This book
+# re-runs that study end to end from code: every number and figure below is computed on the page
+# that shows it, from the cohort named in the banner.
+
+# %% tags=["parameters"]
+profile = "cpu"
+data_dir = None
+
+# %%
+from IPython.display import Markdown, display
+
+from sscild.paper import PAPER
+from sscild.paths import read_json, resolve_data_dir
+from sscild.report import banner, chapter_context
+
+data_dir = resolve_data_dir(data_dir, profile)
+run, prof, info = chapter_context(data_dir, profile)
+banner(data_dir, profile)
+
+# %% [markdown]
+# ## This run in one paragraph
+
+# %%
+seg = read_json(run.segmentation_summary)
+m = seg["metrics"]
+kind = "synthetic" if info["synthetic"] else "real"
+display(Markdown(
+    f"On the **{kind}** cohort `{info['folder']}` ({seg['n_cases']} patients, profile `{profile}`), "
+    f"the out-of-fold mean Dice was **{m['dice_lesion']['mean']:.2f}** for total lesion, "
+    f"**{m['dice_ef']['mean']:.2f}** for EF and **{m['dice_ggo']['mean']:.2f}** for GGO "
+    f"(paper: {PAPER['dice']['total_lesion']}, {PAPER['dice']['ef']}, {PAPER['dice']['ggo']})."
+))

@@ -1,0 +1,94 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Model & training
+#
+# One network per fold of the patient-wise cross-validation: each is trained only on the patients
+# of its training split and later predicts only the patients it never saw. Make runs this notebook
+# once per fold (`fold = k`, the executed copies are kept next to each fold's checkpoints) and once
+# with `fold = None`, which renders this chapter: the recipe, the learning curves of every fold and
+# what each fold cost.
+
+# %% tags=["parameters"]
+profile = "cpu"
+data_dir = None
+fold = None
+
+# %%
+import pandas as pd
+from IPython.display import Markdown, display
+
+from sscild import plots
+from sscild.paths import read_json, resolve_data_dir
+from sscild.plots.training import learning_curves
+from sscild.report import banner, chapter_context, glue, show
+from sscild.train import fold_is_done, train_fold
+from sscild.folds import read_splits
+from sscild.recipe import recipe_table
+
+data_dir = resolve_data_dir(data_dir, profile)
+run, prof, info = chapter_context(data_dir, profile)
+banner(data_dir, profile)
+
+# %% [markdown]
+# ## The recipe
+#
+# Every setting comes from the profile (`lib/sscild/profiles.py`); the table is generated from it.
+# The `cpu` profile trains a small 2D U-Net on axial patches so that eight folds fit in the default
+# run on two CPU cores; the `paper` profile trains a wider, deeper 2D U-Net on full-resolution
+# slices with mixed precision on a GPU. 2D slices rather than 3D patches: HRCT of ILD is read
+# slice by slice, its slice spacing varies between scanners far more than its in-plane spacing, and
+# a 2D network sees many more independent training samples per patient.
+
+# %%
+show(recipe_table(prof), caption=f"Training recipe, profile `{prof.name}`")
+
+# %%
+if fold is not None:
+    summary = train_fold(run, prof, int(fold))
+    display(Markdown(f"Fold {fold}: {summary['steps']} steps in {summary['seconds']:.0f} s "
+                     f"({summary['steps_per_s']:.2f} steps/s) on {summary['device']}."))
+
+# %% [markdown]
+# ## Learning curves
+#
+# Training loss (Dice + cross-entropy, mean over each logging window) for every fold. Monitoring
+# uses training batches only: the held-out patients of a fold play no part in its training.
+
+# %%
+splits = read_splits(run.splits)
+folds = [k for k in range(len(splits)) if fold is None or k == int(fold)]
+done = [k for k in folds if fold_is_done(run, k)]
+missing = sorted(set(folds) - set(done))
+if missing:
+    display(Markdown(f"**Not yet trained:** folds {missing} (run `make train`)."))
+fig = learning_curves(run, done)
+plots.save(fig, "learning_curves", run.figures)
+
+# %% [markdown]
+# ## Cost of each fold
+
+# %%
+rows = []
+for k in done:
+    s = read_json(run.fold_dir(k) / "train_summary.json")
+    rows.append({"fold": k, "training patients": len(s["train_cases"]), "held-out patients": len(s["test_cases"]),
+                 "steps": s["steps"], "seconds": s["seconds"], "steps/s": s["steps_per_s"],
+                 "final loss": s["final_loss"], "device": s["device"], "AMP": s["amp"]})
+table = pd.DataFrame(rows).set_index("fold")
+show(table, caption="Per-fold training cost")
+if rows:
+    glue("train_total_seconds", float(table["seconds"].sum()), display=False)
+    glue("train_parameters", s["parameters"], display=False)
+    display(Markdown(f"Network parameters: **{s['parameters']:,}**. Total training time: "
+                     f"**{table['seconds'].sum() / 60:.1f} min** over {len(rows)} folds."))

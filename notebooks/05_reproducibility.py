@@ -1,0 +1,60 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Reproducibility
+#
+# What produced this book: code version, software, hardware, settings, seeds, the wall time of each
+# step and a checksum of every input file, so that a reader can tell whether a re-run used the same
+# inputs and the same code.
+
+# %% tags=["parameters"]
+profile = "cpu"
+data_dir = None
+
+# %%
+from sscild.paths import resolve_data_dir
+from sscild.provenance import environment_table, input_checksums, step_times, run_settings
+from sscild.report import banner, chapter_context, show
+
+data_dir = resolve_data_dir(data_dir, profile)
+run, prof, info = chapter_context(data_dir, profile)
+banner(data_dir, profile)
+
+# %% [markdown]
+# ## Code and environment
+
+# %%
+show(environment_table(), caption="Code, software and hardware")
+
+# %% [markdown]
+# ## Settings and seeds
+
+# %%
+show(run_settings(run, prof), caption="Profile settings and seeds of this run")
+
+# %% [markdown]
+# ## Wall time of each step
+#
+# From `runlog.json`, which make's notebook runner appends to (latest run of each step).
+
+# %%
+show(step_times(run), caption="Steps (latest execution of each)")
+
+# %% [markdown]
+# ## Input checksums
+#
+# SHA-256 of every file of the cohort folder (the inputs are never modified by any step).
+
+# %%
+sums = input_checksums(data_dir)
+show(sums, caption=f"{len(sums)} input files of {info['folder']}")

@@ -73,7 +73,7 @@ missing = sorted(set(folds) - set(done))
 if missing:
     display(Markdown(f"**Not yet trained:** folds {missing} (run `make train`)."))
 fig = learning_curves(run, done)
-plots.save(fig, "learning_curves", run.figures)
+_ = plots.save(fig, "learning_curves", run.figures)
 
 # %% [markdown]
 # ## Cost of each fold

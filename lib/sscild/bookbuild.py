@@ -45,13 +45,36 @@ def assemble(src: Path, out: Path, notebooks: Path, external: Path | None = None
     for nb in sorted(notebooks.glob("[0-9][0-9]_*.ipynb")):
         if nb.name.endswith(".failed.ipynb"):
             continue
-        shutil.copy2(nb, chapters / nb.name)
+        _tag_for_reading(nb, chapters / nb.name)
         copied.append(chapters / nb.name)
     if external is not None and Path(external).exists():
-        shutil.copy2(external, chapters / f"{EXTERNAL}.ipynb")
+        _tag_for_reading(Path(external), chapters / f"{EXTERNAL}.ipynb")
     else:
         shutil.copy2(src / "external_not_run.md", chapters / f"{EXTERNAL}.md")
     return copied
+
+
+def _tag_for_reading(src: Path, dst: Path) -> None:
+    """Copy an executed notebook, tagged for a paper-shaped page.
+
+    Code stays one click away (``hide-input``: a toggle above each output); the chapter's default
+    ``parameters`` cell is dropped, while papermill's injected cell (the values this run used) stays
+    visible. Cells the author already tagged keep their tags.
+    """
+    import nbformat
+
+    nb = nbformat.read(src, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        tags = cell.setdefault("metadata", {}).setdefault("tags", [])
+        if "parameters" in tags:
+            tags.append("remove-cell")
+        elif "injected-parameters" in tags:
+            continue
+        elif not any(t.startswith(("remove-", "hide-")) for t in tags):
+            tags.append("hide-input")
+    nbformat.write(nb, dst)
 
 
 def build(out: Path) -> int:

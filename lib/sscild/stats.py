@@ -600,7 +600,10 @@ def staging_agreement(
     kappa_stat = _kappa_stat_factory(len(cats))
     if not np.isfinite(kappa_stat(a, b)):
         return out  # both raters use a single category: kappa undefined
-    out["kappa"] = float(cohens_kappa(counts, return_results=True).kappa)
+    with warnings.catch_warnings():
+        # statsmodels divides by a zero standard error for perfect agreement; kappa itself is fine
+        warnings.simplefilter("ignore", RuntimeWarning)
+        out["kappa"] = float(cohens_kappa(counts, return_results=True).kappa)
     if n >= MIN_N:
         out["ci_low"], out["ci_high"], out["ci_method"] = _bootstrap_ci(
             (a, b), kappa_stat, n_resamples=n_resamples, confidence_level=confidence_level, seed=seed

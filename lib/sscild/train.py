@@ -42,7 +42,7 @@ from .paths import RunPaths, atomic_path, read_json, write_json
 from .preprocess import load_cached
 from .profiles import Profile, get_profile
 
-__all__ = ["train_fold", "fold_is_done", "PatchSampler", "select_device", "describe_device", "set_threads"]
+__all__ = ["train_fold", "train_model", "fold_is_done", "PatchSampler", "select_device", "describe_device", "set_threads"]
 
 
 def select_device(device: str | torch.device | None = None) -> torch.device:
@@ -206,19 +206,50 @@ def train_fold(run: RunPaths, profile: str | Profile, fold: int, *, device=None,
     p = get_profile(profile)
     fold = int(fold)
     out = run.fold_dir(fold)
-    if fold_is_done(run, fold):
-        return read_json(out / "train_summary.json")
     if not run.splits.exists():
         raise FileNotFoundError(f"{run.splits} is missing: run the Data chapter first (`make data`).")
     splits = read_splits(run.splits)
     if not 0 <= fold < len(splits):
         raise ValueError(f"fold {fold} does not exist: {run.splits} has {len(splits)} folds (0..{len(splits) - 1}).")
     train_ids = sorted(splits[fold]["train"])
+    if fold_is_done(run, fold):
+        summary = read_json(out / "train_summary.json")
+        if sorted(summary.get("train_cases", [])) != train_ids:
+            raise ValueError(
+                f"{out} was trained on other patients than fold {fold} of {run.splits} now lists (the cohort or "
+                f"the splits changed). Delete {out} (or run `make clean`) to retrain it.")
+        return summary
     test_ids = set(splits[fold]["val"])
     if test_ids & set(train_ids):
         raise ValueError(f"{run.splits}: fold {fold} has cases in both train and test: {sorted(test_ids & set(train_ids))}")
+    cases = load_training_cases(run, train_ids)
+    result = train_model(cases, p, out, key=fold, device=device, progress=progress, stop_after=stop_after,
+                         iterations=iterations, desc=f"fold {fold}")
+    if result.get("interrupted"):
+        return {"fold": fold, **result}
+    summary = {"fold": fold, "profile": p.name, "cohort": run.cohort, **result,
+               "train_cases": train_ids, "test_cases": sorted(test_ids)}
+    write_json(out / "train_summary.json", summary)
+    return summary
+
+
+def train_model(cases: dict, profile: str | Profile, out: Path, *, key: int = 0, num_classes: int = NUM_CLASSES,
+                class_names: tuple[str, ...] = ("normal", "ef", "ggo"), device=None, progress: bool = True,
+                stop_after: int | None = None, iterations: int | None = None, desc: str = "training") -> dict:
+    """The training loop on already-loaded cases; resumes from ``out/checkpoint_latest.pt``.
+
+    ``cases`` maps an id to an object with ``image`` (float32, (x, y, z)) and ``label`` (uint8). ``key``
+    (the fold index) enters every random draw, with the profile's seed. Writes ``history.csv``,
+    ``epochs.csv`` and ``model_final.pt`` into ``out`` and returns a summary dict (without writing it),
+    or ``{"steps": n, "interrupted": True}`` when ``stop_after`` stopped it.
+    """
+    p = get_profile(profile)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if len(class_names) != num_classes - 1:
+        raise ValueError(f"class_names must name the {num_classes - 1} foreground classes, got {class_names}")
     total = int(iterations or p.iterations)
-    seed = p.seed * 1000 + fold
+    seed = p.seed * 1000 + int(key)
 
     device = select_device(device)
     threads = set_threads()
@@ -228,12 +259,11 @@ def train_fold(run: RunPaths, profile: str | Profile, fold: int, *, device=None,
     else:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
-    cases = load_training_cases(run, train_ids)
     sampler = PatchSampler(cases, patch_size=p.patch_size[:2], lesion_oversample=p.lesion_oversample)
     aug = _augmenter(p)
 
     torch.manual_seed(seed)
-    net = build_network(p).to(device)
+    net = build_network(p, out_channels=num_classes).to(device)
     from monai.losses import DiceCELoss
 
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
@@ -262,15 +292,16 @@ def train_fold(run: RunPaths, profile: str | Profile, fold: int, *, device=None,
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, initial=step, desc=f"fold {fold}", unit="step", disable=None, mininterval=2.0)
+        bar = tqdm(total=total, initial=step, desc=desc, unit="step", disable=None, mininterval=2.0)
 
+    nfg = num_classes - 1
     net.train()
     t0 = time.perf_counter()
-    window_loss, window_dice, window_n = 0.0, np.zeros(NUM_CLASSES - 1), 0
-    epoch_loss, epoch_dice, epoch_n = 0.0, np.zeros(NUM_CLASSES - 1), 0
+    window_loss, window_n = 0.0, 0
+    epoch_loss, epoch_dice, epoch_cnt, epoch_n = 0.0, np.zeros(nfg), np.zeros(nfg), 0
     t_last = t0
     while step < total:
-        rng = _step_rng(p.seed, fold, step)
+        rng = _step_rng(p.seed, key, step)
         img, lab = sampler.sample(rng, p.batch_size)
         img, lab = _augment(aug, img, lab, seed=int(rng.integers(2**31 - 1)))
         x = torch.from_numpy(img).to(device, non_blocking=True)
@@ -286,16 +317,14 @@ def train_fold(run: RunPaths, profile: str | Profile, fold: int, *, device=None,
         step += 1
         with torch.no_grad():
             pred = logits.argmax(1)
-            d = []
-            for c in range(1, NUM_CLASSES):
-                inter = ((pred == c) & (y[:, 0] == c)).sum().item()
+            for c in range(1, num_classes):
                 denom = (pred == c).sum().item() + (y[:, 0] == c).sum().item()
-                d.append(2 * inter / denom if denom else np.nan)
+                if denom:
+                    epoch_dice[c - 1] += 2 * ((pred == c) & (y[:, 0] == c)).sum().item() / denom
+                    epoch_cnt[c - 1] += 1
         lv = float(loss.item())
         window_loss += lv
         epoch_loss += lv
-        window_dice = window_dice + np.nan_to_num(d)
-        epoch_dice = epoch_dice + np.nan_to_num(d)
         window_n += 1
         epoch_n += 1
         if bar is not None:
@@ -308,10 +337,11 @@ def train_fold(run: RunPaths, profile: str | Profile, fold: int, *, device=None,
             t_last = now
             window_loss, window_n = 0.0, 0
         if step % p.checkpoint_every == 0 or step == total:
-            epochs.append({"epoch": len(epochs) + 1, "step": step, "train_loss": epoch_loss / epoch_n,
-                           "train_dice_normal": epoch_dice[0] / epoch_n, "train_dice_ef": epoch_dice[1] / epoch_n,
-                           "train_dice_ggo": epoch_dice[2] / epoch_n})
-            epoch_loss, epoch_dice, epoch_n = 0.0, np.zeros(NUM_CLASSES - 1), 0
+            row = {"epoch": len(epochs) + 1, "step": step, "train_loss": epoch_loss / epoch_n}
+            for i, name in enumerate(class_names):
+                row[f"train_dice_{name}"] = epoch_dice[i] / epoch_cnt[i] if epoch_cnt[i] else float("nan")
+            epochs.append(row)
+            epoch_loss, epoch_dice, epoch_cnt, epoch_n = 0.0, np.zeros(nfg), np.zeros(nfg), 0
             state = {"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                      "scaler": scaler.state_dict(), "step": step, "history": history, "epochs": epochs,
                      "seconds": elapsed_before + time.perf_counter() - t0}
@@ -320,21 +350,21 @@ def train_fold(run: RunPaths, profile: str | Profile, fold: int, *, device=None,
             if stop_after is not None and step >= stop_after and step < total:
                 if bar is not None:
                     bar.close()
-                return {"fold": fold, "steps": step, "interrupted": True}
+                return {"steps": step, "interrupted": True}
     if bar is not None:
         bar.close()
     seconds = elapsed_before + time.perf_counter() - t0
 
-    pd.DataFrame(history).to_csv(out / "history.csv", index=False)
-    pd.DataFrame(epochs).to_csv(out / "epochs.csv", index=False)
-    final = {"model": net.state_dict(), "profile": p.to_dict(), "fold": fold, "num_classes": NUM_CLASSES,
-             "train_cases": train_ids}
+    with atomic_path(out / "history.csv", suffix=".csv") as tmp:
+        pd.DataFrame(history).to_csv(tmp, index=False)
+    with atomic_path(out / "epochs.csv", suffix=".csv") as tmp:
+        pd.DataFrame(epochs).to_csv(tmp, index=False)
+    final = {"model": net.state_dict(), "profile": p.to_dict(), "fold": int(key), "num_classes": num_classes,
+             "class_names": list(class_names), "train_cases": sorted(cases)}
     with atomic_path(out / "model_final.pt", suffix=".pt") as tmp:
         torch.save(final, tmp)
-    summary = {
-        "fold": fold,
-        "profile": p.name,
-        "cohort": run.cohort,
+    ckpt.unlink(missing_ok=True)
+    return {
         "steps": step,
         "seconds": round(seconds, 2),
         "steps_per_s": round(step / seconds, 3) if seconds > 0 else None,
@@ -343,11 +373,6 @@ def train_fold(run: RunPaths, profile: str | Profile, fold: int, *, device=None,
         "amp": use_amp,
         "parameters": count_parameters(net),
         "seed": seed,
-        "train_cases": train_ids,
-        "test_cases": sorted(test_ids),
         "final_loss": history[-1]["loss"] if history else None,
         "torch": torch.__version__,
     }
-    write_json(out / "train_summary.json", summary)
-    ckpt.unlink(missing_ok=True)
-    return summary

@@ -6,11 +6,13 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")
+if "ipykernel" not in sys.modules:  # scripts and the CLI draw off-screen; notebooks keep inline figures
+    matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
@@ -32,13 +34,23 @@ def style() -> None:
     plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 130, "savefig.bbox": "tight", "axes.titlesize": 11})
 
 
-def save(fig, name: str, folder: str | Path | None = None):
-    """Save ``fig`` as ``<folder>/<name>.png`` (if a folder is given) and return it."""
+def save(fig, name: str, folder: str | Path | None = None) -> Path | None:
+    """Save ``fig`` as ``<folder>/<name>.png`` (if a folder is given); in a notebook, show it once and close it.
+
+    Returns the PNG's path (or ``None``).
+    """
+    path = None
     if folder is not None:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        fig.savefig(folder / f"{name}.png")
-    return fig
+        path = folder / f"{name}.png"
+        fig.savefig(path)
+    if "ipykernel" in sys.modules:
+        from IPython.display import display
+
+        display(fig)
+    plt.close(fig)
+    return path
 
 
 def label_cmap(alpha: float = 0.45) -> ListedColormap:

@@ -1,0 +1,215 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Clinical correlation
+#
+# A segmentation is clinically useful only if the lesion burden it measures tracks how the patient's
+# lungs work. This chapter correlates the lesion volumes the network predicted, out of fold, with
+# pulmonary function tests (PFTs), and asks the same question of the reference labels, so that the
+# model is judged against what perfect agreement with the annotators would have given.
+#
+# Four tests are examined. **FVC** (forced vital capacity, % predicted) and **DLCO** (diffusing
+# capacity for carbon monoxide, % predicted) are the lung-function measures SSc-ILD trials follow,
+# FVC usually as the primary endpoint: fibrosis stiffens the lung and shrinks its volume (FVC falls)
+# and thickens and destroys the alveolar-capillary membrane (DLCO falls; in SSc, pulmonary vascular
+# disease lowers DLCO too, so it is not specific to ILD). **FEV1** (% predicted) falls with FVC in
+# restrictive disease. **FEV1/FVC** measures airflow *obstruction*; because fibrosis lowers FVC at
+# least as much as FEV1, and the stiff lung's recoil and traction on the airways hold them open, the
+# ratio is usually preserved or raised.
+# The published study {cite}`sscild2024` reported correlations of predicted lesion volume with FEV1
+# and with FEV1/FVC; we report the whole grid and come back to the FEV1/FVC result at the end.
+
+# %% tags=["parameters"]
+profile = "cpu"
+data_dir = None
+
+# %%
+from IPython.display import Markdown, display
+
+from sscild import clinical as clin
+from sscild.paper import EXTENT_THRESHOLD_PCT
+from sscild.paths import resolve_data_dir
+from sscild.plots.clinical import pft_scatter, rho_heatmap, save_and_show, staging_scatter
+from sscild.report import banner, chapter_context, fmt_ci, glue, show
+
+data_dir = resolve_data_dir(data_dir, profile)
+run, prof, info = chapter_context(data_dir, profile)
+banner(data_dir, profile)
+
+# %% [markdown]
+# ## Patients and measurements
+#
+# Lesion volumes come from the Segmentation chapter's per-case table (out-of-fold prediction and
+# reference label of every patient); lung function from the cohort's `clinical.csv`. Each
+# correlation uses every patient who has both of its values (pairwise deletion), so the number of
+# patients, *n*, is given with every coefficient.
+
+# %%
+seg = clin.load_segmentation_metrics(run.segmentation_metrics)
+clinical = clin.load_clinical(data_dir)
+table = clin.join_tables(seg, clinical)
+show(clin.availability(seg, clinical), caption="Patients available for each measurement")
+for line in clinical.attrs["problems"] + clinical.attrs["notes"]:
+    display(Markdown(f"- `clinical.csv`: {line}."))
+
+# %%
+show(clin.describe(table), caption="Patients: lesion burden, lung function and covariates")
+
+# %% [markdown]
+# ### What the synthetic generator planted
+#
+# On the synthetic cohort the relationships between lesions and lung function are not discovered but
+# *planted*: the generator draws each patient's lung function from their lesion burden by the model
+# printed below (when it publishes one). A correlation found here shows that the pipeline recovers a
+# relationship that was put in, no more. On a real cohort this section is empty.
+
+# %%
+planted = clin.planted_model(info["synthetic"])
+if info["synthetic"]:
+    display(Markdown(
+        "**These relationships were planted by the synthetic-cohort generator (`sscild.phantom`)**; "
+        "they follow respiratory physiology rather than the paper's numbers. The generator's model:\n\n"
+        + (clin.planted_model_markdown(planted) if planted is not None
+           else "_(the generator does not publish its model in this version: see `sscild/phantom.py`)_")))
+else:
+    display(Markdown(f"Real cohort `{info['folder']}`: nothing was planted."))
+
+# %% [markdown]
+# ## Methods
+#
+# * **Spearman's rank correlation** ρ, as in the paper: lesion volumes are skewed and their relation
+#   to lung function monotone rather than linear. p is two-sided (SciPy).
+# * **95 % confidence intervals** by bootstrap over patients: each resample draws whole patients with
+#   their lesion measure and PFT together (paired), and the interval is bias-corrected and
+#   accelerated (BCa). The generator is seeded, so the intervals are identical on every run; the
+#   seed and number of resamples are printed below.
+# * **Multiplicity**: each grid (6 lesion measures × the PFTs present) is one family, adjusted by
+#   Holm's step-down method, which makes no assumption about independence between the correlated PFTs.
+#   The predicted and the reference grid are adjusted separately: they answer different questions.
+# * **Model against reference**: for each cell, the difference ρ(predicted) − ρ(reference) on the
+#   patients who have both, with a paired bootstrap BCa interval. The two coefficients share patients
+#   and outcome values, so they are strongly dependent and must not be compared as independent.
+# * **Adjustment**: partial Spearman correlation adjusted for age, sex and height where the table
+#   has them: ranks of the lesion measure and of the PFT are each regressed on the covariate ranks
+#   (sex coded 0/1) by least squares, and the residuals correlated; p from a t distribution with
+#   n − 2 − k degrees of freedom. Percent-predicted PFTs are already normalised for age, sex and
+#   height by their reference equations, so this is a sensitivity analysis, not a correction.
+
+# %%
+covariates = clin.covariates_present(table)
+full = clin.clinical_correlations(table, covariates=covariates, seed=prof.seed, n_resamples=clin.N_RESAMPLES)
+display(Markdown(
+    f"Bootstrap: **{clin.N_RESAMPLES}** resamples, seed **{prof.seed}** (profile `{prof.name}`); "
+    f"intervals by method: {full['ci_method'].value_counts().to_dict()}. "
+    f"Partial correlations adjusted for: **{', '.join(covariates) or 'nothing (no covariate columns)'}**."))
+
+# %% [markdown]
+# ## Predicted and reference lesion burden against lung function
+#
+# One row per (PFT, lesion measure). *n* is the number of patients in the predicted-volume
+# correlation (the same patients as the reference one, since both volumes exist for every segmented
+# patient); *n (both)* is the number in the difference.
+
+# %%
+show(clin.side_by_side(full), caption="Spearman ρ [95% bootstrap CI]: predicted vs reference volumes")
+
+# %%
+display(Markdown("**Total lesion, % of lung, in words:**\n\n" + clin.interpretation(full)))
+
+# %% [markdown]
+# The heat maps show the same grids at a glance: predicted volumes (left), reference volumes
+# (middle), and their difference (right). Where the model keeps the reference's clinical signal,
+# the first two panels look alike and the third is pale.
+
+# %%
+png = save_and_show(rho_heatmap(full), "clinical_rho_heatmap", run.figures)
+
+# %% [markdown]
+# ### Raw and Holm-adjusted p-values
+
+# %%
+show(clin.p_value_table(full), caption="Two-sided p, raw and Holm-adjusted within each grid")
+
+# %% [markdown]
+# ### Adjusted for age, sex and height
+
+# %%
+show(clin.partial_table(full), caption="Spearman ρ unadjusted and partial (adjusted), with Holm-adjusted p")
+
+# %% [markdown]
+# ## Predicted lesion burden and each test
+#
+# Each point is a patient; the red curve is a LOWESS smoother (locally weighted regression,
+# statsmodels), which shows the shape of the relationship without assuming one. The dashed line is
+# the 20 % extent cut-off used for staging below.
+
+# %%
+png = save_and_show(pft_scatter(table, full), "clinical_scatter_lesion_pct", run.figures)
+
+# %% [markdown]
+# ## Extent staging
+#
+# Goh et al. {cite}`goh2008` stage SSc-ILD as *limited* (≤ 20 % of the lung involved on HRCT) or
+# *extensive* (> 20 %); extensive disease carries a worse prognosis and weighs in the decision to
+# treat. (The full system refers scans whose extent is hard to call to FVC, with a 70 % cut-off;
+# here only the HRCT extent is staged, since that is what the segmentation measures.) Staging from the
+# predicted lesion percent is compared with staging from the reference
+# labels by Cohen's κ, with a seeded patient-bootstrap interval (BCa, percentile if BCa is degenerate).
+
+# %%
+stage = clin.staging(table, threshold=EXTENT_THRESHOLD_PCT, seed=prof.seed, n_resamples=clin.N_RESAMPLES)
+show(stage["display"], caption=f"Extent stage, reference (rows) vs predicted (columns); cut-off {EXTENT_THRESHOLD_PCT:g} %")
+display(Markdown(
+    f"Agreement {stage['percent_agreement']:.0f} % of {stage['n']} patients; Cohen's κ = "
+    f"**{fmt_ci(stage['kappa'], stage['ci_low'], stage['ci_high'])}** "
+    f"(interval: {stage['ci_method']})."))
+
+# %%
+png = save_and_show(staging_scatter(stage), "clinical_staging", run.figures)
+
+# %% [markdown]
+# ## This run and the paper
+#
+# The paper reports Spearman ρ between predicted lesion *volume* and FEV1 % predicted and FEV1/FVC
+# on its 40 patients. Both the volume in mL and the percent of lung are shown here: the percent
+# removes lung size, which otherwise mixes body size into a volume.
+
+# %%
+show(clin.paper_comparison(full, info["folder"]), caption=f"Spearman ρ [95% CI]: the paper (SICCS) and this run ({info['folder']})")
+
+# %% [markdown]
+# ### Why the FEV1/FVC result deserves a second look
+#
+# In fibrotic ILD the expected pattern is restriction: FVC, total lung capacity and DLCO fall as the
+# fibrotic extent grows, FEV1 falls roughly in proportion to FVC, and FEV1/FVC is preserved or
+# *rises*, because the stiff lung empties quickly and traction holds the airways open. A strong
+# *negative* correlation between lesion extent and FEV1/FVC (the paper's ρ = −0.73) therefore says
+# that more disease went with more airflow obstruction. That may reflect the cohort (smokers or
+# coexisting airway disease, emphysema counted as lesion, few patients with limited disease), a
+# difference in how the ratio was recorded, or chance in 40 patients; it is not what the physiology
+# of SSc-ILD predicts, and it should be read beside the FVC and DLCO correlations, which are the
+# measures SSc-ILD trials use. The grid above gives those for this run. On the synthetic cohort the
+# direction of every relationship was set by the generator, so agreement or disagreement with the
+# paper there says nothing about patients.
+
+# %%
+display(Markdown("**This run against the paper, in words:**\n\n" + clin.paper_contrast(full)))
+
+# %%
+summary = clin.summary_dict(full, stage, cohort=info["name"], synthetic=info["synthetic"], profile=profile,
+                            n_cases=len(seg), seed=prof.seed, n_resamples=clin.N_RESAMPLES)
+for name, value in clin.glue_values(summary).items():
+    glue(name, value, display=False)
+csv_path, json_path = clin.write_outputs(run, full, summary)
+display(Markdown(f"Written: `{csv_path.name}` ({len(full)} rows: both grids, partial correlations and "
+                 f"differences) and `{json_path.name}` in `{run.root}`."))

@@ -1,0 +1,120 @@
+"""Training of one fold: determinism, resume, no leakage of held-out patients (smoke profile)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from sscild import train as train_mod
+from sscild.cohort import load_cohort
+from sscild.folds import make_splits, read_splits, write_splits
+from sscild.paths import RunPaths
+from sscild.phantom import generate_cohort
+from sscild.preprocess import build_cache
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """A 4-patient smoke cohort, its cache and 2-fold splits."""
+    base = tmp_path_factory.mktemp("train")
+    data = generate_cohort(base / "cohort", profile="smoke", n=4, seed=3, progress=False)
+    run = RunPaths(results=base / "results", cohort="cohort", profile="smoke")
+    cohort = load_cohort(data)
+    build_cache(cohort, run, "smoke", progress=False)
+    write_splits(run.splits, make_splits([c.case_id for c in cohort.cases], k=2, seed=0))
+    return run
+
+
+def fresh_copy(run: RunPaths, tmp_path, name: str) -> RunPaths:
+    """A run folder with the same cache and splits but no training outputs."""
+    new = RunPaths(results=tmp_path / name, cohort=run.cohort, profile=run.profile)
+    new.root.mkdir(parents=True)
+    shutil.copytree(run.cache, new.cache)
+    shutil.copy2(run.splits, new.splits)
+    return new
+
+
+def weights(run: RunPaths, fold: int = 0) -> dict:
+    return torch.load(run.fold_dir(fold) / "model_final.pt", weights_only=False)["model"]
+
+
+def assert_same(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_same_seed_gives_identical_weights(prepared, tmp_path):
+    r1, r2 = fresh_copy(prepared, tmp_path, "a"), fresh_copy(prepared, tmp_path, "b")
+    s1 = train_mod.train_fold(r1, "smoke", 0, iterations=20, progress=False)
+    train_mod.train_fold(r2, "smoke", 0, iterations=20, progress=False)
+    assert s1["steps"] == 20
+    assert_same(weights(r1), weights(r2))
+    # and training actually changed the weights
+    torch.manual_seed(0)
+    init = train_mod.build_network("smoke").state_dict()
+    assert any(not torch.equal(init[k], weights(r1)[k]) for k in init if init[k].dtype.is_floating_point)
+
+
+def test_resumed_run_equals_uninterrupted(prepared, tmp_path):
+    whole, broken = fresh_copy(prepared, tmp_path, "whole"), fresh_copy(prepared, tmp_path, "broken")
+    train_mod.train_fold(whole, "smoke", 1, iterations=20, progress=False)
+    part = train_mod.train_fold(broken, "smoke", 1, iterations=20, progress=False, stop_after=10)
+    assert part.get("interrupted") and part["steps"] == 10
+    assert (broken.fold_dir(1) / "checkpoint_latest.pt").exists()
+    assert not train_mod.fold_is_done(broken, 1)
+    done = train_mod.train_fold(broken, "smoke", 1, iterations=20, progress=False)
+    assert done["steps"] == 20
+    assert_same(weights(whole, 1), weights(broken, 1))
+    h_whole = (whole.fold_dir(1) / "history.csv").read_text()
+    h_broken = (broken.fold_dir(1) / "history.csv").read_text()
+    assert [l.split(",")[:2] for l in h_whole.splitlines()] == [l.split(",")[:2] for l in h_broken.splitlines()]
+
+
+def test_completed_fold_is_not_retrained(prepared, tmp_path):
+    r = fresh_copy(prepared, tmp_path, "c")
+    train_mod.train_fold(r, "smoke", 0, iterations=10, progress=False)
+    mtime = (r.fold_dir(0) / "model_final.pt").stat().st_mtime_ns
+    train_mod.train_fold(r, "smoke", 0, iterations=10, progress=False)
+    assert (r.fold_dir(0) / "model_final.pt").stat().st_mtime_ns == mtime
+
+
+def test_no_test_fold_case_reaches_the_loader(prepared, tmp_path, monkeypatch):
+    r = fresh_copy(prepared, tmp_path, "leak")
+    requested = []
+    real = train_mod.load_cached
+
+    def spy(run, case_id):
+        requested.append(case_id)
+        return real(run, case_id)
+
+    monkeypatch.setattr(train_mod, "load_cached", spy)
+    seen_by_sampler = []
+    real_sampler = train_mod.PatchSampler
+
+    class SpySampler(real_sampler):
+        def __init__(self, cases, **kw):
+            seen_by_sampler.extend(cases)
+            super().__init__(cases, **kw)
+
+    monkeypatch.setattr(train_mod, "PatchSampler", SpySampler)
+    splits = read_splits(r.splits)
+    for fold in range(2):
+        requested.clear()
+        seen_by_sampler.clear()
+        train_mod.train_fold(r, "smoke", fold, iterations=5, progress=False)
+        test_ids = set(splits[fold]["val"])
+        assert requested and set(requested) == set(splits[fold]["train"])
+        assert not test_ids & set(requested)
+        assert not test_ids & set(seen_by_sampler)
+
+
+def test_bad_fold_and_missing_splits_are_clear(prepared, tmp_path):
+    r = fresh_copy(prepared, tmp_path, "bad")
+    with pytest.raises(ValueError, match="fold 5 does not exist"):
+        train_mod.train_fold(r, "smoke", 5, iterations=5, progress=False)
+    empty = RunPaths(results=tmp_path / "none", cohort="x", profile="smoke")
+    with pytest.raises(FileNotFoundError, match="make data"):
+        train_mod.train_fold(empty, "smoke", 0, iterations=5, progress=False)

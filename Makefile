@@ -29,6 +29,11 @@ STAMP  := $(VENV)/.installed-$(REQ_HASH)
 ifdef THREADS
 export SSCILD_THREADS := $(THREADS)
 endif
+# another annotation scheme mapped onto the study's roles (JSON or a JSON file), e.g.
+# LABEL_MAP='{"reticulation": "ef", "honeycombing": "ef", "consolidation": "ggo"}'
+ifdef LABEL_MAP
+export SSCILD_LABEL_MAP := $(LABEL_MAP)
+endif
 
 # ---- derived paths --------------------------------------------------------------------------
 COHORT := $(notdir $(abspath $(DATA)))
@@ -86,8 +91,15 @@ train: $(TRAIN_NBS)
 
 fold-%: $(RES)/fold_%/training.ipynb ;
 
+ifeq ($(LAUNCHER),slurm)
+# one Slurm job array, one task per fold; each task runs this Makefile's local fold target
+include mk/slurm.mk
+else ifeq ($(LAUNCHER),local)
 $(RES)/fold_%/training.ipynb: notebooks/02_training.py $(NB)/01_data.ipynb | $(STAMP)
 	$(RUN) --step train_fold_$* -p fold $* $< $@
+else
+$(error LAUNCHER=$(LAUNCHER) is not known: use LAUNCHER=local (default) or LAUNCHER=slurm)
+endif
 
 $(NB)/02_training.ipynb: notebooks/02_training.py $(FOLD_NBS)
 	$(RUN) --step training_chapter $< $@
@@ -119,6 +131,9 @@ book: $(BOOK_HTML)
 $(BOOK_HTML): $(CHAPTER_NBS) $(BOOK_SRC) $(BOOK_MARK) | $(STAMP)
 	$(PY) -m sscild.bookbuild --src book --out $(BOOK_OUT) --notebooks $(NB)
 	@echo "book: $(abspath $@)"
+
+# ---- publishing the book, interactive editing (make publish, make lab) ----------------------
+-include mk/publish.mk
 
 # ---- tests ----------------------------------------------------------------------------------
 test: $(STAMP)

@@ -41,6 +41,7 @@ import os
 import re
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +63,8 @@ __all__ = [
     "read_case",
     "validate_cohort",
     "resolve_label_map",
+    "label_map_from_env",
+    "LABEL_MAP_ENV",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -328,6 +331,42 @@ class Cohort:
 
 def _role_of(name) -> str | None:
     return ROLE_SYNONYMS.get(_norm(name))
+
+
+LABEL_MAP_ENV = "SSCILD_LABEL_MAP"
+"""Environment variable holding a label map (JSON text or a JSON file); make sets it from ``LABEL_MAP=``."""
+
+
+def label_map_from_env(environ: Mapping[str, str] | None = None) -> dict | None:
+    """The label map given in the environment variable ``SSCILD_LABEL_MAP`` (JSON text, or the path of a JSON file), or None.
+
+    Raises:
+        ValueError: the value is neither valid JSON nor a readable JSON file, or not an object.
+
+    Example:
+        >>> label_map_from_env({"SSCILD_LABEL_MAP": '{"honeycombing": "ef"}'})
+        {'honeycombing': 'ef'}
+    """
+    env = os.environ if environ is None else environ
+    raw = (env.get(LABEL_MAP_ENV) or "").strip()
+    if not raw:
+        return None
+    source = f"environment variable {LABEL_MAP_ENV}"
+    if not raw.startswith("{"):
+        path = Path(raw).expanduser()
+        if not path.is_file():
+            raise ValueError(f"{source} is {raw!r}: neither a JSON object nor an existing file. Fix: set it to "
+                             'JSON such as {"honeycombing": "ef"} or to the path of a file holding it.')
+        source, raw = str(path), path.read_text()
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{source}: not valid JSON ({exc}). Fix: write the label map as a JSON object, "
+                         'e.g. {"honeycombing": "ef", "consolidation": "ggo"}.') from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{source}: the label map must be a JSON object (name -> role), got "
+                         f"{type(value).__name__}.")
+    return value
 
 
 def resolve_label_map(labels: dict, label_map: dict | None = None) -> tuple[dict[int, int], list[Problem]]:
@@ -874,6 +913,8 @@ def validate_cohort(root: str | os.PathLike, *, label_map: dict | None = None) -
     """
     root = Path(root)
     report = ValidationReport(root=root)
+    if label_map is None:
+        label_map = label_map_from_env()
     dataset, roles, layout = _check_structure(root, label_map, report)
     if layout is None:
         return report
@@ -943,6 +984,8 @@ def load_cohort(root: str | os.PathLike, *, label_map: dict | None = None, exclu
     """
     root = Path(root)
     report = ValidationReport(root=root)
+    if label_map is None:
+        label_map = label_map_from_env()
     dataset, roles, layout = _check_structure(root, label_map, report)
     fatal = [p for p in report.folder_errors if not (p.kind == "missing_folder" and p.file == "labelsTr")]
     if layout is not None and not layout.images and not fatal:

@@ -58,6 +58,9 @@ help:
 	@echo "make test                                                  run the tests (unit + end-to-end smoke)"
 	@echo "make setup | data | train | evaluate | correlate | book | clean"
 	@echo "make fold-K                                                train one fold"
+	@echo "make publish [PUSH=1 REMOTE=origin]                        put the built book on the gh-pages branch"
+	@echo "make lab                                                   JupyterLab on the chapters (jupytext)"
+	@echo "make train LAUNCHER=slurm [SLURM_GRES=gpu:1 ...]             folds as one Slurm job array (README: Slurm)"
 
 # ---- set-up: .venv keyed on the requirements' hash (a second run installs nothing) ----------
 setup: $(STAMP)

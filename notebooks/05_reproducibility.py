@@ -23,8 +23,11 @@ data_dir = None
 
 # %%
 from sscild.paths import resolve_data_dir
+from IPython.display import Markdown, display
+
 from sscild.provenance import environment_table, input_checksums, step_times, run_settings
 from sscild.report import banner, chapter_context, show
+from sscild.slurm import jobs_table
 
 data_dir = resolve_data_dir(data_dir, profile)
 run, prof, info = chapter_context(data_dir, profile)
@@ -49,6 +52,19 @@ show(run_settings(run, prof), caption="Profile settings and seeds of this run")
 
 # %%
 show(step_times(run), caption="Steps (latest execution of each)")
+
+# %% [markdown]
+# ## Cluster jobs
+#
+# When the folds were trained as a Slurm job array (`make all LAUNCHER=slurm`), each task's job id,
+# node, state, exit code and wall time.
+
+# %%
+jobs = jobs_table(run)
+if jobs is None or jobs.empty:
+    display(Markdown("No Slurm job array was used for this run: the folds were trained locally."))
+else:
+    show(jobs, caption="Slurm tasks of this run")
 
 # %% [markdown]
 # ## Input checksums

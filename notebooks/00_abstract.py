@@ -33,8 +33,8 @@ data_dir = None
 # %%
 from IPython.display import Markdown, display
 
-from sscild.paper import PAPER
 from sscild.paths import read_json, resolve_data_dir
+from sscild.summary import abstract_paragraph
 from sscild.report import banner, chapter_context
 
 data_dir = resolve_data_dir(data_dir, profile)
@@ -46,11 +46,15 @@ banner(data_dir, profile)
 
 # %%
 seg = read_json(run.segmentation_summary)
-m = seg["metrics"]
-kind = "synthetic" if info["synthetic"] else "real"
-display(Markdown(
-    f"On the **{kind}** cohort `{info['folder']}` ({seg['n_cases']} patients, profile `{profile}`), "
-    f"the out-of-fold mean Dice was **{m['dice_lesion']['mean']:.2f}** for total lesion, "
-    f"**{m['dice_ef']['mean']:.2f}** for EF and **{m['dice_ggo']['mean']:.2f}** for GGO "
-    f"(paper: {PAPER['dice']['total_lesion']}, {PAPER['dice']['ef']}, {PAPER['dice']['ggo']})."
-))
+clin = read_json(run.clinical_summary)
+display(Markdown(abstract_paragraph(seg, clin, info, profile)))
+
+# %% [markdown]
+# ## How to read this book
+#
+# The **Data** chapter validates the cohort folder, describes the patients and splits them into the
+# cross-validation folds. **Model & training** gives the recipe and what training cost.
+# **Segmentation results** scores every patient with the model that never saw it and compares the
+# network with a classical density threshold. **Clinical correlation** relates the predicted lesion
+# burden to lung function. **Discussion & limitations** says what the re-run can and cannot show;
+# **Reproducibility** records everything needed to repeat it.

@@ -59,6 +59,7 @@ help:
 	@echo "make setup | data | train | evaluate | correlate | book | clean"
 	@echo "make fold-K                                                train one fold"
 	@echo "make publish [PUSH=1 REMOTE=origin]                        put the built book on the gh-pages branch"
+	@echo "make external [EXTERNAL_TEST=DIR]                          appendix: same recipe on real CT slices (COVID-SemiSeg)"
 	@echo "make lab                                                   JupyterLab on the chapters (jupytext)"
 	@echo "make train LAUNCHER=slurm [SLURM_GRES=gpu:1 ...]             folds as one Slurm job array (README: Slurm)"
 
@@ -124,6 +125,10 @@ $(NB)/00_abstract.ipynb: notebooks/00_abstract.py $(NB)/03_segmentation.ipynb $(
 $(NB)/05_reproducibility.ipynb: notebooks/05_reproducibility.py $(filter-out $(NB)/05_reproducibility.ipynb,$(CHAPTER_NBS))
 	$(RUN) --step reproducibility $< $@
 
+# ---- appendix: external check on real CT (`make external`; not part of `make all`) ------------
+-include mk/external.mk
+EXT_DONE := $(wildcard $(EXT_NB))
+
 # ---- the book: executed notebooks + hand-written pages -> static HTML (no network) -----------
 # The marker records which run the book shows, so switching PROFILE or DATA rebuilds it.
 BOOK_MARK := $(BOOK_OUT)/.run-source
@@ -131,8 +136,8 @@ $(shell mkdir -p $(BOOK_OUT); [ "$$(cat $(BOOK_MARK) 2>/dev/null)" = "$(abspath 
 
 book: $(BOOK_HTML)
 
-$(BOOK_HTML): $(CHAPTER_NBS) $(BOOK_SRC) $(BOOK_MARK) | $(STAMP)
-	$(PY) -m sscild.bookbuild --src book --out $(BOOK_OUT) --notebooks $(NB)
+$(BOOK_HTML): $(CHAPTER_NBS) $(BOOK_SRC) $(BOOK_MARK) $(EXT_DONE) | $(STAMP)
+	$(PY) -m sscild.bookbuild --src book --out $(BOOK_OUT) --notebooks $(NB) $(if $(EXT_DONE),--external $(EXT_DONE))
 	@echo "book: $(abspath $@)"
 
 # ---- publishing the book, interactive editing (make publish, make lab) ----------------------

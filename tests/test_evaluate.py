@@ -1,0 +1,255 @@
+"""Out-of-fold scoring: per-case metrics against hand counts, summaries, agreement, outputs, figures."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from cohort_factory import make_case_arrays
+from sscild import evaluate as ev
+from sscild.cohort import load_cohort
+from sscild.folds import make_splits, write_splits
+from sscild.metrics import bland_altman, icc
+from sscild.paths import RunPaths
+
+SPACING = (1.5, 1.5, 4.0)
+SHAPE = (24, 20, 6)
+HU = {0: -1000, 1: -850, 2: -300, 3: -500}  # noise-free: EF and GGO inside the -600..-250 HU band
+
+
+def _save(path, arr, dtype):
+    aff = np.diag([*SPACING, 1.0])
+    img = nib.Nifti1Image(np.asarray(arr, dtype=dtype), aff)
+    img.set_qform(aff, code=1)
+    img.set_sform(aff, code=1)
+    nib.save(img, str(path))
+
+
+def _wrong(ref, kind):
+    pred = ref.copy()
+    if kind == "ggo_as_ef":
+        pred[ref == 3] = 2
+    elif kind == "no_lesion":
+        pred[ref >= 2] = 1
+    return pred
+
+
+KINDS = {"case_000": "perfect", "case_001": "ggo_as_ef", "case_002": "no_lesion", "case_003": "perfect"}
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory):
+    base = tmp_path_factory.mktemp("evaluate")
+    root = base / "cohort"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    refs = {}
+    for i, cid in enumerate(KINDS):
+        _, label = make_case_arrays(SHAPE, seed=i)
+        image = np.vectorize(HU.get)(label)
+        image[label == 0] = np.where(np.indices(SHAPE)[0][label == 0] % 2, -1000, 40)  # some body, some air
+        _save(root / "imagesTr" / f"{cid}_0000.nii.gz", image, np.int16)
+        _save(root / "labelsTr" / f"{cid}.nii.gz", label, np.uint8)
+        refs[cid] = label
+    (root / "dataset.json").write_text(json.dumps({
+        "name": "cohort", "channel_names": {"0": "CT"}, "labels": {"background": 0, "normal": 1, "ef": 2, "ggo": 3},
+        "numTraining": 4, "file_ending": ".nii.gz", "synthetic": True}))
+    cohort = load_cohort(root)
+    run = RunPaths(results=base / "results", cohort="cohort", profile="smoke")
+    write_splits(run.splits, make_splits(list(KINDS), k=2, seed=0))
+    run.predictions.mkdir(parents=True)
+    for cid, kind in KINDS.items():
+        _save(run.predictions / f"{cid}.nii.gz", _wrong(refs[cid], kind), np.uint8)
+    df = ev.evaluate_oof(run, cohort, tolerance_mm=2.0, progress=False)
+    return {"run": run, "cohort": cohort, "df": df.set_index("case_id"), "raw": df, "refs": refs}
+
+
+def test_per_case_metrics_match_hand_counts(scored):
+    df, refs = scored["df"], scored["refs"]
+    for cid in ("case_000", "case_003"):
+        for r in ("normal", "ef", "ggo", "lesion", "lung"):
+            assert df.loc[cid, f"dice_{r}"] == pytest.approx(1.0)
+        for r in ("ef", "ggo", "lesion"):
+            assert df.loc[cid, f"nsd_{r}"] == pytest.approx(1.0)
+        assert math.isnan(df.loc[cid, "nsd_lung"])  # not computed for the network's large regions
+    n = np.bincount(refs["case_001"].ravel(), minlength=4)
+    assert df.loc["case_001", "dice_ggo"] == 0.0                      # reference GGO, none predicted
+    assert df.loc["case_001", "dice_ef"] == pytest.approx(2 * n[2] / (2 * n[2] + n[3]))
+    assert df.loc["case_001", "dice_lesion"] == pytest.approx(1.0)
+    m = np.bincount(refs["case_002"].ravel(), minlength=4)
+    assert df.loc["case_002", "dice_lesion"] == 0.0
+    assert df.loc["case_002", "dice_normal"] == pytest.approx(2 * m[1] / (2 * m[1] + m[2] + m[3]))
+    voxel_ml = np.prod(SPACING) / 1000
+    assert df.loc["case_002", "vol_ref_lesion_ml"] == pytest.approx((m[2] + m[3]) * voxel_ml)
+    assert df.loc["case_002", "vol_pred_lesion_ml"] == 0.0
+    assert df.loc["case_002", "pct_ref_lesion"] == pytest.approx(100 * (m[2] + m[3]) / m[1:].sum())
+    assert (df["nsd_tolerance_mm"] == 2.0).all()
+    assert list(df["fold"].sort_index()) == [0 if c in make_splits(list(KINDS), k=2, seed=0)[0]["val"] else 1
+                                              for c in sorted(KINDS)]
+
+
+def test_baseline_scores_the_density_band_inside_the_reference_lung(scored):
+    df = scored["df"]
+    # noise-free EF (-300 HU) and GGO (-500 HU) lie in the band, normal lung (-850 HU) does not
+    assert np.allclose(df["baseline_dice_lesion"], 1.0)
+    assert np.allclose(df["baseline_pct_pred_lesion"], df["pct_ref_lesion"])
+    assert not any(c.startswith("baseline_nsd") for c in df.columns)
+
+
+def test_csv_is_written_and_reads_back(scored):
+    back = pd.read_csv(scored["run"].segmentation_metrics, dtype={"case_id": str})
+    pd.testing.assert_frame_equal(back, scored["raw"], check_dtype=False)
+
+
+def test_summary_keys_values_and_json(scored):
+    raw = scored["raw"]
+    s = ev.summary_dict(raw, "cohort", True, "smoke", tolerance_mm=2.0,
+                        settings={"tta": False, "postprocess": True})
+    json.dumps(s, allow_nan=False)  # NaN written as null
+    assert s["n_cases"] == 4
+    assert s["metrics"]["dice_lesion"]["mean"] == pytest.approx(raw["dice_lesion"].mean())
+    assert s["metrics"]["dice_ef"]["mean"] == pytest.approx(raw["dice_ef"].mean())
+    assert s["metrics"]["dice_ggo"]["median"] == pytest.approx(raw["dice_ggo"].median())
+    assert s["metrics"]["baseline_dice_lesion"]["mean"] == pytest.approx(1.0)
+    assert s["policies"]["nsd_tolerance_mm"] == 2.0
+    assert s["policies"]["nsd_regions"] == ["ef", "ggo", "lesion"]
+    assert "largest" in s["policies"]["postprocess"]
+    assert set(s["per_fold"]) == {"0", "1"}
+    assert sum(f["n_cases"] for f in s["per_fold"].values()) == 4
+    # agreement, percent of lung: predicted lesion % is the reference % except case_002 (0 predicted)
+    p = scored["df"].loc["case_002", "pct_ref_lesion"]
+    ba = s["agreement"]["network"]["lesion"]["bland_altman"]
+    diffs = raw["pct_pred_lesion"] - raw["pct_ref_lesion"]
+    assert ba["bias"] == pytest.approx(-p / 4)
+    assert ba["loa_high"] - ba["loa_low"] == pytest.approx(2 * 1.96 * diffs.std(ddof=1))
+    assert s["agreement"]["network"]["lesion"]["icc"]["icc"] == pytest.approx(
+        icc(raw["pct_pred_lesion"], raw["pct_ref_lesion"])["icc"])
+    assert s["baseline"]["agreement_lesion"]["bland_altman"]["bias"] == pytest.approx(0.0, abs=1e-9)
+    assert s["agreement_ml"]["network"]["lesion"]["bland_altman"]["bias"] == pytest.approx(
+        bland_altman(raw["vol_pred_lesion_ml"], raw["vol_ref_lesion_ml"])["bias"])
+    glued = ev.glue_values(s)
+    assert glued["dice_lesion"] == s["metrics"]["dice_lesion"]["mean"]
+    assert glued["nsd_tolerance_mm"] == 2.0
+
+
+def test_tables(scored):
+    raw = scored["raw"]
+    s = ev.summary_dict(raw, "cohort", True, "smoke", n_boot=200)
+    folds = ev.per_fold_table(raw)
+    assert list(folds.index) == ["fold 0", "fold 1", "all (mean over cases)"]
+    assert folds.loc["all (mean over cases)", "Dice lesion"] == pytest.approx(raw["dice_lesion"].mean())
+    assert folds["cases"].iloc[:2].sum() == 4
+    table = ev.summary_table(raw, n_boot=200)
+    assert table.loc[("Dice", "GGO"), "n (excluded)"] == "4 (0)"
+    assert ev.agreement_table(s).shape[0] == 4  # lesion, EF, GGO for the network; lesion for the baseline
+    assert "paper (SICCS)" in ev.paper_table(s, "cohort").columns
+    assert len(ev.baseline_table(raw, s)) == 3
+
+
+def test_extreme_cases_skip_nan_and_break_ties_by_id():
+    df = pd.DataFrame({"case_id": ["a", "b", "c", "d", "e"], "dice_lesion": [0.5, np.nan, 0.9, 0.5, 0.1]})
+    assert ev.extreme_cases(df) == {"best": "c", "median": "a", "worst": "e"}
+
+
+def test_nsd_tolerance_is_one_coarse_voxel_for_the_whole_cohort(scored):
+    assert ev.nsd_tolerance_mm(scored["cohort"]) == pytest.approx(1.5 * 1.5)        # native 1.5 mm
+    assert ev.nsd_tolerance_mm(scored["cohort"], "smoke") == pytest.approx(1.5 * 3.6)  # network grid 3.6 mm
+
+
+def test_missing_or_misplaced_prediction_is_reported(scored, tmp_path):
+    run = RunPaths(results=tmp_path / "results", cohort="cohort", profile="smoke")
+    run.root.mkdir(parents=True)
+    run.splits.write_text(scored["run"].splits.read_text())
+    with pytest.raises(FileNotFoundError, match="predict the held-out cases first"):
+        ev.evaluate_oof(run, scored["cohort"], tolerance_mm=2.0, progress=False)
+    run.predictions.mkdir()
+    for cid in KINDS:
+        _save(run.predictions / f"{cid}.nii.gz", np.zeros((SHAPE[0], SHAPE[1], SHAPE[2] + 1)), np.uint8)
+    with pytest.raises(ValueError, match="predict again"):
+        ev.evaluate_oof(run, scored["cohort"], tolerance_mm=2.0, progress=False)
+
+
+def test_oof_settings_read_the_manifest(scored, tmp_path):
+    run = RunPaths(results=tmp_path, cohort="c", profile="smoke")
+    assert ev.oof_settings(run) == {"tta": None, "postprocess": None}
+    run.predictions.mkdir(parents=True)
+    (run.predictions / "manifest.json").write_text(json.dumps({"cases": {
+        "a": {"tta": True, "postprocess": True}, "b": {"tta": False, "postprocess": True}}}))
+    assert ev.oof_settings(run) == {"tta": "mixed", "postprocess": True}
+
+
+def test_figures_draw_without_warnings(scored):
+    import matplotlib.pyplot as plt
+
+    from sscild.plots import segmentation as sp
+
+    raw, refs = scored["raw"], scored["refs"]
+    s = ev.summary_dict(raw, "cohort", True, "smoke", n_boot=200)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        figs = [sp.metric_strip(raw, "dice", paper={"lesion": 0.78}), sp.metric_strip(raw, "nsd", tolerance_mm=2.0),
+                sp.bland_altman_grid(raw, s), sp.baseline_comparison(raw)]
+        cases = []
+        for rank, cid in ev.extreme_cases(raw).items():
+            image, ref, pred = ev.load_case_maps(scored["run"], scored["cohort"], cid)
+            cases.append({"image": image.array, "ref": ref, "pred": pred, "affine": image.affine, "title": rank})
+        figs.append(sp.case_montage(cases))
+    assert len(figs[-1].axes) == 4 * len(cases)
+    for f in figs:
+        plt.close(f)
+
+
+def test_thread_count_does_not_change_the_table(scored):
+    one = ev.evaluate_oof(scored["run"], scored["cohort"], tolerance_mm=2.0, workers=1, progress=False)
+    two = ev.evaluate_oof(scored["run"], scored["cohort"], tolerance_mm=2.0, workers=3, progress=False)
+    pd.testing.assert_frame_equal(one, two)
+    pd.testing.assert_frame_equal(one, scored["raw"])
+
+
+@pytest.mark.slow
+def test_chapter_runs_clean_on_hand_made_predictions(scored, tmp_path):
+    """The Segmentation chapter end to end (papermill): no error, nothing on stderr, outputs written."""
+    import hashlib
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    import nbformat
+
+    from conftest import REPO
+    from sscild.folds import fold_of, read_splits
+
+    base = tmp_path / "copy"
+    shutil.copytree(scored["run"].results, base / "results")
+    shutil.copytree(scored["cohort"].root, base / "cohort")
+    run = RunPaths(results=base / "results", cohort="cohort", profile="smoke")
+    cases = {}
+    for cid, fold in fold_of(read_splits(run.splits)).items():  # stand-in models the manifest vouches for
+        model = run.fold_dir(fold) / "model_final.pt"
+        model.parent.mkdir(exist_ok=True)
+        model.write_bytes(f"fold {fold}".encode())
+        cases[cid] = {"fold": fold, "model": f"fold_{fold}/model_final.pt", "tta": False, "postprocess": True,
+                      "model_sha256": hashlib.sha256(model.read_bytes()).hexdigest(), "cache_key": None}
+    (run.predictions / "manifest.json").write_text(json.dumps({"cases": cases}))
+    out = tmp_path / "03.ipynb"
+    env = dict(os.environ, SSCILD_RESULTS=str(base / "results"))
+    proc = subprocess.run([sys.executable, "-m", "sscild.runner", str(REPO / "notebooks" / "03_segmentation.py"),
+                           str(out), "-p", "profile", "smoke", "-p", "data_dir", str(base / "cohort")],
+                          capture_output=True, text=True, env=env, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    nb = nbformat.read(out, as_version=4)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    stderr = [o["text"] for o in outputs if o.get("output_type") == "stream" and o.get("name") == "stderr"]
+    assert not stderr, stderr
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 5  # Dice, NSD, cases, BA, baseline
+    summary = json.loads(run.segmentation_summary.read_text())
+    assert summary["n_cases"] == 4 and summary["metrics"]["dice_lesion"]["mean"] is not None
+    assert (base / "figures" / "cohort" / "smoke" / "seg_cases.png").exists()

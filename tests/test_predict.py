@@ -1,0 +1,257 @@
+"""Out-of-fold prediction: geometry back to the input grid, held-out folds only, no needless rework."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from cohort_factory import make_case_arrays
+from sscild import predict
+from sscild.cohort import load_cohort, read_case
+from sscild.folds import fold_of, make_splits, read_splits, write_splits
+from sscild.metrics import dice
+from sscild.paths import RunPaths
+from sscild.preprocess import build_cache
+from sscild.profiles import get_profile
+
+SMOKE_SPACING = (3.6, 3.6, 10.0)  # the smoke profile's target spacing: no resampling, exact round trip
+
+
+def write_cohort(root, *, n=4, shape=(40, 36, 10), affine=None, flip_x=False):
+    """A labelled cohort whose arrays are stored with ``affine`` (default: RAS diagonal of SMOKE_SPACING).
+
+    With ``flip_x`` the arrays are stored left-right reversed with an affine that says so (as an
+    LPS-ordered export would be), so the same anatomy lands at the same RAS positions.
+    """
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    if affine is None:
+        affine = np.diag([*SMOKE_SPACING, 1.0])
+    affine = np.asarray(affine, float).copy()
+    for i in range(n):
+        image, label = make_case_arrays(shape, seed=i)
+        if flip_x:
+            image, label = image[::-1], label[::-1]
+        for arr, path, dt in ((image, root / "imagesTr" / f"case_{i:03d}_0000.nii.gz", np.int16),
+                              (label, root / "labelsTr" / f"case_{i:03d}.nii.gz", np.uint8)):
+            img = nib.Nifti1Image(np.ascontiguousarray(arr, dtype=dt), affine)
+            img.set_qform(affine, code=1)
+            img.set_sform(affine, code=1)
+            nib.save(img, str(path))
+    (root / "dataset.json").write_text(json.dumps({
+        "name": root.name, "channel_names": {"0": "CT"}, "labels": {"background": 0, "normal": 1, "ef": 2, "ggo": 3},
+        "numTraining": n, "file_ending": ".nii.gz", "synthetic": True}))
+    return root
+
+
+def prepare(tmp_path, **cohort_kw):
+    data = write_cohort(tmp_path / "cohort", **cohort_kw)
+    run = RunPaths(results=tmp_path / "results", cohort="cohort", profile="smoke")
+    cohort = load_cohort(data)
+    build_cache(cohort, run, "smoke", progress=False)
+    write_splits(run.splits, make_splits([c.case_id for c in cohort.cases], k=2, seed=0))
+    for k in range(2):  # stand-in model files: only their bytes (hash) matter to predict_oof here
+        (run.fold_dir(k)).mkdir(parents=True)
+        (run.fold_dir(k) / "model_final.pt").write_bytes(f"model of fold {k}".encode())
+    return run, cohort
+
+
+class FakeNet:
+    def __init__(self, path):
+        self.path = str(path)
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """Replace model loading and inference: a "perfect model" that returns the cached reference.
+
+    Records every model loaded and, per predicted case, which model predicted it.
+    """
+    calls = {"loaded": [], "predicted": []}
+    splits_by_run = {}
+
+    def fake_load(path, device=None):
+        path = str(path)
+        calls["loaded"].append(path)
+        fold = int(path.split("fold_")[-1].split("/")[0])
+        splits = splits_by_run[path.split("/fold_")[0]]
+        return FakeNet(path), {"profile": get_profile("smoke"), "fold": fold, "path": path,
+                               "train_cases": splits[fold]["train"]}
+
+    def fake_predict(nets, pre, **kwargs):
+        calls["predicted"].append((pre.case_id, [n.path for n in nets]))
+        return np.asarray(pre.label).copy()
+
+    monkeypatch.setattr(predict, "load_fold_model", fake_load)
+    monkeypatch.setattr(predict, "predict_preprocessed", fake_predict)
+    calls["register"] = lambda run: splits_by_run.__setitem__(str(run.root), read_splits(run.splits))
+    return calls
+
+
+def test_each_case_is_predicted_only_by_the_fold_that_held_it_out(tmp_path, spy):
+    run, cohort = prepare(tmp_path)
+    spy["register"](run)
+    paths = predict.predict_oof(run, progress=False)
+    held_out = fold_of(read_splits(run.splits))
+    assert sorted(p.name for p in paths) == sorted(f"{c}.nii.gz" for c in held_out)
+    predicted = dict((cid, models) for cid, models in spy["predicted"])
+    assert len(spy["predicted"]) == len(held_out) == len(predicted)  # each case once
+    for cid, models in predicted.items():
+        assert models == [str(run.fold_dir(held_out[cid]) / "model_final.pt")], cid
+    assert len(spy["loaded"]) == 2  # one load per fold
+    manifest = json.loads((run.predictions / "manifest.json").read_text())["cases"]
+    assert {c: e["fold"] for c, e in manifest.items()} == held_out
+
+
+def test_predictions_land_on_the_reference_voxels_with_the_input_geometry(tmp_path, spy):
+    # stored left-right reversed (LPS-like affine): preprocessing reorients, restoring must undo it
+    affine = np.diag([-SMOKE_SPACING[0], SMOKE_SPACING[1], SMOKE_SPACING[2], 1.0])
+    affine[:3, 3] = (120.0, -60.0, 30.0)
+    run, cohort = prepare(tmp_path, affine=affine, flip_x=True)
+    spy["register"](run)
+    predict.predict_oof(run, progress=False)
+    for case in cohort.cases:
+        image, ref = read_case(cohort, case.case_id)
+        out = nib.load(str(run.predictions / f"{case.case_id}.nii.gz"))
+        assert out.shape == image.shape
+        np.testing.assert_allclose(out.affine, image.affine)
+        assert out.get_data_dtype() == np.uint8
+        np.testing.assert_array_equal(np.asarray(out.dataobj), ref)  # same voxels, exactly
+
+
+def test_resampled_round_trip_still_overlays(tmp_path, spy):
+    # native 1.5 x 1.5 x 4 mm, network grid 3.6 x 3.6 x 10 mm: nearest-neighbour both ways
+    run, cohort = prepare(tmp_path, shape=(72, 60, 20), affine=np.diag([1.5, 1.5, 4.0, 1.0]))
+    spy["register"](run)
+    predict.predict_oof(run, progress=False)
+    for case in cohort.cases:
+        image, ref = read_case(cohort, case.case_id)
+        out = nib.load(str(run.predictions / f"{case.case_id}.nii.gz"))
+        pred = np.asarray(out.dataobj)
+        assert out.shape == image.shape
+        np.testing.assert_allclose(out.affine, image.affine)
+        assert dice(pred > 0, ref > 0) > 0.85
+        assert dice(pred >= 2, ref >= 2) > 0.6
+        # no shift: the lesion's centre of mass stays within one coarse voxel
+        com_ref = np.array(np.nonzero(ref >= 2)).mean(axis=1) * (1.5, 1.5, 4.0)
+        com_pred = np.array(np.nonzero(pred >= 2)).mean(axis=1) * (1.5, 1.5, 4.0)
+        assert np.all(np.abs(com_ref - com_pred) < (3.6, 3.6, 10.0))
+
+
+def test_up_to_date_predictions_are_reused_and_a_new_model_redoes_its_fold(tmp_path, spy):
+    run, cohort = prepare(tmp_path)
+    spy["register"](run)
+    predict.predict_oof(run, progress=False)
+    n = len(spy["predicted"])
+    predict.predict_oof(run, progress=False)
+    assert len(spy["predicted"]) == n and len(spy["loaded"]) == 2
+    (run.fold_dir(1) / "model_final.pt").write_bytes(b"retrained fold 1")
+    predict.predict_oof(run, progress=False)
+    redone = [cid for cid, _ in spy["predicted"][n:]]
+    assert sorted(redone) == sorted(read_splits(run.splits)[1]["val"])
+    # a re-preprocessed case (new cache key: its scan or label changed) is predicted again, alone
+    n = len(spy["predicted"])
+    meta_path = run.cache / "case_002.json"
+    meta = json.loads(meta_path.read_text())
+    meta["key"] = "changed"
+    meta_path.write_text(json.dumps(meta))
+    predict.predict_oof(run, progress=False)
+    assert [cid for cid, _ in spy["predicted"][n:]] == ["case_002"]
+
+
+def test_a_model_trained_on_a_held_out_case_is_refused(tmp_path, monkeypatch):
+    run, cohort = prepare(tmp_path)
+    splits = read_splits(run.splits)
+
+    def leaky(path, device=None):
+        return FakeNet(path), {"profile": get_profile("smoke"), "fold": 0, "path": str(path),
+                               "train_cases": splits[0]["train"] + splits[0]["val"][:1]}
+
+    monkeypatch.setattr(predict, "load_fold_model", leaky)
+    with pytest.raises(ValueError, match="holds out"):
+        predict.predict_oof(run, progress=False)
+
+
+def test_missing_fold_model_is_reported(tmp_path):
+    run, cohort = prepare(tmp_path)
+    (run.fold_dir(1) / "model_final.pt").unlink()
+    with pytest.raises(FileNotFoundError, match="fold 1 is not trained"):
+        predict.predict_oof(run, progress=False)
+
+
+def test_ensemble_and_flips_average_the_softmax():
+    """predict_preprocessed = argmax of the mean softmax over members and flips (checked by hand)."""
+    from sscild.preprocess import Preprocessed
+
+    class Const(torch.nn.Module):
+        """Fixed logits; optionally +10 on GGO in the left half of the slice (not flip-symmetric)."""
+
+        def __init__(self, logits, left_ggo=False):
+            super().__init__()
+            self.logits = torch.tensor(logits, dtype=torch.float32)
+            self.left_ggo = left_ggo
+
+        def forward(self, x):
+            b, _, nx, ny = x.shape
+            out = self.logits[None, :, None, None].expand(b, -1, nx, ny).clone()
+            if self.left_ggo:
+                out[:, 3, : nx // 2] += 10.0
+            return out
+
+    pre = Preprocessed("c", np.zeros((8, 4, 3), np.float32), None, (1.0, 1.0, 1.0), {})
+    # softmax([0, 2, 0, 0]) gives normal 0.79; softmax([0, 0, 3, 0]) gives EF 0.87: the mean picks EF,
+    # though member a alone would say normal
+    a, b = Const([0.0, 2.0, 0.0, 0.0]), Const([0.0, 0.0, 3.0, 0.0])
+    assert (predict.predict_preprocessed([a, b], pre, tta=False) == 2).all()
+    assert (predict.predict_preprocessed([a], pre, tta=False) == 1).all()
+    # flips: without them, GGO on the left half only; with them the flipped pass, flipped back,
+    # puts the GGO evidence on the right half, and the mean (GGO about 1.1 vs normal 0.79) says GGO
+    # on both halves. Forgetting to flip back would leave the right half normal.
+    c = Const([0.0, 2.0, 0.0, 0.0], left_ggo=True)
+    plain = predict.predict_preprocessed(c, pre, tta=False)
+    assert (plain[:4] == 3).all() and (plain[4:] == 1).all()
+    assert (predict.predict_preprocessed(c, pre, tta=True, batch_slices=2) == 3).all()
+
+
+def test_keep_largest_lung_components():
+    lab = np.zeros((30, 10, 10), np.uint8)
+    lab[1:11, 1:9, 1:9] = 1      # lung 1: 640 voxels
+    lab[3:6, 2:5, 2:5] = 2       # EF inside lung 1 stays
+    lab[15:24, 1:9, 1:9] = 3     # lung 2: 576 voxels, all GGO
+    lab[27:29, 1:3, 1:3] = 1     # speck: 8 voxels -> dropped
+    out = predict.keep_largest_lung_components(lab)
+    assert out[27:29].sum() == 0
+    np.testing.assert_array_equal(out[:25], lab[:25])
+    # a second component below 5 % of the largest is dropped, at or above it is kept
+    one = np.zeros((40, 4, 4), np.uint8)
+    one[:20] = 1                 # 320 voxels
+    one[30:31] = 1               # 16 voxels = 5.0 % -> kept
+    assert predict.keep_largest_lung_components(one)[30].all()
+    one[30, 0, 0] = 0            # 15 voxels < 5 % -> dropped
+    assert not predict.keep_largest_lung_components(one)[30].any()
+
+
+def test_fused_batchnorm_network_computes_the_same_function():
+    import copy
+
+    from sscild.model import build_network
+
+    torch.manual_seed(0)
+    net = build_network("smoke").eval()
+    for m in net.modules():  # non-trivial running statistics and affine parameters
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+    fused = predict.fuse_batchnorm(copy.deepcopy(net))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    x = torch.randn(3, 1, 64, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), net(x), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="eval"):
+        predict.fuse_batchnorm(build_network("smoke").train())

@@ -1,0 +1,1044 @@
+"""External check on real CT: the study's recipe trained and scored on a 2D image-folder benchmark.
+
+The default cohort of the study is synthetic. This module runs the *same* library code -- the
+network factory (:func:`sscild.model.build_network`), the training loop
+(:func:`sscild.train.train_model`) and the MONAI-based Dice (:func:`sscild.metrics.dice`) -- on real
+CT slices with expert labels, and scores the result against published numbers. It was written for
+the COVID-SemiSeg benchmark (Fan et al., 2020): axial slices already windowed to 8 bits, labelled
+0 background, 1 ground-glass opacity (GGO), 2 consolidation.
+
+**Folder layout** (one per split)::
+
+    DIR/images/<id>.jpg|.jpeg|.png     8-bit greyscale slice (already windowed; no HU, no spacing)
+    DIR/labels/<id>.png                same size; 0 background, 1 GGO, 2 consolidation
+
+**Array convention.** A slice is an (x, y) array: x runs along the file's columns (left to right),
+y along its rows (top to bottom), i.e. the transpose of what an image reader returns. Predicted
+masks are written back as PNG files in the file's own orientation.
+
+**Preprocessing** (decided once, here):
+
+* *Intensity*: the grey level v in [0, 255] becomes ``v / 255 * 2 - 1`` in [-1, 1]. The slices were
+  all exported in a lung display window, so a grey level stands for roughly the same density in
+  every slice; a per-image z-score would instead depend on how much of the slice is lung and how
+  much mediastinum or chest wall, and was not used.
+* *Geometry*: there is no pixel spacing; each slice is cropped to the body, so body width is the
+  natural scale. Each slice is resized (bilinear, anti-aliased) so that its longer side is
+  ``grid_size`` pixels, keeping its aspect ratio, and centred on a square ``grid_size`` grid padded
+  with -1 (air). Labels go to the grid through their one-hot maps (same interpolation, then argmax).
+* *Back to the original size*: the network's class probabilities are cropped from the grid and
+  resized to the slice's own size before the argmax, so every slice is scored at its own size
+  against its own, untouched reference mask.
+* *Orientation*: some slices of the benchmark are turned by 90 degrees. When ``rotations`` is on,
+  every training slice enters the training loop as a 4-slice "volume" of its 0/90/180/270 degree
+  rotations (the loop's own augmentation adds flips, small rotations and scaling), and at test time
+  the probabilities are averaged over the rotations (and flips) of the input, each turned back
+  first: predictions are always in the slice's original orientation.
+
+**Cross-validation** is K-fold *by slice* (:func:`sscild.folds.make_splits`, seeded, stratified by
+each slice's consolidation share). The benchmark publishes no patient identifiers, so slices of one
+patient may fall on both sides of a fold; cross-validated Dice may therefore be optimistic
+compared with a patient-wise split.
+
+**Scores.** Per slice and class, Dice with the study's empty-reference policy (a slice without the
+class in its reference is excluded from that class's mean, and counted). *Pooled* Dice sums the
+intersections and sizes over all slices, 2 sum|P n R| / sum(|P| + |R|), so large lesions weigh more and
+false positives on slices without the class count. 95 % intervals: BCa bootstrap over slices.
+
+Example:
+    >>> from sscild.external import external_profile, run_external       # doctest: +SKIP
+    >>> summary = run_external("covid-semiseg/train", out_dir="results/external",
+    ...                        profile=external_profile("cpu"))            # doctest: +SKIP
+    >>> summary["cv"]["dice_ggo"]                                           # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import shutil
+import sys
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .errors import InputError
+from .folds import make_splits
+from .metrics import dice
+from .paths import atomic_path, read_json, write_json
+from .profiles import Profile, get_profile
+
+__all__ = [
+    "CLASS_NAMES",
+    "LABEL_VALUES",
+    "IMAGE_SUFFIXES",
+    "PUBLISHED",
+    "EXTERNAL_PROFILES",
+    "RECIPE_SEARCH",
+    "RECIPE_CHOICE",
+    "HOW_TO_GET_DATA",
+    "external_profile",
+    "SliceImage",
+    "read_slice_folder",
+    "normalize_intensity",
+    "GridMap",
+    "training_case",
+    "predict_slices",
+    "read_predictions",
+    "default_train_dir",
+    "score_slices",
+    "summarize_scores",
+    "describe_slices",
+    "results_table",
+    "recipe_dict",
+    "cross_validate",
+    "train_and_test",
+    "run_external",
+    "search_recipes",
+    "main",
+]
+
+CLASS_NAMES = ("ggo", "consolidation")
+"""Foreground classes, in label order (label 1, label 2)."""
+
+LABEL_VALUES = {0: "background", 1: "ggo", 2: "consolidation"}
+"""The label values a mask may hold."""
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+"""Image file endings read from ``images/`` (labels are always ``.png``)."""
+
+PUBLISHED = pd.DataFrame(
+    [
+        ("U-Net", 0.462, 0.421),
+        ("Semi-Inf-Net & FCN8s", 0.657, 0.318),
+        ("Semi-Inf-Net & multi-class U-Net", 0.639, 0.471),
+        ("FSS-2019-nCov", 0.679, 0.529),
+    ],
+    columns=["method", "dice_ggo", "dice_consolidation"],
+)
+"""Published Dice on the COVID-SemiSeg 48-slice test part (Fan et al. 2020, Inf-Net, Table IV)."""
+
+HOW_TO_GET_DATA = (
+    "Obtain the COVID-SemiSeg benchmark (Fan et al. 2020, Inf-Net; derived from the MedSeg "
+    "'COVID-19 CT segmentation dataset'): its training part has 50 axial CT slices with ground-glass "
+    "and consolidation masks, its test part 48. Lay each part out as DIR/images/<id>.jpg and "
+    "DIR/labels/<id>.png (0 background, 1 ground glass, 2 consolidation), then run "
+    "`make external EXTERNAL_TRAIN=DIR` (add `EXTERNAL_TEST=DIR2` to score the test part)."
+)
+"""What the chapter prints when the training folder is absent."""
+
+_TTA = ("none", "flip", "dihedral")
+
+
+def _base_overrides() -> dict:
+    # The recipe chosen by cross-validation on the 50 training slices (see RECIPE_SEARCH).
+    return dict(
+        channels=(16, 32, 64, 128),
+        strides=(2, 2, 2),
+        num_res_units=2,
+        patch_size=(192, 192),
+        batch_size=8,
+        iterations=600,
+        learning_rate=2e-3,
+        lesion_oversample=0.5,
+        num_folds=5,
+        seed=0,
+        checkpoint_every=100,
+        log_every=20,
+        tta_flips=True,
+    )
+
+
+def _make_profiles() -> dict[str, Profile]:
+    cpu = get_profile("cpu").with_overrides(
+        name="external-cpu", **_base_overrides(),
+        extra={"grid_size": 256, "rotations": True, "tta": "dihedral"})
+    smoke = get_profile("smoke").with_overrides(
+        name="external-smoke", channels=(8, 16, 32), strides=(2, 2), num_res_units=1, patch_size=(64, 64),
+        batch_size=4, iterations=8, num_folds=5, seed=0, checkpoint_every=8, log_every=4, tta_flips=False,
+        extra={"grid_size": 64, "rotations": True, "tta": "flip"})
+    paper = cpu.with_overrides(name="external-paper", iterations=3000, batch_size=16, checkpoint_every=500,
+                               log_every=50, extra={"grid_size": 384, "rotations": True, "tta": "dihedral"})
+    return {"smoke": smoke, "cpu": cpu, "paper": paper}
+
+
+EXTERNAL_PROFILES: dict[str, Profile] = _make_profiles()
+"""External-check profiles, derived from the study's profiles (``smoke`` for tests, ``cpu`` the
+default of ``make external``, ``paper`` a longer run for a GPU). Image-folder settings live in
+``extra``: ``grid_size`` (square network input, pixels), ``rotations`` (train on the four 90-degree
+rotations of each slice) and ``tta`` (``"none"``, ``"flip"`` or ``"dihedral"``: flips and 90-degree
+rotations averaged at prediction)."""
+
+RECIPE_SEARCH = pd.DataFrame(
+    [],
+    columns=["variant", "change from the final recipe", "dice_ggo", "dice_consolidation", "pooled_dice_ggo",
+             "pooled_dice_consolidation", "train_seconds_per_fold"],
+)
+"""Cross-validated Dice of the variants tried before fixing the recipe (training slices only;
+5-fold by slice, seed 0; 2 CPU threads). Re-run with ``python -m sscild.external search DIR OUT``."""
+
+
+RECIPE_CHOICE = "(to be filled from the search)"
+"""Why the final recipe, in one paragraph (shown under the search table)."""
+
+
+def _check_extra(p: Profile) -> dict:
+    ex = dict(p.extra or {})
+    grid = ex.get("grid_size")
+    if isinstance(grid, bool) or not isinstance(grid, (int, np.integer)) or grid < 16:
+        raise ValueError(f"profile {p.name!r}: extra['grid_size'] must be an integer >= 16, got {grid!r}.")
+    mult = 2 ** len(p.strides)
+    if grid % mult:
+        raise ValueError(f"profile {p.name!r}: grid_size {grid} must be a multiple of {mult} "
+                         f"(2 ** number of strides {list(p.strides)}); e.g. {int(math.ceil(grid / mult) * mult)}.")
+    if any(int(s) > grid for s in p.patch_size[:2]):
+        raise ValueError(f"profile {p.name!r}: patch_size {list(p.patch_size)} is larger than grid_size {grid}; "
+                         "use a patch no larger than the grid.")
+    if not isinstance(ex.get("rotations", True), bool):
+        raise ValueError(f"profile {p.name!r}: extra['rotations'] must be True or False, got {ex['rotations']!r}.")
+    if ex.get("tta", "dihedral") not in _TTA:
+        raise ValueError(f"profile {p.name!r}: extra['tta'] must be one of {_TTA}, got {ex['tta']!r}.")
+    if p.spatial_dims != 2:
+        raise ValueError(f"profile {p.name!r}: the external check trains 2D networks (spatial_dims=2).")
+    return {"grid_size": int(grid), "rotations": bool(ex.get("rotations", True)), "tta": ex.get("tta", "dihedral")}
+
+
+def external_profile(name: str | Profile = "cpu", **overrides) -> Profile:
+    """The external-check profile ``name`` (``smoke``, ``cpu`` or ``paper``), with optional overrides.
+
+    ``overrides`` are :class:`~sscild.profiles.Profile` fields, plus ``grid_size``, ``rotations``
+    and ``tta``, which go into ``extra``. A :class:`Profile` is validated and passed through.
+
+    Example:
+        >>> p = external_profile("cpu", iterations=300, rotations=False)
+        >>> p.name, p.iterations, p.extra["rotations"], p.num_folds
+        ('external-cpu', 300, False, 5)
+    """
+    if isinstance(name, Profile):
+        p = name
+    else:
+        key = str(name).removeprefix("external-")
+        if key not in EXTERNAL_PROFILES:
+            raise ValueError(f"Unknown external-check profile {name!r}. Choose one of: {', '.join(EXTERNAL_PROFILES)} "
+                             "(the chapter's `profile` parameter, or `make external EXTERNAL_PROFILE=...`).")
+        p = EXTERNAL_PROFILES[key]
+    extra_keys = {"grid_size", "rotations", "tta"}
+    extra = {**(p.extra or {}), **{k: v for k, v in overrides.items() if k in extra_keys}}
+    fields = {k: v for k, v in overrides.items() if k not in extra_keys}
+    for k in ("channels", "strides", "patch_size"):
+        if k in fields:
+            fields[k] = tuple(int(v) for v in fields[k])
+    try:
+        p = p.with_overrides(**fields, extra=extra)
+    except TypeError as e:
+        raise ValueError(f"external_profile: {e}; use Profile fields or grid_size / rotations / tta.") from None
+    _check_extra(p)
+    return p
+
+
+# --------------------------------------------------------------------------------------------
+# the image folder
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SliceImage:
+    """One 2D slice of an image folder.
+
+    Attributes:
+        slice_id: file stem (``images/<id>.jpg`` -> ``<id>``).
+        image: uint8 (x, y) grey levels (the transpose of the file's rows x columns).
+        label: uint8 (x, y) label map (0, 1, 2), or ``None`` for an unlabelled folder.
+        image_path, label_path: the files read.
+    """
+
+    slice_id: str
+    image: np.ndarray
+    label: np.ndarray | None
+    image_path: Path
+    label_path: Path | None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(int(v) for v in self.image.shape)
+
+    def digest(self) -> str:
+        """SHA-1 of the image's grey levels (finds the same slice under two names)."""
+        return hashlib.sha1(np.ascontiguousarray(self.image).tobytes() + str(self.image.shape).encode()).hexdigest()
+
+
+def _natural_key(s: str):
+    return (0, int(s), s) if s.isdigit() else (1, 0, s)
+
+
+def _read_grey(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()
+        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+            a = np.asarray(im).astype(np.float64)
+            return np.clip(np.rint(a / max(float(a.max()), 1.0) * 255.0), 0, 255).astype(np.uint8).T
+        if im.mode not in ("L", "P"):
+            im = im.convert("L")
+        return np.asarray(im, dtype=np.uint8).T
+
+
+def _read_label(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()
+        a = np.asarray(im)
+    if a.ndim == 3:
+        if a.shape[2] in (2, 4):  # drop alpha
+            a = a[..., :-1]
+        if not all(np.array_equal(a[..., 0], a[..., c]) for c in range(1, a.shape[2])):
+            raise ValueError("is a colour image; a label map must be one channel of integer values 0, 1, 2")
+        a = a[..., 0]
+    if not np.issubdtype(a.dtype, np.integer) and a.dtype != bool:
+        raise ValueError(f"holds {a.dtype} values; a label map must hold integers 0, 1, 2")
+    return a.astype(np.int64).T
+
+
+def read_slice_folder(folder: str | Path, *, require_labels: bool = True, what: str = "image folder") -> dict[str, SliceImage]:
+    """Read and validate ``folder/images`` and ``folder/labels``; every problem is reported at once.
+
+    Args:
+        folder: the split's folder (holding ``images/`` and, when labelled, ``labels/``).
+        require_labels: every image must have a label of the same size with values 0, 1, 2.
+        what: how messages name the folder (e.g. "training folder").
+
+    Returns:
+        Slice id -> :class:`SliceImage`, in natural id order (2 before 10).
+
+    Raises:
+        InputError: the folder or its ``images/`` is missing or empty, or (all listed together) an
+            unreadable file, an image without a label, a label without an image, two images with
+            one id, a label whose size differs from its image, or label values other than 0, 1, 2.
+
+    Example:
+        >>> slices = read_slice_folder("covid-semiseg/train")                # doctest: +SKIP
+        >>> s = slices["0"]; s.image.shape == s.label.shape                  # doctest: +SKIP
+        True
+    """
+    folder = Path(folder).expanduser()
+    img_dir, lab_dir = folder / "images", folder / "labels"
+    if not folder.is_dir():
+        raise InputError(f"{what} {folder} does not exist. {HOW_TO_GET_DATA}")
+    if not img_dir.is_dir():
+        raise InputError(f"{what} {folder} has no images/ subfolder: put the slices in {img_dir}/<id>.jpg "
+                         f"(and their masks in {lab_dir}/<id>.png).")
+    images: dict[str, list[Path]] = {}
+    for p in sorted(img_dir.iterdir()):
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."):
+            images.setdefault(p.stem, []).append(p)
+    if not images:
+        raise InputError(f"{what} {folder}: {img_dir} holds no {'/'.join(IMAGE_SUFFIXES)} files; put the slices "
+                         "there as <id>.jpg or <id>.png.")
+    labels: dict[str, Path] = {}
+    if lab_dir.is_dir():
+        labels = {p.stem: p for p in sorted(lab_dir.iterdir())
+                  if p.is_file() and p.suffix.lower() == ".png" and not p.name.startswith(".")}
+    elif require_labels:
+        raise InputError(f"{what} {folder} has no labels/ subfolder: put each slice's mask in {lab_dir}/<id>.png "
+                         "(0 background, 1 ground glass, 2 consolidation).")
+    problems: list[str] = []
+    out: dict[str, SliceImage] = {}
+    for sid in sorted(images, key=_natural_key):
+        paths = images[sid]
+        if len(paths) > 1:
+            problems.append(f"slice {sid}: several images with this id ({', '.join(p.name for p in paths)}); "
+                            "keep one and remove or rename the others.")
+            continue
+        ipath = paths[0]
+        try:
+            img = _read_grey(ipath)
+        except Exception as e:  # noqa: BLE001 - any reader failure is reported with the file
+            problems.append(f"slice {sid}: {ipath} cannot be read as an image ({type(e).__name__}: {e}); "
+                            "replace it with a valid 8-bit greyscale JPEG or PNG.")
+            continue
+        lpath = labels.get(sid)
+        lab = None
+        if lpath is None:
+            if require_labels:
+                problems.append(f"slice {sid}: label {lab_dir / (sid + '.png')} is missing for image {ipath.name}; "
+                                "add the mask or remove the image.")
+                continue
+        else:
+            try:
+                raw = _read_label(lpath)
+            except Exception as e:  # noqa: BLE001
+                problems.append(f"slice {sid}: label {lpath} {e if isinstance(e, ValueError) else f'cannot be read ({e})'}; "
+                                "save it as a single-channel PNG of 0/1/2.")
+                continue
+            if raw.shape != img.shape:
+                problems.append(f"slice {sid}: label {lpath.name} is {raw.shape[0]}x{raw.shape[1]} (width x height) but "
+                                f"image {ipath.name} is {img.shape[0]}x{img.shape[1]}; the mask must have the image's size.")
+                continue
+            bad = sorted(set(np.unique(raw).tolist()) - set(LABEL_VALUES))
+            if bad:
+                problems.append(f"slice {sid}: label {lpath} holds values {bad[:8]} besides 0/1/2 "
+                                f"(allowed: {LABEL_VALUES}); remap it (e.g. 255 -> 1 for a binary mask, or "
+                                "re-export without anti-aliasing).")
+                continue
+            lab = raw.astype(np.uint8)
+        out[sid] = SliceImage(sid, img, lab, ipath, lpath)
+    orphans = sorted(set(labels) - set(images), key=_natural_key)
+    if orphans:
+        problems.append(f"labels without an image: {', '.join(labels[s].name for s in orphans[:10])}"
+                        f"{' ...' if len(orphans) > 10 else ''} in {lab_dir}; add the images or remove the labels.")
+    if problems:
+        raise InputError(f"{what} {folder}: {len(problems)} problem(s):\n  - " + "\n  - ".join(problems))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# intensity, grid, orientation
+# --------------------------------------------------------------------------------------------
+
+
+def normalize_intensity(image: np.ndarray) -> np.ndarray:
+    """8-bit grey levels -> float32 in [-1, 1] (``v / 255 * 2 - 1``; see the module docstring).
+
+    Example:
+        >>> normalize_intensity(np.array([[0, 255]], np.uint8)).tolist()
+        [[-1.0, 1.0]]
+    """
+    a = np.asarray(image)
+    if a.dtype != np.uint8:
+        raise ValueError(f"normalize_intensity expects 8-bit grey levels (uint8), got {a.dtype}")
+    return (a.astype(np.float32) / np.float32(127.5) - np.float32(1.0)).astype(np.float32)
+
+
+def _resize(arr: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of (C, nx, ny) float32 to (C, *shape); anti-aliased when shrinking."""
+    import torch.nn.functional as F
+
+    if tuple(arr.shape[1:]) == tuple(shape):
+        return arr.astype(np.float32, copy=True)
+    t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))[None]
+    shrink = shape[0] < arr.shape[1] or shape[1] < arr.shape[2]
+    out = F.interpolate(t, size=tuple(int(s) for s in shape), mode="bilinear", align_corners=False, antialias=shrink)
+    return out[0].numpy()
+
+
+@dataclass(frozen=True)
+class GridMap:
+    """How one slice maps onto the network's square grid and back.
+
+    The slice (``shape`` = (nx, ny)) is scaled so that its longer side is ``size`` pixels, aspect
+    ratio kept, and centred on a ``size`` x ``size`` grid; the rest of the grid is padding.
+
+    Example:
+        >>> g = GridMap(shape=(100, 50), size=64)
+        >>> g.resized, g.offset
+        ((64, 32), (0, 16))
+        >>> lab = np.zeros((100, 50), np.uint8); lab[20:60, 10:40] = 1
+        >>> back = g.probs_from_grid(np.eye(2, dtype=np.float32)[g.label_to_grid(lab, 2)].transpose(2, 0, 1))
+        >>> back.shape, float((back.argmax(0) == lab).mean()) > 0.95
+        ((2, 100, 50), True)
+    """
+
+    shape: tuple[int, int]
+    size: int
+
+    def __post_init__(self):
+        if len(self.shape) != 2 or min(self.shape) < 1:
+            raise ValueError(f"GridMap: shape must be two positive sizes, got {self.shape}")
+        if int(self.size) < 1:
+            raise ValueError(f"GridMap: size must be positive, got {self.size}")
+
+    @property
+    def resized(self) -> tuple[int, int]:
+        scale = self.size / max(self.shape)
+        return tuple(min(self.size, max(1, int(round(n * scale)))) for n in self.shape)
+
+    @property
+    def offset(self) -> tuple[int, int]:
+        return tuple((self.size - r) // 2 for r in self.resized)
+
+    def _window(self):
+        (ox, oy), (rx, ry) = self.offset, self.resized
+        return slice(ox, ox + rx), slice(oy, oy + ry)
+
+    def image_to_grid(self, image: np.ndarray, fill: float = -1.0) -> np.ndarray:
+        """(nx, ny) float image -> (size, size) float32, padded with ``fill``."""
+        image = np.asarray(image, dtype=np.float32)
+        if image.shape != tuple(self.shape):
+            raise ValueError(f"GridMap: image is {image.shape}, expected {tuple(self.shape)}")
+        out = np.full((self.size, self.size), fill, dtype=np.float32)
+        out[self._window()] = _resize(image[None], self.resized)[0]
+        return out
+
+    def label_to_grid(self, label: np.ndarray, num_classes: int = 3) -> np.ndarray:
+        """(nx, ny) label map -> (size, size) uint8 via its resized one-hot maps (0 in the padding)."""
+        label = np.asarray(label)
+        if label.shape != tuple(self.shape):
+            raise ValueError(f"GridMap: label is {label.shape}, expected {tuple(self.shape)}")
+        onehot = (label[None] == np.arange(num_classes)[:, None, None]).astype(np.float32)
+        out = np.zeros((self.size, self.size), dtype=np.uint8)
+        out[self._window()] = _resize(onehot, self.resized).argmax(0).astype(np.uint8)
+        return out
+
+    def probs_from_grid(self, probs: np.ndarray) -> np.ndarray:
+        """(C, size, size) class probabilities -> (C, nx, ny) at the slice's own size."""
+        probs = np.asarray(probs, dtype=np.float32)
+        if probs.shape[1:] != (self.size, self.size):
+            raise ValueError(f"GridMap: probabilities are {probs.shape}, expected (C, {self.size}, {self.size})")
+        sx, sy = self._window()
+        return _resize(probs[:, sx, sy], tuple(self.shape))
+
+
+class _Case:
+    """What :func:`sscild.train.train_model` reads: ``image`` float32 and ``label`` uint8, (x, y, z)."""
+
+    __slots__ = ("image", "label")
+
+    def __init__(self, image: np.ndarray, label: np.ndarray):
+        self.image, self.label = image, label
+
+
+def training_case(s: SliceImage, profile: Profile) -> _Case:
+    """One labelled slice as a training "volume": (grid, grid, 1), or (grid, grid, 4) holding its
+    0/90/180/270-degree rotations when the profile's ``rotations`` is on."""
+    ex = _check_extra(profile)
+    if s.label is None:
+        raise InputError(f"slice {s.slice_id}: {s.image_path} has no label; training needs labelled slices.")
+    g = GridMap(shape=s.shape, size=ex["grid_size"])
+    img = g.image_to_grid(normalize_intensity(s.image))
+    lab = g.label_to_grid(s.label, 3)
+    ks = range(4) if ex["rotations"] else range(1)
+    return _Case(np.stack([np.rot90(img, k) for k in ks], axis=-1).astype(np.float32),
+                 np.stack([np.rot90(lab, k) for k in ks], axis=-1).astype(np.uint8))
+
+
+# --------------------------------------------------------------------------------------------
+# prediction and scores
+# --------------------------------------------------------------------------------------------
+
+
+def _tta_variants(mode: str) -> list[tuple[int, bool]]:
+    if mode == "none":
+        return [(0, False)]
+    if mode == "flip":
+        return [(0, False), (0, True)]
+    return [(k, f) for k in range(4) for f in (False, True)]
+
+
+@torch.no_grad()
+def predict_slices(net: torch.nn.Module, slices: Mapping[str, SliceImage], profile: Profile, *,
+                   device=None, return_probs: bool = False) -> dict[str, np.ndarray]:
+    """Label maps (uint8, each slice's own size and orientation) predicted by ``net``.
+
+    The slice goes onto the grid, the network sees it under each test-time variant (rotation by
+    k x 90 degrees, then optional flip), each softmax is turned back, the mean is resized to the
+    slice's size, then argmax. With ``return_probs`` the (C, nx, ny) mean probabilities are returned.
+    """
+    from .train import select_device
+
+    ex = _check_extra(profile)
+    device = select_device(device)
+    net.eval()
+    variants = _tta_variants(ex["tta"])
+    out = {}
+    for sid, s in slices.items():
+        g = GridMap(shape=s.shape, size=ex["grid_size"])
+        x = torch.from_numpy(g.image_to_grid(normalize_intensity(s.image)))[None, None]
+        batch = []
+        for k, flip in variants:
+            xi = torch.rot90(x, k, dims=(2, 3))
+            batch.append(torch.flip(xi, dims=(2,)) if flip else xi)
+        prob = torch.softmax(net(torch.cat(batch).to(device)).float(), 1).cpu()
+        acc = torch.zeros_like(prob[0])
+        for i, (k, flip) in enumerate(variants):
+            p = torch.flip(prob[i], dims=(1,)) if flip else prob[i]
+            acc += torch.rot90(p, -k, dims=(1, 2))
+        probs = g.probs_from_grid((acc / len(variants)).numpy())
+        out[sid] = probs if return_probs else probs.argmax(0).astype(np.uint8)
+    return out
+
+
+def read_predictions(folder: str | Path, slices: Mapping[str, SliceImage]) -> dict[str, np.ndarray]:
+    """Read predicted masks ``folder/<id>.png`` (as written by :func:`cross_validate`) for ``slices``.
+
+    Raises:
+        InputError: a mask is missing or its size differs from its slice's.
+    """
+    folder = Path(folder)
+    out, problems = {}, []
+    for sid, s in slices.items():
+        path = folder / f"{sid}.png"
+        if not path.exists():
+            problems.append(f"slice {sid}: {path} is missing")
+            continue
+        lab = _read_label(path).astype(np.uint8)
+        if lab.shape != s.shape:
+            problems.append(f"slice {sid}: {path} is {lab.shape}, the slice {s.shape}")
+            continue
+        out[sid] = lab
+    if problems:
+        raise InputError(f"predictions in {folder} do not match the slices ({len(problems)} problem(s)): "
+                         + "; ".join(problems[:10]) + ". Re-run the external check (make external).")
+    return out
+
+
+def default_train_dir() -> Path | None:
+    """``../shared/data/covid-semiseg/train`` beside the checkout when it exists, else ``None``."""
+    from .paths import repo_root
+
+    p = (repo_root().parent / "shared" / "data" / "covid-semiseg" / "train").resolve()
+    return p if p.is_dir() else None
+
+
+def score_slices(preds: Mapping[str, np.ndarray], slices: Mapping[str, SliceImage]) -> pd.DataFrame:
+    """One row per slice: Dice per class (NaN when the class is absent from the reference), and the
+    pixel counts pooled Dice needs (``inter_*``, ``pred_*``, ``ref_*``).
+
+    Example:
+        >>> ref = np.array([[0, 1, 1, 2]], np.uint8); pred = np.array([[1, 1, 0, 0]], np.uint8)
+        >>> s = SliceImage("a", np.zeros_like(ref), ref, Path("a.jpg"), Path("a.png"))
+        >>> r = score_slices({"a": pred}, {"a": s}).iloc[0]
+        >>> float(r["dice_ggo"]), float(r["dice_consolidation"]), int(r["inter_ggo"])
+        (0.5, 0.0, 1)
+    """
+    rows = []
+    for sid, pred in preds.items():
+        s = slices[sid]
+        if s.label is None:
+            raise InputError(f"slice {sid}: no reference label to score against ({s.image_path}).")
+        if pred.shape != s.label.shape:
+            raise ValueError(f"slice {sid}: prediction is {pred.shape}, reference {s.label.shape}; map the prediction "
+                             "back to the slice's size (GridMap.probs_from_grid) before scoring.")
+        row = {"slice_id": sid, "width": s.shape[0], "height": s.shape[1]}
+        for c, name in enumerate(CLASS_NAMES, start=1):
+            p, r = pred == c, s.label == c
+            row[f"dice_{name}"] = dice(p, r, empty="nan")
+            row[f"inter_{name}"] = int(np.count_nonzero(p & r))
+            row[f"pred_{name}"] = int(np.count_nonzero(p))
+            row[f"ref_{name}"] = int(np.count_nonzero(r))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _pooled_ci(inter: np.ndarray, sizes: np.ndarray, n_boot: int, seed: int) -> tuple[float, float]:
+    from scipy import stats
+
+    if inter.size < 2 or sizes.sum() == 0:
+        return float("nan"), float("nan")
+
+    def stat(i, s, axis=-1):
+        tot = s.sum(axis=axis)
+        return np.where(tot > 0, 2.0 * i.sum(axis=axis) / np.maximum(tot, 1), np.nan)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            res = stats.bootstrap((inter, sizes), stat, paired=True, vectorized=True, n_resamples=int(n_boot),
+                                  method="BCa", confidence_level=0.95, random_state=np.random.default_rng(seed))
+        except Exception:  # noqa: BLE001 - degenerate BCa (e.g. constant ratio): percentile instead
+            res = stats.bootstrap((inter, sizes), stat, paired=True, vectorized=True, n_resamples=int(n_boot),
+                                  method="percentile", confidence_level=0.95, random_state=np.random.default_rng(seed))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def summarize_scores(df: pd.DataFrame, *, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Per-slice mean Dice and pooled Dice of each class, with 95 % bootstrap intervals over slices.
+
+    Returns a flat dict: ``dice_<class>`` (mean over slices with the class in the reference),
+    ``dice_<class>_ci`` ([low, high], BCa), ``n_<class>`` / ``n_excluded_<class>``,
+    ``pooled_dice_<class>`` and ``pooled_dice_<class>_ci``, and ``n_slices``.
+
+    Example:
+        >>> df = pd.DataFrame({"dice_ggo": [0.5, 1.0], "inter_ggo": [1, 2], "pred_ggo": [2, 2], "ref_ggo": [2, 2],
+        ...                    "dice_consolidation": [np.nan, 0.0], "inter_consolidation": [0, 0],
+        ...                    "pred_consolidation": [3, 0], "ref_consolidation": [0, 1]})
+        >>> s = summarize_scores(df, n_boot=200)
+        >>> s["dice_ggo"], s["pooled_dice_ggo"], s["n_excluded_consolidation"], s["pooled_dice_consolidation"]
+        (0.75, 0.75, 1, 0.0)
+    """
+    from .metrics import summarize
+
+    cols = [f"dice_{n}" for n in CLASS_NAMES]
+    desc = summarize(df[cols], columns=cols, n_boot=max(100, int(n_boot)), seed=seed).set_index("metric")
+    out: dict = {"n_slices": int(len(df))}
+    for n in CLASS_NAMES:
+        d = desc.loc[f"dice_{n}"]
+        inter = df[f"inter_{n}"].to_numpy(float)
+        sizes = (df[f"pred_{n}"] + df[f"ref_{n}"]).to_numpy(float)
+        pooled = float(2 * inter.sum() / sizes.sum()) if sizes.sum() > 0 else float("nan")
+        out |= {
+            f"dice_{n}": float(d["mean"]),
+            f"dice_{n}_ci": [float(d["ci_low"]), float(d["ci_high"])],
+            f"dice_{n}_median": float(d["median"]),
+            f"n_{n}": int(d["n"]),
+            f"n_excluded_{n}": int(d["n_excluded"]),
+            f"pooled_dice_{n}": pooled,
+            f"pooled_dice_{n}_ci": list(_pooled_ci(inter, sizes, n_boot, seed)),
+        }
+    out["ci_method"] = (f"95% BCa bootstrap over slices, {int(n_boot)} resamples, seed {seed} (per-slice mean: "
+                        "sscild.metrics.summarize; pooled: paired resampling of intersections and sizes)")
+    return out
+
+
+def describe_slices(slices: Mapping[str, SliceImage]) -> pd.DataFrame:
+    """A one-column table describing a labelled folder: slice count, sizes, how many slices hold each
+    class and each class's share of all pixels.
+
+    Example:
+        >>> lab = np.array([[0, 1], [2, 2]], np.uint8)
+        >>> t = describe_slices({"a": SliceImage("a", np.zeros_like(lab), lab, Path("a.jpg"), Path("a.png"))})
+        >>> t.loc["slices with consolidation", "value"], t.loc["consolidation, % of pixels", "value"]
+        ('1', '50.0')
+    """
+    if not slices:
+        raise ValueError("describe_slices: no slices")
+    w = np.array([s.shape[0] for s in slices.values()])
+    h = np.array([s.shape[1] for s in slices.values()])
+    labs = [s.label for s in slices.values() if s.label is not None]
+    tot = sum(lab.size for lab in labs) or 1
+    rows = [("slices", f"{len(slices)}"),
+            ("width (px), min-median-max", f"{w.min()} - {int(np.median(w))} - {w.max()}"),
+            ("height (px), min-median-max", f"{h.min()} - {int(np.median(h))} - {h.max()}"),
+            ("labelled slices", f"{len(labs)}")]
+    display = {"ggo": "GGO", "consolidation": "consolidation"}
+    for c, name in enumerate(CLASS_NAMES, start=1):
+        rows.append((f"slices with {display[name]}", f"{sum(bool((lab == c).any()) for lab in labs)}"))
+    for c, name in enumerate(CLASS_NAMES, start=1):
+        rows.append((f"{display[name]}, % of pixels", f"{100 * sum(int((lab == c).sum()) for lab in labs) / tot:.1f}"))
+    return pd.DataFrame(rows, columns=["", "value"]).set_index("")
+
+
+def results_table(summary: Mapping, *, published: pd.DataFrame | None = PUBLISHED) -> pd.DataFrame:
+    """This recipe's Dice (cross-validation and, when run, test) beside the published test-set rows.
+
+    Values are formatted "mean [95 % CI]"; published rows have no interval (none was published).
+    """
+    def f(v, ci=None):
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return "n/a"
+        if ci is None or any(c is None or (isinstance(c, float) and math.isnan(c)) for c in ci):
+            return f"{v:.3f}"
+        return f"{v:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+    rows = []
+    for part, label in (("cv", "this recipe, 5-fold CV on the training part (by slice)"),
+                        ("test", "this recipe, trained on the training part, scored on the test part")):
+        r = summary.get(part)
+        if not r:
+            continue
+        rows.append({"result": label, "slices": r["n_slices"],
+                     "Dice GGO (mean over slices)": f(r["dice_ggo"], r["dice_ggo_ci"]),
+                     "Dice consolidation (mean over slices)": f(r["dice_consolidation"], r["dice_consolidation_ci"]),
+                     "pooled Dice GGO": f(r["pooled_dice_ggo"], r["pooled_dice_ggo_ci"]),
+                     "pooled Dice consolidation": f(r["pooled_dice_consolidation"], r["pooled_dice_consolidation_ci"])})
+    if published is not None:
+        for _, p in published.iterrows():
+            rows.append({"result": f"published: {p['method']} (test part)", "slices": 48,
+                         "Dice GGO (mean over slices)": f(float(p["dice_ggo"])),
+                         "Dice consolidation (mean over slices)": f(float(p["dice_consolidation"])),
+                         "pooled Dice GGO": "", "pooled Dice consolidation": ""})
+    return pd.DataFrame(rows).set_index("result")
+
+
+# --------------------------------------------------------------------------------------------
+# training, cross-validation, test
+# --------------------------------------------------------------------------------------------
+
+
+def _profile_key(p: Profile) -> dict:
+    """The settings a trained model depends on (test-time augmentation is not one of them)."""
+    d = p.to_dict()
+    key = {k: d[k] for k in ("channels", "strides", "num_res_units", "dropout", "norm", "patch_size", "iterations",
+                             "batch_size", "learning_rate", "weight_decay", "lesion_oversample", "seed")}
+    key["extra"] = {k: v for k, v in sorted((d.get("extra") or {}).items()) if k != "tta"}
+    return key
+
+
+def _write_png(path: Path, label_xy: np.ndarray) -> None:
+    from PIL import Image
+
+    with atomic_path(path, suffix=".png") as tmp:
+        Image.fromarray(np.ascontiguousarray(label_xy.T.astype(np.uint8))).save(tmp)
+
+
+def _train_or_load(train: Mapping[str, SliceImage], p: Profile, out: Path, *, key: int, progress: bool,
+                   desc: str) -> tuple[torch.nn.Module, dict]:
+    """Train on ``train`` into ``out`` (or reuse a finished model trained on the same slices and recipe)."""
+    from .predict import load_fold_model
+    from .train import train_model
+
+    out = Path(out)
+    ident = {"train_slices": sorted(train, key=_natural_key), "key": int(key), "recipe": _profile_key(p)}
+    ident_path, summary_path, model_path = out / "recipe_key.json", out / "train_summary.json", out / "model_final.pt"
+    if ident_path.exists() and json.loads(json.dumps(ident)) != read_json(ident_path):
+        shutil.rmtree(out)  # a different recipe or training set: start again (derived files only)
+    if summary_path.exists() and model_path.exists():
+        net, _ = load_fold_model(model_path)
+        return net, read_json(summary_path)
+    write_json(ident_path, ident)
+    cases = {sid: training_case(s, p) for sid, s in train.items()}
+    cpu0 = time.process_time()
+    res = train_model(cases, p, out, key=key, num_classes=3, class_names=CLASS_NAMES, progress=progress, desc=desc)
+    summary = {**res, "cpu_seconds": round(time.process_time() - cpu0, 2), "key": int(key), "profile": p.name,
+               "train_slices": ident["train_slices"]}
+    write_json(summary_path, summary)
+    net, _ = load_fold_model(model_path)
+    return net, summary
+
+
+def cross_validate(slices: Mapping[str, SliceImage], out_dir: str | Path, profile: str | Profile = "cpu", *,
+                   folds: Sequence[int] | None = None, progress: bool = False,
+                   log=print) -> tuple[pd.DataFrame, dict]:
+    """K-fold cross-validation by slice on a labelled folder (``profile.num_folds`` folds, its seed).
+
+    ``folds`` limits the run to some folds (a quick screen of a recipe); default all.
+
+    Writes ``out_dir/splits.json``, ``fold_<k>/`` (model, learning curves, summary),
+    ``predictions/<id>.png`` (out-of-fold masks, the files' orientation) and ``scores.csv``.
+    Finished folds trained on the same slices with the same recipe are reused.
+
+    Returns:
+        (per-slice scores with a ``fold`` column, info dict: splits, seconds per fold, total seconds).
+    """
+    from .train import set_threads
+
+    p = external_profile(profile)
+    out_dir = Path(out_dir)
+    t0 = time.perf_counter()
+    threads = set_threads()
+    if len(slices) < p.num_folds:
+        raise InputError(f"{len(slices)} labelled slices cannot make {p.num_folds} folds; add slices or lower num_folds.")
+    strata = {}
+    for sid, s in slices.items():
+        g, c = int(np.count_nonzero(s.label == 1)), int(np.count_nonzero(s.label == 2))
+        strata[sid] = c / (g + c) if g + c else 0.0
+    splits = make_splits(list(slices), strata=strata, k=p.num_folds, seed=p.seed)
+    write_json(out_dir / "splits.json", splits)
+    if folds is not None:
+        bad = [k for k in folds if not 0 <= int(k) < len(splits)]
+        if bad:
+            raise ValueError(f"folds {bad} do not exist: the split has folds 0..{len(splits) - 1}.")
+    frames, done = [], []
+    for k, fold in enumerate(splits):
+        if folds is not None and k not in {int(f) for f in folds}:
+            continue
+        tk = time.perf_counter()
+        net, summ = _train_or_load({s: slices[s] for s in fold["train"]}, p, out_dir / f"fold_{k}", key=k,
+                                   progress=progress, desc=f"fold {k}")
+        held = {s: slices[s] for s in sorted(fold["val"], key=_natural_key)}
+        ti = time.perf_counter()
+        preds = predict_slices(net, held, p)
+        for sid, pred in preds.items():
+            _write_png(out_dir / "predictions" / f"{sid}.png", pred)
+        df = score_slices(preds, held)
+        df.insert(1, "fold", k)
+        frames.append(df)
+        done.append({"fold": k, "n_train": len(fold["train"]), "n_test": len(held),
+                     "train_seconds": summ.get("seconds"), "train_cpu_seconds": summ.get("cpu_seconds"),
+                     "predict_seconds": round(time.perf_counter() - ti, 2),
+                     "wall_seconds": round(time.perf_counter() - tk, 2)})
+        if log:
+            log(f"fold {k}: trained on {len(fold['train'])} slices ({summ.get('seconds', 0):.0f} s), "
+                f"scored {len(held)}: GGO {np.nanmean(df['dice_ggo']):.3f}, "
+                f"consolidation {np.nanmean(df['dice_consolidation']):.3f}")
+    scores = pd.concat(frames, ignore_index=True)
+    scores["_o"] = scores["slice_id"].map(_natural_key)
+    scores = scores.sort_values("_o").drop(columns="_o").reset_index(drop=True)
+    with atomic_path(out_dir / "scores.csv", suffix=".csv") as tmp:
+        scores.to_csv(tmp, index=False)
+    info = {"splits": splits, "folds": done, "threads": threads, "seconds": round(time.perf_counter() - t0, 2)}
+    return scores, info
+
+
+def train_and_test(train: Mapping[str, SliceImage], test: Mapping[str, SliceImage], out_dir: str | Path,
+                   profile: str | Profile = "cpu", *, progress: bool = False, log=print) -> tuple[pd.DataFrame, dict]:
+    """Train on every slice of ``train``, predict and score every slice of ``test``.
+
+    Raises ``InputError`` when a test image is pixel-identical to a training image (leakage).
+    Writes ``out_dir/model/``, ``predictions/<id>.png`` and ``scores.csv``.
+    """
+    from .train import set_threads
+
+    p = external_profile(profile)
+    out_dir = Path(out_dir)
+    t0 = time.perf_counter()
+    set_threads()
+    seen = {s.digest(): sid for sid, s in train.items()}
+    dup = [(sid, seen[s.digest()]) for sid, s in test.items() if s.digest() in seen]
+    if dup:
+        raise InputError(f"{len(dup)} test slice(s) are identical to training slices (test id, training id): {dup[:10]}; "
+                         "the test folder must hold only slices the network never trained on.")
+    net, summ = _train_or_load(train, p, out_dir / "model", key=p.num_folds, progress=progress, desc="all slices")
+    ti = time.perf_counter()
+    preds = predict_slices(net, test, p)
+    for sid, pred in preds.items():
+        _write_png(out_dir / "predictions" / f"{sid}.png", pred)
+    scores = score_slices(preds, test)
+    with atomic_path(out_dir / "scores.csv", suffix=".csv") as tmp:
+        scores.to_csv(tmp, index=False)
+    if log:
+        log(f"test: trained on {len(train)} slices ({summ.get('seconds', 0):.0f} s), scored {len(test)}")
+    return scores, {"train_seconds": summ.get("seconds"), "predict_seconds": round(time.perf_counter() - ti, 2),
+                    "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def recipe_dict(p: Profile, threads: int) -> dict:
+    """The recipe of profile ``p`` as plain values (``summary.json["recipe"]`` and the chapter's table)."""
+    p = external_profile(p)
+    ex = _check_extra(p)
+    return {
+        "profile": p.name,
+        "derived_from": "sscild.profiles 'cpu' (smoke for external-smoke) via Profile.with_overrides",
+        "network": f"MONAI UNet 2D, channels {list(p.channels)}, strides {list(p.strides)}, "
+                   f"{p.num_res_units} residual unit(s), {p.norm} norm",
+        "channels": list(p.channels), "strides": list(p.strides), "num_res_units": p.num_res_units,
+        "grid_size": ex["grid_size"], "patch_size": list(p.patch_size[:2]), "batch_size": p.batch_size,
+        "iterations": p.iterations, "learning_rate": p.learning_rate, "weight_decay": p.weight_decay,
+        "lesion_oversample": p.lesion_oversample, "rotations": ex["rotations"], "tta": ex["tta"],
+        "intensity": "v / 255 * 2 - 1 (8-bit windowed grey levels to [-1, 1])",
+        "geometry": f"longer side resized to {ex['grid_size']} px, aspect kept, padded square; "
+                    "probabilities resized back to each slice's size before argmax",
+        "loss": "DiceCELoss (sscild.train.train_model), 3 classes",
+        "folds": p.num_folds, "seed": p.seed, "split": "by slice (no patient ids in the benchmark), "
+                                                        "stratified by consolidation share",
+        "threads": threads,
+    }
+
+
+def run_external(train_dir: str | Path, out_dir: str | Path, *, test_dir: str | Path | None = None,
+                 profile: str | Profile = "cpu", n_boot: int = 2000, progress: bool = False, log=print) -> dict:
+    """The whole external check: cross-validation on ``train_dir``, optional test on ``test_dir``.
+
+    Writes ``out_dir/cv/`` and ``out_dir/test/`` (see :func:`cross_validate`, :func:`train_and_test`)
+    and ``out_dir/summary.json``::
+
+        {"cv": {"dice_ggo", "dice_ggo_ci", "pooled_dice_ggo", "pooled_dice_ggo_ci", ... same for
+                "consolidation", "n_slices", "folds", "seconds"},
+         "test": {... the same keys ...} or null,
+         "recipe": {...}, "published": [...], "data": {...}, "seconds": total}
+
+    Example:
+        >>> s = run_external("covid-semiseg/train", "results/external", profile="smoke")  # doctest: +SKIP
+    """
+    from .train import set_threads
+
+    p = external_profile(profile)
+    out_dir = Path(out_dir)
+    t0 = time.perf_counter()
+    train = read_slice_folder(train_dir, what="training folder")
+    test = read_slice_folder(test_dir, what="test folder") if test_dir not in (None, "") else None
+    cv_scores, cv_info = cross_validate(train, out_dir / "cv", p, progress=progress, log=log)
+    cv = summarize_scores(cv_scores, n_boot=n_boot, seed=p.seed) | {
+        "folds": p.num_folds, "seconds": cv_info["seconds"], "per_fold": cv_info["folds"]}
+    test_summary = None
+    if test is not None:
+        t_scores, t_info = train_and_test(train, test, out_dir / "test", p, progress=progress, log=log)
+        test_summary = summarize_scores(t_scores, n_boot=n_boot, seed=p.seed) | {"seconds": t_info["seconds"]}
+    summary = {
+        "cv": cv,
+        "test": test_summary,
+        "recipe": recipe_dict(p, set_threads()),
+        "published": PUBLISHED.to_dict(orient="records"),
+        "published_source": "Fan et al. 2020 (Inf-Net), COVID-SemiSeg 48-slice test part",
+        "data": {"train_dir": str(Path(train_dir).resolve()), "n_train": len(train),
+                 "test_dir": str(Path(test_dir).resolve()) if test is not None else None,
+                 "n_test": len(test) if test is not None else None},
+        "torch": torch.__version__,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    write_json(out_dir / "summary.json", summary)
+    return summary
+
+
+# --------------------------------------------------------------------------------------------
+# recipe search (cross-validation only) and the command line
+# --------------------------------------------------------------------------------------------
+
+SEARCH_VARIANTS: dict[str, dict] = {
+    "A": {},
+    "A, flip-only TTA": {"tta": "flip"},
+    "B: no 90-degree rotations": {"rotations": False, "tta": "flip"},
+    "C: grid 320": {"grid_size": 320},
+}
+"""Variants for :func:`search_recipes`: name -> overrides of the ``cpu`` external profile."""
+
+
+def search_recipes(train_dir: str | Path, out_dir: str | Path, variants: Mapping[str, Mapping] | None = None, *,
+                   base: str | Profile = "cpu", folds: Sequence[int] | None = None, n_boot: int = 1000,
+                   log=print) -> pd.DataFrame:
+    """Cross-validate each variant (overrides of ``base``) on the training folder only.
+
+    Args:
+        train_dir: the labelled training folder (no test data is read).
+        out_dir: where each trained recipe gets a folder (named by a hash of its training
+            settings, so variants differing only at test time share their models).
+        variants: name -> overrides of :func:`external_profile`; default :data:`SEARCH_VARIANTS`.
+        base: the profile the overrides apply to.
+        folds: screen on these folds only (default all).
+
+    Returns:
+        One row per variant: its overrides, the slices scored, cross-validated Dice (per-slice mean
+        and pooled) and the mean training CPU seconds per fold; also ``out_dir/search.csv``.
+    """
+    variants = dict(variants if variants is not None else SEARCH_VARIANTS)
+    if not variants:
+        raise ValueError("search_recipes: no variants given")
+    train = read_slice_folder(train_dir, what="training folder")
+    rows = []
+    for name, ov in variants.items():
+        p = external_profile(base, **dict(ov))
+        tag = hashlib.sha1(json.dumps(_profile_key(p), sort_keys=True).encode()).hexdigest()[:10]
+        scores, info = cross_validate(train, Path(out_dir) / tag, p, folds=folds, log=log)
+        s = summarize_scores(scores, n_boot=n_boot, seed=p.seed)
+        cpu = [f["train_cpu_seconds"] for f in info["folds"] if f.get("train_cpu_seconds") is not None]
+        rows.append({"variant": name, "overrides": json.dumps(dict(ov)), "folds": ",".join(str(f["fold"]) for f in info["folds"]),
+                     "slices": len(scores),
+                     **{k: round(s[k], 3) for k in ("dice_ggo", "dice_consolidation", "pooled_dice_ggo",
+                                                     "pooled_dice_consolidation")},
+                     "train_cpu_seconds_per_fold": round(float(np.mean(cpu)), 0) if cpu else float("nan"),
+                     "folder": tag})
+        if log:
+            log(f"[search] {rows[-1]}")
+        with atomic_path(Path(out_dir) / "search.csv", suffix=".csv") as tmp:
+            pd.DataFrame(rows).to_csv(tmp, index=False)
+    return pd.DataFrame(rows)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m sscild.external", description="External check on real CT slices.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="cross-validation (and test) -> OUT/summary.json")
+    r.add_argument("train_dir", type=Path)
+    r.add_argument("out_dir", type=Path)
+    r.add_argument("--test-dir", type=Path, default=None)
+    r.add_argument("--profile", default="cpu")
+    s = sub.add_parser("search", help="cross-validate the recipe variants (training folder only)")
+    s.add_argument("train_dir", type=Path)
+    s.add_argument("out_dir", type=Path)
+    s.add_argument("--only", nargs="*", default=None, help="variant names (default: all)")
+    s.add_argument("--folds", nargs="*", type=int, default=None, help="screen on these folds only (default: all)")
+    args = ap.parse_args(argv)
+    try:
+        if args.cmd == "run":
+            summ = run_external(args.train_dir, args.out_dir, test_dir=args.test_dir, profile=args.profile)
+            print(json.dumps({k: summ[k] for k in ("cv", "test")}, indent=2, default=str))
+        else:
+            v = SEARCH_VARIANTS if not args.only else {k: SEARCH_VARIANTS[k] for k in args.only}
+            print(search_recipes(args.train_dir, args.out_dir, v, folds=args.folds).to_string())
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+# ---- appendix "External check on real CT" (COVID-SemiSeg), included by the Makefile ----------------
+#   make external                                   cross-validation on the training part
+#   make external EXTERNAL_TEST=/path/to/test       ... and train on all, score the test part
+#   make external EXTERNAL_TRAIN=/path/to/train     another copy of the training part
+# Uses the Makefile's PY, STAMP and RESULTS. Runs on 2 CPU threads unless THREADS=N is given.
+
+_ext_default_goal := $(.DEFAULT_GOAL)
+
+EXTERNAL_TRAIN   ?= $(abspath ../shared/data/covid-semiseg/train)
+EXTERNAL_TEST    ?=
+EXTERNAL_PROFILE ?= cpu
+EXT_RES  := $(RESULTS)/external
+EXT_NB   := $(EXT_RES)/A1_external.ipynb
+EXT_MARK := $(EXT_RES)/.params
+EXT_PARAMS := profile=$(EXTERNAL_PROFILE) train=$(abspath $(EXTERNAL_TRAIN)) test=$(if $(EXTERNAL_TEST),$(abspath $(EXTERNAL_TEST)))
+EXT_LIB  := lib/sscild/external.py lib/sscild/plots/external.py lib/sscild/train.py lib/sscild/model.py lib/sscild/metrics.py
+
+.PHONY: external
+external: $(EXT_NB)
+
+# rewritten only when the parameters change, so switching folders or profile re-runs the chapter
+$(EXT_MARK): _external_params
+	@mkdir -p $(@D)
+	@echo '$(EXT_PARAMS)' | cmp -s - $@ || echo '$(EXT_PARAMS)' > $@
+_external_params: ;
+
+$(EXT_NB): notebooks/A1_external.py $(EXT_LIB) $(EXT_MARK) | $(STAMP)
+	SSCILD_THREADS=$(or $(THREADS),2) $(PY) -m sscild.runner --run-dir $(EXT_RES) --step external $< $@ \
+	  -p profile $(EXTERNAL_PROFILE) -p train_dir $(abspath $(EXTERNAL_TRAIN)) -p out_dir $(abspath $(EXT_RES)) \
+	  $(if $(EXTERNAL_TEST),-p test_dir $(abspath $(EXTERNAL_TEST)))
+
+# including this file never changes the Makefile's default goal
+.DEFAULT_GOAL := $(_ext_default_goal)

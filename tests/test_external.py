@@ -1,0 +1,321 @@
+"""External check on real CT: the 2D image-folder dataset, scores, and a smoke run of the chapter."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from sscild import external as ext
+from sscild.errors import InputError
+
+REPO = Path(__file__).resolve().parents[1]
+COVID_TRAIN = REPO.parent / "shared" / "data" / "covid-semiseg" / "train"
+
+
+def write_slice(folder: Path, sid: str, image_rc: np.ndarray, label_rc: np.ndarray | None, *, ext_: str = ".png"):
+    """Write one slice in the file layout (arrays given as rows x columns, as image files hold them)."""
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    (folder / "labels").mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image_rc.astype(np.uint8)).save(folder / "images" / f"{sid}{ext_}")
+    if label_rc is not None:
+        Image.fromarray(label_rc.astype(np.uint8)).save(folder / "labels" / f"{sid}.png")
+
+
+def blob_slice(h: int = 24, w: int = 40):
+    """An asymmetric slice (rows x columns): GGO block top-left, consolidation block lower right."""
+    lab = np.zeros((h, w), np.uint8)
+    lab[2:10, 3:15] = 1
+    lab[14:20, 25:37] = 2
+    img = np.choose(lab, [0, 127, 255]).astype(np.uint8)
+    return img, lab
+
+
+class PixelNet(torch.nn.Module):
+    """A 1x1 convolution whose argmax is 0 below -0.3, 1 in [-0.3, 0.3], 2 above: a pixel-wise
+    "segmenter" of the blob slices that commutes with rotations and flips."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 3, 1)
+        with torch.no_grad():
+            self.conv.weight[:] = torch.tensor([-10.0, 0.0, 10.0]).view(3, 1, 1, 1)
+            self.conv.bias[:] = torch.tensor([0.0, 3.0, 0.0])
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+# ---- the folder reader ---------------------------------------------------------------------
+
+
+def test_read_folder_transposes_to_xy_and_sorts_naturally(tmp_path):
+    img, lab = blob_slice()
+    for sid in ("10", "2", "b"):
+        write_slice(tmp_path, sid, img, lab, ext_=".jpg" if sid == "2" else ".png")
+    slices = ext.read_slice_folder(tmp_path)
+    assert list(slices) == ["2", "10", "b"]
+    s = slices["10"]
+    assert s.image.shape == (40, 24) and s.label.shape == (40, 24)  # (x, y) = (columns, rows)
+    assert s.label[5, 3] == 1 and s.label[30, 16] == 2 and s.label[30, 5] == 0
+    assert s.image.dtype == np.uint8 and s.label.dtype == np.uint8
+
+
+def test_read_folder_reports_every_problem_at_once(tmp_path):
+    img, lab = blob_slice()
+    write_slice(tmp_path, "ok", img, lab)
+    write_slice(tmp_path, "nolabel", img, None)
+    write_slice(tmp_path, "small", img, lab[:20])
+    bad = lab.copy()
+    bad[0, 0] = 3
+    write_slice(tmp_path, "three", img, bad)
+    Image.fromarray(lab).save(tmp_path / "labels" / "orphan.png")
+    with pytest.raises(InputError) as e:
+        ext.read_slice_folder(tmp_path, what="training folder")
+    msg = str(e.value)
+    assert "5 problem(s)" not in msg and "4 problem(s)" in msg
+    assert "slice nolabel: label" in msg and "is missing" in msg
+    assert "slice small: label small.png is 40x20" in msg and "image small.png is 40x24" in msg
+    assert "slice three" in msg and "values [3]" in msg
+    assert "orphan.png" in msg
+    assert "slice ok" not in msg
+
+
+def test_read_folder_rejects_colour_label_and_missing_folder(tmp_path):
+    img, lab = blob_slice()
+    write_slice(tmp_path, "c", img, None)
+    rgb = np.stack([lab, lab * 0, lab], -1)
+    Image.fromarray(rgb.astype(np.uint8)).save(tmp_path / "labels" / "c.png")
+    with pytest.raises(InputError, match="slice c: .*colour image"):
+        ext.read_slice_folder(tmp_path)
+    with pytest.raises(InputError, match="does not exist.*COVID-SemiSeg"):
+        ext.read_slice_folder(tmp_path / "absent")
+
+
+def test_normalize_intensity_maps_8bit_to_minus_one_one():
+    out = ext.normalize_intensity(np.array([[0, 51, 255]], np.uint8))
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, [[-1.0, 51 / 127.5 - 1, 1.0]], atol=1e-6)
+    with pytest.raises(ValueError, match="uint8"):
+        ext.normalize_intensity(np.zeros((2, 2), np.float32))
+
+
+# ---- grid: resize / pad and back -------------------------------------------------------------
+
+
+def test_grid_geometry_keeps_aspect_and_centres():
+    g = ext.GridMap(shape=(100, 50), size=64)
+    assert g.resized == (64, 32) and g.offset == (0, 16)
+    grid = g.image_to_grid(np.ones((100, 50), np.float32))
+    assert grid.shape == (64, 64)
+    assert (grid[:, :16] == -1).all() and (grid[:, 48:] == -1).all()
+    np.testing.assert_allclose(grid[:, 16:48], 1.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape,size", [((40, 24), 64), ((300, 170), 128), ((64, 64), 64)])
+def test_label_round_trip_returns_to_original_size(shape, size):
+    lab = np.zeros(shape, np.uint8)
+    nx, ny = shape
+    lab[nx // 10: nx // 2, ny // 8: ny // 2] = 1
+    lab[nx // 2 + 2: nx - 3, ny // 2 + 2: ny - 2] = 2
+    g = ext.GridMap(shape=shape, size=size)
+    on_grid = g.label_to_grid(lab, 3)
+    probs = np.eye(3, dtype=np.float32)[on_grid].transpose(2, 0, 1)
+    back = g.probs_from_grid(probs).argmax(0)
+    assert back.shape == shape
+    agree = (back == lab).mean()
+    if shape == (size, size):
+        assert agree == 1.0  # no resampling at all
+    else:
+        assert agree > 0.97
+    for c in (1, 2):  # each class survives with about its size
+        assert abs(int((back == c).sum()) - int((lab == c).sum())) <= 0.1 * (lab == c).sum()
+
+
+def test_grid_rejects_wrong_shapes():
+    g = ext.GridMap(shape=(10, 20), size=32)
+    with pytest.raises(ValueError, match="expected"):
+        g.image_to_grid(np.zeros((20, 10), np.float32))
+    with pytest.raises(ValueError, match="probabilities"):
+        g.probs_from_grid(np.zeros((3, 16, 16), np.float32))
+
+
+# ---- orientation: rotated slices, test-time augmentation -------------------------------------
+
+
+@pytest.mark.parametrize("tta", ["none", "flip", "dihedral"])
+def test_prediction_of_rotated_slice_is_in_its_own_orientation(tta):
+    img, lab = blob_slice(32, 32)
+    prof = ext.external_profile("smoke", grid_size=32, patch_size=(32, 32), tta=tta)
+    net = PixelNet()
+    for k in range(4):  # the same slice stored turned by k x 90 degrees
+        im_k, lab_k = np.rot90(img, k).T.copy(), np.rot90(lab, k).T.copy()
+        s = ext.SliceImage(f"r{k}", im_k, lab_k, Path("x.png"), Path("y.png"))
+        pred = ext.predict_slices(net, {s.slice_id: s}, prof)[s.slice_id]
+        np.testing.assert_array_equal(pred, lab_k)
+
+
+def test_prediction_of_non_square_slice_maps_back(tmp_path):
+    img, lab = blob_slice(24, 40)
+    write_slice(tmp_path, "w", img, lab)
+    write_slice(tmp_path, "h", img.T.copy(), lab.T.copy())  # the same slice turned on its side
+    slices = ext.read_slice_folder(tmp_path)
+    prof = ext.external_profile("smoke", grid_size=64, patch_size=(64, 64), tta="dihedral")
+    preds = ext.predict_slices(PixelNet(), slices, prof)
+    for sid, s in slices.items():
+        assert preds[sid].shape == s.shape
+        assert (preds[sid] == s.label).mean() > 0.97
+
+
+def test_training_case_holds_the_four_rotations():
+    img, lab = blob_slice(32, 32)
+    s = ext.SliceImage("a", img.T.copy(), lab.T.copy(), Path("a.png"), Path("a.png"))
+    prof = ext.external_profile("smoke", grid_size=32, patch_size=(32, 32))
+    case = ext.training_case(s, prof)
+    assert case.image.shape == (32, 32, 4) and case.label.shape == (32, 32, 4)
+    assert case.image.dtype == np.float32 and case.label.dtype == np.uint8
+    for k in range(4):
+        np.testing.assert_array_equal(case.label[:, :, k], np.rot90(lab.T, k))
+    flat = ext.training_case(s, ext.external_profile(prof, rotations=False))
+    assert flat.image.shape == (32, 32, 1)
+
+
+# ---- scores ----------------------------------------------------------------------------------
+
+
+def test_scores_mean_and_pooled_by_hand():
+    # slice a: GGO ref 4 px, pred 2 px inside -> Dice 2*2/6 = 0.667; consolidation absent, 1 false px
+    # slice b: GGO ref 2, pred 2, overlap 1 -> 0.5; consolidation ref 2 pred 2 exact -> 1.0
+    ref_a = np.array([[1, 1, 1, 1, 0, 0]], np.uint8)
+    pred_a = np.array([[1, 1, 0, 0, 0, 2]], np.uint8)
+    ref_b = np.array([[1, 1, 0, 2, 2, 0]], np.uint8)
+    pred_b = np.array([[0, 1, 1, 2, 2, 0]], np.uint8)
+    sl = {k: ext.SliceImage(k, np.zeros_like(r), r, Path(k), Path(k)) for k, r in (("a", ref_a), ("b", ref_b))}
+    df = ext.score_slices({"a": pred_a, "b": pred_b}, sl)
+    assert df.set_index("slice_id").loc["a", "dice_ggo"] == pytest.approx(2 / 3)
+    assert math.isnan(df.set_index("slice_id").loc["a", "dice_consolidation"])
+    s = ext.summarize_scores(df, n_boot=200)
+    assert s["dice_ggo"] == pytest.approx((2 / 3 + 0.5) / 2)
+    assert s["pooled_dice_ggo"] == pytest.approx(2 * (2 + 1) / (6 + 4))
+    assert s["dice_consolidation"] == pytest.approx(1.0)
+    assert s["n_excluded_consolidation"] == 1
+    assert s["pooled_dice_consolidation"] == pytest.approx(2 * 2 / (1 + 2 + 2))  # the false pixel counts
+    with pytest.raises(ValueError, match="map the prediction back"):
+        ext.score_slices({"a": pred_a[:, :5]}, sl)
+
+
+def test_profiles_are_validated():
+    p = ext.external_profile("cpu")
+    assert p.num_folds == 5 and p.name == "external-cpu" and p.extra["grid_size"] % 8 == 0
+    with pytest.raises(ValueError, match="multiple of 8"):
+        ext.external_profile("cpu", grid_size=250)
+    with pytest.raises(ValueError, match="larger than grid_size"):
+        ext.external_profile("cpu", grid_size=128, patch_size=(192, 192))
+    with pytest.raises(ValueError, match="tta"):
+        ext.external_profile("cpu", tta="all")
+    with pytest.raises(ValueError, match="Unknown external-check profile"):
+        ext.external_profile("huge")
+
+
+def test_results_table_sets_published_rows_beside():
+    summ = {"cv": {"n_slices": 50, "dice_ggo": 0.7, "dice_ggo_ci": [0.6, 0.8], "dice_consolidation": 0.5,
+                   "dice_consolidation_ci": [float("nan"), float("nan")], "pooled_dice_ggo": 0.75,
+                   "pooled_dice_ggo_ci": [0.7, 0.8], "pooled_dice_consolidation": 0.6,
+                   "pooled_dice_consolidation_ci": [0.5, 0.7]}, "test": None}
+    t = ext.results_table(summ)
+    assert len(t) == 1 + len(ext.PUBLISHED)
+    assert t.iloc[0]["Dice GGO (mean over slices)"] == "0.700 [0.600, 0.800]"
+    assert t.iloc[0]["Dice consolidation (mean over slices)"] == "0.500"
+    assert t.loc["published: FSS-2019-nCov (test part)", "Dice GGO (mean over slices)"] == "0.679"
+
+
+# ---- the chapter, end to end on the real folder (smoke profile) -------------------------------
+
+
+def _run_chapter(tmp_path, **params):
+    from sscild.runner import run_notebook
+
+    out = tmp_path / "A1_external.ipynb"
+    run_notebook(REPO / "notebooks" / "A1_external.py", out, parameters=params, cwd=REPO)
+    return json.loads(out.read_text())
+
+
+def _text(nb) -> str:
+    parts = []
+    for c in nb["cells"]:
+        for o in c.get("outputs", []):
+            data = o.get("data", {})
+            parts.append("".join(data.get("text/markdown", "")) + "".join(o.get("text", "")))
+    return "\n".join(parts)
+
+
+def test_chapter_says_how_to_get_data_when_absent(tmp_path):
+    nb = _run_chapter(tmp_path, profile="smoke", train_dir=str(tmp_path / "nowhere"), out_dir=str(tmp_path / "ext"))
+    text = _text(nb)
+    assert "Not run: the training folder is absent" in text and "COVID-SemiSeg" in text
+    assert not (tmp_path / "ext" / "summary.json").exists()
+
+
+@pytest.mark.slow
+def test_chapter_smoke_on_real_slices(tmp_path):
+    if not (COVID_TRAIN / "images").is_dir():
+        pytest.skip(f"COVID-SemiSeg training slices not available ({COVID_TRAIN} is absent; "
+                    "they live in ../shared/data beside the checkout)")
+    out = tmp_path / "ext"
+    nb = _run_chapter(tmp_path, profile="smoke", train_dir=str(COVID_TRAIN), out_dir=str(out))
+    summ = json.loads((out / "summary.json").read_text())
+    assert set(summ) >= {"cv", "test", "recipe"} and summ["test"] is None
+    cv = summ["cv"]
+    for key in ("dice_ggo", "dice_consolidation", "pooled_dice_ggo", "pooled_dice_consolidation"):
+        assert 0.0 <= cv[key] <= 1.0, key
+        lo, hi = cv[f"{key}_ci"]
+        assert lo <= hi or (math.isnan(lo) and math.isnan(hi))
+    assert cv["n_slices"] == 50 and cv["folds"] == 5
+    assert summ["recipe"]["folds"] == 5 and summ["recipe"]["profile"] == "external-smoke"
+    # every slice was predicted exactly once, out of fold, at its own size
+    scores = pd.read_csv(out / "cv" / "scores.csv", dtype={"slice_id": str})
+    assert sorted(scores["slice_id"]) == sorted(p.stem for p in (COVID_TRAIN / "images").iterdir())
+    splits = json.loads((out / "cv" / "splits.json").read_text())
+    for k, fold in enumerate(splits):
+        assert set(scores.loc[scores["fold"] == k, "slice_id"]) == set(fold["val"])
+        assert not set(fold["val"]) & set(fold["train"])
+    one = scores.iloc[0]
+    with Image.open(out / "cv" / "predictions" / f"{one['slice_id']}.png") as im:
+        assert im.size == (one["width"], one["height"])
+    assert (out / "figures" / "external_examples.png").exists()
+    assert "Dice: this recipe beside the published results" in _text(nb)
+
+
+def test_run_external_with_test_folder_on_tiny_slices(tmp_path):
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("test", 2)):
+        for i in range(n):
+            img, lab = blob_slice(24 + 2 * i, 40)
+            noisy = np.clip(img.astype(int) + rng.integers(-20, 20, img.shape), 0, 255)
+            write_slice(tmp_path / split, f"{split}{i}", noisy, lab)
+    prof = ext.external_profile("smoke", grid_size=32, patch_size=(32, 32), iterations=2, batch_size=2, num_folds=2)
+    summ = ext.run_external(tmp_path / "train", tmp_path / "out", test_dir=tmp_path / "test", profile=prof,
+                            n_boot=100, log=None)
+    on_disk = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert on_disk["test"]["n_slices"] == 2 and on_disk["cv"]["n_slices"] == 6 and on_disk["cv"]["folds"] == 2
+    for part in ("cv", "test"):
+        for key in ("dice_ggo", "dice_consolidation", "pooled_dice_ggo", "pooled_dice_consolidation"):
+            assert 0.0 <= summ[part][key] <= 1.0
+    assert (tmp_path / "out" / "test" / "model" / "model_final.pt").exists()
+    assert sorted(p.name for p in (tmp_path / "out" / "test" / "predictions").iterdir()) == ["test0.png", "test1.png"]
+    # a re-run reuses the finished models (same slices, same recipe): nothing is trained again
+    before = (tmp_path / "out" / "cv" / "fold_0" / "model_final.pt").stat().st_mtime_ns
+    ext.run_external(tmp_path / "train", tmp_path / "out", profile=prof, n_boot=100, log=None)
+    assert (tmp_path / "out" / "cv" / "fold_0" / "model_final.pt").stat().st_mtime_ns == before
+    # a test slice identical to a training slice is refused
+    shutil.copy(tmp_path / "train" / "images" / "train0.png", tmp_path / "test" / "images" / "dup.png")
+    shutil.copy(tmp_path / "train" / "labels" / "train0.png", tmp_path / "test" / "labels" / "dup.png")
+    with pytest.raises(InputError, match=r"identical to training slices.*\('dup', 'train0'\)"):
+        ext.run_external(tmp_path / "train", tmp_path / "out", test_dir=tmp_path / "test", profile=prof, log=None)

@@ -118,6 +118,7 @@ def run_segment(scan: Path, out: Path, models: Path, tta: bool) -> dict:
             "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
             "in_process_s": report["seconds"], "network_grid": report["network_grid"],
             "n_models": len(report["models"]), "profile": report["profile"], "threads": report["threads"],
+            "precision": report.get("precision"), "ensemble": report.get("ensemble"),
             "summary": report["summary"]}
 
 

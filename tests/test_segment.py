@@ -146,6 +146,8 @@ def test_segment_writes_label_map_reports_and_montage(models, tmp_path):
     on_disk = json.loads((out / "patient_report.json").read_text())
     assert on_disk["summary"] == report["summary"]
     assert len(on_disk["models"]) == 2 and "mean softmax of 2" in on_disk["ensemble"]
+    assert on_disk["precision"] in ("float32", "bfloat16 autocast (native on this CPU)", "float16 autocast (CUDA)")
+    assert "largest" in on_disk["postprocess"]
     counts = np.bincount(arr.ravel(), minlength=4)
     voxel_ml = float(np.prod(src.spacing)) / 1000
     s = report["summary"]

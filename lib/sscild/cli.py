@@ -66,7 +66,8 @@ def _cmd_train(args) -> int:
 def _cmd_segment(args) -> int:
     from .predict import segment_scan
 
-    report = segment_scan(args.scan, args.out, models=args.models, tta=not args.no_tta, progress=not args.quiet)
+    report = segment_scan(args.scan, args.out, models=args.models, tta=False if args.no_tta else None,
+                          progress=not args.quiet)
     print(json.dumps(report["summary"], indent=2))
     return 0
 

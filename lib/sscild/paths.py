@@ -34,6 +34,15 @@ def repo_root() -> Path:
     return here if (here / "Makefile").exists() else Path.cwd()
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()  # read once, at import: os.umask is process-wide and not thread-safe to probe
+
+
 def default_data_dir(profile: str) -> Path:
     """The built-in synthetic cohort of ``profile``: ``<repo>/data/synthetic-<profile>``
     (``SSCILD_DATA_ROOT`` overrides the ``data`` folder)."""
@@ -63,8 +72,11 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None):
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
+    umask = _UMASK
     try:
         yield tmp
+        if tmp.exists():
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     finally:
         if tmp.exists():

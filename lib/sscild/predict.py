@@ -2,8 +2,10 @@
 
 **Slice-wise inference.** The 2D network is applied to whole axial slices of the preprocessed
 volume (a fully convolutional U-Net with batch norm in eval mode gives the same answer on a whole
-slice as on patches), several slices per forward pass (:func:`auto_batch_slices`), under
+slice as on patches), ``profile.sw_batch_size`` slices per forward pass, under
 ``torch.inference_mode``, with every batch norm folded into its convolution (:func:`fuse_batchnorm`).
+The out-of-fold evaluation computes in float32 on CPU; ``sscild segment`` uses bfloat16 on CPUs that
+compute it natively (:func:`predict_preprocessed`, ``cpu_bf16``), about twice as fast.
 With test-time augmentation (TTA) the left-right flipped slices go through the network in the same
 batch and their softmax, flipped back, is averaged in. An ensemble averages the softmax of its
 members (all flips of all folds weigh alike); the label is the argmax of that mean.
@@ -59,8 +61,7 @@ __all__ = [
     "load_fold_model",
     "find_models",
     "load_ensemble",
-    "CPU_BATCH_PIXELS",
-    "auto_batch_slices",
+    "native_cpu_bf16",
     "predict_preprocessed",
     "keep_largest_lung_components",
     "predict_oof",
@@ -232,37 +233,29 @@ def load_ensemble(models=None, device=None) -> tuple[list[torch.nn.Module], Prof
 # --------------------------------------------------------------------------------------------
 
 
-CPU_BATCH_PIXELS = 64 * 224 * 176
-"""On CPU, slices per forward pass are chosen so one pass holds about this many pixels (flips included)."""
+def native_cpu_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), so bf16 inference is faster."""
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except Exception:  # older or other builds of torch
+        return False
 
 
-def auto_batch_slices(shape, *, tta: bool, device, profile_batch: int = 16) -> int:
-    """Slices per forward pass: the profile's on CUDA; on CPU as many as fit :data:`CPU_BATCH_PIXELS`.
-
-    Larger batches use the CPU's vector units better (measured on 2 cores: 23 ms per 224 x 176 slice
-    at 48 slices per pass against 42 ms at 16); the budget keeps activations near 1 GB.
-
-    Example:
-        >>> auto_batch_slices((224, 176, 60), tta=True, device=torch.device("cpu"))
-        32
-    """
-    if torch.device(device).type == "cuda":
-        return max(1, int(profile_batch))
-    per = int(shape[0]) * int(shape[1]) * (2 if tta else 1)
-    return int(max(1, min(64, CPU_BATCH_PIXELS // max(per, 1))))
-
-
-def predict_preprocessed(nets, pre: Preprocessed, *, tta: bool = True, batch_slices: int | None = None, device=None,
-                         progress: bool = False, desc: str = "slices") -> np.ndarray:
+def predict_preprocessed(nets, pre: Preprocessed, *, tta: bool = True, batch_slices: int = 16, device=None,
+                         cpu_bf16: bool | None = False, progress: bool = False, desc: str = "slices") -> np.ndarray:
     """Argmax label map (uint8, preprocessed grid) of the mean softmax of ``nets`` (and flips).
 
     Args:
         nets: one network or a list (an ensemble); each maps (b, 1, X, Y) to (b, 4, X, Y) logits.
         pre: the preprocessed case (:func:`sscild.preprocess.preprocess_volume` or the cache).
         tta: also average the left-right flipped slices.
-        batch_slices: axial slices per forward pass (each doubled with ``tta``); ``None``:
-            :func:`auto_batch_slices`.
-        device: torch device (default: CUDA when available).
+        batch_slices: axial slices per forward pass (each doubled with ``tta``).
+        device: torch device (default: CUDA when available, where float16 autocast is used).
+        cpu_bf16: on CPU, run the networks in bfloat16 autocast (softmax and averaging stay float32).
+            ``None``: only where the CPU computes bfloat16 natively (:func:`native_cpu_bf16`), about
+            twice as fast there; on two real chest CTs 0.05-0.2 % of lung voxels changed label and the
+            lesion share of the lung moved by 0.01 percentage points. ``False`` (the default, and
+            what the out-of-fold evaluation uses): float32.
         progress: show a tqdm bar.
 
     Returns:
@@ -275,15 +268,16 @@ def predict_preprocessed(nets, pre: Preprocessed, *, tta: bool = True, batch_sli
         nets = [nets]
     if not nets:
         raise ValueError("predict_preprocessed needs at least one network")
-    device = select_device(device)
-    if batch_slices is None:
-        batch_slices = auto_batch_slices(pre.image.shape, tta=tta, device=device)
     if int(batch_slices) < 1:
         raise ValueError(f"batch_slices must be >= 1, got {batch_slices}")
+    device = select_device(device)
     img = pre.image
     nz = img.shape[2]
     out = np.zeros(img.shape, dtype=np.uint8)
-    use_amp = device.type == "cuda"
+    if device.type == "cuda":
+        amp_dtype = torch.float16
+    else:
+        amp_dtype = torch.bfloat16 if (native_cpu_bf16() if cpu_bf16 is None else cpu_bf16) else None
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -299,7 +293,7 @@ def predict_preprocessed(nets, pre: Preprocessed, *, tta: bool = True, batch_sli
                 x = torch.cat([x, torch.flip(x, dims=(2,))])
             acc = None
             for net in nets:
-                with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+                with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     logits = net(x)
                 prob = torch.softmax(logits.float(), 1)
                 if tta:
@@ -429,10 +423,8 @@ def predict_oof(run: RunPaths, *, tta: bool | None = None, postprocess: bool = T
         use_tta = meta["profile"].tta_flips if tta is None else bool(tta)
         for cid in todo:
             pre = load_cached(run, cid)
-            batch = auto_batch_slices(pre.image.shape, tta=use_tta, device=select_device(device),
-                                      profile_batch=meta["profile"].sw_batch_size)
-            lab = predict_preprocessed([net], pre, tta=use_tta, batch_slices=batch, device=device, progress=progress,
-                                       desc=f"fold {fold} {cid}")
+            lab = predict_preprocessed([net], pre, tta=use_tta, batch_slices=meta["profile"].sw_batch_size,
+                                       device=device, cpu_bf16=False, progress=progress, desc=f"fold {fold} {cid}")
             if postprocess:
                 lab = keep_largest_lung_components(lab)
             restored = restore_label(lab, pre.info)
@@ -487,7 +479,7 @@ def _stem(scan: Path) -> str:
 
 
 def segment_scan(scan: str | Path, out: str | Path, *, models=None, tta: bool | None = None, postprocess: bool = True,
-                 device=None, progress: bool = True, montage: bool = True) -> dict:
+                 device=None, cpu_bf16: bool | None = None, progress: bool = True, montage: bool = True) -> dict:
     """Segment a new chest CT with the fold ensemble; write label map, report (JSON, CSV) and montage.
 
     Outputs in ``out`` (``<stem>`` is the scan's file name without its extension):
@@ -506,6 +498,8 @@ def segment_scan(scan: str | Path, out: str | Path, *, models=None, tta: bool | 
             (``tta_flips``; on for ``cpu`` and ``paper``).
         postprocess: :func:`keep_largest_lung_components`.
         device: torch device.
+        cpu_bf16: bfloat16 inference on CPU (see :func:`predict_preprocessed`); ``None``: where the
+            CPU supports it natively. The choice is recorded in the report (``"precision"``).
         progress: tqdm bar over slices.
         montage: write the overlay PNG.
 
@@ -537,14 +531,16 @@ def segment_scan(scan: str | Path, out: str | Path, *, models=None, tta: bool | 
     tta = bool(profile.tta_flips) if tta is None else bool(tta)
     t_load = time.perf_counter()
     pre = preprocess_volume(vol, None, profile=profile, case_id=scan.name)
+    t_pre = time.perf_counter()
     device = select_device(device)
-    batch = auto_batch_slices(pre.image.shape, tta=tta, device=device, profile_batch=profile.sw_batch_size)
-    lab_pre = predict_preprocessed(nets, pre, tta=tta, batch_slices=batch, device=device, progress=progress,
-                                   desc="segmenting")
+    bf16 = device.type == "cpu" and (native_cpu_bf16() if cpu_bf16 is None else bool(cpu_bf16))
+    lab_pre = predict_preprocessed(nets, pre, tta=tta, batch_slices=profile.sw_batch_size, device=device,
+                                   cpu_bf16=bf16, progress=progress, desc="segmenting")
     t_pred = time.perf_counter()
     if postprocess:
         lab_pre = keep_largest_lung_components(lab_pre)
     label = restore_label(lab_pre, pre.info)
+    t_post = time.perf_counter()
     pre_shape, pre_spacing = list(pre.image.shape), list(pre.spacing)
     del lab_pre, pre
     spacing = tuple(float(s) for s in vol.spacing)
@@ -582,8 +578,11 @@ def segment_scan(scan: str | Path, out: str | Path, *, models=None, tta: bool | 
         "profile": profile.name,
         "ensemble": f"mean softmax of {len(nets)} fold model(s)" + (" and their left-right flips" if tta else ""),
         "postprocess": POSTPROCESS_RULE if postprocess else "none",
+        "precision": "float16 autocast (CUDA)" if device.type == "cuda" else
+                     "bfloat16 autocast (native on this CPU)" if bf16 else "float32",
         "threads": threads,
-        "seconds": {"load": round(t_load - t0, 2), "predict": round(t_pred - t_load, 2)},
+        "seconds": {"read_scan_and_models": round(t_load - t0, 2), "preprocess": round(t_pre - t_load, 2),
+                    "predict": round(t_pred - t_pre, 2), "postprocess_and_restore": round(t_post - t_pred, 2)},
         "warning": "Research software, not a medical device. Models trained on the run named in 'models'; "
                    "a synthetic-cohort model has never seen real disease.",
     }
@@ -606,6 +605,7 @@ def segment_scan(scan: str | Path, out: str | Path, *, models=None, tta: bool | 
         import matplotlib.pyplot as plt
 
         plt.close(fig)
+    report["seconds"]["write_outputs"] = round(time.perf_counter() - t_post, 2)
     report["seconds"]["total"] = round(time.perf_counter() - t0, 2)
     write_json(outputs["report"], report)
     return report

@@ -86,6 +86,8 @@ def run_notebook(source: str | Path, out: str | Path, *, parameters: dict | None
     nb.metadata.setdefault("kernelspec", {"name": "python3", "display_name": "Python 3", "language": "python"})
     failed = out.with_suffix(".failed.ipynb")
     failed.unlink(missing_ok=True)
+    for stale in out.parent.glob(f".{out.name}.*.ipynb"):  # temporaries of a run that was killed
+        stale.unlink(missing_ok=True)
     t0 = time.perf_counter()
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     status = "ok"

@@ -14,7 +14,7 @@ import pandas as pd
 from .paths import RunPaths, read_json, repo_root
 from .profiles import Profile
 
-__all__ = ["git_state", "environment_table", "run_settings", "step_times", "input_checksums", "sha256_file"]
+__all__ = ["cpu_name", "git_state", "environment_table", "run_settings", "step_times", "input_checksums", "sha256_file"]
 
 PACKAGES = ["sscild", "torch", "monai", "numpy", "scipy", "pandas", "nibabel", "SimpleITK", "pydicom",
             "scikit-image", "statsmodels", "seaborn", "matplotlib", "papermill", "jupytext", "jupyter-book"]
@@ -31,6 +31,17 @@ def git_state(root: Path | None = None) -> dict:
     return {"commit": commit, "dirty": dirty}
 
 
+def cpu_name() -> str:
+    """The processor's model name (from /proc/cpuinfo where there is one)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _device() -> str:
     try:
         import torch
@@ -39,17 +50,9 @@ def _device() -> str:
             return f"GPU: {torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})"
     except Exception:  # pragma: no cover
         pass
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import os
 
-    return f"CPU: {cpu} ({os.cpu_count()} logical cores), no GPU"
+    return f"CPU: {cpu_name()} ({os.cpu_count()} logical cores), no GPU"
 
 
 def environment_table() -> pd.DataFrame:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import math
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -40,6 +39,7 @@ from .folds import read_splits
 from .model import NUM_CLASSES, build_network, count_parameters
 from .paths import RunPaths, atomic_path, read_json, write_json
 from .preprocess import load_cached
+from .provenance import cpu_name
 from .profiles import Profile, get_profile
 
 __all__ = ["train_fold", "train_model", "fold_is_done", "PatchSampler", "select_device", "describe_device", "set_threads"]
@@ -54,15 +54,7 @@ def select_device(device: str | torch.device | None = None) -> torch.device:
 def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(device)}"
-    proc = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                proc = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"cpu: {proc}, {torch.get_num_threads()} threads"
+    return f"cpu: {cpu_name()}, {torch.get_num_threads()} threads"
 
 
 def set_threads() -> int:

@@ -94,7 +94,7 @@ if available:
 # The network and training loop are the study's; only the settings below differ from the `cpu`
 # profile, derived in `sscild.external.EXTERNAL_PROFILES` with `Profile.with_overrides`:
 #
-# * **Intensity**: grey level $v \in [0, 255]$ becomes $v/255 \cdot 2 - 1$. All slices were
+# * **Intensity**: grey level v in [0, 255] becomes 2v/255 - 1, in [-1, 1]. All slices were
 #   exported in a lung window, so a grey level means about the same density in each; a per-image
 #   z-score would depend on how much mediastinum a slice holds.
 # * **Geometry**: with no pixel spacing, the body (each slice is cropped to it) sets the scale: the
@@ -118,13 +118,14 @@ if available:
 # ### How the recipe was chosen
 #
 # The recipe was fixed **from cross-validation on the training slices only**; no test result was
-# looked at. The variants tried, with their cross-validated Dice (5-fold by slice, seed 0), are
-# below. They were measured once with `python -m sscild.external search TRAIN_DIR OUT` and are
-# stored in `sscild.external.RECIPE_SEARCH`; this build does not re-run them (each takes as long as
-# the check itself).
+# looked at. Each variant was screened on fold 0 of the cross-validation below (trained on 40
+# slices, scored on the other 10), with its Dice and the CPU time of its training. The screen was
+# run once with `python -m sscild.external search TRAIN_DIR OUT --folds 0` and is stored in
+# `sscild.external.RECIPE_SEARCH`; this build does not re-run it (it costs as much as the check
+# itself).
 
 # %%
-show(ext.RECIPE_SEARCH.set_index("variant"), caption="Variants tried (cross-validation, training part only)")
+show(ext.RECIPE_SEARCH.set_index("variant"), caption="Variants screened on fold 0 (10 training slices held out)")
 display(Markdown(ext.RECIPE_CHOICE))
 
 # %% [markdown]
@@ -148,13 +149,23 @@ if available:
         f"({cv['n_ggo']} slices with GGO), **consolidation {cv['dice_consolidation']:.3f}** "
         f"({cv['n_consolidation']} slices with consolidation; {cv['n_excluded_consolidation']} without it "
         f"are left out of that mean). Pooled over slices: GGO {cv['pooled_dice_ggo']:.3f}, consolidation "
-        f"{cv['pooled_dice_consolidation']:.3f}."))
+        f"{cv['pooled_dice_consolidation']:.3f}. " + ext.compare_to_published(cv)))
 
 # %% [markdown]
 # The published rows are Dice on the benchmark's 48-slice **test** part; the cross-validated rows
-# are on the 50-slice **training** part, split by slice. They are set side by side for orientation,
-# not as a like-for-like comparison: only a test-part row (present when the test folder is given)
-# is measured on the same slices as the published ones.
+# are on the 50-slice **training** part, split by slice, with each network trained on 40 slices
+# rather than 50. They are set side by side for orientation, not as a like-for-like comparison:
+# only a test-part row (present when the test folder is given) is measured on the same slices as
+# the published ones, and the published papers give no intervals.
+#
+# What the check shows is that the study's recipe, unchanged in its code and trained for a few
+# minutes per fold on two CPU cores, learns both lesion classes of real CT from 40 slices. It does
+# not show that the recipe matches networks trained for longer on a GPU: the learning curves of
+# the screen were still rising when training stopped, and the budget, not the data, set where it
+# stopped. Two properties of the labels also weigh on the per-slice mean: slices whose reference
+# holds a few hundred pixels of a class score near 0 for any small disagreement, and the border
+# between ground glass and consolidation is a matter of grading on which the model and the
+# reference often disagree.
 
 # %%
 if available:
@@ -188,7 +199,7 @@ if available and summary["test"]:
     display(Markdown(f"One network trained on all {summary['data']['n_train']} training slices with the "
                      f"recipe above, scored on the {t['n_slices']} test slices: GGO **{t['dice_ggo']:.3f}**, "
                      f"consolidation **{t['dice_consolidation']:.3f}** (mean over slices); the table above "
-                     "sets them beside the published rows."))
+                     "sets them beside the published rows. " + ext.compare_to_published(t, what="test-part")))
 elif available:
     display(Markdown("No test folder was given (`make external EXTERNAL_TEST=DIR`), so there is no "
                      "test-part result; the benchmark's test part is not distributed with this project."))
@@ -199,9 +210,15 @@ elif available:
 # %%
 if available:
     per_fold = pd.DataFrame(summary["cv"]["per_fold"]).set_index("fold")
-    show(per_fold, caption="Cross-validation folds: slices and seconds")
+    show(per_fold, caption="Cross-validation folds: slices and seconds (training seconds as recorded when trained)")
     minutes = (time.perf_counter() - t_start) / 60
+    trained_min = per_fold["train_seconds"].sum() / 60 + ((summary["test"] or {}).get("train_seconds") or 0) / 60
+    reused = int(per_fold["reused"].sum()) + int(bool((summary["test"] or {}).get("reused")))
     glue("external_minutes", round(minutes, 1), display=False)
-    display(Markdown(f"This chapter took **{minutes:.1f} min** ({summary['recipe']['threads']} CPU threads, "
-                     f"torch {summary['torch']}); results in `{out_dir.name}/summary.json`. Finished folds are "
-                     "reused when the chapter is re-run with the same recipe and slices."))
+    display(Markdown(
+        f"This run of the chapter took **{minutes:.1f} min** on {summary['recipe']['threads']} CPU threads "
+        f"(torch {summary['torch']}). Training took {trained_min:.1f} min in all when the networks were trained"
+        + (f"; {reused} finished network(s) trained earlier with the same recipe and slices were reused in this run"
+           if reused else "")
+        + f". Results: `{out_dir.name}/summary.json`, per-slice scores in `cv/scores.csv`, out-of-fold masks in "
+          "`cv/predictions/`."))

@@ -100,8 +100,9 @@ def dice_distribution(scores: pd.DataFrame, published: pd.DataFrame | None = Non
                     label=f"pooled, {label}" if i == 0 else None)
         if published is not None:
             for j, (_, r) in enumerate(published.iterrows()):
-                ax.plot([i + 0.32, i + 0.45], [r[f"dice_{key}"]] * 2, color=plt.cm.viridis(j / max(1, len(published) - 1)),
-                        lw=2, label=f"published: {r['method']}" if i == 0 else None)
+                colour = plt.cm.viridis(j / max(1, len(published) - 1))
+                ax.plot([i + 0.32, i + 0.45], [r[f"dice_{key}"]] * 2, color=colour, lw=2,
+                        label=f"published: {r['method']}" if i == 0 else None)
     ax.set(ylim=(0, 1), xlabel="", ylabel="Dice per slice")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()

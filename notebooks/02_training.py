@@ -92,3 +92,23 @@ if rows:
     glue("train_parameters", s["parameters"], display=False)
     display(Markdown(f"Network parameters: **{s['parameters']:,}**. Total training time: "
                      f"**{table['seconds'].sum() / 60:.1f} min** over {len(rows)} folds."))
+
+# %% [markdown]
+# ## The `paper` profile on a GPU
+#
+# The default run trains on the CPU. The GPU path (CUDA chosen automatically, mixed precision,
+# cudnn autotuning, batches prepared by loader processes) is checked by `scripts/gpu_check.py`: it
+# runs the library's own path (phantom, cache, `train_fold`, `segment_scan`) at the `paper`
+# profile's resolution for a few hundred steps. The table is its recorded output
+# (`benchmarks/gpu_paper.json`), a measurement of speed on synthetic data, not a result of the study.
+# The batch for a step is a function of (seed, fold, step) alone, so the loader processes change the
+# speed, not the batches (a test trains with and without them and compares the weights).
+
+# %%
+from sscild.provenance import gpu_check_table
+
+gpu = gpu_check_table()
+if gpu is None:
+    display(Markdown("No GPU check is recorded in this checkout (`benchmarks/gpu_paper.json` is absent)."))
+else:
+    show(gpu, caption="Recorded GPU check of the paper profile (synthetic phantom)")

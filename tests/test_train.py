@@ -58,6 +58,17 @@ def test_same_seed_gives_identical_weights(prepared, tmp_path):
     assert any(not torch.equal(init[k], weights(r1)[k]) for k in init if init[k].dtype.is_floating_point)
 
 
+def test_loader_workers_give_the_same_weights(prepared, tmp_path, monkeypatch):
+    """Batches prepared in loader processes (the CUDA default) equal those made in-process."""
+    r0, r2 = fresh_copy(prepared, tmp_path, "w0"), fresh_copy(prepared, tmp_path, "w2")
+    monkeypatch.setenv("SSCILD_LOADER_WORKERS", "0")
+    train_mod.train_fold(r0, "smoke", 0, iterations=12, progress=False)
+    monkeypatch.setenv("SSCILD_LOADER_WORKERS", "2")
+    s2 = train_mod.train_fold(r2, "smoke", 0, iterations=12, progress=False)
+    assert s2["loader_workers"] == 2
+    assert_same(weights(r0), weights(r2))
+
+
 def test_resumed_run_equals_uninterrupted(prepared, tmp_path):
     whole, broken = fresh_copy(prepared, tmp_path, "whole"), fresh_copy(prepared, tmp_path, "broken")
     train_mod.train_fold(whole, "smoke", 1, iterations=20, progress=False)
@@ -118,3 +129,12 @@ def test_bad_fold_and_missing_splits_are_clear(prepared, tmp_path):
     empty = RunPaths(results=tmp_path / "none", cohort="x", profile="smoke")
     with pytest.raises(FileNotFoundError, match="make data"):
         train_mod.train_fold(empty, "smoke", 0, iterations=5, progress=False)
+
+
+def test_recorded_gpu_check_renders(tmp_path):
+    from sscild.provenance import gpu_check_table
+
+    table = gpu_check_table()
+    assert table is not None, "benchmarks/gpu_paper.json should be in the repository"
+    assert "NVIDIA" in table.loc["device", "value"] and table.loc["mixed precision / cudnn autotuning", "value"].startswith("True")
+    assert gpu_check_table(tmp_path / "absent.json") is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import platform
 import subprocess
 import sys
@@ -14,7 +15,8 @@ import pandas as pd
 from .paths import RunPaths, read_json, repo_root
 from .profiles import Profile
 
-__all__ = ["cpu_name", "git_state", "environment_table", "run_settings", "step_times", "input_checksums", "sha256_file"]
+__all__ = ["cpu_name", "git_state", "environment_table", "run_settings", "step_times", "input_checksums", "sha256_file",
+           "gpu_check_table"]
 
 PACKAGES = ["sscild", "torch", "monai", "numpy", "scipy", "pandas", "nibabel", "SimpleITK", "pydicom",
             "scikit-image", "statsmodels", "seaborn", "matplotlib", "papermill", "jupytext", "jupyter-book"]
@@ -106,3 +108,32 @@ def input_checksums(data_dir: str | Path) -> pd.DataFrame:
     rows = [{"file": str(p.relative_to(data_dir)), "bytes": p.stat().st_size, "sha256": sha256_file(p)}
             for p in sorted(data_dir.rglob("*")) if p.is_file()]
     return pd.DataFrame(rows, columns=["file", "bytes", "sha256"]).set_index("file")
+
+
+def gpu_check_table(path: str | Path | None = None) -> pd.DataFrame | None:
+    """The recorded GPU check of the ``paper`` profile (``benchmarks/gpu_paper.json``) as a table.
+
+    The file is written by ``scripts/gpu_check.py`` on a machine with CUDA; ``None`` when there is none.
+    """
+    path = Path(path) if path is not None else repo_root() / "benchmarks" / "gpu_paper.json"
+    if not path.exists():
+        return None
+    d = json.loads(path.read_text())
+    tr, seg = d.get("train", {}), d.get("segment", {})
+    rows = [
+        ("recorded", f"{d.get('date', '?')}: `{d.get('command', 'scripts/gpu_check.py')}`"),
+        ("data", d.get("cohort", f"synthetic phantom, {d.get('patients')} patients")),
+        ("device", f"{d.get('gpu')} (torch {d.get('torch')}, CUDA {d.get('cuda')}, cuDNN {d.get('cudnn')})"),
+        ("mixed precision / cudnn autotuning", f"{tr.get('amp')} / {tr.get('cudnn_benchmark')}"),
+        ("batch", f"{tr.get('batch_size')} patches of {' x '.join(map(str, tr.get('patch', [])))}"),
+        ("loader processes", tr.get("loader_workers")),
+        ("parameters", f"{tr.get('parameters', 0):,}"),
+        ("steps", f"{tr.get('steps')} in {tr.get('seconds')} s (incl. warm-up and cudnn autotuning)"),
+        ("throughput after warm-up", f"{tr.get('steady_steps_per_s')} steps/s = {tr.get('steady_slices_per_s')} "
+                                      "patches/s"),
+        ("loss, first window -> last", f"{tr.get('first_loss')} -> {round(tr['final_loss'], 4) if tr.get('final_loss') else None}"),
+        ("peak GPU memory, training", f"{tr.get('peak_gpu_memory_gib')} GiB"),
+        ("segment one held-out volume", f"{seg.get('seconds')} s for {' x '.join(map(str, seg.get('input_shape') or []))} "
+                                        f"voxels (peak GPU memory {seg.get('peak_gpu_memory_gib')} GiB)"),
+    ]
+    return pd.DataFrame(rows, columns=["", "value"]).set_index("")

@@ -155,6 +155,8 @@ def main(argv=None) -> int:
         result = run_segment(scan, tmp / "out", models, tta=not args.no_tta)
         record = {
             "what": "sscild segment on a full-size HRCT volume, fresh process (imports included)",
+            "date": time.strftime("%Y-%m-%d"),
+            "benchmark_command": "python scripts/bench_segment.py " + " ".join(sys.argv[1:]),
             "scan": scan_info,
             "models": str(models) if args.models else
             f"8 cpu-profile fold models trained {args.iterations} iterations "

@@ -113,3 +113,74 @@ def test_constants():
     assert HAA_RANGE_HU == (-600.0, -250.0)
     assert {"lederer2009", "podolanczuk2016"} <= set(REFERENCES)
     assert all("MESA" in v for v in REFERENCES.values())
+
+
+# --- the EF/GGO split fitted on training patients ------------------------------------------------
+
+def _case(seed, ef_range=(-450, -250), ggo_range=(-600, -430), normal_range=(-950, -300)):
+    rng = np.random.default_rng(seed)
+    lab = rng.integers(0, 4, (20, 18, 6)).astype(np.uint8)
+    hu = np.where(lab == 2, rng.integers(*ef_range, lab.shape),
+                  np.where(lab == 3, rng.integers(*ggo_range, lab.shape), rng.integers(*normal_range, lab.shape)))
+    return hu.astype(np.int16), lab
+
+
+def test_split_dice_from_histograms_equals_density_mask():
+    from sscild.baseline import band_histograms, split_dice
+    from sscild.metrics import dice
+
+    hu, lab = _case(0)
+    h = band_histograms(hu, lab)
+    for cut in (-590.5, -480.5, -431.5, -300.5, -250.5):
+        m = density_mask(hu, lab > 0, ef_cut=cut)
+        d_ef, d_ggo = split_dice(h, cut)
+        assert d_ef == pytest.approx(float(dice(m == 2, lab == 2)), abs=1e-6)
+        assert d_ggo == pytest.approx(float(dice(m == 3, lab == 3)), abs=1e-6)
+    with pytest.raises(ValueError, match="half-integer"):
+        split_dice(h, -480.0)
+
+
+def test_split_dice_empty_reference_is_nan():
+    from sscild.baseline import band_histograms, split_dice
+
+    hu, lab = _case(1)
+    lab[lab == 2] = 1
+    d_ef, d_ggo = split_dice(band_histograms(hu, lab), -400.5)
+    assert np.isnan(d_ef) and np.isfinite(d_ggo)
+
+
+def test_fit_ef_cut_finds_the_separating_cut():
+    from sscild.baseline import band_histograms, fit_ef_cut, split_dice
+
+    # EF at -400..-250, GGO at -600..-410, normal lung below the band: a cut in [-410, -400) separates them
+    train = [band_histograms(*_case(s, ef_range=(-400, -250), ggo_range=(-600, -410), normal_range=(-950, -610)))
+             for s in range(3)]
+    cut = fit_ef_cut(train)
+    assert -411 < cut < -400
+    assert all(split_dice(h, cut) == (1.0, 1.0) for h in train)
+
+
+def test_each_fold_cut_is_fitted_on_its_training_cases_only():
+    """evaluate's split: a held-out case's own values never move the cut it is scored with."""
+    from sscild.baseline import band_histograms, fit_ef_cut
+    from sscild.evaluate import _baseline_split
+
+    cases = {f"c{i}": _case(i) for i in range(4)}
+    splits = [{"train": ["c2", "c3"], "val": ["c0", "c1"]}, {"train": ["c0", "c1"], "val": ["c2", "c3"]}]
+
+    def rows(hists):
+        out = [{"case_id": c, "fold": 0 if c in ("c0", "c1") else 1, "_band_hist": hists[c]} for c in hists]
+        _baseline_split(out, splits)
+        return {r["case_id"]: r for r in out}
+
+    hists = {c: band_histograms(*a) for c, a in cases.items()}
+    r1 = rows(dict(hists))
+    assert r1["c0"]["baseline_ef_cut_hu"] == fit_ef_cut([hists["c2"], hists["c3"]])
+    assert r1["c2"]["baseline_ef_cut_hu"] == fit_ef_cut([hists["c0"], hists["c1"]])
+    # replace held-out c0 by a case with a very different EF/GGO boundary: fold 0's cut stays,
+    # fold 1's cut (c0 is one of its training cases) may move
+    hists2 = dict(hists, c0=band_histograms(*_case(7, ef_range=(-300, -250), ggo_range=(-600, -320))))
+    r2 = rows(hists2)
+    assert r2["c0"]["baseline_ef_cut_hu"] == r1["c0"]["baseline_ef_cut_hu"]
+    assert r2["c2"]["baseline_ef_cut_hu"] == fit_ef_cut([hists2["c0"], hists2["c1"]])
+    assert "_band_hist" not in r2["c0"]

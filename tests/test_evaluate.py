@@ -98,6 +98,10 @@ def test_baseline_scores_the_density_band_inside_the_reference_lung(scored):
     df = scored["df"]
     # noise-free EF (-300 HU) and GGO (-500 HU) lie in the band, normal lung (-850 HU) does not
     assert np.allclose(df["baseline_dice_lesion"], 1.0)
+    # EF (-300) and GGO (-500) are separable by density here: every fold's fitted cut lies between them
+    # (the lowest cut that separates them perfectly), so the split scores 1 on the held-out cases
+    assert ((df["baseline_ef_cut_hu"] > -500) & (df["baseline_ef_cut_hu"] < -300)).all()
+    assert np.allclose(df["baseline_dice_ef"], 1.0) and np.allclose(df["baseline_dice_ggo"], 1.0)
     assert np.allclose(df["baseline_pct_pred_lesion"], df["pct_ref_lesion"])
     assert not any(c.startswith("baseline_nsd") for c in df.columns)
 
@@ -149,7 +153,7 @@ def test_tables(scored):
     assert table.loc[("Dice", "GGO"), "n (excluded)"] == "4 (0)"
     assert ev.agreement_table(s).shape[0] == 4  # lesion, EF, GGO for the network; lesion for the baseline
     assert "paper (SICCS)" in ev.paper_table(s, "cohort").columns
-    assert len(ev.baseline_table(raw, s)) == 3
+    assert len(ev.baseline_table(raw, s)) == 9  # lesion, EF, GGO x (network, baseline, paired difference)
 
 
 def test_extreme_cases_skip_nan_and_break_ties_by_id():

@@ -206,3 +206,13 @@ def test_montage_is_radiological_whatever_the_voxel_order():
         cols = np.flatnonzero((shown == 2).any(axis=0))
         assert cols.max() < shown.shape[1] // 2  # patient's right drawn on the image's left
         plt.close(fig)
+
+
+def test_recorded_segment_benchmark_renders(tmp_path):
+    from sscild.provenance import segment_benchmark_table
+
+    table = segment_benchmark_table()
+    assert table is not None, "benchmarks/segment_cpu.json should be in the repository"
+    assert "512 x 512 x 300" in table.loc["scan", "value"]
+    assert table.loc["wall time, fresh process", "value"].endswith("(target 20.0 s)")
+    assert segment_benchmark_table(tmp_path / "absent.json") is None

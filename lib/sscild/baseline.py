@@ -38,12 +38,13 @@ Example:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["HAA_RANGE_HU", "REFERENCES", "density_mask"]
+__all__ = ["HAA_RANGE_HU", "REFERENCES", "density_mask", "band_histograms", "split_dice", "fit_ef_cut"]
 
 HAA_RANGE_HU = (-600.0, -250.0)
 """The high-attenuation-area band of the MESA studies, in HU, both ends inclusive."""
@@ -148,3 +149,105 @@ def density_mask(
         out[lesion & (hu > ef_cut)] = 2
         out[lesion & (hu <= ef_cut)] = 3
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# an EF/GGO split of the density band, fitted on training patients
+# --------------------------------------------------------------------------------------------
+#
+# Density does not separate EF from GGO by any published rule, but a comparator for the network's EF
+# and GGO Dice needs *some* split. The fairest one a threshold method can have is the cut that works
+# best on the patients the network was trained on: for each fold, :func:`fit_ef_cut` chooses the HU
+# value that maximises the mean of EF and GGO Dice over the fold's training cases, and the held-out
+# cases are scored with it. Cuts are half-integers (x.5 HU), so on integer CT values the histogram
+# arithmetic below equals ``density_mask(..., ef_cut=cut)`` exactly.
+
+
+def band_histograms(image_hu, label, *, low: float = HAA_RANGE_HU[0], high: float = HAA_RANGE_HU[1]) -> dict:
+    """Counts of one case from which the split's EF and GGO Dice follow for any cut.
+
+    Args:
+        image_hu: CT in HU, same grid as ``label``.
+        label: reference labels (0 background, 1 normal, 2 EF, 3 GGO); the lung is ``label > 0``,
+            as in the evaluation's baseline.
+        low, high: the lesion band in HU (inclusive).
+
+    Returns:
+        ``{"low": int, "band": counts of lung voxels in the band per 1-HU bin (bin ``b`` holds
+        ``floor(HU) == low + b``), "ef": same for reference EF voxels, "ggo": for reference GGO,
+        "n_ef": reference EF voxels, "n_ggo": reference GGO voxels}``.
+    """
+    hu = np.asarray(image_hu)
+    lab = np.asarray(label)
+    if hu.shape != lab.shape:
+        raise ValueError(f"band_histograms: image {hu.shape} and label {lab.shape} differ in shape.")
+    lo, hi = math.floor(float(low)), math.floor(float(high))
+    nbins = hi - lo + 1
+    lung = lab > 0
+    v = hu[lung].astype(np.float64)
+    labs = lab[lung]
+    inband = (v >= low) & (v <= high)
+    bins = np.floor(v[inband]).astype(np.int64) - lo
+    lb = labs[inband]
+    return {
+        "low": lo,
+        "band": np.bincount(bins, minlength=nbins)[:nbins],
+        "ef": np.bincount(bins[lb == 2], minlength=nbins)[:nbins],
+        "ggo": np.bincount(bins[lb == 3], minlength=nbins)[:nbins],
+        "n_ef": int((labs == 2).sum()),
+        "n_ggo": int((labs == 3).sum()),
+    }
+
+
+def _split_dice_all(h: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(cuts, EF Dice, GGO Dice) of one case for every half-integer cut inside the band."""
+    band, ef, ggo = (np.asarray(h[k], dtype=np.float64) for k in ("band", "ef", "ggo"))
+    n = band.size
+    # cut after bin j (j = 0 .. n-2): EF = bins > j, GGO = bins <= j
+    cuts = h["low"] + np.arange(n - 1) + 0.5
+    band_le, ef_gt, ggo_le = np.cumsum(band)[:-1], None, np.cumsum(ggo)[:-1]
+    band_gt = band.sum() - band_le
+    ef_gt = ef.sum() - np.cumsum(ef)[:-1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        d_ef = np.where(h["n_ef"] > 0, 2 * ef_gt / (band_gt + h["n_ef"]), np.nan)
+        d_ggo = np.where(h["n_ggo"] > 0, 2 * ggo_le / (band_le + h["n_ggo"]), np.nan)
+    return cuts, d_ef, d_ggo
+
+
+def split_dice(h: dict, cut: float) -> tuple[float, float]:
+    """EF and GGO Dice of one case (:func:`band_histograms`) when the band is split at ``cut`` (x.5 HU).
+
+    An empty reference region gives NaN (the evaluation's empty-reference policy).
+    """
+    cuts, d_ef, d_ggo = _split_dice_all(h)
+    i = np.flatnonzero(np.isclose(cuts, float(cut)))
+    if i.size != 1:
+        raise ValueError(f"cut {cut} HU is not a half-integer inside the band {cuts[0] - 0.5:g}..{cuts[-1] + 0.5:g}.")
+    return float(d_ef[i[0]]), float(d_ggo[i[0]])
+
+
+def fit_ef_cut(hists) -> float:
+    """The half-integer HU cut maximising mean (over cases) of the mean of EF and GGO Dice.
+
+    Args:
+        hists: :func:`band_histograms` of the training cases (same band).
+
+    Returns:
+        The cut in HU; ties go to the lower cut. Cases without EF or GGO in the reference count
+        only through the region they have.
+    """
+    hists = list(hists)
+    if not hists:
+        raise ValueError("fit_ef_cut needs the histograms of at least one training case.")
+    per_case = []
+    for h in hists:
+        cuts, d_ef, d_ggo = _split_dice_all(h)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            per_case.append(np.nanmean(np.stack([d_ef, d_ggo]), axis=0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        score = np.nanmean(np.stack(per_case), axis=0)
+    if not np.isfinite(score).any():
+        raise ValueError("fit_ef_cut: no training case has EF or GGO in its reference; nothing to fit.")
+    return float(cuts[int(np.nanargmax(score))])

@@ -14,8 +14,11 @@ of the fold model that never saw it (:func:`sscild.predict.predict_oof`). Polici
   largest native in-plane spacing among the cases, so a boundary one voxel off (straight or
   diagonal) on either grid is tolerated and every case is judged alike.
 * **Baseline** (:func:`sscild.baseline.density_mask`): lung voxels between -600 and -250 HU (the
-  MESA high-attenuation area) inside the *reference* lung are lesion. It cannot tell EF from GGO, so
-  only its total-lesion Dice and lesion volume are reported, without NSD (Dice and volumes only).
+  MESA high-attenuation area) inside the *reference* lung are lesion: its total-lesion Dice and lesion
+  volume. Density alone has no published rule for EF versus GGO, so for an EF and GGO comparator the
+  band is split at one HU cut per fold, the cut that maximises mean EF and GGO Dice on that fold's
+  *training* patients (:func:`sscild.baseline.fit_ef_cut`); held-out patients are scored with it.
+  This is the best a single density cut can do, fitted without leakage. No NSD for the baseline.
 * **Volume agreement** (:func:`agreement`): predicted against reference lesion, EF and GGO extent in
   **percent of lung** (each map's own lung volume), the quantity extent staging uses; in mL a large
   lung and a large lesion go together, which would inflate the ICC with lung size. ICC(2,1)
@@ -45,7 +48,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from .baseline import HAA_RANGE_HU, density_mask
+from .baseline import HAA_RANGE_HU, band_histograms, density_mask, fit_ef_cut, split_dice
 from .cohort import Cohort, read_case
 from .folds import fold_of, read_splits
 from .io import load_header, load_volume
@@ -146,7 +149,34 @@ def _score_case(run: RunPaths, cohort: Cohort, cid: str, fold: int, tolerance_mm
         b = case_metrics(base, ref, spacing, regions=("lesion",), nsd_regions=(), case_id=cid)
         for k in ("dice_lesion", "vol_pred_lesion_ml", "pct_pred_lesion", "fp_ml_lesion"):
             row[f"baseline_{k}"] = b[k]
+        row["_band_hist"] = band_histograms(np.asarray(image.array), ref)
     return row
+
+
+def _baseline_split(rows: list[dict], splits) -> None:
+    """Add ``baseline_dice_ef``, ``baseline_dice_ggo`` and ``baseline_ef_cut_hu`` to each held-out row.
+
+    The EF/GGO cut of fold k is fitted on that fold's training cases only
+    (:func:`sscild.baseline.fit_ef_cut`); the held-out cases are scored with it.
+    """
+    hists = {r["case_id"]: r.pop("_band_hist") for r in rows if "_band_hist" in r}
+    if not hists:
+        return
+    cuts = {}
+    for k, fold in enumerate(splits):
+        train = [hists[c] for c in fold["train"] if c in hists]
+        try:
+            cuts[k] = fit_ef_cut(train) if train else None
+        except ValueError:
+            cuts[k] = None
+    for r in rows:
+        h = hists.get(r["case_id"])
+        cut = cuts.get(int(r["fold"]))
+        if h is None or cut is None:
+            r.update(baseline_dice_ef=float("nan"), baseline_dice_ggo=float("nan"), baseline_ef_cut_hu=float("nan"))
+            continue
+        d_ef, d_ggo = split_dice(h, cut)
+        r.update(baseline_dice_ef=d_ef, baseline_dice_ggo=d_ggo, baseline_ef_cut_hu=cut)
 
 
 def evaluate_oof(run: RunPaths, cohort: Cohort, *, tolerance_mm: float | None = None,
@@ -197,6 +227,8 @@ def evaluate_oof(run: RunPaths, cohort: Cohort, *, tolerance_mm: float | None = 
 
             it = tqdm(it, total=len(ids), desc="scoring", unit="case", disable=None)
         rows = [r for r in it if r is not None]
+    if baseline:
+        _baseline_split(rows, splits)
     df = pd.DataFrame(rows)
     with atomic_path(run.segmentation_metrics, suffix=".csv") as tmp:
         df.to_csv(tmp, index=False)
@@ -222,7 +254,7 @@ def _clean(d: dict) -> dict:
 
 def _metric_columns(df: pd.DataFrame) -> list[str]:
     cols = [f"dice_{r}" for r in NETWORK_REGIONS] + [f"nsd_{r}" for r in NETWORK_REGIONS]
-    cols += ["baseline_dice_lesion"]
+    cols += ["baseline_dice_lesion", "baseline_dice_ef", "baseline_dice_ggo"]
     return [c for c in cols if c in df.columns and df[c].notna().any()]
 
 
@@ -281,7 +313,8 @@ def summary_dict(df: pd.DataFrame, cohort_name: str, synthetic: bool, profile: s
     for c in metrics:
         metrics[c]["n"] = int(metrics[c]["n"])
         metrics[c]["n_excluded"] = int(metrics[c]["n_excluded"])
-    fold_cols = [c for c in ("dice_lesion", "dice_ef", "dice_ggo", "nsd_lesion", "baseline_dice_lesion") if c in cols]
+    fold_cols = [c for c in ("dice_lesion", "dice_ef", "dice_ggo", "nsd_lesion", "baseline_dice_lesion",
+                             "baseline_dice_ef", "baseline_dice_ggo") if c in cols]
     per_fold = {}
     for k, part in df.groupby("fold", sort=True):
         per_fold[str(int(k))] = _clean({"n_cases": int(len(part)), **{c: float(part[c].mean()) for c in fold_cols}})
@@ -307,11 +340,19 @@ def summary_dict(df: pd.DataFrame, cohort_name: str, synthetic: bool, profile: s
             "haa_range_hu": list(HAA_RANGE_HU),
             "dice_lesion": metrics.get("baseline_dice_lesion"),
             "agreement_lesion": agree["baseline"].get("lesion"),
+            "ef_split": "band split into EF (denser) and GGO at the HU cut that maximises mean EF and GGO "
+                        "Dice on each fold's training patients (half-integer HU)",
+            "ef_cut_hu_per_fold": ({str(int(k)): float(v) for k, v in
+                                    df.groupby("fold")["baseline_ef_cut_hu"].first().items() if np.isfinite(v)}
+                                   if "baseline_ef_cut_hu" in df.columns else {}),
+            "dice_ef": metrics.get("baseline_dice_ef"),
+            "dice_ggo": metrics.get("baseline_dice_ggo"),
         },
         "policies": {
             "nsd_tolerance_mm": tol,
             "nsd_regions": nsd_regions,
-            "baseline_metrics": "Dice and volumes of total lesion only (no NSD)",
+            "baseline_metrics": "Dice and volumes of total lesion; Dice of EF and GGO from the fold-fitted "
+                                "split; no NSD",
             "empty_reference": "region absent from the reference: Dice/NSD NaN, case excluded and counted",
             "ci_method": f"{CI_METHOD}, {int(n_boot)} resamples, seed {seed}",
             "icc_form": ICC_FORM,
@@ -343,14 +384,17 @@ def summary_table(df: pd.DataFrame, *, n_boot: int = 2000, seed: int = 0) -> pd.
 
 def per_fold_table(df: pd.DataFrame) -> pd.DataFrame:
     """Mean Dice (and lesion NSD) per fold: one row per fold plus the pooled row."""
-    cols = [c for c in ("dice_lesion", "dice_ef", "dice_ggo", "dice_lung", "nsd_lesion", "baseline_dice_lesion")
-            if c in df.columns]
+    cols = [c for c in ("dice_lesion", "dice_ef", "dice_ggo", "dice_lung", "nsd_lesion", "baseline_dice_lesion",
+                        "baseline_dice_ef", "baseline_ef_cut_hu") if c in df.columns]
     names = {"dice_lesion": "Dice lesion", "dice_ef": "Dice EF", "dice_ggo": "Dice GGO", "dice_lung": "Dice lung",
-             "nsd_lesion": "NSD lesion", "baseline_dice_lesion": "baseline Dice lesion"}
+             "nsd_lesion": "NSD lesion", "baseline_dice_lesion": "baseline Dice lesion",
+             "baseline_dice_ef": "baseline Dice EF", "baseline_ef_cut_hu": "baseline EF cut (HU)"}
     g = df.groupby("fold")
     t = g[cols].mean()
     t.insert(0, "cases", g.size())
     pooled = df[cols].mean().to_frame().T
+    if "baseline_ef_cut_hu" in pooled.columns:
+        pooled["baseline_ef_cut_hu"] = np.nan  # a cut per fold; their mean is no cut of any fold
     pooled.insert(0, "cases", len(df))
     pooled.index = ["all (mean over cases)"]
     t.index = [f"fold {int(k)}" for k in t.index]
@@ -372,30 +416,36 @@ def agreement_table(summary: dict) -> pd.DataFrame:
 
 
 def baseline_table(df: pd.DataFrame, summary: dict) -> pd.DataFrame:
-    """Total lesion: network vs HU baseline (Dice, ICC and Bland–Altman of the % of lung)."""
+    """Network vs HU baseline per region: Dice (mean [95% CI], median [IQR]), the paired difference, and
+    for total lesion the ICC and Bland–Altman bias of the % of lung."""
     m = summary["metrics"]
     rows = []
-    for method, dice_col in (("network", "dice_lesion"), ("HU baseline", "baseline_dice_lesion")):
-        d = m.get(dice_col)
-        a = summary["agreement"]["network" if method == "network" else "baseline"].get("lesion")
-        if d is None or a is None:
-            continue
-        rows.append({"method": method,
-                     "Dice lesion, mean [95% CI]": f"{_fmt(d['mean'])} [{_fmt(d['ci_low'])}, {_fmt(d['ci_high'])}]",
-                     "Dice lesion, median [IQR]": f"{_fmt(d['median'])} [{_fmt(d['q1'])}, {_fmt(d['q3'])}]",
-                     "ICC lesion % [95% CI]": f"{_fmt(a['icc']['icc'])} [{_fmt(a['icc']['ci_low'])}, "
-                                              f"{_fmt(a['icc']['ci_high'])}]",
-                     "bias (pp) [LoA]": f"{_fmt(a['bland_altman']['bias'])} [{_fmt(a['bland_altman']['loa_low'])}, "
-                                        f"{_fmt(a['bland_altman']['loa_high'])}]"})
-    if "baseline_dice_lesion" in df.columns:
-        diff = (df["dice_lesion"] - df["baseline_dice_lesion"]).dropna()
-        if len(diff):
-            rows.append({"method": "network − baseline (paired)",
-                         "Dice lesion, mean [95% CI]": f"{_fmt(diff.mean())}",
-                         "Dice lesion, median [IQR]": f"{_fmt(diff.median())} [{_fmt(diff.quantile(0.25))}, "
-                                                      f"{_fmt(diff.quantile(0.75))}]",
-                         "ICC lesion % [95% CI]": "", "bias (pp) [LoA]": ""})
-    return pd.DataFrame(rows).set_index("method")
+    for region in ("lesion", "ef", "ggo"):
+        for method, col in (("network", f"dice_{region}"), ("HU baseline", f"baseline_dice_{region}")):
+            d = m.get(col)
+            if d is None:
+                continue
+            row = {"region": REGION_NAMES[region], "method": method, "n": d["n"],
+                   "Dice, mean [95% CI]": f"{_fmt(d['mean'])} [{_fmt(d['ci_low'])}, {_fmt(d['ci_high'])}]",
+                   "Dice, median [IQR]": f"{_fmt(d['median'])} [{_fmt(d['q1'])}, {_fmt(d['q3'])}]",
+                   "ICC % of lung [95% CI]": "", "bias (pp) [LoA]": ""}
+            a = summary["agreement"]["network" if method == "network" else "baseline"].get(region)
+            if a is not None:
+                row["ICC % of lung [95% CI]"] = (f"{_fmt(a['icc']['icc'])} [{_fmt(a['icc']['ci_low'])}, "
+                                                 f"{_fmt(a['icc']['ci_high'])}]")
+                row["bias (pp) [LoA]"] = (f"{_fmt(a['bland_altman']['bias'])} [{_fmt(a['bland_altman']['loa_low'])}, "
+                                          f"{_fmt(a['bland_altman']['loa_high'])}]")
+            rows.append(row)
+        net, base = f"dice_{region}", f"baseline_dice_{region}"
+        if net in df.columns and base in df.columns:
+            diff = (df[net] - df[base]).dropna()
+            if len(diff):
+                rows.append({"region": REGION_NAMES[region], "method": "network − baseline (paired)", "n": len(diff),
+                             "Dice, mean [95% CI]": _fmt(diff.mean()),
+                             "Dice, median [IQR]": f"{_fmt(diff.median())} [{_fmt(diff.quantile(0.25))}, "
+                                                   f"{_fmt(diff.quantile(0.75))}]",
+                             "ICC % of lung [95% CI]": "", "bias (pp) [LoA]": ""})
+    return pd.DataFrame(rows).set_index(["region", "method"])
 
 
 def paper_table(summary: dict, folder: str) -> pd.DataFrame:
@@ -450,6 +500,8 @@ def glue_values(summary: dict) -> dict:
     out["dice_lesion_ci_low"] = get("dice_lesion", "ci_low")
     out["dice_lesion_ci_high"] = get("dice_lesion", "ci_high")
     out["baseline_dice_lesion"] = get("baseline_dice_lesion")
+    out["baseline_dice_ef"] = get("baseline_dice_ef")
+    out["baseline_dice_ggo"] = get("baseline_dice_ggo")
     out["nsd_tolerance_mm"] = summary["policies"]["nsd_tolerance_mm"]
     for who in ("network", "baseline"):
         a = summary["agreement"][who].get("lesion")

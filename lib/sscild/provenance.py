@@ -16,7 +16,7 @@ from .paths import RunPaths, read_json, repo_root
 from .profiles import Profile
 
 __all__ = ["cpu_name", "git_state", "environment_table", "run_settings", "step_times", "input_checksums", "sha256_file",
-           "gpu_check_table"]
+           "gpu_check_table", "segment_benchmark_table"]
 
 PACKAGES = ["sscild", "torch", "monai", "numpy", "scipy", "pandas", "nibabel", "SimpleITK", "pydicom",
             "scikit-image", "statsmodels", "seaborn", "matplotlib", "papermill", "jupytext", "jupyter-book"]
@@ -136,4 +136,35 @@ def gpu_check_table(path: str | Path | None = None) -> pd.DataFrame | None:
         ("segment one held-out volume", f"{seg.get('seconds')} s for {' x '.join(map(str, seg.get('input_shape') or []))} "
                                         f"voxels (peak GPU memory {seg.get('peak_gpu_memory_gib')} GiB)"),
     ]
+    return pd.DataFrame(rows, columns=["", "value"]).set_index("")
+
+
+def segment_benchmark_table(path: str | Path | None = None) -> pd.DataFrame | None:
+    """The recorded ``sscild segment`` benchmark (``benchmarks/segment_cpu.json``) as a table.
+
+    The file is written by ``scripts/bench_segment.py`` (its own output lands in
+    ``results/benchmarks/segment.json``); ``None`` when there is none.
+    """
+    path = Path(path) if path is not None else repo_root() / "benchmarks" / "segment_cpu.json"
+    if not path.exists():
+        return None
+    d = json.loads(path.read_text())
+    m = d.get("machine", {})
+    stages = d.get("in_process_s", {})
+    scan = d.get("scan", {})
+    rows = [
+        ("recorded", f"{d.get('date', '?')}: `{d.get('benchmark_command', 'scripts/bench_segment.py')}`"),
+        ("machine", f"{m.get('cpu')}, {d.get('threads')} threads, torch {m.get('torch')}; load average before "
+                    f"{(m.get('load_average_before') or ['?'])[0]}"),
+        ("scan", f"{' x '.join(map(str, scan.get('shape', [])))} voxels ({scan.get('source', '')})"),
+        ("models", f"{d.get('n_models')} fold models, profile `{d.get('profile')}` ({d.get('models')})"),
+        ("ensemble", f"{d.get('ensemble')}; {d.get('precision')}"),
+        ("wall time, fresh process", f"{d.get('wall_s')} s (target {d.get('targets', {}).get('wall_s')} s)"),
+        ("peak memory (RSS)", f"{d.get('peak_rss_gib')} GiB (target {d.get('targets', {}).get('peak_rss_gib')} GiB)"),
+        ("stages in the process", ", ".join(f"{k.replace('_', ' ')} {v} s" for k, v in stages.items())),
+    ]
+    for r in d.get("real_ct") or []:
+        if "lung_volume_l" in r:
+            rows.append((f"real CT {r['scan']}", f"lung {r['lung_volume_l']} L, lesion {r['lesion_pct']} % of lung, "
+                                                 f"{r['wall_s']} s, {r['peak_rss_gib']} GiB"))
     return pd.DataFrame(rows, columns=["", "value"]).set_index("")

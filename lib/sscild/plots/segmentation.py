@@ -180,21 +180,34 @@ def bland_altman_grid(df: pd.DataFrame, summary: dict, *, regions=("lesion", "ef
 
 
 def baseline_comparison(df: pd.DataFrame):
-    """Network and HU baseline on total lesion: paired Dice per case, and extent against reference.
+    """Network and HU baseline: paired Dice per case and region, and lesion extent against reference.
 
-    Left: each case's lesion Dice for both methods, joined by a line. Right: predicted against
-    reference lesion extent (percent of lung) with the identity line.
+    Left: each case's Dice for both methods, joined by a line, for total lesion and (when the
+    fold-fitted EF/GGO split was scored) EF and GGO. Right: predicted against reference lesion extent
+    (percent of lung) with the identity line.
     """
-    d = df.dropna(subset=["dice_lesion", "baseline_dice_lesion"])
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9.5, 3.8))
-    for _, r in d.iterrows():
-        a1.plot([0, 1], [r["baseline_dice_lesion"], r["dice_lesion"]], color="0.75", lw=0.7, zorder=1)
-    a1.scatter(np.zeros(len(d)), d["baseline_dice_lesion"], color=_METHOD_COLOR["HU baseline"], s=18, zorder=2)
-    a1.scatter(np.ones(len(d)), d["dice_lesion"], color=_METHOD_COLOR["network"], s=18, zorder=2)
-    a1.set_xticks([0, 1], ["HU baseline", "network"])
-    a1.set_xlim(-0.4, 1.4)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10.5, 3.8), gridspec_kw={"width_ratios": [1.4, 1]})
+    ticks, labels = [], []
+    for g, (region, name) in enumerate((("lesion", "lesion"), ("ef", "EF"), ("ggo", "GGO"))):
+        net, base = f"dice_{region}", f"baseline_dice_{region}"
+        if net not in df.columns or base not in df.columns:
+            continue
+        d = df.dropna(subset=[net, base])
+        x0 = 2.6 * g
+        for _, r in d.iterrows():
+            a1.plot([x0, x0 + 1], [r[base], r[net]], color="0.8", lw=0.6, zorder=1)
+        a1.scatter(np.full(len(d), x0), d[base], color=_METHOD_COLOR["HU baseline"], s=14, zorder=2,
+                   label="HU baseline" if g == 0 else None)
+        a1.scatter(np.full(len(d), x0 + 1), d[net], color=_METHOD_COLOR["network"], s=14, zorder=2,
+                   label="network" if g == 0 else None)
+        ticks += [x0 + 0.5]
+        labels += [f"{name}\n(n={len(d)})"]
+    a1.set_xticks(ticks, labels)
+    a1.set_xlim(-0.6, (ticks[-1] + 1.1) if ticks else 1.5)
     a1.set_ylim(-0.02, 1.02)
-    a1.set(ylabel="Dice, total lesion", title="Dice per case (lines join a case)")
+    a1.set(ylabel="Dice", title="Dice per case: baseline (left) and network (right), lines join a case")
+    a1.title.set_fontsize(9)
+    a1.legend(frameon=False, fontsize=8, loc="lower right")
     lim = float(np.nanmax(df[["pct_ref_lesion", "pct_pred_lesion", "baseline_pct_pred_lesion"]].to_numpy()))
     lim = max(5.0, 1.05 * lim)
     a2.plot([0, lim], [0, lim], color="0.6", lw=0.8, ls="--")

@@ -50,6 +50,9 @@ class Profile:
     batch_size: int = 8
     learning_rate: float = 2e-3
     weight_decay: float = 1e-4
+    batch_dice: bool = False
+    """Dice term over the whole batch rather than per patch (nnU-Net's "batch Dice"): a patch without
+    a class then adds nothing to that class's Dice instead of pushing it towards an empty prediction."""
     lesion_oversample: float = 0.6
     """Share of patches centred on EF or GGO voxels (nnU-Net style foreground oversampling)."""
     checkpoint_every: int = 100

@@ -21,7 +21,10 @@ def recipe_table(profile: str | Profile) -> pd.DataFrame:
         ("patch", f"{list(p.patch_size)} voxels, axial"),
         ("sampling", f"{p.lesion_oversample:.0%} of patches centred on EF/GGO, the rest on random lung voxels"),
         ("augmentation", "flips, rotation +-15 deg, scaling +-15 %, intensity shift/scale, Gaussian noise (MONAI)"),
-        ("loss", "Dice + cross-entropy (monai.losses.DiceCELoss), softmax, 4 classes"),
+        ("loss", "Dice + cross-entropy (monai.losses.DiceCELoss), softmax, 4 classes, Dice over "
+                 + ("the whole batch" if p.batch_dice else "each patch")),
+        ("batches", "made in the training process on CPU; by loader processes on CUDA "
+                    "(a batch depends only on seed, fold and step)"),
         ("optimiser", f"AdamW, lr {p.learning_rate:g}, weight decay {p.weight_decay:g}, warm-up then poly(0.9) decay"),
         ("budget", f"{p.iterations} iterations x batch {p.batch_size}"),
         ("checkpoints", f"every {p.checkpoint_every} iterations (resumable)"),

@@ -297,7 +297,7 @@ def train_model(cases: dict, profile: str | Profile, out: Path, *, key: int = 0,
     net = build_network(p, out_channels=num_classes).to(device)
     from monai.losses import DiceCELoss
 
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=bool(p.batch_dice))
     opt = torch.optim.AdamW(net.parameters(), lr=p.learning_rate, weight_decay=p.weight_decay)
     warmup = max(1, min(50, total // 20))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, warmup))

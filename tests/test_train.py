@@ -138,3 +138,19 @@ def test_recorded_gpu_check_renders(tmp_path):
     assert table is not None, "benchmarks/gpu_paper.json should be in the repository"
     assert "NVIDIA" in table.loc["device", "value"] and table.loc["mixed precision / cudnn autotuning", "value"].startswith("True")
     assert gpu_check_table(tmp_path / "absent.json") is None
+
+
+def test_changed_settings_are_not_mistaken_for_a_finished_or_resumable_fold(prepared, tmp_path):
+    from sscild.profiles import get_profile
+
+    run = fresh_copy(prepared, tmp_path, "stale")
+    train_mod.train_fold(run, "smoke", 0, iterations=10, progress=False)
+    train_mod.train_fold(run, "smoke", 0, iterations=10, progress=False)  # same settings: done, no error
+    other = get_profile("smoke").with_overrides(learning_rate=1e-4)
+    with pytest.raises(ValueError, match="other settings.*learning_rate"):
+        train_mod.train_fold(run, other, 0, iterations=10, progress=False)
+    # an interrupted fold cannot be resumed under other settings either
+    part = train_mod.train_fold(run, "smoke", 1, iterations=20, progress=False, stop_after=10)
+    assert part.get("interrupted")
+    with pytest.raises(ValueError, match="batch_size.*cannot be resumed"):
+        train_mod.train_fold(run, get_profile("smoke").with_overrides(batch_size=2), 1, iterations=20, progress=False)

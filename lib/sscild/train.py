@@ -207,6 +207,23 @@ def _lr_lambda(iterations: int, warmup: int):
     return f
 
 
+RECIPE_KEYS = ("spatial_dims", "channels", "strides", "num_res_units", "dropout", "norm", "patch_size",
+               "iterations", "batch_size", "learning_rate", "weight_decay", "batch_dice", "lesion_oversample",
+               "seed", "target_spacing", "hu_clip")
+"""Profile settings that change what training produces; a fold trained with others is stale."""
+
+
+def training_recipe(p: Profile, iterations: int | None = None) -> dict:
+    """The settings (:data:`RECIPE_KEYS`) a fold is trained with, JSON-ready (tuples as lists)."""
+    d = p.to_dict()
+    d["iterations"] = int(iterations or p.iterations)
+    return {k: (list(d[k]) if isinstance(d[k], tuple) else d[k]) for k in RECIPE_KEYS}
+
+
+def _recipe_diff(saved: dict, now: dict) -> list[str]:
+    return [f"{k}: {saved[k]!r} -> {now[k]!r}" for k in RECIPE_KEYS if k in saved and saved[k] != now[k]]
+
+
 def fold_is_done(run: RunPaths, fold: int) -> bool:
     d = run.fold_dir(fold)
     return (d / "train_summary.json").exists() and (d / "model_final.pt").exists()
@@ -249,6 +266,11 @@ def train_fold(run: RunPaths, profile: str | Profile, fold: int, *, device=None,
             raise ValueError(
                 f"{out} was trained on other patients than fold {fold} of {run.splits} now lists (the cohort or "
                 f"the splits changed). Delete {out} (or run `make clean`) to retrain it.")
+        diff = _recipe_diff(summary.get("recipe", {}), training_recipe(p, iterations))
+        if diff:
+            raise ValueError(
+                f"{out} was trained with other settings than profile {p.name!r} now has ({'; '.join(diff)}). "
+                f"Delete {out} (or run `make clean`) to retrain it.")
         return summary
     test_ids = set(splits[fold]["val"])
     if test_ids & set(train_ids):
@@ -310,6 +332,10 @@ def train_model(cases: dict, profile: str | Profile, out: Path, *, key: int = 0,
     ckpt = out / "checkpoint_latest.pt"
     if ckpt.exists():
         state = torch.load(ckpt, map_location=device, weights_only=False)
+        diff = _recipe_diff(state.get("recipe", {}), training_recipe(p, total))
+        if diff:
+            raise ValueError(f"{ckpt} was written with other settings than profile {p.name!r} now has "
+                             f"({'; '.join(diff)}); it cannot be resumed. Delete it to start this fold afresh.")
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -388,6 +414,7 @@ def train_model(cases: dict, profile: str | Profile, out: Path, *, key: int = 0,
             epoch_loss, epoch_dice, epoch_cnt, epoch_n = zeros(), zeros(nfg), zeros(nfg), 0
             state = {"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                      "scaler": scaler.state_dict(), "step": step, "history": history, "epochs": epochs,
+                     "recipe": training_recipe(p, total),
                      "seconds": elapsed_before + time.perf_counter() - t0}
             with atomic_path(ckpt, suffix=".pt") as tmp:
                 torch.save(state, tmp)
@@ -419,5 +446,6 @@ def train_model(cases: dict, profile: str | Profile, out: Path, *, key: int = 0,
         "parameters": count_parameters(net),
         "seed": seed,
         "final_loss": history[-1]["loss"] if history else None,
+        "recipe": training_recipe(p, total),
         "torch": torch.__version__,
     }

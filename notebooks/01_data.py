@@ -38,7 +38,7 @@ from sscild.paths import default_data_dir, resolve_data_dir, write_json
 from sscild.phantom import generate_cohort
 from sscild.plots.data import case_gallery, extent_distribution, fold_plot
 from sscild.preprocess import build_cache
-from sscild.report import banner, chapter_context, glue, show
+from sscild.report import banner, chapter_context, rel, glue, show
 
 warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm's notice in a kernel without widgets
 data_dir = resolve_data_dir(data_dir, profile)
@@ -60,8 +60,8 @@ banner(data_dir, profile)
 # %%
 declared = f", {info['n']} cases declared in dataset.json" if info["n"] is not None else ""
 source = f" Source: {info['source'].rstrip('.')}." if info["source"] else ""
-display(Markdown(f"Cohort **{info['name']}**, folder `{data_dir}`: {'synthetic' if info['synthetic'] else 'real'} "
-                 f"data{declared}.{source} Results of this run: `{run.root}`."))
+display(Markdown(f"Cohort **{info['name']}**, folder `{rel(data_dir)}`: {'synthetic' if info['synthetic'] else 'real'} "
+                 f"data{declared}.{source} Results of this run: `{rel(run.root)}`."))
 
 # %% [markdown]
 # ## Validation
@@ -81,7 +81,7 @@ display(Markdown(f"Cohort **{info['name']}**, folder `{data_dir}`: {'synthetic' 
 label_map = ds.label_map_from_env()
 report = validate_cohort(data_dir, label_map=label_map)
 write_json(run.validation, ds.validation_record(report, label_map=label_map))
-print(report.format().splitlines()[0])
+print(report.format().splitlines()[0].replace(str(data_dir), rel(data_dir)))
 if not report.usable_cases:
     raise RuntimeError(f"No usable case in {data_dir}:\n{report.format()}\nFix the problems listed above and re-run.")
 
@@ -136,7 +136,7 @@ display(Markdown(f"Label map used by this run: `{label_map}`." if label_map else
 
 # %%
 cases = build_cache(cohort, run, prof, progress=False)
-display(Markdown(f"{len(cases)} cases in the cache `{run.cache}`: {int((~cases['reused']).sum())} preprocessed now, "
+display(Markdown(f"{len(cases)} cases in the cache `{rel(run.cache)}`: {int((~cases['reused']).sum())} preprocessed now, "
                  f"{int(cases['reused'].sum())} reused. Target spacing of profile `{prof.name}`: "
                  f"{tuple(prof.target_spacing)} mm (None keeps the scan's own)."))
 show(ds.geometry_table(cases), caption="Voxel grids as acquired and after preprocessing")

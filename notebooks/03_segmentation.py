@@ -33,7 +33,7 @@ from sscild.paper import PAPER
 from sscild.paths import resolve_data_dir, write_json
 from sscild.plots import segmentation as segplots
 from sscild.predict import POSTPROCESS_RULE, predict_oof
-from sscild.report import banner, chapter_context, glue, show
+from sscild.report import banner, chapter_context, rel, glue, show
 
 data_dir = resolve_data_dir(data_dir, profile)
 run, prof, info = chapter_context(data_dir, profile)
@@ -191,4 +191,4 @@ values = ev.glue_values(summary)
 for name, value in values.items():
     glue(name, value, display=False)
 display(Markdown(f"Written: `{run.segmentation_metrics.name}` ({len(df)} patients × {df.shape[1]} columns) and "
-                 f"`{run.segmentation_summary.name}` in `{run.root}`; predictions in `{run.predictions}`."))
+                 f"`{run.segmentation_summary.name}` in `{rel(run.root)}`; predictions in `{rel(run.predictions)}`."))

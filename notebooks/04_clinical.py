@@ -40,7 +40,7 @@ from sscild import clinical as clin
 from sscild.paper import EXTENT_THRESHOLD_PCT
 from sscild.paths import resolve_data_dir
 from sscild.plots.clinical import pft_scatter, rho_heatmap, save_and_show, staging_scatter
-from sscild.report import banner, chapter_context, fmt_ci, glue, show
+from sscild.report import banner, chapter_context, rel, fmt_ci, glue, show
 
 data_dir = resolve_data_dir(data_dir, profile)
 run, prof, info = chapter_context(data_dir, profile)
@@ -212,4 +212,4 @@ for name, value in clin.glue_values(summary).items():
     glue(name, value, display=False)
 csv_path, json_path = clin.write_outputs(run, full, summary)
 display(Markdown(f"Written: `{csv_path.name}` ({len(full)} rows: both grids, partial correlations and "
-                 f"differences) and `{json_path.name}` in `{run.root}`."))
+                 f"differences) and `{json_path.name}` in `{rel(run.root)}`."))

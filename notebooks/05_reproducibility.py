@@ -51,7 +51,7 @@ show(run_settings(run, prof), caption="Profile settings and seeds of this run")
 # From `runlog.json`, which make's notebook runner appends to (latest run of each step).
 
 # %%
-show(step_times(run), caption="Steps (latest execution of each)")
+show(step_times(run), caption="Steps: latest execution, and the longest (the run that did the work)")
 
 # %% [markdown]
 # ## Cluster jobs

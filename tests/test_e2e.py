@@ -41,6 +41,13 @@ def test_book_has_no_remote_assets(smoke_run):
     assert not offenders, offenders[:10]
 
 
+def test_book_does_not_print_the_build_machines_folders(smoke_run):
+    """Paths inside the repository appear relative to it (the smoke run's data and results live there)."""
+    root = str(REPO.resolve())
+    offenders = [f.name for f in (smoke_run["html"] / "chapters").glob("*.html") if root in f.read_text(errors="replace")]
+    assert not offenders, offenders
+
+
 def test_runlog_records_every_step(smoke_run):
     log = json.loads((smoke_run["results"] / "runlog.json").read_text())
     steps = {s["step"] for s in log["steps"] if s["status"] == "ok"}

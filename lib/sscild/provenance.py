@@ -73,7 +73,7 @@ def environment_table() -> pd.DataFrame:
 
 
 def run_settings(run: RunPaths, profile: Profile) -> pd.DataFrame:
-    rows = [("cohort", run.cohort), ("profile", profile.name), ("results folder", str(run.root)),
+    rows = [("cohort", run.cohort), ("profile", profile.name), ("results folder", _unroot(run.root.resolve())),
             ("base seed", profile.seed), ("fold seeds", f"seed*1000 + k for k in 0..{profile.num_folds - 1}")]
     for k, v in profile.to_dict().items():
         if k not in ("name", "seed", "extra"):
@@ -81,18 +81,32 @@ def run_settings(run: RunPaths, profile: Profile) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["setting", "value"]).set_index("setting")
 
 
+def _unroot(text: str) -> str:
+    """Paths inside the repository written relative to it (the book does not show the build machine's folders)."""
+    return str(text).replace(str(repo_root().resolve()) + "/", "")
+
+
 def step_times(run: RunPaths) -> pd.DataFrame:
-    """Latest execution of each step from ``runlog.json`` (empty table if there is none)."""
+    """Each step of ``runlog.json``: its latest execution, and the longest, which did the work.
+
+    A step re-run after its outputs exist (a finished fold, say) takes seconds, so the latest time
+    alone would hide what the step cost; ``longest s`` keeps it. Empty table if there is no log.
+    """
+    cols = ["status", "latest s", "longest s", "runs", "started", "parameters"]
     if not run.runlog.exists():
-        return pd.DataFrame(columns=["step", "status", "seconds", "started"]).set_index("step")
+        return pd.DataFrame(columns=["step", *cols]).set_index("step")
     steps = read_json(run.runlog)["steps"]
-    latest = {}
+    groups: dict[str, list[dict]] = {}
     for s in steps:
-        latest[s["step"]] = s
-    df = pd.DataFrame([{"step": k, "status": v["status"], "seconds": v["seconds"], "started": v["started"],
-                        "parameters": ", ".join(f"{a}={b}" for a, b in v.get("parameters", {}).items())}
-                       for k, v in latest.items()])
-    return df.set_index("step")
+        groups.setdefault(s["step"], []).append(s)
+    rows = []
+    for k, runs in groups.items():
+        last = runs[-1]
+        ok = [float(r["seconds"]) for r in runs if r.get("status") == "ok" and r.get("seconds") is not None]
+        rows.append({"step": k, "status": last["status"], "latest s": last["seconds"],
+                     "longest s": max(ok) if ok else None, "runs": len(runs), "started": last["started"],
+                     "parameters": _unroot(", ".join(f"{a}={b}" for a, b in last.get("parameters", {}).items()))})
+    return pd.DataFrame(rows).set_index("step")
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

@@ -5,7 +5,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-__all__ = ["cohort_info", "banner", "glue", "show", "fmt_ci", "chapter_context"]
+__all__ = ["cohort_info", "banner", "glue", "show", "fmt_ci", "chapter_context", "rel"]
+
+
+def rel(path: str | Path) -> str:
+    """``path`` relative to the repository when it lies inside it (so the book does not print the
+    build machine's folders), else as given."""
+    from .paths import repo_root
+
+    p = Path(path)
+    try:
+        return str(p.resolve().relative_to(repo_root().resolve()))
+    except ValueError:
+        return str(p)
 
 
 def cohort_info(data_dir: str | Path) -> dict:

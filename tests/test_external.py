@@ -319,3 +319,12 @@ def test_run_external_with_test_folder_on_tiny_slices(tmp_path):
     shutil.copy(tmp_path / "train" / "labels" / "train0.png", tmp_path / "test" / "labels" / "dup.png")
     with pytest.raises(InputError, match=r"identical to training slices.*\('dup', 'train0'\)"):
         ext.run_external(tmp_path / "train", tmp_path / "out", test_dir=tmp_path / "test", profile=prof, log=None)
+
+
+def test_recorded_gpu_run_table(tmp_path):
+    t = ext.recorded_gpu_run()
+    assert t is not None, "benchmarks/external_paper_gpu.json should be in the repository"
+    assert [i for i in t.index[:5]] == ["0", "1", "2", "3", "4"]
+    assert t.attrs["meta"]["profile"] == "external-paper"
+    assert t.loc["all 50 slices (mean [95% CI])", "Dice GGO"].count("[") == 1
+    assert ext.recorded_gpu_run(tmp_path / "absent.json") is None

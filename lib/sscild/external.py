@@ -100,6 +100,7 @@ __all__ = [
     "results_table",
     "compare_to_published",
     "recipe_dict",
+    "recorded_gpu_run",
     "cross_validate",
     "train_and_test",
     "run_external",
@@ -1124,3 +1125,34 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def recorded_gpu_run(path: str | Path | None = None) -> pd.DataFrame | None:
+    """The recorded GPU cross-validation of the ``paper`` external profile
+    (``benchmarks/external_paper_gpu.json``) as a table: one row per fold and the pooled row.
+
+    ``None`` when the file is absent. The numbers are a record of one run, shown for comparison with
+    the ``cpu`` recipe; re-running needs a GPU (``python -m sscild.external run TRAIN OUT --profile paper``).
+    """
+    from .paths import repo_root
+
+    path = Path(path) if path is not None else repo_root() / "benchmarks" / "external_paper_gpu.json"
+    if not path.exists():
+        return None
+    d = json.loads(path.read_text())
+    rows = [{"fold": str(f["fold"]), "seconds": f["seconds"], "Dice GGO": round(f["dice_ggo"], 3),
+             "Dice consolidation": round(f["dice_consolidation"], 3)} for f in d.get("folds", [])]
+    cv = d.get("cv") or {}
+    if cv:
+        def ci(key):
+            lo, hi = cv[f"{key}_ci"]
+            return f"{cv[key]:.3f} [{lo:.3f}, {hi:.3f}]"
+
+        rows.append({"fold": "all 50 slices (mean [95% CI])", "seconds": round(sum(r["seconds"] for r in rows), 1),
+                     "Dice GGO": ci("dice_ggo"), "Dice consolidation": ci("dice_consolidation")})
+        rows.append({"fold": "pooled over slices", "seconds": "",
+                     "Dice GGO": ci("pooled_dice_ggo"), "Dice consolidation": ci("pooled_dice_consolidation")})
+    t = pd.DataFrame(rows).set_index("fold")
+    t.attrs["meta"] = {k: d.get(k) for k in ("date", "device", "iterations", "batch", "grid", "res_units", "tta",
+                                             "profile")}
+    return t

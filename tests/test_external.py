@@ -328,3 +328,13 @@ def test_recorded_gpu_run_table(tmp_path):
     assert t.attrs["meta"]["profile"] == "external-paper"
     assert t.loc["all 50 slices (mean [95% CI])", "Dice GGO"].count("[") == 1
     assert ext.recorded_gpu_run(tmp_path / "absent.json") is None
+
+
+def test_recipe_key_tells_training_settings_apart():
+    base = ext.external_profile("smoke")
+    keys = {json.dumps(ext._profile_key(p), sort_keys=True) for p in (
+        base, base.with_overrides(batch_dice=True), base.with_overrides(intensity_aug="strong"),
+        base.with_overrides(learning_rate=1e-4))}
+    assert len(keys) == 4
+    # test-time augmentation does not change the trained model
+    assert ext._profile_key(base) == ext._profile_key(ext.external_profile(base, tta="none"))

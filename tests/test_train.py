@@ -154,3 +154,14 @@ def test_changed_settings_are_not_mistaken_for_a_finished_or_resumable_fold(prep
     assert part.get("interrupted")
     with pytest.raises(ValueError, match="batch_size.*cannot be resumed"):
         train_mod.train_fold(run, get_profile("smoke").with_overrides(batch_size=2), 1, iterations=20, progress=False)
+
+
+def test_intensity_augmentation_setting():
+    from sscild.profiles import get_profile
+
+    names = lambda p: [type(t).__name__ for t in train_mod._augmenter(p).transforms]  # noqa: E731
+    light = get_profile("smoke")
+    assert "RandAdjustContrastd" not in names(light)
+    assert "RandAdjustContrastd" in names(light.with_overrides(intensity_aug="strong"))
+    with pytest.raises(ValueError, match="intensity_aug"):
+        train_mod._augmenter(light.with_overrides(intensity_aug="extreme"))

@@ -53,6 +53,9 @@ class Profile:
     batch_dice: bool = False
     """Dice term over the whole batch rather than per patch (nnU-Net's "batch Dice"): a patch without
     a class then adds nothing to that class's Dice instead of pushing it towards an empty prediction."""
+    intensity_aug: str = "light"
+    """``"light"``: intensity shift and scale of 5 %, Gaussian noise; ``"strong"``: 15 %, plus a random
+    gamma (contrast) change, for images windowed differently from one source to the next."""
     lesion_oversample: float = 0.6
     """Share of patches centred on EF or GGO voxels (nnU-Net style foreground oversampling)."""
     checkpoint_every: int = 100

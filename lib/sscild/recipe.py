@@ -20,7 +20,9 @@ def recipe_table(profile: str | Profile) -> pd.DataFrame:
         ("resampling", "in-plane and slice spacing " + ", ".join("native" if s is None else f"{s} mm" for s in p.target_spacing)),
         ("patch", f"{list(p.patch_size)} voxels, axial"),
         ("sampling", f"{p.lesion_oversample:.0%} of patches centred on EF/GGO, the rest on random lung voxels"),
-        ("augmentation", "flips, rotation +-15 deg, scaling +-15 %, intensity shift/scale, Gaussian noise (MONAI)"),
+        ("augmentation", "flips, rotation +-15 deg, scaling +-15 %, intensity shift/scale "
+                         + ("+-15 %, random gamma 0.7-1.5" if p.intensity_aug == "strong" else "+-5 %")
+                         + ", Gaussian noise (MONAI)"),
         ("loss", "Dice + cross-entropy (monai.losses.DiceCELoss), softmax, 4 classes, Dice over "
                  + ("the whole batch" if p.batch_dice else "each patch")),
         ("batches", "made in the training process on CPU; by loader processes on CUDA "

@@ -135,19 +135,26 @@ class PatchSampler:
 
 
 def _augmenter(profile: Profile):
-    from monai.transforms import (Compose, RandAffined, RandFlipd, RandGaussianNoised,
+    from monai.transforms import (Compose, RandAdjustContrastd, RandAffined, RandFlipd, RandGaussianNoised,
                                   RandScaleIntensityd, RandShiftIntensityd)
 
+    if profile.intensity_aug not in ("light", "strong"):
+        raise ValueError(f"intensity_aug must be 'light' or 'strong', got {profile.intensity_aug!r}")
+    strong = profile.intensity_aug == "strong"
+    amount = 0.15 if strong else 0.05
     keys = ("image", "label")
-    return Compose([
+    steps = [
         RandFlipd(keys=keys, prob=0.5, spatial_axis=0),
         RandFlipd(keys=keys, prob=0.2, spatial_axis=1),
         RandAffined(keys=keys, prob=0.3, rotate_range=(math.radians(15),), scale_range=((-0.15, 0.15), (-0.15, 0.15)),
                     mode=("bilinear", "nearest"), padding_mode="border"),
-        RandShiftIntensityd(keys="image", prob=0.3, offsets=0.05),
-        RandScaleIntensityd(keys="image", prob=0.3, factors=0.05),
-        RandGaussianNoised(keys="image", prob=0.2, std=0.03),
-    ])
+        RandShiftIntensityd(keys="image", prob=0.3, offsets=amount),
+        RandScaleIntensityd(keys="image", prob=0.3, factors=amount),
+    ]
+    if strong:
+        steps.append(RandAdjustContrastd(keys="image", prob=0.3, gamma=(0.7, 1.5)))
+    steps.append(RandGaussianNoised(keys="image", prob=0.2, std=0.03))
+    return Compose(steps)
 
 
 def _augment(aug, images: np.ndarray, labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -208,7 +215,8 @@ def _lr_lambda(iterations: int, warmup: int):
 
 
 RECIPE_KEYS = ("spatial_dims", "channels", "strides", "num_res_units", "dropout", "norm", "patch_size",
-               "iterations", "batch_size", "learning_rate", "weight_decay", "batch_dice", "lesion_oversample",
+               "iterations", "batch_size", "learning_rate", "weight_decay", "batch_dice", "intensity_aug",
+               "lesion_oversample",
                "seed", "target_spacing", "hu_clip")
 """Profile settings that change what training produces; a fold trained with others is stale."""
 

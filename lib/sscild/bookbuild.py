@@ -20,7 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .paths import repo_root
+from .paths import unroot
 
 __all__ = ["assemble", "build", "main"]
 
@@ -73,9 +73,7 @@ def _tag_for_reading(src: Path, dst: Path) -> None:
         if "parameters" in tags:
             tags.append("remove-cell")
         elif "injected-parameters" in tags:
-            # show paths inside the repository relative to it, not the build machine's folders
-            root = str(repo_root().resolve()) + "/"
-            cell.source = cell.source.replace(root, "")
+            cell.source = unroot(cell.source)  # paths inside the repository, relative to it
             continue
         elif not any(t.startswith(("remove-", "hide-")) for t in tags):
             tags.append("hide-input")

@@ -43,6 +43,13 @@ def _read_umask() -> int:
 _UMASK = _read_umask()  # read once, at import: os.umask is process-wide and not thread-safe to probe
 
 
+def unroot(text) -> str:
+    """``text`` (a path or a string holding paths) with the repository's absolute folder removed, so
+    paths inside the repository read relative to it and the book does not show the build machine's
+    folders; anything else is left as it is."""
+    return str(text).replace(str(repo_root().resolve()) + "/", "")
+
+
 def default_data_dir(profile: str) -> Path:
     """The built-in synthetic cohort of ``profile``: ``<repo>/data/synthetic-<profile>``
     (``SSCILD_DATA_ROOT`` overrides the ``data`` folder)."""

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .paths import RunPaths, read_json, repo_root
+from .paths import RunPaths, read_json, repo_root, unroot
 from .profiles import Profile
 
 __all__ = ["cpu_name", "git_state", "environment_table", "run_settings", "step_times", "input_checksums", "sha256_file",
@@ -73,17 +73,12 @@ def environment_table() -> pd.DataFrame:
 
 
 def run_settings(run: RunPaths, profile: Profile) -> pd.DataFrame:
-    rows = [("cohort", run.cohort), ("profile", profile.name), ("results folder", _unroot(run.root.resolve())),
+    rows = [("cohort", run.cohort), ("profile", profile.name), ("results folder", unroot(run.root.resolve())),
             ("base seed", profile.seed), ("fold seeds", f"seed*1000 + k for k in 0..{profile.num_folds - 1}")]
     for k, v in profile.to_dict().items():
         if k not in ("name", "seed", "extra"):
             rows.append((k, str(v)))
     return pd.DataFrame(rows, columns=["setting", "value"]).set_index("setting")
-
-
-def _unroot(text: str) -> str:
-    """Paths inside the repository written relative to it (the book does not show the build machine's folders)."""
-    return str(text).replace(str(repo_root().resolve()) + "/", "")
 
 
 def step_times(run: RunPaths) -> pd.DataFrame:
@@ -105,7 +100,7 @@ def step_times(run: RunPaths) -> pd.DataFrame:
         ok = [float(r["seconds"]) for r in runs if r.get("status") == "ok" and r.get("seconds") is not None]
         rows.append({"step": k, "status": last["status"], "latest s": last["seconds"],
                      "longest s": max(ok) if ok else None, "runs": len(runs), "started": last["started"],
-                     "parameters": _unroot(", ".join(f"{a}={b}" for a, b in last.get("parameters", {}).items()))})
+                     "parameters": unroot(", ".join(f"{a}={b}" for a, b in last.get("parameters", {}).items()))})
     return pd.DataFrame(rows).set_index("step")
 
 

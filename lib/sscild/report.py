@@ -11,13 +11,11 @@ __all__ = ["cohort_info", "banner", "glue", "show", "fmt_ci", "chapter_context",
 def rel(path: str | Path) -> str:
     """``path`` relative to the repository when it lies inside it (so the book does not print the
     build machine's folders), else as given."""
-    from .paths import repo_root
+    from .paths import unroot
 
-    p = Path(path)
-    try:
-        return str(p.resolve().relative_to(repo_root().resolve()))
-    except ValueError:
-        return str(p)
+    full = str(Path(path).resolve())
+    inside = unroot(full)
+    return inside if inside != full else str(path)
 
 
 def cohort_info(data_dir: str | Path) -> dict:

@@ -34,7 +34,6 @@ test_dir = None  # the benchmark's test part (48 slices), same layout; None: cro
 out_dir = None  # None: <results>/external
 
 # %%
-import json
 import os
 import time
 from pathlib import Path
@@ -187,7 +186,7 @@ else:
          f"{meta['iterations']} iterations x batch {meta['batch']}, grid {meta['grid']}, "
          f"{meta['res_units']} residual units, TTA {meta['tta']}")
     if available:
-        g = json.loads((repo_root() / "benchmarks" / "external_paper_gpu.json").read_text())["cv"]
+        g = gpu_cv.attrs["cv"]
         here = summary["cv"]
         views = meta["iterations"] * meta["batch"] / (prof.iterations * prof.batch_size)
         display(Markdown(

@@ -1142,12 +1142,11 @@ def recorded_gpu_run(path: str | Path | None = None) -> pd.DataFrame | None:
     ``None`` when the file is absent. The numbers are a record of one run, shown for comparison with
     the ``cpu`` recipe; re-running needs a GPU (``python -m sscild.external run TRAIN OUT --profile paper``).
     """
-    from .paths import repo_root
+    from .provenance import read_record
 
-    path = Path(path) if path is not None else repo_root() / "benchmarks" / "external_paper_gpu.json"
-    if not path.exists():
+    d = read_record("external_paper_gpu.json", path)
+    if d is None:
         return None
-    d = json.loads(path.read_text())
     rows = [{"fold": str(f["fold"]), "seconds": f["seconds"], "Dice GGO": round(f["dice_ggo"], 3),
              "Dice consolidation": round(f["dice_consolidation"], 3)} for f in d.get("folds", [])]
     cv = d.get("cv") or {}
@@ -1163,4 +1162,5 @@ def recorded_gpu_run(path: str | Path | None = None) -> pd.DataFrame | None:
     t = pd.DataFrame(rows).set_index("fold")
     t.attrs["meta"] = {k: d.get(k) for k in ("date", "device", "iterations", "batch", "grid", "res_units", "tta",
                                              "profile")}
+    t.attrs["cv"] = cv
     return t

@@ -16,7 +16,7 @@ from .paths import RunPaths, read_json, repo_root, unroot
 from .profiles import Profile
 
 __all__ = ["cpu_name", "git_state", "environment_table", "run_settings", "step_times", "input_checksums", "sha256_file",
-           "gpu_check_table", "segment_benchmark_table"]
+           "gpu_check_table", "segment_benchmark_table", "read_record"]
 
 PACKAGES = ["sscild", "torch", "monai", "numpy", "scipy", "pandas", "nibabel", "SimpleITK", "pydicom",
             "scikit-image", "statsmodels", "seaborn", "matplotlib", "papermill", "jupytext", "jupyter-book"]
@@ -119,15 +119,20 @@ def input_checksums(data_dir: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["file", "bytes", "sha256"]).set_index("file")
 
 
+def read_record(name: str, path: str | Path | None = None) -> dict | None:
+    """A recorded measurement: ``path``, or ``benchmarks/<name>`` of the repository; ``None`` if absent."""
+    path = Path(path) if path is not None else repo_root() / "benchmarks" / name
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def gpu_check_table(path: str | Path | None = None) -> pd.DataFrame | None:
     """The recorded GPU check of the ``paper`` profile (``benchmarks/gpu_paper.json``) as a table.
 
     The file is written by ``scripts/gpu_check.py`` on a machine with CUDA; ``None`` when there is none.
     """
-    path = Path(path) if path is not None else repo_root() / "benchmarks" / "gpu_paper.json"
-    if not path.exists():
+    d = read_record("gpu_paper.json", path)
+    if d is None:
         return None
-    d = json.loads(path.read_text())
     tr, seg = d.get("train", {}), d.get("segment", {})
     rows = [
         ("recorded", f"{d.get('date', '?')}: `{d.get('command', 'scripts/gpu_check.py')}`"),
@@ -154,10 +159,9 @@ def segment_benchmark_table(path: str | Path | None = None) -> pd.DataFrame | No
     The file is written by ``scripts/bench_segment.py`` (its own output lands in
     ``results/benchmarks/segment.json``); ``None`` when there is none.
     """
-    path = Path(path) if path is not None else repo_root() / "benchmarks" / "segment_cpu.json"
-    if not path.exists():
+    d = read_record("segment_cpu.json", path)
+    if d is None:
         return None
-    d = json.loads(path.read_text())
     m = d.get("machine", {})
     stages = d.get("in_process_s", {})
     scan = d.get("scan", {})

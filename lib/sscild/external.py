@@ -819,15 +819,12 @@ def compare_to_published(result: Mapping, *, published: pd.DataFrame = PUBLISHED
 
 
 def _profile_key(p: Profile) -> dict:
-    """The settings a trained model depends on (test-time augmentation is not one of them)."""
-    d = p.to_dict()
-    key = {k: d[k] for k in ("channels", "strides", "num_res_units", "dropout", "norm", "patch_size", "iterations",
-                             "batch_size", "learning_rate", "weight_decay", "lesion_oversample", "seed")}
-    key["extra"] = {k: v for k, v in sorted((d.get("extra") or {}).items()) if k != "tta"}
-    # settings added later enter the key only when set, so models trained before them keep their key
-    for k, default in (("batch_dice", False), ("intensity_aug", "light")):
-        if d.get(k, default) != default:
-            key[k] = d[k]
+    """The settings a trained model depends on: the training recipe of :mod:`sscild.train` and the
+    image-folder settings (test-time augmentation is not one of them)."""
+    from .train import training_recipe
+
+    key = training_recipe(p)
+    key["extra"] = {k: v for k, v in sorted((p.extra or {}).items()) if k != "tta"}
     return key
 
 

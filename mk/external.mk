@@ -2,7 +2,7 @@
 #   make external                                   cross-validation on the training part
 #   make external EXTERNAL_TEST=/path/to/test       ... and train on all, score the test part
 #   make external EXTERNAL_TRAIN=/path/to/train     another copy of the training part
-# Uses the Makefile's PY, STAMP and RESULTS. Runs on 2 CPU threads unless THREADS=N is given.
+# Uses the Makefile's PY, STAMP, RESULTS and BOOK_HTML (a built book is rebuilt with the appendix). Runs on 2 CPU threads unless THREADS=N is given.
 
 _ext_default_goal := $(.DEFAULT_GOAL)
 
@@ -16,7 +16,11 @@ EXT_PARAMS := profile=$(EXTERNAL_PROFILE) train=$(abspath $(EXTERNAL_TRAIN)) tes
 EXT_LIB  := lib/sscild/external.py lib/sscild/plots/external.py lib/sscild/train.py lib/sscild/model.py lib/sscild/metrics.py
 
 .PHONY: external
+# The book follows the run: once the appendix is executed, a book that is already built is rebuilt
+# with it (its page would otherwise still say "Not run in this build").
 external: $(EXT_NB)
+	@if [ -f "$(BOOK_HTML)" ]; then $(MAKE) --no-print-directory book; \
+	else echo "external: appendix executed ($(EXT_NB)); no book is built yet: 'make all' builds it with this appendix."; fi
 
 # rewritten only when the parameters change, so switching folders or profile re-runs the chapter
 $(EXT_MARK): _external_params

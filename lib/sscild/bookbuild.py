@@ -59,9 +59,10 @@ def assemble(src: Path, out: Path, notebooks: Path, external: Path | None = None
 def _tag_for_reading(src: Path, dst: Path) -> None:
     """Copy an executed notebook, tagged for a paper-shaped page.
 
-    Code stays one click away (``hide-input``: a toggle above each output); the chapter's default
-    ``parameters`` cell is dropped, while papermill's injected cell (the values this run used) stays
-    visible. Cells the author already tagged keep their tags.
+    Code stays one click away (``hide-input``: a toggle above each output). The chapter's default
+    ``parameters`` cell and papermill's injected cell are removed from the page (``remove-cell``):
+    the values this run used are in the banner and on the Reproducibility page, and both cells stay
+    in the notebook, where they are edited. Cells the author already tagged keep their tags.
     """
     import nbformat
 
@@ -70,10 +71,11 @@ def _tag_for_reading(src: Path, dst: Path) -> None:
         if cell.cell_type != "code":
             continue
         tags = cell.setdefault("metadata", {}).setdefault("tags", [])
-        if "parameters" in tags:
-            tags.append("remove-cell")
-        elif "injected-parameters" in tags:
+        if "injected-parameters" in tags:
             cell.source = unroot(cell.source)  # paths inside the repository, relative to it
+        if "parameters" in tags or "injected-parameters" in tags:
+            if "remove-cell" not in tags:
+                tags.append("remove-cell")
             continue
         elif not any(t.startswith(("remove-", "hide-")) for t in tags):
             tags.append("hide-input")

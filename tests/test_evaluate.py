@@ -312,3 +312,24 @@ def test_worst_cases_name_the_dominant_error(scored):
 
 def test_slice_spacing_is_read_from_the_headers(scored):
     assert ev.slice_spacing_mm(scored["cohort"]) == (4.0, 4.0)
+
+
+def test_error_location_zones_and_medial_share():
+    ref = np.zeros((12, 4, 9), np.uint8)
+    ref[1:11, :, :] = 1                                    # lung x 1..10, z 0..8
+    pred = ref.copy()
+    pred[5, :, 0:3] = 2                                    # false positive: medial, lower third
+    ref2 = ref.copy()
+    ref2[1, :, 7:9] = 3                                    # reference GGO, lateral and apical, missed
+    pred2 = pred.copy()
+    loc = ev.error_location(ref2, pred2, np.eye(4))
+    fp, fn = loc["false_positive"], loc["missed"]
+    assert fp["voxels"] == 12 and fp["lower"] == 100.0 and fp["medial"] == 100.0
+    assert fn["voxels"] == 8 and fn["upper"] == 100.0 and fn["medial"] == 0.0
+    # RAS flip of x (affine with -1) keeps the same answer: reorientation happens first
+    flip = np.diag([-1.0, 1.0, 1.0, 1.0])
+    assert ev.error_location(ref2[::-1], pred2[::-1], flip)["false_positive"]["lower"] == 100.0
+    table = pd.DataFrame({"fold": [0], "lesion Dice": [0.2], "reference lesion, % of lung": [5.0],
+                          "predicted lesion, % of lung": [9.0]}, index=pd.Index(["c"], name="patient"))
+    words = ev.worst_case_words(table, {"c": loc})
+    assert "false-positive lesion mostly in the lower zone (100 %)" in words and "medial (beside the heart" in words

@@ -83,6 +83,7 @@ __all__ = [
     "worst_cases",
     "worst_case_words",
     "paired_baseline_difference",
+    "error_location",
 ]
 
 LABEL_NAMES = ("background", "normal lung", "EF", "GGO")
@@ -616,8 +617,73 @@ def worst_cases(df: pd.DataFrame, n: int = 3, metric: str = "dice_lesion") -> pd
     return out.drop(columns=[c for c in out.columns if c.startswith("_")]).set_index("patient")
 
 
-def worst_case_words(table: pd.DataFrame) -> str:
-    """One computed sentence per patient of :func:`worst_cases`: which error dominates."""
+def error_location(ref: np.ndarray, pred: np.ndarray, affine: np.ndarray) -> dict:
+    """Where a patient's lesion errors lie: craniocaudal zone and medial or lateral.
+
+    The maps are reoriented to RAS (:func:`sscild.plots.segmentation.to_canonical`). The reference
+    lung's extent along z is cut into upper, middle and lower thirds; across, a voxel is *medial*
+    when it lies in the inner third between the lungs' midline and their lateral edge (where the
+    heart, the mediastinum and the hila are), else *lateral*.
+
+    Returns:
+        ``{"false_positive": {...}, "missed": {...}}``, each with ``voxels`` and the percent of them
+        in ``upper``, ``middle``, ``lower`` and ``medial`` (NaN when there are none).
+
+    Example:
+        >>> ref = np.zeros((9, 3, 6), np.uint8); ref[1:8, :, :] = 1
+        >>> pred = ref.copy(); pred[4, :, 0:2] = 2          # lesion drawn in the medial lower lung
+        >>> loc = error_location(ref, pred, np.eye(4))
+        >>> loc["false_positive"]["lower"], loc["false_positive"]["medial"]
+        (100.0, 100.0)
+    """
+    from .plots.segmentation import to_canonical
+
+    r, _ = to_canonical(np.asarray(ref), affine)
+    q, _ = to_canonical(np.asarray(pred), affine)
+    lung = r > 0
+    if not lung.any():
+        lung = q > 0
+    out = {}
+    if not lung.any():
+        nan = float("nan")
+        return {k: {"voxels": 0, "upper": nan, "middle": nan, "lower": nan, "medial": nan}
+                for k in ("false_positive", "missed")}
+    xs, _, zs = np.nonzero(lung)
+    z0, z1 = zs.min(), zs.max()
+    x_mid = (xs.min() + xs.max()) / 2.0
+    half = max((xs.max() - xs.min()) / 2.0, 1.0)
+    for name, mask in (("false_positive", (q >= 2) & (r < 2)), ("missed", (r >= 2) & (q < 2))):
+        x, _, z = np.nonzero(mask)
+        n = int(x.size)
+        if n == 0:
+            out[name] = {"voxels": 0, "upper": float("nan"), "middle": float("nan"), "lower": float("nan"),
+                         "medial": float("nan")}
+            continue
+        t = (z - z0) / max(z1 - z0, 1)                  # 0 = lung base (RAS: z grows upwards), 1 = apex
+        out[name] = {"voxels": n,
+                     "upper": float(100.0 * (t > 2 / 3).mean()),
+                     "middle": float(100.0 * ((t >= 1 / 3) & (t <= 2 / 3)).mean()),
+                     "lower": float(100.0 * (t < 1 / 3).mean()),
+                     "medial": float(100.0 * (np.abs(x - x_mid) / half < 1 / 3).mean())}
+    return out
+
+
+def _location_words(loc: dict) -> str:
+    parts = []
+    for key, what in (("false_positive", "false-positive lesion"), ("missed", "missed lesion")):
+        d = loc.get(key) or {}
+        if not d.get("voxels"):
+            continue
+        zone = max(("upper", "middle", "lower"), key=lambda z: d[z])
+        side = "medial (beside the heart, mediastinum and hila)" if d["medial"] >= 50 else "lateral"
+        parts.append(f"{what} mostly in the {zone} zone ({d[zone]:.0f} %), {d['medial']:.0f} % of it medial"
+                     + (f": {side}" if d["medial"] >= 50 else ""))
+    return "; ".join(parts)
+
+
+def worst_case_words(table: pd.DataFrame, locations: dict | None = None) -> str:
+    """One computed sentence per patient of :func:`worst_cases`: which error dominates and, with
+    ``locations`` (case id -> :func:`error_location`), where it lies."""
     lines = []
     for cid, r in table.iterrows():
         parts = [f"lesion Dice {_fmt(r['lesion Dice'])}; reference {_fmt(r['reference lesion, % of lung'], 1)} % "
@@ -630,6 +696,10 @@ def worst_case_words(table: pd.DataFrame) -> str:
         ef, ggo = r.get("EF called GGO, % of reference EF", np.nan), r.get("GGO called EF, % of reference GGO", np.nan)
         if np.isfinite(ef) or np.isfinite(ggo):
             parts.append(f"EF called GGO {_fmt(ef, 0)} %, GGO called EF {_fmt(ggo, 0)} %")
+        if locations and cid in locations:
+            where = _location_words(locations[cid])
+            if where:
+                parts.append(where)
         lines.append(f"- **{cid}** (fold {int(r['fold'])}): " + "; ".join(parts) + ".")
     return "\n".join(lines)
 

@@ -119,33 +119,44 @@ def _best_slices(ref_c: np.ndarray) -> tuple[int, int]:
     return z, y
 
 
-def case_montage(cases: list[dict]):
-    """Reference beside prediction for a few cases, axial and coronal (radiological orientation).
+def case_montage(cases: list[dict], *, contour: bool = True):
+    """The CT beside the reference and the prediction for a few cases, axial and coronal.
 
     Args:
         cases: dicts with ``image`` (HU array), ``ref``, ``pred`` (label arrays, same grid),
             ``affine`` and ``title`` (e.g. ``"best: case_007, Dice 0.91"``).
+        contour: draw the labels as outlines (the texture under them stays visible); ``False``
+            draws translucent fills.
 
     Returns:
-        A figure with one row per case and columns axial reference | axial prediction |
-        coronal reference | coronal prediction.
+        A figure with one row per case and columns axial CT | axial reference | axial prediction |
+        coronal CT | coronal reference | coronal prediction, in radiological orientation and the
+        lung window (:func:`sscild.plots.window_text`), slices through the most reference lesion.
     """
+    from . import window_text
+
     if not cases:
         raise ValueError("case_montage needs at least one case")
-    fig, axes = plt.subplots(len(cases), 4, figsize=(12.5, 3.3 * len(cases)), squeeze=False)
+    fig, axes = plt.subplots(len(cases), 6, figsize=(15.5, 2.9 * len(cases) + 0.6), squeeze=False)
     for row, c in zip(axes, cases):
         img, sp = to_canonical(c["image"], c["affine"])
         ref, _ = to_canonical(c["ref"], c["affine"])
         pred, _ = to_canonical(c["pred"], c["affine"])
         z, y = _best_slices(ref)
-        overlay(row[0], img[:, :, z], ref[:, :, z], title="reference, axial", aspect=sp[1] / sp[0])
-        overlay(row[1], img[:, :, z], pred[:, :, z], title="prediction, axial", aspect=sp[1] / sp[0])
-        overlay(row[2], img[:, y, :], ref[:, y, :], title="reference, coronal", aspect=sp[2] / sp[0])
-        overlay(row[3], img[:, y, :], pred[:, y, :], title="prediction, coronal", aspect=sp[2] / sp[0])
+        ax_a, co_a = sp[1] / sp[0], sp[2] / sp[0]
+        overlay(row[0], img[:, :, z], title=f"CT, axial {z}", aspect=ax_a)
+        overlay(row[1], img[:, :, z], ref[:, :, z], title="reference", aspect=ax_a, contour=contour)
+        overlay(row[2], img[:, :, z], pred[:, :, z], title="prediction", aspect=ax_a, contour=contour)
+        overlay(row[3], img[:, y, :], title=f"CT, coronal {y}", aspect=co_a)
+        overlay(row[4], img[:, y, :], ref[:, y, :], title="reference", aspect=co_a, contour=contour)
+        overlay(row[5], img[:, y, :], pred[:, y, :], title="prediction", aspect=co_a, contour=contour)
         row[0].text(-0.06, 0.5, c.get("title", ""), transform=row[0].transAxes, rotation=90, va="center",
                     ha="right", fontsize=10)
-    label_legend(fig)
-    fig.tight_layout(rect=(0.02, 0.04, 1, 1))
+        row[0].text(0.02, 0.02, "R", color="white", transform=row[0].transAxes, fontsize=9)
+    label_legend(fig, ncol=4)
+    fig.text(0.99, 0.005, window_text() + "; patient's right on the image's left", ha="right", va="bottom",
+             fontsize=8, color="0.3")
+    fig.tight_layout(rect=(0.02, 0.05, 1, 1))
     return fig
 
 

@@ -12,6 +12,7 @@ EXTERNAL_PROFILE ?= cpu
 EXT_RES  := $(RESULTS)/external
 EXT_NB   := $(EXT_RES)/A1_external.ipynb
 EXT_MARK := $(EXT_RES)/.params
+EXT_STAMP := $(EXT_RES)/.executed
 EXT_PARAMS := profile=$(EXTERNAL_PROFILE) train=$(abspath $(EXTERNAL_TRAIN)) test=$(if $(EXTERNAL_TEST),$(abspath $(EXTERNAL_TEST)))
 EXT_LIB  := lib/sscild/external.py lib/sscild/plots/external.py lib/sscild/train.py lib/sscild/model.py lib/sscild/metrics.py
 
@@ -19,6 +20,7 @@ EXT_LIB  := lib/sscild/external.py lib/sscild/plots/external.py lib/sscild/train
 # The book follows the run: once the appendix is executed, a book that is already built is rebuilt
 # with it (its page would otherwise still say "Not run in this build").
 external: $(EXT_NB)
+	@[ -f $(EXT_STAMP) ] || touch -r $(EXT_NB) $(EXT_STAMP)
 	@if [ -f "$(BOOK_HTML)" ]; then $(MAKE) --no-print-directory book; \
 	else echo "external: appendix executed ($(EXT_NB)); no book is built yet: 'make all' builds it with this appendix."; fi
 
@@ -32,6 +34,7 @@ $(EXT_NB): notebooks/A1_external.py $(EXT_LIB) $(EXT_MARK) | $(STAMP)
 	SSCILD_THREADS=$(or $(THREADS),2) $(PY) -m sscild.runner --run-dir $(EXT_RES) --step external $< $@ \
 	  -p profile $(EXTERNAL_PROFILE) -p train_dir $(abspath $(EXTERNAL_TRAIN)) -p out_dir $(abspath $(EXT_RES)) \
 	  $(if $(EXTERNAL_TEST),-p test_dir $(abspath $(EXTERNAL_TEST)))
+	@touch $(EXT_STAMP)
 
 # including this file never changes the Makefile's default goal
 .DEFAULT_GOAL := $(_ext_default_goal)

@@ -395,3 +395,12 @@ def test_partial_correlations_have_bootstrap_intervals(fake):
     inside = (full.loc[ok, "partial_ci_low"] <= full.loc[ok, "partial_rho"] + 1e-12) & (
         full.loc[ok, "partial_rho"] <= full.loc[ok, "partial_ci_high"] + 1e-12)
     assert inside.all()
+
+
+def test_planted_target_is_set_beside_what_was_recovered(fake):
+    full = fake[4]
+    text = clin.planted_vs_recovered(full, {"target_spearman_extent_fvc": -0.6})
+    ref = full[(full["source"] == "reference") & (full["measure"] == "lesion") & (full["unit"] == "pct")
+               & (full["outcome"] == "fvc_pct")].iloc[0]
+    assert "ρ = -0.60" in text and f"ρ = {ref['rho']:.2f}" in text and "says nothing" in text
+    assert clin.planted_vs_recovered(full, None) == "" and clin.planted_vs_recovered(full, {}) == ""

@@ -49,8 +49,9 @@ def abstract_paragraph(seg: dict, clin: dict, info: dict, profile: str) -> str:
     diff = (seg.get("baseline", {}).get("paired_difference") or {}).get("lesion")
     base_txt = ""
     if diff:
-        base_txt = (f"; per patient the network's lesion Dice exceeded a Hounsfield-unit density threshold's by "
-                    f"{_num(diff.get('mean_diff'))} [95 % CI {_num(diff.get('ci_low'))}, {_num(diff.get('ci_high'))}]")
+        base_txt = (f"; the paired difference in lesion Dice, network − Hounsfield-unit density threshold, was "
+                    f"{_num(diff.get('mean_diff'))} [95 % CI {_num(diff.get('ci_low'))}, {_num(diff.get('ci_high'))}] "
+                    "per patient")
     ends = clin.get("endpoints") or {}
     prim = {r["outcome"]: r for r in ends.get("primary", [])}
     sec = {r["outcome"]: r for r in ends.get("secondary", [])}
@@ -68,11 +69,11 @@ def abstract_paragraph(seg: dict, clin: dict, info: dict, profile: str) -> str:
             f"{base_txt}. **Primary endpoint** (as in the paper): predicted total lesion extent (% of lung) "
             f"against {prim_txt}.")
     if sec_txt:
-        text += f" Secondary: {sec_txt} (Holm over the whole grid of 24 tests)."
-    text += (f" For orientation only, the published study reported Dice {PAPER['dice']['total_lesion']} (total "
-             f"lesion), {PAPER['dice']['ef']} (EF) and {PAPER['dice']['ggo']} (GGO), and ρ = "
-             f"{PAPER['spearman_rho']['fev1_pct']} (FEV1) and {PAPER['spearman_rho']['fev1_fvc']} (FEV1/FVC) for "
-             "lesion volume, on 40 real patients.")
+        text += f" Secondary: {sec_txt} (Holm over the whole predicted grid: every lesion measure × every test)."
+    d, r = PAPER["dice"], PAPER["spearman_rho"]
+    text += (f" For orientation only, the published study reported Dice {d['total_lesion']:.2f} (total "
+             f"lesion), {d['ef']:.2f} (EF) and {d['ggo']:.2f} (GGO), and ρ = {r['fev1_pct']:.2f} (FEV1) and "
+             f"{r['fev1_fvc']:.2f} (FEV1/FVC) for lesion volume, on {PAPER['n_patients']} real patients.")
     if info["synthetic"]:
         text += (" On this synthetic cohort the Dice depends on how the generator draws its labels and "
                  "textures, and the correlations recover relationships the generator planted (Data chapter): "

@@ -403,4 +403,15 @@ def test_planted_target_is_set_beside_what_was_recovered(fake):
     ref = full[(full["source"] == "reference") & (full["measure"] == "lesion") & (full["unit"] == "pct")
                & (full["outcome"] == "fvc_pct")].iloc[0]
     assert "ρ = -0.60" in text and f"ρ = {ref['rho']:.2f}" in text and "says nothing" in text
+    pred = full[(full["source"] == "predicted") & (full["measure"] == "lesion") & (full["unit"] == "pct")
+                & (full["outcome"] == "fvc_pct")].iloc[0]
+    hit = lambda c, t: c["ci_low"] <= t <= c["ci_high"]  # noqa: E731
+    for target in (-0.6, float(ref["rho"]), 0.99):
+        text = clin.planted_vs_recovered(full, {"target_spearman_extent_fvc": target})
+        if hit(ref, target) and hit(pred, target):
+            assert "kept the planted relationship" in text
+        elif hit(ref, target):
+            assert "lost part of the planted relationship" in text
+        else:
+            assert "does not include the target either" in text
     assert clin.planted_vs_recovered(full, None) == "" and clin.planted_vs_recovered(full, {}) == ""

@@ -805,11 +805,20 @@ def planted_vs_recovered(full: pd.DataFrame, model) -> str:
     target = float(model["target_spearman_extent_fvc"])
     ref = _cell(full, "reference", "lesion", "pct", "fvc_pct")
     pred = _cell(full, "predicted", "lesion", "pct", "fvc_pct")
+    def covers(c):
+        return bool(np.isfinite(c["ci_low"]) and np.isfinite(c["ci_high"]) and c["ci_low"] <= target <= c["ci_high"])
+
+    verdict = ("Both intervals include the target: the segmentation kept the planted relationship."
+               if covers(ref) and covers(pred) else
+               "The reference's interval includes the target but the prediction's does not: segmentation error "
+               "lost part of the planted relationship." if covers(ref) else
+               "The reference labels' interval does not include the target either (too few patients, or the images "
+               "realise the planted extents only approximately).")
     return (f"**Planted against recovered.** The generator aims at Spearman ρ = {target:.2f} between total lesion "
             f"extent and FVC. The reference labels give ρ = {_fmt_ci(ref['rho'], ref['ci_low'], ref['ci_high'])} and "
             f"the network's prediction ρ = {_fmt_ci(pred['rho'], pred['ci_low'], pred['ci_high'])} (n = {int(pred['n'])}). "
-            "Getting the target back is what the synthetic cohort can show: the segmentation preserves a "
-            "relationship that was put in. It says nothing about how lesions and lung function relate in patients.")
+            f"{verdict} Whether the target comes back is all the synthetic cohort can show; it says nothing about "
+            "how lesions and lung function relate in patients.")
 
 
 def _direction(rho, lo, hi) -> str:

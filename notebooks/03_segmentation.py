@@ -29,7 +29,7 @@
 # :class: important
 # On the built-in synthetic cohort the Dice depends on how the generator draws its lesions: their
 # shapes, their textures and the attenuation it gives EF and GGO. The generator makes EF and GGO
-# overlap in attenuation on purpose (the Data chapter shows the histograms), so a rule on Hounsfield
+# overlap in attenuation on purpose (the histograms further down show how far), so a rule on Hounsfield
 # units alone cannot separate them: the HU baseline's EF/GGO failure below is built in, not found.
 # Such a run tests that the pipeline trains, predicts and scores correctly; it does not estimate how
 # well the method segments SSc-ILD. The published study's values are listed apart, for orientation
@@ -256,6 +256,24 @@ show(ev.baseline_table(df, summary), caption=f"Network vs HU density mask ({lo:g
 if cuts:
     display(Markdown("EF/GGO cut fitted on each fold's training patients (HU): " +
                      ", ".join(f"fold {k}: {v:g}" for k, v in cuts.items()) + "."))
+
+# %% [markdown]
+# ### Why density cannot tell EF from GGO here
+#
+# The attenuation of the reference EF and GGO voxels, pooled over the patients. Where the two curves
+# overlap, no single Hounsfield-unit cut separates them; the overlap coefficient (1 = the same
+# distribution, 0 = none shared) says how much.
+
+# %%
+hist = ev.label_attenuation(cohort, list(df["case_id"]))
+ovl = ev.overlap_coefficient(hist["ef"], hist["ggo"])
+glue("ef_ggo_hu_overlap", ovl, display=False)
+png = figure(segplots.attenuation_histograms(hist, band=(lo, hi), cuts=list(cuts.values())), "seg_ef_ggo_hu",
+             run.figures, caption=(
+                 f"Attenuation of reference EF and GGO voxels ({'synthetic' if info['synthetic'] else 'real'} cohort), "
+                 f"with the baseline's band (grey) and its fitted EF/GGO cuts (dotted). Overlap coefficient "
+                 f"{ovl:.2f}: the larger the shared area, the less any density cut can separate the two."
+                 + (" On the synthetic cohort this overlap is set by the generator." if info["synthetic"] else "")))
 
 # %%
 png = figure(segplots.baseline_comparison(df), "seg_baseline", run.figures, caption=(

@@ -270,10 +270,10 @@ def test_chapter_runs_clean_on_hand_made_predictions(scored, tmp_path):
     # each figure once: glued (not displayed in its cell) and placed once by a numbered glue:figure with a caption
     assert sum("image/png" in o.get("data", {}) for o in outputs) == 0
     glued = [k for o in outputs for k in o.get("data", {}) if k.endswith("image/png")]
-    assert len(glued) == 5  # Dice, NSD, cases, BA, baseline
+    assert len(glued) == 6  # Dice, NSD, cases, BA, EF/GGO attenuation, baseline
     placed = [o["data"]["text/markdown"] for o in outputs if "{glue:figure}" in o.get("data", {}).get("text/markdown", "")]
     names = sorted(t.split("{glue:figure}")[1].split()[0] for t in placed)
-    assert names == sorted(["seg_dice", "seg_nsd", "seg_cases", "seg_bland_altman", "seg_baseline"])
+    assert names == sorted(["seg_dice", "seg_nsd", "seg_cases", "seg_bland_altman", "seg_ef_ggo_hu", "seg_baseline"])
     assert all(":name: fig-" in t and len(t.split("\n\n", 1)[1]) > 40 for t in placed)   # label and caption
     summary = json.loads(run.segmentation_summary.read_text())
     assert summary["n_cases"] == 4 and summary["metrics"]["dice_lesion"]["mean"] is not None
@@ -333,3 +333,18 @@ def test_error_location_zones_and_medial_share():
                           "predicted lesion, % of lung": [9.0]}, index=pd.Index(["c"], name="patient"))
     words = ev.worst_case_words(table, {"c": loc})
     assert "false-positive lesion mostly in the lower zone (100 %)" in words and "medial (beside the heart" in words
+
+
+def test_label_attenuation_counts_reference_voxels(scored):
+    hist = ev.label_attenuation(scored["cohort"], list(KINDS), lo=-1100, hi=200, bin_hu=10)
+    refs = scored["refs"]
+    assert hist["ef"].sum() == sum(int((r == 2).sum()) for r in refs.values())
+    assert hist["ggo"].sum() == sum(int((r == 3).sum()) for r in refs.values())
+    # noise-free phantom: EF at -300 HU, GGO at -500 HU, each in a single bin, so no overlap
+    assert hist.loc[hist["ef"] > 0, "hu"].tolist() == [-295.0]
+    assert hist.loc[hist["ggo"] > 0, "hu"].tolist() == [-495.0]
+    assert ev.overlap_coefficient(hist["ef"], hist["ggo"]) == 0.0
+    assert ev.overlap_coefficient([2, 2], [1, 1]) == 1.0
+    assert np.isnan(ev.overlap_coefficient([0, 0], [1, 1]))
+    with pytest.raises(ValueError):
+        ev.label_attenuation(scored["cohort"], [], lo=0, hi=0)

@@ -84,6 +84,8 @@ __all__ = [
     "worst_case_words",
     "paired_baseline_difference",
     "error_location",
+    "label_attenuation",
+    "overlap_coefficient",
 ]
 
 LABEL_NAMES = ("background", "normal lung", "EF", "GGO")
@@ -615,6 +617,52 @@ def worst_cases(df: pd.DataFrame, n: int = 3, metric: str = "dice_lesion") -> pd
         rows.append(row)
     out = pd.DataFrame(rows)
     return out.drop(columns=[c for c in out.columns if c.startswith("_")]).set_index("patient")
+
+
+def label_attenuation(cohort: Cohort, case_ids, *, lo: float = -1100.0, hi: float = 200.0, bin_hu: float = 10.0
+                      ) -> pd.DataFrame:
+    """Histograms of the CT attenuation of reference EF and GGO voxels, pooled over ``case_ids``.
+
+    Shows a design decision behind the numbers: how far EF and GGO overlap in Hounsfield units, and
+    so how much any density rule (the HU baseline) can tell them apart.
+
+    Args:
+        cohort: the cohort (images and reference labels are read).
+        case_ids: the patients to pool.
+        lo, hi, bin_hu: histogram range and bin width in HU (values outside fall in the end bins).
+
+    Returns:
+        One row per bin: ``hu`` (bin centre), ``ef`` and ``ggo`` (voxel counts).
+    """
+    if not (hi > lo) or bin_hu <= 0:
+        raise ValueError(f"need lo < hi and bin_hu > 0, got lo={lo}, hi={hi}, bin_hu={bin_hu}")
+    edges = np.arange(lo, hi + bin_hu, bin_hu)
+    counts = {2: np.zeros(len(edges) - 1), 3: np.zeros(len(edges) - 1)}
+    for cid in case_ids:
+        image, ref = read_case(cohort, cid)
+        if ref is None:
+            continue
+        hu = np.clip(np.asarray(image.array, dtype=np.float32), lo, hi - 1e-3)
+        lab = np.asarray(ref)
+        for k in (2, 3):
+            counts[k] += np.histogram(hu[lab == k], bins=edges)[0]
+    return pd.DataFrame({"hu": (edges[:-1] + edges[1:]) / 2, "ef": counts[2], "ggo": counts[3]})
+
+
+def overlap_coefficient(a, b) -> float:
+    """Overlap of two histograms on the same bins: the sum over bins of the smaller of the two
+    normalised frequencies (1 = identical distributions, 0 = disjoint). NaN if either is empty.
+
+    Example:
+        >>> overlap_coefficient([1, 1, 0], [0, 1, 1])
+        0.5
+    """
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape:
+        raise ValueError(f"histograms differ in length: {a.shape} vs {b.shape}")
+    if a.sum() <= 0 or b.sum() <= 0:
+        return float("nan")
+    return float(np.minimum(a / a.sum(), b / b.sum()).sum())
 
 
 def error_location(ref: np.ndarray, pred: np.ndarray, affine: np.ndarray) -> dict:

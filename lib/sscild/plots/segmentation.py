@@ -29,7 +29,7 @@ from nibabel import orientations as nio
 from . import LABEL_COLORS, overlay
 
 __all__ = ["to_canonical", "metric_strip", "case_montage", "bland_altman_grid", "baseline_comparison",
-           "scan_montage", "label_legend"]
+           "scan_montage", "label_legend", "attenuation_histograms"]
 
 _REGION_ORDER = ("normal", "ef", "ggo", "lesion", "lung")
 _REGION_LABEL = {"normal": "normal", "ef": "EF", "ggo": "GGO", "lesion": "lesion\n(EF ∪ GGO)", "lung": "lung"}
@@ -260,4 +260,29 @@ def scan_montage(image: np.ndarray, label: np.ndarray, affine: np.ndarray, *, n_
         fig.suptitle(title, fontsize=10)
     label_legend(fig)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return fig
+
+
+def attenuation_histograms(hist: pd.DataFrame, *, band=None, cuts=None):
+    """Attenuation of reference EF and GGO voxels (normalised histograms, :func:`sscild.evaluate.label_attenuation`).
+
+    Args:
+        hist: columns ``hu``, ``ef``, ``ggo``.
+        band: optional ``(low, high)`` HU band of the density baseline, shaded.
+        cuts: optional HU values of the baseline's fitted EF/GGO cuts, drawn as lines.
+    """
+    fig, ax = plt.subplots(figsize=(6.4, 3.3))
+    width = float(np.diff(hist["hu"]).mean()) if len(hist) > 1 else 10.0
+    for key, name, k in (("ggo", "GGO", 3), ("ef", "EF", 2)):
+        tot = hist[key].sum()
+        if tot > 0:
+            ax.step(hist["hu"], hist[key] / tot / width, where="mid", color=LABEL_COLORS[k], lw=1.8,
+                    label=f"reference {name}")
+    if band is not None:
+        ax.axvspan(band[0], band[1], color="0.85", zorder=0, label=f"HU baseline band {band[0]:g} to {band[1]:g}")
+    for i, c in enumerate(cuts or []):
+        ax.axvline(c, color="0.3", ls=":", lw=1, label="fold EF/GGO cuts" if i == 0 else None)
+    ax.set(xlabel="attenuation (HU)", ylabel="share of voxels per HU", title="Attenuation of reference EF and GGO")
+    ax.legend(frameon=False, fontsize=8)
+    fig.tight_layout()
     return fig

@@ -129,7 +129,7 @@ $(NB)/05_reproducibility.ipynb: notebooks/05_reproducibility.py $(filter-out $(N
 -include mk/external.mk
 # The book shows the appendix as last executed: its stamp (written by `make external`) is what the book
 # depends on, so building the book never re-runs the appendix (hours on a CPU, other parameters). If
-# the appendix's sources changed since it ran, the book says so on that page.
+# the appendix's sources changed since it ran, the book is rebuilt and says so on that page.
 EXT_DONE  := $(wildcard $(EXT_NB))
 EXT_STALE := $(if $(EXT_DONE),$(shell for f in notebooks/A1_external.py $(EXT_LIB); do [ $$f -nt $(EXT_NB) ] && echo $$f; done))
 
@@ -140,7 +140,7 @@ $(shell mkdir -p $(BOOK_OUT); [ "$$(cat $(BOOK_MARK) 2>/dev/null)" = "$(abspath 
 
 book: $(BOOK_HTML)
 
-$(BOOK_HTML): $(CHAPTER_NBS) $(BOOK_SRC) $(BOOK_MARK) $(wildcard $(EXT_STAMP)) | $(STAMP)
+$(BOOK_HTML): $(CHAPTER_NBS) $(BOOK_SRC) $(BOOK_MARK) $(wildcard $(EXT_STAMP)) $(EXT_STALE) | $(STAMP)
 	$(PY) -m sscild.bookbuild --src book --out $(BOOK_OUT) --notebooks $(NB) $(if $(EXT_DONE),--external $(EXT_NB)) \
 	  $(if $(strip $(EXT_STALE)),--external-stale "$(strip $(EXT_STALE))")
 	@echo "book: $(abspath $@)"

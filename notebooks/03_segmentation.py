@@ -237,8 +237,9 @@ show(ev.regression_limits_table(summary), caption="Regression-based Bland–Altm
 # %%
 png = figure(segplots.bland_altman_grid(df, summary), "seg_bland_altman", run.figures, caption=(
     "Bland–Altman plots of lesion, EF and GGO extent (network) and of lesion extent (HU baseline): difference "
-    "against mean, fixed bias (solid) and limits (dashed). A cloud that slopes is proportional bias: the fixed "
-    "limits are then too wide at one end and too narrow at the other."))
+    "against mean, fixed bias and limits (grey, solid and dashed) and the regression-based bias and limits "
+    "(vermillion). A cloud that slopes is proportional bias: the fixed limits are then too wide at one end and "
+    "too narrow at the other, and the vermillion lines are the ones to read."))
 
 # %% [markdown]
 # ## What the network adds over a density threshold

@@ -164,7 +164,9 @@ def bland_altman_grid(df: pd.DataFrame, summary: dict, *, regions=("lesion", "ef
     """Bland–Altman plots of predicted minus reference extent (percent of lung) against their mean.
 
     One panel per region (network); with ``baseline`` a last panel shows the HU baseline's total
-    lesion. Lines: bias (solid) and 95 % limits of agreement (dashed), values from ``summary``.
+    lesion. Grey lines: fixed bias (solid) and 95 % limits of agreement (dashed); vermillion lines:
+    the regression-based bias and limits (:func:`sscild.stats.bland_altman_regression`), which follow
+    the extent when the bias is proportional. Values from ``summary``.
     """
     panels = [("network", r, f"pct_pred_{r}", f"pct_ref_{r}") for r in regions if f"pct_pred_{r}" in df.columns]
     if baseline and "baseline_pct_pred_lesion" in df.columns:
@@ -183,9 +185,19 @@ def bland_altman_grid(df: pd.DataFrame, summary: dict, *, regions=("lesion", "ef
                 ax.axhline(ba[k], color="0.35", lw=0.9, ls="--")
             ax.set_title(f"{method}: {_REGION_LABEL[region].splitlines()[0]}\nbias {ba['bias']:.2f}, "
                          f"LoA {ba['loa_low']:.2f} to {ba['loa_high']:.2f} pp", fontsize=9)
+        reg = summary["agreement"][who][region].get("bland_altman_regression") or {}
+        if reg.get("slope") is not None and len(mean) > 1:
+            m = np.linspace(float(mean.min()), float(mean.max()), 50)
+            bias = reg["intercept"] + reg["slope"] * m
+            sd = np.maximum(reg["sd_intercept"] + reg["sd_slope"] * m, 0.0)
+            ax.plot(m, bias, color="#D55E00", lw=1.1, label="regression bias")
+            ax.plot(m, bias - 1.96 * sd, color="#D55E00", lw=0.9, ls="--", label="regression limits")
+            ax.plot(m, bias + 1.96 * sd, color="#D55E00", lw=0.9, ls="--")
         ax.axhline(0, color="0.7", lw=0.6)
         ax.set_xlabel("mean of the two (% of lung)")
     axes[0, 0].set_ylabel("predicted − reference (pp)")
+    if axes[0, 0].get_legend_handles_labels()[0]:
+        axes[0, 0].legend(fontsize=7, frameon=False, loc="best")
     fig.tight_layout()
     return fig
 

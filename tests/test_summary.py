@@ -65,8 +65,11 @@ def test_training_plateau_slope_hand_computed(tmp_path):
     assert list(t.index) == [0, 1]
     assert t.loc[0, "slope per 1000 steps"] == pytest.approx(0.4) and t.loc[0, "still rising"]
     assert t.loc[0, "last value"] == pytest.approx(0.6)
-    # last 20 % of 1000 steps: steps 800..1000 -> three points 0.6, 0.6001, 0.5999: slope ~ 0, not rising
+    # last 20 % of 1000 steps holds three epochs, widened to the last four: 0.6, 0.6, 0.6001, 0.5999
+    assert t.loc[1, "window from step"] == 700
     assert abs(t.loc[1, "slope per 1000 steps"]) < 0.01 and not t.loc[1, "still rising"]
+    assert t.loc[0, "gain in window, % of total gain"] == pytest.approx(100 * 0.12 / 0.36)   # 700..1000 of 100..1000
+    assert abs(t.loc[1, "gain in window, % of total gain"]) < 0.1
     words = plateau_words(t)
     assert "1 of 2 folds it was still rising" in words
     assert "No fold" in plateau_words(training_plateau(_Run(tmp_path), [5]))

@@ -82,13 +82,16 @@ def abstract_paragraph(seg: dict, clin: dict, info: dict, profile: str) -> str:
     return text
 
 
-def training_plateau(run, folds, *, last_fraction: float = 0.2, column: str = "train_dice_ef") -> "pd.DataFrame":
+def training_plateau(run, folds, *, last_fraction: float = 0.2, column: str = "train_dice_ef",
+                     min_points: int = 4) -> "pd.DataFrame":
     """Is training still improving when the budget ends? One row per fold from its ``epochs.csv``.
 
     For each fold, ``column`` (training-batch Dice of a class, logged once per epoch) is regressed
-    on the step over the last ``last_fraction`` of the steps (:func:`scipy.stats.linregress`); the
-    slope is given per 1000 steps with its 95 % t interval. A slope whose interval lies above 0
-    means the curve was still rising: the budget stopped training before a plateau.
+    on the step over the last ``last_fraction`` of the steps, widened to the last ``min_points``
+    logged epochs when that window holds fewer (:func:`scipy.stats.linregress`); the slope is given
+    per 1000 steps with its 95 % t interval, and the gain over the window as a share of the whole
+    run's gain. A slope whose interval lies above 0 means the curve was still rising: the budget
+    stopped training before a plateau.
 
     Args:
         run: the run's paths (``run.fold_dir(k)``).
@@ -97,8 +100,9 @@ def training_plateau(run, folds, *, last_fraction: float = 0.2, column: str = "t
         column: the ``epochs.csv`` column (``train_dice_ef``, ``train_dice_ggo``, ``train_loss``).
 
     Returns:
-        Columns ``fold, steps, last value, slope per 1000 steps, slope 95% CI low, slope 95% CI high,
-        still rising`` (empty if no fold has an ``epochs.csv`` with three points in the window).
+        Columns ``fold, steps, window from step, last value, slope per 1000 steps, slope 95% CI low,
+        slope 95% CI high, gain in window, % of total gain, still rising`` (empty if no fold has an
+        ``epochs.csv`` with three logged epochs).
     """
     import numpy as np
     import pandas as pd
@@ -114,18 +118,26 @@ def training_plateau(run, folds, *, last_fraction: float = 0.2, column: str = "t
         e = pd.read_csv(path)
         if column not in e.columns:
             raise ValueError(f"{path} has no column {column!r}; columns: {list(e.columns)}")
+        e = e.sort_values("step")
         last = int(e["step"].max())
         w = e[e["step"] >= last * (1.0 - last_fraction)]
+        if len(w) < min_points:
+            w = e.tail(min_points)
         if len(w) < 3:
             continue
         fit = sps.linregress(w["step"].to_numpy(float), w[column].to_numpy(float))
         t = sps.t.ppf(0.975, len(w) - 2)
         lo, hi = 1000 * (fit.slope - t * fit.stderr), 1000 * (fit.slope + t * fit.stderr)
-        rows.append({"fold": int(k), "steps": last, "last value": float(e[column].iloc[-1]),
-                     "slope per 1000 steps": 1000 * fit.slope, "slope 95% CI low": lo, "slope 95% CI high": hi,
+        y = e[column].to_numpy(float)
+        total_gain = float(y.max() - y[0])
+        window_gain = float(w[column].iloc[-1] - w[column].iloc[0])
+        rows.append({"fold": int(k), "steps": last, "window from step": int(w["step"].iloc[0]),
+                     "last value": float(y[-1]), "slope per 1000 steps": 1000 * fit.slope,
+                     "slope 95% CI low": lo, "slope 95% CI high": hi,
+                     "gain in window, % of total gain": 100.0 * window_gain / total_gain if total_gain > 0 else float("nan"),
                      "still rising": bool(lo > 0)})
-    cols = ["fold", "steps", "last value", "slope per 1000 steps", "slope 95% CI low", "slope 95% CI high",
-            "still rising"]
+    cols = ["fold", "steps", "window from step", "last value", "slope per 1000 steps", "slope 95% CI low",
+            "slope 95% CI high", "gain in window, % of total gain", "still rising"]
     return pd.DataFrame(rows, columns=cols).set_index("fold")
 
 
@@ -136,8 +148,10 @@ def plateau_words(table, *, what: str = "EF training Dice", last_fraction: float
     n, rising = len(table), int(table["still rising"].sum())
     med = float(table["slope per 1000 steps"].median())
     last = float(table["last value"].median())
-    head = (f"Over the last {last_fraction:.0%} of the steps the {what} changed by a median "
-            f"{med:+.3f} per 1000 steps (last value, median over folds: {last:.2f}); ")
+    share = float(table["gain in window, % of total gain"].median())
+    head = (f"Over the last {last_fraction:.0%} of the steps (at least the last four logged epochs) the {what} "
+            f"changed by a median {med:+.3f} per 1000 steps, {share:.0f} % of the run's whole gain (last value, "
+            f"median over folds: {last:.2f}); ")
     if rising == 0:
         return head + f"in none of the {n} folds was the rise distinguishable from a plateau."
     return head + (f"in **{rising} of {n} folds it was still rising** (slope interval above 0): the budget "

@@ -73,6 +73,8 @@ def test_training_plateau_slope_hand_computed(tmp_path):
     words = plateau_words(t)
     assert "1 of 2 folds it was still rising" in words
     assert "No fold" in plateau_words(training_plateau(_Run(tmp_path), [5]))
+    assert "in the one fold the rise was not distinguishable" in plateau_words(t.loc[[1]])
+    assert "in none of the 2 folds was the rise" in plateau_words(t.assign(**{"still rising": False}))
     with pytest.raises(ValueError, match="last_fraction"):
         training_plateau(_Run(tmp_path), [0], last_fraction=0)
     assert math.isfinite(t.loc[1, "slope 95% CI high"])

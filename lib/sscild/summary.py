@@ -153,7 +153,8 @@ def plateau_words(table, *, what: str = "EF training Dice", last_fraction: float
             f"changed by a median {med:+.3f} per 1000 steps, {share:.0f} % of the run's whole gain (last value, "
             f"median over folds: {last:.2f}); ")
     if rising == 0:
-        return head + f"in {'the one fold' if n == 1 else f'none of the {n} folds'} the rise was not distinguishable from a plateau."
+        return head + ("in the one fold the rise was not distinguishable from a plateau." if n == 1 else
+                       f"in none of the {n} folds was the rise distinguishable from a plateau.")
     return head + (f"in **{rising} of {n} folds it was still rising** (slope interval above 0): the budget "
                    "stopped training before a plateau, so this run's Dice understates what the recipe reaches "
                    "with more steps.")

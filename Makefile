@@ -143,6 +143,7 @@ book: $(BOOK_HTML)
 $(BOOK_HTML): $(CHAPTER_NBS) $(BOOK_SRC) $(BOOK_MARK) $(wildcard $(EXT_STAMP)) $(EXT_STALE) | $(STAMP)
 	$(PY) -m sscild.bookbuild --src book --out $(BOOK_OUT) --notebooks $(NB) $(if $(EXT_DONE),--external $(EXT_NB)) \
 	  $(if $(strip $(EXT_STALE)),--external-stale "$(strip $(EXT_STALE))")
+	@touch $@  # an incremental Sphinx build leaves index.html (a redirect) as it was
 	@echo "book: $(abspath $@)"
 
 # ---- publishing the book, interactive editing (make publish, make lab) ----------------------

@@ -40,6 +40,7 @@ from .folds import read_splits
 from .model import NUM_CLASSES, build_network, count_parameters, native_cpu_bf16
 from .paths import RunPaths, atomic_path, read_json, write_json
 from .preprocess import load_cached
+from .progress import Heartbeat
 from .provenance import cpu_name
 from .profiles import Profile, get_profile
 
@@ -343,6 +344,7 @@ def train_model(cases: dict, profile: str | Profile, out: Path, *, key: int = 0,
 
         bar = tqdm(total=total, initial=step, desc=desc, unit="step", disable=None, mininterval=2.0)
 
+    beat = Heartbeat(desc, total=total, unit="step", start=step)  # make's terminal; not the notebook
     nfg = num_classes - 1
     workers = loader_workers(device)
     batches = torch.utils.data.DataLoader(
@@ -396,6 +398,7 @@ def train_model(cases: dict, profile: str | Profile, out: Path, *, key: int = 0,
                             "steps_per_s": window_n / max(now - t_last, 1e-9)})
             if bar is not None:
                 bar.set_postfix(loss=f"{mean_loss:.3f}", refresh=False)
+            beat.update(step, loss=mean_loss)
             t_last = now
             window_loss, window_n = zeros(), 0
         if step % p.checkpoint_every == 0 or step == total:

@@ -10,13 +10,25 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["lung_mask_by_threshold", "parenchyma_stats"]
+__all__ = ["lung_mask_by_threshold", "parenchyma_stats", "MAX_HOLE_MM2"]
+
+MAX_HOLE_MM2 = 1500.0
+"""Largest hole (mm^2, in one slice) filled as lung: the largest intrapulmonary vessels fit with room
+to spare; the dome of the diaphragm or the top of the heart, cut across by a slice, is larger."""
 
 
-def _fill_holes_2d(mask):
+def _fill_holes_2d(mask, max_pixels: int | None = None):
+    """Fill the holes of each axial slice; with ``max_pixels``, only holes up to that area."""
     out = np.empty_like(mask)
     for k in range(mask.shape[2]):
-        out[:, :, k] = ndi.binary_fill_holes(mask[:, :, k])
+        sl = mask[:, :, k]
+        filled = ndi.binary_fill_holes(sl)
+        if max_pixels is not None:
+            holes, n = ndi.label(filled & ~sl)
+            if n:
+                big = np.flatnonzero(np.bincount(holes.ravel())[1:] > max_pixels) + 1
+                filled[np.isin(holes, big)] = False
+        out[:, :, k] = filled
     return out
 
 
@@ -28,7 +40,8 @@ def lung_mask_by_threshold(hu, spacing, *, threshold: float = -400.0) -> np.ndar
     border, and the scanner table are left out); trachea and main bronchi removed (a region grown
     through air below -950 HU from a small round air structure in the upper mediastinum, dilated by
     about 2 mm); the largest one or two connected components kept (the second only if it holds at
-    least 15 % of the largest's volume); holes filled slice by slice so vessels count as lung.
+    least 15 % of the largest's volume); holes filled slice by slice so vessels count as lung (holes
+    up to :data:`MAX_HOLE_MM2`, so the top of a diaphragmatic dome cut across by a slice stays out).
 
     Args:
         hu: CT in Hounsfield units, (x, y, z) with z the craniocaudal axis.
@@ -113,7 +126,9 @@ def lung_mask_by_threshold(hu, spacing, *, threshold: float = -400.0) -> np.ndar
     if cn > 1 and sizes[order[1]] >= 0.15 * sizes[order[0]]:
         keep.append(order[1])
     lung = np.isin(clab, keep)
-    return _fill_holes_2d(lung)
+    # vessels inside a slice are lung; a larger island is not (the top of a diaphragmatic dome or of
+    # the heart, cut across by the slice)
+    return _fill_holes_2d(lung, max_pixels=int(MAX_HOLE_MM2 / (float(spacing[0]) * float(spacing[1]))))
 
 
 def parenchyma_stats(hu, lung_mask) -> dict:

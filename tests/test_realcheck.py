@@ -71,3 +71,20 @@ def test_real_ct_volume(models):
     folder = shared_data("real-ct")
     table, _ = real_lung_check(list_volumes(folder)[:1], models, tta=False)
     assert table.iloc[0]["classical_lung_ml"] > 1500      # an adult's lungs, found without training
+
+
+def test_book_takes_the_real_ct_chapter_or_a_placeholder(tmp_path):
+    import nbformat
+
+    from sscild.bookbuild import REAL_CT, assemble
+    from sscild.paths import repo_root
+
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    assemble(repo_root() / "book", tmp_path / "book1", nbs)
+    assert (tmp_path / "book1" / "chapters" / f"{REAL_CT}.md").exists()
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1 + 1")])
+    nbformat.write(nb, nbs / f"{REAL_CT}.ipynb")
+    assemble(repo_root() / "book", tmp_path / "book2", nbs)
+    assert (tmp_path / "book2" / "chapters" / f"{REAL_CT}.ipynb").exists()
+    assert not (tmp_path / "book2" / "chapters" / f"{REAL_CT}.md").exists()

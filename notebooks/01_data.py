@@ -306,13 +306,16 @@ if info["synthetic"] and (data_dir / "phantom_truth.csv").exists():
     truth = pd.read_csv(data_dir / "phantom_truth.csv")
     if "emphysema_kind" in truth:
         show(variety_table(truth), caption="Variety of the synthetic cohort (patients with each feature)")
-        plots.save(variety_gallery(data_dir, pick_variety_examples(truth)), "data_variety_gallery", run.figures)
+        figure(variety_gallery(data_dir, pick_variety_examples(truth)), "data_variety_gallery", run.figures, caption=(
+            f"One synthetic patient per variety feature ({plots.window_text()}): check that each feature looks like "
+            "its counterpart on real CT and that none of it carries a lesion label."))
         real_lungs = []
         for f in real_files:
             hu_r, sp_r = ds.load_real_ct(f, pixel_mm=float(truth["pixel_mm"].median()))
             real_lungs.append((f.stem, hu_r, lung_mask_by_threshold(hu_r, sp_r)))
-        plots.save(lung_hu_histograms(data_dir, list(truth["case_id"][:16]), real_lungs), "data_lung_hu_histograms",
-                   run.figures)
+        figure(lung_hu_histograms(data_dir, list(truth["case_id"][:16]), real_lungs), "data_lung_hu_histograms",
+               run.figures, caption=("Normal-lung attenuation of synthetic patients beside the lungs of the real scans: "
+                                     "the synthetic curves should span the real ones, not sit apart from them."))
     else:
         display(Markdown("This synthetic cohort was made by an older generator without the variety features."))
 

@@ -116,7 +116,10 @@ display(Markdown(
 # are in the tables below; they are not set beside these as if they measured the same thing (see the
 # box above). Readers themselves do not agree perfectly: in SSc-ILD, published Dice between
 # radiologists' contours, and between radiologists and a network, lie around 0.68–0.75
-# {cite}`chassagnon2020atlasnet`, the range against which a real cohort's Dice should be read.
+# {cite}`chassagnon2020atlasnet`, the range against which a real cohort's Dice should be read. On the
+# synthetic cohort a gap to these values (a lower EF Dice, say) comes from the generator's labels, the
+# profile's coarser grid and the training budget (checked below, "Was training long enough?"), and
+# says nothing about the method.
 
 # %%
 show(ev.paper_table(), caption="Published mean Dice (SICCS, real HRCT), for orientation only")

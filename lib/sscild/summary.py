@@ -104,7 +104,6 @@ def training_plateau(run, folds, *, last_fraction: float = 0.2, column: str = "t
         slope 95% CI high, gain in window, % of total gain, still rising`` (empty if no fold has an
         ``epochs.csv`` with three logged epochs).
     """
-    import numpy as np
     import pandas as pd
     from scipy import stats as sps
 

@@ -88,6 +88,10 @@ __all__ = [
     "external_profile",
     "SliceImage",
     "read_slice_folder",
+    "read_unlabelled_folder",
+    "check_no_overlap",
+    "default_unlabelled_dir",
+    "pseudo_label_cases",
     "normalize_intensity",
     "GridMap",
     "training_case",
@@ -138,6 +142,25 @@ HOW_TO_GET_DATA = (
 """What the chapter prints when the training folder is absent."""
 
 _TTA = ("none", "flip", "dihedral")
+_SEMI_MODES = ("off", "self-training")
+
+SEMI_DEFAULTS = {
+    "semi": "off",
+    "pseudo_confidence": 0.9,
+    "pseudo_share": 0.5,
+    "student_iterations": 1000,
+    "student_init": "teacher",
+    "unlabelled_max": 800,
+    "pseudo_tta": "flip",
+}
+"""Semi-supervised settings (profile ``extra``) and their defaults. ``semi``: ``"off"`` (supervised
+only) or ``"self-training"``: each training (a fold, or the final model) first trains a supervised
+*teacher* on its own labelled slices, the teacher labels up to ``unlabelled_max`` unlabelled slices
+(an even spread over the folder, in natural id order; softmax averaged over the ``pseudo_tta``
+variants), pixels whose highest class probability is below ``pseudo_confidence`` are ignored by the
+loss, and a *student* trains ``student_iterations`` steps on both, ``pseudo_share`` of each batch
+pseudo-labelled, starting from the teacher's weights (``student_init="teacher"``) or afresh
+(``"random"``)."""
 
 
 def _base_overrides() -> dict:
@@ -248,14 +271,33 @@ def _check_extra(p: Profile) -> dict:
         raise ValueError(f"profile {p.name!r}: extra['tta'] must be one of {_TTA}, got {ex['tta']!r}.")
     if p.spatial_dims != 2:
         raise ValueError(f"profile {p.name!r}: the external check trains 2D networks (spatial_dims=2).")
-    return {"grid_size": int(grid), "rotations": bool(ex.get("rotations", True)), "tta": ex.get("tta", "dihedral")}
+    semi = {**SEMI_DEFAULTS, **{k: ex[k] for k in SEMI_DEFAULTS if k in ex}}
+    if semi["semi"] not in _SEMI_MODES:
+        raise ValueError(f"profile {p.name!r}: extra['semi'] must be one of {_SEMI_MODES}, got {semi['semi']!r}.")
+    conf = semi["pseudo_confidence"]
+    if isinstance(conf, bool) or not isinstance(conf, (int, float)) or not 0.0 <= float(conf) < 1.0:
+        raise ValueError(f"profile {p.name!r}: extra['pseudo_confidence'] must be a number in [0, 1), got {conf!r}.")
+    share = semi["pseudo_share"]
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 < float(share) < 1.0:
+        raise ValueError(f"profile {p.name!r}: extra['pseudo_share'] must be a number in (0, 1), got {share!r}.")
+    for k in ("student_iterations", "unlabelled_max"):
+        v = semi[k]
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"profile {p.name!r}: extra[{k!r}] must be a positive integer, got {v!r}.")
+    if semi["student_init"] not in ("teacher", "random"):
+        raise ValueError(f"profile {p.name!r}: extra['student_init'] must be 'teacher' or 'random', "
+                         f"got {semi['student_init']!r}.")
+    if semi["pseudo_tta"] not in _TTA:
+        raise ValueError(f"profile {p.name!r}: extra['pseudo_tta'] must be one of {_TTA}, got {semi['pseudo_tta']!r}.")
+    return {"grid_size": int(grid), "rotations": bool(ex.get("rotations", True)), "tta": ex.get("tta", "dihedral"),
+            **semi}
 
 
 def external_profile(name: str | Profile = "cpu", **overrides) -> Profile:
     """The external-check profile ``name`` (``smoke``, ``cpu`` or ``paper``), with optional overrides.
 
-    ``overrides`` are :class:`~sscild.profiles.Profile` fields, plus ``grid_size``, ``rotations``
-    and ``tta``, which go into ``extra``. A :class:`Profile` is validated and passed through.
+    ``overrides`` are :class:`~sscild.profiles.Profile` fields, plus ``grid_size``, ``rotations``,
+    ``tta`` and the semi-supervised settings of :data:`SEMI_DEFAULTS`, which go into ``extra``. A :class:`Profile` is validated and passed through.
 
     Example:
         >>> p = external_profile("cpu", iterations=300, rotations=False)
@@ -270,7 +312,7 @@ def external_profile(name: str | Profile = "cpu", **overrides) -> Profile:
             raise ValueError(f"Unknown external-check profile {name!r}. Choose one of: {', '.join(EXTERNAL_PROFILES)} "
                              "(the chapter's `profile` parameter, or `make external EXTERNAL_PROFILE=...`).")
         p = EXTERNAL_PROFILES[key]
-    extra_keys = {"grid_size", "rotations", "tta"}
+    extra_keys = {"grid_size", "rotations", "tta", *SEMI_DEFAULTS}
     extra = {**(p.extra or {}), **{k: v for k, v in overrides.items() if k in extra_keys}}
     fields = {k: v for k, v in overrides.items() if k not in extra_keys}
     for k in ("channels", "strides", "patch_size"):
@@ -279,7 +321,8 @@ def external_profile(name: str | Profile = "cpu", **overrides) -> Profile:
     try:
         p = p.with_overrides(**fields, extra=extra)
     except TypeError as e:
-        raise ValueError(f"external_profile: {e}; use Profile fields or grid_size / rotations / tta.") from None
+        raise ValueError(f"external_profile: {e}; use Profile fields or grid_size / rotations / tta / "
+                         f"{' / '.join(SEMI_DEFAULTS)}.") from None
     _check_extra(p)
     return p
 
@@ -442,6 +485,82 @@ def read_slice_folder(folder: str | Path, *, require_labels: bool = True,
     if problems:
         raise InputError(f"{what} {folder}: {len(problems)} problem(s):\n  - " + "\n  - ".join(problems))
     return out
+
+
+def read_unlabelled_folder(folder: str | Path, *, what: str = "unlabelled folder") -> dict[str, SliceImage]:
+    """Read ``folder/images/<id>.jpg|png``: slices without labels, for semi-supervised training only.
+
+    Raises:
+        InputError: the folder or its ``images/`` is missing or empty, a file cannot be read (every
+            one named), or the folder holds labels (a ``labels/`` folder with files): labelled
+            slices belong in the training folder, where they are cross-validated.
+
+    Example:
+        >>> u = read_unlabelled_folder("covid-semiseg/unlabelled")        # doctest: +SKIP
+        >>> next(iter(u.values())).label is None                          # doctest: +SKIP
+        True
+    """
+    folder = Path(folder).expanduser()
+    lab_dir = folder / "labels"
+    if lab_dir.is_dir():
+        files = sorted(f for f in lab_dir.iterdir() if not f.name.startswith("."))
+        if files:
+            raise InputError(f"{what} {folder}: holds labels ({', '.join(str(f) for f in files[:5])}"
+                             f"{' ...' if len(files) > 5 else ''}); an unlabelled folder has only images/. Move "
+                             "labelled slices with their masks into the training folder, or remove "
+                             f"{lab_dir}.")
+    if not folder.is_dir():
+        raise InputError(f"{what} {folder} does not exist: give a folder with images/<id>.jpg (or .png), or "
+                         "leave it out to train on the labelled slices only.")
+    return read_slice_folder(folder, require_labels=False, what=what)
+
+
+def check_no_overlap(unlabelled: Mapping[str, SliceImage], labelled: Mapping[str, Mapping[str, SliceImage]]) -> None:
+    """Refuse unlabelled slices whose pixels equal a labelled (training or test) slice's.
+
+    Args:
+        unlabelled: the unlabelled slices.
+        labelled: part name (e.g. ``"training"``, ``"test"``) -> its slices.
+
+    Raises:
+        InputError: naming every pair of files with the same content (SHA-1 of the grey levels,
+            :meth:`SliceImage.digest`): a held-out slice among the unlabelled ones would teach the
+            network the slice it is scored on.
+
+    Example:
+        >>> a = SliceImage("a", np.zeros((4, 4), np.uint8), None, Path("u/a.jpg"), None)
+        >>> b = SliceImage("7", np.zeros((4, 4), np.uint8), None, Path("t/7.jpg"), None)
+        >>> check_no_overlap({"a": a}, {"test": {"7": b}})
+        Traceback (most recent call last):
+        ...
+        sscild.errors.InputError: 1 unlabelled slice(s) are identical to labelled ones: u/a.jpg = t/7.jpg (test part); ...
+    """
+    seen: dict[str, tuple[str, SliceImage]] = {}
+    for part, slices in labelled.items():
+        for s in slices.values():
+            seen.setdefault(s.digest(), (part, s))
+    dup = [(u, seen[u.digest()]) for u in unlabelled.values() if u.digest() in seen]
+    if dup:
+        pairs = "; ".join(f"{u.image_path} = {s.image_path} ({part} part)" for u, (part, s) in dup[:10])
+        raise InputError(f"{len(dup)} unlabelled slice(s) are identical to labelled ones: {pairs}"
+                         f"{' ...' if len(dup) > 10 else ''}; remove them from the unlabelled folder (a labelled "
+                         "slice must never be seen again without its label, least of all a held-out one).")
+
+
+def default_unlabelled_dir() -> Path | None:
+    """``../shared/data/covid-semiseg/unlabelled`` beside the checkout when it exists, else ``None``."""
+    from .paths import repo_root
+
+    p = (repo_root().parent / "shared" / "data" / "covid-semiseg" / "unlabelled").resolve()
+    return p if (p / "images").is_dir() else None
+
+
+def _spread(ids: Sequence[str], n: int) -> list[str]:
+    """``n`` ids spread evenly over ``ids`` (all when there are no more than ``n``)."""
+    ids = list(ids)
+    if len(ids) <= n:
+        return ids
+    return [ids[int(i)] for i in np.linspace(0, len(ids) - 1, n).round().astype(int)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -608,6 +727,61 @@ def predict_slices(net: torch.nn.Module, slices: Mapping[str, SliceImage], profi
         probs = g.probs_from_grid((acc / len(variants)).numpy())
         out[sid] = probs if return_probs else probs.argmax(0).astype(np.uint8)
     return out
+
+
+@torch.no_grad()
+def pseudo_label_cases(net: torch.nn.Module, unlabelled: Mapping[str, SliceImage], profile: Profile, *,
+                       device=None, batch: int = 16) -> tuple[dict[str, _Case], dict]:
+    """Pseudo-labelled training cases made by a teacher network from unlabelled slices.
+
+    Each slice goes onto the grid, in one 90-degree orientation chosen from its id and the
+    profile's seed (so the student also sees turned slices); the teacher's softmax is averaged over
+    the profile's ``pseudo_tta`` variants; pixels whose highest class probability is below
+    ``pseudo_confidence`` get :data:`sscild.train.IGNORE_LABEL` (the loss skips them).
+
+    Returns:
+        (id -> case of shape (grid, grid, 1), stats: slices, share of pixels kept, share of kept
+        pixels per class).
+    """
+    from .train import IGNORE_LABEL, select_device
+
+    ex = _check_extra(profile)
+    device = select_device(device)
+    net.eval()
+    variants = _tta_variants(ex["pseudo_tta"])
+    ids = list(unlabelled)
+    out: dict[str, _Case] = {}
+    kept = total = 0
+    counts = np.zeros(3, np.int64)
+    for i in range(0, len(ids), batch):
+        chunk = ids[i:i + batch]
+        grids = []
+        for sid in chunk:
+            s = unlabelled[sid]
+            k = int(hashlib.sha1(f"{profile.seed}:{sid}".encode()).hexdigest(), 16) % 4
+            g = GridMap(shape=s.shape, size=ex["grid_size"])
+            grids.append(np.rot90(g.image_to_grid(normalize_intensity(s.image)), k).copy())
+        x = torch.from_numpy(np.stack(grids))[:, None]
+        acc = 0
+        for k, flip in variants:
+            xi = torch.rot90(x, k, dims=(2, 3))
+            xi = torch.flip(xi, dims=(2,)) if flip else xi
+            pr = torch.softmax(net(xi.to(device)).float(), 1).cpu()
+            pr = torch.flip(pr, dims=(2,)) if flip else pr
+            acc = acc + torch.rot90(pr, -k, dims=(2, 3))
+        prob = (acc / len(variants)).numpy()
+        conf, lab = prob.max(1), prob.argmax(1).astype(np.uint8)
+        keep = conf >= float(ex["pseudo_confidence"])
+        lab[~keep] = IGNORE_LABEL
+        kept += int(keep.sum())
+        total += keep.size
+        counts += np.bincount(lab[keep].ravel(), minlength=3)[:3]
+        for j, sid in enumerate(chunk):
+            out[f"u:{sid}"] = _Case(grids[j][..., None].astype(np.float32), lab[j][..., None])
+    stats = {"slices": len(out), "kept_share": round(kept / max(total, 1), 4),
+             **{f"kept_share_{n}": round(float(counts[c]) / max(kept, 1), 4)
+                for c, n in enumerate(("background",) + CLASS_NAMES)}}
+    return out, stats
 
 
 def read_predictions(folder: str | Path, slices: Mapping[str, SliceImage]) -> dict[str, np.ndarray]:
@@ -820,11 +994,15 @@ def compare_to_published(result: Mapping, *, published: pd.DataFrame = PUBLISHED
 
 def _profile_key(p: Profile) -> dict:
     """The settings a trained model depends on: the training recipe of :mod:`sscild.train` and the
-    image-folder settings (test-time augmentation is not one of them)."""
+    image-folder settings (test-time augmentation is not one of them; the semi-supervised settings
+    only when the mode is on, so a supervised model and a self-training teacher share their key)."""
     from .train import training_recipe
 
     key = training_recipe(p)
-    key["extra"] = {k: v for k, v in sorted((p.extra or {}).items()) if k != "tta"}
+    key["extra"] = {k: v for k, v in sorted((p.extra or {}).items()) if k != "tta" and k not in SEMI_DEFAULTS}
+    ex = _check_extra(p)
+    if ex["semi"] != "off":
+        key["semi"] = {k: ex[k] for k in SEMI_DEFAULTS}
     return key
 
 
@@ -833,6 +1011,61 @@ def _write_png(path: Path, label_xy: np.ndarray) -> None:
 
     with atomic_path(path, suffix=".png") as tmp:
         Image.fromarray(np.ascontiguousarray(label_xy.T.astype(np.uint8))).save(tmp)
+
+
+def _semi_on(p: Profile, unlabelled: Mapping[str, SliceImage] | None) -> bool:
+    return _check_extra(p)["semi"] != "off" and bool(unlabelled)
+
+
+def _train_semi(train: Mapping[str, SliceImage], unlabelled: Mapping[str, SliceImage], p: Profile, out: Path, *,
+                key: int, progress: bool, desc: str) -> tuple[torch.nn.Module, torch.nn.Module, dict, bool]:
+    """Self-training on ``train`` (labelled) and ``unlabelled``: the teacher is the supervised model of
+    the same slices and recipe (``out/teacher``); it labels the unlabelled slices; the student trains
+    into ``out``. Only ``train`` and ``unlabelled`` are ever read, so a held-out slice cannot reach
+    its fold's teacher, pseudo-labels or student.
+
+    Returns (student, teacher, summary, whether the student was reused)."""
+    from .predict import load_fold_model
+    from .train import train_model
+
+    out = Path(out)
+    ex = _check_extra(p)
+    sup = external_profile(p, semi="off")
+    teacher, t_summ, t_reused = _train_or_load(train, sup, out / "teacher", key=key, progress=progress,
+                                               desc=f"{desc}, teacher")
+    use = _spread(sorted(unlabelled, key=_natural_key), ex["unlabelled_max"])
+    u_digest = hashlib.sha1("".join(unlabelled[u].digest() for u in use).encode()).hexdigest()
+    ident = {"train_slices": sorted(train, key=_natural_key), "key": int(key), "recipe": _profile_key(p),
+             "unlabelled": {"n": len(use), "sha1": u_digest}}
+    ident_path, summary_path, model_path = out / "recipe_key.json", out / "train_summary.json", out / "model_final.pt"
+    if ident_path.exists() and json.loads(json.dumps(ident)) != read_json(ident_path):
+        for f in out.iterdir():  # a different recipe, training set or unlabelled set: the student starts again
+            if f.name != "teacher":
+                shutil.rmtree(f) if f.is_dir() else f.unlink()
+    if summary_path.exists() and model_path.exists():
+        net, _ = load_fold_model(model_path)
+        return net, teacher, read_json(summary_path), True
+    write_json(ident_path, ident)
+    cpu0, w0 = time.process_time(), time.perf_counter()
+    pseudo, stats = pseudo_label_cases(teacher, {u: unlabelled[u] for u in use}, p)
+    stats["seconds"] = round(time.perf_counter() - w0, 2)
+    init = None
+    if ex["student_init"] == "teacher":
+        init = torch.load(out / "teacher" / "model_final.pt", map_location="cpu", weights_only=False)["model"]
+    cases = {sid: training_case(s, p) for sid, s in train.items()}
+    res = train_model(cases, p, out, key=key, num_classes=3, class_names=CLASS_NAMES, progress=progress,
+                      desc=f"{desc}, student", iterations=ex["student_iterations"], pseudo_cases=pseudo,
+                      pseudo_share=ex["pseudo_share"], init_state=init)
+    student_s = res["seconds"]
+    teacher_cpu = 0.0 if t_reused else float(t_summ.get("cpu_seconds") or 0.0)
+    summary = {**res, "cpu_seconds": round(time.process_time() - cpu0 + teacher_cpu, 2),
+               "seconds": round(stats["seconds"] + student_s + (t_summ.get("seconds") or 0), 2),
+               "student_seconds": student_s, "teacher_seconds": t_summ.get("seconds"), "pseudo": stats,
+               "key": int(key), "profile": p.name, "train_slices": ident["train_slices"],
+               "unlabelled_slices": len(use)}
+    write_json(summary_path, summary)
+    net, _ = load_fold_model(model_path)
+    return net, teacher, summary, False
 
 
 def _train_or_load(train: Mapping[str, SliceImage], p: Profile, out: Path, *, key: int, progress: bool,
@@ -864,10 +1097,16 @@ def _train_or_load(train: Mapping[str, SliceImage], p: Profile, out: Path, *, ke
 
 def cross_validate(slices: Mapping[str, SliceImage], out_dir: str | Path, profile: str | Profile = "cpu", *,
                    folds: Sequence[int] | None = None, progress: bool = False,
-                   log=print) -> tuple[pd.DataFrame, dict]:
+                   log=print, unlabelled: Mapping[str, SliceImage] | None = None) -> tuple[pd.DataFrame, dict]:
     """K-fold cross-validation by slice on a labelled folder (``profile.num_folds`` folds, its seed).
 
     ``folds`` limits the run to some folds (a quick screen of a recipe); default all.
+
+    With ``unlabelled`` slices and a profile whose ``semi`` is ``"self-training"``, each fold's
+    teacher is trained on that fold's training slices only, labels the unlabelled slices, and the
+    fold's student is what is scored; the teachers' (supervised) out-of-fold predictions are scored
+    too, into ``scores_supervised.csv`` and ``info["supervised_scores"]``. An unlabelled slice
+    identical to a labelled one is an ``InputError`` (:func:`check_no_overlap`).
 
     Writes ``out_dir/splits.json``, ``fold_<k>/`` (model, learning curves, summary),
     ``predictions/<id>.png`` (out-of-fold masks, the files' orientation) and ``scores.csv``.
@@ -889,19 +1128,27 @@ def cross_validate(slices: Mapping[str, SliceImage], out_dir: str | Path, profil
     for sid, s in slices.items():
         g, c = int(np.count_nonzero(s.label == 1)), int(np.count_nonzero(s.label == 2))
         strata[sid] = c / (g + c) if g + c else 0.0
+    semi = _semi_on(p, unlabelled)
+    if semi:
+        check_no_overlap(unlabelled, {"training": slices})
     splits = make_splits(list(slices), strata=strata, k=p.num_folds, seed=p.seed)
     write_json(out_dir / "splits.json", splits)
     if folds is not None:
         bad = [k for k in folds if not 0 <= int(k) < len(splits)]
         if bad:
             raise ValueError(f"folds {bad} do not exist: the split has folds 0..{len(splits) - 1}.")
-    frames, done = [], []
+    frames, sup_frames, done = [], [], []
     for k, fold in enumerate(splits):
         if folds is not None and k not in {int(f) for f in folds}:
             continue
         tk = time.perf_counter()
-        net, summ, reused = _train_or_load({s: slices[s] for s in fold["train"]}, p, out_dir / f"fold_{k}", key=k,
-                                           progress=progress, desc=f"fold {k}")
+        fold_train = {s: slices[s] for s in fold["train"]}
+        if semi:
+            net, teacher, summ, reused = _train_semi(fold_train, unlabelled, p, out_dir / f"fold_{k}", key=k,
+                                                     progress=progress, desc=f"fold {k}")
+        else:
+            net, summ, reused = _train_or_load(fold_train, p, out_dir / f"fold_{k}", key=k,
+                                               progress=progress, desc=f"fold {k}")
         held = {s: slices[s] for s in sorted(fold["val"], key=_natural_key)}
         ti = time.perf_counter()
         preds = predict_slices(net, held, p)
@@ -910,6 +1157,10 @@ def cross_validate(slices: Mapping[str, SliceImage], out_dir: str | Path, profil
         df = score_slices(preds, held)
         df.insert(1, "fold", k)
         frames.append(df)
+        if semi:
+            sdf = score_slices(predict_slices(teacher, held, p), held)
+            sdf.insert(1, "fold", k)
+            sup_frames.append(sdf)
         done.append({"fold": k, "n_train": len(fold["train"]), "n_test": len(held),
                      "reused": reused, "train_seconds": summ.get("seconds"),
                      "train_cpu_seconds": summ.get("cpu_seconds"),
@@ -925,16 +1176,24 @@ def cross_validate(slices: Mapping[str, SliceImage], out_dir: str | Path, profil
     scores = scores.sort_values("_o").drop(columns="_o").reset_index(drop=True)
     with atomic_path(out_dir / "scores.csv", suffix=".csv") as tmp:
         scores.to_csv(tmp, index=False)
-    info = {"splits": splits, "folds": done, "threads": threads, "seconds": round(time.perf_counter() - t0, 2)}
+    info = {"splits": splits, "folds": done, "threads": threads, "seconds": round(time.perf_counter() - t0, 2),
+            "semi": semi}
+    if semi:
+        sup = pd.concat(sup_frames, ignore_index=True).set_index("slice_id").loc[scores["slice_id"]].reset_index()
+        with atomic_path(out_dir / "scores_supervised.csv", suffix=".csv") as tmp:
+            sup.to_csv(tmp, index=False)
+        info["supervised_scores"] = sup
     return scores, info
 
 
 def train_and_test(train: Mapping[str, SliceImage], test: Mapping[str, SliceImage], out_dir: str | Path,
-                   profile: str | Profile = "cpu", *, progress: bool = False, log=print) -> tuple[pd.DataFrame, dict]:
-    """Train on every slice of ``train``, predict and score every slice of ``test``.
+                   profile: str | Profile = "cpu", *, progress: bool = False, log=print,
+                   unlabelled: Mapping[str, SliceImage] | None = None) -> tuple[pd.DataFrame, dict]:
+    """Train on every slice of ``train`` (and, self-training, ``unlabelled``), predict and score ``test``.
 
-    Raises ``InputError`` when a test image is pixel-identical to a training image (leakage).
-    Writes ``out_dir/model/``, ``predictions/<id>.png`` and ``scores.csv``.
+    Raises ``InputError`` when a test image is pixel-identical to a training image, or an unlabelled
+    image to a training or test image (leakage). Writes ``out_dir/model/``, ``predictions/<id>.png``
+    and ``scores.csv``.
     """
     from .train import set_threads
 
@@ -948,8 +1207,13 @@ def train_and_test(train: Mapping[str, SliceImage], test: Mapping[str, SliceImag
         raise InputError(f"{len(dup)} test slice(s) are identical to training slices (test id, training id): "
                          f"{dup[:10]}; "
                          "the test folder must hold only slices the network never trained on.")
-    net, summ, reused = _train_or_load(train, p, out_dir / "model", key=p.num_folds, progress=progress,
-                                       desc="all slices")
+    if _semi_on(p, unlabelled):
+        check_no_overlap(unlabelled, {"training": train, "test": test})
+        net, _, summ, reused = _train_semi(train, unlabelled, p, out_dir / "model", key=p.num_folds,
+                                           progress=progress, desc="all slices")
+    else:
+        net, summ, reused = _train_or_load(train, p, out_dir / "model", key=p.num_folds, progress=progress,
+                                           desc="all slices")
     ti = time.perf_counter()
     preds = predict_slices(net, test, p)
     for sid, pred in preds.items():
@@ -985,13 +1249,25 @@ def recipe_dict(p: Profile, threads: int) -> dict:
                 + ("the whole batch" if p.batch_dice else "each slice"),
         "folds": p.num_folds, "seed": p.seed, "split": "by slice (no patient ids in the benchmark), "
                                                         "stratified by consolidation share",
+        "semi_supervised": (
+            "off" if ex["semi"] == "off" else
+            f"self-training: the supervised teacher labels up to {ex['unlabelled_max']} unlabelled slices "
+            f"({ex['pseudo_tta']} TTA), pixels below {ex['pseudo_confidence']} confidence ignored; the student "
+            f"trains {ex['student_iterations']} iterations from the {ex['student_init']} weights, "
+            f"{ex['pseudo_share']:.0%} of each batch pseudo-labelled"),
         "threads": threads,
     }
 
 
 def run_external(train_dir: str | Path, out_dir: str | Path, *, test_dir: str | Path | None = None,
-                 profile: str | Profile = "cpu", n_boot: int = 2000, progress: bool = False, log=print) -> dict:
+                 unlabelled_dir: str | Path | None = None, profile: str | Profile = "cpu", n_boot: int = 2000,
+                 progress: bool = False, log=print) -> dict:
     """The whole external check: cross-validation on ``train_dir``, optional test on ``test_dir``.
+
+    ``unlabelled_dir`` (``images/`` only) feeds the profile's semi-supervised mode; it is read and
+    checked against the labelled parts (:func:`check_no_overlap`) only when the mode is on, and
+    only ever used for training. With the mode on, ``summary["cv_supervised"]`` holds the
+    cross-validated Dice of the fold teachers (the same recipe without unlabelled data).
 
     Writes ``out_dir/cv/`` and ``out_dir/test/`` (see :func:`cross_validate`, :func:`train_and_test`)
     and ``out_dir/summary.json``::
@@ -1011,23 +1287,34 @@ def run_external(train_dir: str | Path, out_dir: str | Path, *, test_dir: str | 
     t0 = time.perf_counter()
     train = read_slice_folder(train_dir, what="training folder")
     test = read_slice_folder(test_dir, what="test folder") if test_dir not in (None, "") else None
-    cv_scores, cv_info = cross_validate(train, out_dir / "cv", p, progress=progress, log=log)
+    unlabelled = None
+    if unlabelled_dir not in (None, "") and _check_extra(p)["semi"] != "off":
+        unlabelled = read_unlabelled_folder(unlabelled_dir)
+        check_no_overlap(unlabelled, {"training": train, **({"test": test} if test is not None else {})})
+    cv_scores, cv_info = cross_validate(train, out_dir / "cv", p, progress=progress, log=log, unlabelled=unlabelled)
     cv = summarize_scores(cv_scores, n_boot=n_boot, seed=p.seed) | {
         "folds": p.num_folds, "seconds": cv_info["seconds"], "per_fold": cv_info["folds"]}
+    cv_sup = None
+    if cv_info.get("semi"):
+        cv_sup = summarize_scores(cv_info["supervised_scores"], n_boot=n_boot, seed=p.seed)
     test_summary = None
     if test is not None:
-        t_scores, t_info = train_and_test(train, test, out_dir / "test", p, progress=progress, log=log)
+        t_scores, t_info = train_and_test(train, test, out_dir / "test", p, progress=progress, log=log,
+                                          unlabelled=unlabelled)
         test_summary = summarize_scores(t_scores, n_boot=n_boot, seed=p.seed) | {
             "seconds": t_info["seconds"], "train_seconds": t_info["train_seconds"], "reused": t_info["reused"]}
     summary = {
         "cv": cv,
+        "cv_supervised": cv_sup,
         "test": test_summary,
         "recipe": recipe_dict(p, set_threads()),
         "published": PUBLISHED.to_dict(orient="records"),
         "published_source": "Fan et al. 2020 (Inf-Net), COVID-SemiSeg 48-slice test part",
         "data": {"train_dir": str(Path(train_dir).resolve()), "n_train": len(train),
                  "test_dir": str(Path(test_dir).resolve()) if test is not None else None,
-                 "n_test": len(test) if test is not None else None},
+                 "n_test": len(test) if test is not None else None,
+                 "unlabelled_dir": str(Path(unlabelled_dir).resolve()) if unlabelled is not None else None,
+                 "n_unlabelled": len(unlabelled) if unlabelled is not None else None},
         "torch": torch.__version__,
         "seconds": round(time.perf_counter() - t0, 2),
     }
@@ -1055,13 +1342,14 @@ SEARCH_VARIANTS: dict[str, dict] = {
     "batch Dice, 2 residual units": {"batch_dice": True, "num_res_units": 2},
     "batch Dice, batch 8, 1000 iterations": {"batch_dice": True, "batch_size": 8, "iterations": 1000},
     "strong intensity augmentation": {"intensity_aug": "strong"},
+    "self-training, student from teacher, 1000 iterations": {"semi": "self-training"},
 }
 """Variants for :func:`search_recipes`: name -> overrides of the ``cpu`` external profile."""
 
 
 def search_recipes(train_dir: str | Path, out_dir: str | Path, variants: Mapping[str, Mapping] | None = None, *,
                    base: str | Profile = "cpu", folds: Sequence[int] | None = None, n_boot: int = 1000,
-                   log=print) -> pd.DataFrame:
+                   unlabelled_dir: str | Path | None = None, log=print) -> pd.DataFrame:
     """Cross-validate each variant (overrides of ``base``) on the training folder only.
 
     Args:
@@ -1071,6 +1359,7 @@ def search_recipes(train_dir: str | Path, out_dir: str | Path, variants: Mapping
         variants: name -> overrides of :func:`external_profile`; default :data:`SEARCH_VARIANTS`.
         base: the profile the overrides apply to.
         folds: screen on these folds only (default all).
+        unlabelled_dir: unlabelled slices for the variants whose ``semi`` mode is on.
 
     Returns:
         One row per variant: its overrides, the slices scored, cross-validated Dice (per-slice mean
@@ -1080,11 +1369,12 @@ def search_recipes(train_dir: str | Path, out_dir: str | Path, variants: Mapping
     if not variants:
         raise ValueError("search_recipes: no variants given")
     train = read_slice_folder(train_dir, what="training folder")
+    unlabelled = read_unlabelled_folder(unlabelled_dir) if unlabelled_dir not in (None, "") else None
     rows = []
     for name, ov in variants.items():
         p = external_profile(base, **dict(ov))
         tag = hashlib.sha1(json.dumps(_profile_key(p), sort_keys=True).encode()).hexdigest()[:10]
-        scores, info = cross_validate(train, Path(out_dir) / tag, p, folds=folds, log=log)
+        scores, info = cross_validate(train, Path(out_dir) / tag, p, folds=folds, log=log, unlabelled=unlabelled)
         s = summarize_scores(scores, n_boot=n_boot, seed=p.seed)
         cpu = [f["train_cpu_seconds"] for f in info["folds"] if f.get("train_cpu_seconds") is not None]
         rows.append({"variant": name, "overrides": json.dumps(dict(ov)),
@@ -1109,19 +1399,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("out_dir", type=Path)
     r.add_argument("--test-dir", type=Path, default=None)
     r.add_argument("--profile", default="cpu")
+    r.add_argument("--unlabelled-dir", type=Path, default=None, help="unlabelled slices (images/ only)")
     s = sub.add_parser("search", help="cross-validate the recipe variants (training folder only)")
     s.add_argument("train_dir", type=Path)
     s.add_argument("out_dir", type=Path)
     s.add_argument("--only", nargs="*", default=None, help="variant names (default: all)")
     s.add_argument("--folds", nargs="*", type=int, default=None, help="screen on these folds only (default: all)")
+    s.add_argument("--unlabelled-dir", type=Path, default=None, help="unlabelled slices for semi-supervised variants")
     args = ap.parse_args(argv)
     try:
         if args.cmd == "run":
-            summ = run_external(args.train_dir, args.out_dir, test_dir=args.test_dir, profile=args.profile)
+            summ = run_external(args.train_dir, args.out_dir, test_dir=args.test_dir, profile=args.profile,
+                                unlabelled_dir=args.unlabelled_dir)
             print(json.dumps({k: summ[k] for k in ("cv", "test")}, indent=2, default=str))
         else:
             v = SEARCH_VARIANTS if not args.only else {k: SEARCH_VARIANTS[k] for k in args.only}
-            print(search_recipes(args.train_dir, args.out_dir, v, folds=args.folds).to_string())
+            print(search_recipes(args.train_dir, args.out_dir, v, folds=args.folds,
+                                 unlabelled_dir=args.unlabelled_dir).to_string())
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -42,7 +42,7 @@ from .preprocess import load_cached
 from .provenance import cpu_name
 from .profiles import Profile, get_profile
 
-__all__ = ["train_fold", "train_model", "fold_is_done", "PatchSampler", "select_device", "describe_device", "set_threads"]
+__all__ = ["IGNORE_LABEL", "train_fold", "train_model", "fold_is_done", "PatchSampler", "select_device", "describe_device", "set_threads"]
 
 
 def select_device(device: str | torch.device | None = None) -> torch.device:
@@ -172,21 +172,50 @@ class _StepBatches(torch.utils.data.Dataset):
 
     Each batch depends only on (seed, fold, step), so it is the same whether it is made in the
     main process or in a loader worker, and a resumed run continues with the batches it would
-    have seen.
+    have seen. With a ``pseudo`` sampler, the last ``n_pseudo`` patches of every batch come from
+    it (pseudo-labelled cases), the others from ``sampler``.
     """
 
-    def __init__(self, sampler: PatchSampler, aug, *, seed: int, key: int, batch_size: int, total: int):
+    def __init__(self, sampler: PatchSampler, aug, *, seed: int, key: int, batch_size: int, total: int,
+                 pseudo: PatchSampler | None = None, n_pseudo: int = 0):
         self.sampler, self.aug = sampler, aug
         self.seed, self.key, self.batch_size, self.total = int(seed), int(key), int(batch_size), int(total)
+        self.pseudo, self.n_pseudo = pseudo, int(n_pseudo) if pseudo is not None else 0
 
     def __len__(self) -> int:
         return self.total
 
     def __getitem__(self, step: int):
         rng = _step_rng(self.seed, self.key, int(step))
-        img, lab = self.sampler.sample(rng, self.batch_size)
+        img, lab = self.sampler.sample(rng, self.batch_size - self.n_pseudo)
+        if self.n_pseudo:
+            pi, pl = self.pseudo.sample(rng, self.n_pseudo)
+            img, lab = np.concatenate([img, pi]), np.concatenate([lab, pl])
         img, lab = _augment(self.aug, img, lab, seed=int(rng.integers(2**31 - 1)))
         return torch.from_numpy(img), torch.from_numpy(lab)
+
+
+IGNORE_LABEL = 255
+"""Label value of pixels the loss ignores (pseudo-labels below the confidence threshold)."""
+
+
+class _MaskedDiceCE(torch.nn.Module):
+    """Dice + cross-entropy like ``monai.losses.DiceCELoss``, ignoring pixels labelled
+    :data:`IGNORE_LABEL` in both terms (MONAI ``DiceLoss(ignore_index=...)`` and a masked mean of
+    the cross-entropy). Used when pseudo-labelled cases enter training."""
+
+    def __init__(self, *, batch: bool):
+        super().__init__()
+        from monai.losses import DiceLoss
+
+        self.dice = DiceLoss(to_onehot_y=True, softmax=True, include_background=False, batch=batch,
+                             ignore_index=IGNORE_LABEL)
+
+    def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        valid = y[:, 0] != IGNORE_LABEL
+        ce = torch.nn.functional.cross_entropy(logits, torch.where(valid, y[:, 0], 0), reduction="none")
+        ce = (ce * valid).sum() / valid.sum().clamp_min(1)
+        return self.dice(logits, y) + ce
 
 
 def loader_workers(device: torch.device) -> int:
@@ -296,19 +325,41 @@ def train_fold(run: RunPaths, profile: str | Profile, fold: int, *, device=None,
 
 def train_model(cases: dict, profile: str | Profile, out: Path, *, key: int = 0, num_classes: int = NUM_CLASSES,
                 class_names: tuple[str, ...] = ("normal", "ef", "ggo"), device=None, progress: bool = True,
-                stop_after: int | None = None, iterations: int | None = None, desc: str = "training") -> dict:
+                stop_after: int | None = None, iterations: int | None = None, desc: str = "training",
+                pseudo_cases: dict | None = None, pseudo_share: float = 0.0,
+                init_state: dict | None = None) -> dict:
     """The training loop on already-loaded cases; resumes from ``out/checkpoint_latest.pt``.
 
     ``cases`` maps an id to an object with ``image`` (float32, (x, y, z)) and ``label`` (uint8). ``key``
     (the fold index) enters every random draw, with the profile's seed. Writes ``history.csv``,
     ``epochs.csv`` and ``model_final.pt`` into ``out`` and returns a summary dict (without writing it),
     or ``{"steps": n, "interrupted": True}`` when ``stop_after`` stopped it.
+
+    **Semi-supervised (self-training) student.** ``pseudo_cases`` (same form as ``cases``) hold
+    pseudo-labels made by a teacher from unlabelled images, with :data:`IGNORE_LABEL` where the
+    teacher was not confident; ``round(pseudo_share * batch_size)`` patches of every batch (at least
+    one, at most all but one) come from them, and the loss ignores the masked pixels.
+    ``init_state`` (a network ``state_dict``, e.g. the teacher's) starts the weights from it instead
+    of a random initialisation. With neither, training is exactly the supervised loop.
     """
     p = get_profile(profile)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     if len(class_names) != num_classes - 1:
         raise ValueError(f"class_names must name the {num_classes - 1} foreground classes, got {class_names}")
+    n_pseudo = 0
+    if pseudo_cases:
+        if not 0.0 < float(pseudo_share) < 1.0:
+            raise ValueError(f"pseudo_share must be in (0, 1) when pseudo_cases are given, got {pseudo_share!r}")
+        if p.batch_size < 2:
+            raise ValueError(f"profile {p.name!r}: batch_size {p.batch_size} leaves no room for pseudo-labelled "
+                             "patches beside the labelled ones; use batch_size >= 2.")
+        n_pseudo = min(p.batch_size - 1, max(1, int(round(float(pseudo_share) * p.batch_size))))
+        clash = sorted(set(pseudo_cases) & set(cases))
+        if clash:
+            raise ValueError(f"ids {clash[:10]} are both labelled and pseudo-labelled cases; give them distinct ids.")
+    elif pseudo_share:
+        raise ValueError("pseudo_share was given without pseudo_cases")
+    out.mkdir(parents=True, exist_ok=True)
     total = int(iterations or p.iterations)
     seed = p.seed * 1000 + int(key)
 
@@ -321,13 +372,20 @@ def train_model(cases: dict, profile: str | Profile, out: Path, *, key: int = 0,
         torch.use_deterministic_algorithms(True, warn_only=True)
 
     sampler = PatchSampler(cases, patch_size=p.patch_size[:2], lesion_oversample=p.lesion_oversample)
+    pseudo = (PatchSampler(pseudo_cases, patch_size=p.patch_size[:2], lesion_oversample=p.lesion_oversample)
+              if n_pseudo else None)
     aug = _augmenter(p)
 
     torch.manual_seed(seed)
     net = build_network(p, out_channels=num_classes).to(device)
+    if init_state is not None:
+        net.load_state_dict(init_state)
     from monai.losses import DiceCELoss
 
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=bool(p.batch_dice))
+    if n_pseudo:
+        loss_fn = _MaskedDiceCE(batch=bool(p.batch_dice))
+    else:
+        loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=bool(p.batch_dice))
     opt = torch.optim.AdamW(net.parameters(), lr=p.learning_rate, weight_decay=p.weight_decay)
     warmup = max(1, min(50, total // 20))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, warmup))
@@ -362,7 +420,8 @@ def train_model(cases: dict, profile: str | Profile, out: Path, *, key: int = 0,
     nfg = num_classes - 1
     workers = loader_workers(device)
     batches = torch.utils.data.DataLoader(
-        _StepBatches(sampler, aug, seed=p.seed, key=key, batch_size=p.batch_size, total=total),
+        _StepBatches(sampler, aug, seed=p.seed, key=key, batch_size=p.batch_size, total=total,
+                     pseudo=pseudo, n_pseudo=n_pseudo),
         batch_size=None, sampler=range(step, total), num_workers=workers, pin_memory=device.type == "cuda",
         worker_init_fn=_worker_init if workers else None, prefetch_factor=4 if workers else None,
         multiprocessing_context="fork" if workers else None)
@@ -390,7 +449,8 @@ def train_model(cases: dict, profile: str | Profile, out: Path, *, key: int = 0,
         step += 1
         with torch.no_grad():
             pred = logits.argmax(1, keepdim=True) == classes          # (B, C-1, ...) one-hot of foreground
-            ref = y == classes
+            ref = (y == classes) & (y != IGNORE_LABEL)
+            pred = pred & (y != IGNORE_LABEL)
             dims = tuple(d for d in range(pred.ndim) if d != 1)
             inter = (pred & ref).sum(dims).double()
             denom = pred.sum(dims).double() + ref.sum(dims).double()
@@ -455,5 +515,8 @@ def train_model(cases: dict, profile: str | Profile, out: Path, *, key: int = 0,
         "seed": seed,
         "final_loss": history[-1]["loss"] if history else None,
         "recipe": training_recipe(p, total),
+        "pseudo_cases": len(pseudo_cases or {}),
+        "pseudo_per_batch": n_pseudo,
+        "init": "given state" if init_state is not None else "random",
         "torch": torch.__version__,
     }

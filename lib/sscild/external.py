@@ -103,6 +103,7 @@ __all__ = [
     "describe_slices",
     "results_table",
     "compare_to_published",
+    "semi_supervised_table",
     "recipe_dict",
     "recorded_gpu_run",
     "cross_validate",
@@ -142,7 +143,7 @@ HOW_TO_GET_DATA = (
 """What the chapter prints when the training folder is absent."""
 
 _TTA = ("none", "flip", "dihedral")
-_SEMI_MODES = ("off", "self-training")
+_SEMI_MODES = ("off", "self-training", "fine-tune")
 
 SEMI_DEFAULTS = {
     "semi": "off",
@@ -160,7 +161,9 @@ only) or ``"self-training"``: each training (a fold, or the final model) first t
 variants), pixels whose highest class probability is below ``pseudo_confidence`` are ignored by the
 loss, and a *student* trains ``student_iterations`` steps on both, ``pseudo_share`` of each batch
 pseudo-labelled, starting from the teacher's weights (``student_init="teacher"``) or afresh
-(``"random"``)."""
+(``"random"``). ``"fine-tune"`` is the screen's control: the same teacher and student schedule with
+no unlabelled slices (the student fine-tunes on the labelled slices alone), which separates what the
+unlabelled slices add from what the extra steps add."""
 
 
 def _base_overrides() -> dict:
@@ -966,6 +969,56 @@ def results_table(summary: Mapping, *, published: pd.DataFrame | None = PUBLISHE
     return pd.DataFrame(rows).set_index("result")
 
 
+def semi_supervised_table(scores: pd.DataFrame, supervised_scores: pd.DataFrame, *, n_boot: int = 2000,
+                          seed: int = 0) -> pd.DataFrame:
+    """Cross-validated Dice of the supervised teachers and the self-trained students, and the gain.
+
+    Both tables hold one row per out-of-fold slice (:func:`cross_validate`'s ``scores.csv`` and
+    ``scores_supervised.csv``). The gain is the per-slice difference (student minus teacher, same
+    slice), its mean with a 95 % BCa bootstrap interval over slices (:func:`sscild.metrics.summarize`).
+
+    Example:
+        >>> sup = pd.DataFrame({"slice_id": ["a", "b", "c"], "dice_ggo": [0.5, 0.6, 0.7],
+        ...                     "dice_consolidation": [0.2, np.nan, 0.4], "inter_ggo": [1, 1, 1],
+        ...                     "pred_ggo": [2, 2, 2], "ref_ggo": [2, 2, 2], "inter_consolidation": [0, 0, 0],
+        ...                     "pred_consolidation": [1, 1, 1], "ref_consolidation": [1, 0, 1]})
+        >>> semi = sup.assign(dice_ggo=sup["dice_ggo"] + 0.1)
+        >>> t = semi_supervised_table(semi, sup, n_boot=200)
+        >>> t.loc["gain (paired, same slices)", "Dice GGO (mean over slices)"][:6]
+        '+0.100'
+    """
+    from .metrics import summarize
+
+    a = scores.set_index("slice_id")
+    b = supervised_scores.set_index("slice_id")
+    if sorted(a.index) != sorted(b.index):
+        raise ValueError("semi_supervised_table: the two score tables must hold the same slices")
+    b = b.loc[a.index]
+    cols = [f"dice_{n}" for n in CLASS_NAMES]
+    diff = (a[cols] - b[cols]).reset_index(drop=True)
+    gain = summarize(diff, columns=cols, n_boot=max(100, int(n_boot)), seed=seed).set_index("metric")
+    rows = {}
+    for name, df in (("supervised (fold teachers, labelled slices only)", b.reset_index()),
+                     ("semi-supervised (self-trained fold students)", a.reset_index())):
+        sm = summarize_scores(df, n_boot=n_boot, seed=seed)
+        rows[name] = {f"Dice {d} (mean over slices)": f"{sm[f'dice_{n}']:.3f} [{sm[f'dice_{n}_ci'][0]:.3f}, "
+                                                      f"{sm[f'dice_{n}_ci'][1]:.3f}]"
+                      for n, d in zip(CLASS_NAMES, ("GGO", "consolidation"))}
+        rows[name] |= {f"pooled Dice {d}": f"{sm[f'pooled_dice_{n}']:.3f}"
+                       for n, d in zip(CLASS_NAMES, ("GGO", "consolidation"))}
+    rows["gain (paired, same slices)"] = {
+        f"Dice {d} (mean over slices)": f"{gain.loc[f'dice_{n}', 'mean']:+.3f} [{gain.loc[f'dice_{n}', 'ci_low']:+.3f}, "
+                                        f"{gain.loc[f'dice_{n}', 'ci_high']:+.3f}]"
+        for n, d in zip(CLASS_NAMES, ("GGO", "consolidation"))}
+    rows["gain (paired, same slices)"] |= {f"pooled Dice {d}": "" for d in ("GGO", "consolidation")}
+    t = pd.DataFrame.from_dict(rows, orient="index")
+    t.index.name = "cross-validation"
+    t.attrs["gain"] = {n: {"mean": float(gain.loc[f"dice_{n}", "mean"]),
+                           "ci": [float(gain.loc[f"dice_{n}", "ci_low"]), float(gain.loc[f"dice_{n}", "ci_high"])]}
+                       for n in CLASS_NAMES}
+    return t
+
+
 def compare_to_published(result: Mapping, *, published: pd.DataFrame = PUBLISHED, what: str = "cross-validated") -> str:
     """Two sentences setting a result's per-slice mean Dice against the best published row of each class.
 
@@ -1014,7 +1067,8 @@ def _write_png(path: Path, label_xy: np.ndarray) -> None:
 
 
 def _semi_on(p: Profile, unlabelled: Mapping[str, SliceImage] | None) -> bool:
-    return _check_extra(p)["semi"] != "off" and bool(unlabelled)
+    mode = _check_extra(p)["semi"]
+    return mode == "fine-tune" or (mode == "self-training" and bool(unlabelled))
 
 
 def _train_semi(train: Mapping[str, SliceImage], unlabelled: Mapping[str, SliceImage], p: Profile, out: Path, *,
@@ -1033,6 +1087,8 @@ def _train_semi(train: Mapping[str, SliceImage], unlabelled: Mapping[str, SliceI
     sup = external_profile(p, semi="off")
     teacher, t_summ, t_reused = _train_or_load(train, sup, out / "teacher", key=key, progress=progress,
                                                desc=f"{desc}, teacher")
+    if ex["semi"] == "fine-tune":
+        unlabelled = {}
     use = _spread(sorted(unlabelled, key=_natural_key), ex["unlabelled_max"])
     u_digest = hashlib.sha1("".join(unlabelled[u].digest() for u in use).encode()).hexdigest()
     ident = {"train_slices": sorted(train, key=_natural_key), "key": int(key), "recipe": _profile_key(p),
@@ -1047,15 +1103,15 @@ def _train_semi(train: Mapping[str, SliceImage], unlabelled: Mapping[str, SliceI
         return net, teacher, read_json(summary_path), True
     write_json(ident_path, ident)
     cpu0, w0 = time.process_time(), time.perf_counter()
-    pseudo, stats = pseudo_label_cases(teacher, {u: unlabelled[u] for u in use}, p)
+    pseudo, stats = pseudo_label_cases(teacher, {u: unlabelled[u] for u in use}, p) if use else ({}, {"slices": 0})
     stats["seconds"] = round(time.perf_counter() - w0, 2)
     init = None
     if ex["student_init"] == "teacher":
         init = torch.load(out / "teacher" / "model_final.pt", map_location="cpu", weights_only=False)["model"]
     cases = {sid: training_case(s, p) for sid, s in train.items()}
     res = train_model(cases, p, out, key=key, num_classes=3, class_names=CLASS_NAMES, progress=progress,
-                      desc=f"{desc}, student", iterations=ex["student_iterations"], pseudo_cases=pseudo,
-                      pseudo_share=ex["pseudo_share"], init_state=init)
+                      desc=f"{desc}, student", iterations=ex["student_iterations"], pseudo_cases=pseudo or None,
+                      pseudo_share=ex["pseudo_share"] if pseudo else 0.0, init_state=init)
     student_s = res["seconds"]
     teacher_cpu = 0.0 if t_reused else float(t_summ.get("cpu_seconds") or 0.0)
     summary = {**res, "cpu_seconds": round(time.process_time() - cpu0 + teacher_cpu, 2),
@@ -1129,7 +1185,7 @@ def cross_validate(slices: Mapping[str, SliceImage], out_dir: str | Path, profil
         g, c = int(np.count_nonzero(s.label == 1)), int(np.count_nonzero(s.label == 2))
         strata[sid] = c / (g + c) if g + c else 0.0
     semi = _semi_on(p, unlabelled)
-    if semi:
+    if semi and unlabelled:
         check_no_overlap(unlabelled, {"training": slices})
     splits = make_splits(list(slices), strata=strata, k=p.num_folds, seed=p.seed)
     write_json(out_dir / "splits.json", splits)
@@ -1208,7 +1264,8 @@ def train_and_test(train: Mapping[str, SliceImage], test: Mapping[str, SliceImag
                          f"{dup[:10]}; "
                          "the test folder must hold only slices the network never trained on.")
     if _semi_on(p, unlabelled):
-        check_no_overlap(unlabelled, {"training": train, "test": test})
+        if unlabelled:
+            check_no_overlap(unlabelled, {"training": train, "test": test})
         net, _, summ, reused = _train_semi(train, unlabelled, p, out_dir / "model", key=p.num_folds,
                                            progress=progress, desc="all slices")
     else:
@@ -1343,6 +1400,7 @@ SEARCH_VARIANTS: dict[str, dict] = {
     "batch Dice, batch 8, 1000 iterations": {"batch_dice": True, "batch_size": 8, "iterations": 1000},
     "strong intensity augmentation": {"intensity_aug": "strong"},
     "self-training, student from teacher, 1000 iterations": {"semi": "self-training"},
+    "control: teacher fine-tuned 1000 more iterations, no unlabelled slices": {"semi": "fine-tune"},
 }
 """Variants for :func:`search_recipes`: name -> overrides of the ``cpu`` external profile."""
 

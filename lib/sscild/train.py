@@ -8,7 +8,8 @@ The recipe (what the Model & training chapter tabulates):
 * **Sampling**: 2D axial patches of ``profile.patch_size``. A share ``profile.lesion_oversample`` of
   patches is centred on a random EF or GGO voxel (nnU-Net's foreground oversampling); the rest are
   centred on a random lung voxel (or anywhere in the body when a case has no lung label).
-* **Augmentation** (MONAI): flips, small rotations and scaling, intensity shift and Gaussian noise.
+* **Augmentation** (:mod:`sscild.augment`, batched tensor operations on the training device): flips,
+  small rotations and scaling, intensity shift and scale, Gaussian noise.
 * **Loss**: Dice + cross-entropy (``monai.losses.DiceCELoss``), softmax over four classes.
 * **Optimiser**: AdamW, linear warm-up then polynomial decay (power 0.9), by *iterations*, so the
   budget is deterministic.
@@ -26,7 +27,6 @@ done).
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from pathlib import Path
@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .augment import augment_for_profile
 from .folds import read_splits
 from .model import NUM_CLASSES, build_network, count_parameters
 from .paths import RunPaths, atomic_path, read_json, write_json
@@ -134,41 +135,8 @@ class PatchSampler:
         return np.stack(imgs)[:, None].astype(np.float32), np.stack(labs)[:, None].astype(np.int64)
 
 
-def _augmenter(profile: Profile):
-    from monai.transforms import (Compose, RandAdjustContrastd, RandAffined, RandFlipd, RandGaussianNoised,
-                                  RandScaleIntensityd, RandShiftIntensityd)
-
-    if profile.intensity_aug not in ("light", "strong"):
-        raise ValueError(f"intensity_aug must be 'light' or 'strong', got {profile.intensity_aug!r}")
-    strong = profile.intensity_aug == "strong"
-    amount = 0.15 if strong else 0.05
-    keys = ("image", "label")
-    steps = [
-        RandFlipd(keys=keys, prob=0.5, spatial_axis=0),
-        RandFlipd(keys=keys, prob=0.2, spatial_axis=1),
-        RandAffined(keys=keys, prob=0.3, rotate_range=(math.radians(15),), scale_range=((-0.15, 0.15), (-0.15, 0.15)),
-                    mode=("bilinear", "nearest"), padding_mode="border"),
-        RandShiftIntensityd(keys="image", prob=0.3, offsets=amount),
-        RandScaleIntensityd(keys="image", prob=0.3, factors=amount),
-    ]
-    if strong:
-        steps.append(RandAdjustContrastd(keys="image", prob=0.3, gamma=(0.7, 1.5)))
-    steps.append(RandGaussianNoised(keys="image", prob=0.2, std=0.03))
-    return Compose(steps)
-
-
-def _augment(aug, images: np.ndarray, labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    aug.set_random_state(seed=seed)
-    out_i, out_l = [], []
-    for img, lab in zip(images, labels):
-        d = aug({"image": img, "label": lab.astype(np.float32)})
-        out_i.append(np.asarray(d["image"], dtype=np.float32))
-        out_l.append(np.rint(np.asarray(d["label"])).astype(np.int64))
-    return np.stack(out_i), np.stack(out_l)
-
-
 class _StepBatches(torch.utils.data.Dataset):
-    """Item ``step`` is the augmented batch of that training step.
+    """Item ``step`` is the (not yet augmented) batch of that training step and its augmentation seed.
 
     Each batch depends only on (seed, fold, step), so it is the same whether it is made in the
     main process or in a loader worker, and a resumed run continues with the batches it would
@@ -176,9 +144,9 @@ class _StepBatches(torch.utils.data.Dataset):
     it (pseudo-labelled cases), the others from ``sampler``.
     """
 
-    def __init__(self, sampler: PatchSampler, aug, *, seed: int, key: int, batch_size: int, total: int,
+    def __init__(self, sampler: PatchSampler, *, seed: int, key: int, batch_size: int, total: int,
                  pseudo: PatchSampler | None = None, n_pseudo: int = 0):
-        self.sampler, self.aug = sampler, aug
+        self.sampler = sampler
         self.seed, self.key, self.batch_size, self.total = int(seed), int(key), int(batch_size), int(total)
         self.pseudo, self.n_pseudo = pseudo, int(n_pseudo) if pseudo is not None else 0
 
@@ -191,8 +159,7 @@ class _StepBatches(torch.utils.data.Dataset):
         if self.n_pseudo:
             pi, pl = self.pseudo.sample(rng, self.n_pseudo)
             img, lab = np.concatenate([img, pi]), np.concatenate([lab, pl])
-        img, lab = _augment(self.aug, img, lab, seed=int(rng.integers(2**31 - 1)))
-        return torch.from_numpy(img), torch.from_numpy(lab)
+        return torch.from_numpy(img), torch.from_numpy(lab), int(rng.integers(2**31 - 1))
 
 
 IGNORE_LABEL = 255
@@ -374,7 +341,7 @@ def train_model(cases: dict, profile: str | Profile, out: Path, *, key: int = 0,
     sampler = PatchSampler(cases, patch_size=p.patch_size[:2], lesion_oversample=p.lesion_oversample)
     pseudo = (PatchSampler(pseudo_cases, patch_size=p.patch_size[:2], lesion_oversample=p.lesion_oversample)
               if n_pseudo else None)
-    aug = _augmenter(p)
+    aug = augment_for_profile(p)
 
     torch.manual_seed(seed)
     net = build_network(p, out_channels=num_classes).to(device)
@@ -420,7 +387,7 @@ def train_model(cases: dict, profile: str | Profile, out: Path, *, key: int = 0,
     nfg = num_classes - 1
     workers = loader_workers(device)
     batches = torch.utils.data.DataLoader(
-        _StepBatches(sampler, aug, seed=p.seed, key=key, batch_size=p.batch_size, total=total,
+        _StepBatches(sampler, seed=p.seed, key=key, batch_size=p.batch_size, total=total,
                      pseudo=pseudo, n_pseudo=n_pseudo),
         batch_size=None, sampler=range(step, total), num_workers=workers, pin_memory=device.type == "cuda",
         worker_init_fn=_worker_init if workers else None, prefetch_factor=4 if workers else None,
@@ -435,9 +402,8 @@ def train_model(cases: dict, profile: str | Profile, out: Path, *, key: int = 0,
     classes = torch.arange(1, num_classes, device=device).view(1, -1, *[1] * len(p.patch_size[:2]))
     batch_iter = iter(batches)
     while step < total:
-        img, lab = next(batch_iter)
-        x = img.to(device, non_blocking=True)
-        y = lab.to(device, non_blocking=True)
+        img, lab, aug_seed = next(batch_iter)
+        x, y = aug(img.to(device, non_blocking=True), lab.to(device, non_blocking=True), seed=aug_seed)
         opt.zero_grad(set_to_none=True)
         with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
             logits = net(x)

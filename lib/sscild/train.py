@@ -43,7 +43,7 @@ from .preprocess import load_cached
 from .provenance import cpu_name
 from .profiles import Profile, get_profile
 
-__all__ = ["IGNORE_LABEL", "train_fold", "train_model", "fold_is_done", "PatchSampler", "select_device", "describe_device", "set_threads"]
+__all__ = ["IGNORE_LABEL", "train_fold", "train_model", "unlabelled_scans", "pseudo_label_volumes", "fold_is_done", "PatchSampler", "select_device", "describe_device", "set_threads"]
 
 
 def select_device(device: str | torch.device | None = None) -> torch.device:
@@ -271,6 +271,10 @@ def train_fold(run: RunPaths, profile: str | Profile, fold: int, *, device=None,
                 f"{out} was trained on other patients than fold {fold} of {run.splits} now lists (the cohort or "
                 f"the splits changed). Delete {out} (or run `make clean`) to retrain it.")
         diff = _recipe_diff(summary.get("recipe", {}), training_recipe(p, iterations))
+        scans = unlabelled_scans(run) if p.semi_supervised == "auto" else {}
+        want = _semi_record(p, scans, iterations) if scans else None
+        if summary.get("semi") != want:
+            diff.append(f"semi-supervised: {summary.get('semi')!r} -> {want!r}")
         if diff:
             raise ValueError(
                 f"{out} was trained with other settings than profile {p.name!r} now has ({'; '.join(diff)}). "
@@ -280,12 +284,116 @@ def train_fold(run: RunPaths, profile: str | Profile, fold: int, *, device=None,
     if test_ids & set(train_ids):
         raise ValueError(f"{run.splits}: fold {fold} has cases in both train and test: {sorted(test_ids & set(train_ids))}")
     cases = load_training_cases(run, train_ids)
+    unlabelled = unlabelled_scans(run) if p.semi_supervised == "auto" else {}
+    if unlabelled:
+        return _train_fold_semi(run, p, fold, cases, unlabelled, test_ids, device=device, progress=progress,
+                                stop_after=stop_after, iterations=iterations)
     result = train_model(cases, p, out, key=fold, device=device, progress=progress, stop_after=stop_after,
                          iterations=iterations, desc=f"fold {fold}")
     if result.get("interrupted"):
         return {"fold": fold, **result}
     summary = {"fold": fold, "profile": p.name, "cohort": run.cohort, **result,
                "train_cases": train_ids, "test_cases": sorted(test_ids)}
+    write_json(out / "train_summary.json", summary)
+    return summary
+
+
+def unlabelled_scans(run: RunPaths) -> dict[str, Path]:
+    """The run's cohort's unlabelled scans (``unlabelledTr/``) that validation found no error in.
+
+    Read from ``validation.json`` (the Data chapter writes it, with the cohort folder and every
+    problem); ``{}`` when it is absent or the cohort has no unlabelled scans.
+    """
+    if not run.validation.exists():
+        return {}
+    from .cohort import UNLABELLED_DIR, load_cohort
+
+    rec = read_json(run.validation)
+    root = Path(rec.get("root", ""))
+    if not (root / "unlabelledTr").is_dir():
+        return {}
+    bad = {str(q["case_id"]).split("/", 1)[1] for q in rec.get("problems", [])
+           if q.get("severity") == "error" and str(q.get("case_id") or "").startswith(UNLABELLED_DIR + "/")}
+    found = load_cohort(root, label_map=rec.get("label_map")).unlabelled
+    return {u: f for u, f in found.items() if u not in bad}
+
+
+class _Pseudo:
+    __slots__ = ("image", "label")
+
+    def __init__(self, image: np.ndarray, label: np.ndarray):
+        self.image, self.label = image, label
+
+
+@torch.no_grad()
+def pseudo_label_volumes(net: torch.nn.Module, scans: dict[str, Path], profile: Profile, *,
+                         device=None) -> tuple[dict, dict]:
+    """Preprocess unlabelled scans and label them with a teacher, slice by slice (left-right flip
+    averaged); voxels whose highest class probability is below ``profile.pseudo_confidence`` get
+    :data:`IGNORE_LABEL`. Returns (id -> case with ``image``/``label`` (x, y, z), stats)."""
+    from .io import load_volume
+    from .preprocess import preprocess_volume
+
+    p = get_profile(profile)
+    device = select_device(device)
+    net.eval()
+    out, kept, total = {}, 0, 0
+    for uid, path in sorted(scans.items()):
+        pre = preprocess_volume(load_volume(path), None, profile=p, case_id=uid)
+        img = np.asarray(pre.image, np.float32)
+        lab = np.zeros(img.shape, np.uint8)
+        for z0 in range(0, img.shape[2], 16):
+            x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(img[:, :, z0:z0 + 16], 2, 0)))[:, None].to(device)
+            prob = torch.softmax(net(x).float(), 1) + torch.flip(torch.softmax(net(torch.flip(x, (2,))).float(), 1), (2,))
+            conf, arg = (prob / 2).max(1)
+            arg = torch.where(conf >= p.pseudo_confidence, arg, torch.full_like(arg, IGNORE_LABEL))
+            lab[:, :, z0:z0 + 16] = np.moveaxis(arg.to(torch.uint8).cpu().numpy(), 0, 2)
+            kept += int((conf >= p.pseudo_confidence).sum())
+            total += conf.numel()
+        out[f"unlabelled/{uid}"] = _Pseudo(img, lab)
+    return out, {"scans": len(out), "kept_share": round(kept / max(total, 1), 4)}
+
+
+def _semi_record(p: Profile, scans: dict[str, Path], iterations: int | None) -> dict:
+    return {"mode": "self-training", "unlabelled": sorted(scans), "pseudo_confidence": p.pseudo_confidence,
+            "pseudo_share": p.pseudo_share, "student_iterations": int(p.student_iterations
+                                                                      or max(1, int(iterations or p.iterations) // 2))}
+
+
+def _train_fold_semi(run: RunPaths, p: Profile, fold: int, cases: dict, scans: dict[str, Path], test_ids: set, *,
+                     device, progress, stop_after, iterations) -> dict:
+    """Self-training of one fold: the supervised teacher (``fold_<k>/teacher``, this fold's training
+    patients only) pseudo-labels the unlabelled scans; the student (the fold's model) trains from the
+    teacher's weights on both. Held-out patients are never loaded."""
+    out = run.fold_dir(fold)
+    tdir = out / "teacher"
+    train_ids = sorted(cases)
+    if not ((tdir / "train_summary.json").exists() and (tdir / "model_final.pt").exists()):
+        res = train_model(cases, p, tdir, key=fold, device=device, progress=progress, stop_after=stop_after,
+                          iterations=iterations, desc=f"fold {fold}, teacher")
+        if res.get("interrupted"):
+            return {"fold": fold, **res}
+        write_json(tdir / "train_summary.json", {"fold": fold, **res, "train_cases": train_ids})
+    t_summary = read_json(tdir / "train_summary.json")
+    if sorted(t_summary.get("train_cases", [])) != train_ids or \
+            _recipe_diff(t_summary.get("recipe", {}), training_recipe(p, iterations)):
+        raise ValueError(f"{tdir} was trained on other patients or settings than fold {fold} now has. "
+                         f"Delete {out} (or run `make clean`) to retrain it.")
+    from .predict import load_fold_model
+
+    teacher, _ = load_fold_model(tdir / "model_final.pt", device=device)
+    semi = _semi_record(p, scans, iterations)
+    pseudo, stats = pseudo_label_volumes(teacher, scans, p, device=device)
+    init = torch.load(tdir / "model_final.pt", map_location="cpu", weights_only=False)["model"]
+    result = train_model(cases, p, out, key=fold, device=device, progress=progress, stop_after=stop_after,
+                         iterations=semi["student_iterations"], desc=f"fold {fold}, student", pseudo_cases=pseudo,
+                         pseudo_share=p.pseudo_share, init_state=init)
+    if result.get("interrupted"):
+        return {"fold": fold, **result}
+    summary = {"fold": fold, "profile": p.name, "cohort": run.cohort, **result,
+               "recipe": training_recipe(p, iterations), "semi": semi, "pseudo": stats,
+               "teacher_seconds": t_summary.get("seconds"), "train_cases": train_ids,
+               "test_cases": sorted(test_ids)}
     write_json(out / "train_summary.json", summary)
     return summary
 

@@ -1401,6 +1401,10 @@ SEARCH_VARIANTS: dict[str, dict] = {
     "strong intensity augmentation": {"intensity_aug": "strong"},
     "self-training, student from teacher, 1000 iterations": {"semi": "self-training"},
     "control: teacher fine-tuned 1000 more iterations, no unlabelled slices": {"semi": "fine-tune"},
+    "nnU-Net-style augmentation (blur, low resolution, gamma, wider rotation and scaling)": {"intensity_aug": "nnunet"},
+    "self-training, confidence 0.7": {"semi": "self-training", "pseudo_confidence": 0.7},
+    "self-training, student afresh, 1500 iterations": {"semi": "self-training", "student_init": "random",
+                                                        "student_iterations": 1500},
 }
 """Variants for :func:`search_recipes`: name -> overrides of the ``cpu`` external profile."""
 

@@ -153,6 +153,7 @@ SEMI_DEFAULTS = {
     "student_init": "teacher",
     "unlabelled_max": 800,
     "pseudo_tta": "flip",
+    "pseudo_min_lesion": 0.0,
 }
 """Semi-supervised settings (profile ``extra``) and their defaults. ``semi``: ``"off"`` (supervised
 only) or ``"self-training"``: each training (a fold, or the final model) first trains a supervised
@@ -161,7 +162,9 @@ only) or ``"self-training"``: each training (a fold, or the final model) first t
 variants), pixels whose highest class probability is below ``pseudo_confidence`` are ignored by the
 loss, and a *student* trains ``student_iterations`` steps on both, ``pseudo_share`` of each batch
 pseudo-labelled, starting from the teacher's weights (``student_init="teacher"``) or afresh
-(``"random"``). ``"fine-tune"`` is the screen's control: the same teacher and student schedule with
+(``"random"``). With ``pseudo_min_lesion`` > 0, only the slices whose confident pseudo-label
+marks at least that share of the grid as GGO or consolidation are kept (most unlabelled slices
+come from the top and bottom of the lungs and hold no lesion). ``"fine-tune"`` is the screen's control: the same teacher and student schedule with
 no unlabelled slices (the student fine-tunes on the labelled slices alone), which separates what the
 unlabelled slices add from what the extra steps add."""
 
@@ -290,6 +293,9 @@ def _check_extra(p: Profile) -> dict:
     if semi["student_init"] not in ("teacher", "random"):
         raise ValueError(f"profile {p.name!r}: extra['student_init'] must be 'teacher' or 'random', "
                          f"got {semi['student_init']!r}.")
+    mls = semi["pseudo_min_lesion"]
+    if isinstance(mls, bool) or not isinstance(mls, (int, float)) or not 0.0 <= float(mls) < 1.0:
+        raise ValueError(f"profile {p.name!r}: extra['pseudo_min_lesion'] must be a number in [0, 1), got {mls!r}.")
     if semi["pseudo_tta"] not in _TTA:
         raise ValueError(f"profile {p.name!r}: extra['pseudo_tta'] must be one of {_TTA}, got {semi['pseudo_tta']!r}.")
     return {"grid_size": int(grid), "rotations": bool(ex.get("rotations", True)), "tta": ex.get("tta", "dihedral"),
@@ -776,12 +782,15 @@ def pseudo_label_cases(net: torch.nn.Module, unlabelled: Mapping[str, SliceImage
         conf, lab = prob.max(1), prob.argmax(1).astype(np.uint8)
         keep = conf >= float(ex["pseudo_confidence"])
         lab[~keep] = IGNORE_LABEL
-        kept += int(keep.sum())
-        total += keep.size
-        counts += np.bincount(lab[keep].ravel(), minlength=3)[:3]
         for j, sid in enumerate(chunk):
+            lesion = float(np.count_nonzero((lab[j] == 1) | (lab[j] == 2))) / lab[j].size
+            if lesion < float(ex["pseudo_min_lesion"]):
+                continue
+            kept += int(keep[j].sum())
+            total += keep[j].size
+            counts += np.bincount(lab[j][keep[j]].ravel(), minlength=3)[:3]
             out[f"u:{sid}"] = _Case(grids[j][..., None].astype(np.float32), lab[j][..., None])
-    stats = {"slices": len(out), "kept_share": round(kept / max(total, 1), 4),
+    stats = {"slices": len(out), "labelled_by_teacher": len(ids), "kept_share": round(kept / max(total, 1), 4),
              **{f"kept_share_{n}": round(float(counts[c]) / max(kept, 1), 4)
                 for c, n in enumerate(("background",) + CLASS_NAMES)}}
     return out, stats
@@ -1104,6 +1113,9 @@ def _train_semi(train: Mapping[str, SliceImage], unlabelled: Mapping[str, SliceI
     write_json(ident_path, ident)
     cpu0, w0 = time.process_time(), time.perf_counter()
     pseudo, stats = pseudo_label_cases(teacher, {u: unlabelled[u] for u in use}, p) if use else ({}, {"slices": 0})
+    if use and not pseudo:
+        raise InputError(f"{desc}: none of the {len(use)} unlabelled slices has a confident lesion share of at least "
+                         f"{ex['pseudo_min_lesion']:.1%}; lower pseudo_min_lesion or pseudo_confidence.")
     stats["seconds"] = round(time.perf_counter() - w0, 2)
     init = None
     if ex["student_init"] == "teacher":
@@ -1311,7 +1323,9 @@ def recipe_dict(p: Profile, threads: int) -> dict:
             f"self-training: the supervised teacher labels up to {ex['unlabelled_max']} unlabelled slices "
             f"({ex['pseudo_tta']} TTA), pixels below {ex['pseudo_confidence']} confidence ignored; the student "
             f"trains {ex['student_iterations']} iterations from the {ex['student_init']} weights, "
-            f"{ex['pseudo_share']:.0%} of each batch pseudo-labelled"),
+            f"{ex['pseudo_share']:.0%} of each batch pseudo-labelled"
+            + (f"; only slices with >= {ex['pseudo_min_lesion']:.1%} confident lesion kept"
+               if ex["pseudo_min_lesion"] else "")),
         "threads": threads,
     }
 
@@ -1403,6 +1417,8 @@ SEARCH_VARIANTS: dict[str, dict] = {
     "control: teacher fine-tuned 1000 more iterations, no unlabelled slices": {"semi": "fine-tune"},
     "nnU-Net-style augmentation (blur, low resolution, gamma, wider rotation and scaling)": {"intensity_aug": "nnunet"},
     "self-training, confidence 0.7": {"semi": "self-training", "pseudo_confidence": 0.7},
+    "self-training, all 1600 slices labelled, those with >= 1 % lesion kept":
+        {"semi": "self-training", "unlabelled_max": 1600, "pseudo_min_lesion": 0.01},
     "self-training, student afresh, 1500 iterations": {"semi": "self-training", "student_init": "random",
                                                         "student_iterations": 1500},
 }

@@ -480,3 +480,19 @@ def test_masked_loss_ignores_pseudo_label_pixels():
     y2 = torch.randint(0, 3, (2, 1, 4, 4))
     ref = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)(logits, y2)
     assert torch.allclose(loss(logits, y2), ref, atol=1e-6)
+
+
+def test_test_part_ensemble_averages_the_fold_models(tmp_path):
+    _tiny_parts(tmp_path)
+    prof = ext.external_profile("smoke", grid_size=32, patch_size=(32, 32), iterations=2, batch_size=2, num_folds=2,
+                                test_ensemble=True)
+    summ = ext.run_external(tmp_path / "train", tmp_path / "out", test_dir=tmp_path / "test", profile=prof,
+                            n_boot=100, log=None)
+    assert summ["test"]["models"] == 3 and "2 cross-validation fold models" in summ["recipe"]["test_prediction"]
+    # the mean of identical networks is that network
+    net = PixelNet()
+    test = ext.read_slice_folder(tmp_path / "test")
+    one = ext.predict_slices(net, test, prof, return_probs=True)
+    two = ext.predict_slices(ext._MeanProb([net, net]), test, prof, return_probs=True)
+    assert all(np.allclose(one[s], two[s], atol=1e-5) for s in test)
+    assert ext._profile_key(prof) == ext._profile_key(ext.external_profile(prof, test_ensemble=False))

@@ -208,8 +208,10 @@ EXTERNAL_PROFILES: dict[str, Profile] = _make_profiles()
 """External-check profiles, derived from the study's profiles (``smoke`` for tests, ``cpu`` the
 default of ``make external``, ``paper`` a longer run for a GPU). Image-folder settings live in
 ``extra``: ``grid_size`` (square network input, pixels), ``rotations`` (train on the four 90-degree
-rotations of each slice) and ``tta`` (``"none"``, ``"flip"`` or ``"dihedral"``: flips and 90-degree
-rotations averaged at prediction)."""
+rotations of each slice), ``tta`` (``"none"``, ``"flip"`` or ``"dihedral"``: flips and 90-degree
+rotations averaged at prediction), ``test_ensemble`` (the test part is predicted by the mean softmax
+of the model trained on all labelled slices and the cross-validation fold models) and the
+semi-supervised settings of :data:`SEMI_DEFAULTS`."""
 
 RECIPE_SEARCH = pd.DataFrame(
     [
@@ -298,8 +300,10 @@ def _check_extra(p: Profile) -> dict:
         raise ValueError(f"profile {p.name!r}: extra['pseudo_min_lesion'] must be a number in [0, 1), got {mls!r}.")
     if semi["pseudo_tta"] not in _TTA:
         raise ValueError(f"profile {p.name!r}: extra['pseudo_tta'] must be one of {_TTA}, got {semi['pseudo_tta']!r}.")
+    if not isinstance(ex.get("test_ensemble", False), bool):
+        raise ValueError(f"profile {p.name!r}: extra['test_ensemble'] must be True or False, got {ex['test_ensemble']!r}.")
     return {"grid_size": int(grid), "rotations": bool(ex.get("rotations", True)), "tta": ex.get("tta", "dihedral"),
-            **semi}
+            "test_ensemble": bool(ex.get("test_ensemble", False)), **semi}
 
 
 def external_profile(name: str | Profile = "cpu", **overrides) -> Profile:
@@ -321,7 +325,7 @@ def external_profile(name: str | Profile = "cpu", **overrides) -> Profile:
             raise ValueError(f"Unknown external-check profile {name!r}. Choose one of: {', '.join(EXTERNAL_PROFILES)} "
                              "(the chapter's `profile` parameter, or `make external EXTERNAL_PROFILE=...`).")
         p = EXTERNAL_PROFILES[key]
-    extra_keys = {"grid_size", "rotations", "tta", *SEMI_DEFAULTS}
+    extra_keys = {"grid_size", "rotations", "tta", "test_ensemble", *SEMI_DEFAULTS}
     extra = {**(p.extra or {}), **{k: v for k, v in overrides.items() if k in extra_keys}}
     fields = {k: v for k, v in overrides.items() if k not in extra_keys}
     for k in ("channels", "strides", "patch_size"):
@@ -1061,7 +1065,8 @@ def _profile_key(p: Profile) -> dict:
     from .train import training_recipe
 
     key = training_recipe(p)
-    key["extra"] = {k: v for k, v in sorted((p.extra or {}).items()) if k != "tta" and k not in SEMI_DEFAULTS}
+    key["extra"] = {k: v for k, v in sorted((p.extra or {}).items())
+                    if k not in ("tta", "test_ensemble") and k not in SEMI_DEFAULTS}
     ex = _check_extra(p)
     if ex["semi"] != "off":
         key["semi"] = {k: ex[k] for k in SEMI_DEFAULTS}
@@ -1254,10 +1259,26 @@ def cross_validate(slices: Mapping[str, SliceImage], out_dir: str | Path, profil
     return scores, info
 
 
+class _MeanProb(torch.nn.Module):
+    """Several networks as one: the log of their mean softmax (so a softmax of the output is the mean)."""
+
+    def __init__(self, nets: Sequence[torch.nn.Module]):
+        super().__init__()
+        self.nets = torch.nn.ModuleList(nets)
+
+    def forward(self, x):
+        return torch.log(torch.stack([torch.softmax(n(x).float(), 1) for n in self.nets]).mean(0).clamp_min(1e-8))
+
+
 def train_and_test(train: Mapping[str, SliceImage], test: Mapping[str, SliceImage], out_dir: str | Path,
                    profile: str | Profile = "cpu", *, progress: bool = False, log=print,
-                   unlabelled: Mapping[str, SliceImage] | None = None) -> tuple[pd.DataFrame, dict]:
+                   unlabelled: Mapping[str, SliceImage] | None = None,
+                   ensemble_with: Sequence[str | Path] = ()) -> tuple[pd.DataFrame, dict]:
     """Train on every slice of ``train`` (and, self-training, ``unlabelled``), predict and score ``test``.
+
+    ``ensemble_with``: further model files (e.g. the cross-validation folds' ``model_final.pt``,
+    each trained on part of ``train`` only) whose softmax is averaged with the new model's at
+    prediction, as nnU-Net predicts with its fold models.
 
     Raises ``InputError`` when a test image is pixel-identical to a training image, or an unlabelled
     image to a training or test image (leakage). Writes ``out_dir/model/``, ``predictions/<id>.png``
@@ -1284,6 +1305,10 @@ def train_and_test(train: Mapping[str, SliceImage], test: Mapping[str, SliceImag
         net, summ, reused = _train_or_load(train, p, out_dir / "model", key=p.num_folds, progress=progress,
                                            desc="all slices")
     ti = time.perf_counter()
+    if ensemble_with:
+        from .predict import load_fold_model
+
+        net = _MeanProb([net] + [load_fold_model(Path(f))[0] for f in ensemble_with]).eval()
     preds = predict_slices(net, test, p)
     for sid, pred in preds.items():
         _write_png(out_dir / "predictions" / f"{sid}.png", pred)
@@ -1293,7 +1318,7 @@ def train_and_test(train: Mapping[str, SliceImage], test: Mapping[str, SliceImag
     if log:
         log(f"test: {'reused the model' if reused else 'trained'} on {len(train)} slices "
             f"({summ.get('seconds', 0):.0f} s when trained), scored {len(test)}")
-    return scores, {"reused": reused, "train_seconds": summ.get("seconds"),
+    return scores, {"reused": reused, "train_seconds": summ.get("seconds"), "ensemble": 1 + len(ensemble_with),
                     "predict_seconds": round(time.perf_counter() - ti, 2),
                     "seconds": round(time.perf_counter() - t0, 2)}
 
@@ -1318,6 +1343,9 @@ def recipe_dict(p: Profile, threads: int) -> dict:
                 + ("the whole batch" if p.batch_dice else "each slice"),
         "folds": p.num_folds, "seed": p.seed, "split": "by slice (no patient ids in the benchmark), "
                                                         "stratified by consolidation share",
+        "test_prediction": ("mean softmax of the model trained on all labelled slices and the "
+                            f"{p.num_folds} cross-validation fold models" if ex["test_ensemble"]
+                            else "the model trained on all labelled slices"),
         "semi_supervised": (
             "off" if ex["semi"] == "off" else
             f"self-training: the supervised teacher labels up to {ex['unlabelled_max']} unlabelled slices "
@@ -1370,10 +1398,13 @@ def run_external(train_dir: str | Path, out_dir: str | Path, *, test_dir: str | 
         cv_sup = summarize_scores(cv_info["supervised_scores"], n_boot=n_boot, seed=p.seed)
     test_summary = None
     if test is not None:
+        folds = [out_dir / "cv" / f"fold_{k}" / "model_final.pt" for k in range(p.num_folds)] \
+            if _check_extra(p)["test_ensemble"] else []
         t_scores, t_info = train_and_test(train, test, out_dir / "test", p, progress=progress, log=log,
-                                          unlabelled=unlabelled)
+                                          unlabelled=unlabelled, ensemble_with=folds)
         test_summary = summarize_scores(t_scores, n_boot=n_boot, seed=p.seed) | {
-            "seconds": t_info["seconds"], "train_seconds": t_info["train_seconds"], "reused": t_info["reused"]}
+            "seconds": t_info["seconds"], "train_seconds": t_info["train_seconds"], "reused": t_info["reused"],
+            "models": t_info["ensemble"]}
     summary = {
         "cv": cv,
         "cv_supervised": cv_sup,

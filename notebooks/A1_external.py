@@ -57,7 +57,7 @@ test_dir = None if test_dir in (None, "") else Path(test_dir)
 if unlabelled_dir is None:
     unlabelled_dir = ext.default_unlabelled_dir()
 unlabelled_dir = None if str(unlabelled_dir).lower() in ("", "none") else Path(unlabelled_dir)
-semi = ext.external_profile(prof).extra.get("semi", "off") != "off" and unlabelled_dir is not None
+semi = ext.external_profile(prof).extra.get("semi", "off") == "self-training" and unlabelled_dir is not None
 if out_dir in (None, ""):
     out_dir = Path(os.environ.get("SSCILD_RESULTS", repo_root() / "results")) / "external"
 out_dir = Path(out_dir)

@@ -192,7 +192,10 @@ def _base_overrides() -> dict:
 def _make_profiles() -> dict[str, Profile]:
     cpu = get_profile("cpu").with_overrides(
         name="external-cpu", **_base_overrides(),
-        extra={"grid_size": 192, "rotations": True, "tta": "dihedral"})
+        extra={"grid_size": 192, "rotations": True, "tta": "dihedral",
+               # second screen (SEMI_SCREEN): 1000 more steps from the supervised model's weights, and the
+               # test part predicted with the fold models too; self-training did not help there
+               "semi": "fine-tune", "student_iterations": 1000, "test_ensemble": True})
     smoke = get_profile("smoke").with_overrides(
         name="external-smoke", channels=(8, 16, 32), strides=(2, 2), num_res_units=1, patch_size=(64, 64),
         batch_size=4, iterations=6, num_folds=5, seed=0, checkpoint_every=6, log_every=3, tta_flips=False,
@@ -1348,6 +1351,8 @@ def recipe_dict(p: Profile, threads: int) -> dict:
                             else "the model trained on all labelled slices"),
         "semi_supervised": (
             "off" if ex["semi"] == "off" else
+            f"off; the supervised model is trained {ex['student_iterations']} more iterations from its own "
+            "weights (warm restart of the schedule) on the labelled slices only" if ex["semi"] == "fine-tune" else
             f"self-training: the supervised teacher labels up to {ex['unlabelled_max']} unlabelled slices "
             f"({ex['pseudo_tta']} TTA), pixels below {ex['pseudo_confidence']} confidence ignored; the student "
             f"trains {ex['student_iterations']} iterations from the {ex['student_init']} weights, "
@@ -1387,7 +1392,7 @@ def run_external(train_dir: str | Path, out_dir: str | Path, *, test_dir: str | 
     train = read_slice_folder(train_dir, what="training folder")
     test = read_slice_folder(test_dir, what="test folder") if test_dir not in (None, "") else None
     unlabelled = None
-    if unlabelled_dir not in (None, "") and _check_extra(p)["semi"] != "off":
+    if unlabelled_dir not in (None, "") and _check_extra(p)["semi"] == "self-training":
         unlabelled = read_unlabelled_folder(unlabelled_dir)
         check_no_overlap(unlabelled, {"training": train, **({"test": test} if test is not None else {})})
     cv_scores, cv_info = cross_validate(train, out_dir / "cv", p, progress=progress, log=log, unlabelled=unlabelled)

@@ -17,7 +17,7 @@ EXT_RES  := $(RESULTS)/external
 EXT_NB   := $(EXT_RES)/A1_external.ipynb
 EXT_MARK := $(EXT_RES)/.params
 EXT_PARAMS := profile=$(EXTERNAL_PROFILE) train=$(abspath $(EXTERNAL_TRAIN)) test=$(if $(EXTERNAL_TEST),$(abspath $(EXTERNAL_TEST))) unlabelled=$(if $(EXTERNAL_UNLABELLED),$(abspath $(EXTERNAL_UNLABELLED)))
-EXT_LIB  := lib/sscild/external.py lib/sscild/plots/external.py lib/sscild/train.py lib/sscild/model.py lib/sscild/metrics.py
+EXT_LIB  := lib/sscild/external.py lib/sscild/plots/external.py lib/sscild/train.py lib/sscild/augment.py lib/sscild/model.py lib/sscild/metrics.py benchmarks/external_semi_screen.csv
 
 .PHONY: external
 external: $(EXT_NB)

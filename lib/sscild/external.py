@@ -165,10 +165,10 @@ variants), pixels whose highest class probability is below ``pseudo_confidence``
 loss, and a *student* trains ``student_iterations`` steps on both, ``pseudo_share`` of each batch
 pseudo-labelled, starting from the teacher's weights (``student_init="teacher"``) or afresh
 (``"random"``). With ``pseudo_min_lesion`` > 0, only the slices whose confident pseudo-label
-marks at least that share of the grid as GGO or consolidation are kept (most unlabelled slices
-come from the top and bottom of the lungs and hold no lesion). ``"fine-tune"`` is the screen's control: the same teacher and student schedule with
-no unlabelled slices (the student fine-tunes on the labelled slices alone), which separates what the
-unlabelled slices add from what the extra steps add."""
+marks at least that share of the grid as GGO or consolidation are kept. ``"fine-tune"``: the same
+two stages without unlabelled slices (the student continues from the teacher's weights on the
+labelled slices alone) -- the screen's control, which separates what the unlabelled slices add from
+what the extra steps add, and the adopted ``cpu`` recipe."""
 
 
 def _base_overrides() -> dict:
@@ -195,7 +195,7 @@ def _make_profiles() -> dict[str, Profile]:
     cpu = get_profile("cpu").with_overrides(
         name="external-cpu", **_base_overrides(),
         extra={"grid_size": 192, "rotations": True, "tta": "dihedral",
-               # second screen (SEMI_SCREEN): 1000 more steps from the supervised model's weights, and the
+               # second screen (semi_screen): 1000 more steps from the supervised model's weights, and the
                # test part predicted with the fold models too; self-training did not help there
                "semi": "fine-tune", "student_iterations": 1000, "test_ensemble": True})
     smoke = get_profile("smoke").with_overrides(
@@ -278,10 +278,9 @@ SEMI_CHOICE = (
     "self-training students lost GGO Dice against their teacher and gained some consolidation Dice, while the "
     "control -- the same teacher trained 1000 more steps on the labelled slices alone, from its own weights -- "
     "gained on all four measures. On these slices the gain came from the longer schedule, not from the "
-    "pseudo-labels: most unlabelled slices come from the top and bottom of the lungs, so the teacher's "
-    "confident pseudo-labels are mostly background with hardly any consolidation (the fold summaries record "
-    "the shares), and its GGO pseudo-labels carry its own errors back into training; keeping only slices with "
-    "some confident lesion did not change that. The recipe therefore adopts the extra 1000 steps and leaves "
+    "pseudo-labels: the teacher's confident pseudo-labels are mostly background with hardly any "
+    "consolidation (the fold summaries record the shares), and its GGO pseudo-labels carry its own errors "
+    "back into training; keeping only slices with some confident lesion did not change that. The recipe therefore adopts the extra 1000 steps and leaves "
     "self-training off (it stays available: external profile setting `semi=\"self-training\"`; the study "
     "self-trains when a cohort has unlabelled scans). The intervals are wide -- 10 slices -- so none of these "
     "differences is established; the choice follows the point estimates and the control. The test part is "

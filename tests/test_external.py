@@ -496,3 +496,30 @@ def test_test_part_ensemble_averages_the_fold_models(tmp_path):
     two = ext.predict_slices(ext._MeanProb([net, net]), test, prof, return_probs=True)
     assert all(np.allclose(one[s], two[s], atol=1e-5) for s in test)
     assert ext._profile_key(prof) == ext._profile_key(ext.external_profile(prof, test_ensemble=False))
+
+
+def test_fine_tune_mode_trains_two_stages_without_unlabelled_slices(tmp_path):
+    _tiny_parts(tmp_path)
+    prof = _semi_profile().with_overrides(extra={**_semi_profile().extra, "semi": "fine-tune"})
+    summ = ext.run_external(tmp_path / "train", tmp_path / "out", unlabelled_dir=tmp_path / "unlabelled",
+                            profile=prof, n_boot=100, log=None)
+    assert summ["data"]["n_unlabelled"] is None and summ["cv_supervised"]["n_slices"] == 6
+    fold = json.loads((tmp_path / "out" / "cv" / "fold_0" / "train_summary.json").read_text())
+    assert fold["pseudo_cases"] == 0 and fold["init"] == "given state" and fold["unlabelled_slices"] == 0
+    assert summ["recipe"]["semi_supervised"].startswith("off; the supervised model is trained")
+
+
+def test_pseudo_labels_keep_confident_pixels_and_lesion_slices():
+    from sscild.train import IGNORE_LABEL
+
+    img, lab = blob_slice()
+    s = ext.SliceImage("u", img.T.copy(), None, Path("u.png"), None)
+    prof = ext.external_profile("smoke", grid_size=32, patch_size=(32, 32), semi="self-training", pseudo_tta="none",
+                                pseudo_confidence=0.9)
+    cases, stats = ext.pseudo_label_cases(PixelNet(), {"u": s}, prof)
+    lab_u = cases["u:u"].label[..., 0]
+    assert set(np.unique(lab_u)) <= {0, 1, 2, IGNORE_LABEL} and stats["slices"] == 1
+    assert (lab_u == 1).any() and (lab_u == 2).any()
+    # an impossible lesion share drops the slice
+    strict = ext.external_profile(prof, pseudo_min_lesion=0.99)
+    assert ext.pseudo_label_cases(PixelNet(), {"u": s}, strict)[0] == {}

@@ -291,6 +291,10 @@ def test_chapter_smoke_on_real_slices(tmp_path):
         assert im.size == (one["width"], one["height"])
     assert (out / "figures" / "external_examples.png").exists()
     assert "Dice: this recipe beside the published results" in _text(nb)
+    # the smoke profile has the cpu recipe's two stages: both are shown side by side, with the screen
+    assert "Cross-validated Dice of the two stages" in _text(nb)
+    assert "Second screen, fold 0" in _text(nb)
+    assert (out / "cv" / "scores_supervised.csv").exists() and summ["cv_supervised"]["n_slices"] == 50
 
 
 def test_run_external_with_test_folder_on_tiny_slices(tmp_path):

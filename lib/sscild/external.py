@@ -198,10 +198,12 @@ def _make_profiles() -> dict[str, Profile]:
                # second screen (semi_screen): 1000 more steps from the supervised model's weights, and the
                # test part predicted with the fold models too; self-training did not help there
                "semi": "fine-tune", "student_iterations": 1000, "test_ensemble": True})
+    # the cpu recipe's structure (two stages, fold ensemble on the test part) in a few steps
     smoke = get_profile("smoke").with_overrides(
         name="external-smoke", channels=(8, 16, 32), strides=(2, 2), num_res_units=1, patch_size=(64, 64),
         batch_size=4, iterations=6, num_folds=5, seed=0, checkpoint_every=6, log_every=3, tta_flips=False,
-        lesion_oversample=0.5, extra={"grid_size": 64, "rotations": True, "tta": "flip"})
+        lesion_oversample=0.5, extra={"grid_size": 64, "rotations": True, "tta": "flip", "semi": "fine-tune",
+                                      "student_iterations": 3, "test_ensemble": True})
     # a larger budget for a GPU (mixed precision); not tuned: its settings scale the cpu recipe up
     paper = cpu.with_overrides(name="external-paper", num_res_units=2, batch_size=8, iterations=4000,
                                checkpoint_every=500, log_every=50,
@@ -1501,7 +1503,7 @@ def run_external(train_dir: str | Path, out_dir: str | Path, *, test_dir: str | 
 # recipe search (cross-validation only) and the command line
 # --------------------------------------------------------------------------------------------
 
-SEARCH_VARIANTS: dict[str, dict] = {
+_FIRST_SCREEN: dict[str, dict] = {
     "chosen recipe": {},
     "chosen, flip-only TTA": {"tta": "flip"},
     "chosen, no TTA": {"tta": "none"},
@@ -1517,6 +1519,12 @@ SEARCH_VARIANTS: dict[str, dict] = {
     "batch Dice, 2 residual units": {"batch_dice": True, "num_res_units": 2},
     "batch Dice, batch 8, 1000 iterations": {"batch_dice": True, "batch_size": 8, "iterations": 1000},
     "strong intensity augmentation": {"intensity_aug": "strong"},
+}
+
+SEARCH_VARIANTS: dict[str, dict] = {
+    # the first screen (RECIPE_SEARCH) trained one stage: its variants keep the second stage off
+    **{name: {"semi": "off", **ov} for name, ov in _FIRST_SCREEN.items()},
+    # the second screen (semi_screen)
     "self-training, student from teacher, 1000 iterations": {"semi": "self-training"},
     "control: teacher fine-tuned 1000 more iterations, no unlabelled slices": {"semi": "fine-tune"},
     "nnU-Net-style augmentation (blur, low resolution, gamma, wider rotation and scaling)": {"intensity_aug": "nnunet"},

@@ -123,6 +123,14 @@ if available:
     show(pd.DataFrame({"value": {k: str(v) for k, v in rec.items()}}), caption=f"Recipe `{prof.name}`")
 
 # %% [markdown]
+# Two further settings come from the second screen (below, under "Learning from unlabelled
+# slices"): each model is trained in **two stages** -- the supervised recipe, then 1000 more steps
+# from its own weights with the schedule restarted -- and the **test part** is predicted by the mean
+# class probabilities of the model trained on all 50 slices and the five cross-validation fold
+# models, as nnU-Net predicts with its folds. Unlabelled slices are read only when the profile's
+# self-training is on; the `cpu` recipe leaves it off.
+
+# %% [markdown]
 # ### How the recipe was chosen
 #
 # The recipe was fixed **from cross-validation on the training slices only**; no test result was

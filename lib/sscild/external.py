@@ -241,8 +241,8 @@ RECIPE_SEARCH = pd.DataFrame(
     columns=["variant", "dice_ggo", "dice_consolidation", "pooled_dice_ggo", "pooled_dice_consolidation",
              "train_cpu_seconds"],
 )
-"""The recipe screen: cross-validation fold 0 (trained on 40 training slices, scored on the other 10),
-seed 0, 2 CPU threads, with the overrides of :data:`SEARCH_VARIANTS`. Measured on 2026-11-27 with
+"""The first recipe screen (one training stage): cross-validation fold 0 (trained on 40 training slices,
+scored on the other 10), seed 0, 2 CPU threads, with the overrides of :data:`SEARCH_VARIANTS`. Measured on 2026-11-27 with
 ``python -m sscild.external search TRAIN_DIR OUT --folds 0`` (training CPU seconds from the same
 runs, on a shared machine; the last variant's were not recorded). Re-running the command gives the
 same Dice on the same machine type; no test data is read."""

@@ -272,6 +272,42 @@ else:
          caption=f"Lung attenuation, synthetic and real (real scans resampled to {pixel:.2f} mm pixels)")
 
 # %% [markdown]
+# ### The variety of real chests
+#
+# A network trained on lungs of one density learns "lung is about -850 HU" and fails on the first
+# real patient: emphysema and bullae (-950 HU and below) look like the air outside the body, a
+# poorly inspired, dense base looks like ground glass, and an air-filled oesophagus or the scanner
+# table's foam mattress (about -920 HU) looks like lung. The generator therefore draws, per patient
+# and each with its own knob (`sscild.phantom_variety.Variety`): the inspiration level (base
+# attenuation and lung height) and the antero-posterior density gradient of a supine scan;
+# centrilobular or paraseptal emphysema from none to severe, and bullae, all labelled **normal lung**
+# (emphysema is not a lesion of this study) and drawn only where the reference labels no lesion; a
+# dilated, air-filled oesophagus with a fluid level (oesophageal involvement is common in systemic
+# sclerosis); pericardial effusion; visible fissures. The table counts the patients carrying each
+# feature, the gallery shows one patient per feature, and the histogram sets each synthetic patient's
+# normal-lung attenuation beside the real scans' lungs.
+
+# %%
+if info["synthetic"] and (data_dir / "phantom_truth.csv").exists():
+    import pandas as pd
+
+    from sscild.lungmask import lung_mask_by_threshold
+    from sscild.plots.variety import lung_hu_histograms, pick_variety_examples, variety_gallery, variety_table
+
+    truth = pd.read_csv(data_dir / "phantom_truth.csv")
+    if "emphysema_kind" in truth:
+        show(variety_table(truth), caption="Variety of the synthetic cohort (patients with each feature)")
+        plots.save(variety_gallery(data_dir, pick_variety_examples(truth)), "data_variety_gallery", run.figures)
+        real_lungs = []
+        for f in real_files:
+            hu_r, sp_r = ds.load_real_ct(f, pixel_mm=float(truth["pixel_mm"].median()))
+            real_lungs.append((f.stem, hu_r, lung_mask_by_threshold(hu_r, sp_r)))
+        plots.save(lung_hu_histograms(data_dir, list(truth["case_id"][:16]), real_lungs), "data_lung_hu_histograms",
+                   run.figures)
+    else:
+        display(Markdown("This synthetic cohort was made by an older generator without the variety features."))
+
+# %% [markdown]
 # ## Key numbers
 
 # %%

@@ -112,3 +112,36 @@ if gpu is None:
     display(Markdown("No GPU check is recorded in this checkout (`benchmarks/gpu_paper.json` is absent)."))
 else:
     show(gpu, caption="Recorded GPU check of the paper profile (synthetic phantom)")
+
+# %% [markdown]
+# ## What a training step costs
+#
+# `scripts/bench_train.py` times one training step of a profile in one process: the real step
+# (`sscild.train.train_model` itself: patch sampling from the cache, augmentation as batched tensor
+# operations on the training device, transfer, forward and backward pass, optimiser) against the
+# **pure network step**, the same network, loss and optimiser on ready-made tensors of the same shape.
+# Their ratio, the **overhead ratio** (1.0: preparing the data costs nothing), is measured side by side
+# on one machine, so it holds on any machine of the kind whatever its speed; the phases show where the
+# rest goes. The table is the recorded run (`benchmarks/train_cpu_cpu.json`); the GPU figures of the
+# `paper` profile are recorded only when a GPU was available to the project.
+
+# %%
+from sscild.provenance import read_record
+
+rec = read_record("train_cpu_cpu.json")
+if rec is None:
+    display(Markdown("No CPU training benchmark is recorded (`benchmarks/train_cpu_cpu.json` is absent)."))
+else:
+    rows = [("recorded", f"{rec['date']}: `{rec['benchmark_command']}`"), ("device", rec["device"]),
+            ("load before the run", rec.get("load_before")),
+            ("batch", " x ".join(map(str, rec["batch"]))),
+            ("numerics", f"autocast {rec['numerics']['autocast']} ({rec['numerics']['dtype']}), "
+                         f"channels-last {rec['numerics']['channels_last']}"),
+            ("real step", f"{rec['real_s_per_step']:.4f} s ({rec['real_steps_per_s']} steps/s)"),
+            ("pure network step", f"{rec['pure_network_s_per_step']:.4f} s"),
+            ("overhead ratio (pure / real)", f"{rec['overhead_ratio']:.3f}")]
+    rows += [(f"phase: {k}", f"{v * 1000:.1f} ms") for k, v in rec["phases_s"].items()]
+    show(pd.DataFrame(rows, columns=["", "value"]).set_index(""), caption="Recorded training-step benchmark (CPU)")
+    if rec.get("variants"):
+        show(pd.DataFrame(rec["variants"]).set_index("variant"),
+             caption="Pure network step under other numeric settings (same run)")

@@ -51,7 +51,8 @@ def test_book_does_not_print_the_build_machines_folders(smoke_run):
 def test_runlog_records_every_step(smoke_run):
     log = json.loads((smoke_run["results"] / "runlog.json").read_text())
     steps = {s["step"] for s in log["steps"] if s["status"] == "ok"}
-    assert {"data", "train_fold_0", "train_fold_1", "training_chapter", "evaluate", "correlate", "abstract"} <= steps
+    assert {"data", "train_fold_0", "train_fold_1", "training_chapter", "evaluate", "correlate", "abstract",
+            "real_ct"} <= steps
 
 
 def test_failing_notebook_reports_cell_not_json(tmp_path):

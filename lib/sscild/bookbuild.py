@@ -7,7 +7,8 @@
    user's book is never overwritten).
 2. Copies the run's executed chapter notebooks into ``<out>/chapters/``. The appendix "External
    check on real CT" is the executed notebook of ``make external`` when there is one, else a page
-   that says it was not run and how to run it.
+   that says it was not run and how to run it. The appendix "The trained models on real CT" is the
+   run's ``A2_real_ct`` notebook (a placeholder page when the run has none).
 3. Runs ``jupyter-book build`` with execution off and warnings as errors (``-W -n``), so a broken
    cross-reference or citation fails the build.
 """
@@ -25,6 +26,7 @@ from .paths import unroot
 __all__ = ["assemble", "build", "main"]
 
 EXTERNAL = "A1_external"
+REAL_CT = "A2_real_ct"
 
 
 def assemble(src: Path, out: Path, notebooks: Path, external: Path | None = None) -> list[Path]:
@@ -49,6 +51,12 @@ def assemble(src: Path, out: Path, notebooks: Path, external: Path | None = None
             continue
         _tag_for_reading(nb, chapters / nb.name)
         copied.append(chapters / nb.name)
+    real = notebooks / f"{REAL_CT}.ipynb"
+    if real.exists():
+        _tag_for_reading(real, chapters / real.name)
+        copied.append(chapters / real.name)
+    else:
+        shutil.copy2(src / "real_ct_not_run.md", chapters / f"{REAL_CT}.md")
     if external is not None and Path(external).exists():
         _tag_for_reading(Path(external), chapters / f"{EXTERNAL}.ipynb")
     else:

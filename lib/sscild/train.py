@@ -37,13 +37,15 @@ import torch
 
 from .augment import augment_for_profile
 from .folds import read_splits
-from .model import NUM_CLASSES, build_network, count_parameters
+from .model import NUM_CLASSES, build_network, count_parameters, native_cpu_bf16
 from .paths import RunPaths, atomic_path, read_json, write_json
 from .preprocess import load_cached
+from .progress import Heartbeat
 from .provenance import cpu_name
 from .profiles import Profile, get_profile
 
-__all__ = ["IGNORE_LABEL", "train_fold", "train_model", "unlabelled_scans", "pseudo_label_volumes", "fold_is_done", "PatchSampler", "select_device", "describe_device", "set_threads"]
+__all__ = ["IGNORE_LABEL", "train_fold", "train_model", "unlabelled_scans", "pseudo_label_volumes", "fold_is_done",
+           "PatchSampler", "select_device", "describe_device", "set_threads", "network_numerics"]
 
 
 def select_device(device: str | torch.device | None = None) -> torch.device:
@@ -62,6 +64,19 @@ def set_threads() -> int:
     n = int(os.environ.get("SSCILD_THREADS", "0")) or (os.cpu_count() or 1)
     torch.set_num_threads(max(1, n))
     return torch.get_num_threads()
+
+
+def network_numerics(p: Profile, device: torch.device) -> dict:
+    """How the network computes on ``device`` under profile ``p``: autocast on or off, its dtype, layout.
+
+    float16 autocast on CUDA when ``p.amp``; bfloat16 autocast on a CPU that computes it natively when
+    ``p.cpu_bf16``; float32 otherwise.
+    """
+    if device.type == "cuda":
+        autocast, dtype = bool(p.amp), torch.float16
+    else:
+        autocast, dtype = bool(p.cpu_bf16 and native_cpu_bf16()), torch.bfloat16
+    return {"autocast": autocast, "dtype": dtype if autocast else torch.float32, "channels_last": bool(p.channels_last)}
 
 
 def _step_rng(seed: int, fold: int, step: int) -> np.random.Generator:
@@ -212,7 +227,7 @@ def _lr_lambda(iterations: int, warmup: int):
 
 RECIPE_KEYS = ("spatial_dims", "channels", "strides", "num_res_units", "dropout", "norm", "patch_size",
                "iterations", "batch_size", "learning_rate", "weight_decay", "batch_dice", "intensity_aug",
-               "lesion_oversample",
+               "lesion_oversample", "cpu_bf16", "channels_last",
                "seed", "target_spacing", "hu_clip")
 """Profile settings that change what training produces; a fold trained with others is stale."""
 
@@ -440,7 +455,8 @@ def train_model(cases: dict, profile: str | Profile, out: Path, *, key: int = 0,
 
     device = select_device(device)
     threads = set_threads()
-    use_amp = bool(p.amp and device.type == "cuda")
+    numerics = network_numerics(p, device)
+    use_amp = bool(numerics["autocast"] and device.type == "cuda")   # float16 needs the gradient scaler
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     else:
@@ -455,6 +471,8 @@ def train_model(cases: dict, profile: str | Profile, out: Path, *, key: int = 0,
     net = build_network(p, out_channels=num_classes).to(device)
     if init_state is not None:
         net.load_state_dict(init_state)
+    if numerics["channels_last"]:
+        net = net.to(memory_format=torch.channels_last)
     from monai.losses import DiceCELoss
 
     if n_pseudo:
@@ -492,6 +510,7 @@ def train_model(cases: dict, profile: str | Profile, out: Path, *, key: int = 0,
 
         bar = tqdm(total=total, initial=step, desc=desc, unit="step", disable=None, mininterval=2.0)
 
+    beat = Heartbeat(desc, total=total, unit="step", start=step)  # make's terminal; not the notebook
     nfg = num_classes - 1
     workers = loader_workers(device)
     batches = torch.utils.data.DataLoader(
@@ -512,10 +531,12 @@ def train_model(cases: dict, profile: str | Profile, out: Path, *, key: int = 0,
     while step < total:
         img, lab, aug_seed = next(batch_iter)
         x, y = aug(img.to(device, non_blocking=True), lab.to(device, non_blocking=True), seed=aug_seed)
+        if numerics["channels_last"]:
+            x = x.contiguous(memory_format=torch.channels_last)
         opt.zero_grad(set_to_none=True)
-        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+        with torch.autocast(device_type=device.type, dtype=numerics["dtype"], enabled=numerics["autocast"]):
             logits = net(x)
-            loss = loss_fn(logits, y)
+        loss = loss_fn(logits.float(), y)
         scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()
@@ -545,6 +566,7 @@ def train_model(cases: dict, profile: str | Profile, out: Path, *, key: int = 0,
                             "steps_per_s": window_n / max(now - t_last, 1e-9)})
             if bar is not None:
                 bar.set_postfix(loss=f"{mean_loss:.3f}", refresh=False)
+            beat.update(step, loss=mean_loss)
             t_last = now
             window_loss, window_n = zeros(), 0
         if step % p.checkpoint_every == 0 or step == total:
@@ -584,6 +606,8 @@ def train_model(cases: dict, profile: str | Profile, out: Path, *, key: int = 0,
         "device": describe_device(device),
         "threads": threads,
         "amp": use_amp,
+        "numerics": {"autocast": numerics["autocast"], "dtype": str(numerics["dtype"]).replace("torch.", ""),
+                     "channels_last": numerics["channels_last"]},
         "loader_workers": workers,
         "parameters": count_parameters(net),
         "seed": seed,

@@ -1,0 +1,90 @@
+"""The real-CT lung check: the network's lung field against the classical mask."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import shared_data
+from sscild.cohort import load_cohort
+from sscild.folds import make_splits, write_splits
+from sscild.io import Volume, save_volume
+from sscild.paths import RunPaths
+from sscild.phantom import generate_case, generate_cohort
+from sscild.preprocess import build_cache
+from sscild.realcheck import _dice, list_volumes, real_lung_check
+from sscild.train import train_fold
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    base = tmp_path_factory.mktemp("realcheck")
+    data = generate_cohort(base / "cohort", profile="smoke", n=4, progress=False)
+    run = RunPaths(results=base / "results", cohort="cohort", profile="smoke")
+    cohort = load_cohort(data)
+    build_cache(cohort, run, "smoke", progress=False)
+    write_splits(run.splits, make_splits([c.case_id for c in cohort.cases], k=2, seed=0))
+    for k in range(2):
+        train_fold(run, "smoke", k, iterations=10, progress=False)
+    return run.root
+
+
+def test_dice_hand_cases():
+    a = np.zeros((4, 4), bool)
+    a[:2] = True
+    b = np.zeros((4, 4), bool)
+    b[1:3] = True
+    assert _dice(a, a) == 1.0
+    assert _dice(a, b) == pytest.approx(0.5)
+    assert np.isnan(_dice(np.zeros(3, bool), np.zeros(3, bool)))
+
+
+def test_list_volumes_takes_volume_files_only(tmp_path):
+    for name in ("a.nrrd", "b.nii.gz", "c.mha", "notes.txt", "d.png"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "series").mkdir()
+    assert [p.name for p in list_volumes(tmp_path)] == ["a.nrrd", "b.nii.gz", "c.mha"]
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        list_volumes(tmp_path / "absent")
+
+
+def test_check_on_a_synthetic_scan_is_self_consistent(models, tmp_path):
+    case = generate_case(5, profile="smoke")
+    scan = tmp_path / "scan.nii.gz"
+    save_volume(scan, case.image, case.affine)
+    table, views = real_lung_check([scan], models)
+    row = table.iloc[0]
+    assert row["scan"] == "scan.nii.gz" and row["models"] == 2
+    assert 0.0 <= row["lung_dice"] <= 1.0
+    # classical = network - extra + missed (each rounded to 0.1 mL)
+    assert row["classical_lung_ml"] == pytest.approx(row["network_lung_ml"] - row["extra_ml"] + row["missed_ml"], abs=0.3)
+    assert 0.0 <= row["lesion_pct_of_lung"] == pytest.approx(row["ef_pct_of_lung"] + row["ggo_pct_of_lung"], abs=0.02)
+    v = views["scan.nii.gz"]
+    assert v["label"].shape == case.image.shape and v["classical"].dtype == bool
+    from sscild.plots.realct import lung_check_overlays
+
+    fig = lung_check_overlays(views, table)
+    assert len(fig.axes) == 6
+
+
+def test_real_ct_volume(models):
+    folder = shared_data("real-ct")
+    table, _ = real_lung_check(list_volumes(folder)[:1], models, tta=False)
+    assert table.iloc[0]["classical_lung_ml"] > 1500      # an adult's lungs, found without training
+
+
+def test_book_takes_the_real_ct_chapter_or_a_placeholder(tmp_path):
+    import nbformat
+
+    from sscild.bookbuild import REAL_CT, assemble
+    from sscild.paths import repo_root
+
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    assemble(repo_root() / "book", tmp_path / "book1", nbs)
+    assert (tmp_path / "book1" / "chapters" / f"{REAL_CT}.md").exists()
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1 + 1")])
+    nbformat.write(nb, nbs / f"{REAL_CT}.ipynb")
+    assemble(repo_root() / "book", tmp_path / "book2", nbs)
+    assert (tmp_path / "book2" / "chapters" / f"{REAL_CT}.ipynb").exists()
+    assert not (tmp_path / "book2" / "chapters" / f"{REAL_CT}.md").exists()

@@ -2,7 +2,7 @@
 #   make external                                   cross-validation on the training part
 #   make external EXTERNAL_TEST=/path/to/test       ... and train on all, score the test part
 #   make external EXTERNAL_TRAIN=/path/to/train     another copy of the training part
-#   make external EXTERNAL_UNLABELLED=/path/to/unl  unlabelled slices (images/ only) for self-training;
+#   make external EXTERNAL_UNLABELLED=/path/to/unl  unlabelled slices (images/ only), read when the profile self-trains;
 #                                                   default ../shared/data/covid-semiseg/unlabelled when
 #                                                   present; EXTERNAL_UNLABELLED= (empty) trains without
 # Uses the Makefile's PY, STAMP and RESULTS. Runs on 2 CPU threads unless THREADS=N is given.

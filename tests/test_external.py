@@ -527,3 +527,20 @@ def test_pseudo_labels_keep_confident_pixels_and_lesion_slices():
     # an impossible lesion share drops the slice
     strict = ext.external_profile(prof, pseudo_min_lesion=0.99)
     assert ext.pseudo_label_cases(PixelNet(), {"u": s}, strict)[0] == {}
+
+
+def test_semi_screen_table_from_the_record(tmp_path):
+    t = ext.semi_screen(n_boot=200)
+    assert t is not None, "benchmarks/external_semi_screen.csv should be in the repository"
+    assert len(t) == 4 and t.index[0].startswith("supervised") and t.index[-1].startswith("control")
+    col = "gain from the unlabelled slices (vs control), GGO [95% CI]"
+    assert t.loc[t.index[1], col].count("[") == 1 and t.loc[t.index[-1], col] == ""
+    # a hand-made record: the second variant is the first plus 0.1 GGO on every slice
+    rec = pd.DataFrame({"variant": ["supervised a"] * 3 + ["control b"] * 3, "slice_id": ["1", "2", "3"] * 2,
+                        "dice_ggo": [0.5, 0.6, 0.7, 0.6, 0.7, 0.8], "dice_consolidation": [0.2, np.nan, 0.4] * 2,
+                        "inter_ggo": 1, "pred_ggo": 2, "ref_ggo": 2, "inter_consolidation": 0,
+                        "pred_consolidation": 1, "ref_consolidation": 1})
+    rec.to_csv(tmp_path / "r.csv", index=False)
+    t = ext.semi_screen(tmp_path / "r.csv", n_boot=200)
+    assert t.loc["control b", "gain over supervised, GGO [95% CI]"].startswith("+0.100")
+    assert ext.semi_screen(tmp_path / "absent.csv") is None

@@ -5,7 +5,7 @@
 #   make external EXTERNAL_UNLABELLED=/path/to/unl  unlabelled slices (images/ only), read when the profile self-trains;
 #                                                   default ../shared/data/covid-semiseg/unlabelled when
 #                                                   present; EXTERNAL_UNLABELLED= (empty) trains without
-# Uses the Makefile's PY, STAMP and RESULTS. Runs on 2 CPU threads unless THREADS=N is given.
+# Uses the Makefile's PY, STAMP, RESULTS and BOOK_HTML (a built book is rebuilt with the appendix). Runs on 2 CPU threads unless THREADS=N is given.
 
 _ext_default_goal := $(.DEFAULT_GOAL)
 
@@ -16,11 +16,17 @@ EXTERNAL_PROFILE ?= cpu
 EXT_RES  := $(RESULTS)/external
 EXT_NB   := $(EXT_RES)/A1_external.ipynb
 EXT_MARK := $(EXT_RES)/.params
+EXT_STAMP := $(EXT_RES)/.executed
 EXT_PARAMS := profile=$(EXTERNAL_PROFILE) train=$(abspath $(EXTERNAL_TRAIN)) test=$(if $(EXTERNAL_TEST),$(abspath $(EXTERNAL_TEST))) unlabelled=$(if $(EXTERNAL_UNLABELLED),$(abspath $(EXTERNAL_UNLABELLED)))
 EXT_LIB  := lib/sscild/external.py lib/sscild/plots/external.py lib/sscild/train.py lib/sscild/augment.py lib/sscild/model.py lib/sscild/metrics.py benchmarks/external_semi_screen.csv
 
 .PHONY: external
+# The book follows the run: once the appendix is executed, a book that is already built is rebuilt
+# with it (its page would otherwise still say "Not run in this build").
 external: $(EXT_NB)
+	@[ -f $(EXT_STAMP) ] || touch -r $(EXT_NB) $(EXT_STAMP)
+	@if [ -f "$(BOOK_HTML)" ]; then $(MAKE) --no-print-directory book; \
+	else echo "external: appendix executed ($(EXT_NB)); no book is built yet: 'make all' builds it with this appendix."; fi
 
 # rewritten only when the parameters change, so switching folders or profile re-runs the chapter
 $(EXT_MARK): _external_params
@@ -33,6 +39,7 @@ $(EXT_NB): notebooks/A1_external.py $(EXT_LIB) $(EXT_MARK) | $(STAMP)
 	  -p profile $(EXTERNAL_PROFILE) -p train_dir $(abspath $(EXTERNAL_TRAIN)) -p out_dir $(abspath $(EXT_RES)) \
 	  -p unlabelled_dir $(if $(EXTERNAL_UNLABELLED),$(abspath $(EXTERNAL_UNLABELLED)),none) \
 	  $(if $(EXTERNAL_TEST),-p test_dir $(abspath $(EXTERNAL_TEST)))
+	@touch $(EXT_STAMP)
 
 # including this file never changes the Makefile's default goal
 .DEFAULT_GOAL := $(_ext_default_goal)

@@ -50,6 +50,15 @@ clin = read_json(run.clinical_summary)
 display(Markdown(abstract_paragraph(seg, clin, info, profile)))
 
 # %% [markdown]
+# :::{admonition} Reading these numbers
+# :class: important
+# On the built-in synthetic cohort every number above is set by the generator that made the cohort:
+# the Dice by how it draws lesions and textures, the correlations by the lung-function model it
+# planted. They show that the pipeline works end to end, not how the method performs on patients,
+# and the published values are quoted for orientation only. The profile matters too: the default
+# `cpu` profile's scans are not HRCT (the Model & training chapter prints their grid).
+# :::
+#
 # ## How to read this book
 #
 # The **Data** chapter validates the cohort folder, describes the patients and splits them into the

@@ -38,7 +38,7 @@ from sscild.paths import default_data_dir, resolve_data_dir, write_json
 from sscild.phantom import generate_cohort
 from sscild.plots.data import case_gallery, extent_distribution, fold_plot
 from sscild.preprocess import build_cache
-from sscild.report import banner, chapter_context, rel, glue, show
+from sscild.report import banner, chapter_context, figure, rel, glue, show
 
 warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm's notice in a kernel without widgets
 data_dir = resolve_data_dir(data_dir, profile)
@@ -170,7 +170,9 @@ if notes:
 # widely in SSc-ILD, so the folds below are stratified by it.
 
 # %%
-fig = plots.save(extent_distribution(cases), "data_lesion_extent", run.figures)
+fig = figure(extent_distribution(cases), "data_lesion_extent", run.figures, caption=(
+    "Reference lesion extent per patient (% of lung) and its split into EF and GGO: look at the range, from "
+    "patients with little disease to extensive disease, which the folds are stratified by."))
 
 # %% [markdown]
 # ### Example cases
@@ -182,7 +184,9 @@ fig = plots.save(extent_distribution(cases), "data_lesion_extent", run.figures)
 
 # %%
 examples = {level: ds.example_case(cohort, cid) for level, cid in ds.pick_examples(cases).items()}
-fig = plots.save(case_gallery(examples), "data_example_cases", run.figures)
+fig = figure(case_gallery(examples), "data_example_cases", run.figures, caption=(
+    f"Mild, moderate and severe example patients: CT and reference labels, axial and coronal ({plots.window_text()}, "
+    "radiological orientation). Normal lung sky blue, EF vermillion, GGO yellow."))
 
 # %% [markdown]
 # ## Cross-validation folds
@@ -199,7 +203,9 @@ splits = make_splits(sorted(cases["case_id"]), strata=strata, k=prof.num_folds, 
 write_splits(run.splits, splits)
 folds = ds.fold_composition(splits, cases)
 show(folds, caption=f"{prof.num_folds} folds (seed {prof.seed}): patients and held-out total lesion, % of lung", floatfmt=1)
-fig = plots.save(fold_plot(ds.fold_table(splits, cases)), "data_folds", run.figures)
+fig = figure(fold_plot(ds.fold_table(splits, cases)), "data_folds", run.figures, caption=(
+    "Held-out patients of each fold by lesion extent: every fold should hold mild, moderate and severe "
+    "patients alike."))
 
 # %% [markdown]
 # ## How the synthetic cohort is made
@@ -267,7 +273,10 @@ else:
     synth = [(f"{cid} (synthetic, {level})", "synthetic", *ds.canonical(read_case(cohort, cid)[0])) for level, cid in picks.items()]
     pixel = synth[0][3][0]
     real = [(f.stem, "real", *ds.load_real_ct(f, pixel_mm=pixel)) for f in real_files]
-    fig = plots.save(phantom_vs_real(synth[0][2], synth[0][3], real[0][2], real[0][3]), "data_phantom_vs_real", run.figures)
+    fig = figure(phantom_vs_real(synth[0][2], synth[0][3], real[0][2], real[0][3]), "data_phantom_vs_real",
+                        run.figures, caption=("A synthetic patient beside a real chest CT at the same pixel size "
+                                              f"({plots.window_text()}): compare the texture of the lung and the "
+                                              "anatomy around it, which the generator only approximates."))
     show(ds.parenchyma_comparison(synth + real), floatfmt=1,
          caption=f"Lung attenuation, synthetic and real (real scans resampled to {pixel:.2f} mm pixels)")
 
@@ -297,13 +306,16 @@ if info["synthetic"] and (data_dir / "phantom_truth.csv").exists():
     truth = pd.read_csv(data_dir / "phantom_truth.csv")
     if "emphysema_kind" in truth:
         show(variety_table(truth), caption="Variety of the synthetic cohort (patients with each feature)")
-        plots.save(variety_gallery(data_dir, pick_variety_examples(truth)), "data_variety_gallery", run.figures)
+        figure(variety_gallery(data_dir, pick_variety_examples(truth)), "data_variety_gallery", run.figures, caption=(
+            f"One synthetic patient per variety feature ({plots.window_text()}): check that each feature looks like "
+            "its counterpart on real CT and that none of it carries a lesion label."))
         real_lungs = []
         for f in real_files:
             hu_r, sp_r = ds.load_real_ct(f, pixel_mm=float(truth["pixel_mm"].median()))
             real_lungs.append((f.stem, hu_r, lung_mask_by_threshold(hu_r, sp_r)))
-        plots.save(lung_hu_histograms(data_dir, list(truth["case_id"][:16]), real_lungs), "data_lung_hu_histograms",
-                   run.figures)
+        figure(lung_hu_histograms(data_dir, list(truth["case_id"][:16]), real_lungs), "data_lung_hu_histograms",
+               run.figures, caption=("Normal-lung attenuation of synthetic patients beside the lungs of the real scans: "
+                                     "the synthetic curves should span the real ones, not sit apart from them."))
     else:
         display(Markdown("This synthetic cohort was made by an older generator without the variety features."))
 

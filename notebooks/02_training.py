@@ -31,7 +31,7 @@ from IPython.display import Markdown, display
 from sscild import plots
 from sscild.paths import read_json, resolve_data_dir
 from sscild.plots.training import learning_curves
-from sscild.report import banner, chapter_context, glue, show
+from sscild.report import banner, chapter_context, figure, glue, show
 from sscild.train import fold_is_done, train_fold
 from sscild.folds import read_splits
 from sscild.recipe import recipe_table
@@ -45,13 +45,21 @@ banner(data_dir, profile)
 #
 # Every setting comes from the profile (`lib/sscild/profiles.py`); the table is generated from it.
 # The `cpu` profile trains a small 2D U-Net on axial patches so that eight folds fit in the default
-# run on two CPU cores; the `paper` profile trains a wider, deeper 2D U-Net on full-resolution
+# run on two CPU cores. Its scans are not HRCT (the grid of this run's profile is printed below the
+# table): thin-section HRCT has sub-millimetre pixels and slices about 1 mm apart, so on the coarser
+# grids fine reticulation and honeycombing are drawn coarser than a radiologist would see them; the `paper` profile trains a wider, deeper 2D U-Net on full-resolution
 # slices with mixed precision on a GPU. 2D slices rather than 3D patches: HRCT of ILD is read
 # slice by slice, its slice spacing varies between scanners far more than its in-plane spacing, and
 # a 2D network sees many more independent training samples per patient.
 
 # %%
-show(recipe_table(prof), caption=f"Training recipe, profile `{prof.name}`")
+show(recipe_table(prof), caption=f"Training recipe, profile `{prof.name}`", fold=False)
+ps, ts = prof.phantom_spacing, prof.target_spacing
+display(Markdown(
+    f"Grid of profile `{prof.name}`: synthetic scans with {ps[0]:g} × {ps[1]:g} mm pixels and {ps[2]:g} mm "
+    f"slices, resampled to " + ", ".join("native" if t is None else f"{t:g} mm" for t in ts) + " (x, y, z). "
+    + ("This is not HRCT: thin-section HRCT has sub-millimetre pixels and about 1 mm slices."
+       if (ps[2] > 2.0 or ps[0] > 1.0) else "This is an HRCT-like grid.")))
 
 # %%
 if fold is not None:
@@ -62,8 +70,12 @@ if fold is not None:
 # %% [markdown]
 # ## Learning curves
 #
-# Training loss (Dice + cross-entropy, mean over each logging window) for every fold. Monitoring
-# uses training batches only: the held-out patients of a fold play no part in its training.
+# Training loss (Dice + cross-entropy, mean over each logging window) and training-batch Dice of EF
+# and GGO per epoch for every fold. Monitoring uses training batches only: the held-out patients of
+# a fold play no part in its training. **Stopping rule**: a fixed budget of steps (the recipe's
+# "budget"); there is no early stopping, since it would need held-out patients that cross-validation
+# keeps for scoring. Whether the budget reached a plateau is checked below, from each fold's
+# `epochs.csv`.
 
 # %%
 splits = read_splits(run.splits)
@@ -72,8 +84,26 @@ done = [k for k in folds if fold_is_done(run, k)]
 missing = sorted(set(folds) - set(done))
 if missing:
     display(Markdown(f"**Not yet trained:** folds {missing} (run `make train`)."))
-fig = learning_curves(run, done)
-_ = plots.save(fig, "learning_curves", run.figures)
+if done:
+    figure(learning_curves(run, done), "learning_curves", run.figures, caption=(
+        "Training loss per step (left) and training-batch Dice of EF (solid) and GGO (dashed) per epoch "
+        "(right), one colour per fold. A curve still climbing at the right edge has not reached a plateau."))
+
+# %% [markdown]
+# ### Did training reach a plateau?
+#
+# For each fold, the EF and GGO training Dice are regressed on the step over the last 20 % of the
+# steps; the slope is per 1000 steps, with its 95 % interval. A slope interval above 0 means the
+# curve was still rising when the budget ended.
+
+# %%
+from sscild.summary import plateau_words, training_plateau
+
+for col, what in (("train_dice_ef", "EF training Dice"), ("train_dice_ggo", "GGO training Dice")):
+    pt = training_plateau(run, done, column=col)
+    if not pt.empty:
+        show(pt, caption=f"{what}: slope over the last 20 % of steps", floatfmt=3)
+    display(Markdown(plateau_words(pt, what=what)))
 
 # %% [markdown]
 # ## Cost of each fold
@@ -84,7 +114,8 @@ for k in done:
     s = read_json(run.fold_dir(k) / "train_summary.json")
     rows.append({"fold": k, "training patients": len(s["train_cases"]), "held-out patients": len(s["test_cases"]),
                  "steps": s["steps"], "seconds": s["seconds"], "steps/s": s["steps_per_s"],
-                 "final loss": s["final_loss"], "device": s["device"], "AMP": s["amp"]})
+                 "final loss": s["final_loss"], "device": s["device"],
+                 "mixed precision": "on" if s["amp"] else "off"})
 table = pd.DataFrame(rows).set_index("fold")
 show(table, caption="Per-fold training cost")
 if rows:

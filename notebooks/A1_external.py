@@ -46,7 +46,7 @@ from sscild import external as ext
 from sscild import plots
 from sscild.paths import read_json, repo_root
 from sscild.plots.external import dice_distribution, example_slices, pick_examples
-from sscild.report import glue, show
+from sscild.report import figure, glue, show
 
 plots.style()
 t_start = time.perf_counter()
@@ -276,16 +276,16 @@ if available:
     preds = ext.read_predictions(out_dir / "cv" / "predictions", train)
     ids = pick_examples(scores, 3)
     fig = example_slices(train, preds, ids, scores)
-    plots.save(fig, "external_examples", fig_dir)
-    display(Markdown("Out-of-fold predictions of the best, the median and the worst slice (mean Dice "
-                     "over the classes present), in the files' own orientation."))
+    figure(fig, "external_examples", fig_dir, caption=(
+        "Out-of-fold predictions of the best, the median and the worst slice (mean Dice over the classes "
+        "present), in the files' own orientation: compare the predicted with the expert outlines."))
 
 # %%
 if available:
     fig = dice_distribution(scores, ext.PUBLISHED)
-    plots.save(fig, "external_dice_distribution", fig_dir)
-    display(Markdown("Per-slice cross-validated Dice (points, box: quartiles), pooled Dice (black) and "
-                     "the published test-part values (coloured marks, right of each box)."))
+    figure(fig, "external_dice_distribution", fig_dir, caption=(
+        "Per-slice cross-validated Dice (points, box: quartiles), pooled Dice (black) and the published "
+        "test-part values (coloured marks, right of each box): look at the spread over slices."))
 
 # %% [markdown]
 # ## Test part
@@ -298,7 +298,9 @@ if available and summary["test"]:
     t_scores = pd.read_csv(out_dir / "test" / "scores.csv", dtype={"slice_id": str})
     t_preds = ext.read_predictions(out_dir / "test" / "predictions", test)
     fig = example_slices(test, t_preds, pick_examples(t_scores, 3), t_scores)
-    plots.save(fig, "external_test_examples", fig_dir)
+    figure(fig, "external_test_examples", fig_dir, caption=(
+        "Test-part slices (best, median, worst) of the network trained on the whole training part, beside the "
+        "expert outlines."))
     display(Markdown(f"One network trained on all {summary['data']['n_train']} training slices with the "
                      f"recipe above, scored on the {t['n_slices']} test slices: GGO **{t['dice_ggo']:.3f}**, "
                      f"consolidation **{t['dice_consolidation']:.3f}** (mean over slices); the table above "

@@ -46,7 +46,7 @@ from sscild.paths import RunPaths, repo_root, resolve_data_dir
 from sscild.plots.realct import lung_check_overlays
 from sscild.provenance import read_record
 from sscild.realcheck import list_volumes, real_lung_check
-from sscild.report import glue, show
+from sscild.report import figure, glue, show
 
 plots.style()
 t0 = time.perf_counter()
@@ -95,7 +95,10 @@ if scans:
 
 # %%
 if scans:
-    plots.save(lung_check_overlays(views, table), "real_ct_lung_check", run.figures)
+    figure(lung_check_overlays(views, table), "real_ct_lung_check", run.figures, caption=(
+        f"Three levels of each real scan ({plots.window_text()}): the raw slice, then the network's labels as "
+        "translucent fills with the classical lung outlined in white. Look for lung left unfilled inside the white "
+        "outline, fill outside it, and EF or GGO drawn on lungs that are not diseased."))
 
 # %% [markdown]
 # ## The recorded check

@@ -19,6 +19,7 @@ import pytest
 matplotlib.use("Agg")
 
 from sscild import clinical as clin  # noqa: E402
+from sscild.stats import holm  # noqa: E402
 from sscild.paths import RunPaths  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -240,16 +241,20 @@ def test_display_tables_have_one_row_per_cell(fake):
     assert cell["n"] == EXPECTED_N["fvc_pct"] and cell["reference ρ [95% CI]"].startswith("-1.00")
     assert clin.p_value_table(full).shape == (24, 4)
     assert clin.partial_table(full).shape == (24, 7)
+    assert "predicted partial ρ [95% CI]" in clin.partial_table(full).columns
     assert [clin.fmt_p(v) for v in (0.0004, 0.0123, 0.43, float("nan"))] == ["<0.001", "0.012", "0.43", "n/a"]
 
 
 def test_sentences_follow_the_numbers(fake):
     full = fake[4]
-    words = clin.paper_contrast(full).splitlines()
+    words = clin.paper_contrast(full).splitlines()          # as for a real cohort
     assert len(words) == 2
-    assert "FEV1 (% pred)" in words[0] and "the same sign as the paper's -0.64" in words[0]
+    assert "FEV1 (% pred)" in words[0] and "% of lung" in words[0] and "the same sign as the published -0.64" in words[0]
     # planted FEV1/FVC rises with lesion: opposite to the paper's negative rho, far outside its interval
-    assert "the opposite sign to the paper's -0.73" in words[1] and "outside" in words[1]
+    assert "the opposite sign to the published -0.73" in words[1] and "outside" in words[1]
+    assert all("not replication" in w for w in words)
+    synthetic = clin.paper_contrast(full, synthetic=True)
+    assert "set by the generator" in synthetic and "inside" not in synthetic and "outside" not in synthetic
     text = clin.interpretation(full)
     assert text.count("\n") == 3 and "weaker than the reference's" in text   # reference rho is exactly -1
 
@@ -314,7 +319,9 @@ def test_planted_model_only_for_synthetic_cohorts():
     })
     assert md.startswith("planted on purpose")
     assert "| FVC (% pred) | `98 - 0.9*EF` | 11.0 |" in md
-    assert "```json" in md and '"odd": null' in md and "98 - 0.9" not in md.split("```json")[1]
+    # every other setting as a table, not a raw JSON dump
+    assert "```" not in md and "| missing | dlco_pct: 0.1; odd: null |" in md
+    assert "98 - 0.9" not in md.split("Other settings")[1]
 
 
 def test_figures_draw_on_the_fake_run(fake):
@@ -325,7 +332,7 @@ def test_figures_draw_on_the_fake_run(fake):
     assert sum(ax.get_visible() for ax in fig.axes) == 4
     title = fig.axes[0].get_title(loc="left")
     assert title.startswith("ρ = ") and f"n = {EXPECTED_N['fvc_pct']}" in title
-    assert "paper ρ = -0.64" in fig.axes[1].get_title(loc="left")
+    assert "paper" not in fig.axes[1].get_title(loc="left")      # published values are shown apart, not in panels
     assert len(rho_heatmap(full).axes) == 4          # three panels and one colour bar
     assert staging_scatter(clin.staging(table, n_resamples=50)).axes[0].get_title().startswith("Extent stage")
     import matplotlib.pyplot as plt
@@ -349,8 +356,13 @@ def test_chapter_runs_end_to_end_on_the_fake_run(tmp_path, monkeypatch):
     text = out.read_text()
     assert "planted by the synthetic-cohort generator" in text
     nb = json.loads(text)
-    images = [o for c in nb["cells"] for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
-    assert len(images) == 3
+    outputs = [o for c in nb["cells"] for o in c.get("outputs", [])]
+    assert not [o for o in outputs if "image/png" in o.get("data", {})]           # nothing shown twice
+    glued = [k for o in outputs for k in o.get("data", {}) if k.endswith("image/png")]
+    md = ["".join(o.get("data", {}).get("text/markdown", "")) for o in outputs]
+    placed = [t for t in md if "{glue:figure}" in t]
+    assert len(glued) == 3 and len(placed) == 3                                      # each figure once, numbered
+    assert "```json" not in text
     assert not [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "stream"
                 and o.get("name") == "stderr"]
     summary = json.loads(run.clinical_summary.read_text())
@@ -360,3 +372,46 @@ def test_chapter_runs_end_to_end_on_the_fake_run(tmp_path, monkeypatch):
     for name in ("clinical_rho_heatmap", "clinical_scatter_lesion_pct", "clinical_staging"):
         assert (run.figures / f"{name}.png").stat().st_size > 10_000
     assert not math.isnan(summary["staging"]["kappa"])
+
+
+def test_primary_endpoint_is_named_and_holm_adjusted_as_a_pair(fake):
+    full = fake[4]
+    e = clin.endpoints(full)
+    prim = e[e["role"] == "primary"]
+    assert list(prim["outcome"]) == ["fev1_pct", "fev1_fvc"] and (e["role"].iloc[:2] == "primary").all()
+    assert np.allclose(prim["p_holm"], holm(prim["p"].to_numpy()))        # family of two
+    sec = e[e["role"] == "secondary"].set_index("outcome")
+    grid = full[(full["source"] == "predicted") & (full["measure"] == "lesion") & (full["unit"] == "pct")]
+    assert np.allclose(sec["p_holm"], grid.set_index("outcome").loc[sec.index, "p_holm"])   # whole grid
+    t = clin.endpoints_table(full)
+    assert t.index.get_level_values(0).tolist()[:2] == ["primary", "primary"]
+    assert list(clin.paper_comparison().columns) == ["published ρ", "p", "patients", "lesion measure"]
+
+
+def test_partial_correlations_have_bootstrap_intervals(fake):
+    full = fake[4]
+    ok = full["partial_rho"].notna()
+    assert ok.any()
+    inside = (full.loc[ok, "partial_ci_low"] <= full.loc[ok, "partial_rho"] + 1e-12) & (
+        full.loc[ok, "partial_rho"] <= full.loc[ok, "partial_ci_high"] + 1e-12)
+    assert inside.all()
+
+
+def test_planted_target_is_set_beside_what_was_recovered(fake):
+    full = fake[4]
+    text = clin.planted_vs_recovered(full, {"target_spearman_extent_fvc": -0.6})
+    ref = full[(full["source"] == "reference") & (full["measure"] == "lesion") & (full["unit"] == "pct")
+               & (full["outcome"] == "fvc_pct")].iloc[0]
+    assert "ρ = -0.60" in text and f"ρ = {ref['rho']:.2f}" in text and "says nothing" in text
+    pred = full[(full["source"] == "predicted") & (full["measure"] == "lesion") & (full["unit"] == "pct")
+                & (full["outcome"] == "fvc_pct")].iloc[0]
+    hit = lambda c, t: c["ci_low"] <= t <= c["ci_high"]  # noqa: E731
+    for target in (-0.6, float(ref["rho"]), 0.99):
+        text = clin.planted_vs_recovered(full, {"target_spearman_extent_fvc": target})
+        if hit(ref, target) and hit(pred, target):
+            assert "kept the planted relationship" in text
+        elif hit(ref, target):
+            assert "lost part of the planted relationship" in text
+        else:
+            assert "does not include the target either" in text
+    assert clin.planted_vs_recovered(full, None) == "" and clin.planted_vs_recovered(full, {}) == ""

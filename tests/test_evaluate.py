@@ -152,8 +152,22 @@ def test_tables(scored):
     table = ev.summary_table(raw, n_boot=200)
     assert table.loc[("Dice", "GGO"), "n (excluded)"] == "4 (0)"
     assert ev.agreement_table(s).shape[0] == 4  # lesion, EF, GGO for the network; lesion for the baseline
-    assert "paper (SICCS)" in ev.paper_table(s, "cohort").columns
+    paper = ev.paper_table()
+    assert list(paper.columns) == ["published mean Dice", "patients", "validation"]   # no column of this run
     assert len(ev.baseline_table(raw, s)) == 9  # lesion, EF, GGO x (network, baseline, paired difference)
+    # the paired difference carries its bootstrap interval (stats.paired_difference, tested there)
+    from sscild.stats import paired_difference
+
+    d = paired_difference(raw["dice_lesion"], raw["baseline_dice_lesion"], n_resamples=2000, seed=0)
+    row = ev.baseline_table(raw, s).loc[("total lesion (EF ∪ GGO)", "network − baseline (paired)")]
+    assert row["Dice, mean [95% CI]"] == f"{d['mean_diff']:.2f} [{d['ci_low']:.2f}, {d['ci_high']:.2f}]"
+    assert s["baseline"]["paired_difference"]["lesion"]["mean_diff"] == pytest.approx(d["mean_diff"])
+    # fixed limits with CIs, and the proportional-bias slope of the regression limits
+    agree = ev.agreement_table(s)
+    assert {"bias, pp [95% CI]", "lower limit, pp [95% CI]", "bias slope per pp of extent [95% CI]"} <= set(agree.columns)
+    fitted = [a for who in ("network", "baseline") for a in s["agreement"][who].values()
+              if a["bland_altman_regression"]["slope"] is not None]
+    assert fitted and len(ev.regression_limits_table(s)) == 3 * len(fitted)   # three extents per fitted pair
 
 
 def test_extreme_cases_skip_nan_and_break_ties_by_id():
@@ -204,7 +218,7 @@ def test_figures_draw_without_warnings(scored):
             image, ref, pred = ev.load_case_maps(scored["run"], scored["cohort"], cid)
             cases.append({"image": image.array, "ref": ref, "pred": pred, "affine": image.affine, "title": rank})
         figs.append(sp.case_montage(cases))
-    assert len(figs[-1].axes) == 4 * len(cases)
+    assert len(figs[-1].axes) == 6 * len(cases)   # CT, reference, prediction; axial and coronal
     for f in figs:
         plt.close(f)
 
@@ -253,7 +267,84 @@ def test_chapter_runs_clean_on_hand_made_predictions(scored, tmp_path):
     assert not [o for o in outputs if o.get("output_type") == "error"]
     stderr = [o["text"] for o in outputs if o.get("output_type") == "stream" and o.get("name") == "stderr"]
     assert not stderr, stderr
-    assert sum("image/png" in o.get("data", {}) for o in outputs) == 5  # Dice, NSD, cases, BA, baseline
+    # each figure once: glued (not displayed in its cell) and placed once by a numbered glue:figure with a caption
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 0
+    glued = [k for o in outputs for k in o.get("data", {}) if k.endswith("image/png")]
+    assert len(glued) == 6  # Dice, NSD, cases, BA, EF/GGO attenuation, baseline
+    placed = [o["data"]["text/markdown"] for o in outputs if "{glue:figure}" in o.get("data", {}).get("text/markdown", "")]
+    names = sorted(t.split("{glue:figure}")[1].split()[0] for t in placed)
+    assert names == sorted(["seg_dice", "seg_nsd", "seg_cases", "seg_bland_altman", "seg_ef_ggo_hu", "seg_baseline"])
+    assert all(":name: fig-" in t and len(t.split("\n\n", 1)[1]) > 40 for t in placed)   # label and caption
     summary = json.loads(run.segmentation_summary.read_text())
     assert summary["n_cases"] == 4 and summary["metrics"]["dice_lesion"]["mean"] is not None
     assert (base / "figures" / "cohort" / "smoke" / "seg_cases.png").exists()
+
+
+def test_confusion_tables_hand_counted(scored):
+    raw, refs = scored["raw"], scored["refs"]
+    # case_001 predicts every GGO voxel as EF; case_002 predicts all lesion as normal lung
+    conf = ev.confusion_table(raw)
+    ggo_total = sum(int((r == 3).sum()) for r in refs.values())
+    ef_total = sum(int((r == 2).sum()) for r in refs.values())
+    assert conf.loc["reference GGO", "predicted EF"] == pytest.approx(100 * (refs["case_001"] == 3).sum() / ggo_total)
+    assert conf.loc["reference EF", "predicted normal lung"] == pytest.approx(100 * (refs["case_002"] == 2).sum() / ef_total)
+    assert conf.loc["reference EF", "predicted GGO"] == 0
+    assert conf.loc["reference GGO", "reference voxels"] == ggo_total
+    assert np.allclose(conf.filter(like="predicted").sum(axis=1), 100)
+    per = ev.confusion_per_patient(raw)
+    assert per.loc["reference GGO predicted EF", "range, %"] == "0.0 to 100.0"
+    assert per.loc["reference GGO predicted EF", "patients"] == 4
+
+
+def test_worst_cases_name_the_dominant_error(scored):
+    raw = scored["raw"]
+    w = ev.worst_cases(raw, n=2)
+    assert list(w.index)[0] == "case_002"                       # no lesion predicted: Dice 0
+    r = w.loc["case_002"]
+    assert r["lesion called elsewhere (missed), mL"] == pytest.approx(
+        raw.set_index("case_id").loc["case_002", "vol_ref_lesion_ml"])
+    assert r["lesion where reference has none (false positive), mL"] == 0
+    words = ev.worst_case_words(w)
+    assert "case_002" in words and "under-calls" in words
+    with pytest.raises(ValueError, match="positive"):
+        ev.worst_cases(raw, n=0)
+
+
+def test_slice_spacing_is_read_from_the_headers(scored):
+    assert ev.slice_spacing_mm(scored["cohort"]) == (4.0, 4.0)
+
+
+def test_error_location_zones_and_medial_share():
+    ref = np.zeros((12, 4, 9), np.uint8)
+    ref[1:11, :, :] = 1                                    # lung x 1..10, z 0..8
+    pred = ref.copy()
+    pred[5, :, 0:3] = 2                                    # false positive: medial, lower third
+    ref2 = ref.copy()
+    ref2[1, :, 7:9] = 3                                    # reference GGO, lateral and apical, missed
+    pred2 = pred.copy()
+    loc = ev.error_location(ref2, pred2, np.eye(4))
+    fp, fn = loc["false_positive"], loc["missed"]
+    assert fp["voxels"] == 12 and fp["lower"] == 100.0 and fp["medial"] == 100.0
+    assert fn["voxels"] == 8 and fn["upper"] == 100.0 and fn["medial"] == 0.0
+    # RAS flip of x (affine with -1) keeps the same answer: reorientation happens first
+    flip = np.diag([-1.0, 1.0, 1.0, 1.0])
+    assert ev.error_location(ref2[::-1], pred2[::-1], flip)["false_positive"]["lower"] == 100.0
+    table = pd.DataFrame({"fold": [0], "lesion Dice": [0.2], "reference lesion, % of lung": [5.0],
+                          "predicted lesion, % of lung": [9.0]}, index=pd.Index(["c"], name="patient"))
+    words = ev.worst_case_words(table, {"c": loc})
+    assert "false-positive lesion mostly in the lower zone (100 %)" in words and "medial (beside the heart" in words
+
+
+def test_label_attenuation_counts_reference_voxels(scored):
+    hist = ev.label_attenuation(scored["cohort"], list(KINDS), lo=-1100, hi=200, bin_hu=10)
+    refs = scored["refs"]
+    assert hist["ef"].sum() == sum(int((r == 2).sum()) for r in refs.values())
+    assert hist["ggo"].sum() == sum(int((r == 3).sum()) for r in refs.values())
+    # noise-free phantom: EF at -300 HU, GGO at -500 HU, each in a single bin, so no overlap
+    assert hist.loc[hist["ef"] > 0, "hu"].tolist() == [-295.0]
+    assert hist.loc[hist["ggo"] > 0, "hu"].tolist() == [-495.0]
+    assert ev.overlap_coefficient(hist["ef"], hist["ggo"]) == 0.0
+    assert ev.overlap_coefficient([2, 2], [1, 1]) == 1.0
+    assert np.isnan(ev.overlap_coefficient([0, 0], [1, 1]))
+    with pytest.raises(ValueError):
+        ev.label_attenuation(scored["cohort"], [], lo=0, hi=0)

@@ -427,3 +427,33 @@ def test_bland_altman_hand():
     assert pct["bias"] == pytest.approx(100 * (1 / 1.5 + 1 / 3.5 - 2 / 7) / 3)
     assert pct["unit"] == "%"
     assert bland_altman([1, nan, 3], [1, 2, 2])["n"] == 2
+
+
+def test_bland_altman_limits_have_the_approximate_intervals_of_bland_altman_1986():
+    pred = np.array([10.0, 12.0, 9.0, 15.0, 11.0, 14.0])
+    ref = np.array([9.0, 12.5, 8.0, 13.0, 11.5, 12.0])
+    ba = bland_altman(pred, ref)
+    d = pred - ref
+    n, sd = len(d), d.std(ddof=1)
+    t = 2.570581835636314                    # t(0.975, 5)
+    half = t * np.sqrt(3 * sd ** 2 / n)
+    assert ba["loa_low_ci_low"] == pytest.approx(d.mean() - 1.96 * sd - half)
+    assert ba["loa_high_ci_high"] == pytest.approx(d.mean() + 1.96 * sd + half)
+    assert ba["bias_ci_high"] == pytest.approx(d.mean() + t * sd / np.sqrt(n))
+
+
+def test_confusion_counts_hand_computed_and_checked():
+    from sscild.metrics import confusion_counts
+
+    ref = np.array([[0, 1, 1, 2], [2, 2, 3, 3]])
+    pred = np.array([[0, 1, 2, 2], [3, 2, 3, 1]])
+    c = confusion_counts(pred, ref)
+    expected = np.zeros((4, 4), int)
+    for r, p in zip(ref.ravel(), pred.ravel()):
+        expected[r, p] += 1
+    assert c.tolist() == expected.tolist()
+    assert c[2, 3] == 1 and c[3, 1] == 1 and c.sum() == ref.size
+    with pytest.raises(ValueError, match="outside"):
+        confusion_counts(np.array([[0, 5]]), np.array([[0, 1]]))
+    with pytest.raises(ValueError, match="shape"):
+        confusion_counts(np.zeros((2, 2), int), np.zeros((2, 3), int))

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats as sps
+import statsmodels.api as sm
 from statsmodels.stats.multitest import multipletests
 
 from sscild import stats
@@ -355,3 +356,93 @@ def test_staging_agreement_single_category_and_misuse():
     assert a["table"].shape == (2, 2) and a["table"].loc["extensive"].sum() == 0
     with pytest.raises(ValueError, match="differ in length"):
         staging_agreement(["limited"], ["limited", "extensive"])
+
+
+# ----------------------------------------------------------------------------------------------
+# paired difference, regression Bland–Altman, partial correlation intervals
+# ----------------------------------------------------------------------------------------------
+
+
+def test_paired_difference_equals_scipy_bootstrap_and_wilcoxon():
+    rng = np.random.default_rng(11)
+    a = rng.uniform(0.5, 0.9, 25)
+    b = a - rng.normal(0.1, 0.05, 25)
+    a[3] = np.nan                                   # pairwise deletion
+    d = stats.paired_difference(a, b, n_resamples=999, seed=4)
+    ok = np.isfinite(a)
+    assert d["n"] == 24 and d["mean_diff"] == pytest.approx(np.mean(a[ok] - b[ok]))
+    assert d["median_diff"] == pytest.approx(np.median(a[ok] - b[ok]))
+    ref = sps.bootstrap((a[ok], b[ok]), lambda x, y, axis=-1: np.mean(x - y, axis=axis), paired=True,
+                        vectorized=True, n_resamples=999, method="BCa", rng=np.random.default_rng(4))
+    assert (d["ci_low"], d["ci_high"]) == pytest.approx((ref.confidence_interval.low, ref.confidence_interval.high))
+    assert d["p_wilcoxon"] == pytest.approx(sps.wilcoxon(a[ok], b[ok]).pvalue)
+    same = stats.paired_difference([0.5, 0.6, 0.7, 0.8], [0.4, 0.5, 0.6, 0.7], n_resamples=100)
+    assert same["ci_method"] == "constant" and same["ci_low"] == pytest.approx(0.1)
+    with pytest.raises(ValueError):
+        stats.paired_difference([1, 2], [1, 2, 3])
+
+
+def test_paired_difference_interval_covers_the_true_mean():
+    rng = np.random.default_rng(0)
+    hits, sims = 0, 200
+    for _ in range(sims):
+        a = rng.normal(0.7, 0.1, 30)
+        b = a - rng.normal(0.05, 0.08, 30)
+        d = stats.paired_difference(a, b, n_resamples=400, seed=int(rng.integers(1 << 30)))
+        hits += d["ci_low"] <= 0.05 <= d["ci_high"]
+    assert 0.88 <= hits / sims <= 0.99
+
+
+def test_bland_altman_regression_hand_computed():
+    # d = 0.1 m exactly plus residuals +-e: bias line slope 0.1 through 0, |residual| constant e
+    m = np.array([2.0, 4.0, 6.0, 8.0, 10.0, 12.0])
+    e = np.array([0.2, -0.2, 0.2, -0.2, 0.2, -0.2])
+    d = 0.1 * m + e
+    pred, ref = m + d / 2, m - d / 2
+    r = stats.bland_altman_regression(pred, ref, at=[5.0], n_resamples=300)
+    fit = sm.OLS(d, sm.add_constant(m)).fit()
+    assert r["intercept"] == pytest.approx(fit.params[0]) and r["slope"] == pytest.approx(fit.params[1])
+    assert r["slope_p"] == pytest.approx(fit.pvalues[1])
+    assert (r["slope_ci_low"], r["slope_ci_high"]) == pytest.approx(tuple(fit.conf_int()[1]))
+    resid = np.abs(d - fit.fittedvalues)
+    c = np.polyfit(m, resid, 1)[::-1]
+    sd5 = math.sqrt(math.pi / 2) * (c[0] + c[1] * 5.0)
+    bias5 = fit.params[0] + fit.params[1] * 5.0
+    pt = r["at"][0]
+    assert pt["bias"] == pytest.approx(bias5)
+    assert (pt["loa_low"], pt["loa_high"]) == pytest.approx((bias5 - 1.96 * sd5, bias5 + 1.96 * sd5))
+    assert pt["bias_ci_low"] <= pt["bias"] <= pt["bias_ci_high"]
+    assert math.isnan(stats.bland_altman_regression([1, 2, 3], [1, 2, 3])["slope"])   # too few
+
+
+def test_bland_altman_regression_slope_interval_coverage():
+    rng = np.random.default_rng(5)
+    hits, sims = 0, 300
+    for _ in range(sims):
+        ref = rng.uniform(1, 30, 40)
+        pred = ref + (0.5 + 0.2 * ref) + rng.normal(0, 1.0, 40)
+        # with d = pred - ref and m = (pred + ref) / 2 = 1.1 ref + 0.25 + e / 2, the slope of d on m is
+        # 0.2 / 1.1, up to an errors-in-variables term (about 0.005) small beside its standard error
+        r = stats.bland_altman_regression(pred, ref, n_resamples=10)
+        hits += r["slope_ci_low"] <= 0.2 / 1.1 <= r["slope_ci_high"]
+    assert 0.85 <= hits / sims <= 0.99
+
+
+def test_partial_spearman_ci_statistic_matches_partial_spearman():
+    rng = np.random.default_rng(2)
+    df = pd.DataFrame({"x": rng.normal(size=30), "age": rng.normal(size=30),
+                       "sex": rng.choice(["F", "M"], 30)})
+    df["y"] = -0.6 * df["x"] + 0.5 * df["age"] + rng.normal(0, 0.7, 30)
+    r = stats.partial_spearman_ci(df, "x", "y", ["age", "sex"], n_resamples=500, seed=1)
+    base = partial_spearman(df, "x", "y", ["age", "sex"])
+    assert r["rho"] == pytest.approx(base["rho"]) and r["ci_method"] in ("BCa", "percentile")
+    assert r["ci_low"] < r["rho"] < r["ci_high"] < 0
+    # the vectorised statistic equals the one-sample computation on every resample it is given
+    sex = (df["sex"] == "M").astype(float).to_numpy()
+    idx = np.random.default_rng(9).integers(0, 30, (5, 30))
+    vec = stats._partial_stat(df["x"].to_numpy()[idx], df["y"].to_numpy()[idx], df["age"].to_numpy()[idx], sex[idx])
+    for k in range(5):
+        one = partial_spearman(df.iloc[idx[k]].reset_index(drop=True), "x", "y", ["age", "sex"])["rho"]
+        assert vec[k] == pytest.approx(one)
+    grid = correlation_grid(df, "x", "y", covariates=["age", "sex"], n_resamples=200)
+    assert {"partial_ci_low", "partial_ci_high"} <= set(grid.columns)

@@ -1,26 +1,80 @@
-"""The abstract's paragraph states this run's numbers, the paper's, and the synthetic caveat."""
+"""The abstract's paragraph: this run's numbers with intervals, the named primary endpoint with its
+Holm-adjusted p, the paper's values apart for orientation, the synthetic caveat; and the training
+plateau summary computed from the folds' epochs.csv."""
 
-from sscild.summary import abstract_paragraph
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sscild.summary import abstract_paragraph, plateau_words, training_plateau
 
 
 def _seg(lesion=0.81, ef=0.66, ggo=0.7):
-    return {"n_cases": 40, "metrics": {"dice_lesion": {"mean": lesion}, "dice_ef": {"mean": ef},
-                                       "dice_ggo": {"mean": ggo}, "baseline_dice_lesion": {"mean": 0.41}}}
+    return {"n_cases": 40, "metrics": {"dice_lesion": {"mean": lesion, "ci_low": 0.78, "ci_high": 0.84},
+                                       "dice_ef": {"mean": ef}, "dice_ggo": {"mean": ggo},
+                                       "baseline_dice_lesion": {"mean": 0.41}},
+            "baseline": {"paired_difference": {"lesion": {"mean_diff": 0.4, "ci_low": 0.35, "ci_high": 0.45}}}}
 
 
 def _clin():
-    return {"predicted_lesion_pct": {"fev1_pct": {"rho": -0.512, "ci_low": -0.7, "ci_high": -0.25, "n": 38},
-                                     "fvc_pct": {"rho": float("nan"), "ci_low": None, "ci_high": None, "n": 3}}}
+    return {"predicted_lesion_pct": {"fev1_pct": {"rho": -0.512, "ci_low": -0.7, "ci_high": -0.25, "n": 38,
+                                                  "p_holm": 0.002},
+                                     "dlco_pct": {"rho": -0.3, "ci_low": -0.55, "ci_high": -0.02, "n": 38,
+                                                  "p_holm": 0.13},
+                                     "fvc_pct": {"rho": float("nan"), "ci_low": None, "ci_high": None, "n": 3}},
+            "endpoints": {"primary": [{"outcome": "fev1_pct", "p_holm": 0.004}],
+                          "secondary": [{"outcome": "dlco_pct", "p_holm": 0.13}]}}
 
 
-def test_numbers_and_caveat_for_synthetic():
+def test_numbers_endpoints_and_caveat_for_synthetic():
     text = abstract_paragraph(_seg(), _clin(), {"synthetic": True, "folder": "synthetic-cpu"}, "cpu")
-    for s in ("0.81", "0.66", "0.70", "0.41", "-0.51", "-0.70", "-0.25", "n = 38", "0.78", "-0.64", "-0.73"):
+    for s in ("0.81", "0.78, 0.84", "0.66", "0.70", "(EF) and 0.73", "network − Hounsfield-unit density threshold, was 0.40 [95 % CI 0.35, 0.45]", "-0.51", "-0.70", "-0.25",
+              "n = 38", "0.78", "-0.64", "-0.73"):
         assert s in text, s
+    assert "Primary endpoint" in text and "Holm-adjusted p = 0.004" in text   # the primary pair's p, not the grid's
+    assert "Secondary: FVC %pred" in text and "DLCO %pred ρ = -0.30" in text and "Holm-adjusted p = 0.13" in text
     assert "FVC %pred ρ = n/a" in text
-    assert "synthetic" in text and "planted" in text
+    assert "For orientation only" in text and "planted" in text and "synthetic" in text
+    assert text.index("Primary endpoint") < text.index("For orientation only")
 
 
 def test_real_cohort_has_no_synthetic_caveat():
     text = abstract_paragraph(_seg(), _clin(), {"synthetic": False, "folder": "siccs"}, "paper")
     assert "planted" not in text and "**real**" in text
+
+
+class _Run:
+    def __init__(self, root):
+        self.root = root
+
+    def fold_dir(self, k):
+        return self.root / f"fold_{k}"
+
+
+def test_training_plateau_slope_hand_computed(tmp_path):
+    steps = np.arange(100, 1100, 100)                            # 10 epochs
+    rising = 0.2 + 0.0004 * steps                                # +0.4 per 1000 steps, no noise
+    flat = np.r_[np.linspace(0.1, 0.6, 7), [0.6, 0.6001, 0.5999]]
+    for k, y in enumerate((rising, flat)):
+        (tmp_path / f"fold_{k}").mkdir()
+        pd.DataFrame({"epoch": range(1, 11), "step": steps, "train_dice_ef": y}).to_csv(
+            tmp_path / f"fold_{k}" / "epochs.csv", index=False)
+    t = training_plateau(_Run(tmp_path), [0, 1, 2])              # fold 2 has no epochs.csv
+    assert list(t.index) == [0, 1]
+    assert t.loc[0, "slope per 1000 steps"] == pytest.approx(0.4) and t.loc[0, "still rising"]
+    assert t.loc[0, "last value"] == pytest.approx(0.6)
+    # last 20 % of 1000 steps holds three epochs, widened to the last four: 0.6, 0.6, 0.6001, 0.5999
+    assert t.loc[1, "window from step"] == 700
+    assert abs(t.loc[1, "slope per 1000 steps"]) < 0.01 and not t.loc[1, "still rising"]
+    assert t.loc[0, "gain in window, % of total gain"] == pytest.approx(100 * 0.12 / 0.36)   # 700..1000 of 100..1000
+    assert abs(t.loc[1, "gain in window, % of total gain"]) < 0.1
+    words = plateau_words(t)
+    assert "1 of 2 folds it was still rising" in words
+    assert "No fold" in plateau_words(training_plateau(_Run(tmp_path), [5]))
+    assert "in the one fold the rise was not distinguishable" in plateau_words(t.loc[[1]])
+    assert "in none of the 2 folds was the rise" in plateau_words(t.assign(**{"still rising": False}))
+    with pytest.raises(ValueError, match="last_fraction"):
+        training_plateau(_Run(tmp_path), [0], last_fraction=0)
+    assert math.isfinite(t.loc[1, "slope 95% CI high"])

@@ -29,7 +29,18 @@ EXTERNAL = "A1_external"
 REAL_CT = "A2_real_ct"
 
 
-def assemble(src: Path, out: Path, notebooks: Path, external: Path | None = None) -> list[Path]:
+def assemble(src: Path, out: Path, notebooks: Path, external: Path | None = None,
+             external_stale: list[str] | None = None) -> list[Path]:
+    """Copy the hand-written pages and the executed chapters into ``out`` (module docstring).
+
+    Args:
+        src: the book's source folder.
+        out: where the book is assembled and built.
+        notebooks: the run's executed chapter notebooks.
+        external: the executed appendix notebook, or None (the page then says it was not run).
+        external_stale: files changed since the appendix was executed; the page then opens with a
+            warning naming them and the command that brings it up to date.
+    """
     src, out, notebooks = Path(src).resolve(), Path(out).resolve(), Path(notebooks).resolve()
     out.mkdir(parents=True, exist_ok=True)
     if src != out:
@@ -58,18 +69,19 @@ def assemble(src: Path, out: Path, notebooks: Path, external: Path | None = None
     else:
         shutil.copy2(src / "real_ct_not_run.md", chapters / f"{REAL_CT}.md")
     if external is not None and Path(external).exists():
-        _tag_for_reading(Path(external), chapters / f"{EXTERNAL}.ipynb")
+        _tag_for_reading(Path(external), chapters / f"{EXTERNAL}.ipynb", stale=external_stale)
     else:
         shutil.copy2(src / "external_not_run.md", chapters / f"{EXTERNAL}.md")
     return copied
 
 
-def _tag_for_reading(src: Path, dst: Path) -> None:
+def _tag_for_reading(src: Path, dst: Path, stale: list[str] | None = None) -> None:
     """Copy an executed notebook, tagged for a paper-shaped page.
 
-    Code stays one click away (``hide-input``: a toggle above each output); the chapter's default
-    ``parameters`` cell is dropped, while papermill's injected cell (the values this run used) stays
-    visible. Cells the author already tagged keep their tags.
+    Code stays one click away (``hide-input``: a toggle above each output). The chapter's default
+    ``parameters`` cell and papermill's injected cell are removed from the page (``remove-cell``):
+    the values this run used are in the banner and on the Reproducibility page, and both cells stay
+    in the notebook, where they are edited. Cells the author already tagged keep their tags.
     """
     import nbformat
 
@@ -78,13 +90,21 @@ def _tag_for_reading(src: Path, dst: Path) -> None:
         if cell.cell_type != "code":
             continue
         tags = cell.setdefault("metadata", {}).setdefault("tags", [])
-        if "parameters" in tags:
-            tags.append("remove-cell")
-        elif "injected-parameters" in tags:
+        if "injected-parameters" in tags:
             cell.source = unroot(cell.source)  # paths inside the repository, relative to it
+        if "parameters" in tags or "injected-parameters" in tags:
+            if "remove-cell" not in tags:
+                tags.append("remove-cell")
             continue
         elif not any(t.startswith(("remove-", "hide-")) for t in tags):
             tags.append("hide-input")
+    if stale:
+        note = nbformat.v4.new_markdown_cell(
+            ":::{warning}\n**This page is out of date.** It was executed before these files last changed: "
+            + ", ".join(f"`{f}`" for f in stale)
+            + ". Run `make external` to re-run it with the current code; until then it shows the earlier run.\n:::")
+        first = next((i for i, c in enumerate(nb.cells) if c.cell_type == "markdown"), -1)
+        nb.cells.insert(first + 1, note)
     nbformat.write(nb, dst)
 
 
@@ -100,8 +120,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path("book"))
     ap.add_argument("--notebooks", type=Path, required=True)
     ap.add_argument("--external", type=Path, default=None, help="executed external-check notebook, if any")
+    ap.add_argument("--external-stale", default="", help="files changed since the appendix ran (space-separated)")
     args = ap.parse_args(argv)
-    assemble(args.src, args.out, args.notebooks, args.external)
+    assemble(args.src, args.out, args.notebooks, args.external, external_stale=args.external_stale.split() or None)
     rc = build(args.out)
     if rc != 0:
         print(f"jupyter-book build failed (exit {rc}); see the messages above.", file=sys.stderr)

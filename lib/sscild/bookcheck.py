@@ -10,7 +10,12 @@ For each page listed in ``_toc.yml`` it loads the page in headless Chromium (Deb
 * a Python traceback or an error/stderr output cell on the page,
 * an image that did not load (``naturalWidth == 0``),
 * a link to a page or anchor of the book that does not exist (broken cross-reference),
-* any request to a host other than the local server (the book must work offline).
+* any request to a host other than the local server (the book must work offline),
+* a table cell shortened to "..." (pandas' display truncation) or a table row of dots,
+* the same image shown twice on one page,
+* an image in the page's text that is not a numbered figure with a caption,
+* a parameters cell (the chapter's defaults or papermill's injected values) left on the page,
+* any text the caller forbids (e.g. "Not run in this build" once the appendix was executed).
 
 It saves a screenshot of every page.
 """
@@ -30,7 +35,7 @@ from urllib.parse import urldefrag, urljoin, urlparse
 
 import yaml
 
-__all__ = ["toc_pages", "chromium_available", "check_site", "main"]
+__all__ = ["toc_pages", "chromium_available", "check_site", "repeated_images", "main"]
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
@@ -106,15 +111,90 @@ document.querySelectorAll('.cell_output .traceback, .output.traceback, .cell_out
   .forEach(e => errs.push('error output: ' + e.innerText.slice(0, 200)));
 if (document.body.innerText.includes('Traceback (most recent call last)')) errs.push('Python traceback in page text');
 document.querySelectorAll('img').forEach(i => { if (!i.complete || i.naturalWidth === 0) errs.push('image did not load: ' + i.getAttribute('src')); });
+document.querySelectorAll('td, th').forEach(c => { const t = c.textContent.trim();
+  if (t === '...' || t === '\u2026' || t.endsWith('...') || t.endsWith('\u2026')) errs.push('truncated table cell: ' + t.slice(-60)); });
+const article = document.querySelector('article') || document.querySelector('main') || document.body;
+const imgs = [];
+article.querySelectorAll('img').forEach(i => {
+  const src = i.getAttribute('src') || '';
+  imgs.push(i.src);
+  const fig = i.closest('figure');
+  const num = fig && fig.querySelector('figcaption .caption-number');
+  const text = fig && fig.querySelector('figcaption') ? fig.querySelector('figcaption').textContent.replace(/Fig\.\s*[\d.]+/, '').trim() : '';
+  if (!num || !/\d/.test(num.textContent) || text.length < 10) errs.push('figure without a number and caption: ' + src);
+});
+document.querySelectorAll('.tag_parameters, .tag_injected-parameters').forEach(c =>
+  errs.push('parameters cell on the page: ' + c.textContent.trim().slice(0, 80)));
+const forbid = arguments[0] || [];
+forbid.forEach(f => { if (document.body.innerText.includes(f)) errs.push('forbidden text on the page: ' + f); });
 const links = Array.from(document.querySelectorAll('a[href]')).map(a => a.href);
 const ids = Array.from(document.querySelectorAll('[id]')).map(e => e.id);
-return {errs: errs, links: links, ids: ids, title: document.title};
+return {errs: errs, links: links, ids: ids, imgs: imgs, title: document.title};
 """
 
 
+def _local_file(html_dir: Path, url: str, host: str) -> Path | None:
+    u = urlparse(url)
+    if u.scheme in ("http", "https") and u.netloc == host:
+        return html_dir / u.path.lstrip("/")
+    return None
+
+
+def _thumbnail(path: Path, size: int = 48):
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as im:
+        w, h = im.size
+        return w / h, np.asarray(im.convert("L").resize((size, size), Image.Resampling.BOX), dtype=float)
+
+
+def repeated_images(files: list[Path | None], *, tolerance: float = 3.5) -> list[str]:
+    """Problems for images shown more than once: the same file, the same bytes, or the same picture
+    at another resolution (aspect ratio within 2 % and 48 x 48 grey thumbnails differing by less
+    than ``tolerance`` grey levels on average: a figure displayed once from memory and once from
+    its saved PNG).
+
+    Example:
+        >>> repeated_images([])
+        []
+    """
+    import hashlib
+
+    import numpy as np
+
+    errs, seen = [], []
+    for f in files:
+        if f is None or not f.is_file():
+            continue
+        digest = hashlib.sha256(f.read_bytes()).hexdigest()
+        try:
+            aspect, thumb = _thumbnail(f)
+        except Exception:  # not a raster image (e.g. SVG): bytes only
+            aspect, thumb = None, None
+        for g, d, a, t in seen:
+            same = d == digest or (thumb is not None and t is not None and abs(aspect / a - 1) < 0.02
+                                   and float(np.abs(thumb - t).mean()) < tolerance)
+            if same:
+                errs.append(f"image shown twice: {f.name} repeats {g.name}")
+                break
+        seen.append((f, digest, aspect, thumb))
+    return errs
+
+
 def check_site(html_dir: str | Path, pages: list[str] | None = None, *, screenshots: str | Path | None = None,
-               toc: str | Path | None = None) -> dict[str, list[str]]:
-    """Visit ``pages`` (document names) of the built site; return {page: [problems]} (empty lists = fine)."""
+               toc: str | Path | None = None, forbid: list[str] | tuple[str, ...] = ()) -> dict[str, list[str]]:
+    """Visit ``pages`` (document names) of the built site; return {page: [problems]} (empty lists = fine).
+
+    Args:
+        html_dir: the built HTML folder.
+        pages: document names; ``None``: every page of ``toc``.
+        screenshots: folder for one PNG per page.
+        toc: the book's ``_toc.yml`` (default: two folders above ``html_dir``).
+        forbid: phrases that must not appear on any page (e.g. ``"Not run in this build"``).
+    """
+    if isinstance(forbid, str) or not all(isinstance(f, str) and f for f in forbid):
+        raise ValueError(f"forbid must be a list of non-empty phrases, got {forbid!r}")
     html_dir = Path(html_dir).resolve()
     if pages is None:
         pages = toc_pages(Path(toc) if toc else html_dir.parent.parent / "_toc.yml")
@@ -132,8 +212,9 @@ def check_site(html_dir: str | Path, pages: list[str] | None = None, *, screensh
                     problems[page] = [f"page missing from the build: {path}"]
                     continue
                 driver.get(urljoin(base, f"{page}.html"))
-                info = driver.execute_script(_PAGE_JS)
+                info = driver.execute_script(_PAGE_JS, list(forbid))
                 errs += info["errs"]
+                errs += repeated_images([_local_file(html_dir, u, host) for u in info["imgs"]])
                 for link in info["links"]:
                     url, frag = urldefrag(link)
                     u = urlparse(url)
@@ -169,8 +250,9 @@ def main(argv=None) -> int:
     ap.add_argument("html", type=Path)
     ap.add_argument("--toc", type=Path, default=None)
     ap.add_argument("--screenshots", type=Path, default=None)
+    ap.add_argument("--forbid", action="append", default=[], help="phrase no page may contain (repeatable)")
     args = ap.parse_args(argv)
-    result = check_site(args.html, toc=args.toc, screenshots=args.screenshots)
+    result = check_site(args.html, toc=args.toc, screenshots=args.screenshots, forbid=args.forbid)
     bad = {k: v for k, v in result.items() if v}
     for page, errs in result.items():
         print(f"{'FAIL' if errs else 'ok  '} {page}")

@@ -34,7 +34,7 @@ import pandas as pd
 from .cohort import CLINICAL_COLUMNS
 from .paper import EXTENT_THRESHOLD_PCT, PAPER
 from .paths import RunPaths, atomic_path, write_json
-from .stats import correlation_grid, extent_stage, rho_difference, staging_agreement
+from .stats import correlation_grid, extent_stage, holm, rho_difference, staging_agreement
 
 __all__ = [
     "OUTCOMES",
@@ -56,11 +56,16 @@ __all__ = [
     "partial_table",
     "staging",
     "paper_comparison",
+    "PRIMARY_OUTCOMES",
+    "EXTENT_MEASURE",
+    "endpoints",
+    "endpoints_table",
     "summary_dict",
     "glue_values",
     "write_outputs",
     "planted_model",
     "planted_model_markdown",
+    "planted_vs_recovered",
     "interpretation",
     "fmt_p",
     "p_text",
@@ -90,6 +95,15 @@ COVARIATES = ("age", "sex", "height_cm")
 
 N_RESAMPLES = 2000
 """Bootstrap resamples of every interval on the page."""
+
+PRIMARY_OUTCOMES = ("fev1_pct", "fev1_fvc")
+"""The primary endpoint, as in the paper: predicted lesion burden against FEV1 and FEV1/FVC. Every
+other correlation on the page is secondary."""
+
+EXTENT_MEASURE = ("lesion", "pct")
+"""The one lesion-burden measure of the endpoints, the abstract and the comparisons: predicted total
+lesion in percent of the lung. (The paper correlated volume; percent of lung removes lung size,
+which would otherwise mix body size into the burden. The mL grid is shown as secondary.)"""
 
 _NUMERIC = ("age", "height_cm", *OUTCOMES)
 _SEX = {"f": "F", "female": "F", "w": "F", "woman": "F", "m": "M", "male": "M", "man": "M"}
@@ -382,8 +396,8 @@ def clinical_correlations(
 
     Returns:
         Long table with columns ``source, measure, unit, predictor, outcome, n, rho, p, ci_low,
-        ci_high, ci_method, p_holm, partial_rho, partial_p, partial_n, partial_p_holm,
-        partial_covariates, diff, diff_ci_low, diff_ci_high, diff_n, diff_ci_method``.
+        ci_high, ci_method, p_holm, partial_rho, partial_p, partial_n, partial_ci_low, partial_ci_high,
+        partial_p_holm, partial_covariates, diff, diff_ci_low, diff_ci_high, diff_n, diff_ci_method``.
     """
     outcomes = _outcomes_present(table)
     covariates = covariates_present(table) if covariates is None else list(covariates)
@@ -402,6 +416,7 @@ def clinical_correlations(
         if not covariates:
             grid["partial_rho"], grid["partial_p"] = grid["rho"], grid["p"]
             grid["partial_n"], grid["partial_p_holm"] = grid["n"], grid["p_holm"]
+            grid["partial_ci_low"], grid["partial_ci_high"] = grid["ci_low"], grid["ci_high"]
         meta = {c: (m, u) for c, m, u in preds}
         grid.insert(0, "source", source)
         grid.insert(1, "measure", grid["predictor"].map(lambda c: meta[c][0]))
@@ -511,7 +526,7 @@ def p_value_table(full: pd.DataFrame) -> pd.DataFrame:
 
 
 def partial_table(full: pd.DataFrame) -> pd.DataFrame:
-    """Unadjusted rho beside the partial rho (with its n, p and Holm-adjusted p), both sources."""
+    """Unadjusted rho beside the partial rho (with its bootstrap CI, n and Holm-adjusted p), both sources."""
     keys = _row_index(full)
     rows = []
     for o, m, u in keys:
@@ -519,8 +534,8 @@ def partial_table(full: pd.DataFrame) -> pd.DataFrame:
         for source in SOURCES:
             c = _cell(full, source, m, u, o)
             row[f"{source} ρ"] = _fmt(c["rho"])
-            row[f"{source} partial ρ"] = _fmt(c["partial_rho"])
-            row[f"{source} p (Holm)"] = fmt_p(c["partial_p_holm"])
+            row[f"{source} partial ρ [95% CI]"] = _fmt_ci(c["partial_rho"], c["partial_ci_low"], c["partial_ci_high"])
+            row[f"{source} partial p (Holm)"] = fmt_p(c["partial_p_holm"])
         row["n (complete covariates)"] = int(_cell(full, "predicted", m, u, o)["partial_n"])
         rows.append(row)
     return pd.DataFrame(rows, index=_index(keys))
@@ -567,28 +582,53 @@ def staging(
 # --------------------------------------------------------------------------------------------
 
 
-def paper_comparison(full: pd.DataFrame, cohort: str) -> pd.DataFrame:
-    """rho of lesion burden with FEV1 % pred and FEV1/FVC: the paper beside this run.
+def endpoints(full: pd.DataFrame) -> pd.DataFrame:
+    """The primary and the secondary endpoints of the predicted lesion burden (:data:`EXTENT_MEASURE`).
 
-    The paper reports predicted lesion *volume*; this run shows the volume (mL) and the percent of
-    lung, and the reference labels' percent for context.
+    Primary: predicted total lesion (% of lung) against each of :data:`PRIMARY_OUTCOMES` present;
+    its Holm adjustment is over these (a family of at most two). Secondary: the same burden against
+    every other lung-function test; their Holm-adjusted p is the whole predicted grid's
+    (``p_holm``), which is stricter. Columns: ``role, outcome, n, rho, ci_low, ci_high, p, p_holm``.
     """
+    measure, unit = EXTENT_MEASURE
     rows = []
-    for o in PAPER["spearman_rho"]:
-        if o not in set(full["outcome"]):
-            continue
-        ml = _cell(full, "predicted", "lesion", "ml", o)
-        pct = _cell(full, "predicted", "lesion", "pct", o)
-        ref = _cell(full, "reference", "lesion", "pct", o)
-        rows.append({
-            "lung function": OUTCOMES[o],
-            f"paper (SICCS, n={PAPER['n_patients']})": f"{PAPER['spearman_rho'][o]:.2f} (p {PAPER['spearman_p']})",
-            f"{cohort}: predicted lesion mL": f"{_fmt_ci(ml['rho'], ml['ci_low'], ml['ci_high'])} ({p_text(ml['p'])})",
-            f"{cohort}: predicted lesion %": f"{_fmt_ci(pct['rho'], pct['ci_low'], pct['ci_high'])} ({p_text(pct['p'])})",
-            f"{cohort}: reference lesion %": _fmt_ci(ref["rho"], ref["ci_low"], ref["ci_high"]),
-            "n": int(pct["n"]),
-        })
-    return pd.DataFrame(rows).set_index("lung function") if rows else pd.DataFrame()
+    present = [o for o in OUTCOMES if o in set(full["outcome"])]
+    prim = [o for o in PRIMARY_OUTCOMES if o in present]
+    for o in present:
+        c = _cell(full, "predicted", measure, unit, o)
+        rows.append({"role": "primary" if o in prim else "secondary", "outcome": o, "n": int(c["n"]),
+                     "rho": c["rho"], "ci_low": c["ci_low"], "ci_high": c["ci_high"], "p": c["p"],
+                     "p_holm": c["p_holm"]})
+    out = pd.DataFrame(rows, columns=["role", "outcome", "n", "rho", "ci_low", "ci_high", "p", "p_holm"])
+    is_p = out["role"] == "primary"
+    if is_p.any():
+        out.loc[is_p, "p_holm"] = holm(out.loc[is_p, "p"].to_numpy(dtype=float))
+    return out.sort_values("role", kind="stable").reset_index(drop=True)
+
+
+def endpoints_table(full: pd.DataFrame) -> pd.DataFrame:
+    """:func:`endpoints` for the page: ρ [95% CI], p and Holm-adjusted p, primary first."""
+    e = endpoints(full)
+    rows = [{"endpoint": r["role"], "predicted total lesion (% of lung) against": OUTCOMES[r["outcome"]],
+             "n": int(r["n"]), "ρ [95% CI]": _fmt_ci(r["rho"], r["ci_low"], r["ci_high"]),
+             "p": fmt_p(r["p"]),
+             "p, Holm-adjusted": fmt_p(r["p_holm"]) + (" (over the primary pair)" if r["role"] == "primary"
+                                                        else " (over the whole grid)")}
+            for _, r in e.iterrows()]
+    return pd.DataFrame(rows).set_index(["endpoint", "predicted total lesion (% of lung) against"])
+
+
+def paper_comparison(full: pd.DataFrame | None = None, cohort: str | None = None) -> pd.DataFrame:
+    """The published study's correlations, for orientation only, in a table of their own.
+
+    They are not set in columns beside this run's: on a synthetic cohort the run's coefficients
+    are set by the generator, and on another real cohort they estimate another population. The
+    arguments are accepted for compatibility and not used.
+    """
+    rows = [{"lung function": OUTCOMES[o], "published ρ": f"{rho:.2f}", "p": PAPER["spearman_p"],
+             "patients": PAPER["n_patients"], "lesion measure": "predicted lesion volume"}
+            for o, rho in PAPER["spearman_rho"].items()]
+    return pd.DataFrame(rows).set_index("lung function")
 
 
 def _clean(v):
@@ -605,7 +645,8 @@ def _clean(v):
 
 
 def _cell_dict(c: pd.Series, diff: bool = False) -> dict:
-    keys = ("rho", "ci_low", "ci_high", "p", "p_holm", "n", "ci_method", "partial_rho", "partial_p", "partial_n")
+    keys = ("rho", "ci_low", "ci_high", "p", "p_holm", "n", "ci_method", "partial_rho", "partial_p", "partial_n",
+            "partial_ci_low", "partial_ci_high")
     out = {k: c[k] for k in keys}
     if diff:
         out.update(diff=c["diff"], diff_ci_low=c["diff_ci_low"], diff_ci_high=c["diff_ci_high"], diff_n=c["diff_n"])
@@ -662,6 +703,12 @@ def summary_dict(
             "threshold_pct": stage["threshold"],
             "table": {f"reference_{r}": {f"predicted_{c}": int(v) for c, v in row.items()}
                       for r, row in stage["table"].iterrows()},
+        },
+        "endpoints": {
+            "measure": "predicted total lesion, % of lung",
+            "primary": [r for r in endpoints(full).to_dict("records") if r["role"] == "primary"],
+            "secondary": [r for r in endpoints(full).to_dict("records") if r["role"] == "secondary"],
+            "multiplicity": "primary: Holm over the primary pair; secondary: Holm over the whole predicted grid",
         },
         "paper": {"n_patients": PAPER["n_patients"], "spearman_rho": PAPER["spearman_rho"],
                   "spearman_p": PAPER["spearman_p"]},
@@ -722,7 +769,7 @@ def planted_model(synthetic: bool):
 
 def planted_model_markdown(model) -> str:
     """The planted model for the page: its description, a table of its equations (entries with an
-    ``equation``), and every other setting as a JSON block."""
+    ``equation``), and every other setting as a two-column table."""
     model = _clean(dict(model))
     parts = []
     if isinstance(model.get("description"), str):
@@ -735,9 +782,43 @@ def planted_model_markdown(model) -> str:
         parts.append("\n".join(lines))
     rest = {k: v for k, v in model.items() if k not in eqs}
     if rest:
-        text = json.dumps(rest, indent=2, default=str, ensure_ascii=False)
-        parts.append(f"Other settings of the generator:\n\n```json\n{text}\n```")
+        lines = ["| setting | value |", "|---|---|"]
+        for k, v in rest.items():
+            if isinstance(v, dict):
+                v = "; ".join(f"{a}: {json.dumps(b, default=str, ensure_ascii=False)}" for a, b in v.items())
+            elif not isinstance(v, str):
+                v = json.dumps(v, default=str, ensure_ascii=False)
+            lines.append(f"| {k.replace('_', ' ')} | {str(v).replace('|', '/')} |")
+        parts.append("Other settings of the generator:\n\n" + "\n".join(lines))
     return "\n\n".join(parts)
+
+
+def planted_vs_recovered(full: pd.DataFrame, model) -> str:
+    """The generator's target correlation beside what the reference labels and the prediction give.
+
+    The synthetic generator publishes the Spearman ρ it aims at between total lesion extent and FVC
+    (``target_spearman_extent_fvc``); recovering it shows the pipeline keeps a planted signal. Empty
+    string when there is no model, no target or no FVC column.
+    """
+    if model is None or "target_spearman_extent_fvc" not in model or "fvc_pct" not in set(full["outcome"]):
+        return ""
+    target = float(model["target_spearman_extent_fvc"])
+    ref = _cell(full, "reference", "lesion", "pct", "fvc_pct")
+    pred = _cell(full, "predicted", "lesion", "pct", "fvc_pct")
+    def covers(c):
+        return bool(np.isfinite(c["ci_low"]) and np.isfinite(c["ci_high"]) and c["ci_low"] <= target <= c["ci_high"])
+
+    verdict = ("Both intervals include the target: the segmentation kept the planted relationship."
+               if covers(ref) and covers(pred) else
+               "The reference's interval includes the target but the prediction's does not: segmentation error "
+               "lost part of the planted relationship." if covers(ref) else
+               "The reference labels' interval does not include the target either (too few patients, or the images "
+               "realise the planted extents only approximately).")
+    return (f"**Planted against recovered.** The generator aims at Spearman ρ = {target:.2f} between total lesion "
+            f"extent and FVC. The reference labels give ρ = {_fmt_ci(ref['rho'], ref['ci_low'], ref['ci_high'])} and "
+            f"the network's prediction ρ = {_fmt_ci(pred['rho'], pred['ci_low'], pred['ci_high'])} (n = {int(pred['n'])}). "
+            f"{verdict} Whether the target comes back is all the synthetic cohort can show; it says nothing about "
+            "how lesions and lung function relate in patients.")
 
 
 def _direction(rho, lo, hi) -> str:
@@ -753,26 +834,37 @@ def _excludes_zero(lo, hi) -> bool:
     return bool(np.isfinite(lo) and np.isfinite(hi) and (lo > 0 or hi < 0))
 
 
-def paper_contrast(full: pd.DataFrame) -> str:
-    """Sentences setting this run's predicted-lesion rho beside the paper's, outcome by outcome."""
+def paper_contrast(full: pd.DataFrame, *, synthetic: bool = False) -> str:
+    """Sentences on this run's primary correlations and what setting them near the paper's can show.
+
+    On a synthetic cohort the coefficient is fixed by the generator's planted model, so the
+    sentences say what was recovered and make no claim about the paper; on a real cohort they give
+    the direction and say whether the published value lies in this run's interval (a statement
+    about compatibility, not a replication test).
+    """
+    measure, unit = EXTENT_MEASURE
     lines = []
     for o, paper_rho in PAPER["spearman_rho"].items():
         if o not in set(full["outcome"]):
             lines.append(f"- **{OUTCOMES[o]}**: not in this cohort's clinical table.")
             continue
-        c = _cell(full, "predicted", "lesion", "ml", o)
+        c = _cell(full, "predicted", measure, unit, o)
         rho, lo, hi = c["rho"], c["ci_low"], c["ci_high"]
         if not np.isfinite(rho):
             lines.append(f"- **{OUTCOMES[o]}**: ρ could not be estimated (n = {int(c['n'])}).")
             continue
+        head = f"- **{OUTCOMES[o]}**: predicted total lesion (% of lung) ρ = {_fmt_ci(rho, lo, hi)} (n = {int(c['n'])})"
+        if synthetic:
+            lines.append(head + ": the size and sign of this coefficient were set by the generator's planted "
+                         "model; it shows that the pipeline recovers a relationship that was put in, and "
+                         "nothing about the published value.")
+            continue
         inside = np.isfinite(lo) and np.isfinite(hi) and lo <= paper_rho <= hi
         sign = ("the same sign as" if np.sign(rho) == np.sign(paper_rho) and _excludes_zero(lo, hi)
                 else "the opposite sign to" if _excludes_zero(lo, hi) else "no clear sign, unlike")
-        lines.append(
-            f"- **{OUTCOMES[o]}**: predicted lesion volume ρ = {_fmt_ci(rho, lo, hi)} (n = {int(c['n'])}), "
-            f"{sign} the paper's {paper_rho:.2f}; the paper's value lies "
-            f"{'inside' if inside else 'outside'} this run's 95 % interval."
-        )
+        lines.append(head + f", {sign} the published {paper_rho:.2f} (volume); the published value lies "
+                     f"{'inside' if inside else 'outside'} this run's 95 % interval, which shows compatibility, "
+                     "not replication.")
     return "\n".join(lines)
 
 

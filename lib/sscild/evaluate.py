@@ -52,9 +52,10 @@ from .baseline import HAA_RANGE_HU, band_histograms, density_mask, fit_ef_cut, s
 from .cohort import Cohort, read_case
 from .folds import fold_of, read_splits
 from .io import load_header, load_volume
-from .metrics import (CI_METHOD, DEFAULT_TOLERANCE_FACTOR, ICC_FORM, bland_altman, case_metrics, icc,
-                      summarize)
+from .metrics import (CI_METHOD, DEFAULT_TOLERANCE_FACTOR, ICC_FORM, bland_altman, case_metrics,
+                      confusion_counts, icc, summarize)
 from .paths import RunPaths, atomic_path, read_json
+from .stats import bland_altman_regression, paired_difference
 
 __all__ = [
     "NETWORK_REGIONS",
@@ -69,12 +70,26 @@ __all__ = [
     "per_fold_table",
     "agreement",
     "agreement_table",
+    "regression_limits_table",
     "baseline_table",
     "paper_table",
     "extreme_cases",
     "load_case_maps",
     "glue_values",
+    "LABEL_NAMES",
+    "slice_spacing_mm",
+    "confusion_table",
+    "confusion_per_patient",
+    "worst_cases",
+    "worst_case_words",
+    "paired_baseline_difference",
+    "error_location",
+    "label_attenuation",
+    "overlap_coefficient",
 ]
+
+LABEL_NAMES = ("background", "normal lung", "EF", "GGO")
+"""Label 0..3 as the confusion tables name them."""
 
 NETWORK_REGIONS = ("normal", "ef", "ggo", "lesion", "lung")
 """Regions scored for the network (Dice, volumes)."""
@@ -113,6 +128,19 @@ def nsd_tolerance_mm(cohort: Cohort, profile=None) -> float:
     return round(DEFAULT_TOLERANCE_FACTOR * max(inplane), 4)
 
 
+def slice_spacing_mm(cohort: Cohort) -> tuple[float, float]:
+    """Smallest and largest slice spacing (mm, third axis) of the cohort's scans (headers only).
+
+    The NSD tolerance (:func:`nsd_tolerance_mm`) is set from the in-plane spacing; the book states
+    it beside this range, since a boundary one slice off lies further than the tolerance whenever
+    the slices are further apart than it.
+    """
+    z = [float(load_header(c.image).spacing[2]) for c in cohort.cases]
+    if not z:
+        raise ValueError(f"cohort {cohort.root} has no cases: no slice spacing to report.")
+    return min(z), max(z)
+
+
 def oof_settings(run: RunPaths) -> dict:
     """TTA and post-processing recorded in ``predictions/manifest.json`` (``"mixed"`` if they differ)."""
     path = run.predictions / "manifest.json"
@@ -144,6 +172,10 @@ def _score_case(run: RunPaths, cohort: Cohort, cid: str, fold: int, tolerance_mm
     row = {"case_id": cid, "fold": fold}
     row.update(case_metrics(pred, ref, spacing, tolerance_mm=tolerance_mm, regions=NETWORK_REGIONS,
                             nsd_regions=nsd_regions, case_id=cid))
+    conf = confusion_counts(np.clip(pred, 0, 3), np.clip(np.asarray(ref), 0, 3), n_labels=4)
+    for i in range(4):
+        for j in range(4):
+            row[f"vox_ref{i}_pred{j}"] = int(conf[i, j])
     if baseline:
         base = density_mask(np.asarray(image.array), ref > 0)
         b = case_metrics(base, ref, spacing, regions=("lesion",), nsd_regions=(), case_id=cid)
@@ -258,12 +290,18 @@ def _metric_columns(df: pd.DataFrame) -> list[str]:
     return [c for c in cols if c in df.columns and df[c].notna().any()]
 
 
-def agreement(df: pd.DataFrame, *, unit: str = "pct") -> dict:
+def agreement(df: pd.DataFrame, *, unit: str = "pct", n_boot: int = 2000, seed: int = 0) -> dict:
     """ICC(2,1) and Bland–Altman of predicted vs reference extent, network and baseline.
+
+    Bland–Altman is given both ways: fixed limits (bias ± 1.96 SD, with approximate CIs) and
+    regression-based limits (:func:`sscild.stats.bland_altman_regression`: the bias and the limits
+    as lines in the size of the measurement, with the proportional-bias slope and bootstrap CIs),
+    since a segmentation's error usually grows with the lesion.
 
     Args:
         df: per-case table of :func:`evaluate_oof`.
         unit: ``"pct"`` (percent of lung; the chapter's choice) or ``"ml"``.
+        n_boot, seed: of the regression limits' bootstrap.
 
     Returns:
         ``{"unit": ..., "network": {region: {"icc": {...}, "bland_altman": {...}}}, "baseline": {"lesion": ...}}``
@@ -279,7 +317,10 @@ def agreement(df: pd.DataFrame, *, unit: str = "pct") -> dict:
         a, b = df[pred].to_numpy(float), df[ref].to_numpy(float)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            return {"icc": _clean(icc(a, b)), "bland_altman": _clean(bland_altman(a, b))}
+            reg = bland_altman_regression(a, b, n_resamples=n_boot, seed=seed)
+            reg["at"] = [_clean(r) for r in reg["at"]]
+            return {"icc": _clean(icc(a, b)), "bland_altman": _clean(bland_altman(a, b)),
+                    "bland_altman_regression": _clean(reg)}
 
     out = {"unit": "percent of lung (percentage points)" if unit == "pct" else "mL", "network": {}, "baseline": {}}
     for r in AGREEMENT_REGIONS:
@@ -318,7 +359,7 @@ def summary_dict(df: pd.DataFrame, cohort_name: str, synthetic: bool, profile: s
     per_fold = {}
     for k, part in df.groupby("fold", sort=True):
         per_fold[str(int(k))] = _clean({"n_cases": int(len(part)), **{c: float(part[c].mean()) for c in fold_cols}})
-    agree = agreement(df, unit="pct")
+    agree = agreement(df, unit="pct", n_boot=n_boot, seed=seed)
     settings = settings or {}
     tol = tolerance_mm
     if tol is None and "nsd_tolerance_mm" in df.columns and df["nsd_tolerance_mm"].notna().any():
@@ -333,7 +374,7 @@ def summary_dict(df: pd.DataFrame, cohort_name: str, synthetic: bool, profile: s
         "metrics": metrics,
         "per_fold": per_fold,
         "agreement": agree,
-        "agreement_ml": agreement(df, unit="ml"),
+        "agreement_ml": agreement(df, unit="ml", n_boot=n_boot, seed=seed),
         "baseline": {
             "method": "HU density mask inside the reference lung: lesion where "
                       f"{HAA_RANGE_HU[0]:g} <= HU <= {HAA_RANGE_HU[1]:g} (high-attenuation area, MESA)",
@@ -347,6 +388,8 @@ def summary_dict(df: pd.DataFrame, cohort_name: str, synthetic: bool, profile: s
                                    if "baseline_ef_cut_hu" in df.columns else {}),
             "dice_ef": metrics.get("baseline_dice_ef"),
             "dice_ggo": metrics.get("baseline_dice_ggo"),
+            "paired_difference": {r: _clean(v) for r, v in
+                                  paired_baseline_difference(df, n_boot=n_boot, seed=seed).items()},
         },
         "policies": {
             "nsd_tolerance_mm": tol,
@@ -402,22 +445,50 @@ def per_fold_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def agreement_table(summary: dict) -> pd.DataFrame:
-    """ICC [95% CI] and Bland–Altman bias [limits of agreement] per method and region, from the summary."""
+    """ICC [95% CI], the fixed Bland–Altman bias and limits with their CIs, and the proportional-bias
+    slope of the regression-based limits, per method and region (from the summary)."""
     agree = summary["agreement"]
     rows = []
     for method, label in (("network", "network"), ("baseline", "HU baseline")):
         for region, a in agree[method].items():
             i, ba = a["icc"], a["bland_altman"]
-            rows.append({"method": label, "region": REGION_NAMES[region], "n": i["n"],
-                         "ICC(2,1) [95% CI]": f"{_fmt(i['icc'])} [{_fmt(i['ci_low'])}, {_fmt(i['ci_high'])}]",
-                         "bias (pp)": _fmt(ba["bias"]),
-                         "95% limits of agreement (pp)": f"{_fmt(ba['loa_low'])} to {_fmt(ba['loa_high'])}"})
+            reg = a.get("bland_altman_regression") or {}
+            rows.append({
+                "method": label, "region": REGION_NAMES[region], "n": i["n"],
+                "ICC(2,1) [95% CI]": f"{_fmt(i['icc'])} [{_fmt(i['ci_low'])}, {_fmt(i['ci_high'])}]",
+                "bias, pp [95% CI]": f"{_fmt(ba['bias'])} [{_fmt(ba['bias_ci_low'])}, {_fmt(ba['bias_ci_high'])}]",
+                "lower limit, pp [95% CI]": f"{_fmt(ba['loa_low'])} [{_fmt(ba.get('loa_low_ci_low'))}, "
+                                            f"{_fmt(ba.get('loa_low_ci_high'))}]",
+                "upper limit, pp [95% CI]": f"{_fmt(ba['loa_high'])} [{_fmt(ba.get('loa_high_ci_low'))}, "
+                                            f"{_fmt(ba.get('loa_high_ci_high'))}]",
+                "bias slope per pp of extent [95% CI]": f"{_fmt(reg.get('slope'))} [{_fmt(reg.get('slope_ci_low'))}, "
+                                                        f"{_fmt(reg.get('slope_ci_high'))}]",
+            })
     return pd.DataFrame(rows).set_index(["method", "region"])
 
 
-def baseline_table(df: pd.DataFrame, summary: dict) -> pd.DataFrame:
-    """Network vs HU baseline per region: Dice (mean [95% CI], median [IQR]), the paired difference, and
-    for total lesion the ICC and Bland–Altman bias of the % of lung."""
+def regression_limits_table(summary: dict) -> pd.DataFrame:
+    """Regression-based Bland–Altman bias and limits (pp, bootstrap 95% CI) at three extents per
+    method and region: the 10th, 50th and 90th percentile of the mean of the two measurements."""
+    rows = []
+    for method, label in (("network", "network"), ("baseline", "HU baseline")):
+        for region, a in summary["agreement"][method].items():
+            for pt in (a.get("bland_altman_regression") or {}).get("at", []):
+                rows.append({
+                    "method": label, "region": REGION_NAMES[region], "at extent (% of lung)": _fmt(pt["mean"], 1),
+                    "bias [95% CI]": f"{_fmt(pt['bias'])} [{_fmt(pt['bias_ci_low'])}, {_fmt(pt['bias_ci_high'])}]",
+                    "lower limit [95% CI]": f"{_fmt(pt['loa_low'])} [{_fmt(pt['loa_low_ci_low'])}, "
+                                            f"{_fmt(pt['loa_low_ci_high'])}]",
+                    "upper limit [95% CI]": f"{_fmt(pt['loa_high'])} [{_fmt(pt['loa_high_ci_low'])}, "
+                                            f"{_fmt(pt['loa_high_ci_high'])}]",
+                })
+    return pd.DataFrame(rows).set_index(["method", "region", "at extent (% of lung)"]) if rows else pd.DataFrame()
+
+
+def baseline_table(df: pd.DataFrame, summary: dict, *, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Network vs HU baseline per region: Dice (mean [95% CI], median [IQR]), the paired difference
+    network − baseline per patient with its bootstrap CI (:func:`sscild.stats.paired_difference`), and
+    the ICC and Bland–Altman bias of the % of lung."""
     m = summary["metrics"]
     rows = []
     for region in ("lesion", "ef", "ggo"):
@@ -440,31 +511,245 @@ def baseline_table(df: pd.DataFrame, summary: dict) -> pd.DataFrame:
         if net in df.columns and base in df.columns:
             diff = (df[net] - df[base]).dropna()
             if len(diff):
+                pdiff = paired_difference(df[net], df[base], n_resamples=n_boot, seed=seed)
                 rows.append({"region": REGION_NAMES[region], "method": "network − baseline (paired)", "n": len(diff),
-                             "Dice, mean [95% CI]": _fmt(diff.mean()),
+                             "Dice, mean [95% CI]": f"{_fmt(pdiff['mean_diff'])} [{_fmt(pdiff['ci_low'])}, "
+                                                    f"{_fmt(pdiff['ci_high'])}]",
                              "Dice, median [IQR]": f"{_fmt(diff.median())} [{_fmt(diff.quantile(0.25))}, "
                                                    f"{_fmt(diff.quantile(0.75))}]",
                              "ICC % of lung [95% CI]": "", "bias (pp) [LoA]": ""})
     return pd.DataFrame(rows).set_index(["region", "method"])
 
 
-def paper_table(summary: dict, folder: str) -> pd.DataFrame:
-    """Mean Dice of this run (with 95% CI), the HU baseline and the published study, per region."""
+def paper_table(summary: dict | None = None, folder: str | None = None) -> pd.DataFrame:
+    """The published study's mean Dice, for orientation only, in a table of its own.
+
+    It is not set in a column beside this run's: on a synthetic cohort this run's Dice depends on how
+    the generator draws its labels and textures, and on another cohort it estimates another
+    population. The arguments are accepted for compatibility and not used.
+    """
     from .paper import PAPER
 
-    m = summary["metrics"]
+    rows = [{"region": REGION_NAMES[key], "published mean Dice": f"{PAPER['dice'][pk]:.2f}",
+             "patients": PAPER["n_patients"], "validation": f"{PAPER['num_folds']}-fold cross-validation"}
+            for key, pk in (("lesion", "total_lesion"), ("ef", "ef"), ("ggo", "ggo"))]
+    return pd.DataFrame(rows).set_index("region")
+
+
+def paired_baseline_difference(df: pd.DataFrame, *, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Network − baseline Dice per region (:func:`sscild.stats.paired_difference`), for the glue."""
+    out = {}
+    for region in ("lesion", "ef", "ggo"):
+        net, base = f"dice_{region}", f"baseline_dice_{region}"
+        if net in df.columns and base in df.columns:
+            out[region] = paired_difference(df[net], df[base], n_resamples=n_boot, seed=seed)
+    return out
+
+
+def _conf_matrix(df: pd.DataFrame) -> np.ndarray | None:
+    cols = [f"vox_ref{i}_pred{j}" for i in range(4) for j in range(4)]
+    if not all(c in df.columns for c in cols):
+        return None
+    return df[cols].to_numpy(dtype=float).reshape(len(df), 4, 4)
+
+
+def confusion_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Where each reference label's voxels went: rows reference normal lung, EF, GGO; columns the
+    predicted label; entries percent of that reference label's voxels, pooled over patients.
+
+    The EF row's GGO column is the share of reference fibrosis called ground glass, and the GGO row's
+    EF column the reverse. Empty table when the per-case table has no voxel counts.
+    """
+    conf = _conf_matrix(df)
+    if conf is None:
+        return pd.DataFrame()
+    pooled = conf.sum(axis=0)[1:, :]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = 100.0 * pooled / pooled.sum(axis=1, keepdims=True)
+    t = pd.DataFrame(share, index=[f"reference {n}" for n in LABEL_NAMES[1:]],
+                     columns=[f"predicted {n}" for n in LABEL_NAMES])
+    t["reference voxels"] = pooled.sum(axis=1).astype(np.int64)
+    return t
+
+
+def confusion_per_patient(df: pd.DataFrame) -> pd.DataFrame:
+    """Per patient: the share (%) of reference EF predicted GGO, and of reference GGO predicted EF,
+    summarised over patients as median [IQR] and range (patients without that reference label are
+    left out and counted)."""
+    conf = _conf_matrix(df)
+    if conf is None:
+        return pd.DataFrame()
     rows = []
-    for key, paper_key in (("lesion", "total_lesion"), ("ef", "ef"), ("ggo", "ggo")):
-        d = m.get(f"dice_{key}")
-        b = m.get(f"baseline_dice_{key}")
-        rows.append({"Dice": REGION_NAMES[key],
-                     f"this run ({folder}), mean [95% CI]":
-                         "n/a" if d is None else f"{_fmt(d['mean'])} [{_fmt(d['ci_low'])}, {_fmt(d['ci_high'])}]",
-                     "HU baseline": "—" if b is None else _fmt(b["mean"]),
-                     "paper (SICCS)": f"{PAPER['dice'][paper_key]:.2f}"})
-    rows.append({"Dice": "patients", f"this run ({folder}), mean [95% CI]": str(summary["n_cases"]),
-                 "HU baseline": str(summary["n_cases"]), "paper (SICCS)": str(PAPER["n_patients"])})
-    return pd.DataFrame(rows).set_index("Dice")
+    for (src, dst), name in (((2, 3), "reference EF predicted GGO"), ((3, 2), "reference GGO predicted EF"),
+                             ((2, 1), "reference EF predicted normal"), ((3, 1), "reference GGO predicted normal")):
+        tot = conf[:, src, :].sum(axis=1)
+        keep = tot > 0
+        v = 100.0 * conf[keep, src, dst] / tot[keep]
+        rows.append({"voxels": name, "patients": int(keep.sum()), "without that label": int((~keep).sum()),
+                     "median [IQR], %": (f"{_fmt(np.median(v), 1)} [{_fmt(np.quantile(v, 0.25), 1)}, "
+                                         f"{_fmt(np.quantile(v, 0.75), 1)}]") if v.size else "n/a",
+                     "range, %": f"{_fmt(v.min(), 1)} to {_fmt(v.max(), 1)}" if v.size else "n/a"})
+    return pd.DataFrame(rows).set_index("voxels")
+
+
+def worst_cases(df: pd.DataFrame, n: int = 3, metric: str = "dice_lesion") -> pd.DataFrame:
+    """The ``n`` patients with the lowest ``metric``, with what went wrong: reference and predicted
+    extent, false-positive and missed lesion volume, and EF/GGO swaps (share of reference EF called
+    GGO and of reference GGO called EF)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive number of patients, got {n!r}")
+    d = df.dropna(subset=[metric]).sort_values([metric, "case_id"]).head(n)
+    conf = _conf_matrix(d)
+    rows = []
+    for k, (_, r) in enumerate(d.iterrows()):
+        row = {"patient": r["case_id"], "fold": int(r["fold"]), "lesion Dice": r[metric],
+               "reference lesion, % of lung": r.get("pct_ref_lesion", np.nan),
+               "predicted lesion, % of lung": r.get("pct_pred_lesion", np.nan)}
+        if conf is not None:
+            c = conf[k]
+            vox_ml = (r["vol_ref_lung_ml"] / c[1:, :].sum()) if c[1:, :].sum() else np.nan
+            les_ref = c[2:, :].sum()
+            row["lesion called elsewhere (missed), mL"] = (c[2:, :2].sum()) * vox_ml
+            row["lesion where reference has none (false positive), mL"] = c[:2, 2:].sum() * vox_ml
+            row["EF called GGO, % of reference EF"] = 100.0 * c[2, 3] / c[2].sum() if c[2].sum() else np.nan
+            row["GGO called EF, % of reference GGO"] = 100.0 * c[3, 2] / c[3].sum() if c[3].sum() else np.nan
+            row["_les_ref"] = les_ref
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    return out.drop(columns=[c for c in out.columns if c.startswith("_")]).set_index("patient")
+
+
+def label_attenuation(cohort: Cohort, case_ids, *, lo: float = -1100.0, hi: float = 200.0, bin_hu: float = 10.0
+                      ) -> pd.DataFrame:
+    """Histograms of the CT attenuation of reference EF and GGO voxels, pooled over ``case_ids``.
+
+    Shows a design decision behind the numbers: how far EF and GGO overlap in Hounsfield units, and
+    so how much any density rule (the HU baseline) can tell them apart.
+
+    Args:
+        cohort: the cohort (images and reference labels are read).
+        case_ids: the patients to pool.
+        lo, hi, bin_hu: histogram range and bin width in HU (values outside fall in the end bins).
+
+    Returns:
+        One row per bin: ``hu`` (bin centre), ``ef`` and ``ggo`` (voxel counts).
+    """
+    if not (hi > lo) or bin_hu <= 0:
+        raise ValueError(f"need lo < hi and bin_hu > 0, got lo={lo}, hi={hi}, bin_hu={bin_hu}")
+    edges = np.arange(lo, hi + bin_hu, bin_hu)
+    counts = {2: np.zeros(len(edges) - 1), 3: np.zeros(len(edges) - 1)}
+    for cid in case_ids:
+        image, ref = read_case(cohort, cid)
+        if ref is None:
+            continue
+        hu = np.clip(np.asarray(image.array, dtype=np.float32), lo, hi - 1e-3)
+        lab = np.asarray(ref)
+        for k in (2, 3):
+            counts[k] += np.histogram(hu[lab == k], bins=edges)[0]
+    return pd.DataFrame({"hu": (edges[:-1] + edges[1:]) / 2, "ef": counts[2], "ggo": counts[3]})
+
+
+def overlap_coefficient(a, b) -> float:
+    """Overlap of two histograms on the same bins: the sum over bins of the smaller of the two
+    normalised frequencies (1 = identical distributions, 0 = disjoint). NaN if either is empty.
+
+    Example:
+        >>> overlap_coefficient([1, 1, 0], [0, 1, 1])
+        0.5
+    """
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape:
+        raise ValueError(f"histograms differ in length: {a.shape} vs {b.shape}")
+    if a.sum() <= 0 or b.sum() <= 0:
+        return float("nan")
+    return float(np.minimum(a / a.sum(), b / b.sum()).sum())
+
+
+def error_location(ref: np.ndarray, pred: np.ndarray, affine: np.ndarray) -> dict:
+    """Where a patient's lesion errors lie: craniocaudal zone and medial or lateral.
+
+    The maps are reoriented to RAS (:func:`sscild.plots.segmentation.to_canonical`). The reference
+    lung's extent along z is cut into upper, middle and lower thirds; across, a voxel is *medial*
+    when it lies in the inner third between the lungs' midline and their lateral edge (where the
+    heart, the mediastinum and the hila are), else *lateral*.
+
+    Returns:
+        ``{"false_positive": {...}, "missed": {...}}``, each with ``voxels`` and the percent of them
+        in ``upper``, ``middle``, ``lower`` and ``medial`` (NaN when there are none).
+
+    Example:
+        >>> ref = np.zeros((9, 3, 6), np.uint8); ref[1:8, :, :] = 1
+        >>> pred = ref.copy(); pred[4, :, 0:2] = 2          # lesion drawn in the medial lower lung
+        >>> loc = error_location(ref, pred, np.eye(4))
+        >>> loc["false_positive"]["lower"], loc["false_positive"]["medial"]
+        (100.0, 100.0)
+    """
+    from .plots.segmentation import to_canonical
+
+    r, _ = to_canonical(np.asarray(ref), affine)
+    q, _ = to_canonical(np.asarray(pred), affine)
+    lung = r > 0
+    if not lung.any():
+        lung = q > 0
+    out = {}
+    if not lung.any():
+        nan = float("nan")
+        return {k: {"voxels": 0, "upper": nan, "middle": nan, "lower": nan, "medial": nan}
+                for k in ("false_positive", "missed")}
+    xs, _, zs = np.nonzero(lung)
+    z0, z1 = zs.min(), zs.max()
+    x_mid = (xs.min() + xs.max()) / 2.0
+    half = max((xs.max() - xs.min()) / 2.0, 1.0)
+    for name, mask in (("false_positive", (q >= 2) & (r < 2)), ("missed", (r >= 2) & (q < 2))):
+        x, _, z = np.nonzero(mask)
+        n = int(x.size)
+        if n == 0:
+            out[name] = {"voxels": 0, "upper": float("nan"), "middle": float("nan"), "lower": float("nan"),
+                         "medial": float("nan")}
+            continue
+        t = (z - z0) / max(z1 - z0, 1)                  # 0 = lung base (RAS: z grows upwards), 1 = apex
+        out[name] = {"voxels": n,
+                     "upper": float(100.0 * (t > 2 / 3).mean()),
+                     "middle": float(100.0 * ((t >= 1 / 3) & (t <= 2 / 3)).mean()),
+                     "lower": float(100.0 * (t < 1 / 3).mean()),
+                     "medial": float(100.0 * (np.abs(x - x_mid) / half < 1 / 3).mean())}
+    return out
+
+
+def _location_words(loc: dict) -> str:
+    parts = []
+    for key, what in (("false_positive", "false-positive lesion"), ("missed", "missed lesion")):
+        d = loc.get(key) or {}
+        if not d.get("voxels"):
+            continue
+        zone = max(("upper", "middle", "lower"), key=lambda z: d[z])
+        side = "medial (beside the heart, mediastinum and hila)" if d["medial"] >= 50 else "lateral"
+        parts.append(f"{what} mostly in the {zone} zone ({d[zone]:.0f} %), {d['medial']:.0f} % of it medial"
+                     + (f": {side}" if d["medial"] >= 50 else ""))
+    return "; ".join(parts)
+
+
+def worst_case_words(table: pd.DataFrame, locations: dict | None = None) -> str:
+    """One computed sentence per patient of :func:`worst_cases`: which error dominates and, with
+    ``locations`` (case id -> :func:`error_location`), where it lies."""
+    lines = []
+    for cid, r in table.iterrows():
+        parts = [f"lesion Dice {_fmt(r['lesion Dice'])}; reference {_fmt(r['reference lesion, % of lung'], 1)} % "
+                 f"of lung, predicted {_fmt(r['predicted lesion, % of lung'], 1)} %"]
+        fp = r.get("lesion where reference has none (false positive), mL", np.nan)
+        fn = r.get("lesion called elsewhere (missed), mL", np.nan)
+        if np.isfinite(fp) and np.isfinite(fn):
+            kind = "over-calls (false positive lesion dominates)" if fp > fn else "under-calls (missed lesion dominates)"
+            parts.append(f"{kind}: {_fmt(fp, 0)} mL false positive, {_fmt(fn, 0)} mL missed")
+        ef, ggo = r.get("EF called GGO, % of reference EF", np.nan), r.get("GGO called EF, % of reference GGO", np.nan)
+        if np.isfinite(ef) or np.isfinite(ggo):
+            parts.append(f"EF called GGO {_fmt(ef, 0)} %, GGO called EF {_fmt(ggo, 0)} %")
+        if locations and cid in locations:
+            where = _location_words(locations[cid])
+            if where:
+                parts.append(where)
+        lines.append(f"- **{cid}** (fold {int(r['fold'])}): " + "; ".join(parts) + ".")
+    return "\n".join(lines)
 
 
 def extreme_cases(df: pd.DataFrame, metric: str = "dice_lesion") -> dict[str, str]:
@@ -503,6 +788,9 @@ def glue_values(summary: dict) -> dict:
     out["baseline_dice_ef"] = get("baseline_dice_ef")
     out["baseline_dice_ggo"] = get("baseline_dice_ggo")
     out["nsd_tolerance_mm"] = summary["policies"]["nsd_tolerance_mm"]
+    for r, d in (summary["baseline"].get("paired_difference") or {}).items():
+        for k in ("mean_diff", "ci_low", "ci_high"):
+            out[f"net_minus_base_{r}_{k}"] = nan if d.get(k) is None else d[k]
     for who in ("network", "baseline"):
         a = summary["agreement"][who].get("lesion")
         if a:

@@ -89,6 +89,7 @@ __all__ = [
     "summarize",
     "icc",
     "bland_altman",
+    "confusion_counts",
 ]
 
 REGIONS: dict[str, tuple[int, ...]] = {
@@ -731,8 +732,12 @@ def bland_altman(pred, ref, *, percent: bool = False, alpha: float = 0.05) -> di
         alpha: for the t interval of the bias (``bias_ci_low``, ``bias_ci_high``).
 
     Returns:
-        ``{"bias", "sd", "loa_low", "loa_high", "bias_ci_low", "bias_ci_high", "n", "unit"}``
-        (``unit`` is ``"%"`` or ``"same as input"``).
+        ``{"bias", "sd", "loa_low", "loa_high", "bias_ci_low", "bias_ci_high", "loa_low_ci_low",
+        "loa_low_ci_high", "loa_high_ci_low", "loa_high_ci_high", "n", "unit"}`` (``unit`` is
+        ``"%"`` or ``"same as input"``). The limits' intervals use the approximate standard error
+        ``sqrt(3 sd² / n)`` of Bland & Altman (1986) with a t quantile. These fixed limits assume the
+        difference does not depend on the size of the measurement; where it does (proportional
+        bias) use :func:`sscild.stats.bland_altman_regression`.
 
     Example:
         >>> ba = bland_altman([2, 4, 6], [1, 3, 8])
@@ -748,14 +753,52 @@ def bland_altman(pred, ref, *, percent: bool = False, alpha: float = 0.05) -> di
     n = int(diff.size)
     bias = float(diff.mean()) if n else float("nan")
     sd = float(diff.std(ddof=1)) if n > 1 else float("nan")
-    half = float(stats.t.ppf(1 - alpha / 2, n - 1)) * sd / math.sqrt(n) if n > 1 else float("nan")
+    tq = float(stats.t.ppf(1 - alpha / 2, n - 1)) if n > 1 else float("nan")
+    half = tq * sd / math.sqrt(n) if n > 1 else float("nan")
+    # Bland & Altman (1986): the standard error of a limit of agreement is about sqrt(3 sd^2 / n)
+    loa_half = tq * math.sqrt(3.0 * sd * sd / n) if n > 1 else float("nan")
+    lo, hi = bias - 1.96 * sd, bias + 1.96 * sd
     return {
         "bias": bias,
         "sd": sd,
-        "loa_low": bias - 1.96 * sd,
-        "loa_high": bias + 1.96 * sd,
+        "loa_low": lo,
+        "loa_high": hi,
         "bias_ci_low": bias - half,
         "bias_ci_high": bias + half,
+        "loa_low_ci_low": lo - loa_half,
+        "loa_low_ci_high": lo + loa_half,
+        "loa_high_ci_low": hi - loa_half,
+        "loa_high_ci_high": hi + loa_half,
         "n": n,
         "unit": "%" if percent else "same as input",
     }
+
+
+def confusion_counts(pred, ref, *, n_labels: int = 4) -> np.ndarray:
+    """Voxel counts of reference label (rows) against predicted label (columns).
+
+    Args:
+        pred: predicted label map (integers ``0 .. n_labels - 1``).
+        ref: reference label map, same shape.
+        n_labels: number of labels (4: background, normal lung, EF, GGO).
+
+    Returns:
+        An ``(n_labels, n_labels)`` int64 array; entry ``[i, j]`` counts voxels labelled ``i`` in the
+        reference and ``j`` in the prediction.
+
+    Raises:
+        ValueError: shapes differ, or a label lies outside ``0 .. n_labels - 1``.
+
+    Example:
+        >>> confusion_counts(np.array([[0, 2, 3, 3]]), np.array([[0, 2, 2, 3]]), n_labels=4)[2:, 2:].tolist()
+        [[1, 1], [0, 1]]
+    """
+    if isinstance(n_labels, bool) or not isinstance(n_labels, (int, np.integer)) or n_labels < 2:
+        raise ValueError(f"n_labels must be an integer >= 2, got {n_labels!r}")
+    p, r = _check_pair(np.asarray(pred), np.asarray(ref), what="label map")
+    p = p.astype(np.int64, copy=False).ravel()
+    r = r.astype(np.int64, copy=False).ravel()
+    for name, a in (("pred", p), ("ref", r)):
+        if a.size and (a.min() < 0 or a.max() >= n_labels):
+            raise ValueError(f"{name} holds labels outside 0..{n_labels - 1} (min {a.min()}, max {a.max()}).")
+    return np.bincount(r * n_labels + p, minlength=n_labels * n_labels).reshape(n_labels, n_labels)

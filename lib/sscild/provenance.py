@@ -72,10 +72,25 @@ def environment_table() -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["item", "value"]).set_index("item")
 
 
+def _fold_amp(run: RunPaths) -> str | None:
+    """Mixed precision as the folds' ``train_summary.json`` record it: ``"off (cpu)"``, ``"on (cuda)"``
+    or a mix; ``None`` when no fold is trained."""
+    seen = set()
+    for path in sorted(Path(run.root).glob("fold_*/train_summary.json")):
+        s = read_json(path)
+        seen.add(f"{'on' if s.get('amp') else 'off'} ({s.get('device', '?')})")
+    return ", ".join(sorted(seen)) or None
+
+
 def run_settings(run: RunPaths, profile: Profile) -> pd.DataFrame:
     rows = [("cohort", run.cohort), ("profile", profile.name), ("results folder", unroot(run.root.resolve())),
             ("base seed", profile.seed), ("fold seeds", f"seed*1000 + k for k in 0..{profile.num_folds - 1}")]
+    used = _fold_amp(run)
     for k, v in profile.to_dict().items():
+        if k == "amp":
+            # one answer for the page: the setting means "on CUDA", and what the folds did is recorded
+            v = (f"{'on CUDA only' if v else 'off'}; this run's folds: {used}" if used
+                 else ("on CUDA only" if v else "off"))
         if k not in ("name", "seed", "extra"):
             rows.append((k, str(v)))
     return pd.DataFrame(rows, columns=["setting", "value"]).set_index("setting")

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
-__all__ = ["cohort_info", "banner", "glue", "show", "fmt_ci", "chapter_context", "rel"]
+__all__ = ["cohort_info", "banner", "glue", "show", "table_html", "figure", "fmt_ci", "chapter_context", "rel",
+           "FOLD_ROWS"]
+
+FOLD_ROWS = 12
+"""Tables longer than this are folded (a click opens them) unless the page asks otherwise."""
 
 
 def rel(path: str | Path) -> str:
@@ -62,13 +67,101 @@ def glue(name: str, value, display: bool = False):
     return value
 
 
-def show(df, caption: str | None = None, floatfmt: int = 3):
-    """Display a DataFrame with consistent rounding (and an optional caption)."""
-    from IPython.display import Markdown, display
+def table_html(df, *, floatfmt: int = 3, na_rep: str = "—") -> str:
+    """``df`` as a complete HTML table: every row, every column, every character of every cell.
 
+    pandas' notebook display shortens long cells to "..." and drops rows and columns past its
+    display limits; a book page must show what the table holds, so the table is written with
+    :meth:`pandas.DataFrame.to_html`, which truncates nothing, and long text wraps in the cell.
+    Numbers are rounded to ``floatfmt`` decimals; missing values show as ``na_rep``.
+
+    Example:
+        >>> import pandas as pd
+        >>> "..." in table_html(pd.DataFrame({"recipe": ["x" * 200]}))
+        False
+    """
+    import pandas as pd
+
+    if isinstance(floatfmt, bool) or not isinstance(floatfmt, int) or floatfmt < 0:
+        raise ValueError(f"floatfmt must be a non-negative number of decimals, got {floatfmt!r}")
+    if hasattr(df, "to_frame") and not hasattr(df, "columns"):
+        df = df.to_frame()
+    out = df.copy()
+    for c in out.columns:
+        if pd.api.types.is_float_dtype(out[c].dtype):
+            out[c] = out[c].map(lambda v: na_rep if v != v else f"{v:.{floatfmt}f}")
+    return out.to_html(na_rep=na_rep, border=0, classes="dataframe sscild-table", escape=True)
+
+
+def show(df, caption: str | None = None, floatfmt: int = 3, *, fold: bool | None = None):
+    """Display a DataFrame in full (:func:`table_html`), with a caption; fold long tables.
+
+    Args:
+        df: the table (a Series is shown as one column).
+        caption: shown in bold above the table (and as the fold's label).
+        floatfmt: decimals of floating-point columns.
+        fold: put the table behind a click (an HTML ``<details>``); ``None`` folds tables longer
+            than :data:`FOLD_ROWS` rows.
+    """
+    import html
+
+    from IPython.display import HTML, Markdown, display
+
+    if not hasattr(df, "to_html"):
+        display(df)
+        return
+    n = len(df)
+    if fold is None:
+        fold = n > FOLD_ROWS
+    body = table_html(df, floatfmt=floatfmt)
+    if fold:
+        label = re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(caption or "Table"))   # Markdown code spans
+        display(HTML(f'<details class="sscild-fold"><summary><strong>{label}</strong> ({n} rows: click to open)'
+                     f"</summary>\n{body}\n</details>"))
+        return
     if caption:
         display(Markdown(f"**{caption}**"))
-    display(df.round(floatfmt) if hasattr(df, "round") else df)
+    display(HTML(body))
+
+
+def figure(fig, name: str, folder, *, caption: str, dpi: int | None = None) -> Path:
+    """Save ``fig`` as ``<folder>/<name>.png`` and show it once as a numbered figure with ``caption``.
+
+    The PNG is glued under ``name`` and placed by a MyST ``glue:figure`` directive (label
+    ``fig-<name>``, so text can refer to it with ``{numref}``); the book numbers it and prints the
+    caption under it. The caption should say what the reader is to see, not only what is plotted.
+
+    Args:
+        fig: a matplotlib figure (saved, then closed) or the path of a PNG already written.
+        name: file stem and glue key (an identifier).
+        folder: where the PNG goes.
+        caption: the figure's caption (MyST Markdown, one paragraph).
+        dpi: resolution of the PNG (default: the style's).
+
+    Returns:
+        The PNG's path.
+    """
+    from IPython.display import Image, Markdown, display
+
+    import matplotlib.pyplot as plt
+
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"figure name must be an identifier (it is a glue key), got {name!r}")
+    if not isinstance(caption, str) or not caption.strip():
+        raise ValueError(f"figure {name!r} needs a caption that says what to see")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if isinstance(fig, (str, Path)):
+        path = Path(fig)
+    else:
+        path = folder / f"{name}.png"
+        fig.savefig(path, **({"dpi": dpi} if dpi else {}))
+        plt.close(fig)
+    glue(name, Image(filename=str(path)), display=False)
+    alt = re.sub(r"[`*{}\[\]]", "", caption.strip().split(". ")[0]).replace("\n", " ")[:150]
+    display(Markdown(f"```{{glue:figure}} {name}\n:name: fig-{name.replace('_', '-')}\n:alt: {alt}\n\n"
+                     f"{caption.strip()}\n```"))
+    return path
 
 
 def fmt_ci(est, lo, hi, nd: int = 2) -> str:

@@ -47,6 +47,9 @@ __all__ = [
     "spearman",
     "correlation_grid",
     "partial_spearman",
+    "partial_spearman_ci",
+    "paired_difference",
+    "bland_altman_regression",
     "rho_difference",
     "holm",
     "extent_stage",
@@ -154,6 +157,28 @@ def _spearman_stat(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
 
 def _spearman_diff_stat(xp: np.ndarray, xr: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
     return _spearman_stat(xp, y, axis=axis) - _spearman_stat(xr, y, axis=axis)
+
+
+def _partial_stat(x: np.ndarray, y: np.ndarray, *covs: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Partial Spearman rho along ``axis`` (ranks of x and y residualised on an intercept and the
+    covariates' ranks by least squares; the residuals' Pearson correlation), for stacks of samples."""
+    x = np.moveaxis(np.asarray(x, dtype=float), axis, -1)
+    y = np.moveaxis(np.asarray(y, dtype=float), axis, -1)
+    cols = [np.ones_like(x)] + [sps.rankdata(np.moveaxis(np.asarray(c, dtype=float), axis, -1), axis=-1) for c in covs]
+    design = np.stack(cols, axis=-1)                                    # (..., n, k + 1)
+    pinv = np.linalg.pinv(design)                                       # (..., k + 1, n)
+
+    def resid(v):
+        r = sps.rankdata(v, axis=-1)
+        beta = np.einsum("...kn,...n->...k", pinv, r)
+        return r - np.einsum("...nk,...k->...n", design, beta)
+
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return _pearson_last_axis(resid(x), resid(y))
+
+
+def _mean_diff_stat(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.mean(np.asarray(a) - np.asarray(b), axis=axis)
 
 
 def _kappa_stat_factory(k: int) -> Callable:
@@ -364,6 +389,184 @@ def partial_spearman(df: pd.DataFrame, x: str, y: str, covariates) -> dict:
     return out
 
 
+def partial_spearman_ci(df: pd.DataFrame, x: str, y: str, covariates, *, n_resamples: int = 2000,
+                        confidence_level: float = 0.95, seed: int = 0) -> dict:
+    """:func:`partial_spearman` with a patient bootstrap confidence interval.
+
+    Each resample draws whole patients (their ``x``, ``y`` and covariates together); the
+    coefficient is recomputed on the resample exactly as on the sample (ranks, residualisation,
+    correlation) and the interval is BCa, percentile where BCa is degenerate (as :func:`spearman`).
+
+    Returns:
+        :func:`partial_spearman`'s dictionary plus ``ci_low``, ``ci_high`` and ``ci_method``.
+
+    Example:
+        >>> import pandas as pd
+        >>> df = pd.DataFrame({"v": [1, 2, 3, 4, 5, 6, 7, 8], "f": [2, 1, 4, 3, 6, 5, 8, 7],
+        ...                    "age": [1, 3, 2, 4, 6, 5, 8, 7]})
+        >>> r = partial_spearman_ci(df, "v", "f", ["age"], n_resamples=200)
+        >>> r["ci_low"] <= r["rho"] <= r["ci_high"]
+        True
+    """
+    _check_resampling(n_resamples, confidence_level, seed)
+    out = partial_spearman(df, x, y, covariates)
+    out.update(ci_low=float("nan"), ci_high=float("nan"), ci_method="none")
+    if not np.isfinite(out["rho"]) or out["n"] < MIN_N:
+        return out
+    cols = [x, y, *out["covariates"]]
+    data = df[cols].copy()
+    for c in out["covariates"]:
+        data[c] = _numeric_covariate(df[c])
+    data = data.apply(pd.to_numeric, errors="coerce").dropna()
+    arrays = tuple(data[c].to_numpy(dtype=float) for c in cols)
+    out["ci_low"], out["ci_high"], out["ci_method"] = _bootstrap_ci(
+        arrays, _partial_stat, n_resamples=n_resamples, confidence_level=confidence_level, seed=seed)
+    return out
+
+
+def paired_difference(a, b, *, n_resamples: int = 2000, confidence_level: float = 0.95, seed: int = 0) -> dict:
+    """Mean of the paired differences ``a - b`` (e.g. network Dice minus baseline Dice per patient)
+    with a patient bootstrap interval and the Wilcoxon signed-rank test.
+
+    Patients missing either value are dropped. The interval resamples patients, each carrying both
+    of their values (BCa, percentile where BCa is degenerate; seeded). The signed-rank p-value
+    (:func:`scipy.stats.wilcoxon`, two-sided) is NaN when every difference is zero.
+
+    Args:
+        a, b: one value per patient each, same patients in the same order.
+        n_resamples, confidence_level, seed: of the bootstrap.
+
+    Returns:
+        ``{"mean_diff", "median_diff", "ci_low", "ci_high", "ci_method", "p_wilcoxon", "n"}``.
+
+    Example:
+        >>> d = paired_difference([0.8, 0.7, 0.9, 0.6, 0.75], [0.5, 0.6, 0.6, 0.55, 0.5], n_resamples=200)
+        >>> round(d["mean_diff"], 2), d["n"]
+        (0.2, 5)
+    """
+    _check_resampling(n_resamples, confidence_level, seed)
+    x = _as_float_1d(a, "a")
+    y = _as_float_1d(b, "b")
+    _same_length({"a": x, "b": y})
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    n = int(ok.sum())
+    out = {"mean_diff": float("nan"), "median_diff": float("nan"), "ci_low": float("nan"),
+           "ci_high": float("nan"), "ci_method": "none", "p_wilcoxon": float("nan"), "n": n}
+    if n == 0:
+        return out
+    d = x - y
+    out["mean_diff"] = float(d.mean())
+    out["median_diff"] = float(np.median(d))
+    if n < MIN_N:
+        return out
+    if np.allclose(d, d[0], rtol=0.0, atol=1e-12):
+        out.update(ci_low=float(d.mean()), ci_high=float(d.mean()), ci_method="constant")
+    else:
+        out["ci_low"], out["ci_high"], out["ci_method"] = _bootstrap_ci(
+            (x, y), _mean_diff_stat, n_resamples=n_resamples, confidence_level=confidence_level, seed=seed)
+    if np.any(d != 0):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out["p_wilcoxon"] = float(sps.wilcoxon(x, y).pvalue)
+    return out
+
+
+def _ba_regression_fit(m: np.ndarray, d: np.ndarray):
+    """(b0, b1, c0, c1): bias line d = b0 + b1 m, and mean absolute residual |r| = c0 + c1 m."""
+    X = np.column_stack([np.ones_like(m), m])
+    b, *_ = np.linalg.lstsq(X, d, rcond=None)
+    r = np.abs(d - X @ b)
+    c, *_ = np.linalg.lstsq(X, r, rcond=None)
+    return b, c
+
+
+_HALF_NORMAL = float(np.sqrt(np.pi / 2.0))
+
+
+def bland_altman_regression(pred, ref, *, at=None, confidence_level: float = 0.95, n_resamples: int = 2000,
+                            seed: int = 0) -> dict:
+    """Regression-based Bland–Altman limits of agreement, for a bias that changes with the size of
+    the measurement (proportional bias).
+
+    Method of Bland & Altman (1999, section 3.2): with ``m = (pred + ref) / 2`` and ``d = pred - ref``,
+
+    1. regress ``d`` on ``m`` by least squares: the bias at ``m`` is ``b0 + b1 m``; ``b1 != 0`` is
+       proportional bias (its CI and p from the OLS fit, statsmodels);
+    2. regress the absolute residuals ``|r|`` on ``m``: ``c0 + c1 m``; since for a normal residual
+       ``E|r| = sd sqrt(2 / pi)``, the residual SD at ``m`` is ``sqrt(pi / 2) (c0 + c1 m)``;
+    3. the 95 % limits at ``m`` are ``b0 + b1 m ± 1.96 sqrt(pi / 2) (c0 + c1 m)``.
+
+    Intervals of the bias and of both limits at each point of ``at`` come from a patient bootstrap
+    (percentile, seeded): each resample refits both regressions.
+
+    Args:
+        pred, ref: paired measurements, one per patient (NaN pairs dropped).
+        at: values of ``m`` at which to report the bias and limits (default: the 10th, 50th and
+            90th percentiles of ``m``).
+        confidence_level, n_resamples, seed: of the intervals.
+
+    Returns:
+        ``{"n", "intercept", "slope", "slope_ci_low", "slope_ci_high", "slope_p", "sd_intercept",
+        "sd_slope", "at"}`` where ``at`` is a list of ``{"mean", "bias", "bias_ci_low",
+        "bias_ci_high", "loa_low", "loa_low_ci_low", "loa_low_ci_high", "loa_high",
+        "loa_high_ci_low", "loa_high_ci_high"}``. With fewer than :data:`MIN_N` pairs or a constant
+        ``m`` every number is NaN.
+
+    Example:
+        >>> r = bland_altman_regression([1, 2, 3, 5, 8], [1, 1.8, 2.6, 4.2, 6.5], n_resamples=200)
+        >>> round(r["slope"], 3) > 0, r["n"]
+        (True, 5)
+    """
+    if not (0.0 < float(confidence_level) < 1.0):
+        raise ValueError(f"confidence_level must lie in (0, 1), got {confidence_level!r}")
+    _check_resampling(n_resamples, confidence_level, seed)
+    x = _as_float_1d(pred, "pred")
+    y = _as_float_1d(ref, "ref")
+    _same_length({"pred": x, "ref": y})
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    n = int(ok.sum())
+    m, d = (x + y) / 2.0, x - y
+    nan = float("nan")
+    keys = ("intercept", "slope", "slope_ci_low", "slope_ci_high", "slope_p", "sd_intercept", "sd_slope")
+    out = {"n": n, **{k: nan for k in keys}, "at": []}
+    if n < MIN_N or np.ptp(m) == 0:
+        return out
+    fit = sm.OLS(d, sm.add_constant(m)).fit()
+    lo_hi = fit.conf_int(alpha=1.0 - confidence_level)
+    (b0, b1), (c0, c1) = _ba_regression_fit(m, d)
+    out.update(intercept=float(b0), slope=float(b1), slope_ci_low=float(lo_hi[1][0]),
+               slope_ci_high=float(lo_hi[1][1]), slope_p=float(fit.pvalues[1]),
+               sd_intercept=_HALF_NORMAL * float(c0), sd_slope=_HALF_NORMAL * float(c1))
+    pts = np.quantile(m, [0.1, 0.5, 0.9]) if at is None else np.atleast_1d(np.asarray(at, dtype=float))
+
+    def lines(b, c):
+        bias = b[0] + b[1] * pts
+        sd = np.maximum(_HALF_NORMAL * (c[0] + c[1] * pts), 0.0)
+        return np.stack([bias, bias - 1.96 * sd, bias + 1.96 * sd])   # (3, len(pts))
+
+    est = lines((b0, b1), (c0, c1))
+    rng = np.random.default_rng(seed)
+    boot = []
+    for _ in range(n_resamples):
+        i = rng.integers(0, n, n)
+        if np.ptp(m[i]) == 0:
+            continue
+        b, c = _ba_regression_fit(m[i], d[i])
+        boot.append(lines(b, c))
+    alpha = (1.0 - confidence_level) / 2.0
+    q = np.quantile(np.asarray(boot), [alpha, 1.0 - alpha], axis=0) if boot else np.full((2, 3, len(pts)), np.nan)
+    for j, v in enumerate(pts):
+        row = {"mean": float(v)}
+        for k, name in enumerate(("bias", "loa_low", "loa_high")):
+            row[name] = float(est[k, j])
+            row[f"{name}_ci_low"] = float(q[0, k, j])
+            row[f"{name}_ci_high"] = float(q[1, k, j])
+        out["at"].append(row)
+    return out
+
+
 def holm(pvalues) -> np.ndarray:
     """Holm step-down adjusted p-values (statsmodels ``multipletests(method="holm")``).
 
@@ -412,7 +615,8 @@ def correlation_grid(
     Returns:
         One row per (predictor, outcome), in predictor-major order, with columns ``predictor,
         outcome, n, rho, p, ci_low, ci_high, ci_method, p_holm`` and, with covariates,
-        ``partial_rho, partial_p, partial_n, partial_p_holm``.
+        ``partial_rho, partial_p, partial_n, partial_ci_low, partial_ci_high, partial_p_holm`` (the
+        partial coefficient's interval is a patient bootstrap, :func:`partial_spearman_ci`).
 
     Example:
         >>> import pandas as pd
@@ -437,8 +641,10 @@ def correlation_grid(
             r = spearman(df[pred], df[out], n_resamples=n_resamples, confidence_level=confidence_level, seed=seed)
             row = {"predictor": pred, "outcome": out, **{k: r[k] for k in ("n", "rho", "p", "ci_low", "ci_high", "ci_method")}}
             if covariates:
-                pr = partial_spearman(df, pred, out, covariates)
-                row.update(partial_rho=pr["rho"], partial_p=pr["p"], partial_n=pr["n"])
+                pr = partial_spearman_ci(df, pred, out, covariates, n_resamples=n_resamples,
+                                         confidence_level=confidence_level, seed=seed)
+                row.update(partial_rho=pr["rho"], partial_p=pr["p"], partial_n=pr["n"],
+                           partial_ci_low=pr["ci_low"], partial_ci_high=pr["ci_high"])
             rows.append(row)
     grid = pd.DataFrame(rows)
     grid.insert(grid.columns.get_loc("ci_method") + 1, "p_holm", holm(grid["p"].to_numpy()))

@@ -17,14 +17,21 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 
-__all__ = ["style", "save", "LABEL_COLORS", "label_cmap", "overlay", "window"]
+__all__ = ["style", "save", "LABEL_COLORS", "label_cmap", "overlay", "window", "LUNG_WINDOW", "window_text"]
 
-LABEL_COLORS = {1: "#4daf4a", 2: "#e41a1c", 3: "#ffb000"}
-"""normal lung green, EF red, GGO amber (readable for the common colour-vision deficiencies
-together with the legend)."""
+from ..palette import LABEL_HEX  # noqa: E402
+
+LABEL_COLORS = dict(LABEL_HEX)
+"""One colour per label, the colour-blind-safe palette of :mod:`sscild.palette` (normal lung sky
+blue, EF vermillion, GGO yellow), the same colours as the viewer files ``sscild segment`` writes."""
 
 LUNG_WINDOW = (-1350.0, 150.0)
 """Lung window (level -600, width 1500)."""
+
+
+def window_text(lo: float = LUNG_WINDOW[0], hi: float = LUNG_WINDOW[1]) -> str:
+    """The display window in words, for captions: ``"lung window W 1500 / L -600 HU"``."""
+    return f"lung window W {hi - lo:g} / L {(hi + lo) / 2:g} HU"
 
 
 def style() -> None:
@@ -66,20 +73,22 @@ def window(hu: np.ndarray, lo: float = LUNG_WINDOW[0], hi: float = LUNG_WINDOW[1
 
 
 def overlay(ax, image_slice: np.ndarray, label_slice: np.ndarray | None = None, *, title: str | None = None,
-            aspect: float = 1.0, contour: bool = False) -> None:
+            aspect: float = 1.0, contour: bool = False, labels=(1, 2, 3)) -> None:
     """Show a 2D (x, y) HU slice in the lung window with an optional label overlay.
 
     The slice is displayed in radiological convention (patient's right on the image's left, anterior
-    up) for RAS arrays: the (x, y) array is transposed and flipped accordingly.
+    up) for RAS arrays: the (x, y) array is transposed and flipped accordingly. With ``contour`` the
+    labels in ``labels`` are drawn as outlines, leaving the texture under them visible; otherwise as
+    translucent fills.
     """
     img = np.flipud(np.fliplr(window(image_slice).T)) if image_slice.ndim == 2 else image_slice
     ax.imshow(img, cmap="gray", vmin=0, vmax=1, aspect=aspect, interpolation="nearest")
     if label_slice is not None:
         lab = np.flipud(np.fliplr(np.asarray(label_slice).T))
         if contour:
-            for k, c in LABEL_COLORS.items():
+            for k in labels:
                 if (lab == k).any():
-                    ax.contour(lab == k, levels=[0.5], colors=[c], linewidths=0.8)
+                    ax.contour(lab == k, levels=[0.5], colors=[LABEL_COLORS[k]], linewidths=1.1 if k != 1 else 0.7)
         else:
             ax.imshow(lab, cmap=label_cmap(), vmin=0, vmax=3, aspect=aspect, interpolation="nearest")
     ax.set_axis_off()

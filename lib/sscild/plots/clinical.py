@@ -22,8 +22,7 @@ import seaborn as sns
 from statsmodels.nonparametric.smoothers_lowess import lowess
 
 from ..clinical import MEASURES, OUTCOMES, SOURCES, fmt_p, p_text, predictor_column, predictor_label
-from ..paper import EXTENT_THRESHOLD_PCT, PAPER
-from . import save
+from ..paper import EXTENT_THRESHOLD_PCT
 
 __all__ = ["pft_scatter", "rho_heatmap", "staging_scatter", "save_and_show"]
 
@@ -46,7 +45,8 @@ def pft_scatter(table: pd.DataFrame, full: pd.DataFrame, *, source: str = "predi
 
     Each panel shows the patients with both values, a LOWESS trend (statsmodels, ``frac`` of the
     points per local fit), and above it Spearman rho [95 % CI], p and n read from ``full`` (the
-    grid of :func:`sscild.clinical.clinical_correlations`), plus the paper's rho where it reported one.
+    grid of :func:`sscild.clinical.clinical_correlations`). The paper's values are not drawn: they are
+    shown apart, for orientation, in the chapter.
     For percent of lung a dashed line marks the extent-stage cut-off.
     """
     col = predictor_column(source, measure, unit)
@@ -67,8 +67,6 @@ def pft_scatter(table: pd.DataFrame, full: pd.DataFrame, *, source: str = "predi
         if c is not None:
             text = (f"ρ = {_f(c['rho'])} [{_f(c['ci_low'])}, {_f(c['ci_high'])}], n = {int(c['n'])}\n"
                     f"{p_text(c['p'])} (Holm {fmt_p(c['p_holm'])})")
-        if o in PAPER["spearman_rho"]:
-            text += f"; paper ρ = {PAPER['spearman_rho'][o]:.2f}"
         ax.set_title(text, fontsize=8, loc="left")
         ax.set(xlabel=f"{source} {predictor_label(measure, unit)}", ylabel=OUTCOMES[o])
     for ax in list(axes.flat)[len(outcomes):]:
@@ -153,16 +151,17 @@ def staging_scatter(stage: dict):
 
 
 def save_and_show(fig, name: str, folder) -> Path:
-    """Save ``fig`` as ``<folder>/<name>.png`` (:func:`sscild.plots.save`), close it, and display
-    that PNG in the notebook, so the page shows exactly the file the book links to.
+    """Save ``fig`` as ``<folder>/<name>.png``, close it, and display that PNG once.
 
-    The package selects matplotlib's Agg backend, under which a figure returned by a cell is not
-    rendered as an image; displaying the saved file works under any backend.
+    (Chapters use :func:`sscild.report.figure`, which also numbers and captions the figure; this
+    is kept for scripts and notebooks that only need the file shown.)
     """
     from IPython.display import Image, display
 
-    save(fig, name, folder)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
+    fig.savefig(path)
     plt.close(fig)
-    path = Path(folder) / f"{name}.png"
     display(Image(filename=str(path)))
     return path

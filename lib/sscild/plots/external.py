@@ -9,11 +9,15 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.colors import ListedColormap
+
+from ..palette import LABEL_HEX
 from matplotlib.patches import Patch
 
 __all__ = ["EXTERNAL_COLORS", "pick_examples", "example_slices", "dice_distribution"]
 
-EXTERNAL_COLORS = {1: "#ffb000", 2: "#e41a1c"}
+EXTERNAL_COLORS = {1: LABEL_HEX[3], 2: "#CC79A7"}
+"""Ground glass in the study's GGO colour; consolidation in Okabe–Ito reddish purple (both from the
+colour-blind-safe palette of :mod:`sscild.palette`)."""
 """Ground glass amber (as GGO in the study's figures), consolidation red."""
 
 _NAMES = {1: "ground glass", 2: "consolidation"}

@@ -29,7 +29,7 @@ from nibabel import orientations as nio
 from . import LABEL_COLORS, overlay
 
 __all__ = ["to_canonical", "metric_strip", "case_montage", "bland_altman_grid", "baseline_comparison",
-           "scan_montage", "label_legend"]
+           "scan_montage", "label_legend", "attenuation_histograms"]
 
 _REGION_ORDER = ("normal", "ef", "ggo", "lesion", "lung")
 _REGION_LABEL = {"normal": "normal", "ef": "EF", "ggo": "GGO", "lesion": "lesion\n(EF ∪ GGO)", "lung": "lung"}
@@ -119,33 +119,44 @@ def _best_slices(ref_c: np.ndarray) -> tuple[int, int]:
     return z, y
 
 
-def case_montage(cases: list[dict]):
-    """Reference beside prediction for a few cases, axial and coronal (radiological orientation).
+def case_montage(cases: list[dict], *, contour: bool = True):
+    """The CT beside the reference and the prediction for a few cases, axial and coronal.
 
     Args:
         cases: dicts with ``image`` (HU array), ``ref``, ``pred`` (label arrays, same grid),
             ``affine`` and ``title`` (e.g. ``"best: case_007, Dice 0.91"``).
+        contour: draw the labels as outlines (the texture under them stays visible); ``False``
+            draws translucent fills.
 
     Returns:
-        A figure with one row per case and columns axial reference | axial prediction |
-        coronal reference | coronal prediction.
+        A figure with one row per case and columns axial CT | axial reference | axial prediction |
+        coronal CT | coronal reference | coronal prediction, in radiological orientation and the
+        lung window (:func:`sscild.plots.window_text`), slices through the most reference lesion.
     """
+    from . import window_text
+
     if not cases:
         raise ValueError("case_montage needs at least one case")
-    fig, axes = plt.subplots(len(cases), 4, figsize=(12.5, 3.3 * len(cases)), squeeze=False)
+    fig, axes = plt.subplots(len(cases), 6, figsize=(15.5, 2.9 * len(cases) + 0.6), squeeze=False)
     for row, c in zip(axes, cases):
         img, sp = to_canonical(c["image"], c["affine"])
         ref, _ = to_canonical(c["ref"], c["affine"])
         pred, _ = to_canonical(c["pred"], c["affine"])
         z, y = _best_slices(ref)
-        overlay(row[0], img[:, :, z], ref[:, :, z], title="reference, axial", aspect=sp[1] / sp[0])
-        overlay(row[1], img[:, :, z], pred[:, :, z], title="prediction, axial", aspect=sp[1] / sp[0])
-        overlay(row[2], img[:, y, :], ref[:, y, :], title="reference, coronal", aspect=sp[2] / sp[0])
-        overlay(row[3], img[:, y, :], pred[:, y, :], title="prediction, coronal", aspect=sp[2] / sp[0])
+        ax_a, co_a = sp[1] / sp[0], sp[2] / sp[0]
+        overlay(row[0], img[:, :, z], title=f"CT, axial {z}", aspect=ax_a)
+        overlay(row[1], img[:, :, z], ref[:, :, z], title="reference", aspect=ax_a, contour=contour)
+        overlay(row[2], img[:, :, z], pred[:, :, z], title="prediction", aspect=ax_a, contour=contour)
+        overlay(row[3], img[:, y, :], title=f"CT, coronal {y}", aspect=co_a)
+        overlay(row[4], img[:, y, :], ref[:, y, :], title="reference", aspect=co_a, contour=contour)
+        overlay(row[5], img[:, y, :], pred[:, y, :], title="prediction", aspect=co_a, contour=contour)
         row[0].text(-0.06, 0.5, c.get("title", ""), transform=row[0].transAxes, rotation=90, va="center",
                     ha="right", fontsize=10)
-    label_legend(fig)
-    fig.tight_layout(rect=(0.02, 0.04, 1, 1))
+        row[0].text(0.02, 0.02, "R", color="white", transform=row[0].transAxes, fontsize=9)
+    label_legend(fig, ncol=4)
+    fig.text(0.99, 0.005, window_text() + "; patient's right on the image's left", ha="right", va="bottom",
+             fontsize=8, color="0.3")
+    fig.tight_layout(rect=(0.02, 0.05, 1, 1))
     return fig
 
 
@@ -153,7 +164,9 @@ def bland_altman_grid(df: pd.DataFrame, summary: dict, *, regions=("lesion", "ef
     """Bland–Altman plots of predicted minus reference extent (percent of lung) against their mean.
 
     One panel per region (network); with ``baseline`` a last panel shows the HU baseline's total
-    lesion. Lines: bias (solid) and 95 % limits of agreement (dashed), values from ``summary``.
+    lesion. Grey lines: fixed bias (solid) and 95 % limits of agreement (dashed); vermillion lines:
+    the regression-based bias and limits (:func:`sscild.stats.bland_altman_regression`), which follow
+    the extent when the bias is proportional. Values from ``summary``.
     """
     panels = [("network", r, f"pct_pred_{r}", f"pct_ref_{r}") for r in regions if f"pct_pred_{r}" in df.columns]
     if baseline and "baseline_pct_pred_lesion" in df.columns:
@@ -172,9 +185,19 @@ def bland_altman_grid(df: pd.DataFrame, summary: dict, *, regions=("lesion", "ef
                 ax.axhline(ba[k], color="0.35", lw=0.9, ls="--")
             ax.set_title(f"{method}: {_REGION_LABEL[region].splitlines()[0]}\nbias {ba['bias']:.2f}, "
                          f"LoA {ba['loa_low']:.2f} to {ba['loa_high']:.2f} pp", fontsize=9)
+        reg = summary["agreement"][who][region].get("bland_altman_regression") or {}
+        if reg.get("slope") is not None and len(mean) > 1:
+            m = np.linspace(float(mean.min()), float(mean.max()), 50)
+            bias = reg["intercept"] + reg["slope"] * m
+            sd = np.maximum(reg["sd_intercept"] + reg["sd_slope"] * m, 0.0)
+            ax.plot(m, bias, color="#D55E00", lw=1.1, label="regression bias")
+            ax.plot(m, bias - 1.96 * sd, color="#D55E00", lw=0.9, ls="--", label="regression limits")
+            ax.plot(m, bias + 1.96 * sd, color="#D55E00", lw=0.9, ls="--")
         ax.axhline(0, color="0.7", lw=0.6)
         ax.set_xlabel("mean of the two (% of lung)")
     axes[0, 0].set_ylabel("predicted − reference (pp)")
+    if axes[0, 0].get_legend_handles_labels()[0]:
+        axes[0, 0].legend(fontsize=7, frameon=False, loc="best")
     fig.tight_layout()
     return fig
 
@@ -249,4 +272,29 @@ def scan_montage(image: np.ndarray, label: np.ndarray, affine: np.ndarray, *, n_
         fig.suptitle(title, fontsize=10)
     label_legend(fig)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return fig
+
+
+def attenuation_histograms(hist: pd.DataFrame, *, band=None, cuts=None):
+    """Attenuation of reference EF and GGO voxels (normalised histograms, :func:`sscild.evaluate.label_attenuation`).
+
+    Args:
+        hist: columns ``hu``, ``ef``, ``ggo``.
+        band: optional ``(low, high)`` HU band of the density baseline, shaded.
+        cuts: optional HU values of the baseline's fitted EF/GGO cuts, drawn as lines.
+    """
+    fig, ax = plt.subplots(figsize=(6.4, 3.3))
+    width = float(np.diff(hist["hu"]).mean()) if len(hist) > 1 else 10.0
+    for key, name, k in (("ggo", "GGO", 3), ("ef", "EF", 2)):
+        tot = hist[key].sum()
+        if tot > 0:
+            ax.step(hist["hu"], hist[key] / tot / width, where="mid", color=LABEL_COLORS[k], lw=1.8,
+                    label=f"reference {name}")
+    if band is not None:
+        ax.axvspan(band[0], band[1], color="0.85", zorder=0, label=f"HU baseline band {band[0]:g} to {band[1]:g}")
+    for i, c in enumerate(cuts or []):
+        ax.axvline(c, color="0.3", ls=":", lw=1, label="fold EF/GGO cuts" if i == 0 else None)
+    ax.set(xlabel="attenuation (HU)", ylabel="share of voxels per HU", title="Attenuation of reference EF and GGO")
+    ax.legend(frameon=False, fontsize=8)
+    fig.tight_layout()
     return fig

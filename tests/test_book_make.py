@@ -1,0 +1,68 @@
+"""The book follows the run: the Makefile's book rule never re-runs the external appendix (it shows the
+appendix as last executed) and, when the appendix's sources changed since, tells bookbuild so that the
+page says it is out of date; bookbuild puts that warning on the page."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+import nbformat
+
+from conftest import REPO
+from sscild.bookbuild import _tag_for_reading
+
+
+def _dry_run(tmp_path, *targets):
+    args = ["make", "-n", "-C", str(REPO), *targets, "PROFILE=smoke", f"RESULTS={tmp_path / 'results'}",
+            f"DATA_ROOT={tmp_path / 'data'}", f"BOOK_OUT={tmp_path / 'book'}"]
+    return subprocess.run(args, capture_output=True, text=True)
+
+
+def test_book_uses_the_executed_appendix_without_rerunning_it(tmp_path):
+    ext = tmp_path / "results" / "external"
+    ext.mkdir(parents=True)
+    nb = ext / "A1_external.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(), nb)
+    old = time.time() - 10 * 365 * 86400                    # executed long before the current sources
+    os.utime(nb, (old, old))
+    (ext / ".executed").touch()
+    proc = _dry_run(tmp_path, "book")
+    assert proc.returncode == 0, proc.stderr
+    assert "--step external" not in proc.stdout               # building the book never re-runs it
+    line = next(x for x in proc.stdout.splitlines() if "sscild.bookbuild" in x)
+    assert f"--external {nb}" in line                        # the executed appendix, as it is
+    assert "--external-stale" in proc.stdout and "notebooks/A1_external.py" in proc.stdout
+
+
+def test_book_without_an_executed_appendix_gets_the_stub(tmp_path):
+    proc = _dry_run(tmp_path, "book")
+    assert proc.returncode == 0, proc.stderr
+    line = next(x for x in proc.stdout.splitlines() if "sscild.bookbuild" in x)
+    assert "--external" not in line
+
+
+def test_out_of_date_appendix_page_says_so(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# External check"), nbformat.v4.new_code_cell("x = 1")]
+    src, dst = tmp_path / "a.ipynb", tmp_path / "b.ipynb"
+    nbformat.write(nb, src)
+    _tag_for_reading(src, dst, stale=["lib/sscild/external.py"])
+    cells = nbformat.read(dst, as_version=4).cells
+    assert cells[0].source == "# External check"
+    assert "out of date" in cells[1].source and "`lib/sscild/external.py`" in cells[1].source
+    assert "make external" in cells[1].source
+    _tag_for_reading(src, dst)
+    assert len(nbformat.read(dst, as_version=4).cells) == 2
+
+
+def test_an_appendix_executed_before_the_stamp_existed_is_still_shown(tmp_path):
+    ext = tmp_path / "results" / "external"
+    ext.mkdir(parents=True)
+    nbformat.write(nbformat.v4.new_notebook(), ext / "A1_external.ipynb")      # no .executed stamp
+    proc = _dry_run(tmp_path, "book")
+    assert proc.returncode == 0, proc.stderr
+    assert "--step external" not in proc.stdout
+    line = next(x for x in proc.stdout.splitlines() if "sscild.bookbuild" in x)
+    assert f"--external {ext / 'A1_external.ipynb'}" in line

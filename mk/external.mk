@@ -2,19 +2,23 @@
 #   make external                                   cross-validation on the training part
 #   make external EXTERNAL_TEST=/path/to/test       ... and train on all, score the test part
 #   make external EXTERNAL_TRAIN=/path/to/train     another copy of the training part
+#   make external EXTERNAL_UNLABELLED=/path/to/unl  unlabelled slices (images/ only), read when the profile self-trains;
+#                                                   default ../shared/data/covid-semiseg/unlabelled when
+#                                                   present; EXTERNAL_UNLABELLED= (empty) trains without
 # Uses the Makefile's PY, STAMP, RESULTS and BOOK_HTML (a built book is rebuilt with the appendix). Runs on 2 CPU threads unless THREADS=N is given.
 
 _ext_default_goal := $(.DEFAULT_GOAL)
 
 EXTERNAL_TRAIN   ?= $(abspath ../shared/data/covid-semiseg/train)
 EXTERNAL_TEST    ?=
+EXTERNAL_UNLABELLED ?= $(if $(wildcard ../shared/data/covid-semiseg/unlabelled/images),$(abspath ../shared/data/covid-semiseg/unlabelled))
 EXTERNAL_PROFILE ?= cpu
 EXT_RES  := $(RESULTS)/external
 EXT_NB   := $(EXT_RES)/A1_external.ipynb
 EXT_MARK := $(EXT_RES)/.params
 EXT_STAMP := $(EXT_RES)/.executed
-EXT_PARAMS := profile=$(EXTERNAL_PROFILE) train=$(abspath $(EXTERNAL_TRAIN)) test=$(if $(EXTERNAL_TEST),$(abspath $(EXTERNAL_TEST)))
-EXT_LIB  := lib/sscild/external.py lib/sscild/plots/external.py lib/sscild/train.py lib/sscild/model.py lib/sscild/metrics.py
+EXT_PARAMS := profile=$(EXTERNAL_PROFILE) train=$(abspath $(EXTERNAL_TRAIN)) test=$(if $(EXTERNAL_TEST),$(abspath $(EXTERNAL_TEST))) unlabelled=$(if $(EXTERNAL_UNLABELLED),$(abspath $(EXTERNAL_UNLABELLED)))
+EXT_LIB  := lib/sscild/external.py lib/sscild/plots/external.py lib/sscild/train.py lib/sscild/augment.py lib/sscild/model.py lib/sscild/metrics.py benchmarks/external_semi_screen.csv
 
 .PHONY: external
 # The book follows the run: once the appendix is executed, a book that is already built is rebuilt
@@ -33,6 +37,7 @@ _external_params: ;
 $(EXT_NB): notebooks/A1_external.py $(EXT_LIB) $(EXT_MARK) | $(STAMP)
 	SSCILD_THREADS=$(or $(THREADS),2) $(PY) -m sscild.runner --run-dir $(EXT_RES) --step external $< $@ \
 	  -p profile $(EXTERNAL_PROFILE) -p train_dir $(abspath $(EXTERNAL_TRAIN)) -p out_dir $(abspath $(EXT_RES)) \
+	  -p unlabelled_dir $(if $(EXTERNAL_UNLABELLED),$(abspath $(EXTERNAL_UNLABELLED)),none) \
 	  $(if $(EXTERNAL_TEST),-p test_dir $(abspath $(EXTERNAL_TEST)))
 	@touch $(EXT_STAMP)
 

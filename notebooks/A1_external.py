@@ -31,6 +31,7 @@
 profile = "cpu"
 train_dir = None  # None: ../shared/data/covid-semiseg/train beside the checkout, when present
 test_dir = None  # the benchmark's test part (48 slices), same layout; None: cross-validation only
+unlabelled_dir = None  # unlabelled slices (images/ only); None: ../shared/data/covid-semiseg/unlabelled when present; "none": without
 out_dir = None  # None: <results>/external
 
 # %%
@@ -43,7 +44,7 @@ from IPython.display import Markdown, display
 
 from sscild import external as ext
 from sscild import plots
-from sscild.paths import repo_root
+from sscild.paths import read_json, repo_root
 from sscild.plots.external import dice_distribution, example_slices, pick_examples
 from sscild.report import figure, glue, show
 
@@ -53,6 +54,10 @@ prof = ext.external_profile(profile)
 if train_dir in (None, ""):
     train_dir = ext.default_train_dir()
 test_dir = None if test_dir in (None, "") else Path(test_dir)
+if unlabelled_dir is None:
+    unlabelled_dir = ext.default_unlabelled_dir()
+unlabelled_dir = None if str(unlabelled_dir).lower() in ("", "none") else Path(unlabelled_dir)
+semi = ext.external_profile(prof).extra.get("semi", "off") == "self-training" and unlabelled_dir is not None
 if out_dir in (None, ""):
     out_dir = Path(os.environ.get("SSCILD_RESULTS", repo_root() / "results")) / "external"
 out_dir = Path(out_dir)
@@ -70,6 +75,9 @@ else:
     display(Markdown(f":::{{note}}\nReal CT: **{len(train)} labelled training slices** from `{train_dir.name}`"
                      + (f" and **{len(test)} test slices** from `{test_dir.name}`" if test else
                         "; no test folder was given, so the results are cross-validated only")
+                     + (f"; **{len(list((unlabelled_dir / 'images').iterdir()))} files of unlabelled slices** from "
+                        f"`{unlabelled_dir.name}` for self-training" if semi else
+                        "; no unlabelled slices are used (supervised training only)")
                      + f". Profile `{prof.name}`.\n:::"))
 
 # %% [markdown]
@@ -115,6 +123,14 @@ if available:
     show(pd.DataFrame({"value": {k: str(v) for k, v in rec.items()}}), caption=f"Recipe `{prof.name}`")
 
 # %% [markdown]
+# Two further settings come from the second screen (below, under "Learning from unlabelled
+# slices"): each model is trained in **two stages** -- the supervised recipe, then 1000 more steps
+# from its own weights with the schedule restarted -- and the **test part** is predicted by the mean
+# class probabilities of the model trained on all 50 slices and the five cross-validation fold
+# models, as nnU-Net predicts with its folds. Unlabelled slices are read only when the profile's
+# self-training is on; the `cpu` recipe leaves it off.
+
+# %% [markdown]
 # ### How the recipe was chosen
 #
 # The recipe was fixed **from cross-validation on the training slices only**; no test result was
@@ -139,7 +155,8 @@ display(Markdown(ext.RECIPE_CHOICE))
 
 # %%
 if available:
-    summary = ext.run_external(train_dir, out_dir, test_dir=test_dir, profile=prof)
+    summary = ext.run_external(train_dir, out_dir, test_dir=test_dir, profile=prof,
+                               unlabelled_dir=unlabelled_dir if semi else None)
     cv = summary["cv"]
     for key in ("dice_ggo", "dice_consolidation", "pooled_dice_ggo", "pooled_dice_consolidation"):
         glue(f"external_cv_{key}", round(cv[key], 3), display=False)
@@ -166,6 +183,63 @@ if available:
 # holds a few hundred pixels of a class score near 0 for any small disagreement, and the border
 # between ground glass and consolidation is a matter of grading on which the model and the
 # reference often disagree.
+
+# %% [markdown]
+# ### Learning from unlabelled slices, and a longer schedule
+#
+# Labelled CT is scarce; unlabelled CT is not. The benchmark ships 1600 unlabelled slices of 20
+# other patients, and the training code can use them by **self-training**: in every fold, the
+# supervised model of that fold's own training slices (the *teacher*) labels the unlabelled slices;
+# pixels whose highest class probability is below 0.9 are left out of the loss; then a *student*,
+# starting from the teacher's weights, trains on labelled and pseudo-labelled slices together (half
+# of every batch from each). The held-out slices of a fold never reach its teacher, its
+# pseudo-labels or its student, and an unlabelled slice identical to a labelled one (same pixels)
+# stops the run with both file names.
+#
+# Whether it helps was screened like the recipe: on fold 0 only (40 training slices, 10 held
+# out), against a **control** that trains the same teacher for the same extra steps on the labelled
+# slices alone, so that what the unlabelled slices add is not confused with what more training adds.
+# The per-slice scores of that screen are recorded in `benchmarks/external_semi_screen.csv` (this
+# page does not re-run it); gains are paired differences on the same 10 slices, with 95 % BCa
+# intervals.
+
+# %%
+semi_t = ext.semi_screen()
+if semi_t is None:
+    display(Markdown("The second screen's record (`benchmarks/external_semi_screen.csv`) is not in this checkout."))
+else:
+    show(semi_t, caption="Second screen, fold 0 (10 held-out slices): self-training and its control")
+    display(Markdown(ext.SEMI_CHOICE + f"\n\nCommand: `{ext.SEMI_SCREEN_COMMAND}`."))
+
+# %% [markdown]
+# The cross-validation above trains each fold's model in two stages when the profile says so (the
+# `cpu` recipe does): the supervised recipe (its model is kept in `fold_<k>/teacher/`), then 1000
+# more steps from its weights -- on the labelled slices alone, or with pseudo-labelled slices when
+# self-training is on. The table sets both stages side by side on the same out-of-fold slices, over
+# all five folds: the cross-validated check of the lever the fold-0 screen chose.
+
+# %%
+if available and summary.get("cv_supervised"):
+    mode = prof.extra.get("semi", "off")
+    sup_scores = pd.read_csv(out_dir / "cv" / "scores_supervised.csv", dtype={"slice_id": str})
+    cv_scores = pd.read_csv(out_dir / "cv" / "scores.csv", dtype={"slice_id": str})
+    names = (("first stage: supervised recipe", "second stage: more steps, labelled slices only")
+             if mode == "fine-tune" else
+             ("supervised (fold teachers, labelled slices only)", "semi-supervised (self-trained fold students)"))
+    stage_t = ext.semi_supervised_table(cv_scores, sup_scores, seed=prof.seed, names=names)
+    show(stage_t, caption="Cross-validated Dice of the two stages (mean [95% CI], all 50 slices)")
+    gain = stage_t.attrs["gain"]
+    for n in ext.CLASS_NAMES:
+        glue(f"external_stage_gain_{n}", round(gain[n]["mean"], 3), display=False)
+    display(Markdown(
+        f"The second stage changes cross-validated Dice by {gain['ggo']['mean']:+.3f} "
+        f"[{gain['ggo']['ci'][0]:+.3f}, {gain['ggo']['ci'][1]:+.3f}] for GGO and "
+        f"{gain['consolidation']['mean']:+.3f} [{gain['consolidation']['ci'][0]:+.3f}, "
+        f"{gain['consolidation']['ci'][1]:+.3f}] for consolidation (paired, same slices)."
+        + ("" if mode == "fine-tune" else
+           f" Self-training used {summary['data']['n_unlabelled']} unlabelled slices.")))
+elif available:
+    display(Markdown("This profile trains in one stage, so there is no two-stage comparison here."))
 
 # %% [markdown]
 # ### A longer budget on a GPU

@@ -514,3 +514,52 @@ def test_cohort_in_nrrd_format(root, tmp_path):
     assert validate(other).bad_cases == ["case_001"]
     _, roles = read_case(load_cohort(other), "case_002")
     np.testing.assert_array_equal(roles, make_case_arrays(TINY_SHAPE, seed=2)[1])
+
+
+# ------------------------------------------------------------------------------- unlabelled scans
+
+
+def add_unlabelled(root, uid, seed=7):
+    (root / "unlabelledTr").mkdir(exist_ok=True)
+    img, _ = make_case_arrays(TINY_SHAPE, seed=seed)
+    save(root / "unlabelledTr" / f"{uid}_0000.nii.gz", img, dtype=img.dtype)
+
+
+def test_unlabelled_scans_are_found_and_checked(root):
+    add_unlabelled(root, "u_000")
+    add_unlabelled(root, "u_001", seed=8)
+    report = validate(root)
+    assert report.ok, report.format()
+    cohort = load_cohort(root)
+    assert list(cohort.unlabelled) == ["u_000", "u_001"]
+    assert cohort.case_ids == ["case_000", "case_001", "case_002", "case_003"]  # not labelled cases
+    assert load_cohort(make_tiny_cohort(root.parent / "plain", n=2)).unlabelled == {}
+
+
+def test_unlabelled_problems_name_the_file_and_leave_labelled_cases_usable(root):
+    add_unlabelled(root, "u_ok")
+    (root / "unlabelledTr" / "u_bad_0000.nii.gz").write_bytes(b"truncated")          # unreadable
+    shutil.copy(root / "labelsTr" / "case_001.nii.gz", root / "unlabelledTr" / "u_lab.nii.gz")  # a label file
+    (root / "unlabelledTr" / "labelsTr").mkdir()                                        # a labels folder
+    shutil.copy(root / "imagesTr" / "case_002_0000.nii.gz", root / "unlabelledTr" / "copy_0000.nii.gz")
+    raw, _ = make_case_arrays(TINY_SHAPE, seed=9)
+    save(root / "unlabelledTr" / "raw_0000.nii.gz", raw + 1024, dtype=np.int16)         # not HU
+    report = validate(root)
+    assert not report.ok
+    assert_named(only(report, "unreadable", "unlabelled/u_bad"), "unlabelled/u_bad", ["u_bad_0000.nii.gz"])
+    assert_named(only(report, "unlabelled_label_file", "unlabelled/u_lab"), "unlabelled/u_lab",
+                 ["unlabelledTr/u_lab.nii.gz", "labelsTr"])
+    assert_named(only(report, "unlabelled_label_file", "unlabelled"), "unlabelled", ["unlabelledTr/labelsTr"])
+    assert_named(only(report, "unlabelled_duplicate", "unlabelled/copy"), "unlabelled/copy",
+                 ["unlabelledTr/copy_0000.nii.gz", "imagesTr/case_002_0000.nii.gz"])
+    assert_named(only(report, "not_hu", "unlabelled/raw"), "unlabelled/raw", ["raw_0000.nii.gz", "Hounsfield"])
+    assert report.bad_cases == [] and len(report.usable_cases) == 4
+    assert not [p for p in report.problems if p.case_id == "unlabelled/u_ok"]
+    assert "Unlabelled scan copy (training only" in report.format()
+
+
+def test_empty_unlabelled_folder_is_an_error(root):
+    (root / "unlabelledTr").mkdir()
+    report = validate(root)
+    assert_named(only(report, "unlabelled_empty", "unlabelled"), "unlabelled", ["unlabelledTr", "remove"])
+    assert report.bad_cases == []

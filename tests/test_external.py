@@ -291,6 +291,10 @@ def test_chapter_smoke_on_real_slices(tmp_path):
         assert im.size == (one["width"], one["height"])
     assert (out / "figures" / "external_examples.png").exists()
     assert "Dice: this recipe beside the published results" in _text(nb)
+    # the smoke profile has the cpu recipe's two stages: both are shown side by side, with the screen
+    assert "Cross-validated Dice of the two stages" in _text(nb)
+    assert "Second screen, fold 0" in _text(nb)
+    assert (out / "cv" / "scores_supervised.csv").exists() and summ["cv_supervised"]["n_slices"] == 50
 
 
 def test_run_external_with_test_folder_on_tiny_slices(tmp_path):
@@ -338,3 +342,205 @@ def test_recipe_key_tells_training_settings_apart():
     assert len(keys) == 4
     # test-time augmentation does not change the trained model
     assert ext._profile_key(base) == ext._profile_key(ext.external_profile(base, tta="none"))
+
+
+# ---- unlabelled slices and self-training --------------------------------------------------------
+
+
+def _tiny_parts(root: Path, *, n_train: int = 6, n_test: int = 2, n_unlabelled: int = 4) -> None:
+    """Labelled training and test slices and an unlabelled folder, all with distinct pixels."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", n_train), ("test", n_test), ("unlabelled", n_unlabelled)):
+        for i in range(n):
+            img, lab = blob_slice(24 + 2 * i, 40)
+            noisy = np.clip(img.astype(int) + rng.integers(-20, 20, img.shape), 0, 255)
+            write_slice(root / split, f"{split}{i}", noisy, None if split == "unlabelled" else lab)
+    (root / "unlabelled" / "labels").rmdir()
+
+
+def _semi_profile(**kw):
+    return ext.external_profile("smoke", grid_size=32, patch_size=(32, 32), iterations=2, batch_size=2, num_folds=2,
+                                semi="self-training", student_iterations=2, **kw)
+
+
+def _tree(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))}
+
+
+def test_unlabelled_folder_errors_name_the_file_and_change_nothing(tmp_path):
+    _tiny_parts(tmp_path)
+    unl = tmp_path / "unlabelled"
+    assert all(s.label is None for s in ext.read_unlabelled_folder(unl).values())
+    prof = _semi_profile()
+    cases = {}
+    # an unreadable image
+    bad = tmp_path / "bad"
+    shutil.copytree(unl, bad)
+    (bad / "images" / "broken.jpg").write_bytes(b"not an image")
+    cases["unreadable"] = (bad, r"broken\.jpg cannot be read")
+    # a labels file inside the unlabelled folder
+    labelled = tmp_path / "labelled"
+    shutil.copytree(unl, labelled)
+    (labelled / "labels").mkdir()
+    Image.fromarray(np.zeros((24, 40), np.uint8)).save(labelled / "labels" / "unlabelled0.png")
+    cases["labels"] = (labelled, r"holds labels \(.*unlabelled0\.png")
+    # an empty folder
+    empty = tmp_path / "empty"
+    (empty / "images").mkdir(parents=True)
+    cases["empty"] = (empty, r"holds no .*files")
+    for what, (folder, pattern) in cases.items():
+        before = _tree(folder)
+        out = tmp_path / f"out_{what}"
+        with pytest.raises(InputError, match=pattern):
+            ext.run_external(tmp_path / "train", out, unlabelled_dir=folder, profile=prof, n_boot=100, log=None)
+        assert _tree(folder) == before, what
+        assert not out.exists(), what
+
+
+def test_held_out_image_planted_among_unlabelled_is_refused(tmp_path):
+    _tiny_parts(tmp_path)
+    prof = _semi_profile()
+    for part, name in (("train", "train3"), ("test", "test1")):
+        planted = tmp_path / "unlabelled" / "images" / f"copy_of_{name}.png"
+        shutil.copy(tmp_path / part / "images" / f"{name}.png", planted)
+        with pytest.raises(InputError, match=rf"copy_of_{name}\.png = .*{part}/images/{name}\.png \({part}"):
+            ext.run_external(tmp_path / "train", tmp_path / "out", test_dir=tmp_path / "test",
+                             unlabelled_dir=tmp_path / "unlabelled", profile=prof, n_boot=100, log=None)
+        planted.unlink()
+    assert not (tmp_path / "out").exists()
+    # cross-validation alone checks the training part too
+    shutil.copy(tmp_path / "train" / "images" / "train0.png", tmp_path / "unlabelled" / "images" / "again.png")
+    with pytest.raises(InputError, match=r"again\.png = .*train0\.png \(training part\)"):
+        ext.cross_validate(ext.read_slice_folder(tmp_path / "train"), tmp_path / "cv", prof,
+                           unlabelled=ext.read_unlabelled_folder(tmp_path / "unlabelled"), log=None)
+
+
+def _weights(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_changing_a_held_out_slice_does_not_change_its_folds_teacher(tmp_path):
+    _tiny_parts(tmp_path)
+    prof = _semi_profile()
+    unl = ext.read_unlabelled_folder(tmp_path / "unlabelled")
+    train = ext.read_slice_folder(tmp_path / "train")
+    scores, info = ext.cross_validate(train, tmp_path / "a", prof, folds=[0], unlabelled=unl, log=None)
+    fold0 = info["splits"][0]
+    held, trained = fold0["val"][0], fold0["train"][0]
+    assert set(scores["slice_id"]) == set(fold0["val"]) and info["semi"]
+    assert len(info["supervised_scores"]) == len(scores)
+    teacher = _weights(tmp_path / "a" / "fold_0" / "teacher" / "model_final.pt")
+    student = _weights(tmp_path / "a" / "fold_0" / "model_final.pt")
+    assert not _same(teacher, student)  # the student did train on the pseudo-labels
+
+    def changed(sid):
+        s = train[sid]
+        img = s.image.copy()
+        img[: img.shape[0] // 2] = 255 - img[: img.shape[0] // 2]  # same label, other pixels
+        return {**train, sid: ext.SliceImage(sid, img, s.label, s.image_path, s.label_path)}
+
+    ext.cross_validate(changed(held), tmp_path / "b", prof, folds=[0], unlabelled=unl, log=None)
+    assert _same(teacher, _weights(tmp_path / "b" / "fold_0" / "teacher" / "model_final.pt"))
+    assert _same(student, _weights(tmp_path / "b" / "fold_0" / "model_final.pt"))
+    # the check can fail: changing a *training* slice of the fold does change its teacher
+    ext.cross_validate(changed(trained), tmp_path / "c", prof, folds=[0], unlabelled=unl, log=None)
+    assert not _same(teacher, _weights(tmp_path / "c" / "fold_0" / "teacher" / "model_final.pt"))
+
+
+def test_self_training_run_reports_supervised_beside_semi(tmp_path):
+    _tiny_parts(tmp_path)
+    prof = _semi_profile()
+    summ = ext.run_external(tmp_path / "train", tmp_path / "out", test_dir=tmp_path / "test",
+                            unlabelled_dir=tmp_path / "unlabelled", profile=prof, n_boot=100, log=None)
+    assert summ["data"]["n_unlabelled"] == 4 and summ["cv_supervised"]["n_slices"] == 6
+    assert summ["recipe"]["semi_supervised"].startswith("self-training")
+    fold = json.loads((tmp_path / "out" / "cv" / "fold_0" / "train_summary.json").read_text())
+    assert fold["pseudo"]["slices"] == 4 and fold["pseudo_cases"] == 4 and fold["init"] == "given state"
+    assert (tmp_path / "out" / "test" / "model" / "teacher" / "model_final.pt").exists()
+    # with the mode off, the unlabelled folder is not used at all
+    off = ext.run_external(tmp_path / "train", tmp_path / "off", unlabelled_dir=tmp_path / "unlabelled",
+                           profile=ext.external_profile(prof, semi="off"), n_boot=100, log=None)
+    assert off["cv_supervised"] is None and off["data"]["n_unlabelled"] is None
+
+
+def test_masked_loss_ignores_pseudo_label_pixels():
+    from sscild.train import IGNORE_LABEL, _MaskedDiceCE
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 4, 4)
+    y = torch.randint(0, 3, (2, 1, 4, 4))
+    y[:, :, :2] = IGNORE_LABEL
+    loss = _MaskedDiceCE(batch=False)
+    other = logits.clone()
+    other[:, :, :2] = torch.randn(2, 3, 2, 4) * 5  # change only the ignored pixels
+    assert torch.allclose(loss(logits, y), loss(other, y))
+    # without ignored pixels it is MONAI's DiceCELoss
+    from monai.losses import DiceCELoss
+
+    y2 = torch.randint(0, 3, (2, 1, 4, 4))
+    ref = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)(logits, y2)
+    assert torch.allclose(loss(logits, y2), ref, atol=1e-6)
+
+
+def test_test_part_ensemble_averages_the_fold_models(tmp_path):
+    _tiny_parts(tmp_path)
+    prof = ext.external_profile("smoke", grid_size=32, patch_size=(32, 32), iterations=2, batch_size=2, num_folds=2,
+                                test_ensemble=True)
+    summ = ext.run_external(tmp_path / "train", tmp_path / "out", test_dir=tmp_path / "test", profile=prof,
+                            n_boot=100, log=None)
+    assert summ["test"]["models"] == 3 and "2 cross-validation fold models" in summ["recipe"]["test_prediction"]
+    # the mean of identical networks is that network
+    net = PixelNet()
+    test = ext.read_slice_folder(tmp_path / "test")
+    one = ext.predict_slices(net, test, prof, return_probs=True)
+    two = ext.predict_slices(ext._MeanProb([net, net]), test, prof, return_probs=True)
+    assert all(np.allclose(one[s], two[s], atol=1e-5) for s in test)
+    assert ext._profile_key(prof) == ext._profile_key(ext.external_profile(prof, test_ensemble=False))
+
+
+def test_fine_tune_mode_trains_two_stages_without_unlabelled_slices(tmp_path):
+    _tiny_parts(tmp_path)
+    prof = _semi_profile().with_overrides(extra={**_semi_profile().extra, "semi": "fine-tune"})
+    summ = ext.run_external(tmp_path / "train", tmp_path / "out", unlabelled_dir=tmp_path / "unlabelled",
+                            profile=prof, n_boot=100, log=None)
+    assert summ["data"]["n_unlabelled"] is None and summ["cv_supervised"]["n_slices"] == 6
+    fold = json.loads((tmp_path / "out" / "cv" / "fold_0" / "train_summary.json").read_text())
+    assert fold["pseudo_cases"] == 0 and fold["init"] == "given state" and fold["unlabelled_slices"] == 0
+    assert summ["recipe"]["semi_supervised"].startswith("off; the supervised model is trained")
+
+
+def test_pseudo_labels_keep_confident_pixels_and_lesion_slices():
+    from sscild.train import IGNORE_LABEL
+
+    img, lab = blob_slice()
+    s = ext.SliceImage("u", img.T.copy(), None, Path("u.png"), None)
+    prof = ext.external_profile("smoke", grid_size=32, patch_size=(32, 32), semi="self-training", pseudo_tta="none",
+                                pseudo_confidence=0.9)
+    cases, stats = ext.pseudo_label_cases(PixelNet(), {"u": s}, prof)
+    lab_u = cases["u:u"].label[..., 0]
+    assert set(np.unique(lab_u)) <= {0, 1, 2, IGNORE_LABEL} and stats["slices"] == 1
+    assert (lab_u == 1).any() and (lab_u == 2).any()
+    # an impossible lesion share drops the slice
+    strict = ext.external_profile(prof, pseudo_min_lesion=0.99)
+    assert ext.pseudo_label_cases(PixelNet(), {"u": s}, strict)[0] == {}
+
+
+def test_semi_screen_table_from_the_record(tmp_path):
+    t = ext.semi_screen(n_boot=200)
+    assert t is not None, "benchmarks/external_semi_screen.csv should be in the repository"
+    assert len(t) == 4 and t.index[0].startswith("supervised") and t.index[-1].startswith("control")
+    col = "gain from the unlabelled slices (vs control), GGO [95% CI]"
+    assert t.loc[t.index[1], col].count("[") == 1 and t.loc[t.index[-1], col] == ""
+    # a hand-made record: the second variant is the first plus 0.1 GGO on every slice
+    rec = pd.DataFrame({"variant": ["supervised a"] * 3 + ["control b"] * 3, "slice_id": ["1", "2", "3"] * 2,
+                        "dice_ggo": [0.5, 0.6, 0.7, 0.6, 0.7, 0.8], "dice_consolidation": [0.2, np.nan, 0.4] * 2,
+                        "inter_ggo": 1, "pred_ggo": 2, "ref_ggo": 2, "inter_consolidation": 0,
+                        "pred_consolidation": 1, "ref_consolidation": 1})
+    rec.to_csv(tmp_path / "r.csv", index=False)
+    t = ext.semi_screen(tmp_path / "r.csv", n_boot=200)
+    assert t.loc["control b", "gain over supervised, GGO [95% CI]"].startswith("+0.100")
+    assert ext.semi_screen(tmp_path / "absent.csv") is None

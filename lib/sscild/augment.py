@@ -244,10 +244,15 @@ def _gaussian_blur(x: torch.Tensor, sigmas: np.ndarray) -> torch.Tensor:
 
 
 def augment_for_profile(profile) -> BatchAugment:
-    """The augmentation a profile trains with (``profile.intensity_aug``: ``"light"`` or ``"strong"``)."""
+    """The augmentation a profile trains with (``profile.intensity_aug``: ``"light"``, ``"strong"`` or
+    ``"nnunet"``; the last adds nnU-Net's blur, low-resolution simulation and gamma to the strong
+    intensity changes, and widens the rotation and scaling)."""
     kind = profile.intensity_aug
-    if kind not in ("light", "strong"):
-        raise ValueError(f"intensity_aug must be 'light' or 'strong', got {kind!r}")
+    if kind not in ("light", "strong", "nnunet"):
+        raise ValueError(f"intensity_aug must be 'light', 'strong' or 'nnunet', got {kind!r}")
     if kind == "strong":
         return BatchAugment(intensity=0.15, gamma_prob=0.3)
+    if kind == "nnunet":
+        return BatchAugment(affine_prob=0.4, rotate_deg=20.0, zoom=0.25, intensity=0.15, gamma_prob=0.3,
+                            blur_prob=0.2, lowres_prob=0.25, noise_prob=0.15)
     return BatchAugment()

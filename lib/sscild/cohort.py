@@ -6,6 +6,8 @@ A cohort folder is the nnU-Net v2 raw layout plus a clinical table (see ``DESIGN
     <cohort>/imagesTr/<case>_0000<ending>    CT in Hounsfield units
     <cohort>/labelsTr/<case><ending>         integer labels
     <cohort>/clinical.csv                    case_id, age, sex, ..., fvc_pct, fev1_pct, fev1_fvc, dlco_pct
+    <cohort>/unlabelledTr/<id>_0000<ending>  optional: CT in HU without labels, for semi-supervised
+                                             training only (never scored, never in the clinical table)
 
 **Label roles.** The study uses four roles: background 0, normal lung 1, established fibrosis (EF) 2
 and ground-glass opacity (GGO) 3 (``sscild.LABELS``). ``dataset.json`` ``"labels"`` maps *names* to
@@ -24,6 +26,13 @@ problem before returning a :class:`ValidationReport`. Each :class:`Problem` name
 the problem and the fix, and has a severity: ``"error"`` (the case cannot be used; a folder-level
 error such as a missing ``dataset.json`` makes every case unusable) or ``"warning"`` (reported; the
 case is still used, e.g. one missing lung-function value). :data:`PROBLEM_KINDS` lists every kind.
+
+**Unlabelled scans** (``unlabelledTr/``) are checked like the labelled images (readable, finite,
+Hounsfield units), and besides: the folder must hold at least one scan when it exists, it must not
+hold label files (``<id><ending>`` without the channel suffix, or subfolders such as ``labelsTr``),
+and no unlabelled scan may have the same voxels as a labelled case's image (that case would be seen
+again, unlabelled, by the training of the folds that hold it out). Their problems are reported under
+``unlabelled/<id>`` and never make a labelled case unusable; any of them makes ``report.ok`` false.
 
 Example:
     >>> from sscild.cohort import validate_cohort, load_cohort, read_case
@@ -65,6 +74,7 @@ __all__ = [
     "resolve_label_map",
     "label_map_from_env",
     "LABEL_MAP_ENV",
+    "UNLABELLED_DIR",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -129,8 +139,15 @@ PROBLEM_KINDS: dict[str, str] = {
     "clinical_missing_value": "a known clinical value is blank (warning)",
     "clinical_non_numeric": "a clinical value that should be a number is not (warning; set to missing)",
     "clinical_implausible": "a clinical value outside its plausible range (warning; set to missing)",
+    # unlabelled scans (unlabelledTr/, optional)
+    "unlabelled_empty": "unlabelledTr/ exists but holds no scan (error)",
+    "unlabelled_label_file": "a label file or a subfolder inside unlabelledTr/ (error)",
+    "unlabelled_duplicate": "an unlabelled scan has the same voxels as a labelled case's image (error)",
 }
 """Every problem kind :func:`validate_cohort` reports, with its usual severity."""
+
+UNLABELLED_DIR = "unlabelled"
+"""Report key of unlabelled-scan problems (``unlabelled/<id>``, or ``unlabelled`` for the folder)."""
 
 _ROLE_VALUE = dict(LABELS)
 _LUNG_ROLES = (LABELS["normal"], LABELS["ef"], LABELS["ggo"])
@@ -247,6 +264,9 @@ class ValidationReport:
         for key in order:
             if key is None:
                 title = "Cohort folder (affects every case)" if self.folder_errors else "Cohort folder"
+            elif key == UNLABELLED_DIR or key.startswith(UNLABELLED_DIR + "/"):
+                title = ("Unlabelled scans" if key == UNLABELLED_DIR else f"Unlabelled scan {key.split('/', 1)[1]}") \
+                    + " (training only; no labelled case affected)"
             else:
                 status = "unusable" if key in bad_set else ("usable" if key in self.cases else "no image")
                 title = f"Case {key} ({status})"
@@ -301,6 +321,8 @@ class Cohort:
             duplicated rows) are missing (NaN), so they never enter an analysis.
         synthetic: ``dataset.json`` ``synthetic``.
         label_map: label-file value -> study role value (0..3).
+        unlabelled: id -> CT file of each scan in ``unlabelledTr/`` (empty when there is none);
+            for semi-supervised training only.
     """
 
     root: Path
@@ -310,6 +332,7 @@ class Cohort:
     clinical: pd.DataFrame
     synthetic: bool
     label_map: dict[int, int]
+    unlabelled: dict[str, Path] = field(default_factory=dict)
 
     @property
     def case_ids(self) -> list[str]:
@@ -501,6 +524,8 @@ class _Layout:
     n_channels: int
     images: dict[str, dict[str, Path]]  # case -> channel ("0000") -> file
     labels: dict[str, Path]
+    unlabelled: dict[str, Path] = field(default_factory=dict)  # id -> unlabelledTr/<id>_0000<ending>
+    unlabelled_present: bool = False
 
 
 def _guess_ending(folder: Path) -> str:
@@ -550,7 +575,31 @@ def _discover(root: Path, dataset: dict | None, report: ValidationReport | None)
                  severity="warning")
             continue
         labels[f.name[: -len(ending)]] = f
-    return _Layout(ending, n_channels, dict(images), labels)
+    unl_dir = root / "unlabelledTr"
+    unlabelled: dict[str, Path] = {}
+    for f in _visible_files(unl_dir):
+        m = pattern.match(f.name)
+        if f.is_dir():
+            note(UNLABELLED_DIR, f"unlabelledTr/{f.name}", "unlabelled_label_file",
+                 f"unlabelledTr/{f.name} is a folder; unlabelledTr holds only CT files, no labels or subfolders.",
+                 "move labelled scans (image and label) into imagesTr/labelsTr, and other files out of "
+                 "unlabelledTr.")
+        elif m and m["ch"] == "0000":
+            unlabelled[m["case"]] = f
+        elif f.name.endswith(ending) and not m:
+            note(f"{UNLABELLED_DIR}/{f.name[: -len(ending)]}", f"unlabelledTr/{f.name}", "unlabelled_label_file",
+                 f"unlabelledTr/{f.name} is named like a label file (<case>{ending}, no _0000 channel suffix).",
+                 f"if it is a label, the scan is labelled: put the image in imagesTr and this file in labelsTr; "
+                 f"if it is a CT, rename it to {f.name[: -len(ending)]}_0000{ending}.")
+        else:
+            note(UNLABELLED_DIR, f"unlabelledTr/{f.name}", "bad_filename",
+                 f"unlabelledTr/{f.name} does not follow <id>_0000{ending}; it is ignored.",
+                 f"rename it to <id>_0000{ending} or move it out of unlabelledTr.", severity="warning")
+    if unl_dir.is_dir() and not unlabelled:
+        note(UNLABELLED_DIR, "unlabelledTr", "unlabelled_empty",
+             f"{unl_dir} exists but holds no unlabelled scan (<id>_0000{ending}).",
+             "put unlabelled CT there as <id>_0000" + ending + ", or remove the empty folder.")
+    return _Layout(ending, n_channels, dict(images), labels, unlabelled, unl_dir.is_dir())
 
 
 def _check_structure(root: Path, label_map, report: ValidationReport):
@@ -767,8 +816,50 @@ def _label_counts(array: np.ndarray) -> tuple[dict[int, int] | None, str | None]
     return {int(v): int(c) for v, c in zip(values, counts)}, None
 
 
+def _voxel_digest(array: np.ndarray) -> str:
+    """SHA-1 of a volume's voxels (values, shape and type): the same scan under two names."""
+    import hashlib
+
+    a = np.ascontiguousarray(array)
+    return hashlib.sha1(a.tobytes() + str(a.shape).encode() + a.dtype.str.encode()).hexdigest()
+
+
+def _check_unlabelled(root: Path, uid: str, image: Path, digests: dict[str, str], report: ValidationReport) -> None:
+    """One unlabelled scan: readable, finite, Hounsfield units, not a labelled case's image."""
+    key, rel = f"{UNLABELLED_DIR}/{uid}", _rel(root, image)
+    fix_read = "re-export or re-copy this file from the source, or remove it from unlabelledTr."
+    try:
+        load_header(image)
+        img = load_volume(image).array
+    except InputError as exc:
+        report.add(key, rel, "unreadable", f"the unlabelled scan {_why(exc)}.", fix_read)
+        return
+    same = digests.get(_voxel_digest(img))
+    if same is not None:
+        report.add(key, rel, "unlabelled_duplicate",
+                   f"{rel} has the same voxels as the labelled image {same}: the case would be seen again, "
+                   "without its label, by the training of the folds that hold it out.",
+                   f"remove {rel} from unlabelledTr (the labelled copy {same} stays).")
+    vals = img
+    if np.issubdtype(img.dtype, np.floating):
+        finite = np.isfinite(img)
+        if not finite.all():
+            report.add(key, rel, "non_finite", f"{int(finite.size - np.count_nonzero(finite))} voxel(s) are NaN or "
+                       "infinite.", "re-export the scan; replace missing voxels by air (-1000 HU).")
+            if not finite.any():
+                return
+            vals = img[finite]
+    lo, hi = float(vals.min()), float(vals.max())
+    if lo >= 0:
+        report.add(key, rel, "not_hu",
+                   f"intensities range {lo:g}..{hi:g}; in Hounsfield units air is about -1000, so this looks "
+                   "like raw stored values without the rescale.",
+                   "convert to Hounsfield units (HU = stored value x RescaleSlope + RescaleIntercept) and "
+                   "re-export.")
+
+
 def _check_case(root: Path, case: str, image: Path, label: Path | None, roles: dict[int, int],
-                declared: set[int], report: ValidationReport) -> None:
+                declared: set[int], report: ValidationReport, digests: dict[str, str] | None = None) -> None:
     img_file = _rel(root, image)
     lab_file = _rel(root, label) if label is not None else None
     try:
@@ -830,6 +921,8 @@ def _check_case(root: Path, case: str, image: Path, label: Path | None, roles: d
         report.add(case, img_file, "unreadable", f"the image's voxels: {_why(exc)}.",
                    "re-export or re-copy this file from the source and check the copy is complete.")
         return
+    if digests is not None:
+        digests[_voxel_digest(img)] = img_file
     finite = None
     if np.issubdtype(img.dtype, np.floating):
         finite = np.isfinite(img)
@@ -934,6 +1027,7 @@ def validate_cohort(root: str | os.PathLike, *, label_map: dict | None = None) -
                        f"numTraining is {n!r} but imagesTr holds {len(layout.images)} case(s).",
                        f'set "numTraining": {len(layout.images)} (or add the missing cases).', "warning")
     _check_duplicates(layout, report)
+    digests: dict[str, str] = {}
     for case in report.cases:
         chans = layout.images.get(case, {})
         label = layout.labels.get(case)
@@ -955,7 +1049,9 @@ def validate_cohort(root: str | os.PathLike, *, label_map: dict | None = None) -
                        f"labelsTr has no {case}{layout.file_ending} for this image.",
                        f"add the label map as labelsTr/{case}{layout.file_ending}, or exclude the case.")
         if image is not None:
-            _check_case(root, case, image, label, roles, declared, report)
+            _check_case(root, case, image, label, roles, declared, report, digests)
+    for uid, path in sorted(layout.unlabelled.items()):
+        _check_unlabelled(root, uid, path, digests, report)
     _read_clinical(root, sorted(layout.images), report)
     return report
 
@@ -1007,7 +1103,8 @@ def load_cohort(root: str | os.PathLike, *, label_map: dict | None = None, exclu
              for cid, chans in sorted(layout.images.items()) if "0000" in chans and cid not in excluded]
     clinical = _read_clinical(root, [c.case_id for c in cases], ValidationReport(root=root))
     return Cohort(root=root, name=str(dataset.get("name") or root.name), dataset=dataset, cases=cases,
-                  clinical=clinical, synthetic=bool(dataset.get("synthetic", False) is True), label_map=roles)
+                  clinical=clinical, synthetic=bool(dataset.get("synthetic", False) is True), label_map=roles,
+                  unlabelled=dict(sorted(layout.unlabelled.items())))
 
 
 def read_case(cohort: Cohort, case_id: str) -> tuple[Volume, np.ndarray | None]:

@@ -88,6 +88,10 @@ __all__ = [
     "external_profile",
     "SliceImage",
     "read_slice_folder",
+    "read_unlabelled_folder",
+    "check_no_overlap",
+    "default_unlabelled_dir",
+    "pseudo_label_cases",
     "normalize_intensity",
     "GridMap",
     "training_case",
@@ -99,6 +103,9 @@ __all__ = [
     "describe_slices",
     "results_table",
     "compare_to_published",
+    "semi_supervised_table",
+    "semi_screen",
+    "SEMI_CHOICE",
     "recipe_dict",
     "recorded_gpu_run",
     "cross_validate",
@@ -138,6 +145,30 @@ HOW_TO_GET_DATA = (
 """What the chapter prints when the training folder is absent."""
 
 _TTA = ("none", "flip", "dihedral")
+_SEMI_MODES = ("off", "self-training", "fine-tune")
+
+SEMI_DEFAULTS = {
+    "semi": "off",
+    "pseudo_confidence": 0.9,
+    "pseudo_share": 0.5,
+    "student_iterations": 1000,
+    "student_init": "teacher",
+    "unlabelled_max": 800,
+    "pseudo_tta": "flip",
+    "pseudo_min_lesion": 0.0,
+}
+"""Semi-supervised settings (profile ``extra``) and their defaults. ``semi``: ``"off"`` (supervised
+only) or ``"self-training"``: each training (a fold, or the final model) first trains a supervised
+*teacher* on its own labelled slices, the teacher labels up to ``unlabelled_max`` unlabelled slices
+(an even spread over the folder, in natural id order; softmax averaged over the ``pseudo_tta``
+variants), pixels whose highest class probability is below ``pseudo_confidence`` are ignored by the
+loss, and a *student* trains ``student_iterations`` steps on both, ``pseudo_share`` of each batch
+pseudo-labelled, starting from the teacher's weights (``student_init="teacher"``) or afresh
+(``"random"``). With ``pseudo_min_lesion`` > 0, only the slices whose confident pseudo-label
+marks at least that share of the grid as GGO or consolidation are kept. ``"fine-tune"``: the same
+two stages without unlabelled slices (the student continues from the teacher's weights on the
+labelled slices alone) -- the screen's control, which separates what the unlabelled slices add from
+what the extra steps add, and the adopted ``cpu`` recipe."""
 
 
 def _base_overrides() -> dict:
@@ -163,11 +194,16 @@ def _base_overrides() -> dict:
 def _make_profiles() -> dict[str, Profile]:
     cpu = get_profile("cpu").with_overrides(
         name="external-cpu", **_base_overrides(),
-        extra={"grid_size": 192, "rotations": True, "tta": "dihedral"})
+        extra={"grid_size": 192, "rotations": True, "tta": "dihedral",
+               # second screen (semi_screen): 1000 more steps from the supervised model's weights, and the
+               # test part predicted with the fold models too; self-training did not help there
+               "semi": "fine-tune", "student_iterations": 1000, "test_ensemble": True})
+    # the cpu recipe's structure (two stages, fold ensemble on the test part) in a few steps
     smoke = get_profile("smoke").with_overrides(
         name="external-smoke", channels=(8, 16, 32), strides=(2, 2), num_res_units=1, patch_size=(64, 64),
         batch_size=4, iterations=6, num_folds=5, seed=0, checkpoint_every=6, log_every=3, tta_flips=False,
-        lesion_oversample=0.5, extra={"grid_size": 64, "rotations": True, "tta": "flip"})
+        lesion_oversample=0.5, extra={"grid_size": 64, "rotations": True, "tta": "flip", "semi": "fine-tune",
+                                      "student_iterations": 3, "test_ensemble": True})
     # a larger budget for a GPU (mixed precision); not tuned: its settings scale the cpu recipe up
     paper = cpu.with_overrides(name="external-paper", num_res_units=2, batch_size=8, iterations=4000,
                                checkpoint_every=500, log_every=50,
@@ -179,8 +215,10 @@ EXTERNAL_PROFILES: dict[str, Profile] = _make_profiles()
 """External-check profiles, derived from the study's profiles (``smoke`` for tests, ``cpu`` the
 default of ``make external``, ``paper`` a longer run for a GPU). Image-folder settings live in
 ``extra``: ``grid_size`` (square network input, pixels), ``rotations`` (train on the four 90-degree
-rotations of each slice) and ``tta`` (``"none"``, ``"flip"`` or ``"dihedral"``: flips and 90-degree
-rotations averaged at prediction)."""
+rotations of each slice), ``tta`` (``"none"``, ``"flip"`` or ``"dihedral"``: flips and 90-degree
+rotations averaged at prediction), ``test_ensemble`` (the test part is predicted by the mean softmax
+of the model trained on all labelled slices and the cross-validation fold models) and the
+semi-supervised settings of :data:`SEMI_DEFAULTS`."""
 
 RECIPE_SEARCH = pd.DataFrame(
     [
@@ -203,8 +241,8 @@ RECIPE_SEARCH = pd.DataFrame(
     columns=["variant", "dice_ggo", "dice_consolidation", "pooled_dice_ggo", "pooled_dice_consolidation",
              "train_cpu_seconds"],
 )
-"""The recipe screen: cross-validation fold 0 (trained on 40 training slices, scored on the other 10),
-seed 0, 2 CPU threads, with the overrides of :data:`SEARCH_VARIANTS`. Measured on 2026-11-27 with
+"""The first recipe screen (one training stage): cross-validation fold 0 (trained on 40 training slices,
+scored on the other 10), seed 0, 2 CPU threads, with the overrides of :data:`SEARCH_VARIANTS`. Measured on 2026-11-27 with
 ``python -m sscild.external search TRAIN_DIR OUT --folds 0`` (training CPU seconds from the same
 runs, on a shared machine; the last variant's were not recorded). Re-running the command gives the
 same Dice on the same machine type; no test data is read."""
@@ -230,6 +268,76 @@ RECIPE_CHOICE = (
 """Why the final recipe, in one paragraph (shown under the search table)."""
 
 
+SEMI_SCREEN_COMMAND = (
+    "SSCILD_THREADS=1 python -m sscild.external search TRAIN_DIR OUT --folds 0 "
+    "--unlabelled-dir UNLABELLED_DIR --only VARIANT"
+)
+"""How the second screen (:func:`semi_screen`) was run, one variant of :data:`SEARCH_VARIANTS` at a time."""
+
+SEMI_CHOICE = (
+    "**Why no unlabelled slices, and why the extra steps.** The second screen asked whether the 1600 "
+    "unlabelled slices help, against a control that spends the same extra training without them. Both "
+    "self-training students lost GGO Dice against their teacher and gained some consolidation Dice, while the "
+    "control -- the same teacher trained 1000 more steps on the labelled slices alone, from its own weights -- "
+    "gained on all four measures. On these slices the gain came from the longer schedule, not from the "
+    "pseudo-labels: the teacher's confident pseudo-labels are mostly background with hardly any "
+    "consolidation (the fold summaries record the shares), and its GGO pseudo-labels carry its own errors "
+    "back into training; keeping only slices with some confident lesion did not change that. The recipe therefore adopts the extra 1000 steps and leaves "
+    "self-training off (it stays available: external profile setting `semi=\"self-training\"`; the study "
+    "self-trains when a cohort has unlabelled scans). The intervals are wide -- 10 slices -- so none of these "
+    "differences is established; the choice follows the point estimates and the control. The test part is "
+    "predicted by the mean of the final model and the five fold models (nnU-Net's fold ensemble): that cannot "
+    "be screened by cross-validation (no held-out slice has more than one model that never saw it), and it "
+    "costs only prediction."
+)
+"""Why the second screen's choice (shown under :func:`semi_screen`'s table)."""
+
+
+def semi_screen(path: str | Path | None = None, *, n_boot: int = 2000) -> pd.DataFrame | None:
+    """The second recipe screen (self-training and its control, fold 0) from its recorded per-slice
+    scores (``benchmarks/external_semi_screen.csv``): Dice per variant with 95 % BCa intervals over
+    the 10 held-out slices, pooled Dice, the paired gain over the supervised row and, for the
+    self-training rows, the paired gain over the control (the same extra steps without unlabelled
+    slices): the gain from the unlabelled data itself.
+
+    ``None`` when the file is absent. Re-running it: :data:`SEMI_SCREEN_COMMAND`.
+    """
+    from .metrics import summarize
+    from .paths import repo_root
+
+    path = Path(path) if path is not None else repo_root() / "benchmarks" / "external_semi_screen.csv"
+    if not path.exists():
+        return None
+    df = pd.read_csv(path, dtype={"slice_id": str})
+    variants = list(dict.fromkeys(df["variant"]))
+    base = df[df["variant"] == variants[0]].set_index("slice_id")
+    control = next((v for v in variants if v.startswith("control")), None)
+    cols = [f"dice_{n}" for n in CLASS_NAMES]
+
+    def gain(a: pd.DataFrame, b: pd.DataFrame) -> dict:
+        g = summarize((a[cols] - b[cols]).reset_index(drop=True), columns=cols, n_boot=n_boot, seed=0).set_index("metric")
+        return {label: f"{g.loc[f'dice_{n}', 'mean']:+.3f} [{g.loc[f'dice_{n}', 'ci_low']:+.3f}, "
+                       f"{g.loc[f'dice_{n}', 'ci_high']:+.3f}]" for n, label in zip(CLASS_NAMES, ("GGO", "consolidation"))}
+
+    rows = []
+    for v in variants:
+        d = df[df["variant"] == v].set_index("slice_id").loc[base.index]
+        sm = summarize_scores(d.reset_index(), n_boot=n_boot, seed=0)
+        row = {"variant": v}
+        for n, label in zip(CLASS_NAMES, ("GGO", "consolidation")):
+            lo, hi = sm[f"dice_{n}_ci"]
+            row[f"Dice {label} [95% CI]"] = f"{sm[f'dice_{n}']:.3f} [{lo:.3f}, {hi:.3f}]"
+        for n, label in zip(CLASS_NAMES, ("GGO", "consolidation")):
+            row[f"pooled {label}"] = f"{sm[f'pooled_dice_{n}']:.3f}"
+        g = gain(d, base) if v != variants[0] else {"GGO": "", "consolidation": ""}
+        row |= {f"gain over supervised, {k} [95% CI]": x for k, x in g.items()}
+        c = (gain(d, df[df["variant"] == control].set_index("slice_id").loc[base.index])
+             if control and v.startswith("self-training") else {"GGO": "", "consolidation": ""})
+        row |= {f"gain from the unlabelled slices (vs control), {k} [95% CI]": x for k, x in c.items()}
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("variant")
+
+
 def _check_extra(p: Profile) -> dict:
     ex = dict(p.extra or {})
     grid = ex.get("grid_size")
@@ -248,14 +356,38 @@ def _check_extra(p: Profile) -> dict:
         raise ValueError(f"profile {p.name!r}: extra['tta'] must be one of {_TTA}, got {ex['tta']!r}.")
     if p.spatial_dims != 2:
         raise ValueError(f"profile {p.name!r}: the external check trains 2D networks (spatial_dims=2).")
-    return {"grid_size": int(grid), "rotations": bool(ex.get("rotations", True)), "tta": ex.get("tta", "dihedral")}
+    semi = {**SEMI_DEFAULTS, **{k: ex[k] for k in SEMI_DEFAULTS if k in ex}}
+    if semi["semi"] not in _SEMI_MODES:
+        raise ValueError(f"profile {p.name!r}: extra['semi'] must be one of {_SEMI_MODES}, got {semi['semi']!r}.")
+    conf = semi["pseudo_confidence"]
+    if isinstance(conf, bool) or not isinstance(conf, (int, float)) or not 0.0 <= float(conf) < 1.0:
+        raise ValueError(f"profile {p.name!r}: extra['pseudo_confidence'] must be a number in [0, 1), got {conf!r}.")
+    share = semi["pseudo_share"]
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 < float(share) < 1.0:
+        raise ValueError(f"profile {p.name!r}: extra['pseudo_share'] must be a number in (0, 1), got {share!r}.")
+    for k in ("student_iterations", "unlabelled_max"):
+        v = semi[k]
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"profile {p.name!r}: extra[{k!r}] must be a positive integer, got {v!r}.")
+    if semi["student_init"] not in ("teacher", "random"):
+        raise ValueError(f"profile {p.name!r}: extra['student_init'] must be 'teacher' or 'random', "
+                         f"got {semi['student_init']!r}.")
+    mls = semi["pseudo_min_lesion"]
+    if isinstance(mls, bool) or not isinstance(mls, (int, float)) or not 0.0 <= float(mls) < 1.0:
+        raise ValueError(f"profile {p.name!r}: extra['pseudo_min_lesion'] must be a number in [0, 1), got {mls!r}.")
+    if semi["pseudo_tta"] not in _TTA:
+        raise ValueError(f"profile {p.name!r}: extra['pseudo_tta'] must be one of {_TTA}, got {semi['pseudo_tta']!r}.")
+    if not isinstance(ex.get("test_ensemble", False), bool):
+        raise ValueError(f"profile {p.name!r}: extra['test_ensemble'] must be True or False, got {ex['test_ensemble']!r}.")
+    return {"grid_size": int(grid), "rotations": bool(ex.get("rotations", True)), "tta": ex.get("tta", "dihedral"),
+            "test_ensemble": bool(ex.get("test_ensemble", False)), **semi}
 
 
 def external_profile(name: str | Profile = "cpu", **overrides) -> Profile:
     """The external-check profile ``name`` (``smoke``, ``cpu`` or ``paper``), with optional overrides.
 
-    ``overrides`` are :class:`~sscild.profiles.Profile` fields, plus ``grid_size``, ``rotations``
-    and ``tta``, which go into ``extra``. A :class:`Profile` is validated and passed through.
+    ``overrides`` are :class:`~sscild.profiles.Profile` fields, plus ``grid_size``, ``rotations``,
+    ``tta`` and the semi-supervised settings of :data:`SEMI_DEFAULTS`, which go into ``extra``. A :class:`Profile` is validated and passed through.
 
     Example:
         >>> p = external_profile("cpu", iterations=300, rotations=False)
@@ -270,7 +402,7 @@ def external_profile(name: str | Profile = "cpu", **overrides) -> Profile:
             raise ValueError(f"Unknown external-check profile {name!r}. Choose one of: {', '.join(EXTERNAL_PROFILES)} "
                              "(the chapter's `profile` parameter, or `make external EXTERNAL_PROFILE=...`).")
         p = EXTERNAL_PROFILES[key]
-    extra_keys = {"grid_size", "rotations", "tta"}
+    extra_keys = {"grid_size", "rotations", "tta", "test_ensemble", *SEMI_DEFAULTS}
     extra = {**(p.extra or {}), **{k: v for k, v in overrides.items() if k in extra_keys}}
     fields = {k: v for k, v in overrides.items() if k not in extra_keys}
     for k in ("channels", "strides", "patch_size"):
@@ -279,7 +411,8 @@ def external_profile(name: str | Profile = "cpu", **overrides) -> Profile:
     try:
         p = p.with_overrides(**fields, extra=extra)
     except TypeError as e:
-        raise ValueError(f"external_profile: {e}; use Profile fields or grid_size / rotations / tta.") from None
+        raise ValueError(f"external_profile: {e}; use Profile fields or grid_size / rotations / tta / "
+                         f"{' / '.join(SEMI_DEFAULTS)}.") from None
     _check_extra(p)
     return p
 
@@ -442,6 +575,82 @@ def read_slice_folder(folder: str | Path, *, require_labels: bool = True,
     if problems:
         raise InputError(f"{what} {folder}: {len(problems)} problem(s):\n  - " + "\n  - ".join(problems))
     return out
+
+
+def read_unlabelled_folder(folder: str | Path, *, what: str = "unlabelled folder") -> dict[str, SliceImage]:
+    """Read ``folder/images/<id>.jpg|png``: slices without labels, for semi-supervised training only.
+
+    Raises:
+        InputError: the folder or its ``images/`` is missing or empty, a file cannot be read (every
+            one named), or the folder holds labels (a ``labels/`` folder with files): labelled
+            slices belong in the training folder, where they are cross-validated.
+
+    Example:
+        >>> u = read_unlabelled_folder("covid-semiseg/unlabelled")        # doctest: +SKIP
+        >>> next(iter(u.values())).label is None                          # doctest: +SKIP
+        True
+    """
+    folder = Path(folder).expanduser()
+    lab_dir = folder / "labels"
+    if lab_dir.is_dir():
+        files = sorted(f for f in lab_dir.iterdir() if not f.name.startswith("."))
+        if files:
+            raise InputError(f"{what} {folder}: holds labels ({', '.join(str(f) for f in files[:5])}"
+                             f"{' ...' if len(files) > 5 else ''}); an unlabelled folder has only images/. Move "
+                             "labelled slices with their masks into the training folder, or remove "
+                             f"{lab_dir}.")
+    if not folder.is_dir():
+        raise InputError(f"{what} {folder} does not exist: give a folder with images/<id>.jpg (or .png), or "
+                         "leave it out to train on the labelled slices only.")
+    return read_slice_folder(folder, require_labels=False, what=what)
+
+
+def check_no_overlap(unlabelled: Mapping[str, SliceImage], labelled: Mapping[str, Mapping[str, SliceImage]]) -> None:
+    """Refuse unlabelled slices whose pixels equal a labelled (training or test) slice's.
+
+    Args:
+        unlabelled: the unlabelled slices.
+        labelled: part name (e.g. ``"training"``, ``"test"``) -> its slices.
+
+    Raises:
+        InputError: naming every pair of files with the same content (SHA-1 of the grey levels,
+            :meth:`SliceImage.digest`): a held-out slice among the unlabelled ones would teach the
+            network the slice it is scored on.
+
+    Example:
+        >>> a = SliceImage("a", np.zeros((4, 4), np.uint8), None, Path("u/a.jpg"), None)
+        >>> b = SliceImage("7", np.zeros((4, 4), np.uint8), None, Path("t/7.jpg"), None)
+        >>> check_no_overlap({"a": a}, {"test": {"7": b}})
+        Traceback (most recent call last):
+        ...
+        sscild.errors.InputError: 1 unlabelled slice(s) are identical to labelled ones: u/a.jpg = t/7.jpg (test part); ...
+    """
+    seen: dict[str, tuple[str, SliceImage]] = {}
+    for part, slices in labelled.items():
+        for s in slices.values():
+            seen.setdefault(s.digest(), (part, s))
+    dup = [(u, seen[u.digest()]) for u in unlabelled.values() if u.digest() in seen]
+    if dup:
+        pairs = "; ".join(f"{u.image_path} = {s.image_path} ({part} part)" for u, (part, s) in dup[:10])
+        raise InputError(f"{len(dup)} unlabelled slice(s) are identical to labelled ones: {pairs}"
+                         f"{' ...' if len(dup) > 10 else ''}; remove them from the unlabelled folder (a labelled "
+                         "slice must never be seen again without its label, least of all a held-out one).")
+
+
+def default_unlabelled_dir() -> Path | None:
+    """``../shared/data/covid-semiseg/unlabelled`` beside the checkout when it exists, else ``None``."""
+    from .paths import repo_root
+
+    p = (repo_root().parent / "shared" / "data" / "covid-semiseg" / "unlabelled").resolve()
+    return p if (p / "images").is_dir() else None
+
+
+def _spread(ids: Sequence[str], n: int) -> list[str]:
+    """``n`` ids spread evenly over ``ids`` (all when there are no more than ``n``)."""
+    ids = list(ids)
+    if len(ids) <= n:
+        return ids
+    return [ids[int(i)] for i in np.linspace(0, len(ids) - 1, n).round().astype(int)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -608,6 +817,64 @@ def predict_slices(net: torch.nn.Module, slices: Mapping[str, SliceImage], profi
         probs = g.probs_from_grid((acc / len(variants)).numpy())
         out[sid] = probs if return_probs else probs.argmax(0).astype(np.uint8)
     return out
+
+
+@torch.no_grad()
+def pseudo_label_cases(net: torch.nn.Module, unlabelled: Mapping[str, SliceImage], profile: Profile, *,
+                       device=None, batch: int = 16) -> tuple[dict[str, _Case], dict]:
+    """Pseudo-labelled training cases made by a teacher network from unlabelled slices.
+
+    Each slice goes onto the grid, in one 90-degree orientation chosen from its id and the
+    profile's seed (so the student also sees turned slices); the teacher's softmax is averaged over
+    the profile's ``pseudo_tta`` variants; pixels whose highest class probability is below
+    ``pseudo_confidence`` get :data:`sscild.train.IGNORE_LABEL` (the loss skips them).
+
+    Returns:
+        (id -> case of shape (grid, grid, 1), stats: slices, share of pixels kept, share of kept
+        pixels per class).
+    """
+    from .train import IGNORE_LABEL, select_device
+
+    ex = _check_extra(profile)
+    device = select_device(device)
+    net.eval()
+    variants = _tta_variants(ex["pseudo_tta"])
+    ids = list(unlabelled)
+    out: dict[str, _Case] = {}
+    kept = total = 0
+    counts = np.zeros(3, np.int64)
+    for i in range(0, len(ids), batch):
+        chunk = ids[i:i + batch]
+        grids = []
+        for sid in chunk:
+            s = unlabelled[sid]
+            k = int(hashlib.sha1(f"{profile.seed}:{sid}".encode()).hexdigest(), 16) % 4
+            g = GridMap(shape=s.shape, size=ex["grid_size"])
+            grids.append(np.rot90(g.image_to_grid(normalize_intensity(s.image)), k).copy())
+        x = torch.from_numpy(np.stack(grids))[:, None]
+        acc = 0
+        for k, flip in variants:
+            xi = torch.rot90(x, k, dims=(2, 3))
+            xi = torch.flip(xi, dims=(2,)) if flip else xi
+            pr = torch.softmax(net(xi.to(device)).float(), 1).cpu()
+            pr = torch.flip(pr, dims=(2,)) if flip else pr
+            acc = acc + torch.rot90(pr, -k, dims=(2, 3))
+        prob = (acc / len(variants)).numpy()
+        conf, lab = prob.max(1), prob.argmax(1).astype(np.uint8)
+        keep = conf >= float(ex["pseudo_confidence"])
+        lab[~keep] = IGNORE_LABEL
+        for j, sid in enumerate(chunk):
+            lesion = float(np.count_nonzero((lab[j] == 1) | (lab[j] == 2))) / lab[j].size
+            if lesion < float(ex["pseudo_min_lesion"]):
+                continue
+            kept += int(keep[j].sum())
+            total += keep[j].size
+            counts += np.bincount(lab[j][keep[j]].ravel(), minlength=3)[:3]
+            out[f"u:{sid}"] = _Case(grids[j][..., None].astype(np.float32), lab[j][..., None])
+    stats = {"slices": len(out), "labelled_by_teacher": len(ids), "kept_share": round(kept / max(total, 1), 4),
+             **{f"kept_share_{n}": round(float(counts[c]) / max(kept, 1), 4)
+                for c, n in enumerate(("background",) + CLASS_NAMES)}}
+    return out, stats
 
 
 def read_predictions(folder: str | Path, slices: Mapping[str, SliceImage]) -> dict[str, np.ndarray]:
@@ -792,6 +1059,58 @@ def results_table(summary: Mapping, *, published: pd.DataFrame | None = PUBLISHE
     return pd.DataFrame(rows).set_index("result")
 
 
+def semi_supervised_table(scores: pd.DataFrame, supervised_scores: pd.DataFrame, *, n_boot: int = 2000,
+                          seed: int = 0, names: tuple[str, str] = ("supervised (fold teachers, labelled slices only)",
+                                                                    "semi-supervised (self-trained fold students)")
+                          ) -> pd.DataFrame:
+    """Cross-validated Dice of the supervised teachers and the self-trained students, and the gain.
+
+    Both tables hold one row per out-of-fold slice (:func:`cross_validate`'s ``scores.csv`` and
+    ``scores_supervised.csv``). The gain is the per-slice difference (student minus teacher, same
+    slice), its mean with a 95 % BCa bootstrap interval over slices (:func:`sscild.metrics.summarize`).
+    ``names`` label the two rows (teacher, student).
+
+    Example:
+        >>> sup = pd.DataFrame({"slice_id": ["a", "b", "c"], "dice_ggo": [0.5, 0.6, 0.7],
+        ...                     "dice_consolidation": [0.2, np.nan, 0.4], "inter_ggo": [1, 1, 1],
+        ...                     "pred_ggo": [2, 2, 2], "ref_ggo": [2, 2, 2], "inter_consolidation": [0, 0, 0],
+        ...                     "pred_consolidation": [1, 1, 1], "ref_consolidation": [1, 0, 1]})
+        >>> semi = sup.assign(dice_ggo=sup["dice_ggo"] + 0.1)
+        >>> t = semi_supervised_table(semi, sup, n_boot=200)
+        >>> t.loc["gain (paired, same slices)", "Dice GGO (mean over slices)"][:6]
+        '+0.100'
+    """
+    from .metrics import summarize
+
+    a = scores.set_index("slice_id")
+    b = supervised_scores.set_index("slice_id")
+    if sorted(a.index) != sorted(b.index):
+        raise ValueError("semi_supervised_table: the two score tables must hold the same slices")
+    b = b.loc[a.index]
+    cols = [f"dice_{n}" for n in CLASS_NAMES]
+    diff = (a[cols] - b[cols]).reset_index(drop=True)
+    gain = summarize(diff, columns=cols, n_boot=max(100, int(n_boot)), seed=seed).set_index("metric")
+    rows = {}
+    for name, df in ((names[0], b.reset_index()), (names[1], a.reset_index())):
+        sm = summarize_scores(df, n_boot=n_boot, seed=seed)
+        rows[name] = {f"Dice {d} (mean over slices)": f"{sm[f'dice_{n}']:.3f} [{sm[f'dice_{n}_ci'][0]:.3f}, "
+                                                      f"{sm[f'dice_{n}_ci'][1]:.3f}]"
+                      for n, d in zip(CLASS_NAMES, ("GGO", "consolidation"))}
+        rows[name] |= {f"pooled Dice {d}": f"{sm[f'pooled_dice_{n}']:.3f}"
+                       for n, d in zip(CLASS_NAMES, ("GGO", "consolidation"))}
+    rows["gain (paired, same slices)"] = {
+        f"Dice {d} (mean over slices)": f"{gain.loc[f'dice_{n}', 'mean']:+.3f} [{gain.loc[f'dice_{n}', 'ci_low']:+.3f}, "
+                                        f"{gain.loc[f'dice_{n}', 'ci_high']:+.3f}]"
+        for n, d in zip(CLASS_NAMES, ("GGO", "consolidation"))}
+    rows["gain (paired, same slices)"] |= {f"pooled Dice {d}": "" for d in ("GGO", "consolidation")}
+    t = pd.DataFrame.from_dict(rows, orient="index")
+    t.index.name = "cross-validation"
+    t.attrs["gain"] = {n: {"mean": float(gain.loc[f"dice_{n}", "mean"]),
+                           "ci": [float(gain.loc[f"dice_{n}", "ci_low"]), float(gain.loc[f"dice_{n}", "ci_high"])]}
+                       for n in CLASS_NAMES}
+    return t
+
+
 def compare_to_published(result: Mapping, *, published: pd.DataFrame = PUBLISHED, what: str = "cross-validated") -> str:
     """Two sentences setting a result's per-slice mean Dice against the best published row of each class.
 
@@ -820,11 +1139,16 @@ def compare_to_published(result: Mapping, *, published: pd.DataFrame = PUBLISHED
 
 def _profile_key(p: Profile) -> dict:
     """The settings a trained model depends on: the training recipe of :mod:`sscild.train` and the
-    image-folder settings (test-time augmentation is not one of them)."""
+    image-folder settings (test-time augmentation is not one of them; the semi-supervised settings
+    only when the mode is on, so a supervised model and a self-training teacher share their key)."""
     from .train import training_recipe
 
     key = training_recipe(p)
-    key["extra"] = {k: v for k, v in sorted((p.extra or {}).items()) if k != "tta"}
+    key["extra"] = {k: v for k, v in sorted((p.extra or {}).items())
+                    if k not in ("tta", "test_ensemble") and k not in SEMI_DEFAULTS}
+    ex = _check_extra(p)
+    if ex["semi"] != "off":
+        key["semi"] = {k: ex[k] for k in SEMI_DEFAULTS}
     return key
 
 
@@ -833,6 +1157,67 @@ def _write_png(path: Path, label_xy: np.ndarray) -> None:
 
     with atomic_path(path, suffix=".png") as tmp:
         Image.fromarray(np.ascontiguousarray(label_xy.T.astype(np.uint8))).save(tmp)
+
+
+def _semi_on(p: Profile, unlabelled: Mapping[str, SliceImage] | None) -> bool:
+    mode = _check_extra(p)["semi"]
+    return mode == "fine-tune" or (mode == "self-training" and bool(unlabelled))
+
+
+def _train_semi(train: Mapping[str, SliceImage], unlabelled: Mapping[str, SliceImage], p: Profile, out: Path, *,
+                key: int, progress: bool, desc: str) -> tuple[torch.nn.Module, torch.nn.Module, dict, bool]:
+    """Self-training on ``train`` (labelled) and ``unlabelled``: the teacher is the supervised model of
+    the same slices and recipe (``out/teacher``); it labels the unlabelled slices; the student trains
+    into ``out``. Only ``train`` and ``unlabelled`` are ever read, so a held-out slice cannot reach
+    its fold's teacher, pseudo-labels or student.
+
+    Returns (student, teacher, summary, whether the student was reused)."""
+    from .predict import load_fold_model
+    from .train import train_model
+
+    out = Path(out)
+    ex = _check_extra(p)
+    sup = external_profile(p, semi="off")
+    teacher, t_summ, t_reused = _train_or_load(train, sup, out / "teacher", key=key, progress=progress,
+                                               desc=f"{desc}, teacher")
+    if ex["semi"] == "fine-tune":
+        unlabelled = {}
+    use = _spread(sorted(unlabelled, key=_natural_key), ex["unlabelled_max"])
+    u_digest = hashlib.sha1("".join(unlabelled[u].digest() for u in use).encode()).hexdigest()
+    ident = {"train_slices": sorted(train, key=_natural_key), "key": int(key), "recipe": _profile_key(p),
+             "unlabelled": {"n": len(use), "sha1": u_digest}}
+    ident_path, summary_path, model_path = out / "recipe_key.json", out / "train_summary.json", out / "model_final.pt"
+    if ident_path.exists() and json.loads(json.dumps(ident)) != read_json(ident_path):
+        for f in out.iterdir():  # a different recipe, training set or unlabelled set: the student starts again
+            if f.name != "teacher":
+                shutil.rmtree(f) if f.is_dir() else f.unlink()
+    if summary_path.exists() and model_path.exists():
+        net, _ = load_fold_model(model_path)
+        return net, teacher, read_json(summary_path), True
+    write_json(ident_path, ident)
+    cpu0, w0 = time.process_time(), time.perf_counter()
+    pseudo, stats = pseudo_label_cases(teacher, {u: unlabelled[u] for u in use}, p) if use else ({}, {"slices": 0})
+    if use and not pseudo:
+        raise InputError(f"{desc}: none of the {len(use)} unlabelled slices has a confident lesion share of at least "
+                         f"{ex['pseudo_min_lesion']:.1%}; lower pseudo_min_lesion or pseudo_confidence.")
+    stats["seconds"] = round(time.perf_counter() - w0, 2)
+    init = None
+    if ex["student_init"] == "teacher":
+        init = torch.load(out / "teacher" / "model_final.pt", map_location="cpu", weights_only=False)["model"]
+    cases = {sid: training_case(s, p) for sid, s in train.items()}
+    res = train_model(cases, p, out, key=key, num_classes=3, class_names=CLASS_NAMES, progress=progress,
+                      desc=f"{desc}, student", iterations=ex["student_iterations"], pseudo_cases=pseudo or None,
+                      pseudo_share=ex["pseudo_share"] if pseudo else 0.0, init_state=init)
+    student_s = res["seconds"]
+    teacher_cpu = 0.0 if t_reused else float(t_summ.get("cpu_seconds") or 0.0)
+    summary = {**res, "cpu_seconds": round(time.process_time() - cpu0 + teacher_cpu, 2),
+               "seconds": round(stats["seconds"] + student_s + (t_summ.get("seconds") or 0), 2),
+               "student_seconds": student_s, "teacher_seconds": t_summ.get("seconds"), "pseudo": stats,
+               "key": int(key), "profile": p.name, "train_slices": ident["train_slices"],
+               "unlabelled_slices": len(use)}
+    write_json(summary_path, summary)
+    net, _ = load_fold_model(model_path)
+    return net, teacher, summary, False
 
 
 def _train_or_load(train: Mapping[str, SliceImage], p: Profile, out: Path, *, key: int, progress: bool,
@@ -864,10 +1249,16 @@ def _train_or_load(train: Mapping[str, SliceImage], p: Profile, out: Path, *, ke
 
 def cross_validate(slices: Mapping[str, SliceImage], out_dir: str | Path, profile: str | Profile = "cpu", *,
                    folds: Sequence[int] | None = None, progress: bool = False,
-                   log=print) -> tuple[pd.DataFrame, dict]:
+                   log=print, unlabelled: Mapping[str, SliceImage] | None = None) -> tuple[pd.DataFrame, dict]:
     """K-fold cross-validation by slice on a labelled folder (``profile.num_folds`` folds, its seed).
 
     ``folds`` limits the run to some folds (a quick screen of a recipe); default all.
+
+    With ``unlabelled`` slices and a profile whose ``semi`` is ``"self-training"``, each fold's
+    teacher is trained on that fold's training slices only, labels the unlabelled slices, and the
+    fold's student is what is scored; the teachers' (supervised) out-of-fold predictions are scored
+    too, into ``scores_supervised.csv`` and ``info["supervised_scores"]``. An unlabelled slice
+    identical to a labelled one is an ``InputError`` (:func:`check_no_overlap`).
 
     Writes ``out_dir/splits.json``, ``fold_<k>/`` (model, learning curves, summary),
     ``predictions/<id>.png`` (out-of-fold masks, the files' orientation) and ``scores.csv``.
@@ -889,19 +1280,27 @@ def cross_validate(slices: Mapping[str, SliceImage], out_dir: str | Path, profil
     for sid, s in slices.items():
         g, c = int(np.count_nonzero(s.label == 1)), int(np.count_nonzero(s.label == 2))
         strata[sid] = c / (g + c) if g + c else 0.0
+    semi = _semi_on(p, unlabelled)
+    if semi and unlabelled:
+        check_no_overlap(unlabelled, {"training": slices})
     splits = make_splits(list(slices), strata=strata, k=p.num_folds, seed=p.seed)
     write_json(out_dir / "splits.json", splits)
     if folds is not None:
         bad = [k for k in folds if not 0 <= int(k) < len(splits)]
         if bad:
             raise ValueError(f"folds {bad} do not exist: the split has folds 0..{len(splits) - 1}.")
-    frames, done = [], []
+    frames, sup_frames, done = [], [], []
     for k, fold in enumerate(splits):
         if folds is not None and k not in {int(f) for f in folds}:
             continue
         tk = time.perf_counter()
-        net, summ, reused = _train_or_load({s: slices[s] for s in fold["train"]}, p, out_dir / f"fold_{k}", key=k,
-                                           progress=progress, desc=f"fold {k}")
+        fold_train = {s: slices[s] for s in fold["train"]}
+        if semi:
+            net, teacher, summ, reused = _train_semi(fold_train, unlabelled, p, out_dir / f"fold_{k}", key=k,
+                                                     progress=progress, desc=f"fold {k}")
+        else:
+            net, summ, reused = _train_or_load(fold_train, p, out_dir / f"fold_{k}", key=k,
+                                               progress=progress, desc=f"fold {k}")
         held = {s: slices[s] for s in sorted(fold["val"], key=_natural_key)}
         ti = time.perf_counter()
         preds = predict_slices(net, held, p)
@@ -910,6 +1309,10 @@ def cross_validate(slices: Mapping[str, SliceImage], out_dir: str | Path, profil
         df = score_slices(preds, held)
         df.insert(1, "fold", k)
         frames.append(df)
+        if semi:
+            sdf = score_slices(predict_slices(teacher, held, p), held)
+            sdf.insert(1, "fold", k)
+            sup_frames.append(sdf)
         done.append({"fold": k, "n_train": len(fold["train"]), "n_test": len(held),
                      "reused": reused, "train_seconds": summ.get("seconds"),
                      "train_cpu_seconds": summ.get("cpu_seconds"),
@@ -925,16 +1328,40 @@ def cross_validate(slices: Mapping[str, SliceImage], out_dir: str | Path, profil
     scores = scores.sort_values("_o").drop(columns="_o").reset_index(drop=True)
     with atomic_path(out_dir / "scores.csv", suffix=".csv") as tmp:
         scores.to_csv(tmp, index=False)
-    info = {"splits": splits, "folds": done, "threads": threads, "seconds": round(time.perf_counter() - t0, 2)}
+    info = {"splits": splits, "folds": done, "threads": threads, "seconds": round(time.perf_counter() - t0, 2),
+            "semi": semi}
+    if semi:
+        sup = pd.concat(sup_frames, ignore_index=True).set_index("slice_id").loc[scores["slice_id"]].reset_index()
+        with atomic_path(out_dir / "scores_supervised.csv", suffix=".csv") as tmp:
+            sup.to_csv(tmp, index=False)
+        info["supervised_scores"] = sup
     return scores, info
 
 
-def train_and_test(train: Mapping[str, SliceImage], test: Mapping[str, SliceImage], out_dir: str | Path,
-                   profile: str | Profile = "cpu", *, progress: bool = False, log=print) -> tuple[pd.DataFrame, dict]:
-    """Train on every slice of ``train``, predict and score every slice of ``test``.
+class _MeanProb(torch.nn.Module):
+    """Several networks as one: the log of their mean softmax (so a softmax of the output is the mean)."""
 
-    Raises ``InputError`` when a test image is pixel-identical to a training image (leakage).
-    Writes ``out_dir/model/``, ``predictions/<id>.png`` and ``scores.csv``.
+    def __init__(self, nets: Sequence[torch.nn.Module]):
+        super().__init__()
+        self.nets = torch.nn.ModuleList(nets)
+
+    def forward(self, x):
+        return torch.log(torch.stack([torch.softmax(n(x).float(), 1) for n in self.nets]).mean(0).clamp_min(1e-8))
+
+
+def train_and_test(train: Mapping[str, SliceImage], test: Mapping[str, SliceImage], out_dir: str | Path,
+                   profile: str | Profile = "cpu", *, progress: bool = False, log=print,
+                   unlabelled: Mapping[str, SliceImage] | None = None,
+                   ensemble_with: Sequence[str | Path] = ()) -> tuple[pd.DataFrame, dict]:
+    """Train on every slice of ``train`` (and, self-training, ``unlabelled``), predict and score ``test``.
+
+    ``ensemble_with``: further model files (e.g. the cross-validation folds' ``model_final.pt``,
+    each trained on part of ``train`` only) whose softmax is averaged with the new model's at
+    prediction, as nnU-Net predicts with its fold models.
+
+    Raises ``InputError`` when a test image is pixel-identical to a training image, or an unlabelled
+    image to a training or test image (leakage). Writes ``out_dir/model/``, ``predictions/<id>.png``
+    and ``scores.csv``.
     """
     from .train import set_threads
 
@@ -948,9 +1375,19 @@ def train_and_test(train: Mapping[str, SliceImage], test: Mapping[str, SliceImag
         raise InputError(f"{len(dup)} test slice(s) are identical to training slices (test id, training id): "
                          f"{dup[:10]}; "
                          "the test folder must hold only slices the network never trained on.")
-    net, summ, reused = _train_or_load(train, p, out_dir / "model", key=p.num_folds, progress=progress,
-                                       desc="all slices")
+    if _semi_on(p, unlabelled):
+        if unlabelled:
+            check_no_overlap(unlabelled, {"training": train, "test": test})
+        net, _, summ, reused = _train_semi(train, unlabelled, p, out_dir / "model", key=p.num_folds,
+                                           progress=progress, desc="all slices")
+    else:
+        net, summ, reused = _train_or_load(train, p, out_dir / "model", key=p.num_folds, progress=progress,
+                                           desc="all slices")
     ti = time.perf_counter()
+    if ensemble_with:
+        from .predict import load_fold_model
+
+        net = _MeanProb([net] + [load_fold_model(Path(f))[0] for f in ensemble_with]).eval()
     preds = predict_slices(net, test, p)
     for sid, pred in preds.items():
         _write_png(out_dir / "predictions" / f"{sid}.png", pred)
@@ -960,7 +1397,7 @@ def train_and_test(train: Mapping[str, SliceImage], test: Mapping[str, SliceImag
     if log:
         log(f"test: {'reused the model' if reused else 'trained'} on {len(train)} slices "
             f"({summ.get('seconds', 0):.0f} s when trained), scored {len(test)}")
-    return scores, {"reused": reused, "train_seconds": summ.get("seconds"),
+    return scores, {"reused": reused, "train_seconds": summ.get("seconds"), "ensemble": 1 + len(ensemble_with),
                     "predict_seconds": round(time.perf_counter() - ti, 2),
                     "seconds": round(time.perf_counter() - t0, 2)}
 
@@ -985,13 +1422,32 @@ def recipe_dict(p: Profile, threads: int) -> dict:
                 + ("the whole batch" if p.batch_dice else "each slice"),
         "folds": p.num_folds, "seed": p.seed, "split": "by slice (no patient ids in the benchmark), "
                                                         "stratified by consolidation share",
+        "test_prediction": ("mean softmax of the model trained on all labelled slices and the "
+                            f"{p.num_folds} cross-validation fold models" if ex["test_ensemble"]
+                            else "the model trained on all labelled slices"),
+        "semi_supervised": (
+            "off" if ex["semi"] == "off" else
+            f"off; the supervised model is trained {ex['student_iterations']} more iterations from its own "
+            "weights (warm restart of the schedule) on the labelled slices only" if ex["semi"] == "fine-tune" else
+            f"self-training: the supervised teacher labels up to {ex['unlabelled_max']} unlabelled slices "
+            f"({ex['pseudo_tta']} TTA), pixels below {ex['pseudo_confidence']} confidence ignored; the student "
+            f"trains {ex['student_iterations']} iterations from the {ex['student_init']} weights, "
+            f"{ex['pseudo_share']:.0%} of each batch pseudo-labelled"
+            + (f"; only slices with >= {ex['pseudo_min_lesion']:.1%} confident lesion kept"
+               if ex["pseudo_min_lesion"] else "")),
         "threads": threads,
     }
 
 
 def run_external(train_dir: str | Path, out_dir: str | Path, *, test_dir: str | Path | None = None,
-                 profile: str | Profile = "cpu", n_boot: int = 2000, progress: bool = False, log=print) -> dict:
+                 unlabelled_dir: str | Path | None = None, profile: str | Profile = "cpu", n_boot: int = 2000,
+                 progress: bool = False, log=print) -> dict:
     """The whole external check: cross-validation on ``train_dir``, optional test on ``test_dir``.
+
+    ``unlabelled_dir`` (``images/`` only) feeds the profile's semi-supervised mode; it is read and
+    checked against the labelled parts (:func:`check_no_overlap`) only when the mode is on, and
+    only ever used for training. With the mode on, ``summary["cv_supervised"]`` holds the
+    cross-validated Dice of the fold teachers (the same recipe without unlabelled data).
 
     Writes ``out_dir/cv/`` and ``out_dir/test/`` (see :func:`cross_validate`, :func:`train_and_test`)
     and ``out_dir/summary.json``::
@@ -1011,23 +1467,37 @@ def run_external(train_dir: str | Path, out_dir: str | Path, *, test_dir: str | 
     t0 = time.perf_counter()
     train = read_slice_folder(train_dir, what="training folder")
     test = read_slice_folder(test_dir, what="test folder") if test_dir not in (None, "") else None
-    cv_scores, cv_info = cross_validate(train, out_dir / "cv", p, progress=progress, log=log)
+    unlabelled = None
+    if unlabelled_dir not in (None, "") and _check_extra(p)["semi"] == "self-training":
+        unlabelled = read_unlabelled_folder(unlabelled_dir)
+        check_no_overlap(unlabelled, {"training": train, **({"test": test} if test is not None else {})})
+    cv_scores, cv_info = cross_validate(train, out_dir / "cv", p, progress=progress, log=log, unlabelled=unlabelled)
     cv = summarize_scores(cv_scores, n_boot=n_boot, seed=p.seed) | {
         "folds": p.num_folds, "seconds": cv_info["seconds"], "per_fold": cv_info["folds"]}
+    cv_sup = None
+    if cv_info.get("semi"):
+        cv_sup = summarize_scores(cv_info["supervised_scores"], n_boot=n_boot, seed=p.seed)
     test_summary = None
     if test is not None:
-        t_scores, t_info = train_and_test(train, test, out_dir / "test", p, progress=progress, log=log)
+        folds = [out_dir / "cv" / f"fold_{k}" / "model_final.pt" for k in range(p.num_folds)] \
+            if _check_extra(p)["test_ensemble"] else []
+        t_scores, t_info = train_and_test(train, test, out_dir / "test", p, progress=progress, log=log,
+                                          unlabelled=unlabelled, ensemble_with=folds)
         test_summary = summarize_scores(t_scores, n_boot=n_boot, seed=p.seed) | {
-            "seconds": t_info["seconds"], "train_seconds": t_info["train_seconds"], "reused": t_info["reused"]}
+            "seconds": t_info["seconds"], "train_seconds": t_info["train_seconds"], "reused": t_info["reused"],
+            "models": t_info["ensemble"]}
     summary = {
         "cv": cv,
+        "cv_supervised": cv_sup,
         "test": test_summary,
         "recipe": recipe_dict(p, set_threads()),
         "published": PUBLISHED.to_dict(orient="records"),
         "published_source": "Fan et al. 2020 (Inf-Net), COVID-SemiSeg 48-slice test part",
         "data": {"train_dir": str(Path(train_dir).resolve()), "n_train": len(train),
                  "test_dir": str(Path(test_dir).resolve()) if test is not None else None,
-                 "n_test": len(test) if test is not None else None},
+                 "n_test": len(test) if test is not None else None,
+                 "unlabelled_dir": str(Path(unlabelled_dir).resolve()) if unlabelled is not None else None,
+                 "n_unlabelled": len(unlabelled) if unlabelled is not None else None},
         "torch": torch.__version__,
         "seconds": round(time.perf_counter() - t0, 2),
     }
@@ -1039,7 +1509,7 @@ def run_external(train_dir: str | Path, out_dir: str | Path, *, test_dir: str | 
 # recipe search (cross-validation only) and the command line
 # --------------------------------------------------------------------------------------------
 
-SEARCH_VARIANTS: dict[str, dict] = {
+_FIRST_SCREEN: dict[str, dict] = {
     "chosen recipe": {},
     "chosen, flip-only TTA": {"tta": "flip"},
     "chosen, no TTA": {"tta": "none"},
@@ -1056,12 +1526,26 @@ SEARCH_VARIANTS: dict[str, dict] = {
     "batch Dice, batch 8, 1000 iterations": {"batch_dice": True, "batch_size": 8, "iterations": 1000},
     "strong intensity augmentation": {"intensity_aug": "strong"},
 }
+
+SEARCH_VARIANTS: dict[str, dict] = {
+    # the first screen (RECIPE_SEARCH) trained one stage: its variants keep the second stage off
+    **{name: {"semi": "off", **ov} for name, ov in _FIRST_SCREEN.items()},
+    # the second screen (semi_screen)
+    "self-training, student from teacher, 1000 iterations": {"semi": "self-training"},
+    "control: teacher fine-tuned 1000 more iterations, no unlabelled slices": {"semi": "fine-tune"},
+    "nnU-Net-style augmentation (blur, low resolution, gamma, wider rotation and scaling)": {"intensity_aug": "nnunet"},
+    "self-training, confidence 0.7": {"semi": "self-training", "pseudo_confidence": 0.7},
+    "self-training, all 1600 slices labelled, those with >= 1 % lesion kept":
+        {"semi": "self-training", "unlabelled_max": 1600, "pseudo_min_lesion": 0.01},
+    "self-training, student afresh, 1500 iterations": {"semi": "self-training", "student_init": "random",
+                                                        "student_iterations": 1500},
+}
 """Variants for :func:`search_recipes`: name -> overrides of the ``cpu`` external profile."""
 
 
 def search_recipes(train_dir: str | Path, out_dir: str | Path, variants: Mapping[str, Mapping] | None = None, *,
                    base: str | Profile = "cpu", folds: Sequence[int] | None = None, n_boot: int = 1000,
-                   log=print) -> pd.DataFrame:
+                   unlabelled_dir: str | Path | None = None, log=print) -> pd.DataFrame:
     """Cross-validate each variant (overrides of ``base``) on the training folder only.
 
     Args:
@@ -1071,6 +1555,7 @@ def search_recipes(train_dir: str | Path, out_dir: str | Path, variants: Mapping
         variants: name -> overrides of :func:`external_profile`; default :data:`SEARCH_VARIANTS`.
         base: the profile the overrides apply to.
         folds: screen on these folds only (default all).
+        unlabelled_dir: unlabelled slices for the variants whose ``semi`` mode is on.
 
     Returns:
         One row per variant: its overrides, the slices scored, cross-validated Dice (per-slice mean
@@ -1080,11 +1565,12 @@ def search_recipes(train_dir: str | Path, out_dir: str | Path, variants: Mapping
     if not variants:
         raise ValueError("search_recipes: no variants given")
     train = read_slice_folder(train_dir, what="training folder")
+    unlabelled = read_unlabelled_folder(unlabelled_dir) if unlabelled_dir not in (None, "") else None
     rows = []
     for name, ov in variants.items():
         p = external_profile(base, **dict(ov))
         tag = hashlib.sha1(json.dumps(_profile_key(p), sort_keys=True).encode()).hexdigest()[:10]
-        scores, info = cross_validate(train, Path(out_dir) / tag, p, folds=folds, log=log)
+        scores, info = cross_validate(train, Path(out_dir) / tag, p, folds=folds, log=log, unlabelled=unlabelled)
         s = summarize_scores(scores, n_boot=n_boot, seed=p.seed)
         cpu = [f["train_cpu_seconds"] for f in info["folds"] if f.get("train_cpu_seconds") is not None]
         rows.append({"variant": name, "overrides": json.dumps(dict(ov)),
@@ -1109,19 +1595,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("out_dir", type=Path)
     r.add_argument("--test-dir", type=Path, default=None)
     r.add_argument("--profile", default="cpu")
+    r.add_argument("--unlabelled-dir", type=Path, default=None, help="unlabelled slices (images/ only)")
     s = sub.add_parser("search", help="cross-validate the recipe variants (training folder only)")
     s.add_argument("train_dir", type=Path)
     s.add_argument("out_dir", type=Path)
     s.add_argument("--only", nargs="*", default=None, help="variant names (default: all)")
     s.add_argument("--folds", nargs="*", type=int, default=None, help="screen on these folds only (default: all)")
+    s.add_argument("--unlabelled-dir", type=Path, default=None, help="unlabelled slices for semi-supervised variants")
     args = ap.parse_args(argv)
     try:
         if args.cmd == "run":
-            summ = run_external(args.train_dir, args.out_dir, test_dir=args.test_dir, profile=args.profile)
+            summ = run_external(args.train_dir, args.out_dir, test_dir=args.test_dir, profile=args.profile,
+                                unlabelled_dir=args.unlabelled_dir)
             print(json.dumps({k: summ[k] for k in ("cv", "test")}, indent=2, default=str))
         else:
             v = SEARCH_VARIANTS if not args.only else {k: SEARCH_VARIANTS[k] for k in args.only}
-            print(search_recipes(args.train_dir, args.out_dir, v, folds=args.folds).to_string())
+            print(search_recipes(args.train_dir, args.out_dir, v, folds=args.folds,
+                                 unlabelled_dir=args.unlabelled_dir).to_string())
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -55,9 +55,22 @@ class Profile:
     a class then adds nothing to that class's Dice instead of pushing it towards an empty prediction."""
     intensity_aug: str = "light"
     """``"light"``: intensity shift and scale of 5 %, Gaussian noise; ``"strong"``: 15 %, plus a random
-    gamma (contrast) change, for images windowed differently from one source to the next."""
+    gamma (contrast) change, for images windowed differently from one source to the next; ``"nnunet"``:
+    the strong changes plus nnU-Net's Gaussian blur and low-resolution simulation, and wider rotation
+    (+-20 degrees) and scaling (+-25 %) (:func:`sscild.augment.augment_for_profile`)."""
     lesion_oversample: float = 0.6
     """Share of patches centred on EF or GGO voxels (nnU-Net style foreground oversampling)."""
+    semi_supervised: str = "auto"
+    """Self-training on the cohort's unlabelled scans (``unlabelledTr/``): ``"auto"`` when the cohort
+    has some that validation passed (off when it has none, as the synthetic cohort), ``"off"`` never.
+    Each fold's teacher is its supervised model (``fold_<k>/teacher/``); it pseudo-labels the scans,
+    and the fold's model is a student trained from the teacher's weights on both (``sscild.train``)."""
+    pseudo_confidence: float = 0.9
+    """Pseudo-labelled voxels whose highest class probability is below this are ignored by the loss."""
+    pseudo_share: float = 0.5
+    """Share of each batch drawn from pseudo-labelled scans when self-training."""
+    student_iterations: int | None = None
+    """Steps of the self-trained student; ``None``: half of ``iterations``."""
     checkpoint_every: int = 100
     log_every: int = 10
     amp: bool = True

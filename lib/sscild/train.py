@@ -44,8 +44,8 @@ from .progress import Heartbeat
 from .provenance import cpu_name
 from .profiles import Profile, get_profile
 
-__all__ = ["train_fold", "train_model", "fold_is_done", "PatchSampler", "select_device", "describe_device", "set_threads",
-           "network_numerics"]
+__all__ = ["IGNORE_LABEL", "train_fold", "train_model", "unlabelled_scans", "pseudo_label_volumes", "fold_is_done",
+           "PatchSampler", "select_device", "describe_device", "set_threads", "network_numerics"]
 
 
 def select_device(device: str | torch.device | None = None) -> torch.device:
@@ -155,20 +155,49 @@ class _StepBatches(torch.utils.data.Dataset):
 
     Each batch depends only on (seed, fold, step), so it is the same whether it is made in the
     main process or in a loader worker, and a resumed run continues with the batches it would
-    have seen.
+    have seen. With a ``pseudo`` sampler, the last ``n_pseudo`` patches of every batch come from
+    it (pseudo-labelled cases), the others from ``sampler``.
     """
 
-    def __init__(self, sampler: PatchSampler, *, seed: int, key: int, batch_size: int, total: int):
+    def __init__(self, sampler: PatchSampler, *, seed: int, key: int, batch_size: int, total: int,
+                 pseudo: PatchSampler | None = None, n_pseudo: int = 0):
         self.sampler = sampler
         self.seed, self.key, self.batch_size, self.total = int(seed), int(key), int(batch_size), int(total)
+        self.pseudo, self.n_pseudo = pseudo, int(n_pseudo) if pseudo is not None else 0
 
     def __len__(self) -> int:
         return self.total
 
     def __getitem__(self, step: int):
         rng = _step_rng(self.seed, self.key, int(step))
-        img, lab = self.sampler.sample(rng, self.batch_size)
+        img, lab = self.sampler.sample(rng, self.batch_size - self.n_pseudo)
+        if self.n_pseudo:
+            pi, pl = self.pseudo.sample(rng, self.n_pseudo)
+            img, lab = np.concatenate([img, pi]), np.concatenate([lab, pl])
         return torch.from_numpy(img), torch.from_numpy(lab), int(rng.integers(2**31 - 1))
+
+
+IGNORE_LABEL = 255
+"""Label value of pixels the loss ignores (pseudo-labels below the confidence threshold)."""
+
+
+class _MaskedDiceCE(torch.nn.Module):
+    """Dice + cross-entropy like ``monai.losses.DiceCELoss``, ignoring pixels labelled
+    :data:`IGNORE_LABEL` in both terms (MONAI ``DiceLoss(ignore_index=...)`` and a masked mean of
+    the cross-entropy). Used when pseudo-labelled cases enter training."""
+
+    def __init__(self, *, batch: bool):
+        super().__init__()
+        from monai.losses import DiceLoss
+
+        self.dice = DiceLoss(to_onehot_y=True, softmax=True, include_background=False, batch=batch,
+                             ignore_index=IGNORE_LABEL)
+
+    def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        valid = y[:, 0] != IGNORE_LABEL
+        ce = torch.nn.functional.cross_entropy(logits, torch.where(valid, y[:, 0], 0), reduction="none")
+        ce = (ce * valid).sum() / valid.sum().clamp_min(1)
+        return self.dice(logits, y) + ce
 
 
 def loader_workers(device: torch.device) -> int:
@@ -257,6 +286,10 @@ def train_fold(run: RunPaths, profile: str | Profile, fold: int, *, device=None,
                 f"{out} was trained on other patients than fold {fold} of {run.splits} now lists (the cohort or "
                 f"the splits changed). Delete {out} (or run `make clean`) to retrain it.")
         diff = _recipe_diff(summary.get("recipe", {}), training_recipe(p, iterations))
+        scans = unlabelled_scans(run) if p.semi_supervised == "auto" else {}
+        want = _semi_record(p, scans, iterations) if scans else None
+        if summary.get("semi") != want:
+            diff.append(f"semi-supervised: {summary.get('semi')!r} -> {want!r}")
         if diff:
             raise ValueError(
                 f"{out} was trained with other settings than profile {p.name!r} now has ({'; '.join(diff)}). "
@@ -266,6 +299,10 @@ def train_fold(run: RunPaths, profile: str | Profile, fold: int, *, device=None,
     if test_ids & set(train_ids):
         raise ValueError(f"{run.splits}: fold {fold} has cases in both train and test: {sorted(test_ids & set(train_ids))}")
     cases = load_training_cases(run, train_ids)
+    unlabelled = unlabelled_scans(run) if p.semi_supervised == "auto" else {}
+    if unlabelled:
+        return _train_fold_semi(run, p, fold, cases, unlabelled, test_ids, device=device, progress=progress,
+                                stop_after=stop_after, iterations=iterations)
     result = train_model(cases, p, out, key=fold, device=device, progress=progress, stop_after=stop_after,
                          iterations=iterations, desc=f"fold {fold}")
     if result.get("interrupted"):
@@ -276,21 +313,143 @@ def train_fold(run: RunPaths, profile: str | Profile, fold: int, *, device=None,
     return summary
 
 
+def unlabelled_scans(run: RunPaths) -> dict[str, Path]:
+    """The run's cohort's unlabelled scans (``unlabelledTr/``) that validation found no error in.
+
+    Read from ``validation.json`` (the Data chapter writes it, with the cohort folder and every
+    problem); ``{}`` when it is absent or the cohort has no unlabelled scans.
+    """
+    if not run.validation.exists():
+        return {}
+    from .cohort import UNLABELLED_DIR, load_cohort
+
+    rec = read_json(run.validation)
+    root = Path(rec.get("root", ""))
+    if not (root / "unlabelledTr").is_dir():
+        return {}
+    bad = {str(q["case_id"]).split("/", 1)[1] for q in rec.get("problems", [])
+           if q.get("severity") == "error" and str(q.get("case_id") or "").startswith(UNLABELLED_DIR + "/")}
+    found = load_cohort(root, label_map=rec.get("label_map")).unlabelled
+    return {u: f for u, f in found.items() if u not in bad}
+
+
+class _Pseudo:
+    __slots__ = ("image", "label")
+
+    def __init__(self, image: np.ndarray, label: np.ndarray):
+        self.image, self.label = image, label
+
+
+@torch.no_grad()
+def pseudo_label_volumes(net: torch.nn.Module, scans: dict[str, Path], profile: Profile, *,
+                         device=None) -> tuple[dict, dict]:
+    """Preprocess unlabelled scans and label them with a teacher, slice by slice (left-right flip
+    averaged); voxels whose highest class probability is below ``profile.pseudo_confidence`` get
+    :data:`IGNORE_LABEL`. Returns (id -> case with ``image``/``label`` (x, y, z), stats)."""
+    from .io import load_volume
+    from .preprocess import preprocess_volume
+
+    p = get_profile(profile)
+    device = select_device(device)
+    net.eval()
+    out, kept, total = {}, 0, 0
+    for uid, path in sorted(scans.items()):
+        pre = preprocess_volume(load_volume(path), None, profile=p, case_id=uid)
+        img = np.asarray(pre.image, np.float32)
+        lab = np.zeros(img.shape, np.uint8)
+        for z0 in range(0, img.shape[2], 16):
+            x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(img[:, :, z0:z0 + 16], 2, 0)))[:, None].to(device)
+            prob = torch.softmax(net(x).float(), 1) + torch.flip(torch.softmax(net(torch.flip(x, (2,))).float(), 1), (2,))
+            conf, arg = (prob / 2).max(1)
+            arg = torch.where(conf >= p.pseudo_confidence, arg, torch.full_like(arg, IGNORE_LABEL))
+            lab[:, :, z0:z0 + 16] = np.moveaxis(arg.to(torch.uint8).cpu().numpy(), 0, 2)
+            kept += int((conf >= p.pseudo_confidence).sum())
+            total += conf.numel()
+        out[f"unlabelled/{uid}"] = _Pseudo(img, lab)
+    return out, {"scans": len(out), "kept_share": round(kept / max(total, 1), 4)}
+
+
+def _semi_record(p: Profile, scans: dict[str, Path], iterations: int | None) -> dict:
+    return {"mode": "self-training", "unlabelled": sorted(scans), "pseudo_confidence": p.pseudo_confidence,
+            "pseudo_share": p.pseudo_share, "student_iterations": int(p.student_iterations
+                                                                      or max(1, int(iterations or p.iterations) // 2))}
+
+
+def _train_fold_semi(run: RunPaths, p: Profile, fold: int, cases: dict, scans: dict[str, Path], test_ids: set, *,
+                     device, progress, stop_after, iterations) -> dict:
+    """Self-training of one fold: the supervised teacher (``fold_<k>/teacher``, this fold's training
+    patients only) pseudo-labels the unlabelled scans; the student (the fold's model) trains from the
+    teacher's weights on both. Held-out patients are never loaded."""
+    out = run.fold_dir(fold)
+    tdir = out / "teacher"
+    train_ids = sorted(cases)
+    if not ((tdir / "train_summary.json").exists() and (tdir / "model_final.pt").exists()):
+        res = train_model(cases, p, tdir, key=fold, device=device, progress=progress, stop_after=stop_after,
+                          iterations=iterations, desc=f"fold {fold}, teacher")
+        if res.get("interrupted"):
+            return {"fold": fold, **res}
+        write_json(tdir / "train_summary.json", {"fold": fold, **res, "train_cases": train_ids})
+    t_summary = read_json(tdir / "train_summary.json")
+    if sorted(t_summary.get("train_cases", [])) != train_ids or \
+            _recipe_diff(t_summary.get("recipe", {}), training_recipe(p, iterations)):
+        raise ValueError(f"{tdir} was trained on other patients or settings than fold {fold} now has. "
+                         f"Delete {out} (or run `make clean`) to retrain it.")
+    from .predict import load_fold_model
+
+    teacher, _ = load_fold_model(tdir / "model_final.pt", device=device)
+    semi = _semi_record(p, scans, iterations)
+    pseudo, stats = pseudo_label_volumes(teacher, scans, p, device=device)
+    init = torch.load(tdir / "model_final.pt", map_location="cpu", weights_only=False)["model"]
+    result = train_model(cases, p, out, key=fold, device=device, progress=progress, stop_after=stop_after,
+                         iterations=semi["student_iterations"], desc=f"fold {fold}, student", pseudo_cases=pseudo,
+                         pseudo_share=p.pseudo_share, init_state=init)
+    if result.get("interrupted"):
+        return {"fold": fold, **result}
+    summary = {"fold": fold, "profile": p.name, "cohort": run.cohort, **result,
+               "recipe": training_recipe(p, iterations), "semi": semi, "pseudo": stats,
+               "teacher_seconds": t_summary.get("seconds"), "train_cases": train_ids,
+               "test_cases": sorted(test_ids)}
+    write_json(out / "train_summary.json", summary)
+    return summary
+
+
 def train_model(cases: dict, profile: str | Profile, out: Path, *, key: int = 0, num_classes: int = NUM_CLASSES,
                 class_names: tuple[str, ...] = ("normal", "ef", "ggo"), device=None, progress: bool = True,
-                stop_after: int | None = None, iterations: int | None = None, desc: str = "training") -> dict:
+                stop_after: int | None = None, iterations: int | None = None, desc: str = "training",
+                pseudo_cases: dict | None = None, pseudo_share: float = 0.0,
+                init_state: dict | None = None) -> dict:
     """The training loop on already-loaded cases; resumes from ``out/checkpoint_latest.pt``.
 
     ``cases`` maps an id to an object with ``image`` (float32, (x, y, z)) and ``label`` (uint8). ``key``
     (the fold index) enters every random draw, with the profile's seed. Writes ``history.csv``,
     ``epochs.csv`` and ``model_final.pt`` into ``out`` and returns a summary dict (without writing it),
     or ``{"steps": n, "interrupted": True}`` when ``stop_after`` stopped it.
+
+    **Semi-supervised (self-training) student.** ``pseudo_cases`` (same form as ``cases``) hold
+    pseudo-labels made by a teacher from unlabelled images, with :data:`IGNORE_LABEL` where the
+    teacher was not confident; ``round(pseudo_share * batch_size)`` patches of every batch (at least
+    one, at most all but one) come from them, and the loss ignores the masked pixels.
+    ``init_state`` (a network ``state_dict``, e.g. the teacher's) starts the weights from it instead
+    of a random initialisation. With neither, training is exactly the supervised loop.
     """
     p = get_profile(profile)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     if len(class_names) != num_classes - 1:
         raise ValueError(f"class_names must name the {num_classes - 1} foreground classes, got {class_names}")
+    n_pseudo = 0
+    if pseudo_cases:
+        if not 0.0 < float(pseudo_share) < 1.0:
+            raise ValueError(f"pseudo_share must be in (0, 1) when pseudo_cases are given, got {pseudo_share!r}")
+        if p.batch_size < 2:
+            raise ValueError(f"profile {p.name!r}: batch_size {p.batch_size} leaves no room for pseudo-labelled "
+                             "patches beside the labelled ones; use batch_size >= 2.")
+        n_pseudo = min(p.batch_size - 1, max(1, int(round(float(pseudo_share) * p.batch_size))))
+        clash = sorted(set(pseudo_cases) & set(cases))
+        if clash:
+            raise ValueError(f"ids {clash[:10]} are both labelled and pseudo-labelled cases; give them distinct ids.")
+    elif pseudo_share:
+        raise ValueError("pseudo_share was given without pseudo_cases")
+    out.mkdir(parents=True, exist_ok=True)
     total = int(iterations or p.iterations)
     seed = p.seed * 1000 + int(key)
 
@@ -304,15 +463,22 @@ def train_model(cases: dict, profile: str | Profile, out: Path, *, key: int = 0,
         torch.use_deterministic_algorithms(True, warn_only=True)
 
     sampler = PatchSampler(cases, patch_size=p.patch_size[:2], lesion_oversample=p.lesion_oversample)
+    pseudo = (PatchSampler(pseudo_cases, patch_size=p.patch_size[:2], lesion_oversample=p.lesion_oversample)
+              if n_pseudo else None)
     aug = augment_for_profile(p)
 
     torch.manual_seed(seed)
     net = build_network(p, out_channels=num_classes).to(device)
+    if init_state is not None:
+        net.load_state_dict(init_state)
     if numerics["channels_last"]:
         net = net.to(memory_format=torch.channels_last)
     from monai.losses import DiceCELoss
 
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=bool(p.batch_dice))
+    if n_pseudo:
+        loss_fn = _MaskedDiceCE(batch=bool(p.batch_dice))
+    else:
+        loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=bool(p.batch_dice))
     opt = torch.optim.AdamW(net.parameters(), lr=p.learning_rate, weight_decay=p.weight_decay)
     warmup = max(1, min(50, total // 20))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, warmup))
@@ -348,7 +514,8 @@ def train_model(cases: dict, profile: str | Profile, out: Path, *, key: int = 0,
     nfg = num_classes - 1
     workers = loader_workers(device)
     batches = torch.utils.data.DataLoader(
-        _StepBatches(sampler, seed=p.seed, key=key, batch_size=p.batch_size, total=total),
+        _StepBatches(sampler, seed=p.seed, key=key, batch_size=p.batch_size, total=total,
+                     pseudo=pseudo, n_pseudo=n_pseudo),
         batch_size=None, sampler=range(step, total), num_workers=workers, pin_memory=device.type == "cuda",
         worker_init_fn=_worker_init if workers else None, prefetch_factor=4 if workers else None,
         multiprocessing_context="fork" if workers else None)
@@ -377,7 +544,8 @@ def train_model(cases: dict, profile: str | Profile, out: Path, *, key: int = 0,
         step += 1
         with torch.no_grad():
             pred = logits.argmax(1, keepdim=True) == classes          # (B, C-1, ...) one-hot of foreground
-            ref = y == classes
+            ref = (y == classes) & (y != IGNORE_LABEL)
+            pred = pred & (y != IGNORE_LABEL)
             dims = tuple(d for d in range(pred.ndim) if d != 1)
             inter = (pred & ref).sum(dims).double()
             denom = pred.sum(dims).double() + ref.sum(dims).double()
@@ -445,5 +613,8 @@ def train_model(cases: dict, profile: str | Profile, out: Path, *, key: int = 0,
         "seed": seed,
         "final_loss": history[-1]["loss"] if history else None,
         "recipe": training_recipe(p, total),
+        "pseudo_cases": len(pseudo_cases or {}),
+        "pseudo_per_batch": n_pseudo,
+        "init": "given state" if init_state is not None else "random",
         "torch": torch.__version__,
     }

@@ -137,7 +137,9 @@ def test_segment_writes_label_map_reports_and_montage(models, tmp_path):
     assert sha(scan) == digest  # input untouched
     out = tmp_path / "out"
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["patient_labels.nii.gz", "patient_overlay.png", "patient_report.csv", "patient_report.json"]
+    assert names == ["patient_labels.itksnap.txt", "patient_labels.nii.gz", "patient_labels.seg.nrrd",
+                     "patient_overlay.png", "patient_report.csv", "patient_report.html", "patient_report.json",
+                     "patient_zones.csv"]
     lab = nib.load(str(out / "patient_labels.nii.gz"))
     assert lab.shape == src.shape
     np.testing.assert_allclose(lab.affine, affine)

@@ -13,11 +13,11 @@ depth, so each family of zones partitions the lung):
   the middle 40 % of the lung's width. Patient sides from the affine (RAS), whatever the voxel order.
 * **Upper / middle / lower.** Thirds of *each lung's own* cranio-caudal extent (its first to its
   last axial slice), so a lung that reaches lower than the other is split along its own height.
-* **Peripheral / central.** On every axial slice, for each lung, the in-plane distance of each lung
-  voxel to the nearest non-lung voxel (the pleura: costal, mediastinal and, on the slices where it
-  is cut, diaphragmatic) is measured in millimetres. A voxel is **peripheral** when that distance
-  is at most :data:`PERIPHERAL_FRACTION` (one third) of the greatest distance found on that slice of
-  that lung -- the outer third of the lung's depth, the "outer third" radiologists use for
+* **Peripheral / central.** On every axial slice, the in-plane distance of each lung voxel to the
+  nearest non-lung voxel (the pleura: costal, mediastinal and, on the slices where it is cut,
+  diaphragmatic; where the two lungs touch, the line between them is not pleura) is measured in
+  millimetres. A voxel is **peripheral** when that distance is at most :data:`PERIPHERAL_FRACTION`
+  (one third) of the greatest distance found on that slice of that lung -- the outer third of the lung's depth, the "outer third" radiologists use for
   subpleural disease. Why relative and not a fixed band (e.g. 10 mm): a fixed band covers a larger
   share of a small or expiratory lung than of a large inspiratory one, so a follow-up at a
   different inspiration would change the peripheral extent through geometry alone; the relative
@@ -75,29 +75,50 @@ _NO_ZONE = 255
 
 @dataclass
 class ZoneMap:
-    """Zone code per voxel of a label map in canonical (RAS) voxel order.
+    """Zone code per lung pixel of a coarse in-plane grid, and the label map it applies to.
 
+    Both arrays are in the canonical orientation (x to the patient's right, y anterior, z superior).
     ``code = side * 6 + level * 2 + depth`` (side 0 right, 1 left; level 0 upper, 1 middle, 2 lower;
-    depth 0 central, 1 peripheral); 255 outside the lung.
+    depth 0 central, 1 peripheral); 255 where the coarse pixel holds no lung. Fine voxel
+    ``(i, j, k)`` takes the code of coarse pixel ``(i // scale, j // scale, k)``.
 
     Attributes:
-        code: uint8 array, canonical orientation (x to the patient's right, y anterior, z superior).
-        label: the label map in the same orientation.
-        voxel_ml: volume of one voxel.
+        code: uint8 ``(ceil(x / scale), ceil(y / scale), z)``.
+        scale: in-plane coarsening factor (1: the label's own grid).
+        label: uint8 ``(x, y, z)``, the label map (C order).
+        voxel_ml: volume of one fine voxel.
         how: how the sides were separated (``"components"`` or ``"midline"``).
     """
 
     code: np.ndarray
+    scale: int
     label: np.ndarray
     voxel_ml: float
     how: str
     rules: dict = field(default_factory=lambda: dict(ZONE_RULES))
 
+    def fine_code(self, x0: int = 0, x1: int | None = None) -> np.ndarray:
+        """The zone code of the label's voxels ``[x0:x1]`` (255 outside the lung); ``x0`` a multiple of ``scale``."""
+        s = self.scale
+        x1 = self.label.shape[0] if x1 is None else min(int(x1), self.label.shape[0])
+        if x0 % s:
+            raise ValueError(f"x0 must be a multiple of scale={s}, got {x0}")
+        c = self.code[x0 // s: -(-x1 // s)]
+        if s > 1:
+            c = np.repeat(np.repeat(c, s, axis=0), s, axis=1)
+        c = c[: x1 - x0, : self.label.shape[1]].copy()
+        c[self.label[x0:x1] == 0] = _NO_ZONE
+        return c
+
     def counts(self) -> np.ndarray:
-        """(12, 4) voxel counts: zone code x label value (0..3)."""
-        lung = self.label > 0
-        idx = self.code[lung].astype(np.int64) * 4 + self.label[lung].astype(np.int64)
-        return np.bincount(idx, minlength=48)[:48].reshape(12, 4)
+        """(12, 4) voxel counts: zone code x label value (0..3), in slabs along x (no full-size temporaries)."""
+        total = np.zeros(256, np.int64)
+        step = self.scale * max(1, 4_000_000 // max(1, self.scale * self.label.shape[1] * self.label.shape[2]))
+        for x0 in range(0, self.label.shape[0], step):
+            c = self.fine_code(x0, x0 + step)
+            # code <= 11 and label <= 3 fit in one byte as code * 4 + label; 255 (no lung) lands at >= 252
+            total += np.bincount((c << 2 | self.label[x0:x0 + step]).ravel(), minlength=256)
+        return total[:48].reshape(12, 4)
 
 
 def _canonical(array: np.ndarray, affine: np.ndarray):
@@ -112,42 +133,44 @@ def _canonical(array: np.ndarray, affine: np.ndarray):
 
 
 def _block_any(mask: np.ndarray, s: int) -> np.ndarray:
+    """(x, y, z) mask -> (ceil(x / s), ceil(y / s), z): a coarse pixel is set when any of its fine pixels is."""
     if s == 1:
         return mask.copy()
     nx, ny, nz = mask.shape
-    px, py = -nx % s, -ny % s
-    if px or py:
-        mask = np.pad(mask, ((0, px), (0, py), (0, 0)))
-    return mask.reshape(mask.shape[0] // s, s, mask.shape[1] // s, s, nz).any(axis=(1, 3))
+    out = np.zeros((-(-nx // s), -(-ny // s), nz), bool)
+    for a in range(s):
+        for b in range(s):
+            part = mask[a::s, b::s]
+            out[: part.shape[0], : part.shape[1]] |= part
+    return out
 
 
 def _sides(lung: np.ndarray) -> tuple[np.ndarray, str]:
-    """Side index per voxel of the (coarse) lung mask: 0 right, 1 left (canonical: x grows to the right)."""
+    """Side per voxel of a (z, x, y) lung mask: 0 right, 1 left, 255 no lung (x grows to the patient's right)."""
     comp, n = ndi.label(lung, structure=np.ones((3, 3, 3), bool))
-    side = np.full(lung.shape, _NO_ZONE, np.uint8)
-    xs = np.arange(lung.shape[0])[:, None, None]
     if n >= 2:
         sizes = np.bincount(comp.ravel())
         sizes[0] = 0
         a, b = np.argsort(sizes)[::-1][:2]
         if sizes[b] >= SECOND_LUNG_SHARE * sizes[a]:
-            cx = ndi.center_of_mass(lung, comp, [a, b])
-            right, left = (a, b) if cx[0][0] > cx[1][0] else (b, a)
-            mid = 0.5 * (cx[0][0] + cx[1][0])
-            side[lung] = np.where(np.broadcast_to(xs, lung.shape)[lung] > mid, 0, 1)  # stray bits by the midline
-            side[comp == right] = 0
-            side[comp == left] = 1
-            return side, "components"
-    profile = lung.sum(axis=(1, 2)).astype(float)
+            xsum = np.bincount(comp.ravel(), weights=np.broadcast_to(
+                np.arange(lung.shape[1], dtype=float)[None, :, None], lung.shape).ravel())
+            cx = xsum / np.maximum(sizes, 1)
+            mid = 0.5 * (cx[a] + cx[b])
+            lut = np.where(cx > mid, 0, 1).astype(np.uint8)   # stray components go by their centre
+            lut[a], lut[b] = (0, 1) if cx[a] > cx[b] else (1, 0)
+            lut[0] = _NO_ZONE
+            return lut[comp], "components"
+    profile = lung.sum(axis=(0, 2)).astype(float)
     xi = np.flatnonzero(profile)
     if xi.size == 0:
-        return side, "none"
+        return np.full(lung.shape, _NO_ZONE, np.uint8), "none"
     lo, hi = xi[0], xi[-1]
     a, b = int(lo + 0.3 * (hi - lo)), int(np.ceil(lo + 0.7 * (hi - lo)))
     smooth = ndi.uniform_filter1d(profile, 3)
     mid = a + int(np.argmin(smooth[a:b + 1])) if b > a else (lo + hi) // 2
-    side[lung] = np.where(np.broadcast_to(xs, lung.shape)[lung] > mid, 0, 1)
-    return side, "midline"
+    side_x = np.where(np.arange(lung.shape[1]) > mid, 0, 1).astype(np.uint8)
+    return np.where(lung, side_x[None, :, None], np.uint8(_NO_ZONE)).astype(np.uint8), "midline"
 
 
 def zone_map(label: np.ndarray, affine: np.ndarray, *, peripheral_fraction: float = PERIPHERAL_FRACTION,
@@ -170,39 +193,39 @@ def zone_map(label: np.ndarray, affine: np.ndarray, *, peripheral_fraction: floa
     label = np.asarray(label)
     if label.ndim != 3:
         raise ValueError(f"label must be 3D (x, y, z), got shape {label.shape}")
-    lab, spacing = _canonical(label, affine)
-    lab = np.ascontiguousarray(lab, dtype=np.uint8)
+    can, spacing = _canonical(label, affine)
+    lab = np.ascontiguousarray(can, dtype=np.uint8)
     voxel_ml = float(np.prod(spacing)) / 1000.0
     s = max(1, int(float(grid_mm) // max(min(spacing[:2]), 1e-6)))
-    lung_c = _block_any(lab > 0, s)
+    # the coarse work is slice-first, (z, x, y), so that one axial slice is one contiguous block
+    lung_c = np.ascontiguousarray(_block_any(lab > 0, s).transpose(2, 0, 1))
     sp_c = (spacing[0] * s, spacing[1] * s)
     side, how = _sides(lung_c)
     code_c = np.full(lung_c.shape, _NO_ZONE, np.uint8)
+    extent = {}
     for si in (0, 1):
-        m = side == si
-        zs = np.flatnonzero(m.any(axis=(0, 1)))
-        if zs.size == 0:
-            continue
-        z0, z1 = zs[0], zs[-1]
-        for z in range(z0, z1 + 1):
-            m2 = m[:, :, z]
-            if not m2.any():
+        zs = np.flatnonzero((side == si).reshape(side.shape[0], -1).any(axis=1))
+        if zs.size:
+            extent[si] = (int(zs[0]), int(zs[-1]))
+    for z in np.flatnonzero(lung_c.reshape(lung_c.shape[0], -1).any(axis=1)):
+        m = lung_c[z]
+        rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
+        box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+        # distance of each lung pixel to the nearest non-lung pixel (centre to centre, less half a pixel: to
+        # the pleura itself), on the whole lung: where the lungs touch, the split between them is no pleura
+        d = ndi.distance_transform_edt(np.pad(m[box], 1), sampling=sp_c)[1:-1, 1:-1] - 0.5 * min(sp_c)
+        side2 = side[z][box]
+        block = code_c[z][box]
+        for si, (z0, z1) in extent.items():
+            inside = side2 == si
+            if not z0 <= z <= z1 or not inside.any():
                 continue
             t = (z - z0 + 0.5) / (z1 - z0 + 1)          # 0 at the base .. 1 at the apex (canonical z is superior)
             level = 0 if t > 2 / 3 else 1 if t > 1 / 3 else 2
-            ii, jj = np.nonzero(m2)
-            box = (slice(ii.min(), ii.max() + 1), slice(jj.min(), jj.max() + 1))
-            sub = np.pad(m2[box], 1)                    # the pleura lies outside the box at worst
-            # centre-to-centre distance to the nearest non-lung pixel, less half a pixel: to the pleura itself
-            d = ndi.distance_transform_edt(sub, sampling=sp_c)[1:-1, 1:-1] - 0.5 * min(sp_c)
-            inside = m2[box]
-            periph = d <= float(peripheral_fraction) * d[inside].max()
-            block = code_c[box[0], box[1], z]
-            block[inside] = si * 6 + level * 2 + periph[inside].astype(np.uint8)
-    code = code_c if s == 1 else np.repeat(np.repeat(code_c, s, axis=0), s, axis=1)[: lab.shape[0], : lab.shape[1]]
-    code = np.ascontiguousarray(code)
-    code[lab == 0] = _NO_ZONE
-    return ZoneMap(code=code, label=lab, voxel_ml=voxel_ml, how=how)
+            di = d[inside]
+            block[inside] = si * 6 + level * 2 + (di <= float(peripheral_fraction) * di.max()).astype(np.uint8)
+    code_c = np.ascontiguousarray(code_c.transpose(1, 2, 0))
+    return ZoneMap(code=code_c, scale=s, label=lab, voxel_ml=voxel_ml, how=how)
 
 
 def _zone_members() -> dict[str, list[int]]:

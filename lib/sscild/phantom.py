@@ -867,7 +867,8 @@ def _check_case_args(case_index, seed):
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
 
 
-def generate_case(case_index: int, *, profile: str | Profile = "cpu", seed: int = 0) -> PhantomCase:
+def generate_case(case_index: int, *, profile: str | Profile = "cpu", seed: int = 0,
+                  lesion_scale: float = 1.0) -> PhantomCase:
     """Generate one synthetic SSc-ILD patient (image, reference labels, lung function, truth).
 
     The patient (anatomy, disease, lung function) depends only on ``seed`` and ``case_index``; the
@@ -877,6 +878,9 @@ def generate_case(case_index: int, *, profile: str | Profile = "cpu", seed: int 
         case_index: 0, 1, 2, ... (the case id is ``case_{index:03d}``).
         profile: run profile name or :class:`~sscild.profiles.Profile`.
         seed: cohort seed.
+        lesion_scale: multiplies the patient's drawn lesion fraction (capped at 0.9 of the lung); the
+            anatomy, scanner and disease pattern stay those of the same patient, so two values give
+            the same patient at two disease levels (a follow-up with a known change). Default 1.
 
     Returns:
         :class:`PhantomCase`.
@@ -890,6 +894,10 @@ def generate_case(case_index: int, *, profile: str | Profile = "cpu", seed: int 
     prof = get_profile(profile)
     rngs = _case_seeds(seed, case_index)
     pop = _population_draw(rngs[0], case_index, seed)
+    if float(lesion_scale) != 1.0:
+        if not float(lesion_scale) > 0:
+            raise ValueError(f"lesion_scale must be > 0, got {lesion_scale!r}.")
+        pop = {**pop, "lesion_frac": min(0.9, pop["lesion_frac"] * float(lesion_scale))}
     pt = _Patient(rngs[1], pop)
     g = _make_grid(pt, prof)
     dis = _disease_fields(pt, rngs[3])

@@ -44,7 +44,7 @@ import pandas as pd
 from scipy import ndimage as ndi
 
 __all__ = ["ZONES", "PERIPHERAL_FRACTION", "SECOND_LUNG_SHARE", "ZONE_GRID_MM", "ZONE_RULES", "ZoneMap",
-           "zone_map", "zone_extent", "zone_row", "cohort_zone_extent", "zone_correlations"]
+           "zone_map", "zone_extent", "zone_row", "cohort_zone_extent", "zone_agreement", "zone_correlations"]
 
 PERIPHERAL_FRACTION = 1.0 / 3.0
 """A lung voxel is peripheral when its in-plane distance to the pleura is at most this share of the
@@ -318,6 +318,36 @@ def cohort_zone_extent(run, cohort, *, progress: bool = False) -> pd.DataFrame:
         return pd.DataFrame(columns=["case_id", "source", "zone", *zone_extent(np.zeros((2, 2, 2), np.uint8),
                                                                                np.eye(4)).columns])
     return pd.concat(frames, ignore_index=True)
+
+
+def zone_agreement(zones: pd.DataFrame, *, zones_shown=("upper", "middle", "lower", "peripheral", "central"),
+                   classes=("ef", "ggo")) -> pd.DataFrame:
+    """Predicted against reference extent per zone over the cohort (out of fold).
+
+    Args:
+        zones: :func:`cohort_zone_extent` output.
+        zones_shown: zones to tabulate.
+        classes: ``"ef"``, ``"ggo"``, ``"lesion"``.
+
+    Returns:
+        One row per (zone, class): ``n``, ``reference_mean_pct``, ``predicted_mean_pct``, ``bias_pp``
+        (mean of predicted - reference) and ``icc`` (ICC(2,1), :func:`sscild.metrics.icc`), extent in % of
+        the zone's lung.
+    """
+    from .metrics import icc
+
+    rows = []
+    for zone in zones_shown:
+        sub = zones[zones["zone"] == zone]
+        for cls in classes:
+            wide = sub.pivot(index="case_id", columns="source", values=f"{cls}_pct").dropna()
+            if not {"predicted", "reference"} <= set(wide.columns):
+                continue
+            p, r = wide["predicted"].to_numpy(float), wide["reference"].to_numpy(float)
+            agree = icc(p, r)["icc"] if len(wide) >= 3 else float("nan")
+            rows.append({"zone": zone, "class": cls.upper(), "n": len(wide), "reference_mean_pct": r.mean(),
+                         "predicted_mean_pct": p.mean(), "bias_pp": (p - r).mean(), "icc": agree})
+    return pd.DataFrame(rows)
 
 
 def zone_correlations(zones: pd.DataFrame, clinical: pd.DataFrame, *, source: str = "predicted",

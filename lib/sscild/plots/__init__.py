@@ -17,11 +17,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 
+from ..palette import LABEL_HEX  # noqa: E402
+
 __all__ = ["style", "save", "LABEL_COLORS", "label_cmap", "overlay", "window"]
 
-LABEL_COLORS = {1: "#4daf4a", 2: "#e41a1c", 3: "#ffb000"}
-"""normal lung green, EF red, GGO amber (readable for the common colour-vision deficiencies
-together with the legend)."""
+LABEL_COLORS = dict(LABEL_HEX)
+"""The label colours of :mod:`sscild.palette` (normal lung sky blue, EF vermillion, GGO yellow), so
+figures, the segment montage and the viewer files agree."""
 
 LUNG_WINDOW = (-1350.0, 150.0)
 """Lung window (level -600, width 1500)."""

@@ -387,8 +387,11 @@ def test_dicom_series_gets_a_dicom_seg_and_the_page_is_self_contained(models, tm
     world = np.c_[idx, np.ones(len(idx))] @ lps.T
     ijk = np.rint(world @ np.linalg.inv(np.asarray(sv.affine)).T)[:, :3].astype(int)
     np.testing.assert_array_equal(arr[ijk[:, 0], ijk[:, 1], ijk[:, 2]], np.asarray(lab.array)[tuple(idx.T)])
-    data, header = nrrd.read(str(out / "series_labels.seg.nrrd"))
-    np.testing.assert_array_equal(data, np.asarray(lab.array))
+    data, header = nrrd.read(str(out / "series_labels.seg.nrrd"))   # cropped to the lung, offset in the header
+    i, j, k = map(int, header["Segmentation_ReferenceImageExtentOffset"].split())
+    full = np.asarray(lab.array)
+    np.testing.assert_array_equal(data, full[i:i + data.shape[0], j:j + data.shape[1], k:k + data.shape[2]])
+    assert int((data > 0).sum()) == int((full > 0).sum())
     assert read_slicer_segments(out / "series_labels.seg.nrrd") == read_itksnap_labels(out / "series_labels.itksnap.txt")
     # zones: in the report and the CSV, consistent with the whole-lung numbers
     zones = report["zones"]["table"]

@@ -33,13 +33,25 @@ def test_slicer_segmentation_names_colours_and_geometry(tmp_path):
     path = write_slicer_seg(tmp_path / "x_labels.seg.nrrd", lab, affine)
     assert read_slicer_segments(path) == EXPECTED
     data, header = nrrd.read(str(path))
-    np.testing.assert_array_equal(data, lab)
+    np.testing.assert_array_equal(data, lab)   # nothing to crop: the pattern fills the grid
     assert header["space"] == "left-posterior-superior"
     assert header["Segmentation_MasterRepresentation"] == "Binary labelmap"
     assert header["Segment1_LabelValue"] == "2" and header["Segment1_Layer"] == "0"
     back = load_volume(path)   # SimpleITK reads the NRRD geometry: the same voxels at the same place
     np.testing.assert_allclose(back.affine, affine, atol=1e-6)
     np.testing.assert_array_equal(np.asarray(back.array), lab)
+    # a lung inside a larger grid is stored cropped, with its offset; it still lands on the same voxels
+    big = np.zeros((30, 26, 11), np.uint8)
+    big[5:17, 9:19, 2:9] = lab[:, :10, :]
+    path = write_slicer_seg(tmp_path / "y_labels.seg.nrrd", big, affine)
+    data, header = nrrd.read(str(path))
+    assert data.shape == (12, 10, 7) and header["Segmentation_ReferenceImageExtentOffset"] == "5 9 2"
+    back = load_volume(path)
+    ijk = np.argwhere(big > 0)
+    world = np.c_[ijk, np.ones(len(ijk))] @ affine.T
+    inner = np.rint(world @ np.linalg.inv(back.affine).T)[:, :3].astype(int)
+    np.testing.assert_array_equal(np.asarray(back.array)[tuple(inner.T)], big[tuple(ijk.T)])
+    assert int((np.asarray(back.array) > 0).sum()) == len(ijk)
     with pytest.raises(ValueError, match="0..3"):
         write_slicer_seg(tmp_path / "bad.seg.nrrd", lab + 4, affine)
 

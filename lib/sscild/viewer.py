@@ -3,7 +3,8 @@
 ``sscild segment`` writes, beside its NIfTI label map:
 
 * ``<stem>_labels.seg.nrrd`` (:func:`write_slicer_seg`): a 3D Slicer segmentation, the label map
-  as one layer with a ``Segment<k>_*`` field per label (name, colour, label value), in LPS
+  (cropped to the lung's bounding box, with its offset in the scan's grid, as Slicer saves them) as
+  one layer with a ``Segment<k>_*`` field per label (name, colour, label value), in LPS
   coordinates like every NRRD Slicer writes. *File > Add data* opens it as a segmentation whose
   segments are already named and coloured.
 * ``<stem>_labels.itksnap.txt`` (:func:`write_itksnap_labels`): an ITK-SNAP label description file
@@ -87,7 +88,14 @@ def write_slicer_seg(path: str | Path, label: np.ndarray, affine: np.ndarray) ->
     import nrrd
 
     label = _check_label(label)
+    # crop to the segments' bounding box, as Slicer does when it saves: the offset of the box within
+    # the scan's grid goes into the header, and the box's origin into "space origin"
+    nz = [np.flatnonzero(label.any(axis=tuple(b for b in range(3) if b != a))) for a in range(3)]
+    lo = [int(i[0]) if i.size else 0 for i in nz]
+    hi = [int(i[-1]) + 1 if i.size else n for i, n in zip(nz, label.shape)]
+    box = label[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
     lps = ras_to_lps(affine)
+    lps[:3, 3] = lps[:3, :3] @ np.asarray(lo, float) + lps[:3, 3]
     header = {
         "type": "unsigned char",
         "dimension": 3,
@@ -98,9 +106,9 @@ def write_slicer_seg(path: str | Path, label: np.ndarray, affine: np.ndarray) ->
         "encoding": "gzip",
         "Segmentation_MasterRepresentation": "Binary labelmap",
         "Segmentation_ContainedRepresentationNames": "Binary labelmap|",
-        "Segmentation_ReferenceImageExtentOffset": "0 0 0",
+        "Segmentation_ReferenceImageExtentOffset": " ".join(map(str, lo)),
     }
-    extent = " ".join(f"0 {n - 1}" for n in label.shape)
+    extent = " ".join(f"0 {n - 1}" for n in box.shape)
     for i, (value, name) in enumerate(sorted(LABEL_NAMES.items())):
         r, g, b = label_rgb(value)
         header.update({
@@ -116,7 +124,7 @@ def write_slicer_seg(path: str | Path, label: np.ndarray, affine: np.ndarray) ->
         })
     path = Path(path)
     with atomic_path(path, suffix=".nrrd") as tmp:
-        nrrd.write(str(tmp), label, header, compression_level=1)
+        nrrd.write(str(tmp), np.ascontiguousarray(box), header, compression_level=1)
     return path
 
 

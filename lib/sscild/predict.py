@@ -22,6 +22,12 @@ background. Lesion voxels inside a kept component keep their label.
 neighbour, :func:`sscild.preprocess.restore_label`) and written with the input's affine, so it
 overlays exactly on the input scan in 3D Slicer or ITK-SNAP.
 
+**Which models** (:func:`load_ensemble`, :func:`choose_default_models`). Every checkpoint records
+what it segments (label scheme, profile, input kind); a model whose labels are not the study's
+(0 background, 1 normal, 2 EF, 3 GGO) or that was trained on 2D image slices is refused, and without
+``--models`` the study's run of the default profile is used, never the external check's COVID slice
+models. Checkpoints load with ``torch.load(weights_only=True)``: a file that needs more is refused.
+
 **Out of fold** (:func:`predict_oof`). Every case is predicted by the model of the one fold that
 held it out, and only by it; a model whose recorded training cases include the case is refused.
 ``predictions/manifest.json`` records, per case, the fold, the model file and its SHA-256 and the

@@ -125,10 +125,12 @@ def _cmd_compare(args) -> int:
 
     result = compare_scans(args.baseline, args.followup, args.out, models=args.models,
                            tta=False if args.no_tta else None, progress=not args.quiet)
-    whole = [r for r in result["change"] if r["zone"] == "whole lung"]
-    for r in whole:
-        print(f"{r['class']:<20} {r['baseline_pct']:6.2f} % -> {r['followup_pct']:6.2f} %  "
-              f"change {r['change_pp']:+6.2f} pp ({r['change_ml']:+.1f} mL)  {r['mcid']}")
+    def f(v, spec):
+        return "n/a" if v is None else format(v, spec)
+
+    for r in (r for r in result["change"] if r["zone"] == "whole lung"):
+        print(f"{r['class']:<20} {f(r['baseline_pct'], '6.2f')} % -> {f(r['followup_pct'], '6.2f')} %  "
+              f"change {f(r['change_pp'], '+6.2f')} pp ({f(r['change_ml'], '+.1f')} mL)  {r['mcid']}")
     for w in result["warnings"]:
         print(f"warning: {w}", file=sys.stderr)
     print(f"report: {result['outputs']['html']}")

@@ -157,11 +157,12 @@ def test_changed_settings_are_not_mistaken_for_a_finished_or_resumable_fold(prep
 
 
 def test_intensity_augmentation_setting():
+    from sscild.augment import augment_for_profile
     from sscild.profiles import get_profile
 
-    names = lambda p: [type(t).__name__ for t in train_mod._augmenter(p).transforms]  # noqa: E731
     light = get_profile("smoke")
-    assert "RandAdjustContrastd" not in names(light)
-    assert "RandAdjustContrastd" in names(light.with_overrides(intensity_aug="strong"))
+    assert augment_for_profile(light).gamma_prob == 0.0
+    strong = augment_for_profile(light.with_overrides(intensity_aug="strong"))
+    assert strong.gamma_prob > 0 and strong.intensity > augment_for_profile(light).intensity
     with pytest.raises(ValueError, match="intensity_aug"):
-        train_mod._augmenter(light.with_overrides(intensity_aug="extreme"))
+        augment_for_profile(light.with_overrides(intensity_aug="extreme"))

@@ -7,7 +7,7 @@ from monai.networks.nets import UNet
 
 from .profiles import Profile, get_profile
 
-__all__ = ["build_network", "count_parameters", "NUM_CLASSES"]
+__all__ = ["build_network", "count_parameters", "native_cpu_bf16", "NUM_CLASSES"]
 
 NUM_CLASSES = 4
 
@@ -37,3 +37,11 @@ def build_network(profile: str | Profile, *, in_channels: int = 1, out_channels:
 
 def count_parameters(net: torch.nn.Module) -> int:
     return sum(p.numel() for p in net.parameters() if p.requires_grad)
+
+
+def native_cpu_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), so bf16 autocast is faster."""
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except Exception:  # older or other builds of torch
+        return False

@@ -82,7 +82,9 @@ from scipy.spatial import cKDTree
 from scipy.special import expit
 from scipy.stats import beta as _beta_dist
 
+from .lungmask import lung_mask_by_threshold, parenchyma_stats  # noqa: F401  (public here too)
 from .paths import atomic_path, read_json, write_json
+from .phantom_variety import Variety, draw_variety, render_emphysema, render_fissures, render_oesophagus_lumen
 from .profiles import Profile, get_profile
 
 __all__ = [
@@ -98,7 +100,7 @@ __all__ = [
     "parenchyma_stats",
 ]
 
-PHANTOM_VERSION = "1.0"
+PHANTOM_VERSION = "2.0"
 """Version of the generator; part of every cohort's settings (a change regenerates nothing silently)."""
 
 CLINICAL_COLUMNS = ("case_id", "age", "sex", "height_cm", "fvc_pct", "fev1_pct", "fev1_fvc", "dlco_pct")
@@ -158,6 +160,7 @@ class PhantomCase:
     affine: np.ndarray
     clinical: dict
     truth: dict = field(default_factory=dict)
+    masks: dict = field(default_factory=dict)
 
     @property
     def spacing(self) -> tuple[float, float, float]:
@@ -169,7 +172,7 @@ class PhantomCase:
 # =============================================================================================
 def _case_seeds(seed: int, case_index: int) -> list[np.random.Generator]:
     ss = np.random.SeedSequence(entropy=[int(seed), 0x55C11D, int(case_index)])
-    return [np.random.default_rng(s) for s in ss.spawn(7)]
+    return [np.random.default_rng(s) for s in ss.spawn(8)]
 
 
 def _population_draw(rng: np.random.Generator, case_index: int, seed: int) -> dict:
@@ -270,21 +273,24 @@ def _smoothstep(a):
 class _Patient:
     """Anatomy of one synthetic patient; all geometry functions broadcast over mm coordinates."""
 
-    def __init__(self, rng: np.random.Generator, pop: dict):
+    def __init__(self, rng: np.random.Generator, pop: dict, var: dict, variety: Variety):
         self.pop = pop
+        self.var = var
         sex, height = pop["sex"], pop["height_cm"]
-        size = (height / 165.0) * rng.normal(1.0, 0.045)
+        size = (height / 165.0) * rng.normal(1.0, variety.habitus_sd)
         ef_frac = pop["lesion_frac"] * pop["ef_share"]
-        self.inspiration = float(rng.uniform(0.0, 1.0))  # 0 shallow .. 1 deep
+        rng.uniform(0.0, 1.0)  # (the stream's former inspiration draw: kept so later draws stay put)
+        self.inspiration = var["inspiration"]  # 0 shallow .. 1 deep
         vol_loss = 1.0 - 0.55 * ef_frac  # fibrosis shrinks the lung
-        self.H = float(228 * size * (0.93 + 0.1 * self.inspiration) * vol_loss)  # lung height, mm
+        self.H = float(228 * size * (0.88 + 0.18 * self.inspiration) * vol_loss)  # lung height, mm
         male = sex == "M"
         self.A0 = float((123 + 12 * male) * size * rng.normal(1.0, 0.04) * (1 - 0.15 * ef_frac))
         self.B0 = float((84 + 8 * male) * size * rng.normal(1.0, 0.06) * (1 - 0.10 * ef_frac))
         self.p = float(rng.uniform(2.2, 2.7))  # superellipse exponent (boxiness)
         self.yc = 0.0
         # chest wall
-        self.fat = float(np.clip(rng.gamma(3.5, 4.0) * (0.8 if male else 1.1), 4, 32))
+        self.fat = float(np.clip(rng.gamma(3.5, 4.0) * (0.8 if male else 1.1) * variety.fat_max_mm / 32.0,
+                                 4, variety.fat_max_mm))
         self.muscle_lat = float(rng.uniform(8, 14) * (1.2 if male else 1.0))
         self.muscle_post = float(rng.uniform(34, 48) * (1.15 if male else 1.0))
         self.muscle_ant = float(rng.uniform(9, 15) * (1.3 if male else 1.0))
@@ -323,8 +329,10 @@ class _Patient:
         self.r_trach = float(rng.uniform(7.5, 10.0) * size)
         self.y_trach = float(self.ysp + self.rv + self.r_trach + 10)
         # lung parenchyma
-        self.base_hu = float(-868 - 45 * self.inspiration + rng.normal(0, 6))
-        self.gravity_hu = float(rng.uniform(20, 45) * (1.3 - 0.5 * self.inspiration))
+        self.base_hu = float(-880 - variety.density_span_hu * (self.inspiration - 0.5) + rng.normal(0, 6))
+        rng.uniform(20, 45)  # (former gravity draw, kept for the stream)
+        self.gravity_hu = float(var["gravity_hu"] * (1.4 - 0.6 * self.inspiration))
+        self.effusion_mm = float(var["effusion_mm"])
         self.hu_var = float(rng.uniform(6, 14))
         # scanner
         self.noise_sd = float(15 + 45 * rng.beta(1.3, 2.2))
@@ -403,7 +411,7 @@ class _Patient:
         m &= xs > self.med_halfwidth(y, z)
         m &= z < self.H - self.ka * ((xs - self.xa) ** 2 + (0.9 * (y - self.ya)) ** 2)
         m &= z > self.diaphragm_z(xs, y, side)
-        m &= ~self.in_heart(x, y, z, margin=3.0)
+        m &= ~self.in_heart(x, y, z, margin=3.0 + self.effusion_mm)
         m &= (x * x + (y - self.ysp) ** 2) > (self.rv + 5.0) ** 2
         if side < 0:
             m &= ((x - self.x_dao) ** 2 + (y - self.y_dao) ** 2) > (self.r_aorta + 4.0) ** 2
@@ -857,7 +865,7 @@ def _disease_fields(pt: _Patient, rng: np.random.Generator) -> _Disease:
 # =============================================================================================
 _HU = dict(air=-1000.0, fat=-100.0, muscle=45.0, skin=30.0, blood=40.0, med_fat=-85.0, liver=58.0, spleen=46.0,
            stomach=30.0, cortical=800.0, marrow=260.0, cartilage=140.0, disc=85.0, airway_wall=-20.0, table=250.0,
-           foam=-920.0, csf=15.0)
+           foam=-920.0, csf=15.0, fluid=12.0)
 
 
 def _check_case_args(case_index, seed):
@@ -868,7 +876,7 @@ def _check_case_args(case_index, seed):
 
 
 def generate_case(case_index: int, *, profile: str | Profile = "cpu", seed: int = 0,
-                  lesion_scale: float = 1.0) -> PhantomCase:
+                  variety: Variety | None = None, lesion_scale: float = 1.0) -> PhantomCase:
     """Generate one synthetic SSc-ILD patient (image, reference labels, lung function, truth).
 
     The patient (anatomy, disease, lung function) depends only on ``seed`` and ``case_index``; the
@@ -878,12 +886,13 @@ def generate_case(case_index: int, *, profile: str | Profile = "cpu", seed: int 
         case_index: 0, 1, 2, ... (the case id is ``case_{index:03d}``).
         profile: run profile name or :class:`~sscild.profiles.Profile`.
         seed: cohort seed.
+        variety: the variety knobs (:class:`~sscild.phantom_variety.Variety`; default: its defaults).
         lesion_scale: multiplies the patient's drawn lesion fraction (capped at 0.9 of the lung); the
             anatomy, scanner and disease pattern stay those of the same patient, so two values give
             the same patient at two disease levels (a follow-up with a known change). Default 1.
 
     Returns:
-        :class:`PhantomCase`.
+        :class:`PhantomCase`; ``masks`` holds the emphysema and oesophageal-air masks on the scan grid.
 
     Example:
         >>> case = generate_case(3, profile="smoke", seed=0)
@@ -898,14 +907,20 @@ def generate_case(case_index: int, *, profile: str | Profile = "cpu", seed: int 
         if not float(lesion_scale) > 0:
             raise ValueError(f"lesion_scale must be > 0, got {lesion_scale!r}.")
         pop = {**pop, "lesion_frac": min(0.9, pop["lesion_frac"] * float(lesion_scale))}
-    pt = _Patient(rngs[1], pop)
+    variety = Variety() if variety is None else variety
+    if not isinstance(variety, Variety):
+        raise ValueError(f"variety must be a sscild.phantom_variety.Variety, got {type(variety).__name__}")
+    var = draw_variety(rngs[7], variety)
+    pt = _Patient(rngs[1], pop, var, variety)
     g = _make_grid(pt, prof)
     dis = _disease_fields(pt, rngs[3])
     trees = _build_trees(pt, rngs[2])
-    img_f, lung_f, body_f = _render(pt, g, dis, trees, rngs[4])
+    img_f, lung_f, body_f, extras = _render(pt, g, dis, trees, rngs[4])
     image = _scan(img_f, g, pt, rngs[5], body_f)
     del img_f, body_f
     label = _labels(g, dis, lung_f)
+    masks = {k: _to_scan_grid(m, g) for k, m in extras.items()}
+    del extras
     vox_ml = float(np.prod(g.spacing)) / 1000.0
     n_lung = int((label > 0).sum())
     n_ef = int((label == _LABEL_EF).sum())
@@ -924,13 +939,25 @@ def generate_case(case_index: int, *, profile: str | Profile = "cpu", seed: int 
     truth = dict(
         ef_pct=ef_pct, ggo_pct=ggo_pct, lesion_pct=ef_pct + ggo_pct, lung_ml=n_lung * vox_ml,
         ef_ml=n_ef * vox_ml, ggo_ml=n_ggo * vox_ml, **dis.params,
-        lung_height_mm=pt.H, inspiration=pt.inspiration, parenchyma_hu=pt.base_hu,
+        lung_height_mm=pt.H, inspiration=pt.inspiration, parenchyma_hu=pt.base_hu, gravity_gradient_hu=pt.gravity_hu,
+        emphysema_pct=100.0 * int((masks["emphysema"] & (label > 0)).sum()) / max(n_lung, 1),
+        emphysema_kind=var["emphysema_kind"], bullae=var["bullae"],
+        oesophagus_lumen_mm=var["oesophagus_lumen_mm"], pericardial_effusion_mm=var["effusion_mm"],
+        fissures_visible=int(sum(var["fissures"])),
         noise_sd_hu=pt.noise_sd, blur_sigma_mm=pt.psf_mm, slice_thickness_mm=g.spacing[2],
         pixel_mm=g.spacing[0], fov_mm=g.spacing[0] * g.shape[0], shape=list(g.shape),
         clinical_complete={k: float(v) for k, v in clin_raw.items()},
     )
     return PhantomCase(case_id=f"case_{case_index:03d}", image=image, label=label, affine=g.affine,
-                       clinical=clinical, truth=truth)
+                       clinical=clinical, truth=truth, masks=masks)
+
+
+def _to_scan_grid(mask_f: np.ndarray, g: _Grid) -> np.ndarray:
+    """A fine-grid mask on the scan grid (a voxel is in when most of its sub-slices are)."""
+    nx, ny, nz = g.shape
+    if g.k > 1:
+        return mask_f.reshape(nx, ny, nz, g.k).mean(axis=3) >= 0.5
+    return mask_f
 
 
 def _airway_segments(trees: _Trees, dis: _Disease, rng: np.random.Generator):
@@ -1023,13 +1050,16 @@ def _render(pt: _Patient, g: _Grid, dis: _Disease, trees: _Trees, rng: np.random
         img[st] = _HU["air"]
     del below, deep
     # heart with pericardial fat
-    hi0, hi1 = _bbox(x, pt.heart_c[0] - pt.heart_r.max() - 6, pt.heart_c[0] + pt.heart_r.max() + 6)
-    hj0, hj1 = _bbox(y, pt.heart_c[1] - pt.heart_r.max() - 6, pt.heart_c[1] + pt.heart_r.max() + 6)
-    hk0, hk1 = _bbox(zf, pt.heart_c[2] - pt.heart_r[2] - 6, pt.heart_c[2] + pt.heart_r[2] + 6)
+    hm = 6 + pt.effusion_mm
+    hi0, hi1 = _bbox(x, pt.heart_c[0] - pt.heart_r.max() - hm, pt.heart_c[0] + pt.heart_r.max() + hm)
+    hj0, hj1 = _bbox(y, pt.heart_c[1] - pt.heart_r.max() - hm, pt.heart_c[1] + pt.heart_r.max() + hm)
+    hk0, hk1 = _bbox(zf, pt.heart_c[2] - pt.heart_r[2] - hm, pt.heart_c[2] + pt.heart_r[2] + hm)
     hx, hy, hz = x[hi0:hi1, None, None], y[None, hj0:hj1, None], zf[None, None, hk0:hk1]
     sub = img[hi0:hi1, hj0:hj1, hk0:hk1]
     above = hz > zdia[hi0:hi1, hj0:hj1, None] - 3.0
     sub[pt.in_heart(hx, hy, hz, 3.0) & cavity[hi0:hi1, hj0:hj1, hk0:hk1] & above] = _HU["med_fat"]
+    if pt.effusion_mm > 0:  # pericardial fluid around the heart, inside the fat
+        sub[pt.in_heart(hx, hy, hz, pt.effusion_mm) & cavity[hi0:hi1, hj0:hj1, hk0:hk1] & above] = _HU["fluid"]
     sub[pt.in_heart(hx, hy, hz, 0.0) & above] = _HU["blood"]
     # great vessels and oesophagus (soft tissue tubes)
     tubes = _mediastinal_tubes(pt)
@@ -1050,12 +1080,29 @@ def _render(pt: _Patient, g: _Grid, dis: _Disease, trees: _Trees, rng: np.random
     img_b = img[i0:i1, j0:j1, k0:k1]
     img_b[lung_b] = hu_b[lung_b]
     del hu_b, mef_b, rho_b
+    # emphysema and bullae (only where the reference labels no lesion), visible fissures
+    free_b = lung_b & (_upsample(dis.a_les, dis.c0, _CS, xb, yb, zb) < 0.3)
+    emph_b = render_emphysema(img_b, lung_b, free_b, xb, yb, zb, (dxy, dxy, dzf), draw=pt.var, height_mm=H,
+                              dsub_fn=lambda: pt.subpleural_distance(Xb, Yb, Zb))
+    del free_b
+    render_fissures(img_b, lung_b, xb, yb, zb, draw=pt.var, height_mm=H, depth_mm=pt.B0)
+    extras = {"emphysema": np.zeros(g.fine_shape, bool), "oesophagus_air": np.zeros(g.fine_shape, bool)}
+    extras["emphysema"][i0:i1, j0:j1, k0:k1] = emph_b
+    del emph_b
     lung_f = np.zeros(g.fine_shape, bool)
     lung_f[i0:i1, j0:j1, k0:k1] = lung_b
     # soft-tissue tubes over the mediastinum
     m = soft > 0
     img[m] += (_HU["blood"] - img[m]) * soft[m]
     del soft
+    lum = pt.var["oesophagus_lumen_mm"]
+    if lum > 0:  # a dilated oesophagus holding air over a dependent fluid level
+        o0, o1, _ = _oesophagus_axis(pt)
+        occ = np.zeros(g.fine_shape, np.float32)
+        _render_tubes(occ, x, y, zf, o0[None], o1[None], np.array([lum]), np.array([lum]), ramp=dxy)
+        extras["oesophagus_air"] = render_oesophagus_lumen(img, occ, y, y_center=0.5 * (o0[1] + o1[1]), radius=lum,
+                                                           fluid=pt.var["oesophagus_fluid"])
+        del occ
     # vessels: thick ones analytic, thin ones as partial-volume deposits
     vp0, vp1, vr0, vr1 = trees.vessels
     big = np.maximum(vr0, vr1) >= 0.9 * dxy
@@ -1099,7 +1146,7 @@ def _render(pt: _Patient, g: _Grid, dis: _Disease, trees: _Trees, rng: np.random
     foam = inx & (Y2 <= yt - 3.0) & (Y2 > yt - 32.0)
     img[foam] = _HU["foam"]
     img[shell] = _HU["table"]
-    return img, lung_f, body
+    return img, lung_f, body, extras
 
 
 def _mediastinal_tubes(pt: _Patient):
@@ -1120,10 +1167,17 @@ def _mediastinal_tubes(pt: _Patient):
     # supra-aortic branches up to the neck
     segs.append((arch, np.array([-12.0, pt.yc + 0.05 * pt.B0, H + 60]), 5.0, 5.0))
     segs.append((arch + [10, 6, 0], np.array([14.0, pt.yc + 0.12 * pt.B0, H + 60]), 6.0, 5.0))
-    oes_y = pt.ysp + pt.rv + 7.0
-    segs.append((np.array([-4.0, oes_y, H + 60]), np.array([-10.0, oes_y + 4, -30.0]), 7.0, 7.0))
+    o0, o1, r_oes = _oesophagus_axis(pt)
+    segs.append((o0, o1, r_oes, r_oes))
     p0 = np.array([s[0] for s in segs]); p1 = np.array([s[1] for s in segs])
     return p0, p1, np.array([s[2] for s in segs]), np.array([s[3] for s in segs])
+
+
+def _oesophagus_axis(pt: _Patient):
+    """The oesophagus: centre line (two points, mm) and outer radius (wider when dilated)."""
+    r = max(7.0, pt.var["oesophagus_lumen_mm"] + 3.0)
+    oes_y = pt.ysp + pt.rv + r  # its wall rests on the front of the spine
+    return np.array([-4.0, oes_y, pt.H + 60]), np.array([-10.0, oes_y + 4, -30.0]), r
 
 
 def _fibrosis_texture(pt, dis, hu_b, mef_b, lung_b, xb, yb, zb, dxy, rng):
@@ -1281,143 +1335,6 @@ def _labels(g: _Grid, dis: _Disease, lung_f):
 
 
 # =============================================================================================
-# lungs of real CT without labels; parenchyma statistics
-# =============================================================================================
-def _fill_holes_2d(mask):
-    out = np.empty_like(mask)
-    for k in range(mask.shape[2]):
-        out[:, :, k] = ndi.binary_fill_holes(mask[:, :, k])
-    return out
-
-
-def lung_mask_by_threshold(hu, spacing, *, threshold: float = -400.0) -> np.ndarray:
-    """Lungs of a chest CT without labels, by thresholding (for real scans and comparisons).
-
-    Steps: light in-plane smoothing; voxels below ``threshold`` HU inside the body (the largest
-    connected non-air object, holes filled slice by slice; outside air, which reaches the in-plane
-    border, and the scanner table are left out); trachea and main bronchi removed (a region grown
-    through air below -950 HU from a small round air structure in the upper mediastinum, dilated by
-    about 2 mm); the largest one or two connected components kept (the second only if it holds at
-    least 15 % of the largest's volume); holes filled slice by slice so vessels count as lung.
-
-    Args:
-        hu: CT in Hounsfield units, (x, y, z) with z the craniocaudal axis.
-        spacing: voxel size in mm, (x, y, z).
-        threshold: air/tissue threshold in HU.
-
-    Returns:
-        boolean lung mask with the shape of ``hu``.
-
-    Example:
-        >>> import numpy as np
-        >>> hu = np.full((40, 40, 6), -1000, np.int16); hu[5:35, 5:35] = 40; hu[10:18, 10:30] = -850
-        >>> hu[22:30, 10:30] = -850
-        >>> int(lung_mask_by_threshold(hu, (1, 1, 1)).sum())
-        1920
-    """
-    hu = np.asarray(hu)
-    if hu.ndim != 3:
-        raise ValueError(f"lung_mask_by_threshold: expected a 3D (x, y, z) volume, got shape {hu.shape}.")
-    sp = np.asarray(spacing, float)
-    if sp.shape != (3,) or np.any(sp <= 0):
-        raise ValueError(f"lung_mask_by_threshold: spacing must be three positive mm values, got {spacing!r}.")
-    sig = np.minimum(0.7 / sp[:2], 1.0)
-    sm = ndi.gaussian_filter(hu.astype(np.float32), (sig[0], sig[1], 0.0))
-    dense = sm >= threshold
-    lab, n = ndi.label(dense)
-    if n == 0:
-        return np.zeros(hu.shape, bool)
-    sizes = np.bincount(lab.ravel())
-    sizes[0] = 0
-    body = _fill_holes_2d(lab == int(sizes.argmax()))
-    del lab
-    cand = body & ~dense
-    if not cand.any():
-        return cand
-    # trachea and main bronchi
-    air = cand & (sm < -950)
-    alab, an = ndi.label(air)
-    if an:
-        vox_mm2 = sp[0] * sp[1]
-        clab, _ = ndi.label(cand)
-        seeds = set()
-        xc = np.nonzero(body.any(axis=(1, 2)))[0]
-        x_mid, x_half = 0.5 * (xc[0] + xc[-1]), 0.5 * (xc[-1] - xc[0]) + 1
-        for k in range(hu.shape[2]):
-            sl = alab[:, :, k]
-            if not sl.any():
-                continue
-            l2, n2 = ndi.label(air[:, :, k])
-            if n2 == 0:
-                continue
-            areas = np.bincount(l2.ravel())[1:] * vox_mm2
-            coms = ndi.center_of_mass(np.ones_like(l2), l2, np.arange(1, n2 + 1))
-            cl_area = np.bincount(clab[:, :, k].ravel()) * vox_mm2
-            for j, (area, com) in enumerate(zip(areas, coms)):
-                if not (40 <= area <= 800) or abs(com[0] - x_mid) > 0.25 * x_half:
-                    continue
-                comp = l2 == j + 1
-                owner = np.bincount(clab[:, :, k][comp]).argmax()
-                if cl_area[owner] > 1.6 * area + 30:  # part of a lung in this slice, not a separate tube
-                    continue
-                seeds.add(int(np.bincount(sl[comp]).argmax()))
-        seeds.discard(0)
-        if seeds:
-            airway = np.isin(alab, list(seeds))
-            vol_ml = airway.sum() * np.prod(sp) / 1000.0
-            if vol_ml < 250:
-                r = max(1, int(round(2.0 / sp[0])))
-                st = np.zeros((2 * r + 1, 2 * r + 1, 3), bool)
-                yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
-                st[:, :, 1] = (xx ** 2 + yy ** 2) <= r * r
-                airway = ndi.binary_dilation(airway, structure=st)
-                cand &= ~airway
-        del alab
-    clab, cn = ndi.label(cand)
-    if cn == 0:
-        return np.zeros(hu.shape, bool)
-    sizes = np.bincount(clab.ravel())
-    sizes[0] = 0
-    order = np.argsort(sizes)[::-1]
-    keep = [order[0]]
-    if cn > 1 and sizes[order[1]] >= 0.15 * sizes[order[0]]:
-        keep.append(order[1])
-    lung = np.isin(clab, keep)
-    return _fill_holes_2d(lung)
-
-
-def parenchyma_stats(hu, lung_mask) -> dict:
-    """Summary of lung attenuation inside ``lung_mask``.
-
-    ``vessel_fraction`` is the share of lung voxels above -500 HU (vessels, airway walls, fissures and
-    dense lesions); ``hu_std`` is the standard deviation.
-
-    Returns:
-        dict: ``n_voxels``, ``median_hu``, ``mean_hu``, ``iqr_hu``, ``p05_hu``, ``p25_hu``, ``p75_hu``,
-        ``p95_hu``, ``hu_std``, ``vessel_fraction`` (NaN values when the mask is empty).
-
-    Example:
-        >>> import numpy as np
-        >>> hu = np.array([-900, -850, -800, 0]); m = np.ones(4, bool)
-        >>> parenchyma_stats(hu, m)["vessel_fraction"]
-        0.25
-    """
-    hu = np.asarray(hu)
-    m = np.asarray(lung_mask, bool)
-    if m.shape != hu.shape:
-        raise ValueError(f"parenchyma_stats: mask shape {m.shape} differs from image shape {hu.shape}.")
-    v = hu[m].astype(np.float64)
-    if v.size == 0:
-        nan = float("nan")
-        return dict(n_voxels=0, median_hu=nan, mean_hu=nan, iqr_hu=nan, p05_hu=nan, p25_hu=nan, p75_hu=nan,
-                    p95_hu=nan, hu_std=nan, vessel_fraction=nan)
-    p05, p25, p50, p75, p95 = np.percentile(v, [5, 25, 50, 75, 95])
-    return dict(n_voxels=int(v.size), median_hu=float(p50), mean_hu=float(v.mean()), iqr_hu=float(p75 - p25),
-                p05_hu=float(p05), p25_hu=float(p25), p75_hu=float(p75), p95_hu=float(p95), hu_std=float(v.std()),
-                vessel_fraction=float((v > -500).mean()))
-
-
-# =============================================================================================
 # the cohort folder
 # =============================================================================================
 _LICENCE = ("CC0-1.0: synthetic images, labels and lung function generated by the sscild phantom; "
@@ -1448,16 +1365,16 @@ def _write_bytes(path: Path, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
-def _settings(prof: Profile, n: int, seed: int) -> dict:
+def _settings(prof: Profile, n: int, seed: int, variety: Variety) -> dict:
     return {"version": PHANTOM_VERSION, "seed": int(seed), "profile": prof.name, "n": int(n),
             "nominal_shape": [int(v) for v in prof.phantom_shape],
-            "nominal_spacing_mm": [float(v) for v in prof.phantom_spacing]}
+            "nominal_spacing_mm": [float(v) for v in prof.phantom_spacing], "variety": variety.to_dict()}
 
 
 def _case_job(args):
     """Generate and write one case; returns its clinical row and truth (runs in worker processes)."""
-    i, prof, seed, out = args
-    case = generate_case(i, profile=prof, seed=seed)
+    i, prof, seed, out, variety = args
+    case = generate_case(i, profile=prof, seed=seed, variety=variety)
     out = Path(out)
     _write_bytes(out / "imagesTr" / f"{case.case_id}_0000.nii.gz", _nifti_bytes(case.image, case.affine))
     _write_bytes(out / "labelsTr" / f"{case.case_id}.nii.gz", _nifti_bytes(case.label, case.affine))
@@ -1497,7 +1414,7 @@ def _default_workers(prof: Profile, n: int) -> int:
 
 
 def generate_cohort(out_dir, *, profile: str | Profile = "cpu", n: int | None = None, seed: int = 0,
-                    progress: bool = True, workers: int | None = None) -> Path:
+                    progress: bool = True, workers: int | None = None, variety: Variety | None = None) -> Path:
     """Write a synthetic SSc-ILD cohort folder (nnU-Net v2 raw layout plus ``clinical.csv``).
 
     Layout: ``dataset.json`` (written last: it marks the cohort complete), ``imagesTr/case_000_0000.nii.gz``
@@ -1516,6 +1433,7 @@ def generate_cohort(out_dir, *, profile: str | Profile = "cpu", n: int | None = 
         progress: show a tqdm bar (one step per case).
         workers: processes (default: one per core for cpu- and paper-sized cases, one for tiny ones);
             the files do not depend on it.
+        variety: the variety knobs (:class:`~sscild.phantom_variety.Variety`; default: its defaults).
 
     Returns:
         the folder's path.
@@ -1538,7 +1456,8 @@ def generate_cohort(out_dir, *, profile: str | Profile = "cpu", n: int | None = 
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1):
         raise ValueError(f"generate_cohort: workers must be a positive integer or None, got {workers!r}.")
     out = Path(out_dir)
-    settings = _settings(prof, n, seed)
+    variety = Variety() if variety is None else variety
+    settings = _settings(prof, n, seed, variety)
     marker = out / ".phantom_settings.json"
     ids = [f"case_{i:03d}" for i in range(n)]
     expected = {f"imagesTr/{c}_0000.nii.gz" for c in ids} | {f"labelsTr/{c}.nii.gz" for c in ids}
@@ -1574,7 +1493,7 @@ def generate_cohort(out_dir, *, profile: str | Profile = "cpu", n: int | None = 
     write_json(marker, settings)
     if workers is None:
         workers = _default_workers(prof, n)
-    jobs = [(i, prof, int(seed), str(out)) for i in range(n)]
+    jobs = [(i, prof, int(seed), str(out), variety) for i in range(n)]
     results = {}
     bar = None
     if progress:

@@ -58,6 +58,7 @@ from .io import Volume, load_volume, save_volume
 from .model import NUM_CLASSES, build_network
 from .paths import RunPaths, atomic_path, read_json, repo_root, write_json
 from .preprocess import Preprocessed, load_cached, preprocess_volume, restore_label
+from .progress import Heartbeat
 from .profiles import Profile
 from .train import select_device, set_threads
 
@@ -549,6 +550,8 @@ def predict_oof(run: RunPaths, *, tta: bool | None = None, postprocess: bool = T
         raise FileNotFoundError(f"{run.root}: no model_final.pt for fold(s) {missing}: fold {missing[0]} is not "
                                 "trained. Train every fold first (`make train`).")
     written = []
+    beat = Heartbeat("out-of-fold prediction", total=sum(len(s["val"]) for s in splits), unit="case", every=20.0)
+    n_done = 0
     for fold, split in enumerate(splits):
         model_path = run.fold_dir(fold) / "model_final.pt"
         digest = _sha256(model_path)
@@ -563,6 +566,7 @@ def predict_oof(run: RunPaths, *, tta: bool | None = None, postprocess: bool = T
 
         todo = [c for c in val if not current(c)]
         written += [out_dir / f"{c}.nii.gz" for c in val]
+        n_done += len(val) - len(todo)
         if not todo:
             continue
         net, meta = load_fold_model(model_path, device)
@@ -582,6 +586,8 @@ def predict_oof(run: RunPaths, *, tta: bool | None = None, postprocess: bool = T
             cases[cid] = {"fold": fold, "model": str(model_path.relative_to(run.root)), "model_sha256": digest,
                           "cache_key": _cache_key(run, cid), "tta": bool(use_tta), "postprocess": bool(postprocess)}
             write_json(manifest_path, manifest)
+            n_done += 1
+            beat.update(n_done)
     return sorted(set(written))
 
 

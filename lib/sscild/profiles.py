@@ -61,7 +61,12 @@ class Profile:
     checkpoint_every: int = 100
     log_every: int = 10
     amp: bool = True
-    """Mixed precision; only ever used on CUDA."""
+    """Mixed precision (float16 autocast); only ever used on CUDA."""
+    cpu_bf16: bool = False
+    """On a CPU that computes bfloat16 natively (AVX512-BF16 or AMX), train in bfloat16 autocast
+    (weights, optimiser and loss stay float32). Ignored elsewhere."""
+    channels_last: bool = False
+    """Channels-last memory layout for the network and its inputs."""
     # --- inference -------------------------------------------------------------------------
     tta_flips: bool = True
     sw_batch_size: int = 16

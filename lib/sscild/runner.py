@@ -20,9 +20,11 @@ import os
 import re
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 from .paths import atomic_path, read_json, write_json
+from .progress import ENV as PROGRESS_ENV
 
 __all__ = ["run_notebook", "main"]
 
@@ -69,9 +71,57 @@ def _append_runlog(run_dir: Path, entry: dict) -> None:
     write_json(log_path, log)
 
 
+class _ProgressEcho:
+    """Prints, while a notebook runs, the lines its kernel appends to the progress file."""
+
+    def __init__(self, path: Path, prefix: str):
+        import threading
+
+        self.path, self.prefix = path, prefix
+        self.path.write_text("")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._pos = 0
+
+    def _drain(self) -> None:
+        try:
+            with open(self.path, encoding="utf-8") as fh:
+                fh.seek(self._pos)
+                chunk = fh.read()
+                self._pos = fh.tell()
+        except OSError:
+            return
+        for line in chunk.splitlines():
+            print(f"{self.prefix}{line}", flush=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(2.0):
+            self._drain()
+
+    def __enter__(self):
+        self._old = os.environ.get(PROGRESS_ENV)
+        os.environ[PROGRESS_ENV] = str(self.path)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self._drain()
+        if self._old is None:
+            os.environ.pop(PROGRESS_ENV, None)
+        else:
+            os.environ[PROGRESS_ENV] = self._old
+        self.path.unlink(missing_ok=True)
+
+
 def run_notebook(source: str | Path, out: str | Path, *, parameters: dict | None = None,
-                 run_dir: str | Path | None = None, step: str | None = None, cwd: str | Path | None = None) -> Path:
+                 run_dir: str | Path | None = None, step: str | None = None, cwd: str | Path | None = None,
+                 echo_progress: bool = True) -> Path:
     """Execute ``source`` (jupytext .py or .ipynb) with ``parameters`` into ``out``.
+
+    With ``echo_progress``, the progress lines the notebook's long loops report (:mod:`sscild.progress`)
+    are printed to this process's standard output while it runs.
 
     Raises ``RuntimeError`` with a readable message when a cell fails.
     """
@@ -86,18 +136,22 @@ def run_notebook(source: str | Path, out: str | Path, *, parameters: dict | None
     nb.metadata.setdefault("kernelspec", {"name": "python3", "display_name": "Python 3", "language": "python"})
     failed = out.with_suffix(".failed.ipynb")
     failed.unlink(missing_ok=True)
-    for stale in out.parent.glob(f".{out.name}.*.ipynb"):  # temporaries of a run that was killed
-        stale.unlink(missing_ok=True)
+    for pattern in (f".{out.name}.*.ipynb", f".{out.name}.*.progress.log"):  # left by a run that was killed
+        for stale in out.parent.glob(pattern):
+            stale.unlink(missing_ok=True)
     t0 = time.perf_counter()
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     status = "ok"
     with atomic_path(out, suffix=".ipynb") as tmp_out:
         tmp_in = tmp_out.with_name(tmp_out.name.replace(".tmp.ipynb", ".in.ipynb"))
         nbformat.write(nb, tmp_in)
+        echo = _ProgressEcho(tmp_out.with_name(tmp_out.name.replace(".tmp.ipynb", ".progress.log")),
+                             prefix=f"[sscild] {step or source.stem}: ") if echo_progress else nullcontext()
         try:
-            pm.execute_notebook(str(tmp_in), str(tmp_out), parameters=parameters, kernel_name="python3",
-                                cwd=str(cwd or Path.cwd()), progress_bar=False, log_output=False,
-                                request_save_on_cell_execute=False)
+            with echo:
+                pm.execute_notebook(str(tmp_in), str(tmp_out), parameters=parameters, kernel_name="python3",
+                                    cwd=str(cwd or Path.cwd()), progress_bar=False, log_output=False,
+                                    request_save_on_cell_execute=False)
         except pm.PapermillExecutionError:
             status = "failed"
             os.replace(tmp_out, failed)

@@ -8,7 +8,8 @@ The recipe (what the Model & training chapter tabulates):
 * **Sampling**: 2D axial patches of ``profile.patch_size``. A share ``profile.lesion_oversample`` of
   patches is centred on a random EF or GGO voxel (nnU-Net's foreground oversampling); the rest are
   centred on a random lung voxel (or anywhere in the body when a case has no lung label).
-* **Augmentation** (MONAI): flips, small rotations and scaling, intensity shift and Gaussian noise.
+* **Augmentation** (:mod:`sscild.augment`, batched tensor operations on the training device): flips,
+  small rotations and scaling, intensity shift and scale, Gaussian noise.
 * **Loss**: Dice + cross-entropy (``monai.losses.DiceCELoss``), softmax over four classes.
 * **Optimiser**: AdamW, linear warm-up then polynomial decay (power 0.9), by *iterations*, so the
   budget is deterministic.
@@ -26,7 +27,6 @@ done).
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from pathlib import Path
@@ -35,14 +35,17 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .augment import augment_for_profile
 from .folds import read_splits
-from .model import NUM_CLASSES, build_network, count_parameters
+from .model import NUM_CLASSES, build_network, count_parameters, native_cpu_bf16
 from .paths import RunPaths, atomic_path, read_json, write_json
 from .preprocess import load_cached
+from .progress import Heartbeat
 from .provenance import cpu_name
 from .profiles import Profile, get_profile
 
-__all__ = ["train_fold", "train_model", "fold_is_done", "PatchSampler", "select_device", "describe_device", "set_threads"]
+__all__ = ["train_fold", "train_model", "fold_is_done", "PatchSampler", "select_device", "describe_device", "set_threads",
+           "network_numerics"]
 
 
 def select_device(device: str | torch.device | None = None) -> torch.device:
@@ -61,6 +64,19 @@ def set_threads() -> int:
     n = int(os.environ.get("SSCILD_THREADS", "0")) or (os.cpu_count() or 1)
     torch.set_num_threads(max(1, n))
     return torch.get_num_threads()
+
+
+def network_numerics(p: Profile, device: torch.device) -> dict:
+    """How the network computes on ``device`` under profile ``p``: autocast on or off, its dtype, layout.
+
+    float16 autocast on CUDA when ``p.amp``; bfloat16 autocast on a CPU that computes it natively when
+    ``p.cpu_bf16``; float32 otherwise.
+    """
+    if device.type == "cuda":
+        autocast, dtype = bool(p.amp), torch.float16
+    else:
+        autocast, dtype = bool(p.cpu_bf16 and native_cpu_bf16()), torch.bfloat16
+    return {"autocast": autocast, "dtype": dtype if autocast else torch.float32, "channels_last": bool(p.channels_last)}
 
 
 def _step_rng(seed: int, fold: int, step: int) -> np.random.Generator:
@@ -134,49 +150,16 @@ class PatchSampler:
         return np.stack(imgs)[:, None].astype(np.float32), np.stack(labs)[:, None].astype(np.int64)
 
 
-def _augmenter(profile: Profile):
-    from monai.transforms import (Compose, RandAdjustContrastd, RandAffined, RandFlipd, RandGaussianNoised,
-                                  RandScaleIntensityd, RandShiftIntensityd)
-
-    if profile.intensity_aug not in ("light", "strong"):
-        raise ValueError(f"intensity_aug must be 'light' or 'strong', got {profile.intensity_aug!r}")
-    strong = profile.intensity_aug == "strong"
-    amount = 0.15 if strong else 0.05
-    keys = ("image", "label")
-    steps = [
-        RandFlipd(keys=keys, prob=0.5, spatial_axis=0),
-        RandFlipd(keys=keys, prob=0.2, spatial_axis=1),
-        RandAffined(keys=keys, prob=0.3, rotate_range=(math.radians(15),), scale_range=((-0.15, 0.15), (-0.15, 0.15)),
-                    mode=("bilinear", "nearest"), padding_mode="border"),
-        RandShiftIntensityd(keys="image", prob=0.3, offsets=amount),
-        RandScaleIntensityd(keys="image", prob=0.3, factors=amount),
-    ]
-    if strong:
-        steps.append(RandAdjustContrastd(keys="image", prob=0.3, gamma=(0.7, 1.5)))
-    steps.append(RandGaussianNoised(keys="image", prob=0.2, std=0.03))
-    return Compose(steps)
-
-
-def _augment(aug, images: np.ndarray, labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    aug.set_random_state(seed=seed)
-    out_i, out_l = [], []
-    for img, lab in zip(images, labels):
-        d = aug({"image": img, "label": lab.astype(np.float32)})
-        out_i.append(np.asarray(d["image"], dtype=np.float32))
-        out_l.append(np.rint(np.asarray(d["label"])).astype(np.int64))
-    return np.stack(out_i), np.stack(out_l)
-
-
 class _StepBatches(torch.utils.data.Dataset):
-    """Item ``step`` is the augmented batch of that training step.
+    """Item ``step`` is the (not yet augmented) batch of that training step and its augmentation seed.
 
     Each batch depends only on (seed, fold, step), so it is the same whether it is made in the
     main process or in a loader worker, and a resumed run continues with the batches it would
     have seen.
     """
 
-    def __init__(self, sampler: PatchSampler, aug, *, seed: int, key: int, batch_size: int, total: int):
-        self.sampler, self.aug = sampler, aug
+    def __init__(self, sampler: PatchSampler, *, seed: int, key: int, batch_size: int, total: int):
+        self.sampler = sampler
         self.seed, self.key, self.batch_size, self.total = int(seed), int(key), int(batch_size), int(total)
 
     def __len__(self) -> int:
@@ -185,8 +168,7 @@ class _StepBatches(torch.utils.data.Dataset):
     def __getitem__(self, step: int):
         rng = _step_rng(self.seed, self.key, int(step))
         img, lab = self.sampler.sample(rng, self.batch_size)
-        img, lab = _augment(self.aug, img, lab, seed=int(rng.integers(2**31 - 1)))
-        return torch.from_numpy(img), torch.from_numpy(lab)
+        return torch.from_numpy(img), torch.from_numpy(lab), int(rng.integers(2**31 - 1))
 
 
 def loader_workers(device: torch.device) -> int:
@@ -216,7 +198,7 @@ def _lr_lambda(iterations: int, warmup: int):
 
 RECIPE_KEYS = ("spatial_dims", "channels", "strides", "num_res_units", "dropout", "norm", "patch_size",
                "iterations", "batch_size", "learning_rate", "weight_decay", "batch_dice", "intensity_aug",
-               "lesion_oversample",
+               "lesion_oversample", "cpu_bf16", "channels_last",
                "seed", "target_spacing", "hu_clip")
 """Profile settings that change what training produces; a fold trained with others is stale."""
 
@@ -314,17 +296,20 @@ def train_model(cases: dict, profile: str | Profile, out: Path, *, key: int = 0,
 
     device = select_device(device)
     threads = set_threads()
-    use_amp = bool(p.amp and device.type == "cuda")
+    numerics = network_numerics(p, device)
+    use_amp = bool(numerics["autocast"] and device.type == "cuda")   # float16 needs the gradient scaler
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     else:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
     sampler = PatchSampler(cases, patch_size=p.patch_size[:2], lesion_oversample=p.lesion_oversample)
-    aug = _augmenter(p)
+    aug = augment_for_profile(p)
 
     torch.manual_seed(seed)
     net = build_network(p, out_channels=num_classes).to(device)
+    if numerics["channels_last"]:
+        net = net.to(memory_format=torch.channels_last)
     from monai.losses import DiceCELoss
 
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=bool(p.batch_dice))
@@ -359,10 +344,11 @@ def train_model(cases: dict, profile: str | Profile, out: Path, *, key: int = 0,
 
         bar = tqdm(total=total, initial=step, desc=desc, unit="step", disable=None, mininterval=2.0)
 
+    beat = Heartbeat(desc, total=total, unit="step", start=step)  # make's terminal; not the notebook
     nfg = num_classes - 1
     workers = loader_workers(device)
     batches = torch.utils.data.DataLoader(
-        _StepBatches(sampler, aug, seed=p.seed, key=key, batch_size=p.batch_size, total=total),
+        _StepBatches(sampler, seed=p.seed, key=key, batch_size=p.batch_size, total=total),
         batch_size=None, sampler=range(step, total), num_workers=workers, pin_memory=device.type == "cuda",
         worker_init_fn=_worker_init if workers else None, prefetch_factor=4 if workers else None,
         multiprocessing_context="fork" if workers else None)
@@ -376,13 +362,14 @@ def train_model(cases: dict, profile: str | Profile, out: Path, *, key: int = 0,
     classes = torch.arange(1, num_classes, device=device).view(1, -1, *[1] * len(p.patch_size[:2]))
     batch_iter = iter(batches)
     while step < total:
-        img, lab = next(batch_iter)
-        x = img.to(device, non_blocking=True)
-        y = lab.to(device, non_blocking=True)
+        img, lab, aug_seed = next(batch_iter)
+        x, y = aug(img.to(device, non_blocking=True), lab.to(device, non_blocking=True), seed=aug_seed)
+        if numerics["channels_last"]:
+            x = x.contiguous(memory_format=torch.channels_last)
         opt.zero_grad(set_to_none=True)
-        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+        with torch.autocast(device_type=device.type, dtype=numerics["dtype"], enabled=numerics["autocast"]):
             logits = net(x)
-            loss = loss_fn(logits, y)
+        loss = loss_fn(logits.float(), y)
         scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()
@@ -411,6 +398,7 @@ def train_model(cases: dict, profile: str | Profile, out: Path, *, key: int = 0,
                             "steps_per_s": window_n / max(now - t_last, 1e-9)})
             if bar is not None:
                 bar.set_postfix(loss=f"{mean_loss:.3f}", refresh=False)
+            beat.update(step, loss=mean_loss)
             t_last = now
             window_loss, window_n = zeros(), 0
         if step % p.checkpoint_every == 0 or step == total:
@@ -453,6 +441,8 @@ def train_model(cases: dict, profile: str | Profile, out: Path, *, key: int = 0,
         "device": describe_device(device),
         "threads": threads,
         "amp": use_amp,
+        "numerics": {"autocast": numerics["autocast"], "dtype": str(numerics["dtype"]).replace("torch.", ""),
+                     "channels_last": numerics["channels_last"]},
         "loader_workers": workers,
         "parameters": count_parameters(net),
         "seed": seed,

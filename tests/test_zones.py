@@ -60,21 +60,42 @@ def test_touching_lungs_are_split_at_the_midline():
     assert abs(t.loc["right", "lung_ml"] - t.loc["left", "lung_ml"]) / t.loc["whole lung", "lung_ml"] < 0.1
 
 
-def test_peripheral_band_is_the_outer_third_of_the_depth():
-    # two cylindrical "lungs", radius 60 px of 0.5 mm: the outer third of the radius is 1 - (2/3)^2 = 55.6 %
-    # of the area
-    n, r = 130, 60
-    x, y = np.meshgrid(np.arange(n) - n / 2 + 0.5, np.arange(n) - n / 2 + 0.5, indexing="ij")
-    rho = np.sqrt(x ** 2 + y ** 2)
-    one = np.where(rho <= r, np.where(rho >= r - r / 3, 2, 1), 0).astype(np.uint8)   # EF exactly in the outer third
-    lab = np.repeat(np.concatenate([one, one])[:, :, None], 6, axis=2)
+def half_disk_lungs(r=60, gap=20):
+    """Two D-shaped lungs: the halves of a disk of radius r (0.5 mm pixels) pulled apart by a mediastinum of
+    ``gap`` pixels; their flat sides face it. Returns (label, rho) with rho the distance to each half's centre,
+    which lies on its flat (mediastinal) side."""
+    n = 2 * r + 10
+    x, y = np.meshgrid(np.arange(2 * r + gap + 10) - (2 * r + gap + 10) / 2 + 0.5, np.arange(n) - n / 2 + 0.5,
+                       indexing="ij")
+    cx = np.where(x < 0, x + gap / 2, x - gap / 2)      # x relative to each half's own centre
+    rho = np.sqrt(cx ** 2 + y ** 2)
+    lung = (rho <= r) & (np.abs(x) >= gap / 2)
+    return lung, rho
+
+
+def test_peripheral_band_is_the_outer_third_from_the_chest_wall():
+    r = 60
+    lung, rho = half_disk_lungs(r)
+    one = np.where(lung, np.where(rho >= r - r / 3, 2, 1), 0).astype(np.uint8)   # EF exactly in the outer third
+    lab = np.repeat(one[:, :, None], 6, axis=2)
     t = zone_extent(lab, np.diag([0.5, 0.5, 5.0, 1.0]), grid_mm=0.5)
     assert t.attrs["sides_by"] == "components"
+    # the distance is to the chest wall (the arc), not to the mediastinum: the outer third of the radius,
+    # 1 - (2/3)^2 = 55.6 % of the area
     assert t.loc["peripheral", "share_of_lung_pct"] == pytest.approx(100 * (1 - (2 / 3) ** 2), abs=2)
     assert t.loc["peripheral", "ef_pct"] > 95 and t.loc["central", "ef_pct"] < 5
     # the coarse grid used for speed (1.4 mm) moves the band by at most a coarse pixel
     t2 = zone_extent(lab, np.diag([0.5, 0.5, 5.0, 1.0]))
     assert t2.loc["peripheral", "share_of_lung_pct"] == pytest.approx(t.loc["peripheral", "share_of_lung_pct"], abs=4)
+
+
+def test_disease_beside_the_mediastinum_is_central():
+    """Perihilar (peribronchovascular) disease lies near the mediastinal pleura but is central, not subpleural."""
+    r = 60
+    lung, rho = half_disk_lungs(r)
+    one = np.where(lung, np.where(rho <= r / 3, 3, 1), 0).astype(np.uint8)        # GGO around each 'hilum'
+    t = zone_extent(np.repeat(one[:, :, None], 6, axis=2), np.diag([0.5, 0.5, 5.0, 1.0]))
+    assert t.loc["central", "ggo_pct"] > 15 and t.loc["peripheral", "ggo_pct"] == 0
 
 
 @pytest.fixture(scope="module")

@@ -14,16 +14,20 @@ depth, so each family of zones partitions the lung):
 * **Upper / middle / lower.** Thirds of *each lung's own* cranio-caudal extent (its first to its
   last axial slice), so a lung that reaches lower than the other is split along its own height.
 * **Peripheral / central.** On every axial slice, the in-plane distance of each lung voxel to the
-  nearest non-lung voxel (the pleura: costal, mediastinal and, on the slices where it is cut,
-  diaphragmatic; where the two lungs touch, the line between them is not pleura) is measured in
-  millimetres. A voxel is **peripheral** when that distance is at most :data:`PERIPHERAL_FRACTION`
-  (one third) of the greatest distance found on that slice of that lung -- the outer third of the lung's depth, the "outer third" radiologists use for
-  subpleural disease. Why relative and not a fixed band (e.g. 10 mm): a fixed band covers a larger
-  share of a small or expiratory lung than of a large inspiratory one, so a follow-up at a
-  different inspiration would change the peripheral extent through geometry alone; the relative
-  band scales with the lung. Why in-plane: HRCT is often reconstructed at 1-5 mm slices, and a 3D
-  distance on 5 mm slices would make whole slices near the apex and the bases "peripheral". On a
-  round cross-section the outer third of the depth is about 56 % of the area.
+  chest wall is measured in millimetres: to the boundary of the chest cavity, taken as each row of
+  the slice filled from the patient's rightmost to leftmost lung voxel, so that the mediastinum and
+  the hila lie inside it and only the costal pleura is its edge. A voxel is **peripheral** when that
+  distance is at most :data:`PERIPHERAL_FRACTION` (one third) of the greatest distance of that lung
+  on that slice (usually reached at the hilum or the mediastinal border): the outer third of the
+  lung from the chest wall inwards, the "outer third" radiologists use for subpleural disease.
+  Lung beside the mediastinum and around the hila is **central** (peribronchovascular), as in the
+  radiological reading, not "subpleural" because the mediastinal pleura is near. Why relative and not
+  a fixed band (e.g. 10 mm): a fixed band covers a larger share of a small or expiratory lung than of
+  a large inspiratory one, so a follow-up at a different inspiration would change the peripheral
+  extent through geometry alone; the relative band scales with the lung. Why in-plane: HRCT is often
+  reconstructed at 1-5 mm slices, and a 3D distance on 5 mm slices would make whole slices near the
+  apex and the bases "peripheral". For a round lung whose deepest point is its centre, the outer third
+  of the depth is about 56 % of the area.
 
 **Cost.** Distances are computed on a grid coarsened in-plane to about :data:`ZONE_GRID_MM`
 (1.4 mm, the ``cpu`` network's resolution; each coarse pixel is lung when any of its fine voxels
@@ -47,14 +51,14 @@ __all__ = ["ZONES", "PERIPHERAL_FRACTION", "SECOND_LUNG_SHARE", "ZONE_GRID_MM", 
            "zone_map", "zone_extent", "zone_row", "cohort_zone_extent", "zone_agreement", "zone_correlations"]
 
 PERIPHERAL_FRACTION = 1.0 / 3.0
-"""A lung voxel is peripheral when its in-plane distance to the pleura is at most this share of the
-slice's deepest distance in that lung."""
+"""A lung voxel is peripheral when its in-plane distance to the chest wall is at most this share of the
+greatest such distance of that lung on the slice."""
 
 SECOND_LUNG_SHARE = 0.2
 """The two largest lung components are taken as the two lungs when the second has this share of the first."""
 
 ZONE_GRID_MM = 1.4
-"""In-plane grid (mm) on which distances to the pleura are computed."""
+"""In-plane grid (mm) on which distances to the chest wall are computed."""
 
 ZONES = ("whole lung", "right", "left", "upper", "middle", "lower", "peripheral", "central")
 """The zones of :func:`zone_extent`, in table order."""
@@ -62,8 +66,9 @@ ZONES = ("whole lung", "right", "left", "upper", "middle", "lower", "peripheral"
 ZONE_RULES = {
     "sides": "right / left: the two lungs as connected components, or the sagittal plane of least lung between them",
     "levels": "upper / middle / lower: thirds of each lung's own cranio-caudal extent",
-    "depth": f"peripheral: in-plane distance to the pleura at most {PERIPHERAL_FRACTION:.3g} of the slice's deepest "
-             "point of that lung (the outer third of its depth); central: the rest",
+    "depth": f"peripheral: in-plane distance to the chest wall at most {PERIPHERAL_FRACTION:.3g} of that lung's "
+             "greatest on the slice (the outer third from the costal pleura inwards); central: the rest, including "
+             "the lung beside the mediastinum and the hila",
 }
 """One sentence per zone family, for reports and the book."""
 
@@ -207,12 +212,14 @@ def zone_map(label: np.ndarray, affine: np.ndarray, *, peripheral_fraction: floa
         zs = np.flatnonzero((side == si).reshape(side.shape[0], -1).any(axis=1))
         if zs.size:
             extent[si] = (int(zs[0]), int(zs[-1]))
+    # the chest cavity of each slice: every row from the patient's rightmost to leftmost lung pixel, so the
+    # mediastinum between the lungs is inside and only the costal surface (chest wall) is its boundary
+    cavity = np.maximum.accumulate(lung_c, axis=1) & np.maximum.accumulate(lung_c[:, ::-1], axis=1)[:, ::-1]
     for z in np.flatnonzero(lung_c.reshape(lung_c.shape[0], -1).any(axis=1)):
-        m = lung_c[z]
+        m = cavity[z]
         rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
         box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
-        # distance of each lung pixel to the nearest non-lung pixel (centre to centre, less half a pixel: to
-        # the pleura itself), on the whole lung: where the lungs touch, the split between them is no pleura
+        # distance to the chest wall (centre to centre, less half a pixel: to the costal pleura itself)
         d = ndi.distance_transform_edt(np.pad(m[box], 1), sampling=sp_c)[1:-1, 1:-1] - 0.5 * min(sp_c)
         side2 = side[z][box]
         block = code_c[z][box]

@@ -109,8 +109,9 @@ def _cmd_segment(args) -> int:
             print(ensemble.choice, file=sys.stderr)
         rows = segment_batch(items, args.out, ensemble=ensemble, tta=tta, progress=not args.quiet)
         failed = [r for r in rows if r["status"] != "ok"]
-        for r in failed:
-            print(f"sscild segment: failed: {r['scan']}: {r['error']}", file=sys.stderr)
+        for r in failed:  # the reason usually names the file already
+            reason = r["error"] if r["error"].startswith(r["scan"]) else f"{r['scan']}: {r['error']}"
+            print(f"sscild segment: failed: {reason}", file=sys.stderr)
         print(f"{len(rows) - len(failed)} of {len(rows)} scan(s) segmented; table: {args.out / 'batch.csv'}")
         return 1 if failed else 0
     report = segment_scan(args.scan, args.out, models=args.models, tta=tta, progress=not args.quiet)

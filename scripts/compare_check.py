@@ -87,7 +87,7 @@ def no_change(models: Path, out: Path) -> list[dict]:
                  for r in result["change"] if r["zone"] == "whole lung"}
         worst = max(result["change"], key=lambda r: abs(r["change_pp"] or 0))
         records.append({"scan": src.name, "copy": f"{name}: {tuple(round(v, 3) for v in new_spacing)} mm grid "
-                        f"({'x'.join(map(str, new_size))}), origin moved by {tuple(shift)} mm, linear interpolation",
+                        f"({'x'.join(map(str, new_size))}), origin moved by {tuple(float(v) for v in shift)} mm, linear interpolation",
                         "whole_lung_change": whole,
                         "largest_zone_change": {k: (round(worst[k], 2) if k == "change_pp" else worst[k])
                                                 for k in ("zone", "class", "change_pp")},

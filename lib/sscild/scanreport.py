@@ -134,7 +134,9 @@ def comparison_report_html(result: dict, *, overlays: tuple[bytes | None, bytes 
         body.append("<h2>Are the scans comparable?</h2>")
         body += [f"<div class='warn'>{_e(w)}</div>" for w in result["warnings"]]
     else:
-        body.append("<p>No comparability problem found (patient, slice thickness, kernel, inspiration; see below).</p>")
+        body.append("<p>No comparability problem found among what could be checked (see below).</p>")
+    if result.get("not_checked"):
+        body.append("<p class='note'>Not checked: " + "; ".join(_e(u) for u in result["not_checked"]) + ".</p>")
     body.append("<h2>Change per class and zone</h2>")
     body.append("<table><tr><th>zone</th><th>class</th><th>baseline % of zone</th><th>follow-up %</th>"
                 "<th>change (pp)</th><th>change (mL)</th><th>beyond MCID?</th></tr>")
@@ -146,8 +148,9 @@ def comparison_report_html(result: dict, *, overlays: tuple[bytes | None, bytes 
     body.append(f"<p class='note'>{_e(result['mcid']['statement'])}</p>")
     body.append("<h2>The two scans</h2><table><tr><th></th><th>baseline</th><th>follow-up</th></tr>")
     for key in ("patient_id", "study_date", "slice_thickness_mm", "kernel", "lung_volume_ml", "lesion_pct", "stage"):
-        body.append(f"<tr><td>{_e(key)}</td><td>{_e(result['baseline'].get(key))}</td>"
-                    f"<td>{_e(result['followup'].get(key))}</td></tr>")
+        a, b = (result[r].get(key) for r in ("baseline", "followup"))
+        body.append(f"<tr><td>{_e(key)}</td><td>{_e('unknown' if a is None else a)}</td>"
+                    f"<td>{_e('unknown' if b is None else b)}</td></tr>")
     body.append("</table>")
     for title, png in zip(("Baseline", "Follow-up"), overlays):
         if png:

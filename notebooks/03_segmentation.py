@@ -313,3 +313,24 @@ for name, value in values.items():
     glue(name, value, display=False)
 display(Markdown(f"Written: `{run.segmentation_metrics.name}` ({len(df)} patients × {df.shape[1]} columns) and "
                  f"`{run.segmentation_summary.name}` in `{rel(run.root)}`; predictions in `{rel(run.predictions)}`."))
+
+# %% [markdown]
+# ## Where the disease is: zones
+#
+# SSc-ILD, mostly non-specific interstitial pneumonia, is read by where it lies: at the bases and
+# under the pleura. Every out-of-fold prediction and every reference label map is split into zones
+# (the rules below, from `sscild.zones`, the same code `sscild segment` reports per scan), and EF and
+# GGO are given as a share of each zone's own lung, so a zone's extent does not depend on its size.
+
+# %%
+from sscild import zones as zn
+from sscild.plots.zones import cohort_zone_figure
+
+zone_df = zn.cohort_zone_extent(run, cohort)
+display(Markdown("**Zones.** " + "; ".join(zn.ZONE_RULES.values()) + "."))
+show(zn.zone_agreement(zone_df), caption=f"EF and GGO per zone, % of the zone's lung, over "
+     f"{zone_df['case_id'].nunique()} patients{' of the synthetic cohort' if info['synthetic'] else ''}: "
+     "reference and out-of-fold prediction (mean), bias = predicted − reference (percentage points), ICC(2,1)")
+
+# %%
+png = plots.save(cohort_zone_figure(zone_df), "seg_zones", run.figures)

@@ -247,3 +247,22 @@ for name, value in clin.glue_values(summary).items():
 csv_path, json_path = clin.write_outputs(run, full, summary)
 display(Markdown(f"Written: `{csv_path.name}` ({len(full)} rows: both grids, partial correlations and "
                  f"differences) and `{json_path.name}` in `{rel(run.root)}`."))
+
+# %% [markdown]
+# ## Lower-zone and peripheral extent and lung function
+#
+# Because SSc-ILD lies mostly at the bases and under the pleura, extent measured there may follow FVC
+# and DLCO more closely than whole-lung extent. Spearman ρ (95 % bootstrap interval, pairwise
+# deletion) of the out-of-fold *predicted* extent in the lower third of the lungs and in the
+# peripheral band (zones as defined in the Segmentation chapter) against FVC and DLCO, with
+# whole-lung lesion extent for comparison. Exploratory: ten correlations, not adjusted for
+# multiplicity.
+
+# %%
+from sscild import zones as zn
+from sscild.cohort import load_cohort
+
+zone_df = zn.cohort_zone_extent(run, load_cohort(data_dir))
+show(zn.zone_correlations(zone_df, clinical, n_resamples=clin.N_RESAMPLES, seed=prof.seed),
+     caption="Zonal extent (% of the zone's lung, predicted out of fold) against FVC and DLCO (% predicted): "
+     f"Spearman ρ{' (synthetic cohort)' if info['synthetic'] else ''}")

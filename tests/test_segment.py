@@ -1,4 +1,5 @@
-"""`sscild segment`: outputs in the input's geometry, clear errors, real CT end to end, radiological montage."""
+"""`sscild segment` and `sscild compare`: outputs in the input's geometry, viewer files, zones, the HTML page, batches,
+the right models, one-line errors, real CT end to end, radiological montage."""
 
 from __future__ import annotations
 
@@ -137,7 +138,9 @@ def test_segment_writes_label_map_reports_and_montage(models, tmp_path):
     assert sha(scan) == digest  # input untouched
     out = tmp_path / "out"
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["patient_labels.nii.gz", "patient_overlay.png", "patient_report.csv", "patient_report.json"]
+    assert names == ["patient_labels.itksnap.txt", "patient_labels.nii.gz", "patient_labels.seg.nrrd",
+                     "patient_overlay.png", "patient_report.csv", "patient_report.html", "patient_report.json",
+                     "patient_zones.csv"]
     lab = nib.load(str(out / "patient_labels.nii.gz"))
     assert lab.shape == src.shape
     np.testing.assert_allclose(lab.affine, affine)
@@ -216,3 +219,256 @@ def test_recorded_segment_benchmark_renders(tmp_path):
     assert "512 x 512 x 300" in table.loc["scan", "value"]
     assert table.loc["wall time, fresh process", "value"].endswith("(target 20.0 s)")
     assert segment_benchmark_table(tmp_path / "absent.json") is None
+
+
+# ---------------------------------------------------------------------------------------------
+# the command line: one line per error, exit codes, --version, --debug
+
+
+def test_version_and_bad_options_give_one_line_and_exit_2(capsys, tmp_path):
+    from sscild import __version__
+
+    assert main(["--version"]) == 0 and capsys.readouterr().out.strip() == f"sscild {__version__}"
+    cases = [
+        (["phantom", str(tmp_path / "c"), "--profile", "gpu"], "invalid choice: 'gpu'"),
+        (["validate", str(tmp_path), "--label-map", '{"reticulation": ef}'], "--label-map is not valid JSON"),
+        (["validate", str(tmp_path), "--label-map", '["ef"]'], "must be a JSON object"),
+        (["segment", "scan.nii.gz"], "required: --out"),
+        (["frobnicate"], "invalid choice"),
+    ]
+    for argv, expected in cases:
+        rc = main(argv)
+        err = capsys.readouterr().err
+        assert rc == 2, (argv, err)
+        assert expected in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "c").exists()
+
+
+def test_an_unexpected_error_is_one_line_and_debug_shows_the_traceback(monkeypatch, tmp_path, capsys):
+    import sscild.phantom
+
+    def boom(*a, **k):
+        raise RuntimeError("disk on fire\nsecond line")
+
+    monkeypatch.setattr(sscild.phantom, "generate_cohort", boom)
+    rc = main(["phantom", str(tmp_path / "c"), "--profile", "smoke"])
+    err = capsys.readouterr().err
+    assert rc == 1 and len(err.strip().splitlines()) == 1
+    assert "unexpected error: RuntimeError: disk on fire second line" in err and "--debug" in err
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        main(["phantom", str(tmp_path / "c"), "--profile", "smoke", "--debug"])
+
+
+def test_a_model_that_needs_more_than_weights_is_refused(models, tmp_path, capsys):
+    import torch
+
+    state = torch.load(models["root"] / "fold_0" / "model_final.pt", weights_only=True)
+    state["extra"] = np.random.default_rng(0)   # a pickled object: weights_only loading must refuse it
+    bad = tmp_path / "run" / "fold_0"
+    bad.mkdir(parents=True)
+    torch.save(state, bad / "model_final.pt")
+    scan = shared_data("real-ct", "chest-ct-1.nrrd")
+    err = cli_error(capsys, scan, "--out", tmp_path / "out", "--models", tmp_path / "run")
+    assert "refused" in err and "weights_only=True" in err and "numpy.random" in err
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# the right models: the situation of issue 15, planted
+
+
+def _study_cpu_run(results, data):
+    """Two `cpu`-profile study fold models (2 iterations each) in results/synthetic-cpu/cpu."""
+    run = RunPaths(results=results, cohort="synthetic-cpu", profile="cpu")
+    cohort = load_cohort(data)
+    build_cache(cohort, run, "cpu", progress=False)
+    write_splits(run.splits, make_splits([c.case_id for c in cohort.cases], k=2, seed=0))
+    for k in range(2):
+        train_fold(run, "cpu", k, iterations=2, progress=False)
+    return run.root
+
+
+def _external_run(out):
+    """The external check's COVID slice models (GGO / consolidation), trained the way run_external trains them."""
+    from sscild.external import CLASS_NAMES, SliceImage, external_profile, training_case
+    from sscild.train import train_model
+
+    p = external_profile("cpu", iterations=2)
+    rng = np.random.default_rng(0)
+    slices = {}
+    for i in range(3):
+        img = rng.integers(0, 255, (96, 96)).astype(np.uint8)
+        lab = np.zeros((96, 96), np.uint8)
+        lab[30:50, 30:50] = 1
+        lab[60:70, 20:40] = 2
+        slices[str(i)] = SliceImage(str(i), img, lab, out / f"{i}.jpg", out / f"{i}.png")
+    for k in range(2):
+        cases = {sid: training_case(s, p) for sid, s in slices.items()}
+        train_model(cases, p, out / "cv" / f"fold_{k}", key=k, num_classes=3, class_names=CLASS_NAMES,
+                    progress=False, iterations=2)
+    return out / "cv"
+
+
+def test_segment_without_models_uses_the_study_models_never_the_external_ones(models, tmp_path, monkeypatch, capsys):
+    import os
+    import time
+
+    import torch
+
+    results = tmp_path / "results"
+    study = _study_cpu_run(results, models["data"])
+    time.sleep(0.05)
+    external = _external_run(results / "external")          # trained last: the newest run under results/
+    newest = max(results.glob("*/*/fold_*/model_final.pt"), key=lambda p: p.stat().st_mtime)
+    assert newest.parent.parent == external
+    state = torch.load(external / "fold_0" / "model_final.pt", weights_only=True)
+    assert state["label_scheme"] == {"background": 0, "ggo": 1, "consolidation": 2}
+    assert state["input_kind"] == "2d-image-slices"
+    study_state = torch.load(study / "fold_0" / "model_final.pt", weights_only=True)
+    assert study_state["label_scheme"] == {"background": 0, "normal": 1, "ef": 2, "ggo": 3}
+    assert study_state["input_kind"] == "ct-volume-hu" and study_state["profile"]["name"] == "cpu"
+
+    monkeypatch.setenv("SSCILD_RESULTS", str(results))
+    scan = shared_data("real-ct", "chest-ct-1.nrrd")
+    rc = main(["segment", str(scan), "--out", str(tmp_path / "out"), "--quiet", "--no-tta"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert f"models: {study} (2 fold model(s)" in captured.err and "default profile 'cpu'" in captured.err
+    assert "external/cv (segments ggo/consolidation, not the study's labels)" in captured.err
+    report = json.loads((tmp_path / "out" / "chest-ct-1_report.json").read_text())
+    assert [os.path.dirname(os.path.dirname(m)) for m in report["models"]] == [str(study)] * 2
+
+    # asked for explicitly, the external models are refused with a clear message
+    err = cli_error(capsys, scan, "--out", tmp_path / "out2", "--models", external)
+    assert "segments other labels (0 background, 1 ggo, 2 consolidation" in err and "not an SSc-ILD model" in err
+    # a checkpoint from before the scheme was recorded is judged by its class names
+    legacy = tmp_path / "legacy" / "fold_0"
+    legacy.mkdir(parents=True)
+    del state["label_scheme"], state["input_kind"]
+    torch.save(state, legacy / "model_final.pt")
+    err = cli_error(capsys, scan, "--out", tmp_path / "out3", "--models", legacy.parent)
+    assert "1 ggo, 2 consolidation" in err
+    assert not (tmp_path / "out2").exists() and not (tmp_path / "out3").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# viewer files, zones and the HTML page from a real segment run; DICOM in, DICOM SEG out
+
+
+def test_dicom_series_gets_a_dicom_seg_and_the_page_is_self_contained(models, tmp_path):
+    import highdicom as hd
+    import nrrd
+
+    from sscild.viewer import read_itksnap_labels, read_slicer_segments
+
+    src = load_volume(models["image"])
+    folder = tmp_path / "series"
+    make_dicom_series(folder, np.clip(np.asarray(src.array, float), -1024, 3000), spacing=src.spacing,
+                      identity={"PatientID": "SSC-7", "ConvolutionKernel": "B45f", "PatientName": "Test^Patient"})
+    before = {p.name: sha(p) for p in folder.iterdir()}
+    report = segment_scan(folder, tmp_path / "out", models=models["root"], progress=False)
+    assert {p.name: sha(p) for p in folder.iterdir()} == before
+    out = tmp_path / "out"
+    assert report["acquisition"]["patient_id"] == "SSC-7" and report["acquisition"]["kernel"] == "B45f"
+    assert report["acquisition"]["slice_thickness_from"] == "DICOM SliceThickness"
+    lab = load_volume(out / "series_labels.nii.gz")
+    seg = hd.seg.segread(str(out / "series_seg.dcm"))
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["normal lung", "established fibrosis",
+                                                             "ground-glass opacity"]
+    import pydicom
+
+    first = pydicom.dcmread(next(folder.iterdir()), stop_before_pixels=True)
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == first.SeriesInstanceUID
+    # every lung voxel of the label map is in the DICOM SEG at the same place
+    sv = seg.get_volume(combine_segments=True)
+    arr = np.asarray(sv.array)
+    lps = np.diag([-1.0, -1, 1, 1]) @ lab.affine
+    idx = np.argwhere(np.asarray(lab.array) > 0)[::7]
+    world = np.c_[idx, np.ones(len(idx))] @ lps.T
+    ijk = np.rint(world @ np.linalg.inv(np.asarray(sv.affine)).T)[:, :3].astype(int)
+    np.testing.assert_array_equal(arr[ijk[:, 0], ijk[:, 1], ijk[:, 2]], np.asarray(lab.array)[tuple(idx.T)])
+    data, header = nrrd.read(str(out / "series_labels.seg.nrrd"))   # cropped to the lung, offset in the header
+    i, j, k = map(int, header["Segmentation_ReferenceImageExtentOffset"].split())
+    full = np.asarray(lab.array)
+    np.testing.assert_array_equal(data, full[i:i + data.shape[0], j:j + data.shape[1], k:k + data.shape[2]])
+    assert int((data > 0).sum()) == int((full > 0).sum())
+    assert read_slicer_segments(out / "series_labels.seg.nrrd") == read_itksnap_labels(out / "series_labels.itksnap.txt")
+    # zones: in the report and the CSV, consistent with the whole-lung numbers
+    zones = report["zones"]["table"]
+    assert zones["whole lung"]["lesion_pct"] == pytest.approx(report["summary"]["percent_of_lung"]["lesion"], abs=0.01)
+    rows = list(csv.reader((out / "series_zones.csv").open()))
+    assert rows[0][0] == "zone" and [r[0] for r in rows[1:]][:3] == ["whole lung", "right", "left"]
+    # one self-contained page: the montage inside, nothing loaded from elsewhere
+    page = (out / "series_report.html").read_text()
+    assert "data:image/png;base64," in page and "Where the disease is" in page and "peripheral" in page
+    for ref in ("http://", "https://", "<script", "<link", "src='series", 'src="series', "@import"):
+        assert ref not in page
+
+
+# ---------------------------------------------------------------------------------------------
+# many scans at once
+
+
+def test_a_folder_of_scans_one_bad_does_not_stop_the_others(models, tmp_path, capsys):
+    src = load_volume(models["image"])
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    save_nifti(folder / "a.nii.gz", np.asarray(src.array).astype(np.int16), src.affine)
+    save_nifti(folder / "b.nii.gz", np.asarray(src.array)[::-1].astype(np.int16), src.affine)
+    (folder / "broken.nii.gz").write_bytes(b"\x1f\x8b not gzip")
+    make_dicom_series(folder / "patient_c", np.clip(np.asarray(src.array, float), -1024, 3000), spacing=src.spacing)
+    rc = main(["segment", str(folder), "--out", str(tmp_path / "out"), "--models", str(models["root"])])
+    captured = capsys.readouterr()
+    assert rc == 1  # one scan failed
+    assert "3 of 4 scan(s) segmented" in captured.out
+    assert "broken.nii.gz" in captured.err and "cannot be read" in captured.err and "Traceback" not in captured.err
+    rows = {r["scan"].split("/")[-1]: r for r in csv.DictReader((tmp_path / "out" / "batch.csv").open())}
+    assert set(rows) == {"a.nii.gz", "b.nii.gz", "broken.nii.gz", "patient_c"}
+    assert rows["broken.nii.gz"]["status"] == "failed" and "cannot be read" in rows["broken.nii.gz"]["error"]
+    for name in ("a.nii.gz", "b.nii.gz", "patient_c"):
+        r = rows[name]
+        assert r["status"] == "ok" and r["error"] == "" and float(r["lung_ml"]) >= 0
+        assert r["extent_stage"] in ("limited", "extensive", "undetermined")
+        report = json.loads(next((tmp_path / "out" / name.split(".")[0]).glob("*_report.json")).read_text())
+        assert float(r["lesion_pct"]) == pytest.approx(report["summary"]["percent_of_lung"]["lesion"])
+    assert (tmp_path / "out" / "patient_c" / "patient_c_seg.dcm").exists()
+
+
+def test_a_folder_of_single_dicom_slices_reports_each(models, tmp_path, capsys):
+    folder = shared_data("real-ct", "dicom-slices")
+    rc = main(["segment", str(folder), "--out", str(tmp_path / "out"), "--models", str(models["root"]), "--quiet"])
+    captured = capsys.readouterr()
+    rows = list(csv.DictReader((tmp_path / "out" / "batch.csv").open()))
+    n = len([p for p in folder.iterdir() if p.suffix == ".dcm"])
+    assert rc == 1 and len(rows) == n
+    assert all(r["status"] == "failed" and "single 2D image" in r["error"] for r in rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# compare
+
+
+def test_cli_compare_segments_or_reuses_and_writes_json_csv_html(models, tmp_path, capsys):
+    src = load_volume(models["image"])
+    a = save_nifti(tmp_path / "visit1.nii.gz", np.asarray(src.array).astype(np.int16), src.affine)
+    segment_scan(a, tmp_path / "seg1", models=models["root"], progress=False)
+    shifted = src.affine.copy()
+    shifted[:3, 3] += 7.0                      # the same scan, elsewhere in space
+    b = save_nifti(tmp_path / "visit2.nii.gz", np.asarray(src.array).astype(np.int16), shifted)
+    rc = main(["compare", str(tmp_path / "seg1"), str(b), "--out", str(tmp_path / "cmp"),
+               "--models", str(models["root"]), "--quiet"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "lesion (EF + GGO)" in captured.out and "compare.html" in captured.out
+    result = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert (tmp_path / "cmp" / "followup" / "visit2_report.json").exists()   # segmented here
+    assert not (tmp_path / "cmp" / "baseline").exists()                       # reused
+    for row in result["change"]:
+        assert abs(row["change_pp"] or 0) < 1e-6 and abs(row["change_ml"]) < 1e-6, row  # same scan: no change
+    assert result["warnings"] == [] and result["lung_volume_ratio"] == pytest.approx(1.0)
+    assert any("PatientID" in u for u in result["not_checked"])
+    rows = list(csv.DictReader((tmp_path / "cmp" / "compare.csv").open()))
+    assert len(rows) == 8 * 3 and rows[0]["zone"] == "whole lung"
+    page = (tmp_path / "cmp" / "compare.html").read_text()
+    assert "derived in idiopathic pulmonary fibrosis (IPF)" in page and page.count("data:image/png;base64,") == 2
+    assert "http" not in page

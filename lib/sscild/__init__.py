@@ -11,8 +11,12 @@ Modules flow one way (top depends only on those above it)::
     model                         network factory (MONAI)
     train                         one fold's training loop, checkpoints, resume
     metrics, baseline             Dice / surface Dice / volumes / agreement; HU density baseline
-    predict                       out-of-fold and ensemble inference
     stats                         correlations, multiplicity, staging
+    zones                         EF / GGO extent per lung zone (sides, thirds, peripheral band)
+    viewer                        Slicer .seg.nrrd, ITK-SNAP labels, DICOM Segmentation
+    scanreport                    the self-contained HTML page per scan and per comparison
+    predict                       out-of-fold and ensemble inference; which models segment uses
+    batch, compare                segment a folder of scans; change between two scans
     plots, report                 figures and notebook helpers
     cli                           the ``sscild`` command
 """

@@ -4,10 +4,12 @@
     sscild phantom OUT [--n 40] [--seed 0] [--profile cpu]  write the synthetic SSc-ILD cohort
     sscild import-dicom SRC OUT [--labels DIR]              DICOM series (one per patient) -> cohort folder
     sscild train DATA --profile P --fold K                  train one fold (what make runs)
-    sscild segment SCAN --out DIR [--models DIR]            apply the fold ensemble to a new scan
+    sscild segment SCAN|FOLDER --out DIR [--models DIR]     apply the fold ensemble to a scan or a folder of scans
+    sscild compare BASELINE FOLLOWUP --out DIR              change of extent per class and zone between two scans
+    sscild --version
 
-Errors a user can fix are printed as one clear message (no traceback) with exit status 2 (usage) or
-1 (a problem found in the input); ``--debug`` shows the traceback.
+Every error is printed as one line (no traceback) with exit status 2 (a bad option or argument) or
+1 (a problem found in the input, or a scan of a batch that failed); ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -17,15 +19,41 @@ import json
 import sys
 from pathlib import Path
 
+from . import __version__
 from .errors import SscildError
 
-__all__ = ["main"]
+__all__ = ["main", "UsageError"]
+
+
+class UsageError(SscildError):
+    """A bad option value (exit status 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as one line and exit status 2 (no usage block)."""
+
+    def error(self, message):
+        print(f"{self.prog}: error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _label_map(text: str | None) -> dict | None:
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"--label-map is not valid JSON ({exc.msg} at character {exc.pos}): {text!r}. "
+                         'Example: --label-map \'{"reticulation": "ef", "consolidation": "ggo"}\'') from None
+    if not isinstance(value, dict):
+        raise UsageError(f"--label-map must be a JSON object mapping label names to roles, got {type(value).__name__}.")
+    return value
 
 
 def _cmd_validate(args) -> int:
     from .cohort import validate_cohort
 
-    label_map = json.loads(args.label_map) if args.label_map else None
+    label_map = _label_map(args.label_map)
     report = validate_cohort(args.data, label_map=label_map)
     print(report.format())
     if report.ok:
@@ -64,18 +92,60 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_segment(args) -> int:
-    from .predict import segment_scan
+    from .batch import discover_scans, is_batch_folder, segment_batch
+    from .predict import find_models, load_ensemble, segment_scan
 
-    report = segment_scan(args.scan, args.out, models=args.models, tta=False if args.no_tta else None,
-                          progress=not args.quiet)
+    tta = False if args.no_tta else None
+    if not args.scan.exists():
+        raise SscildError(f"{args.scan}: no such file or folder. Fix: check the path of the scan.")
+    if args.models is not None:
+        find_models(args.models)
+    if is_batch_folder(args.scan):
+        items = discover_scans(args.scan)
+        if not items:
+            raise SscildError(f"{args.scan}: no scans inside (NIfTI, NRRD, MHA files or DICOM series folders).")
+        ensemble = load_ensemble(args.models)
+        if not args.quiet:
+            print(ensemble.choice, file=sys.stderr)
+        rows = segment_batch(items, args.out, ensemble=ensemble, tta=tta, progress=not args.quiet)
+        failed = [r for r in rows if r["status"] != "ok"]
+        for r in failed:  # the reason usually names the file already
+            reason = r["error"] if r["error"].startswith(r["scan"]) else f"{r['scan']}: {r['error']}"
+            print(f"sscild segment: failed: {reason}", file=sys.stderr)
+        print(f"{len(rows) - len(failed)} of {len(rows)} scan(s) segmented; table: {args.out / 'batch.csv'}")
+        return 1 if failed else 0
+    report = segment_scan(args.scan, args.out, models=args.models, tta=tta, progress=not args.quiet)
+    if not args.quiet or args.models is None:
+        print(report["models_choice"], file=sys.stderr)
     print(json.dumps(report["summary"], indent=2))
     return 0
 
 
+def _cmd_compare(args) -> int:
+    from .compare import compare_scans
+
+    result = compare_scans(args.baseline, args.followup, args.out, models=args.models,
+                           tta=False if args.no_tta else None, progress=not args.quiet)
+    def f(v, spec):
+        return "n/a" if v is None else format(v, spec)
+
+    for r in (r for r in result["change"] if r["zone"] == "whole lung"):
+        print(f"{r['class']:<20} {f(r['baseline_pct'], '6.2f')} % -> {f(r['followup_pct'], '6.2f')} %  "
+              f"change {f(r['change_pp'], '+6.2f')} pp ({f(r['change_ml'], '+.1f')} mL)  {r['mcid']}")
+    for w in result["warnings"]:
+        print(f"warning: {w}", file=sys.stderr)
+    print(f"report: {result['outputs']['html']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sscild", description=__doc__.split("\n\n")[0])
+    from .profiles import PROFILES
+
+    p = _Parser(prog="sscild", description=__doc__.split("\n\n")[0])
     p.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument("--version", action="version", version=f"sscild {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    profiles = list(PROFILES)
 
     v = sub.add_parser("validate", help="check a cohort folder and report every problem at once")
     v.add_argument("data", type=Path)
@@ -88,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     ph.add_argument("out", type=Path)
     ph.add_argument("--n", type=int, default=None, help="number of patients (default: the profile's)")
     ph.add_argument("--seed", type=int, default=0)
-    ph.add_argument("--profile", default="cpu")
+    ph.add_argument("--profile", default="cpu", choices=profiles)
     ph.add_argument("--quiet", action="store_true")
     ph.set_defaults(func=_cmd_phantom)
 
@@ -101,36 +171,67 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train one cross-validation fold")
     t.add_argument("data", type=Path)
-    t.add_argument("--profile", default="cpu")
+    t.add_argument("--profile", default="cpu", choices=profiles)
     t.add_argument("--fold", type=int, required=True)
     t.add_argument("--results", type=Path, default=None)
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=_cmd_train)
 
-    s = sub.add_parser("segment", help="segment a new scan with the trained fold ensemble")
-    s.add_argument("scan", type=Path, help="NIfTI, NRRD, MHA file or a DICOM series folder")
+    s = sub.add_parser("segment", help="segment a new scan (or a folder of scans) with the trained fold ensemble")
+    s.add_argument("scan", type=Path, help="NIfTI, NRRD, MHA file, a DICOM series folder, or a folder of these")
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--models", type=Path, default=None, help="a run folder with fold_*/model_final.pt "
-                   "(default: the most recently trained run under results/)")
+                   "(default: the study's models of the default profile under results/; the choice is printed)")
     s.add_argument("--no-tta", action="store_true", help="no flip test-time augmentation (faster)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=_cmd_segment)
+
+    c = sub.add_parser("compare", help="change of lesion extent between a baseline and a follow-up scan")
+    c.add_argument("baseline", type=Path, help="the earlier scan, or its `sscild segment` output folder")
+    c.add_argument("followup", type=Path, help="the later scan, or its `sscild segment` output folder")
+    c.add_argument("--out", type=Path, required=True)
+    c.add_argument("--models", type=Path, default=None, help="as for segment")
+    c.add_argument("--no-tta", action="store_true")
+    c.add_argument("--quiet", action="store_true")
+    c.set_defaults(func=_cmd_compare)
     return p
 
 
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # accepted anywhere on the line, not only before the command
+    argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
     try:
         return int(args.func(args) or 0)
-    except (SscildError, FileNotFoundError) as exc:
-        if args.debug:
+    except UsageError as exc:
+        if debug:
             raise
-        print(f"sscild {args.command}: error: {exc}", file=sys.stderr)
+        print(f"sscild {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except (SscildError, FileNotFoundError) as exc:
+        if debug:
+            raise
+        print(f"sscild {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # never a traceback for a user; --debug shows it
+        if debug:
+            raise
+        print(f"sscild {args.command}: unexpected error: {type(exc).__name__}: {_one_line(exc)} "
+              "(run again with --debug for the traceback, and report it)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -876,7 +876,7 @@ def _check_case_args(case_index, seed):
 
 
 def generate_case(case_index: int, *, profile: str | Profile = "cpu", seed: int = 0,
-                  variety: Variety | None = None) -> PhantomCase:
+                  variety: Variety | None = None, lesion_scale: float = 1.0) -> PhantomCase:
     """Generate one synthetic SSc-ILD patient (image, reference labels, lung function, truth).
 
     The patient (anatomy, disease, lung function) depends only on ``seed`` and ``case_index``; the
@@ -887,6 +887,9 @@ def generate_case(case_index: int, *, profile: str | Profile = "cpu", seed: int 
         profile: run profile name or :class:`~sscild.profiles.Profile`.
         seed: cohort seed.
         variety: the variety knobs (:class:`~sscild.phantom_variety.Variety`; default: its defaults).
+        lesion_scale: multiplies the patient's drawn lesion fraction (capped at 0.9 of the lung); the
+            anatomy, scanner and disease pattern stay those of the same patient, so two values give
+            the same patient at two disease levels (a follow-up with a known change). Default 1.
 
     Returns:
         :class:`PhantomCase`; ``masks`` holds the emphysema and oesophageal-air masks on the scan grid.
@@ -900,6 +903,10 @@ def generate_case(case_index: int, *, profile: str | Profile = "cpu", seed: int 
     prof = get_profile(profile)
     rngs = _case_seeds(seed, case_index)
     pop = _population_draw(rngs[0], case_index, seed)
+    if float(lesion_scale) != 1.0:
+        if not float(lesion_scale) > 0:
+            raise ValueError(f"lesion_scale must be > 0, got {lesion_scale!r}.")
+        pop = {**pop, "lesion_frac": min(0.9, pop["lesion_frac"] * float(lesion_scale))}
     variety = Variety() if variety is None else variety
     if not isinstance(variety, Variety):
         raise ValueError(f"variety must be a sscild.phantom_variety.Variety, got {type(variety).__name__}")

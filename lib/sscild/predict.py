@@ -22,6 +22,12 @@ background. Lesion voxels inside a kept component keep their label.
 neighbour, :func:`sscild.preprocess.restore_label`) and written with the input's affine, so it
 overlays exactly on the input scan in 3D Slicer or ITK-SNAP.
 
+**Which models** (:func:`load_ensemble`, :func:`choose_default_models`). Every checkpoint records
+what it segments (label scheme, profile, input kind); a model whose labels are not the study's
+(0 background, 1 normal, 2 EF, 3 GGO) or that was trained on 2D image slices is refused, and without
+``--models`` the study's run of the default profile is used, never the external check's COVID slice
+models. Checkpoints load with ``torch.load(weights_only=True)``: a file that needs more is refused.
+
 **Out of fold** (:func:`predict_oof`). Every case is predicted by the model of the one fold that
 held it out, and only by it; a model whose recorded training cases include the case is refused.
 ``predictions/manifest.json`` records, per case, the fold, the model file and its SHA-256 and the
@@ -39,12 +45,14 @@ import csv
 import hashlib
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from scipy import ndimage as ndi
 
+from . import LABELS
 from .errors import InputError
 from .io import Volume, load_volume, save_volume
 from .model import NUM_CLASSES, build_network
@@ -59,14 +67,20 @@ __all__ = [
     "POSTPROCESS_RULE",
     "CT_MIN_AIR_HU",
     "fuse_batchnorm",
+    "DEFAULT_PROFILE",
     "load_fold_model",
+    "checkpoint_label_scheme",
+    "check_study_model",
+    "choose_default_models",
     "find_models",
+    "Ensemble",
     "load_ensemble",
     "native_cpu_bf16",
     "predict_preprocessed",
     "keep_largest_lung_components",
     "predict_oof",
     "check_ct",
+    "acquisition_info",
     "segment_scan",
 ]
 
@@ -81,6 +95,9 @@ POSTPROCESS_RULE = (
 
 CT_MIN_AIR_HU = -500.0
 """A CT in Hounsfield units has air (outside the body, in the lungs) well below this value."""
+
+DEFAULT_PROFILE = "cpu"
+"""The profile of ``make all``; ``sscild segment`` prefers its models when ``--models`` is not given."""
 
 _MANIFEST = "manifest.json"
 
@@ -129,8 +146,42 @@ def fuse_batchnorm(net: torch.nn.Module) -> torch.nn.Module:
     return net
 
 
+def checkpoint_label_scheme(state: dict) -> dict[str, int]:
+    """The label scheme a checkpoint segments: ``label_scheme`` when recorded, else derived.
+
+    Checkpoints written before the scheme was recorded carry ``class_names`` (foreground classes in
+    output-channel order after background) and ``num_classes``; a checkpoint with neither is assumed
+    to be the study's four-class model only when it has four output channels.
+    """
+    scheme = state.get("label_scheme")
+    if isinstance(scheme, dict) and scheme:
+        return {str(k): int(v) for k, v in scheme.items()}
+    names = state.get("class_names")
+    if names:
+        return {"background": 0, **{str(c): i + 1 for i, c in enumerate(names)}}
+    n = int(state.get("num_classes", NUM_CLASSES))
+    return dict(LABELS) if n == len(LABELS) else {"background": 0, **{f"class_{i}": i for i in range(1, n)}}
+
+
+def _weights_only_load(path: Path, device):
+    import pickle
+
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        import re
+
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        if found:
+            raise InputError(
+                f"{path}: refused. Loading this file needs more than tensors and plain values (it holds a pickled "
+                f"{found.group(1)}, and unpickling can run code), so torch.load(weights_only=True) does not load it. "
+                "sscild only loads model files it wrote itself; use a fold_*/model_final.pt from `make train`.") from exc
+        raise
+
+
 def load_fold_model(path: str | Path, device=None) -> tuple[torch.nn.Module, dict]:
-    """Load one ``fold_<k>/model_final.pt``.
+    """Load one ``fold_<k>/model_final.pt`` with ``torch.load(weights_only=True)``.
 
     Args:
         path: the checkpoint written by :func:`sscild.train.train_model`.
@@ -138,10 +189,13 @@ def load_fold_model(path: str | Path, device=None) -> tuple[torch.nn.Module, dic
 
     Returns:
         ``(network in eval mode with batch norm folded into the convolutions, meta)``; meta keys
-        ``profile`` (:class:`Profile`), ``fold``, ``path``, ``train_cases`` (the ids it was trained on).
+        ``profile`` (:class:`Profile`), ``fold``, ``path``, ``train_cases`` (the ids it was trained on),
+        ``label_scheme`` (:func:`checkpoint_label_scheme`) and ``input_kind`` (``"ct-volume-hu"`` for the
+        study's models, ``"2d-image-slices"`` for the external check's; ``None`` when not recorded).
 
     Raises:
-        InputError: the file is missing or is not a model this package wrote.
+        InputError: the file is missing, is not a model this package wrote, or needs more than
+            ``weights_only`` loading allows.
 
     Example:
         >>> net, meta = load_fold_model("results/synthetic-cpu/cpu/fold_0/model_final.pt")  # doctest: +SKIP
@@ -152,17 +206,102 @@ def load_fold_model(path: str | Path, device=None) -> tuple[torch.nn.Module, dic
         raise InputError(f"{path}: model file not found. Train the fold first (`make train`), or pass the run "
                          "folder of a finished training to --models.")
     try:
-        state = torch.load(path, map_location=device, weights_only=False)
+        state = _weights_only_load(path, device)
         profile = _profile_from_dict(state["profile"])
         net = build_network(profile, out_channels=int(state.get("num_classes", NUM_CLASSES))).to(device)
         net.load_state_dict(state["model"])
+    except InputError:
+        raise
     except Exception as exc:  # truncated file, a different network, not a checkpoint at all
         raise InputError(f"{path}: not a usable sscild model ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). "
                          "Fix: retrain that fold (delete its folder and run `make train`).") from exc
     net.eval()
     fuse_batchnorm(net)
     return net, {"profile": profile, "fold": state.get("fold"), "path": str(path),
-                 "train_cases": list(state.get("train_cases", []))}
+                 "train_cases": list(state.get("train_cases", [])),
+                 "label_scheme": checkpoint_label_scheme(state), "input_kind": state.get("input_kind")}
+
+
+def check_study_model(meta: dict) -> None:
+    """Refuse a model that does not segment the study's labels from CT volumes.
+
+    Raises:
+        InputError: its label scheme is not :data:`sscild.LABELS`, or it was trained on 2D image slices.
+    """
+    scheme, kind = meta["label_scheme"], meta.get("input_kind")
+    if scheme != dict(LABELS):
+        shown = ", ".join(f"{v} {k}" for k, v in sorted(scheme.items(), key=lambda kv: kv[1]))
+        raise InputError(
+            f"{meta['path']}: this model segments other labels ({shown}; profile {meta['profile'].name!r}) than "
+            f"the study's (0 background, 1 normal, 2 ef, 3 ggo), so its output would be mislabelled (e.g. "
+            "consolidation reported as fibrosis). It is not an SSc-ILD model; pass the run folder of the study's "
+            "training (results/<cohort>/<profile>) to --models.")
+    if kind not in (None, "ct-volume-hu"):
+        raise InputError(f"{meta['path']}: this model was trained on {kind}, not on CT volumes in HU; "
+                         "pass the run folder of the study's training to --models.")
+
+
+def _checkpoint_meta(path: Path) -> dict | None:
+    """Label scheme, profile name and input kind of a checkpoint (None when unreadable)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return {"label_scheme": checkpoint_label_scheme(state), "input_kind": state.get("input_kind"),
+                "profile": str(state.get("profile", {}).get("name"))}
+    except Exception:
+        return None
+
+
+def choose_default_models(root: str | Path | None = None, *, profile: str = DEFAULT_PROFILE) -> tuple[Path, str]:
+    """The run ``sscild segment`` uses without ``--models``, and why.
+
+    Rule: among the run folders ``<root>/<cohort>/<name>/`` holding ``fold_*/model_final.pt``, only those
+    whose models segment the study's labels from CT volumes count (the external check's COVID slice
+    models under ``results/external`` never do); of these, runs of the default profile (``cpu``) come
+    first, then the run with the most fold models, then the most recently trained.
+
+    Args:
+        root: results folder (default ``SSCILD_RESULTS`` or ``<repo>/results``).
+        profile: the preferred profile.
+
+    Returns:
+        ``(run folder, one-sentence reason)``.
+
+    Raises:
+        InputError: no run with the study's models.
+    """
+    import os
+
+    root = Path(root or os.environ.get("SSCILD_RESULTS", repo_root() / "results"))
+    runs: dict[Path, list[Path]] = {}
+    for p in root.glob("*/*/fold_*/model_final.pt"):
+        runs.setdefault(p.parent.parent, []).append(p)
+    usable, skipped = [], []
+    for run, files in sorted(runs.items()):
+        meta = _checkpoint_meta(sorted(files)[0])
+        if meta is None:
+            skipped.append(f"{run} (unreadable model)")
+        elif meta["label_scheme"] != dict(LABELS) or meta["input_kind"] not in (None, "ct-volume-hu"):
+            labels = "/".join(k for k in meta["label_scheme"] if k != "background")
+            skipped.append(f"{run} (segments {labels}, not the study's labels)")
+        else:
+            usable.append((run, files, meta["profile"]))
+    if not usable:
+        extra = f" Found only: {'; '.join(skipped)}." if skipped else ""
+        raise InputError(f"no trained SSc-ILD models found under {root}: run `make all` (or `make train`) first, "
+                         f"or pass --models <results/<cohort>/<profile>>.{extra}")
+
+    def key(item):
+        run, files, prof = item
+        return (prof == profile, len(files), max(f.stat().st_mtime for f in files))
+
+    run, files, prof = max(usable, key=key)
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(max(f.stat().st_mtime for f in files)))
+    why = (f"the study's models of the default profile {profile!r}" if prof == profile else
+           f"no run of the default profile {profile!r} was found; the run of profile {prof!r} with the most folds")
+    others = [str(r) for r, _, _ in usable if r != run] + skipped
+    reason = (f"models: {run} ({len(files)} fold model(s), trained {when}): {why}"
+              + (f"; also found: {'; '.join(others)}" if others else "") + ". Pass --models to choose another run.")
+    return run, reason
 
 
 def find_models(models: str | Path | None = None) -> list[Path]:
@@ -170,8 +309,7 @@ def find_models(models: str | Path | None = None) -> list[Path]:
 
     Args:
         models: a run folder (``results/<cohort>/<profile>``, holding ``fold_*/model_final.pt``), one
-            ``model_final.pt``, or ``None`` for the most recently trained run under ``<repo>/results``
-            (``SSCILD_RESULTS`` overrides the folder).
+            ``model_final.pt``, or ``None`` for :func:`choose_default_models`.
 
     Raises:
         InputError: the folder does not exist or holds no trained fold.
@@ -180,15 +318,8 @@ def find_models(models: str | Path | None = None) -> list[Path]:
         >>> [p.parent.name for p in find_models("results/synthetic-cpu/cpu")]   # doctest: +SKIP
         ['fold_0', 'fold_1', ...]
     """
-    import os
-
     if models is None:
-        root = Path(os.environ.get("SSCILD_RESULTS", repo_root() / "results"))
-        found = sorted(root.glob("*/*/fold_*/model_final.pt"), key=lambda p: p.stat().st_mtime)
-        if not found:
-            raise InputError(f"no trained models found under {root}: run `make all` (or `make train`) first, "
-                             "or pass --models <results/<cohort>/<profile>>.")
-        models = found[-1].parent.parent
+        models, _ = choose_default_models()
     models = Path(models)
     if not models.exists():
         raise InputError(f"{models}: models folder not found. Pass the run folder of a finished training "
@@ -202,31 +333,50 @@ def find_models(models: str | Path | None = None) -> list[Path]:
     return paths
 
 
-def load_ensemble(models=None, device=None) -> tuple[list[torch.nn.Module], Profile, list[Path]]:
-    """Load every fold model of a run (see :func:`find_models`); they must share preprocessing.
+@dataclass
+class Ensemble:
+    """The fold models ``sscild segment`` averages, and where they came from."""
+
+    nets: list
+    profile: Profile
+    paths: list[Path]
+    choice: str
+
+
+def load_ensemble(models=None, device=None) -> Ensemble:
+    """Load every fold model of a run; each must segment the study's labels, all must share preprocessing.
 
     Args:
-        models: what :func:`find_models` accepts, or a list of model files.
+        models: a run folder, one model file, a list of model files, or ``None`` (the run
+            :func:`choose_default_models` picks, and the reason is kept in ``choice``).
         device: torch device.
 
     Returns:
-        ``(networks, profile, paths)``.
+        :class:`Ensemble`.
 
     Raises:
-        InputError: no models, an unusable model, or models trained with different preprocessing.
+        InputError: no models, an unusable model, a model of other labels (:func:`check_study_model`),
+            or models trained with different preprocessing.
     """
-    paths = [Path(p) for p in models] if isinstance(models, (list, tuple)) else find_models(models)
+    if models is None:
+        run, choice = choose_default_models()
+        paths = find_models(run)
+    elif isinstance(models, (list, tuple)):
+        paths, choice = [Path(p) for p in models], "models: given as a list of files"
+    else:
+        paths, choice = find_models(models), f"models: {models} (given with --models)"
     nets, settings = [], set()
     profile = None
     for pth in paths:
         net, meta = load_fold_model(pth, device)
+        check_study_model(meta)
         nets.append(net)
         profile = meta["profile"]
         settings.add((profile.name, profile.target_spacing, profile.hu_clip))
     if len(settings) > 1:
         raise InputError(f"the models in {paths[0].parent.parent} were trained with different preprocessing "
                          f"settings ({sorted(map(str, settings))}); use the folds of one run only.")
-    return nets, profile, paths
+    return Ensemble(nets=nets, profile=profile, paths=paths, choice=choice)
 
 
 # --------------------------------------------------------------------------------------------
@@ -484,9 +634,57 @@ def _stem(scan: Path) -> str:
     return name or "scan"
 
 
-def segment_scan(scan: str | Path, out: str | Path, *, models=None, tta: bool | None = None, postprocess: bool = True,
-                 device=None, cpu_bf16: bool | None = None, progress: bool = True, montage: bool = True) -> dict:
-    """Segment a new chest CT with the fold ensemble; write label map, report (JSON, CSV) and montage.
+def acquisition_info(scan: str | Path, vol: Volume) -> dict:
+    """What a follow-up comparison needs to know about how a scan was acquired.
+
+    For a DICOM series: PatientID, slice thickness, reconstruction kernel, study date, manufacturer
+    and SeriesInstanceUID from the header of its first slice; for other formats only the slice
+    spacing is known (``None`` for the rest).
+
+    Returns:
+        dict with ``format``, ``patient_id``, ``slice_thickness_mm`` (with ``slice_thickness_from``),
+        ``kernel``, ``study_date``, ``manufacturer``, ``series_uid``, ``series_files`` (DICOM only).
+    """
+    scan = Path(scan)
+    info = {"format": "dicom" if scan.is_dir() or scan.suffix.lower() in (".dcm", ".dicom", ".ima") else "volume",
+            "patient_id": None, "slice_thickness_mm": round(float(vol.spacing[2]), 4),
+            "slice_thickness_from": "voxel spacing", "kernel": None, "study_date": None, "manufacturer": None,
+            "series_uid": None, "series_files": None}
+    if info["format"] != "dicom":
+        return info
+    import pydicom
+
+    from .io import _pick_series
+
+    if scan.is_dir():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # load_volume already said which series it read
+            files = list(_pick_series(scan).files)
+    else:
+        files = [str(scan)]
+    try:
+        ds = pydicom.dcmread(files[0], stop_before_pixels=True)
+    except Exception:  # already read once by load_volume; a header we cannot parse adds nothing
+        return info
+
+    def get(tag):
+        v = ds.get(tag)
+        if v is None or v == "":
+            return None
+        return "\\".join(map(str, v)) if isinstance(v, pydicom.multival.MultiValue) else str(v)
+
+    thick = get("SliceThickness")
+    if thick:
+        info["slice_thickness_mm"], info["slice_thickness_from"] = round(float(thick), 4), "DICOM SliceThickness"
+    info.update(patient_id=get("PatientID"), kernel=get("ConvolutionKernel"), study_date=get("StudyDate"),
+                manufacturer=get("Manufacturer"), series_uid=get("SeriesInstanceUID"), series_files=files)
+    return info
+
+
+def segment_scan(scan: str | Path, out: str | Path, *, models=None, ensemble: Ensemble | None = None,
+                 tta: bool | None = None, postprocess: bool = True, device=None, cpu_bf16: bool | None = None,
+                 progress: bool = True, montage: bool = True, extras: bool = True) -> dict:
+    """Segment a new chest CT with the fold ensemble; write label map, viewer files, zones and reports.
 
     Outputs in ``out`` (``<stem>`` is the scan's file name without its extension):
 
@@ -494,12 +692,18 @@ def segment_scan(scan: str | Path, out: str | Path, *, models=None, tta: bool | 
       shape and affine;
     * ``<stem>_report.json`` and ``<stem>_report.csv``: volumes (mL), percent of lung per class, the
       extent stage (Goh et al. 2008: limited <= 20 % of lung, extensive > 20 %), the models used;
-    * ``<stem>_overlay.png``: axial and coronal slices with the labels, radiological orientation.
+    * ``<stem>_overlay.png``: axial and coronal slices with the labels, radiological orientation;
+    * with ``extras`` (the default): ``<stem>_zones.csv`` (EF / GGO extent per lung zone,
+      :mod:`sscild.zones`), ``<stem>_report.html`` (one self-contained page, :mod:`sscild.scanreport`),
+      ``<stem>_labels.seg.nrrd`` (3D Slicer) and ``<stem>_labels.itksnap.txt`` (ITK-SNAP label
+      names and colours), and for a DICOM series ``<stem>_seg.dcm``, a DICOM Segmentation
+      referencing it (:mod:`sscild.viewer`).
 
     Args:
         scan: a NIfTI / NRRD / MHA file or a folder holding one DICOM series.
         out: output folder (created); must not be the DICOM folder being read.
-        models: run folder with ``fold_*/model_final.pt`` (default: the last trained run).
+        models: run folder with ``fold_*/model_final.pt`` (default: :func:`choose_default_models`).
+        ensemble: an already loaded :class:`Ensemble` (a batch loads it once); overrides ``models``.
         tta: left-right flip test-time augmentation; ``None``: as the models' profile says
             (``tta_flips``; on for ``cpu`` and ``paper``).
         postprocess: :func:`keep_largest_lung_components`.
@@ -508,12 +712,14 @@ def segment_scan(scan: str | Path, out: str | Path, *, models=None, tta: bool | 
             CPU supports it natively. The choice is recorded in the report (``"precision"``).
         progress: tqdm bar over slices.
         montage: write the overlay PNG.
+        extras: write zones, viewer files and the HTML report.
 
     Returns:
         The report dict (``report["summary"]`` holds volumes, % of lung and extent stage).
 
     Raises:
-        InputError: missing or unreadable scan, a 2D image, not CT in HU, missing or unusable models.
+        InputError: missing or unreadable scan, a 2D image, not CT in HU, missing or unusable models,
+            models of other labels than the study's.
 
     Example:
         >>> segment_scan("chest.nrrd", "out/")["summary"]["percent_of_lung"]["lesion"]   # doctest: +SKIP
@@ -529,10 +735,12 @@ def segment_scan(scan: str | Path, out: str | Path, *, models=None, tta: bool | 
     if scan.is_dir() and (out.resolve() == scan.resolve() or scan.resolve() in out.resolve().parents):
         raise InputError(f"--out {out} lies inside the DICOM folder being read ({scan}); inputs are never written "
                          "to. Choose another output folder.")
-    paths = find_models(models)
+    if ensemble is None and models is not None:
+        find_models(models)  # a wrong --models is reported before the scan is read
     vol = load_volume(scan)
     check_ct(vol, scan)
-    nets, profile, paths = load_ensemble(paths, device)
+    ens = ensemble if ensemble is not None else load_ensemble(models, device)
+    nets, profile, paths = ens.nets, ens.profile, ens.paths
     threads = set_threads()
     tta = bool(profile.tta_flips) if tta is None else bool(tta)
     t_load = time.perf_counter()
@@ -553,7 +761,15 @@ def segment_scan(scan: str | Path, out: str | Path, *, models=None, tta: bool | 
     stem = _stem(scan)
     out.mkdir(parents=True, exist_ok=True)
     outputs = {"labels": out / f"{stem}_labels.nii.gz", "report": out / f"{stem}_report.json",
-               "table": out / f"{stem}_report.csv", "overlay": out / f"{stem}_overlay.png"}
+               "table": out / f"{stem}_report.csv"}
+    if montage:
+        outputs["overlay"] = out / f"{stem}_overlay.png"
+    acq = acquisition_info(scan, vol)
+    if extras:
+        outputs.update(zones=out / f"{stem}_zones.csv", html=out / f"{stem}_report.html",
+                       slicer=out / f"{stem}_labels.seg.nrrd", itksnap=out / f"{stem}_labels.itksnap.txt")
+        if acq["format"] == "dicom" and scan.is_dir():
+            outputs["dicom_seg"] = out / f"{stem}_seg.dcm"
     if any(p.resolve() == scan.resolve() for p in outputs.values()):
         raise InputError(f"{scan}: an output would overwrite the scan itself; choose another --out folder.")
     save_volume(outputs["labels"], label, vol.affine, dtype=np.uint8)
@@ -574,13 +790,15 @@ def segment_scan(scan: str | Path, out: str | Path, *, models=None, tta: bool | 
     }
     report = {
         "summary": summary,
-        "outputs": {k: str(p) for k, p in outputs.items() if k != "overlay" or montage},
+        "outputs": {k: str(p) for k, p in outputs.items()},
         "labels": {"0": "background", "1": "normal lung", "2": "established fibrosis (EF)",
                    "3": "ground-glass opacity (GGO)"},
         "input_shape": list(vol.shape),
         "input_spacing_mm": list(spacing),
+        "acquisition": {k: v for k, v in acq.items() if k != "series_files"},
         "network_grid": {"shape": pre_shape, "spacing_mm": pre_spacing},
         "models": [str(p_) for p_ in paths],
+        "models_choice": ens.choice,
         "profile": profile.name,
         "ensemble": f"mean softmax of {len(nets)} fold model(s)" + (" and their left-right flips" if tta else ""),
         "postprocess": POSTPROCESS_RULE if postprocess else "none",
@@ -599,6 +817,26 @@ def segment_scan(scan: str | Path, out: str | Path, *, models=None, tta: bool | 
             for k, v in vols.items():
                 w.writerow([k, f"{v:.1f}", "" if k == "lung" else f"{pct[k]:.2f}"])
             w.writerow(["extent_stage", stage, ""])
+    t_zone = time.perf_counter()
+    zones = None
+    if extras:
+        from .viewer import write_dicom_seg, write_itksnap_labels, write_slicer_seg
+        from .zones import ZONE_RULES, zone_extent
+
+        zones = zone_extent(label, vol.affine)
+        with atomic_path(outputs["zones"], suffix=".csv") as tmp:
+            zones.round(3).to_csv(tmp)
+        report["zones"] = {"rules": ZONE_RULES, "sides_by": zones.attrs.get("sides_by"),
+                           "table": {z: {k: (None if not np.isfinite(v) else round(float(v), 3)) for k, v in row.items()}
+                                     for z, row in zones.iterrows()}}
+        report["seconds"]["zones"] = round(time.perf_counter() - t_zone, 2)
+        t_view = time.perf_counter()
+        write_slicer_seg(outputs["slicer"], label, vol.affine)
+        write_itksnap_labels(outputs["itksnap"])
+        if "dicom_seg" in outputs:
+            write_dicom_seg(outputs["dicom_seg"], label, vol.affine, acq["series_files"])
+        report["seconds"]["viewer_files"] = round(time.perf_counter() - t_view, 2)
+    png = None
     if montage:
         from .plots.segmentation import scan_montage
 
@@ -608,9 +846,15 @@ def segment_scan(scan: str | Path, out: str | Path, *, models=None, tta: bool | 
                                title=f"{scan.name}: lesion {lesion_pct:.1f} % of lung ({stage})")
             with atomic_path(outputs["overlay"], suffix=".png") as tmp:
                 fig.savefig(tmp, format="png")
+            png = outputs["overlay"].read_bytes()
         import matplotlib.pyplot as plt
 
         plt.close(fig)
+    if extras:
+        from .scanreport import scan_report_html
+
+        with atomic_path(outputs["html"], suffix=".html") as tmp:
+            Path(tmp).write_text(scan_report_html(report, zones=zones, overlay_png=png), encoding="utf-8")
     report["seconds"]["write_outputs"] = round(time.perf_counter() - t_post, 2)
     report["seconds"]["total"] = round(time.perf_counter() - t0, 2)
     write_json(outputs["report"], report)

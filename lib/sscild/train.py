@@ -595,7 +595,10 @@ def train_model(cases: dict, profile: str | Profile, out: Path, *, key: int = 0,
     with atomic_path(out / "epochs.csv", suffix=".csv") as tmp:
         pd.DataFrame(epochs).to_csv(tmp, index=False)
     final = {"model": net.state_dict(), "profile": p.to_dict(), "fold": int(key), "num_classes": num_classes,
-             "class_names": list(class_names), "train_cases": sorted(cases)}
+             "class_names": list(class_names), "train_cases": sorted(cases),
+             # what the model segments, so `sscild segment` can refuse a model of another task
+             "label_scheme": {"background": 0, **{str(c): i + 1 for i, c in enumerate(class_names)}},
+             "input_kind": "2d-image-slices" if (p.extra or {}).get("grid_size") else "ct-volume-hu"}
     with atomic_path(out / "model_final.pt", suffix=".pt") as tmp:
         torch.save(final, tmp)
     ckpt.unlink(missing_ok=True)

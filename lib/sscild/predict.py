@@ -55,7 +55,7 @@ from scipy import ndimage as ndi
 from . import LABELS
 from .errors import InputError
 from .io import Volume, load_volume, save_volume
-from .model import NUM_CLASSES, build_network
+from .model import NUM_CLASSES, build_network, native_cpu_bf16
 from .paths import RunPaths, atomic_path, read_json, repo_root, write_json
 from .preprocess import Preprocessed, load_cached, preprocess_volume, restore_label
 from .progress import Heartbeat
@@ -382,14 +382,6 @@ def load_ensemble(models=None, device=None) -> Ensemble:
 # --------------------------------------------------------------------------------------------
 # inference
 # --------------------------------------------------------------------------------------------
-
-
-def native_cpu_bf16() -> bool:
-    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), so bf16 inference is faster."""
-    try:
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    except Exception:  # older or other builds of torch
-        return False
 
 
 def predict_preprocessed(nets, pre: Preprocessed, *, tta: bool = True, batch_slices: int = 16, device=None,

@@ -107,7 +107,8 @@ def real_lung_check(scans, models, *, tta: bool = True, device=None) -> tuple[pd
     scans = [Path(s) for s in scans]
     if not scans:
         raise ValueError("real_lung_check: no CT volumes given")
-    nets, profile, _ = load_ensemble(models, device)
+    ens = load_ensemble(models, device)
+    nets, profile = ens.nets, ens.profile
     rows, views = [], {}
     beat = Heartbeat("real-CT lung check", total=len(scans), unit="scan", every=1.0)
     for k, scan in enumerate(scans, 1):

@@ -115,7 +115,7 @@ for k in done:
     rows.append({"fold": k, "training patients": len(s["train_cases"]), "held-out patients": len(s["test_cases"]),
                  "steps": s["steps"], "seconds": s["seconds"], "steps/s": s["steps_per_s"],
                  "final loss": s["final_loss"], "device": s["device"],
-                 "mixed precision": "on" if s["amp"] else "off"})
+                 "numerics": (s.get("numerics") or {}).get("dtype", "float16" if s["amp"] else "float32")})
 table = pd.DataFrame(rows).set_index("fold")
 show(table, caption="Per-fold training cost")
 if rows:

@@ -156,6 +156,34 @@ def test_changed_settings_are_not_mistaken_for_a_finished_or_resumable_fold(prep
         train_mod.train_fold(run, get_profile("smoke").with_overrides(batch_size=2), 1, iterations=20, progress=False)
 
 
+def test_bfloat16_training_is_repeatable(tmp_path):
+    """Where the CPU computes bfloat16 natively (the cpu profile's setting), two runs give equal weights."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from sscild.io import Volume
+    from sscild.model import native_cpu_bf16
+    from sscild.phantom import generate_case
+    from sscild.preprocess import preprocess_volume
+    from sscild.profiles import get_profile
+
+    if not native_cpu_bf16():
+        pytest.skip("this CPU does not compute bfloat16 natively; training stays float32 here")
+    p = get_profile("smoke").with_overrides(cpu_bf16=True)
+    cases = {}
+    for i in range(2):
+        c = generate_case(i, profile="smoke")
+        pre = preprocess_volume(Volume(c.image, c.affine), c.label, profile=p)
+        cases[f"c{i}"] = SimpleNamespace(image=pre.image, label=pre.label)
+    weights = []
+    for run in ("a", "b"):
+        res = train_mod.train_model(cases, p, tmp_path / run, iterations=12, progress=False)
+        assert res["numerics"]["dtype"] == "bfloat16"
+        weights.append(torch.load(tmp_path / run / "model_final.pt", weights_only=True)["model"])
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
 def test_intensity_augmentation_setting():
     from sscild.augment import augment_for_profile
     from sscild.profiles import get_profile

@@ -125,6 +125,10 @@ PROFILES: dict[str, Profile] = {
         checkpoint_every=100,
         log_every=10,
         tta_flips=True,
+        # 1.75x faster steps where the CPU computes bfloat16 natively (scripts/bench_train.py
+        # --variants); held-out Dice of folds 0-1 unchanged (paired, 10 patients: lesion +0.001,
+        # EF 0.000, GGO -0.006, SD of the differences 0.013-0.019). float32 on other CPUs.
+        cpu_bf16=True,
     ),
     "paper": Profile(
         name="paper",

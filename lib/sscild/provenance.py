@@ -73,12 +73,13 @@ def environment_table() -> pd.DataFrame:
 
 
 def _fold_amp(run: RunPaths) -> str | None:
-    """Mixed precision as the folds' ``train_summary.json`` record it: ``"off (cpu)"``, ``"on (cuda)"``
-    or a mix; ``None`` when no fold is trained."""
+    """The network's number type as the folds' ``train_summary.json`` record it: ``"float32 (cpu ...)"``,
+    ``"bfloat16 (cpu ...)"``, ``"float16 (cuda ...)"`` or a mix; ``None`` when no fold is trained."""
     seen = set()
     for path in sorted(Path(run.root).glob("fold_*/train_summary.json")):
         s = read_json(path)
-        seen.add(f"{'on' if s.get('amp') else 'off'} ({s.get('device', '?')})")
+        dtype = (s.get("numerics") or {}).get("dtype", "float16" if s.get("amp") else "float32")
+        seen.add(f"{dtype} ({s.get('device', '?')})")
     return ", ".join(sorted(seen)) or None
 
 
@@ -89,7 +90,7 @@ def run_settings(run: RunPaths, profile: Profile) -> pd.DataFrame:
     for k, v in profile.to_dict().items():
         if k == "amp":
             # one answer for the page: the setting means "on CUDA", and what the folds did is recorded
-            v = (f"{'on CUDA only' if v else 'off'}; this run's folds: {used}" if used
+            v = (f"{'on CUDA only' if v else 'off'}; this run's folds computed in {used}" if used
                  else ("on CUDA only" if v else "off"))
         if k not in ("name", "seed", "extra"):
             rows.append((k, str(v)))

@@ -30,7 +30,9 @@ def recipe_table(profile: str | Profile) -> pd.DataFrame:
         ("optimiser", f"AdamW, lr {p.learning_rate:g}, weight decay {p.weight_decay:g}, warm-up then poly(0.9) decay"),
         ("budget", f"{p.iterations} iterations x batch {p.batch_size}"),
         ("checkpoints", f"every {p.checkpoint_every} iterations (resumable)"),
-        ("mixed precision", "on CUDA" if p.amp else "off"),
+        ("mixed precision", ("float16 on CUDA" if p.amp else "off on CUDA") + "; "
+                            + ("bfloat16 on CPUs that compute it natively, float32 on others" if p.cpu_bf16
+                               else "float32 on CPU")),
         ("test-time augmentation", "left-right flip" if p.tta_flips else "none"),
         ("folds / seed", f"{p.num_folds} / {p.seed} (fold k uses seed*1000 + k)"),
     ]

@@ -333,4 +333,7 @@ show(zn.zone_agreement(zone_df), caption=f"EF and GGO per zone, % of the zone's 
      "reference and out-of-fold prediction (mean), bias = predicted − reference (percentage points), ICC(2,1)")
 
 # %%
-png = plots.save(cohort_zone_figure(zone_df), "seg_zones", run.figures)
+png = figure(cohort_zone_figure(zone_df), "seg_zones", run.figures, caption=(
+    "EF and GGO extent per zone, % of the zone's lung, one point per patient: reference hollow, out-of-fold "
+    "prediction filled, medians as bars. Look for the basal and peripheral predominance in both, and for "
+    "zones where the filled points sit systematically above or below the hollow ones (a zonal bias)."))

@@ -262,7 +262,11 @@ display(Markdown(f"Written: `{csv_path.name}` ({len(full)} rows: both grids, par
 from sscild import zones as zn
 from sscild.cohort import load_cohort
 
-zone_df = zn.cohort_zone_extent(run, load_cohort(data_dir))
-show(zn.zone_correlations(zone_df, clinical, n_resamples=clin.N_RESAMPLES, seed=prof.seed),
-     caption="Zonal extent (% of the zone's lung, predicted out of fold) against FVC and DLCO (% predicted): "
-     f"Spearman ρ{' (synthetic cohort)' if info['synthetic'] else ''}")
+if (data_dir / "labelsTr").is_dir() and run.predictions.is_dir():
+    zone_df = zn.cohort_zone_extent(run, load_cohort(data_dir))
+    show(zn.zone_correlations(zone_df, clinical, n_resamples=clin.N_RESAMPLES, seed=prof.seed),
+         caption="Zonal extent (% of the zone's lung, predicted out of fold) against FVC and DLCO (% predicted): "
+         f"Spearman ρ{' (synthetic cohort)' if info['synthetic'] else ''}")
+else:
+    display(Markdown("The zonal analysis needs the cohort's label maps and the out-of-fold predictions "
+                     "(Segmentation chapter); this run has none, so it is not shown."))

@@ -270,10 +270,11 @@ def test_chapter_runs_clean_on_hand_made_predictions(scored, tmp_path):
     # each figure once: glued (not displayed in its cell) and placed once by a numbered glue:figure with a caption
     assert sum("image/png" in o.get("data", {}) for o in outputs) == 0
     glued = [k for o in outputs for k in o.get("data", {}) if k.endswith("image/png")]
-    assert len(glued) == 6  # Dice, NSD, cases, BA, EF/GGO attenuation, baseline
+    assert len(glued) == 7  # Dice, NSD, cases, BA, EF/GGO attenuation, baseline, zones
     placed = [o["data"]["text/markdown"] for o in outputs if "{glue:figure}" in o.get("data", {}).get("text/markdown", "")]
     names = sorted(t.split("{glue:figure}")[1].split()[0] for t in placed)
-    assert names == sorted(["seg_dice", "seg_nsd", "seg_cases", "seg_bland_altman", "seg_ef_ggo_hu", "seg_baseline"])
+    assert names == sorted(["seg_dice", "seg_nsd", "seg_cases", "seg_bland_altman", "seg_ef_ggo_hu", "seg_baseline",
+                            "seg_zones"])
     assert all(":name: fig-" in t and len(t.split("\n\n", 1)[1]) > 40 for t in placed)   # label and caption
     summary = json.loads(run.segmentation_summary.read_text())
     assert summary["n_cases"] == 4 and summary["metrics"]["dice_lesion"]["mean"] is not None

@@ -45,7 +45,7 @@ COHORT := $(notdir $(abspath $(DATA)))
 RES    := $(RESULTS)/$(COHORT)/$(PROFILE)
 NB     := $(RES)/notebooks
 export SSCILD_RESULTS := $(abspath $(RESULTS))
-RUN    := $(PY) -m sscild.runner --run-dir $(RES) -p profile $(PROFILE) -p data_dir $(abspath $(DATA))
+RUN    := $(PY) -m sscild.book.runner --run-dir $(RES) -p profile $(PROFILE) -p data_dir $(abspath $(DATA))
 
 FOLD_NBS  := $(foreach k,$(ALL_FOLDS),$(RES)/fold_$(k)/training.ipynb)
 TRAIN_NBS := $(foreach k,$(FOLDS),$(RES)/fold_$(k)/training.ipynb)
@@ -152,7 +152,7 @@ $(shell mkdir -p $(BOOK_OUT); [ "$$(cat $(BOOK_MARK) 2>/dev/null)" = "$(abspath 
 book: $(BOOK_HTML)
 
 $(BOOK_HTML): $(CHAPTER_NBS) $(BOOK_SRC) $(BOOK_MARK) $(wildcard $(EXT_STAMP)) $(EXT_STALE) | $(STAMP)
-	$(PY) -m sscild.bookbuild --src book --out $(BOOK_OUT) --notebooks $(NB) $(if $(EXT_DONE),--external $(EXT_NB)) \
+	$(PY) -m sscild.book.build --src book --out $(BOOK_OUT) --notebooks $(NB) $(if $(EXT_DONE),--external $(EXT_NB)) \
 	  $(if $(strip $(EXT_STALE)),--external-stale "$(strip $(EXT_STALE))")
 	@touch $@  # an incremental Sphinx build leaves index.html (a redirect) as it was
 	@echo "book: $(abspath $@)"

@@ -18,7 +18,7 @@ EXT_NB   := $(EXT_RES)/A1_external.ipynb
 EXT_MARK := $(EXT_RES)/.params
 EXT_STAMP := $(EXT_RES)/.executed
 EXT_PARAMS := profile=$(EXTERNAL_PROFILE) train=$(abspath $(EXTERNAL_TRAIN)) test=$(if $(EXTERNAL_TEST),$(abspath $(EXTERNAL_TEST))) unlabelled=$(if $(EXTERNAL_UNLABELLED),$(abspath $(EXTERNAL_UNLABELLED)))
-EXT_LIB  := lib/sscild/external.py lib/sscild/plots/external.py lib/sscild/train.py lib/sscild/augment.py lib/sscild/model.py lib/sscild/metrics.py benchmarks/external_semi_screen.csv
+EXT_LIB  := lib/sscild/external/benchmark.py lib/sscild/book/plots/external.py lib/sscild/model/train.py lib/sscild/model/augment.py lib/sscild/model/network.py lib/sscild/evaluation/metrics.py benchmarks/external_semi_screen.csv
 
 .PHONY: external
 # The book follows the run: once the appendix is executed, a book that is already built is rebuilt
@@ -35,7 +35,7 @@ $(EXT_MARK): _external_params
 _external_params: ;
 
 $(EXT_NB): notebooks/A1_external.py $(EXT_LIB) $(EXT_MARK) | $(STAMP)
-	SSCILD_THREADS=$(or $(THREADS),2) $(PY) -m sscild.runner --run-dir $(EXT_RES) --step external $< $@ \
+	SSCILD_THREADS=$(or $(THREADS),2) $(PY) -m sscild.book.runner --run-dir $(EXT_RES) --step external $< $@ \
 	  -p profile $(EXTERNAL_PROFILE) -p train_dir $(abspath $(EXTERNAL_TRAIN)) -p out_dir $(abspath $(EXT_RES)) \
 	  -p unlabelled_dir $(if $(EXTERNAL_UNLABELLED),$(abspath $(EXTERNAL_UNLABELLED)),none) \
 	  $(if $(EXTERNAL_TEST),-p test_dir $(abspath $(EXTERNAL_TEST)))

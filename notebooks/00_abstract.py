@@ -34,8 +34,8 @@ data_dir = None
 from IPython.display import Markdown, display
 
 from sscild.paths import read_json, resolve_data_dir
-from sscild.summary import abstract_paragraph
-from sscild.report import banner, chapter_context
+from sscild.book.summary import abstract_paragraph
+from sscild.book.report import banner, chapter_context
 
 data_dir = resolve_data_dir(data_dir, profile)
 run, prof, info = chapter_context(data_dir, profile)

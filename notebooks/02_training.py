@@ -28,13 +28,13 @@ fold = None
 import pandas as pd
 from IPython.display import Markdown, display
 
-from sscild import plots
+from sscild.book import plots
 from sscild.paths import read_json, resolve_data_dir
-from sscild.plots.training import learning_curves
-from sscild.report import banner, chapter_context, figure, glue, show
-from sscild.train import fold_is_done, train_fold
-from sscild.folds import read_splits
-from sscild.recipe import recipe_table
+from sscild.book.plots.training import learning_curves
+from sscild.book.report import banner, chapter_context, figure, glue, show
+from sscild.model.train import fold_is_done, train_fold
+from sscild.data.folds import read_splits
+from sscild.model.recipe import recipe_table
 
 data_dir = resolve_data_dir(data_dir, profile)
 run, prof, info = chapter_context(data_dir, profile)
@@ -97,7 +97,7 @@ if done:
 # curve was still rising when the budget ended.
 
 # %%
-from sscild.summary import plateau_words, training_plateau
+from sscild.book.summary import plateau_words, training_plateau
 
 for col, what in (("train_dice_ef", "EF training Dice"), ("train_dice_ggo", "GGO training Dice")):
     pt = training_plateau(run, done, column=col)
@@ -136,7 +136,7 @@ if rows:
 # speed, not the batches (a test trains with and without them and compares the weights).
 
 # %%
-from sscild.provenance import gpu_check_table
+from sscild.book.provenance import gpu_check_table
 
 gpu = gpu_check_table()
 if gpu is None:
@@ -148,7 +148,7 @@ else:
 # ## What a training step costs
 #
 # `scripts/bench_train.py` times one training step of a profile in one process: the real step
-# (`sscild.train.train_model` itself: patch sampling from the cache, augmentation as batched tensor
+# (`sscild.model.train.train_model` itself: patch sampling from the cache, augmentation as batched tensor
 # operations on the training device, transfer, forward and backward pass, optimiser) against the
 # **pure network step**, the same network, loss and optimiser on ready-made tensors of the same shape.
 # Their ratio, the **overhead ratio** (1.0: preparing the data costs nothing), is measured side by side
@@ -157,7 +157,7 @@ else:
 # `paper` profile are recorded only when a GPU was available to the project.
 
 # %%
-from sscild.provenance import read_record
+from sscild.book.provenance import read_record
 
 rec = read_record("train_cpu_cpu.json")
 if rec is None:

@@ -43,13 +43,13 @@ data_dir = None
 # %%
 from IPython.display import Markdown, display
 
-from sscild import evaluate as ev
-from sscild import plots
-from sscild.cohort import load_cohort
+from sscild.analysis import segmentation as ev
+from sscild.book import plots
+from sscild.data.cohort import load_cohort
 from sscild.paths import resolve_data_dir, write_json
-from sscild.plots import segmentation as segplots
-from sscild.predict import POSTPROCESS_RULE, predict_oof
-from sscild.report import banner, chapter_context, figure, rel, glue, show
+from sscild.book.plots import segmentation as segplots
+from sscild.model.predict import POSTPROCESS_RULE, predict_oof
+from sscild.book.report import banner, chapter_context, figure, rel, glue, show
 
 data_dir = resolve_data_dir(data_dir, profile)
 run, prof, info = chapter_context(data_dir, profile)
@@ -161,7 +161,7 @@ show(ev.per_fold_table(df), caption="Mean per fold (held-out patients of that fo
 # with more steps.
 
 # %%
-from sscild.summary import plateau_words, training_plateau
+from sscild.book.summary import plateau_words, training_plateau
 
 folds_done = sorted({int(k) for k in df["fold"]})
 display(Markdown(plateau_words(training_plateau(run, folds_done), what="EF training Dice")))
@@ -298,7 +298,7 @@ png = figure(segplots.baseline_comparison(df), "seg_baseline", run.figures, capt
 # `scripts/bench_segment.py` on a thin-slice-sized volume with this profile's eight models:
 
 # %%
-from sscild.provenance import segment_benchmark_table
+from sscild.book.provenance import segment_benchmark_table
 
 bench = segment_benchmark_table()
 if bench is None:
@@ -319,12 +319,12 @@ display(Markdown(f"Written: `{run.segmentation_metrics.name}` ({len(df)} patient
 #
 # SSc-ILD, mostly non-specific interstitial pneumonia, is read by where it lies: at the bases and
 # under the pleura. Every out-of-fold prediction and every reference label map is split into zones
-# (the rules below, from `sscild.zones`, the same code `sscild segment` reports per scan), and EF and
+# (the rules below, from `sscild.clinic.zones`, the same code `sscild segment` reports per scan), and EF and
 # GGO are given as a share of each zone's own lung, so a zone's extent does not depend on its size.
 
 # %%
-from sscild import zones as zn
-from sscild.plots.zones import cohort_zone_figure
+from sscild.clinic import zones as zn
+from sscild.book.plots.zones import cohort_zone_figure
 
 zone_df = zn.cohort_zone_extent(run, cohort)
 display(Markdown("**Zones.** " + "; ".join(zn.ZONE_RULES.values()) + "."))

@@ -45,11 +45,11 @@ data_dir = None
 # %%
 from IPython.display import Markdown, display
 
-from sscild import clinical as clin
+from sscild.analysis import clinical as clin
 from sscild.paper import EXTENT_THRESHOLD_PCT
 from sscild.paths import resolve_data_dir
-from sscild.plots.clinical import pft_scatter, rho_heatmap, staging_scatter
-from sscild.report import banner, chapter_context, figure, rel, fmt_ci, glue, show
+from sscild.book.plots.clinical import pft_scatter, rho_heatmap, staging_scatter
+from sscild.book.report import banner, chapter_context, figure, rel, fmt_ci, glue, show
 
 data_dir = resolve_data_dir(data_dir, profile)
 run, prof, info = chapter_context(data_dir, profile)
@@ -86,10 +86,10 @@ show(clin.describe(table), caption="Patients: lesion burden, lung function and c
 planted = clin.planted_model(info["synthetic"])
 if info["synthetic"]:
     display(Markdown(
-        "**These relationships were planted by the synthetic-cohort generator (`sscild.phantom`)**; "
+        "**These relationships were planted by the synthetic-cohort generator (`sscild.synthetic.phantom`)**; "
         "they follow respiratory physiology rather than the paper's numbers. The generator's model:\n\n"
         + (clin.planted_model_markdown(planted) if planted is not None
-           else "_(the generator does not publish its model in this version: see `sscild/phantom.py`)_")))
+           else "_(the generator does not publish its model in this version: see `sscild/synthetic/phantom.py`)_")))
 else:
     display(Markdown(f"Real cohort `{info['folder']}`: nothing was planted."))
 
@@ -259,8 +259,8 @@ display(Markdown(f"Written: `{csv_path.name}` ({len(full)} rows: both grids, par
 # multiplicity.
 
 # %%
-from sscild import zones as zn
-from sscild.cohort import load_cohort
+from sscild.clinic import zones as zn
+from sscild.data.cohort import load_cohort
 
 if (data_dir / "labelsTr").is_dir() and run.predictions.is_dir():
     zone_df = zn.cohort_zone_extent(run, load_cohort(data_dir))

@@ -25,9 +25,9 @@ data_dir = None
 from sscild.paths import resolve_data_dir
 from IPython.display import Markdown, display
 
-from sscild.provenance import environment_table, input_checksums, step_times, run_settings
-from sscild.report import banner, chapter_context, show
-from sscild.slurm import jobs_table
+from sscild.book.provenance import environment_table, input_checksums, step_times, run_settings
+from sscild.book.report import banner, chapter_context, show
+from sscild.cluster.slurm import jobs_table
 
 data_dir = resolve_data_dir(data_dir, profile)
 run, prof, info = chapter_context(data_dir, profile)

@@ -15,10 +15,10 @@
 #
 # The study's default cohort is synthetic, so nothing in the chapters before this one shows that the
 # training recipe works on real CT. This appendix is that check. The *same* library code -- the
-# network factory (`sscild.model.build_network`), the training loop (`sscild.train.train_model`) and
-# the MONAI-based Dice (`sscild.metrics`) -- is trained on real CT slices with expert labels, and the
+# network factory (`sscild.model.network.build_network`), the training loop (`sscild.model.train.train_model`) and
+# the MONAI-based Dice (`sscild.evaluation.metrics`) -- is trained on real CT slices with expert labels, and the
 # result is set beside published numbers. There is no separate pipeline: only the reading of a 2D
-# image folder (`sscild.external`) is new.
+# image folder (`sscild.external.benchmark`) is new.
 #
 # The data are the COVID-SemiSeg benchmark {cite}`fan2020infnet`: axial CT slices of COVID-19
 # pneumonia, exported as 8-bit images already windowed for the lung, with masks of ground-glass
@@ -42,11 +42,11 @@ from pathlib import Path
 import pandas as pd
 from IPython.display import Markdown, display
 
-from sscild import external as ext
-from sscild import plots
+from sscild.external import benchmark as ext
+from sscild.book import plots
 from sscild.paths import read_json, repo_root
-from sscild.plots.external import dice_distribution, example_slices, pick_examples
-from sscild.report import figure, glue, show
+from sscild.book.plots.external import dice_distribution, example_slices, pick_examples
+from sscild.book.report import figure, glue, show
 
 plots.style()
 t_start = time.perf_counter()
@@ -100,7 +100,7 @@ if available:
 # ## The recipe
 #
 # The network and training loop are the study's; only the settings below differ from the `cpu`
-# profile, derived in `sscild.external.EXTERNAL_PROFILES` with `Profile.with_overrides`:
+# profile, derived in `sscild.external.benchmark.EXTERNAL_PROFILES` with `Profile.with_overrides`:
 #
 # * **Intensity**: grey level v in [0, 255] becomes 2v/255 - 1, in [-1, 1]. All slices were
 #   exported in a lung window, so a grey level means about the same density in each; a per-image
@@ -136,8 +136,8 @@ if available:
 # The recipe was fixed **from cross-validation on the training slices only**; no test result was
 # looked at. Each variant was screened on fold 0 of the cross-validation below (trained on 40
 # slices, scored on the other 10), with its Dice and the CPU time of its training. The screen was
-# run once with `python -m sscild.external search TRAIN_DIR OUT --folds 0` and is stored in
-# `sscild.external.RECIPE_SEARCH`; this build does not re-run it (it costs as much as the check
+# run once with `python -m sscild.external.benchmark search TRAIN_DIR OUT --folds 0` and is stored in
+# `sscild.external.benchmark.RECIPE_SEARCH`; this build does not re-run it (it costs as much as the check
 # itself).
 
 # %%

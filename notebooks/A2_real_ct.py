@@ -18,7 +18,7 @@
 # off a real scan the study checks the most basic thing: **does the network find the lungs?**
 #
 # Real scans without labels are enough for that. Their lungs are found without any training by a
-# classical rule (`sscild.lungmask.lung_mask_by_threshold`: below -400 HU inside the body, trachea and
+# classical rule (`sscild.data.lungmask.lung_mask_by_threshold`: below -400 HU inside the body, trachea and
 # main bronchi removed, the one or two largest components, holes filled), and the network's lung field
 # (every non-background label of the ensemble, after the usual post-processing) is compared with it.
 # A lung Dice below about 0.95 means lung left out (emphysema and bullae look like outside air to a
@@ -41,12 +41,12 @@ from pathlib import Path
 
 from IPython.display import Markdown, display
 
-from sscild import plots
+from sscild.book import plots
 from sscild.paths import RunPaths, repo_root, resolve_data_dir
-from sscild.plots.realct import lung_check_overlays
-from sscild.provenance import read_record
-from sscild.realcheck import list_volumes, real_lung_check
-from sscild.report import figure, glue, show
+from sscild.book.plots.realct import lung_check_overlays
+from sscild.book.provenance import read_record
+from sscild.analysis.realcheck import list_volumes, real_lung_check
+from sscild.book.report import figure, glue, show
 
 plots.style()
 t0 = time.perf_counter()

@@ -52,12 +52,12 @@ LUNG_L = (2.0, 9.0)
 
 def cpu_models(work: Path, iterations: int) -> Path:
     """Eight cpu-profile fold models trained ``iterations`` steps on an 8-patient smoke-sized phantom."""
-    from sscild.cohort import load_cohort
-    from sscild.folds import make_splits, write_splits
+    from sscild.data.cohort import load_cohort
+    from sscild.data.folds import make_splits, write_splits
     from sscild.paths import RunPaths
-    from sscild.phantom import generate_cohort
-    from sscild.preprocess import build_cache
-    from sscild.train import train_fold
+    from sscild.synthetic.phantom import generate_cohort
+    from sscild.data.preprocess import build_cache
+    from sscild.model.train import train_fold
 
     data = generate_cohort(work / "cohort", profile="smoke", n=8, progress=False)
     run = RunPaths(results=work / "results", cohort="cohort", profile="cpu")
@@ -73,7 +73,7 @@ def hrct_volume(path: Path, nz: int = 300) -> dict:
     """Write a 512 x 512 x ``nz`` int16 HU volume to ``path``; returns its description."""
     from scipy import ndimage as ndi
 
-    from sscild.io import load_volume, save_volume
+    from sscild.data.io import load_volume, save_volume
 
     src = SHARED / "chest-ct-1.nrrd"
     if src.exists():
@@ -110,7 +110,7 @@ def dicom_series(volume: Path, folder: Path) -> int:
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-    from sscild.io import load_volume
+    from sscild.data.io import load_volume
 
     vol = load_volume(volume)
     arr = np.asarray(vol.array)
@@ -177,7 +177,7 @@ def run_segment(scan: Path, out: Path, models: Path, tta: bool) -> dict:
 def machine() -> dict:
     import torch
 
-    from sscild.provenance import cpu_name
+    from sscild.book.provenance import cpu_name
 
     return {"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
             "load_average": [round(v, 2) for v in os.getloadavg()]}

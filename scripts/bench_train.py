@@ -4,7 +4,7 @@
 
 What it measures, in one process on one machine:
 
-1. **The real training step**: :func:`sscild.train.train_model` itself (sampling from cached cases,
+1. **The real training step**: :func:`sscild.model.train.train_model` itself (sampling from cached cases,
    loader, augmentation, transfer, forward, backward, optimiser, logging, checkpoints) on a few
    synthetic patients of the profile, for ``--steps`` iterations; the rate is taken from its
    ``history.csv`` after the first log window (warm-up).
@@ -44,9 +44,9 @@ def _cases(profile, n: int):
     """``n`` synthetic patients of the profile, preprocessed as the cache holds them."""
     from types import SimpleNamespace
 
-    from sscild.io import Volume
-    from sscild.phantom import generate_case
-    from sscild.preprocess import preprocess_volume
+    from sscild.data.io import Volume
+    from sscild.synthetic.phantom import generate_case
+    from sscild.data.preprocess import preprocess_volume
 
     out = {}
     for i in range(n):
@@ -65,8 +65,8 @@ def _sync(device):
 def _net_and_opt(p, device):
     from monai.losses import DiceCELoss
 
-    from sscild.model import NUM_CLASSES, build_network
-    from sscild.train import network_numerics
+    from sscild.model.network import NUM_CLASSES, build_network
+    from sscild.model.train import network_numerics
 
     torch.manual_seed(0)
     net = build_network(p, out_channels=NUM_CLASSES).to(device)
@@ -80,7 +80,7 @@ def _net_and_opt(p, device):
 
 def pure_step(p, device, steps: int, warmup: int = 10) -> float:
     """Seconds per forward + backward + optimiser step on fixed tensors (the ceiling)."""
-    from sscild.model import NUM_CLASSES
+    from sscild.model.network import NUM_CLASSES
 
     net, loss_fn, opt, num = _net_and_opt(p, device)
     g = torch.Generator().manual_seed(0)
@@ -104,8 +104,8 @@ def pure_step(p, device, steps: int, warmup: int = 10) -> float:
 
 def phases(p, cases, device, steps: int, warmup: int = 5) -> dict:
     """Mean seconds per phase of a step, each phase timed on its own."""
-    from sscild.augment import augment_for_profile
-    from sscild.train import PatchSampler
+    from sscild.model.augment import augment_for_profile
+    from sscild.model.train import PatchSampler
 
     sampler = PatchSampler(cases, patch_size=p.patch_size[:2], lesion_oversample=p.lesion_oversample)
     aug = augment_for_profile(p)
@@ -143,10 +143,10 @@ def phases(p, cases, device, steps: int, warmup: int = 5) -> dict:
 
 
 def real_step(p, cases, device, steps: int) -> dict:
-    """Seconds per step of :func:`sscild.train.train_model` itself, after its first log window."""
+    """Seconds per step of :func:`sscild.model.train.train_model` itself, after its first log window."""
     import pandas as pd
 
-    from sscild.train import train_model
+    from sscild.model.train import train_model
 
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
         t0 = time.perf_counter()
@@ -186,8 +186,8 @@ def main(argv=None) -> int:
 
     from sscild.paths import atomic_path, unroot
     from sscild.profiles import get_profile
-    from sscild.provenance import cpu_name
-    from sscild.train import describe_device, select_device, set_threads
+    from sscild.book.provenance import cpu_name
+    from sscild.model.train import describe_device, select_device, set_threads
 
     p = get_profile(args.profile)
     device = select_device()

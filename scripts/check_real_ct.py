@@ -5,7 +5,7 @@
 
 For each real chest CT volume of ``--scans``: the fold ensemble's lung field against the classical lung
 mask (Dice, missed and extra millilitres) and the share of the lung the network calls EF or GGO
-(:mod:`sscild.realcheck`). Writes the JSON record atomically and prints it.
+(:mod:`sscild.analysis.realcheck`). Writes the JSON record atomically and prints it.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from sscild.paths import atomic_path, unroot
-    from sscild.provenance import cpu_name
-    from sscild.realcheck import list_volumes, real_lung_check
+    from sscild.book.provenance import cpu_name
+    from sscild.analysis.realcheck import list_volumes, real_lung_check
 
     scans = list_volumes(args.scans)
     if not scans:
@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     with atomic_path(args.out, suffix=".json") as tmp:
         tmp.write_text(json.dumps(record, indent=2) + "\n")
     if args.figure is not None:
-        from sscild.plots.realct import lung_check_overlays
+        from sscild.book.plots.realct import lung_check_overlays
 
         lung_check_overlays(views, table).savefig(args.figure, dpi=80)
     print(json.dumps(record, indent=2))

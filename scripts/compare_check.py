@@ -30,10 +30,10 @@ SHARED = REPO.parent / "shared" / "data" / "real-ct"
 
 
 def planted(models: Path, out: Path, *, case: int, seed: int, scale: float, tol_whole: float, tol_zone: float) -> dict:
-    from sscild.compare import compare_scans
-    from sscild.io import save_volume
-    from sscild.phantom import generate_case
-    from sscild.zones import zone_extent
+    from sscild.clinic.compare import compare_scans
+    from sscild.data.io import save_volume
+    from sscild.synthetic.phantom import generate_case
+    from sscild.clinic.zones import zone_extent
 
     out.mkdir(parents=True, exist_ok=True)
     cases = {"baseline": generate_case(case, profile="cpu", seed=seed),
@@ -65,7 +65,7 @@ def planted(models: Path, out: Path, *, case: int, seed: int, scale: float, tol_
 def no_change(models: Path, out: Path) -> list[dict]:
     import SimpleITK as sitk
 
-    from sscild.compare import compare_scans
+    from sscild.clinic.compare import compare_scans
 
     src = SHARED / "chest-ct-2.nrrd"
     if not src.exists():

@@ -45,14 +45,14 @@ def main(argv=None) -> int:
         print("gpu_check: no CUDA device is visible; this check only means something on a GPU.", file=sys.stderr)
         return 2
 
-    from sscild.cohort import load_cohort
-    from sscild.folds import make_splits, write_splits
+    from sscild.data.cohort import load_cohort
+    from sscild.data.folds import make_splits, write_splits
     from sscild.paths import RunPaths
-    from sscild.phantom import generate_cohort
-    from sscild.predict import segment_scan
-    from sscild.preprocess import build_cache
+    from sscild.synthetic.phantom import generate_cohort
+    from sscild.model.predict import segment_scan
+    from sscild.data.preprocess import build_cache
     from sscild.profiles import get_profile
-    from sscild.train import train_fold
+    from sscild.model.train import train_fold
 
     prof = get_profile(a.profile)
     work = a.work or Path(tempfile.mkdtemp(prefix="sscild-gpu-"))

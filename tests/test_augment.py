@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from sscild.augment import BatchAugment
+from sscild.model.augment import BatchAugment
 
 OFF = dict(flip_prob=(0.0, 0.0), affine_prob=0.0, shift_prob=0.0, scale_prob=0.0, noise_prob=0.0)
 

@@ -1,11 +1,11 @@
-"""HU density-mask baseline on synthetic volumes with known attenuation (sscild.baseline)."""
+"""HU density-mask baseline on synthetic volumes with known attenuation (sscild.evaluation.baseline)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from sscild.baseline import HAA_RANGE_HU, REFERENCES, density_mask
+from sscild.evaluation.baseline import HAA_RANGE_HU, REFERENCES, density_mask
 
 
 def phantom():
@@ -126,8 +126,8 @@ def _case(seed, ef_range=(-450, -250), ggo_range=(-600, -430), normal_range=(-95
 
 
 def test_split_dice_from_histograms_equals_density_mask():
-    from sscild.baseline import band_histograms, split_dice
-    from sscild.metrics import dice
+    from sscild.evaluation.baseline import band_histograms, split_dice
+    from sscild.evaluation.metrics import dice
 
     hu, lab = _case(0)
     h = band_histograms(hu, lab)
@@ -141,7 +141,7 @@ def test_split_dice_from_histograms_equals_density_mask():
 
 
 def test_split_dice_empty_reference_is_nan():
-    from sscild.baseline import band_histograms, split_dice
+    from sscild.evaluation.baseline import band_histograms, split_dice
 
     hu, lab = _case(1)
     lab[lab == 2] = 1
@@ -150,7 +150,7 @@ def test_split_dice_empty_reference_is_nan():
 
 
 def test_fit_ef_cut_finds_the_separating_cut():
-    from sscild.baseline import band_histograms, fit_ef_cut, split_dice
+    from sscild.evaluation.baseline import band_histograms, fit_ef_cut, split_dice
 
     # EF at -400..-250, GGO at -600..-410, normal lung below the band: a cut in [-410, -400) separates them
     train = [band_histograms(*_case(s, ef_range=(-400, -250), ggo_range=(-600, -410), normal_range=(-950, -610)))
@@ -162,8 +162,8 @@ def test_fit_ef_cut_finds_the_separating_cut():
 
 def test_each_fold_cut_is_fitted_on_its_training_cases_only():
     """evaluate's split: a held-out case's own values never move the cut it is scored with."""
-    from sscild.baseline import band_histograms, fit_ef_cut
-    from sscild.evaluate import _baseline_split
+    from sscild.evaluation.baseline import band_histograms, fit_ef_cut
+    from sscild.analysis.segmentation import _baseline_split
 
     cases = {f"c{i}": _case(i) for i in range(4)}
     splits = [{"train": ["c2", "c3"], "val": ["c0", "c1"]}, {"train": ["c0", "c1"], "val": ["c2", "c3"]}]

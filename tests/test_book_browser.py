@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 from conftest import SHARED_DATA, smoke_make
-from sscild.bookcheck import check_site, chromium_available, repeated_images, toc_pages
+from sscild.book.check import check_site, chromium_available, repeated_images, toc_pages
 
 ok, why = chromium_available()
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not ok, reason=why)]

@@ -11,7 +11,7 @@ import time
 import nbformat
 
 from conftest import REPO
-from sscild.bookbuild import _tag_for_reading
+from sscild.book.build import _tag_for_reading
 
 
 def _dry_run(tmp_path, *targets):
@@ -31,7 +31,7 @@ def test_book_uses_the_executed_appendix_without_rerunning_it(tmp_path):
     proc = _dry_run(tmp_path, "book")
     assert proc.returncode == 0, proc.stderr
     assert "--step external" not in proc.stdout               # building the book never re-runs it
-    line = next(x for x in proc.stdout.splitlines() if "sscild.bookbuild" in x)
+    line = next(x for x in proc.stdout.splitlines() if "sscild.book.build" in x)
     assert f"--external {nb}" in line                        # the executed appendix, as it is
     assert "--external-stale" in proc.stdout and "notebooks/A1_external.py" in proc.stdout
 
@@ -39,7 +39,7 @@ def test_book_uses_the_executed_appendix_without_rerunning_it(tmp_path):
 def test_book_without_an_executed_appendix_gets_the_stub(tmp_path):
     proc = _dry_run(tmp_path, "book")
     assert proc.returncode == 0, proc.stderr
-    line = next(x for x in proc.stdout.splitlines() if "sscild.bookbuild" in x)
+    line = next(x for x in proc.stdout.splitlines() if "sscild.book.build" in x)
     assert "--external" not in line
 
 
@@ -48,10 +48,10 @@ def test_out_of_date_appendix_page_says_so(tmp_path):
     nb.cells = [nbformat.v4.new_markdown_cell("# External check"), nbformat.v4.new_code_cell("x = 1")]
     src, dst = tmp_path / "a.ipynb", tmp_path / "b.ipynb"
     nbformat.write(nb, src)
-    _tag_for_reading(src, dst, stale=["lib/sscild/external.py"])
+    _tag_for_reading(src, dst, stale=["lib/sscild/external/benchmark.py"])
     cells = nbformat.read(dst, as_version=4).cells
     assert cells[0].source == "# External check"
-    assert "out of date" in cells[1].source and "`lib/sscild/external.py`" in cells[1].source
+    assert "out of date" in cells[1].source and "`lib/sscild/external/benchmark.py`" in cells[1].source
     assert "make external" in cells[1].source
     _tag_for_reading(src, dst)
     assert len(nbformat.read(dst, as_version=4).cells) == 2
@@ -64,5 +64,5 @@ def test_an_appendix_executed_before_the_stamp_existed_is_still_shown(tmp_path):
     proc = _dry_run(tmp_path, "book")
     assert proc.returncode == 0, proc.stderr
     assert "--step external" not in proc.stdout
-    line = next(x for x in proc.stdout.splitlines() if "sscild.bookbuild" in x)
+    line = next(x for x in proc.stdout.splitlines() if "sscild.book.build" in x)
     assert f"--external {ext / 'A1_external.ipynb'}" in line

@@ -1,4 +1,4 @@
-"""Tests of sscild.clinical, its figures and the Clinical correlation chapter, on a small fake run.
+"""Tests of sscild.analysis.clinical, its figures and the Clinical correlation chapter, on a small fake run.
 
 The fake run has 30 segmented cases. Lung function is a strictly decreasing function of the
 *reference* lesion percent (so the reference rho is exactly -1) with known missing values, one
@@ -18,8 +18,8 @@ import pytest
 
 matplotlib.use("Agg")
 
-from sscild import clinical as clin  # noqa: E402
-from sscild.stats import holm  # noqa: E402
+from sscild.analysis import clinical as clin  # noqa: E402
+from sscild.evaluation.stats import holm  # noqa: E402
 from sscild.paths import RunPaths  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -325,7 +325,7 @@ def test_planted_model_only_for_synthetic_cohorts():
 
 
 def test_figures_draw_on_the_fake_run(fake):
-    from sscild.plots.clinical import pft_scatter, rho_heatmap, staging_scatter
+    from sscild.book.plots.clinical import pft_scatter, rho_heatmap, staging_scatter
 
     _, _, _, table, full = fake
     fig = pft_scatter(table, full)
@@ -346,7 +346,7 @@ def test_figures_draw_on_the_fake_run(fake):
 
 
 def test_chapter_runs_end_to_end_on_the_fake_run(tmp_path, monkeypatch):
-    from sscild.runner import run_notebook
+    from sscild.book.runner import run_notebook
 
     cohort, run = make_fake_run(tmp_path)
     monkeypatch.setenv("SSCILD_RESULTS", str(tmp_path / "results"))

@@ -1,4 +1,4 @@
-"""sscild.cohort: discovery, validation (one test per problem kind), clinical table, CLI."""
+"""sscild.data.cohort: discovery, validation (one test per problem kind), clinical table, CLI."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 
 from cohort_factory import TINY_SHAPE, TINY_SPACING, hash_tree, make_case_arrays, make_tiny_cohort
 from sscild.cli import main
-from sscild.cohort import (CLINICAL_COLUMNS, PROBLEM_KINDS, Problem, load_cohort, read_case,
+from sscild.data.cohort import (CLINICAL_COLUMNS, PROBLEM_KINDS, Problem, load_cohort, read_case,
                            resolve_label_map, validate_cohort)
 from sscild.errors import CohortError
 

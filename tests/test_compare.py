@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sscild.compare import (LUNG_VOLUME_RATIO, MCID_PP, MCID_STATEMENT, ScanResult, change_table,
+from sscild.clinic.compare import (LUNG_VOLUME_RATIO, MCID_PP, MCID_STATEMENT, ScanResult, change_table,
                             comparability_warnings, compare_results, mcid_verdict)
-from sscild.metrics import volumes_ml
-from sscild.zones import ZONES, zone_extent
+from sscild.evaluation.metrics import volumes_ml
+from sscild.clinic.zones import ZONES, zone_extent
 
 
 def result(name, label, affine, acquisition=None):
@@ -25,7 +25,7 @@ def result(name, label, affine, acquisition=None):
 @pytest.fixture(scope="module")
 def two_levels():
     """One synthetic patient at two disease levels (phantom ``lesion_scale``): a planted change."""
-    from sscild.phantom import generate_case
+    from sscild.synthetic.phantom import generate_case
 
     base = generate_case(2, profile="smoke", seed=0)
     follow = generate_case(2, profile="smoke", seed=0, lesion_scale=1.8)

@@ -61,7 +61,7 @@ def test_failing_notebook_reports_cell_not_json(tmp_path):
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "sscild.runner", str(bad), str(tmp_path / "out.ipynb")],
+    proc = subprocess.run([sys.executable, "-m", "sscild.book.runner", str(bad), str(tmp_path / "out.ipynb")],
                           capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 1
     assert "planted failure in cell two" in proc.stderr

@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 
 from cohort_factory import make_case_arrays
-from sscild import evaluate as ev
-from sscild.cohort import load_cohort
-from sscild.folds import make_splits, write_splits
-from sscild.metrics import bland_altman, icc
+from sscild.analysis import segmentation as ev
+from sscild.data.cohort import load_cohort
+from sscild.data.folds import make_splits, write_splits
+from sscild.evaluation.metrics import bland_altman, icc
 from sscild.paths import RunPaths
 
 SPACING = (1.5, 1.5, 4.0)
@@ -156,7 +156,7 @@ def test_tables(scored):
     assert list(paper.columns) == ["published mean Dice", "patients", "validation"]   # no column of this run
     assert len(ev.baseline_table(raw, s)) == 9  # lesion, EF, GGO x (network, baseline, paired difference)
     # the paired difference carries its bootstrap interval (stats.paired_difference, tested there)
-    from sscild.stats import paired_difference
+    from sscild.evaluation.stats import paired_difference
 
     d = paired_difference(raw["dice_lesion"], raw["baseline_dice_lesion"], n_resamples=2000, seed=0)
     row = ev.baseline_table(raw, s).loc[("total lesion (EF ∪ GGO)", "network − baseline (paired)")]
@@ -205,7 +205,7 @@ def test_oof_settings_read_the_manifest(scored, tmp_path):
 def test_figures_draw_without_warnings(scored):
     import matplotlib.pyplot as plt
 
-    from sscild.plots import segmentation as sp
+    from sscild.book.plots import segmentation as sp
 
     raw, refs = scored["raw"], scored["refs"]
     s = ev.summary_dict(raw, "cohort", True, "smoke", n_boot=200)
@@ -242,7 +242,7 @@ def test_chapter_runs_clean_on_hand_made_predictions(scored, tmp_path):
     import nbformat
 
     from conftest import REPO
-    from sscild.folds import fold_of, read_splits
+    from sscild.data.folds import fold_of, read_splits
 
     base = tmp_path / "copy"
     shutil.copytree(scored["run"].results, base / "results")
@@ -258,7 +258,7 @@ def test_chapter_runs_clean_on_hand_made_predictions(scored, tmp_path):
     (run.predictions / "manifest.json").write_text(json.dumps({"cases": cases}))
     out = tmp_path / "03.ipynb"
     env = dict(os.environ, SSCILD_RESULTS=str(base / "results"))
-    proc = subprocess.run([sys.executable, "-m", "sscild.runner", str(REPO / "notebooks" / "03_segmentation.py"),
+    proc = subprocess.run([sys.executable, "-m", "sscild.book.runner", str(REPO / "notebooks" / "03_segmentation.py"),
                            str(out), "-p", "profile", "smoke", "-p", "data_dir", str(base / "cohort")],
                           capture_output=True, text=True, env=env, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]

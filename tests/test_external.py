@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sscild import external as ext
+from sscild.external import benchmark as ext
 from sscild.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -240,7 +240,7 @@ def test_results_table_sets_published_rows_beside():
 
 
 def _run_chapter(tmp_path, **params):
-    from sscild.runner import run_notebook
+    from sscild.book.runner import run_notebook
 
     out = tmp_path / "A1_external.ipynb"
     run_notebook(REPO / "notebooks" / "A1_external.py", out, parameters=params, cwd=REPO)
@@ -468,7 +468,7 @@ def test_self_training_run_reports_supervised_beside_semi(tmp_path):
 
 
 def test_masked_loss_ignores_pseudo_label_pixels():
-    from sscild.train import IGNORE_LABEL, _MaskedDiceCE
+    from sscild.model.train import IGNORE_LABEL, _MaskedDiceCE
 
     torch.manual_seed(0)
     logits = torch.randn(2, 3, 4, 4)
@@ -514,7 +514,7 @@ def test_fine_tune_mode_trains_two_stages_without_unlabelled_slices(tmp_path):
 
 
 def test_pseudo_labels_keep_confident_pixels_and_lesion_slices():
-    from sscild.train import IGNORE_LABEL
+    from sscild.model.train import IGNORE_LABEL
 
     img, lab = blob_slice()
     s = ext.SliceImage("u", img.T.copy(), None, Path("u.png"), None)

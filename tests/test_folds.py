@@ -1,4 +1,4 @@
-"""Tests of sscild.folds: patient-wise, extent-stratified K-fold splits."""
+"""Tests of sscild.data.folds: patient-wise, extent-stratified K-fold splits."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from sscild.folds import fold_of, make_splits, read_splits, validate_splits, write_splits
+from sscild.data.folds import fold_of, make_splits, read_splits, validate_splits, write_splits
 
 
 def _ids(n):

@@ -1,4 +1,4 @@
-"""sscild.io: reading / writing volumes with geometry (NIfTI, NRRD, MHA, DICOM)."""
+"""sscild.data.io: reading / writing volumes with geometry (NIfTI, NRRD, MHA, DICOM)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import SimpleITK as sitk
 
 from cohort_factory import make_dicom_series
 from sscild.errors import InputError
-from sscild.io import Volume, _load_sitk, load_header, load_volume, save_volume
+from sscild.data.io import Volume, _load_sitk, load_header, load_volume, save_volume
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real-ct"
 needs_real = pytest.mark.skipif(not REAL.is_dir(), reason=f"real CT samples not present ({REAL}); "

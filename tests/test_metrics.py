@@ -1,4 +1,4 @@
-"""Segmentation metrics against hand-computed tiny cases (sscild.metrics)."""
+"""Segmentation metrics against hand-computed tiny cases (sscild.evaluation.metrics)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from sscild.metrics import (
+from sscild.evaluation.metrics import (
     REGIONS,
     SegmentationMetrics,
     bland_altman,
@@ -443,7 +443,7 @@ def test_bland_altman_limits_have_the_approximate_intervals_of_bland_altman_1986
 
 
 def test_confusion_counts_hand_computed_and_checked():
-    from sscild.metrics import confusion_counts
+    from sscild.evaluation.metrics import confusion_counts
 
     ref = np.array([[0, 1, 1, 2], [2, 2, 3, 3]])
     pred = np.array([[0, 1, 2, 2], [3, 2, 3, 1]])

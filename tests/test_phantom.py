@@ -1,4 +1,4 @@
-"""Tests of the synthetic SSc-ILD cohort generator (sscild.phantom) and its figure helper."""
+"""Tests of the synthetic SSc-ILD cohort generator (sscild.synthetic.phantom) and its figure helper."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from scipy import ndimage as ndi
 from scipy.stats import spearmanr
 
-from sscild.phantom import (
+from sscild.synthetic.phantom import (
     CLINICAL_COLUMNS,
     CLINICAL_MODEL,
     PhantomCase,
@@ -307,7 +307,7 @@ def test_clinical_model_direction_and_constants():
 # figures
 # ---------------------------------------------------------------------------------------------
 def test_figures_render(tmp_path):
-    from sscild.plots.phantom import phantom_gallery, phantom_vs_real
+    from sscild.book.plots.phantom import phantom_gallery, phantom_vs_real
 
     case = generate_case(0, profile="smoke")
     fig = phantom_vs_real(case.image, case.spacing, case.image[::-1, ::-1], case.spacing, real_orientation="LPS")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sscild.phantom import generate_case, lung_mask_by_threshold
-from sscild.phantom_variety import Variety
+from sscild.synthetic.phantom import generate_case, lung_mask_by_threshold
+from sscild.synthetic.variety import Variety
 
 NONE = Variety.none()
 CASE = 3  # a cpu-profile patient with little disease, so most of its lung is free for emphysema

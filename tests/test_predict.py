@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from cohort_factory import make_case_arrays
-from sscild import predict
-from sscild.cohort import load_cohort, read_case
-from sscild.folds import fold_of, make_splits, read_splits, write_splits
-from sscild.metrics import dice
+from sscild.model import predict
+from sscild.data.cohort import load_cohort, read_case
+from sscild.data.folds import fold_of, make_splits, read_splits, write_splits
+from sscild.evaluation.metrics import dice
 from sscild.paths import RunPaths
-from sscild.preprocess import build_cache
+from sscild.data.preprocess import build_cache
 from sscild.profiles import get_profile
 
 SMOKE_SPACING = (3.6, 3.6, 10.0)  # the smoke profile's target spacing: no resampling, exact round trip
@@ -185,7 +185,7 @@ def test_missing_fold_model_is_reported(tmp_path):
 
 def test_ensemble_and_flips_average_the_softmax():
     """predict_preprocessed = argmax of the mean softmax over members and flips (checked by hand)."""
-    from sscild.preprocess import Preprocessed
+    from sscild.data.preprocess import Preprocessed
 
     class Const(torch.nn.Module):
         """Fixed logits; optionally +10 on GGO in the left half of the slice (not flip-symmetric)."""
@@ -238,7 +238,7 @@ def test_keep_largest_lung_components():
 def test_fused_batchnorm_network_computes_the_same_function():
     import copy
 
-    from sscild.model import build_network
+    from sscild.model.network import build_network
 
     torch.manual_seed(0)
     net = build_network("smoke").eval()

@@ -1,4 +1,4 @@
-"""Tests of sscild.preprocess: orientation, resampling, body crop, normalisation, restore, cache."""
+"""Tests of sscild.data.preprocess: orientation, resampling, body crop, normalisation, restore, cache."""
 
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from sscild import preprocess as pp
+from sscild.data import preprocess as pp
 from sscild.paths import RunPaths
-from sscild.preprocess import (PAD_MULTIPLE, build_cache, cache_key, denormalise, load_cached, normalise_hu,
+from sscild.data.preprocess import (PAD_MULTIPLE, build_cache, cache_key, denormalise, load_cached, normalise_hu,
                                preprocess_volume, restore_label)
 from sscild.profiles import get_profile
 
 try:
-    from sscild.io import Volume
+    from sscild.data.io import Volume
 except ImportError:  # pragma: no cover - io is written alongside this module
     @dataclass
     class Volume:
@@ -246,7 +246,7 @@ def test_input_errors_name_the_case():
 @pytest.mark.skipif(not (REAL_CT / "chest-ct-1.nrrd").exists(),
                     reason="real CT samples (../shared/data/real-ct) are not present in this checkout")
 def test_real_chest_ct():
-    from sscild.io import load_volume
+    from sscild.data.io import load_volume
 
     vol = load_volume(REAL_CT / "chest-ct-1.nrrd")  # 512 x 512 x 48, 0.57 mm, LPS
     mask = (np.asarray(vol.array) < -400).astype(np.uint8)  # lungs + outside air
@@ -385,7 +385,7 @@ def test_interrupted_write_leaves_no_json(toy, monkeypatch):
 
 
 def _reader_for(calls):
-    """Stands in for sscild.cohort.read_case on the toy cohort, recording which cases are read."""
+    """Stands in for sscild.data.cohort.read_case on the toy cohort, recording which cases are read."""
 
     def reader(coh, case_id):
         calls.append(case_id)
@@ -430,10 +430,10 @@ def test_cache_key_depends_on_bytes_and_settings(tmp_path):
 
 
 def test_build_cache_reads_a_cohort_folder(tmp_path):
-    """The real reader (sscild.cohort.read_case) on a tiny cohort folder: labels mapped, files cached."""
+    """The real reader (sscild.data.cohort.read_case) on a tiny cohort folder: labels mapped, files cached."""
     from cohort_factory import make_tiny_cohort
 
-    from sscild.cohort import load_cohort, read_case
+    from sscild.data.cohort import load_cohort, read_case
 
     cohort = load_cohort(make_tiny_cohort(tmp_path / "tiny", n=2))
     run = RunPaths(results=tmp_path / "results", cohort="tiny", profile="smoke")

@@ -39,7 +39,7 @@ def test_heartbeat_is_rate_limited_and_silent_without_the_variable(tmp_path, mon
 
 @pytest.mark.slow
 def test_runner_echoes_kernel_progress_to_the_terminal(tmp_path, capsys):
-    from sscild.runner import run_notebook
+    from sscild.book.runner import run_notebook
 
     src = tmp_path / "nb.py"
     src.write_text("# %%\nfrom sscild.progress import emit\nemit('halfway there')\nprint('in the notebook')\n")

@@ -7,7 +7,7 @@ import json
 import pandas as pd
 
 from sscild.paths import RunPaths, repo_root
-from sscild.provenance import step_times
+from sscild.book.provenance import step_times
 
 
 def test_step_times_keep_the_run_that_did_the_work(tmp_path):

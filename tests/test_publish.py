@@ -29,7 +29,7 @@ import pytest
 import yaml
 
 from conftest import REPO
-from sscild.bookcheck import toc_pages
+from sscild.book.check import toc_pages
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.py"))
 VENV_BIN = Path(sys.executable).parent
@@ -293,7 +293,7 @@ def check_buttons(html_dir: Path) -> list[str]:
 
 def test_book_pages_link_to_sources_and_binder_and_load_nothing_remote(tmp_path):
     """Assemble and build a book from the real sources with placeholder chapter notebooks."""
-    from sscild.bookbuild import assemble
+    from sscild.book.build import assemble
 
     nbs = tmp_path / "nbs"
     nbs.mkdir()

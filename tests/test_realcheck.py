@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 
 from conftest import shared_data
-from sscild.cohort import load_cohort
-from sscild.folds import make_splits, write_splits
-from sscild.io import Volume, save_volume
+from sscild.data.cohort import load_cohort
+from sscild.data.folds import make_splits, write_splits
+from sscild.data.io import Volume, save_volume
 from sscild.paths import RunPaths
-from sscild.phantom import generate_case, generate_cohort
-from sscild.preprocess import build_cache
-from sscild.realcheck import _dice, list_volumes, real_lung_check
-from sscild.train import train_fold
+from sscild.synthetic.phantom import generate_case, generate_cohort
+from sscild.data.preprocess import build_cache
+from sscild.analysis.realcheck import _dice, list_volumes, real_lung_check
+from sscild.model.train import train_fold
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def test_check_on_a_synthetic_scan_is_self_consistent(models, tmp_path):
     assert 0.0 <= row["lesion_pct_of_lung"] == pytest.approx(row["ef_pct_of_lung"] + row["ggo_pct_of_lung"], abs=0.02)
     v = views["scan.nii.gz"]
     assert v["label"].shape == case.image.shape and v["classical"].dtype == bool
-    from sscild.plots.realct import lung_check_overlays
+    from sscild.book.plots.realct import lung_check_overlays
 
     fig = lung_check_overlays(views, table)
     assert len(fig.axes) == 6
@@ -76,7 +76,7 @@ def test_real_ct_volume(models):
 def test_book_takes_the_real_ct_chapter_or_a_placeholder(tmp_path):
     import nbformat
 
-    from sscild.bookbuild import REAL_CT, assemble
+    from sscild.book.build import REAL_CT, assemble
     from sscild.paths import repo_root
 
     nbs = tmp_path / "nbs"

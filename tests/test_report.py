@@ -13,8 +13,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from sscild import report  # noqa: E402
-from sscild.bookbuild import _tag_for_reading  # noqa: E402
+from sscild.book import report  # noqa: E402
+from sscild.book.build import _tag_for_reading  # noqa: E402
 
 
 def test_table_html_truncates_nothing():

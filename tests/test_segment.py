@@ -14,14 +14,14 @@ import pytest
 from cohort_factory import make_dicom_series, make_tiny_cohort
 from conftest import shared_data
 from sscild.cli import main
-from sscild.cohort import load_cohort
+from sscild.data.cohort import load_cohort
 from sscild.errors import InputError
-from sscild.folds import make_splits, write_splits
-from sscild.io import load_volume
+from sscild.data.folds import make_splits, write_splits
+from sscild.data.io import load_volume
 from sscild.paths import RunPaths
-from sscild.predict import segment_scan
-from sscild.preprocess import build_cache
-from sscild.train import train_fold
+from sscild.model.predict import segment_scan
+from sscild.data.preprocess import build_cache
+from sscild.model.train import train_fold
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def models(tmp_path_factory):
     """Two smoke-profile fold models trained for a few steps on a 4-patient synthetic cohort."""
     base = tmp_path_factory.mktemp("segment")
     try:
-        from sscild.phantom import generate_cohort
+        from sscild.synthetic.phantom import generate_cohort
 
         data = generate_cohort(base / "cohort", profile="smoke", n=4, progress=False)
     except ImportError:  # pragma: no cover - older trees without the generator
@@ -191,7 +191,7 @@ def test_cli_segment_on_real_ct(models, tmp_path, capsys, name, flags):
 def test_montage_is_radiological_whatever_the_voxel_order():
     import matplotlib.pyplot as plt
 
-    from sscild.plots.segmentation import scan_montage, to_canonical
+    from sscild.book.plots.segmentation import scan_montage, to_canonical
 
     shape = (20, 16, 10)
     image = np.full(shape, -800, np.int16)
@@ -212,7 +212,7 @@ def test_montage_is_radiological_whatever_the_voxel_order():
 
 
 def test_recorded_segment_benchmark_renders(tmp_path):
-    from sscild.provenance import segment_benchmark_table
+    from sscild.book.provenance import segment_benchmark_table
 
     table = segment_benchmark_table()
     assert table is not None, "benchmarks/segment_cpu.json should be in the repository"
@@ -245,12 +245,12 @@ def test_version_and_bad_options_give_one_line_and_exit_2(capsys, tmp_path):
 
 
 def test_an_unexpected_error_is_one_line_and_debug_shows_the_traceback(monkeypatch, tmp_path, capsys):
-    import sscild.phantom
+    import sscild.synthetic.phantom
 
     def boom(*a, **k):
         raise RuntimeError("disk on fire\nsecond line")
 
-    monkeypatch.setattr(sscild.phantom, "generate_cohort", boom)
+    monkeypatch.setattr(sscild.synthetic.phantom, "generate_cohort", boom)
     rc = main(["phantom", str(tmp_path / "c"), "--profile", "smoke"])
     err = capsys.readouterr().err
     assert rc == 1 and len(err.strip().splitlines()) == 1
@@ -290,8 +290,8 @@ def _study_cpu_run(results, data):
 
 def _external_run(out):
     """The external check's COVID slice models (GGO / consolidation), trained the way run_external trains them."""
-    from sscild.external import CLASS_NAMES, SliceImage, external_profile, training_case
-    from sscild.train import train_model
+    from sscild.external.benchmark import CLASS_NAMES, SliceImage, external_profile, training_case
+    from sscild.model.train import train_model
 
     p = external_profile("cpu", iterations=2)
     rng = np.random.default_rng(0)
@@ -359,7 +359,7 @@ def test_dicom_series_gets_a_dicom_seg_and_the_page_is_self_contained(models, tm
     import highdicom as hd
     import nrrd
 
-    from sscild.viewer import read_itksnap_labels, read_slicer_segments
+    from sscild.clinic.viewer import read_itksnap_labels, read_slicer_segments
 
     src = load_volume(models["image"])
     folder = tmp_path / "series"

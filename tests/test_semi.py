@@ -8,13 +8,13 @@ import pandas as pd
 import pytest
 import torch
 
-from sscild import datasummary as ds
-from sscild import train as train_mod
-from sscild.cohort import load_cohort, validate_cohort
-from sscild.folds import make_splits, write_splits
+from sscild.analysis import data as ds
+from sscild.model import train as train_mod
+from sscild.data.cohort import load_cohort, validate_cohort
+from sscild.data.folds import make_splits, write_splits
 from sscild.paths import RunPaths, write_json
-from sscild.phantom import generate_cohort
-from sscild.preprocess import build_cache
+from sscild.synthetic.phantom import generate_cohort
+from sscild.data.preprocess import build_cache
 from sscild.profiles import get_profile
 
 

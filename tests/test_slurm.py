@@ -16,7 +16,7 @@ import pytest
 from conftest import REPO
 from slurm_cluster import LocalCluster, ensure_packages, missing_reason
 from sscild.paths import RunPaths
-from sscild.slurm import (SlurmCommands, SlurmError, SlurmOptions, SlurmTaskFailed, expand_task_ids, jobs_table,
+from sscild.cluster.slurm import (SlurmCommands, SlurmError, SlurmOptions, SlurmTaskFailed, expand_task_ids, jobs_table,
                           parse_duration, parse_scontrol, read_status, render_script, submit_folds, wait_for_array)
 
 # --------------------------------------------------------------------------------------------------
@@ -380,12 +380,12 @@ $(RES)/fold_%/training.ipynb:
 
 
 def run_dummy(cluster, tmp_path, *, fail_fold="", sleep=1):
-    """`python -m sscild.slurm train` on a stand-in Makefile whose fold targets sleep (or fail)."""
+    """`python -m sscild.cluster.slurm train` on a stand-in Makefile whose fold targets sleep (or fail)."""
     repo = tmp_path / "repo"
     repo.mkdir(exist_ok=True)
     (repo / "Makefile").write_text(DUMMY_MAKEFILE)
     results = tmp_path / "results"
-    argv = [sys.executable, "-m", "sscild.slurm", "train", "--repo", str(repo),
+    argv = [sys.executable, "-m", "sscild.cluster.slurm", "train", "--repo", str(repo),
             "--run-dir", str(results / "cohort" / "smoke"), "--folds", "0 1", "--job-name", "sscild-cohort-smoke",
             "--make-var", "PROFILE=smoke", "--make-var", "DATA=/nowhere/cohort", "--make-var", f"RESULTS={results}",
             "--make-var", f"FAIL_FOLD={fail_fold}", "--make-var", f"SLEEP={sleep}", "--cpus", "1", "--time", "5",

@@ -1,4 +1,4 @@
-"""Tests of sscild.stats: hand-computed cases, SciPy/statsmodels cross-checks, CI coverage."""
+"""Tests of sscild.evaluation.stats: hand-computed cases, SciPy/statsmodels cross-checks, CI coverage."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from scipy import stats as sps
 import statsmodels.api as sm
 from statsmodels.stats.multitest import multipletests
 
-from sscild import stats
-from sscild.stats import (
+from sscild.evaluation import stats
+from sscild.evaluation.stats import (
     correlation_grid,
     extent_stage,
     holm,

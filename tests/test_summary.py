@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sscild.summary import abstract_paragraph, plateau_words, training_plateau
+from sscild.book.summary import abstract_paragraph, plateau_words, training_plateau
 
 
 def _seg(lesion=0.81, ef=0.66, ggo=0.7):

@@ -7,12 +7,12 @@ import shutil
 import pytest
 import torch
 
-from sscild import train as train_mod
-from sscild.cohort import load_cohort
-from sscild.folds import make_splits, read_splits, write_splits
+from sscild.model import train as train_mod
+from sscild.data.cohort import load_cohort
+from sscild.data.folds import make_splits, read_splits, write_splits
 from sscild.paths import RunPaths
-from sscild.phantom import generate_cohort
-from sscild.preprocess import build_cache
+from sscild.synthetic.phantom import generate_cohort
+from sscild.data.preprocess import build_cache
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +132,7 @@ def test_bad_fold_and_missing_splits_are_clear(prepared, tmp_path):
 
 
 def test_recorded_gpu_check_renders(tmp_path):
-    from sscild.provenance import gpu_check_table
+    from sscild.book.provenance import gpu_check_table
 
     table = gpu_check_table()
     assert table is not None, "benchmarks/gpu_paper.json should be in the repository"
@@ -162,10 +162,10 @@ def test_bfloat16_training_is_repeatable(tmp_path):
 
     import torch
 
-    from sscild.io import Volume
-    from sscild.model import native_cpu_bf16
-    from sscild.phantom import generate_case
-    from sscild.preprocess import preprocess_volume
+    from sscild.data.io import Volume
+    from sscild.model.network import native_cpu_bf16
+    from sscild.synthetic.phantom import generate_case
+    from sscild.data.preprocess import preprocess_volume
     from sscild.profiles import get_profile
 
     if not native_cpu_bf16():
@@ -185,7 +185,7 @@ def test_bfloat16_training_is_repeatable(tmp_path):
 
 
 def test_intensity_augmentation_setting():
-    from sscild.augment import augment_for_profile
+    from sscild.model.augment import augment_for_profile
     from sscild.profiles import get_profile
 
     light = get_profile("smoke")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sscild.metrics import volumes_ml
-from sscild.zones import ZONES, zone_extent, zone_map
+from sscild.evaluation.metrics import volumes_ml
+from sscild.clinic.zones import ZONES, zone_extent, zone_map
 
 FLIP_X = np.array([[-1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]])
 
@@ -100,7 +100,7 @@ def test_disease_beside_the_mediastinum_is_central():
 
 @pytest.fixture(scope="module")
 def phantom_label():
-    from sscild.phantom import generate_case
+    from sscild.synthetic.phantom import generate_case
 
     case = generate_case(1, profile="smoke", seed=0)
     return case.label, case.affine, case.truth

@@ -1,24 +1,23 @@
 """sscild: an executable re-run of an SSc-ILD HRCT lesion-segmentation study.
 
-Modules flow one way (top depends only on those above it)::
+The package is laid out by pipeline stage. Subpackages flow one way: each imports only from
+those listed above it (``tests/test_layering.py`` enforces it)::
 
-    profiles, paths, paper        settings, results layout, the published numbers
-    io                            CT / label reading and writing with geometry
-    cohort                        cohort folder: discovery, validation, clinical table
-    phantom                       the synthetic SSc-ILD cohort generator
-    preprocess                    orientation, resampling, HU normalisation, cropping, cache
-    folds                         patient-wise stratified K-fold -> splits.json
-    model                         network factory (MONAI)
-    train                         one fold's training loop, checkpoints, resume
-    metrics, baseline             Dice / surface Dice / volumes / agreement; HU density baseline
-    stats                         correlations, multiplicity, staging
-    zones                         EF / GGO extent per lung zone (sides, thirds, peripheral band)
-    viewer                        Slicer .seg.nrrd, ITK-SNAP labels, DICOM Segmentation
-    scanreport                    the self-contained HTML page per scan and per comparison
-    predict                       out-of-fold and ensemble inference; which models segment uses
-    batch, compare                segment a folder of scans; change between two scans
-    plots, report                 figures and notebook helpers
-    cli                           the ``sscild`` command
+    (top level)   errors, profiles, paths, progress, paper, palette
+                  error type, run profiles, results layout and atomic writes, terminal progress,
+                  the published numbers, the label colours
+    data          image I/O, the cohort folder and its validation, preprocessing, folds, lung mask
+    synthetic     the synthetic SSc-ILD cohort generator
+    model         network, augmentation, training loop, inference
+    evaluation    metrics, statistics, the HU-density baseline
+    clinic        zones, viewer files, scan reports, batch segmentation, follow-up comparison
+    analysis      the computations behind the chapters (data, segmentation, clinical, real CT)
+    external      the recipe on real labelled CT slices (appendix)
+    cluster       the folds as a Slurm job array
+    book          chapter runner, book build and checks, notebook helpers, provenance, figures
+    cli           the ``sscild`` command
+
+Each subpackage's docstring lists its modules.
 """
 
 __version__ = "0.1.0"

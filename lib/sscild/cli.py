@@ -19,8 +19,8 @@ import json
 import sys
 from pathlib import Path
 
-from . import __version__
-from .errors import SscildError
+from sscild import __version__
+from sscild.errors import SscildError
 
 __all__ = ["main", "UsageError"]
 
@@ -51,7 +51,7 @@ def _label_map(text: str | None) -> dict | None:
 
 
 def _cmd_validate(args) -> int:
-    from .cohort import validate_cohort
+    from sscild.data.cohort import validate_cohort
 
     label_map = _label_map(args.label_map)
     report = validate_cohort(args.data, label_map=label_map)
@@ -66,7 +66,7 @@ def _cmd_validate(args) -> int:
 
 
 def _cmd_phantom(args) -> int:
-    from .phantom import generate_cohort
+    from sscild.synthetic.phantom import generate_cohort
 
     out = generate_cohort(args.out, profile=args.profile, n=args.n, seed=args.seed, progress=not args.quiet)
     print(f"synthetic cohort written to {out}")
@@ -74,7 +74,7 @@ def _cmd_phantom(args) -> int:
 
 
 def _cmd_import_dicom(args) -> int:
-    from .io import import_dicom
+    from sscild.data.io import import_dicom
 
     out = import_dicom(args.src, args.out, labels=args.labels, clinical=args.clinical)
     print(f"cohort written to {out}")
@@ -82,8 +82,8 @@ def _cmd_import_dicom(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    from .paths import RunPaths
-    from .train import train_fold
+    from sscild.paths import RunPaths
+    from sscild.model.train import train_fold
 
     run = RunPaths.for_run(args.data, args.profile, args.results)
     summary = train_fold(run, args.profile, args.fold, progress=not args.quiet)
@@ -92,8 +92,8 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_segment(args) -> int:
-    from .batch import discover_scans, is_batch_folder, segment_batch
-    from .predict import find_models, load_ensemble, segment_scan
+    from sscild.clinic.batch import discover_scans, is_batch_folder, segment_batch
+    from sscild.model.predict import find_models, load_ensemble, segment_scan
 
     tta = False if args.no_tta else None
     if not args.scan.exists():
@@ -122,7 +122,7 @@ def _cmd_segment(args) -> int:
 
 
 def _cmd_compare(args) -> int:
-    from .compare import compare_scans
+    from sscild.clinic.compare import compare_scans
 
     result = compare_scans(args.baseline, args.followup, args.out, models=args.models,
                            tta=False if args.no_tta else None, progress=not args.quiet)
@@ -139,7 +139,7 @@ def _cmd_compare(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .profiles import PROFILES
+    from sscild.profiles import PROFILES
 
     p = _Parser(prog="sscild", description=__doc__.split("\n\n")[0])
     p.add_argument("--debug", action="store_true", help="show tracebacks")

@@ -57,14 +57,14 @@ class Profile:
     """``"light"``: intensity shift and scale of 5 %, Gaussian noise; ``"strong"``: 15 %, plus a random
     gamma (contrast) change, for images windowed differently from one source to the next; ``"nnunet"``:
     the strong changes plus nnU-Net's Gaussian blur and low-resolution simulation, and wider rotation
-    (+-20 degrees) and scaling (+-25 %) (:func:`sscild.augment.augment_for_profile`)."""
+    (+-20 degrees) and scaling (+-25 %) (:func:`sscild.model.augment.augment_for_profile`)."""
     lesion_oversample: float = 0.6
     """Share of patches centred on EF or GGO voxels (nnU-Net style foreground oversampling)."""
     semi_supervised: str = "auto"
     """Self-training on the cohort's unlabelled scans (``unlabelledTr/``): ``"auto"`` when the cohort
     has some that validation passed (off when it has none, as the synthetic cohort), ``"off"`` never.
     Each fold's teacher is its supervised model (``fold_<k>/teacher/``); it pseudo-labels the scans,
-    and the fold's model is a student trained from the teacher's weights on both (``sscild.train``)."""
+    and the fold's model is a student trained from the teacher's weights on both (``sscild.model.train``)."""
     pseudo_confidence: float = 0.9
     """Pseudo-labelled voxels whose highest class probability is below this are ignored by the loss."""
     pseudo_share: float = 0.5

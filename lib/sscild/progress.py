@@ -1,7 +1,7 @@
 """Progress lines for the terminal of ``make``, from code running inside a notebook's kernel.
 
 A chapter runs in a Jupyter kernel under papermill, so what it prints lands in the notebook, not in
-the terminal. :mod:`sscild.runner` therefore names a file in the environment variable
+the terminal. :mod:`sscild.book.runner` therefore names a file in the environment variable
 ``SSCILD_PROGRESS_FILE`` before it starts the kernel (which inherits it) and prints, while the
 notebook runs, every line appended to that file. Long loops (a fold's training, the out-of-fold
 prediction) report through a :class:`Heartbeat`, at most every ``every`` seconds, so the terminal shows

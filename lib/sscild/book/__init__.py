@@ -1,0 +1,10 @@
+"""The book: executing the chapters and turning them into the rendered study.
+
+runner      execute one chapter notebook (papermill) as make does; the run log
+build       executed notebooks + hand-written pages -> static HTML without network
+check       the rendered book's checks (truncated tables, duplicate figures, captions)
+report      notebook helpers: tables, glued numbers, numbered figures
+provenance  what ran where: versions, machine, data fingerprints
+summary     the abstract's paragraph and the training-plateau sentences, from summary files
+plots       every figure of the book
+"""

@@ -1,0 +1,133 @@
+"""Assemble and build the Jupyter Book (what ``make book`` runs).
+
+    python -m sscild.book.build --src book --out BOOK_OUT --notebooks RESULTS/<cohort>/<profile>/notebooks
+
+1. Copies the hand-written pages of ``--src`` (``_config.yml``, ``_toc.yml``, ``*.md``, ``*.bib``,
+   ``_static/``) into ``--out`` when it is another folder (the tests build in a scratch folder so a
+   user's book is never overwritten).
+2. Copies the run's executed chapter notebooks into ``<out>/chapters/``. The appendix "External
+   check on real CT" is the executed notebook of ``make external`` when there is one, else a page
+   that says it was not run and how to run it. The appendix "The trained models on real CT" is the
+   run's ``A2_real_ct`` notebook (a placeholder page when the run has none).
+3. Runs ``jupyter-book build`` with execution off and warnings as errors (``-W -n``), so a broken
+   cross-reference or citation fails the build.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from sscild.paths import unroot
+
+__all__ = ["assemble", "build", "main"]
+
+EXTERNAL = "A1_external"
+REAL_CT = "A2_real_ct"
+
+
+def assemble(src: Path, out: Path, notebooks: Path, external: Path | None = None,
+             external_stale: list[str] | None = None) -> list[Path]:
+    """Copy the hand-written pages and the executed chapters into ``out`` (module docstring).
+
+    Args:
+        src: the book's source folder.
+        out: where the book is assembled and built.
+        notebooks: the run's executed chapter notebooks.
+        external: the executed appendix notebook, or None (the page then says it was not run).
+        external_stale: files changed since the appendix was executed; the page then opens with a
+            warning naming them and the command that brings it up to date.
+    """
+    src, out, notebooks = Path(src).resolve(), Path(out).resolve(), Path(notebooks).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    if src != out:
+        for item in src.iterdir():
+            if item.name in ("_build", "chapters") or item.name.startswith("."):
+                continue
+            target = out / item.name
+            if item.is_dir():
+                shutil.copytree(item, target, dirs_exist_ok=True)
+            else:
+                shutil.copy2(item, target)
+    chapters = out / "chapters"
+    if chapters.exists():
+        shutil.rmtree(chapters)
+    chapters.mkdir()
+    copied = []
+    for nb in sorted(notebooks.glob("[0-9][0-9]_*.ipynb")):
+        if nb.name.endswith(".failed.ipynb"):
+            continue
+        _tag_for_reading(nb, chapters / nb.name)
+        copied.append(chapters / nb.name)
+    real = notebooks / f"{REAL_CT}.ipynb"
+    if real.exists():
+        _tag_for_reading(real, chapters / real.name)
+        copied.append(chapters / real.name)
+    else:
+        shutil.copy2(src / "real_ct_not_run.md", chapters / f"{REAL_CT}.md")
+    if external is not None and Path(external).exists():
+        _tag_for_reading(Path(external), chapters / f"{EXTERNAL}.ipynb", stale=external_stale)
+    else:
+        shutil.copy2(src / "external_not_run.md", chapters / f"{EXTERNAL}.md")
+    return copied
+
+
+def _tag_for_reading(src: Path, dst: Path, stale: list[str] | None = None) -> None:
+    """Copy an executed notebook, tagged for a paper-shaped page.
+
+    Code stays one click away (``hide-input``: a toggle above each output). The chapter's default
+    ``parameters`` cell and papermill's injected cell are removed from the page (``remove-cell``):
+    the values this run used are in the banner and on the Reproducibility page, and both cells stay
+    in the notebook, where they are edited. Cells the author already tagged keep their tags.
+    """
+    import nbformat
+
+    nb = nbformat.read(src, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        tags = cell.setdefault("metadata", {}).setdefault("tags", [])
+        if "injected-parameters" in tags:
+            cell.source = unroot(cell.source)  # paths inside the repository, relative to it
+        if "parameters" in tags or "injected-parameters" in tags:
+            if "remove-cell" not in tags:
+                tags.append("remove-cell")
+            continue
+        elif not any(t.startswith(("remove-", "hide-")) for t in tags):
+            tags.append("hide-input")
+    if stale:
+        note = nbformat.v4.new_markdown_cell(
+            ":::{warning}\n**This page is out of date.** It was executed before these files last changed: "
+            + ", ".join(f"`{f}`" for f in stale)
+            + ". Run `make external` to re-run it with the current code; until then it shows the earlier run.\n:::")
+        first = next((i for i, c in enumerate(nb.cells) if c.cell_type == "markdown"), -1)
+        nb.cells.insert(first + 1, note)
+    nbformat.write(nb, dst)
+
+
+def build(out: Path) -> int:
+    exe = Path(sys.executable).with_name("jupyter-book")
+    cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(out), "--builder", "html", "-W", "-n", "--keep-going"]
+    return subprocess.call(cmd)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m sscild.book.build")
+    ap.add_argument("--src", type=Path, default=Path("book"))
+    ap.add_argument("--out", type=Path, default=Path("book"))
+    ap.add_argument("--notebooks", type=Path, required=True)
+    ap.add_argument("--external", type=Path, default=None, help="executed external-check notebook, if any")
+    ap.add_argument("--external-stale", default="", help="files changed since the appendix ran (space-separated)")
+    args = ap.parse_args(argv)
+    assemble(args.src, args.out, args.notebooks, args.external, external_stale=args.external_stale.split() or None)
+    rc = build(args.out)
+    if rc != 0:
+        print(f"jupyter-book build failed (exit {rc}); see the messages above.", file=sys.stderr)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""What produced a run: code version, software, hardware, settings, seeds, step times, input checksums."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+
+from sscild.paths import RunPaths, read_json, repo_root, unroot
+from sscild.profiles import Profile
+
+__all__ = ["cpu_name", "git_state", "environment_table", "run_settings", "step_times", "input_checksums", "sha256_file",
+           "gpu_check_table", "segment_benchmark_table", "read_record"]
+
+PACKAGES = ["sscild", "torch", "monai", "numpy", "scipy", "pandas", "nibabel", "SimpleITK", "pydicom",
+            "scikit-image", "statsmodels", "seaborn", "matplotlib", "papermill", "jupytext", "jupyter-book"]
+
+
+def git_state(root: Path | None = None) -> dict:
+    root = root or repo_root()
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                                    capture_output=True, text=True, check=True).stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": "unknown (not a git checkout)", "dirty": None}
+    return {"commit": commit, "dirty": dirty}
+
+
+def cpu_name() -> str:
+    """The processor's model name (from /proc/cpuinfo where there is one)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _device() -> str:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return f"GPU: {torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})"
+    except Exception:  # pragma: no cover
+        pass
+    import os
+
+    return f"CPU: {cpu_name()} ({os.cpu_count()} logical cores), no GPU"
+
+
+def environment_table() -> pd.DataFrame:
+    g = git_state()
+    rows = [("git commit", g["commit"]),
+            ("uncommitted changes", {True: "yes (dirty)", False: "no", None: "unknown"}[g["dirty"]]),
+            ("python", sys.version.split()[0]),
+            ("platform", platform.platform()),
+            ("device", _device())]
+    for pkg in PACKAGES:
+        try:
+            rows.append((pkg, metadata.version(pkg)))
+        except metadata.PackageNotFoundError:
+            rows.append((pkg, "not installed"))
+    return pd.DataFrame(rows, columns=["item", "value"]).set_index("item")
+
+
+def _fold_amp(run: RunPaths) -> str | None:
+    """The network's number type as the folds' ``train_summary.json`` record it: ``"float32 (cpu ...)"``,
+    ``"bfloat16 (cpu ...)"``, ``"float16 (cuda ...)"`` or a mix; ``None`` when no fold is trained."""
+    seen = set()
+    for path in sorted(Path(run.root).glob("fold_*/train_summary.json")):
+        s = read_json(path)
+        dtype = (s.get("numerics") or {}).get("dtype", "float16" if s.get("amp") else "float32")
+        seen.add(f"{dtype} ({s.get('device', '?')})")
+    return ", ".join(sorted(seen)) or None
+
+
+def run_settings(run: RunPaths, profile: Profile) -> pd.DataFrame:
+    rows = [("cohort", run.cohort), ("profile", profile.name), ("results folder", unroot(run.root.resolve())),
+            ("base seed", profile.seed), ("fold seeds", f"seed*1000 + k for k in 0..{profile.num_folds - 1}")]
+    used = _fold_amp(run)
+    for k, v in profile.to_dict().items():
+        if k == "amp":
+            # one answer for the page: the setting means "on CUDA", and what the folds did is recorded
+            v = (f"{'on CUDA only' if v else 'off'}; this run's folds computed in {used}" if used
+                 else ("on CUDA only" if v else "off"))
+        if k not in ("name", "seed", "extra"):
+            rows.append((k, str(v)))
+    return pd.DataFrame(rows, columns=["setting", "value"]).set_index("setting")
+
+
+def step_times(run: RunPaths) -> pd.DataFrame:
+    """Each step of ``runlog.json``: its latest execution, and the longest, which did the work.
+
+    A step re-run after its outputs exist (a finished fold, say) takes seconds, so the latest time
+    alone would hide what the step cost; ``longest s`` keeps it. Empty table if there is no log.
+    """
+    cols = ["status", "latest s", "longest s", "runs", "started", "parameters"]
+    if not run.runlog.exists():
+        return pd.DataFrame(columns=["step", *cols]).set_index("step")
+    steps = read_json(run.runlog)["steps"]
+    groups: dict[str, list[dict]] = {}
+    for s in steps:
+        groups.setdefault(s["step"], []).append(s)
+    rows = []
+    for k, runs in groups.items():
+        last = runs[-1]
+        ok = [float(r["seconds"]) for r in runs if r.get("status") == "ok" and r.get("seconds") is not None]
+        rows.append({"step": k, "status": last["status"], "latest s": last["seconds"],
+                     "longest s": max(ok) if ok else None, "runs": len(runs), "started": last["started"],
+                     "parameters": unroot(", ".join(f"{a}={b}" for a, b in last.get("parameters", {}).items()))})
+    return pd.DataFrame(rows).set_index("step")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def input_checksums(data_dir: str | Path) -> pd.DataFrame:
+    data_dir = Path(data_dir)
+    rows = [{"file": str(p.relative_to(data_dir)), "bytes": p.stat().st_size, "sha256": sha256_file(p)}
+            for p in sorted(data_dir.rglob("*")) if p.is_file()]
+    return pd.DataFrame(rows, columns=["file", "bytes", "sha256"]).set_index("file")
+
+
+def read_record(name: str, path: str | Path | None = None) -> dict | None:
+    """A recorded measurement: ``path``, or ``benchmarks/<name>`` of the repository; ``None`` if absent."""
+    path = Path(path) if path is not None else repo_root() / "benchmarks" / name
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def gpu_check_table(path: str | Path | None = None) -> pd.DataFrame | None:
+    """The recorded GPU check of the ``paper`` profile (``benchmarks/gpu_paper.json``) as a table.
+
+    The file is written by ``scripts/gpu_check.py`` on a machine with CUDA; ``None`` when there is none.
+    """
+    d = read_record("gpu_paper.json", path)
+    if d is None:
+        return None
+    tr, seg = d.get("train", {}), d.get("segment", {})
+    rows = [
+        ("recorded", f"{d.get('date', '?')}: `{d.get('command', 'scripts/gpu_check.py')}`"),
+        ("data", d.get("cohort", f"synthetic phantom, {d.get('patients')} patients")),
+        ("device", f"{d.get('gpu')} (torch {d.get('torch')}, CUDA {d.get('cuda')}, cuDNN {d.get('cudnn')})"),
+        ("mixed precision / cudnn autotuning", f"{tr.get('amp')} / {tr.get('cudnn_benchmark')}"),
+        ("batch", f"{tr.get('batch_size')} patches of {' x '.join(map(str, tr.get('patch', [])))}"),
+        ("loader processes", tr.get("loader_workers")),
+        ("parameters", f"{tr.get('parameters', 0):,}"),
+        ("steps", f"{tr.get('steps')} in {tr.get('seconds')} s (incl. warm-up and cudnn autotuning)"),
+        ("throughput after warm-up", f"{tr.get('steady_steps_per_s')} steps/s = {tr.get('steady_slices_per_s')} "
+                                      "patches/s"),
+        ("loss, first window -> last", f"{tr.get('first_loss')} -> {round(tr['final_loss'], 4) if tr.get('final_loss') else None}"),
+        ("peak GPU memory, training", f"{tr.get('peak_gpu_memory_gib')} GiB"),
+        ("segment one held-out volume", f"{seg.get('seconds')} s for {' x '.join(map(str, seg.get('input_shape') or []))} "
+                                        f"voxels (peak GPU memory {seg.get('peak_gpu_memory_gib')} GiB)"),
+    ]
+    return pd.DataFrame(rows, columns=["", "value"]).set_index("")
+
+
+def segment_benchmark_table(path: str | Path | None = None) -> pd.DataFrame | None:
+    """The recorded ``sscild segment`` benchmark (``benchmarks/segment_cpu.json``) as a table.
+
+    The file is written by ``scripts/bench_segment.py`` (its own output lands in
+    ``results/benchmarks/segment.json``); ``None`` when there is none.
+    """
+    d = read_record("segment_cpu.json", path)
+    if d is None:
+        return None
+    m = d.get("machine", {})
+    stages = d.get("in_process_s", {})
+    scan = d.get("scan", {})
+    rows = [
+        ("recorded", f"{d.get('date', '?')}: `{d.get('benchmark_command', 'scripts/bench_segment.py')}`"),
+        ("machine", f"{m.get('cpu')}, {d.get('threads')} threads, torch {m.get('torch')}; load average before "
+                    f"{(m.get('load_average_before') or ['?'])[0]}"),
+        ("scan", f"{' x '.join(map(str, scan.get('shape', [])))} voxels ({scan.get('source', '')})"),
+        ("models", f"{d.get('n_models')} fold models, profile `{d.get('profile')}` ({d.get('models')})"),
+        ("ensemble", f"{d.get('ensemble')}; {d.get('precision')}"),
+        ("wall time, fresh process", f"{d.get('wall_s')} s (target {d.get('targets', {}).get('wall_s')} s)"),
+        ("peak memory (RSS)", f"{d.get('peak_rss_gib')} GiB (target {d.get('targets', {}).get('peak_rss_gib')} GiB)"),
+        ("stages in the process", ", ".join(f"{k.replace('_', ' ')} {v} s" for k, v in stages.items())),
+    ]
+    for r in d.get("real_ct") or []:
+        if "lung_volume_l" in r:
+            rows.append((f"real CT {r['scan']}", f"lung {r['lung_volume_l']} L, lesion {r['lesion_pct']} % of lung, "
+                                                 f"{r['wall_s']} s, {r['peak_rss_gib']} GiB"))
+    return pd.DataFrame(rows, columns=["", "value"]).set_index("")

@@ -1,0 +1,8 @@
+"""Outputs for a clinician: one scan or a follow-up pair, in files a viewer opens.
+
+zones       EF / GGO extent per lung zone (sides, thirds, peripheral band)
+viewer      3D Slicer .seg.nrrd, ITK-SNAP labels, DICOM Segmentation
+scanreport  the self-contained HTML page per scan and per comparison
+batch       segment a folder of scans
+compare     the change between a baseline scan and a follow-up
+"""

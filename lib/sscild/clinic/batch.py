@@ -1,0 +1,163 @@
+"""Many scans at once: ``sscild segment FOLDER`` over a folder of scans or DICOM series.
+
+A folder is a **batch** when it holds scan files (NIfTI, NRRD, MetaImage), sub-folders (each one
+scan: a DICOM series), or DICOM files of more than one series; a folder whose files form one DICOM
+series is a single scan, as before. The models are loaded once. Each scan's outputs go to
+``OUT/<scan name>/``; ``OUT/batch.csv`` has one row per scan (status ``ok`` or ``failed`` with the
+reason, volumes, % of lung, stage, lower-zone and peripheral extent). A scan that cannot be
+segmented is reported and does not stop the others.
+
+Example:
+    >>> rows = segment_batch(discover_scans("scans/"), "out/")          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+import warnings
+from pathlib import Path
+
+from sscild.errors import InputError
+from sscild.paths import atomic_path
+
+__all__ = ["VOLUME_SUFFIXES", "is_batch_folder", "discover_scans", "segment_batch", "BATCH_COLUMNS"]
+
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+BATCH_COLUMNS = ["scan", "status", "error", "outputs", "lung_ml", "normal_ml", "ef_ml", "ggo_ml", "lesion_ml",
+                 "normal_pct", "ef_pct", "ggo_pct", "lesion_pct", "extent_stage", "ef_pct_lower", "ggo_pct_lower",
+                 "lesion_pct_lower", "ef_pct_peripheral", "ggo_pct_peripheral", "lesion_pct_peripheral", "seconds"]
+"""Columns of ``batch.csv``."""
+
+
+def _is_volume(p: Path) -> bool:
+    return p.is_file() and p.name.lower().endswith(VOLUME_SUFFIXES) and not p.name.startswith(".")
+
+
+def _dicom_series(folder: Path):
+    from sscild.data.io import _find_dicom_series
+
+    return [s for s in _find_dicom_series(folder) if s.folder == folder]
+
+
+def is_batch_folder(folder: str | Path) -> bool:
+    """Whether ``folder`` is a batch (see the module docstring) rather than one DICOM series."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return False
+    entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
+    if any(_is_volume(p) for p in entries) or any(p.is_dir() for p in entries):
+        return True
+    return len(_dicom_series(folder)) > 1
+
+
+def discover_scans(folder: str | Path) -> list[Path]:
+    """The scans of a batch folder, sorted: volume files, sub-folders, and single-file DICOM series.
+
+    A series of several files that shares its folder with other series cannot be read on its own;
+    such a folder is listed as one item so that its error says what to do.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: not a folder.")
+    items = []
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith("."):
+            continue
+        if _is_volume(p) or p.is_dir():
+            items.append(p)
+    series = _dicom_series(folder)
+    if len(series) > 1:
+        for s in series:
+            if len(s.files) == 1:
+                items.append(Path(s.files[0]))
+        if any(len(s.files) > 1 for s in series):
+            items.append(folder)
+    return sorted(set(items))
+
+
+def _name(item: Path, used: set) -> str:
+    from sscild.model.predict import _stem
+
+    base = _stem(item)
+    name, k = base, 2
+    while name in used:
+        name, k = f"{base}_{k}", k + 1
+    used.add(name)
+    return name
+
+
+def _row(item: Path, report: dict, out: Path, seconds: float) -> dict:
+    s = report["summary"]
+    pct, vol = s["percent_of_lung"], s["volumes_ml"]
+    table = report.get("zones", {}).get("table", {})
+    row = {"scan": str(item), "status": "ok", "error": "", "outputs": str(out), "lung_ml": s["lung_volume_ml"],
+           "extent_stage": s["extent_stage"], "seconds": round(seconds, 2)}
+    for k in ("normal", "ef", "ggo", "lesion"):
+        row[f"{k}_ml"] = vol.get(k)
+        row[f"{k}_pct"] = pct.get(k)
+    for zone in ("lower", "peripheral"):
+        for k in ("ef", "ggo", "lesion"):
+            row[f"{k}_pct_{zone}"] = table.get(zone, {}).get(f"{k}_pct")
+    return row
+
+
+def segment_batch(items, out: str | Path, *, models=None, ensemble=None, tta: bool | None = None,
+                  progress: bool = True, **kwargs) -> list[dict]:
+    """Segment every scan in ``items``; one row per scan in ``out/batch.csv``, failures included.
+
+    Args:
+        items: scan paths (:func:`discover_scans`).
+        out: output folder; each scan writes to ``out/<scan name>/``.
+        models, ensemble, tta: as :func:`sscild.model.predict.segment_scan` (models are loaded once).
+        progress: a tqdm bar over the scans.
+        **kwargs: passed on to :func:`sscild.model.predict.segment_scan`.
+
+    Returns:
+        The rows (dicts with :data:`BATCH_COLUMNS`).
+
+    Raises:
+        InputError: the models cannot be loaded (nothing could be segmented).
+    """
+    from sscild.model.predict import load_ensemble, segment_scan
+
+    items = [Path(p) for p in items]
+    out = Path(out)
+    if ensemble is None:
+        ensemble = load_ensemble(models)
+    rows, used = [], set()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(items), desc="scans", unit="scan", disable=None)
+    for item in items:
+        name = _name(item, used)
+        if bar is not None:
+            bar.set_postfix_str(name[:30], refresh=False)
+        t0 = time.perf_counter()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                report = segment_scan(item, out / name, ensemble=ensemble, tta=tta, progress=False, **kwargs)
+            rows.append(_row(item, report, out / name, time.perf_counter() - t0))
+        except Exception as exc:  # one bad scan must not stop the others; its reason goes into the table
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if not isinstance(exc, InputError):
+                msg = f"{type(exc).__name__}: {msg}"
+            rows.append({"scan": str(item), "status": "failed", "error": msg, "outputs": "",
+                         "seconds": round(time.perf_counter() - t0, 2)})
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "batch.csv", suffix=".csv") as tmp:
+        with open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=BATCH_COLUMNS, extrasaction="ignore")
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in BATCH_COLUMNS})
+    return rows
+

@@ -1,0 +1,39 @@
+"""The training recipe as a table (generated from a profile, shown in the Model & training chapter)."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from sscild.model.network import build_network, count_parameters
+from sscild.profiles import Profile, get_profile
+
+__all__ = ["recipe_table"]
+
+
+def recipe_table(profile: str | Profile) -> pd.DataFrame:
+    p = get_profile(profile)
+    rows = [
+        ("network", f"MONAI UNet, {p.spatial_dims}D, channels {list(p.channels)}, strides {list(p.strides)}, "
+                    f"{p.num_res_units} residual unit(s), {p.norm} norm"),
+        ("parameters", f"{count_parameters(build_network(p)):,}"),
+        ("input", f"1 channel: HU clipped to {list(p.hu_clip)}, linearly scaled"),
+        ("resampling", "in-plane and slice spacing " + ", ".join("native" if s is None else f"{s} mm" for s in p.target_spacing)),
+        ("patch", f"{list(p.patch_size)} voxels, axial"),
+        ("sampling", f"{p.lesion_oversample:.0%} of patches centred on EF/GGO, the rest on random lung voxels"),
+        ("augmentation", "flips, rotation +-15 deg, scaling +-15 %, intensity shift/scale "
+                         + ("+-15 %, random gamma 0.7-1.5" if p.intensity_aug == "strong" else "+-5 %")
+                         + ", Gaussian noise (MONAI)"),
+        ("loss", "Dice + cross-entropy (monai.losses.DiceCELoss), softmax, 4 classes, Dice over "
+                 + ("the whole batch" if p.batch_dice else "each patch")),
+        ("batches", "made in the training process on CPU; by loader processes on CUDA "
+                    "(a batch depends only on seed, fold and step)"),
+        ("optimiser", f"AdamW, lr {p.learning_rate:g}, weight decay {p.weight_decay:g}, warm-up then poly(0.9) decay"),
+        ("budget", f"{p.iterations} iterations x batch {p.batch_size}"),
+        ("checkpoints", f"every {p.checkpoint_every} iterations (resumable)"),
+        ("mixed precision", ("float16 on CUDA" if p.amp else "off on CUDA") + "; "
+                            + ("bfloat16 on CPUs that compute it natively, float32 on others" if p.cpu_bf16
+                               else "float32 on CPU")),
+        ("test-time augmentation", "left-right flip" if p.tta_flips else "none"),
+        ("folds / seed", f"{p.num_folds} / {p.seed} (fold k uses seed*1000 + k)"),
+    ]
+    return pd.DataFrame(rows, columns=["setting", "value"]).set_index("setting")

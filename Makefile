@@ -11,14 +11,10 @@ DATA      ?= $(DATA_ROOT)/synthetic-$(PROFILE)
 RESULTS   ?= results
 BOOK_OUT  ?= book
 LAUNCHER  ?= local
-# number of folds of each profile (must match lib/sscild/profiles.py; a test checks it)
-NUM_FOLDS_smoke := 2
-NUM_FOLDS_cpu   := 8
-NUM_FOLDS_paper := 8
-NUM_FOLDS ?= $(NUM_FOLDS_$(PROFILE))
-ALL_FOLDS := $(shell seq 0 $$(( $(or $(NUM_FOLDS),8) - 1 )))
 # which folds `make train` trains (default all), e.g. FOLDS="0 1" on one machine, "2 3" on another
 FOLDS ?= $(ALL_FOLDS)
+# threads of every step (default: chosen per step; a Slurm task exports SSCILD_THREADS = its CPUs)
+THREADS ?= $(SSCILD_THREADS)
 
 # ---- environment --------------------------------------------------------------------------
 PYTHON ?= python3
@@ -26,9 +22,6 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 REQ_HASH := $(shell cat requirements.txt pyproject.toml 2>/dev/null | sha256sum | cut -c1-16)
 STAMP  := $(VENV)/.installed-$(REQ_HASH)
-ifdef THREADS
-export SSCILD_THREADS := $(THREADS)
-endif
 # OpenMP threads sleep instead of spinning while they wait: on a busy machine spinning threads of
 # two processes starve each other (a cpu-profile step took 2.7 s with 2 spinning threads against
 # 0.46 s with passive waiting, measured side by side while other jobs ran); set it to ACTIVE to
@@ -40,12 +33,45 @@ ifdef LABEL_MAP
 export SSCILD_LABEL_MAP := $(LABEL_MAP)
 endif
 
-# ---- derived paths --------------------------------------------------------------------------
-COHORT := $(notdir $(abspath $(DATA)))
-RES    := $(RESULTS)/$(COHORT)/$(PROFILE)
+# ---- the run: resolved by the library (lib/sscild/context.py), not restated here -------------
+# NUM_FOLDS (the profile's), RES (<results>/<cohort>/<profile>), COHORT, SSCILD_RESULTS, and how the
+# folds share this machine: FOLD_JOBS folds at once with FOLD_THREADS threads each (on a CPU one
+# thread per fold, as many folds as cores; with a GPU one fold at a time). FOLD_JOBS=1 THREADS=2
+# trains one fold after the other on 2 threads; THREADS also sets the threads of every other step.
+ifeq ($(origin NUM_FOLDS),command line)
+$(error NUM_FOLDS is the profile's (lib/sscild/profiles.py): choose a PROFILE, or FOLDS="0 1" to train some folds)
+endif
+CTX_VARS := $(shell PYTHONPATH=lib $(PYTHON) -m sscild.context make --profile "$(PROFILE)" --data "$(DATA)" \
+  --results "$(RESULTS)" --jobs "$(FOLD_JOBS)" --threads "$(THREADS)" || echo CTX_FAILED)
+ifneq ($(filter CTX_FAILED,$(CTX_VARS)),)
+$(error the run could not be resolved (message above): check PROFILE, DATA and RESULTS)
+endif
+$(foreach v,$(CTX_VARS),$(eval $(v)))
+export SSCILD_RESULTS
+ifdef THREADS
+export SSCILD_THREADS := $(THREADS)
+endif
+ALL_FOLDS := $(shell seq 0 $$(( $(NUM_FOLDS) - 1 )))
 NB     := $(RES)/notebooks
-export SSCILD_RESULTS := $(abspath $(RESULTS))
 RUN    := $(PY) -m sscild.book.runner --run-dir $(RES) -p profile $(PROFILE) -p data_dir $(abspath $(DATA))
+# folds train FOLD_JOBS at a time without `make -j` (an explicit -j wins); chapters still run one
+# at a time (the runner's --one-at-a-time lock), since each uses every core
+ifeq ($(LAUNCHER),local)
+ifneq ($(FOLD_JOBS),1)
+MAKEFLAGS += -j$(FOLD_JOBS)
+endif
+endif
+CHAPTER_RUN := $(RUN) --one-at-a-time
+
+# ---- make follows the library: each chapter depends on the library files it imports -----------
+# (.make/libdeps.mk: LIBDEPS_<chapter>, made by lib/sscild/book/deps.py and remade when a library file
+# or a chapter source changes), so editing e.g. lib/sscild/evaluation/metrics.py re-runs the chapters
+# that use it, and only those
+LIBDEPS_MK := .make/libdeps.mk
+$(LIBDEPS_MK): $(shell find lib/sscild -name '*.py') $(wildcard notebooks/*.py)
+	@mkdir -p $(@D)
+	@PYTHONPATH=lib $(PYTHON) -m sscild.book.deps notebooks > $@.tmp && mv $@.tmp $@
+-include $(LIBDEPS_MK)
 
 FOLD_NBS  := $(foreach k,$(ALL_FOLDS),$(RES)/fold_$(k)/training.ipynb)
 TRAIN_NBS := $(foreach k,$(FOLDS),$(RES)/fold_$(k)/training.ipynb)
@@ -92,8 +118,10 @@ endif
 
 data: $(NB)/01_data.ipynb
 
-$(NB)/01_data.ipynb: notebooks/01_data.py $(DATA)/dataset.json | $(STAMP)
-	$(RUN) --step data $< $@
+$(NB)/01_data.ipynb: notebooks/01_data.py $(DATA)/dataset.json $(LIBDEPS_01_data) | $(STAMP)
+	@PYTHONPATH=lib $(PYTHON) -m sscild.context write --profile "$(PROFILE)" --data "$(DATA)" \
+	  --results "$(RESULTS)" --jobs "$(FOLD_JOBS)" --threads "$(THREADS)"
+	$(CHAPTER_RUN) --step data $< $@
 
 # ---- training: one target per fold, so `make -j4 train` trains four folds at once ----------
 train: $(TRAIN_NBS)
@@ -104,37 +132,37 @@ ifeq ($(LAUNCHER),slurm)
 # one Slurm job array, one task per fold; each task runs this Makefile's local fold target
 include mk/slurm.mk
 else ifeq ($(LAUNCHER),local)
-$(RES)/fold_%/training.ipynb: notebooks/02_training.py $(NB)/01_data.ipynb | $(STAMP)
-	$(RUN) --step train_fold_$* -p fold $* $< $@
+$(RES)/fold_%/training.ipynb: notebooks/02_training.py $(NB)/01_data.ipynb $(LIBDEPS_02_training) | $(STAMP)
+	SSCILD_THREADS=$(FOLD_THREADS) $(RUN) --step train_fold_$* -p fold $* $< $@
 else
 $(error LAUNCHER=$(LAUNCHER) is not known: use LAUNCHER=local (default) or LAUNCHER=slurm)
 endif
 
-$(NB)/02_training.ipynb: notebooks/02_training.py $(FOLD_NBS)
-	$(RUN) --step training_chapter $< $@
+$(NB)/02_training.ipynb: notebooks/02_training.py $(FOLD_NBS) $(LIBDEPS_02_training)
+	$(CHAPTER_RUN) --step training_chapter $< $@
 
 # ---- evaluation, clinical correlation, front matter, provenance ------------------------------
 evaluate: $(NB)/03_segmentation.ipynb
 
-$(NB)/03_segmentation.ipynb: notebooks/03_segmentation.py $(FOLD_NBS)
-	$(RUN) --step evaluate $< $@
+$(NB)/03_segmentation.ipynb: notebooks/03_segmentation.py $(FOLD_NBS) $(LIBDEPS_03_segmentation)
+	$(CHAPTER_RUN) --step evaluate $< $@
 
 correlate: $(NB)/04_clinical.ipynb
 
-$(NB)/04_clinical.ipynb: notebooks/04_clinical.py $(NB)/03_segmentation.ipynb
-	$(RUN) --step correlate $< $@
+$(NB)/04_clinical.ipynb: notebooks/04_clinical.py $(NB)/03_segmentation.ipynb $(LIBDEPS_04_clinical)
+	$(CHAPTER_RUN) --step correlate $< $@
 
-$(NB)/00_abstract.ipynb: notebooks/00_abstract.py $(NB)/03_segmentation.ipynb $(NB)/04_clinical.ipynb
-	$(RUN) --step abstract $< $@
+$(NB)/00_abstract.ipynb: notebooks/00_abstract.py $(NB)/03_segmentation.ipynb $(NB)/04_clinical.ipynb $(LIBDEPS_00_abstract)
+	$(CHAPTER_RUN) --step abstract $< $@
 
 # appendix: the trained models on real CT without labels (lung field vs the classical lung mask);
 # REAL_CT names a folder of chest CT volumes (default: ../shared/data/real-ct when it exists)
 REAL_CT ?= $(wildcard ../shared/data/real-ct)
-$(NB)/A2_real_ct.ipynb: notebooks/A2_real_ct.py $(FOLD_NBS)
-	$(RUN) --step real_ct $< $@ $(if $(REAL_CT),-p real_ct_dir $(abspath $(REAL_CT)))
+$(NB)/A2_real_ct.ipynb: notebooks/A2_real_ct.py $(FOLD_NBS) $(LIBDEPS_A2_real_ct)
+	$(CHAPTER_RUN) --step real_ct $< $@ $(if $(REAL_CT),-p real_ct_dir $(abspath $(REAL_CT)))
 
-$(NB)/05_reproducibility.ipynb: notebooks/05_reproducibility.py $(filter-out $(NB)/05_reproducibility.ipynb,$(CHAPTER_NBS))
-	$(RUN) --step reproducibility $< $@
+$(NB)/05_reproducibility.ipynb: notebooks/05_reproducibility.py $(filter-out $(NB)/05_reproducibility.ipynb,$(CHAPTER_NBS)) $(LIBDEPS_05_reproducibility)
+	$(CHAPTER_RUN) --step reproducibility $< $@
 
 # ---- appendix: external check on real CT (`make external`; not part of `make all`) ------------
 -include mk/external.mk
@@ -169,4 +197,4 @@ test-fast: $(STAMP)
 
 # ---- clean: generated outputs only; never the cohort folders under data/ ------------------------
 clean:
-	rm -rf $(RESULTS) build figures/*/ $(BOOK_OUT)/_build $(BOOK_OUT)/chapters $(BOOK_MARK)
+	rm -rf $(RESULTS) build .make figures/*/ $(BOOK_OUT)/_build $(BOOK_OUT)/chapters $(BOOK_MARK)

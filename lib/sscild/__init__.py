@@ -3,8 +3,9 @@
 The package is laid out by pipeline stage. Subpackages flow one way: each imports only from
 those listed above it (``tests/test_layering.py`` enforces it)::
 
-    (top level)   errors, profiles, paths, progress, paper, palette
-                  error type, run profiles, results layout and atomic writes, terminal progress,
+    (top level)   errors, profiles, paths, context, progress, paper, palette
+                  error type, run profiles, results layout and atomic writes, the run context
+                  (profile, cohort, folders, folds, how folds share the machine), terminal progress,
                   the published numbers, the label colours
     data          image I/O, the cohort folder and its validation, preprocessing, folds, lung mask
     synthetic     the synthetic SSc-ILD cohort generator

@@ -9,6 +9,7 @@ Everything a run derives goes under ``<results>/<cohort>/<profile>/``::
     predictions/<case>.nii.gz   out-of-fold label maps, input geometry
     segmentation_metrics.csv    per-case metrics; segmentation_summary.json
     clinical_correlations.csv   the correlation grid; clinical_summary.json
+    run_context.json            the resolved run: profile, folders, folds, how folds shared the machine
     runlog.json                 wall time and status of each make step
     notebooks/<chapter>.ipynb   executed chapter notebooks (copied into the book)
 
@@ -25,7 +26,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["RunPaths", "atomic_path", "write_json", "read_json", "repo_root", "default_data_dir", "resolve_data_dir"]
+__all__ = ["RunPaths", "atomic_path", "write_json", "read_json", "repo_root", "results_root", "default_data_dir",
+           "resolve_data_dir"]
 
 
 def repo_root() -> Path:
@@ -48,6 +50,14 @@ def unroot(text) -> str:
     paths inside the repository read relative to it and the book does not show the build machine's
     folders; anything else is left as it is."""
     return str(text).replace(str(repo_root().resolve()) + "/", "")
+
+
+def results_root(results: str | os.PathLike | None = None) -> Path:
+    """The results folder: ``results`` when given, else ``SSCILD_RESULTS``, else ``<repo>/results``
+    (the one place that reads ``SSCILD_RESULTS``)."""
+    if results not in (None, ""):
+        return Path(results).expanduser().resolve()
+    return Path(os.environ.get("SSCILD_RESULTS", repo_root() / "results")).resolve()
 
 
 def default_data_dir(profile: str) -> Path:
@@ -123,8 +133,7 @@ class RunPaths:
     def for_run(cls, data_dir: str | os.PathLike, profile: str, results: str | os.PathLike | None = None) -> "RunPaths":
         """Results of cohort folder ``data_dir`` under ``results`` (default ``<repo>/results``)."""
         cohort = Path(data_dir).resolve().name
-        results = Path(results) if results is not None else Path(os.environ.get("SSCILD_RESULTS", repo_root() / "results"))
-        return cls(results=results.resolve(), cohort=cohort, profile=str(profile))
+        return cls(results=results_root(results), cohort=cohort, profile=str(profile))
 
     @property
     def root(self) -> Path:

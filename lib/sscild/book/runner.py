@@ -8,7 +8,9 @@
 * A failing cell stops with a short message: the notebook, the cell's source and the error with its
   traceback (colour codes stripped), instead of papermill's wall of JSON.
 * The step's wall time, status and parameters are appended to ``RUN_DIR/runlog.json`` (the
-  Reproducibility chapter reads it).
+  Reproducibility chapter reads it), under a file lock: folds trained side by side append safely.
+* ``--one-at-a-time``: wait until no other step started with this flag runs in the same ``RUN_DIR``
+  (make trains folds in parallel; chapters, each using every core, take their turn).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import os
 import re
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from sscild.paths import atomic_path, read_json, write_json
@@ -61,14 +63,29 @@ def _failure_message(nb_path: Path, out_failed: Path) -> str:
     return f"\nNotebook failed: {nb_path} (see {out_failed})\n"
 
 
+@contextmanager
+def _locked(path: Path):
+    """Hold an exclusive lock on ``path`` (created if missing) while the block runs."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def _append_runlog(run_dir: Path, entry: dict) -> None:
     log_path = run_dir / "runlog.json"
-    try:
-        log = read_json(log_path) if log_path.exists() else {"steps": []}
-    except (ValueError, OSError):
-        log = {"steps": []}
-    log["steps"].append(entry)
-    write_json(log_path, log)
+    with _locked(run_dir / ".runlog.lock"):
+        try:
+            log = read_json(log_path) if log_path.exists() else {"steps": []}
+        except (ValueError, OSError):
+            log = {"steps": []}
+        log["steps"].append(entry)
+        write_json(log_path, log)
 
 
 class _ProgressEcho:
@@ -178,12 +195,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
     ap.add_argument("--run-dir", type=Path, default=None)
     ap.add_argument("--step", default=None)
+    ap.add_argument("--one-at-a-time", action="store_true",
+                    help="wait for other steps started with this flag in the same --run-dir")
     args = ap.parse_args(argv)
     params = {k: _coerce(v) for k, v in args.parameter}
-    print(f"[sscild] running {args.source} -> {args.out} {json.dumps(params)}", flush=True)
+    turn = (_locked(Path(args.run_dir or args.out.parent) / ".chapter.lock") if args.one_at_a_time
+            else nullcontext())
     t0 = time.perf_counter()
     try:
-        run_notebook(args.source, args.out, parameters=params, run_dir=args.run_dir, step=args.step)
+        with turn:
+            print(f"[sscild] running {args.source} -> {args.out} {json.dumps(params)}", flush=True)
+            run_notebook(args.source, args.out, parameters=params, run_dir=args.run_dir, step=args.step)
     except RuntimeError as exc:
         print(str(exc), file=sys.stderr)
         return 1

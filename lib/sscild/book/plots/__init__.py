@@ -17,7 +17,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 
-__all__ = ["style", "save", "LABEL_COLORS", "label_cmap", "overlay", "window", "LUNG_WINDOW", "window_text"]
+__all__ = ["style", "save", "LABEL_COLORS", "label_cmap", "overlay", "window", "LUNG_WINDOW", "window_text",
+           "fixed_jitter"]
 
 from sscild.palette import LABEL_HEX  # noqa: E402
 
@@ -32,6 +33,31 @@ LUNG_WINDOW = (-1350.0, 150.0)
 def window_text(lo: float = LUNG_WINDOW[0], hi: float = LUNG_WINDOW[1]) -> str:
     """The display window in words, for captions: ``"lung window W 1500 / L -600 HU"``."""
     return f"lung window W {hi - lo:g} / L {(hi + lo) / 2:g} HU"
+
+
+class fixed_jitter:
+    """Draw a seaborn strip plot's jitter from a fixed seed, so that a figure is the same on every run
+    (seaborn draws it from numpy's global random state); the global state is restored afterwards.
+
+    >>> with fixed_jitter():
+    ...     a = np.random.uniform(size=2)
+    >>> with fixed_jitter():
+    ...     b = np.random.uniform(size=2)
+    >>> bool((a == b).all())
+    True
+    """
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+
+    def __enter__(self):
+        self._state = np.random.get_state()
+        np.random.seed(self.seed)
+        return self
+
+    def __exit__(self, *exc):
+        np.random.set_state(self._state)
+        return False
 
 
 def style() -> None:

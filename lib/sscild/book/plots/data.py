@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from sscild.book.plots import LABEL_COLORS, overlay, plt
+from sscild.book.plots import LABEL_COLORS, fixed_jitter, overlay, plt
 
 __all__ = ["case_gallery", "extent_distribution", "fold_plot"]
 
@@ -94,8 +94,9 @@ def extent_distribution(cases: pd.DataFrame):
     order = list(_EXTENT.values())
     sns.boxplot(data=long, x="measure", y="pct", hue="measure", order=order, palette=palette, ax=a1, width=0.5,
                 showfliers=False, boxprops=dict(alpha=0.35), legend=False)
-    sns.stripplot(data=long, x="measure", y="pct", hue="measure", order=order, palette=palette, ax=a1, size=4.5,
-                  jitter=0.18, edgecolor="black", linewidth=0.4, legend=False)
+    with fixed_jitter():  # the same figure on every run
+        sns.stripplot(data=long, x="measure", y="pct", hue="measure", order=order, palette=palette, ax=a1, size=4.5,
+                      jitter=0.18, edgecolor="black", linewidth=0.4, legend=False)
     a1.set(xlabel="", ylabel="% of lung volume", title=f"lesion extent per patient (n = {len(cases)})")
     a1.set_ylim(bottom=0)
     total = cases["lesion_pct"].dropna()
@@ -142,8 +143,9 @@ def fold_plot(fold_cases: pd.DataFrame, *, column: str = "lesion_pct"):
     a1.set(xlabel="fold", ylabel="patients held out", title="fold size")
     data = fold_cases.assign(fold=fold_cases["fold"].astype(str))
     order = [str(f) for f in folds]
-    sns.stripplot(data=data, x="fold", y=column, order=order, ax=a2, color="#6a3d9a", size=5, jitter=0.08,
-                  edgecolor="black", linewidth=0.4)
+    with fixed_jitter():  # the same figure on every run
+        sns.stripplot(data=data, x="fold", y=column, order=order, ax=a2, color="#6a3d9a", size=5, jitter=0.08,
+                      edgecolor="black", linewidth=0.4)
     med = fold_cases.groupby("fold")[column].median().reindex(folds)
     a2.scatter(range(len(folds)), med.to_numpy(), marker="_", s=500, color="black", zorder=3, label="fold median")
     a2.axhline(float(fold_cases[column].median()), color="black", ls="--", lw=0.9, label="cohort median")

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.colors import ListedColormap
 
+from sscild.book.plots import fixed_jitter
 from sscild.palette import LABEL_HEX
 from matplotlib.patches import Patch
 
@@ -94,8 +95,9 @@ def dice_distribution(scores: pd.DataFrame, published: pd.DataFrame | None = Non
     order = list(names.values())
     fig, ax = plt.subplots(figsize=(8.5, 4))
     sns.boxplot(data=long, x="class", y="Dice", order=order, color="#dddddd", width=0.45, showfliers=False, ax=ax)
-    sns.stripplot(data=long, x="class", y="Dice", order=order, hue="class", hue_order=order,
-                  palette=[EXTERNAL_COLORS[1], EXTERNAL_COLORS[2]], size=4, jitter=0.15, ax=ax, legend=False)
+    with fixed_jitter():  # the same figure on every run
+        sns.stripplot(data=long, x="class", y="Dice", order=order, hue="class", hue_order=order,
+                      palette=[EXTERNAL_COLORS[1], EXTERNAL_COLORS[2]], size=4, jitter=0.15, ax=ax, legend=False)
     for i, key in enumerate(("ggo", "consolidation")):
         tot = (scores[f"pred_{key}"] + scores[f"ref_{key}"]).sum()
         if tot > 0:

@@ -26,7 +26,7 @@ import seaborn as sns
 from matplotlib.patches import Patch
 from nibabel import orientations as nio
 
-from sscild.book.plots import LABEL_COLORS, overlay
+from sscild.book.plots import LABEL_COLORS, fixed_jitter, overlay
 
 __all__ = ["to_canonical", "metric_strip", "case_montage", "bland_altman_grid", "baseline_comparison",
            "scan_montage", "label_legend", "attenuation_histograms"]
@@ -85,8 +85,9 @@ def metric_strip(df: pd.DataFrame, kind: str = "dice", *, regions=_REGION_ORDER,
         warnings.filterwarnings("ignore", message=".*vert: bool.*")
         sns.boxplot(data=long, x="region", y="value", order=order, color="#dde5ef", width=0.55, fliersize=0,
                     linewidth=1.0, ax=ax)
-    sns.stripplot(data=long, x="region", y="value", order=order, color="#3b6ea5", size=4, alpha=0.75, jitter=0.18,
-                  ax=ax)
+    with fixed_jitter():  # the same figure on every run
+        sns.stripplot(data=long, x="region", y="value", order=order, color="#3b6ea5", size=4, alpha=0.75, jitter=0.18,
+                      ax=ax)
     if paper:
         for i, name in enumerate(order):
             key = next(k for k, v in _REGION_LABEL.items() if v == name)

@@ -35,7 +35,7 @@ from sscild.book import plots
 from sscild.data.cohort import load_cohort, validate_cohort
 from sscild.data.folds import make_splits, write_splits
 from sscild.paths import default_data_dir, resolve_data_dir, write_json
-from sscild.synthetic.phantom import generate_cohort
+from sscild.synthetic.writer import generate_cohort
 from sscild.book.plots.data import case_gallery, extent_distribution, fold_plot
 from sscild.data.preprocess import build_cache
 from sscild.book.report import banner, chapter_context, figure, rel, glue, show
@@ -231,14 +231,14 @@ fig = figure(fold_plot(ds.fold_table(splits, cases)), "data_folds", run.figures,
 #   little boundary uncertainty, not a voxel-wise threshold.
 #
 # **Lung function is planted.** Each patient's FVC, FEV1, FEV1/FVC and DLCO are generated from their
-# true EF and GGO extents and demographics by the model printed below (`sscild.synthetic.phantom.CLINICAL_MODEL`):
+# true EF and GGO extents and demographics by the model printed below (`sscild.synthetic.lungfunction.CLINICAL_MODEL`):
 # fibrosis restricts (FVC and DLCO fall with extent, EF more than GGO), FEV1 follows FVC, and
 # FEV1/FVC is preserved or rises a little. Any correlation between lesions and lung function in this
 # cohort was put there by the generator; it shows that the pipeline can recover a planted
 # relationship, not a finding about patients.
 
 # %%
-from sscild.synthetic.phantom import CLINICAL_MODEL
+from sscild.synthetic.lungfunction import CLINICAL_MODEL
 
 if info["synthetic"]:
     display(Markdown(f"**{CLINICAL_MODEL['description']}** EF and GGO in the equations are percent of lung; "

@@ -89,7 +89,7 @@ if info["synthetic"]:
         "**These relationships were planted by the synthetic-cohort generator (`sscild.synthetic.phantom`)**; "
         "they follow respiratory physiology rather than the paper's numbers. The generator's model:\n\n"
         + (clin.planted_model_markdown(planted) if planted is not None
-           else "_(the generator does not publish its model in this version: see `sscild/synthetic/phantom.py`)_")))
+           else "_(the generator does not publish its model in this version: see `sscild/synthetic/lungfunction.py`)_")))
 else:
     display(Markdown(f"Real cohort `{info['folder']}`: nothing was planted."))
 

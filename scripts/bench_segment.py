@@ -55,7 +55,7 @@ def cpu_models(work: Path, iterations: int) -> Path:
     from sscild.data.cohort import load_cohort
     from sscild.data.folds import make_splits, write_splits
     from sscild.paths import RunPaths
-    from sscild.synthetic.phantom import generate_cohort
+    from sscild.synthetic.writer import generate_cohort
     from sscild.data.preprocess import build_cache
     from sscild.model.train import train_fold
 

@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     from sscild.data.cohort import load_cohort
     from sscild.data.folds import make_splits, write_splits
     from sscild.paths import RunPaths
-    from sscild.synthetic.phantom import generate_cohort
+    from sscild.synthetic.writer import generate_cohort
     from sscild.model.predict import segment_scan
     from sscild.data.preprocess import build_cache
     from sscild.profiles import get_profile

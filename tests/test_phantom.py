@@ -1,4 +1,4 @@
-"""Tests of the synthetic SSc-ILD cohort generator (sscild.synthetic.phantom) and its figure helper."""
+"""Tests of the synthetic SSc-ILD cohort generator (sscild.synthetic: phantom, lungfunction, writer) and its figure helper."""
 
 from __future__ import annotations
 
@@ -12,17 +12,10 @@ import pytest
 from scipy import ndimage as ndi
 from scipy.stats import spearmanr
 
-from sscild.synthetic.phantom import (
-    CLINICAL_COLUMNS,
-    CLINICAL_MODEL,
-    PhantomCase,
-    clinical_from_extent,
-    generate_case,
-    generate_cohort,
-    lung_mask_by_threshold,
-    parenchyma_stats,
-    simulate_population,
-)
+from sscild.data.lungmask import lung_mask_by_threshold, parenchyma_stats
+from sscild.synthetic.lungfunction import CLINICAL_MODEL, clinical_from_extent, simulate_population
+from sscild.synthetic.phantom import PhantomCase, generate_case
+from sscild.synthetic.writer import CLINICAL_COLUMNS, generate_cohort
 
 REAL_CT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real-ct"
 

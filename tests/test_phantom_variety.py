@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sscild.synthetic.phantom import generate_case, lung_mask_by_threshold
+from sscild.data.lungmask import lung_mask_by_threshold
+from sscild.synthetic.phantom import generate_case
 from sscild.synthetic.variety import Variety
 
 NONE = Variety.none()

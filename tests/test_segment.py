@@ -29,7 +29,7 @@ def models(tmp_path_factory):
     """Two smoke-profile fold models trained for a few steps on a 4-patient synthetic cohort."""
     base = tmp_path_factory.mktemp("segment")
     try:
-        from sscild.synthetic.phantom import generate_cohort
+        from sscild.synthetic.writer import generate_cohort
 
         data = generate_cohort(base / "cohort", profile="smoke", n=4, progress=False)
     except ImportError:  # pragma: no cover - older trees without the generator
@@ -245,12 +245,12 @@ def test_version_and_bad_options_give_one_line_and_exit_2(capsys, tmp_path):
 
 
 def test_an_unexpected_error_is_one_line_and_debug_shows_the_traceback(monkeypatch, tmp_path, capsys):
-    import sscild.synthetic.phantom
+    import sscild.synthetic.writer
 
     def boom(*a, **k):
         raise RuntimeError("disk on fire\nsecond line")
 
-    monkeypatch.setattr(sscild.synthetic.phantom, "generate_cohort", boom)
+    monkeypatch.setattr(sscild.synthetic.writer, "generate_cohort", boom)
     rc = main(["phantom", str(tmp_path / "c"), "--profile", "smoke"])
     err = capsys.readouterr().err
     assert rc == 1 and len(err.strip().splitlines()) == 1

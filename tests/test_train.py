@@ -11,7 +11,7 @@ from sscild.model import train as train_mod
 from sscild.data.cohort import load_cohort
 from sscild.data.folds import make_splits, read_splits, write_splits
 from sscild.paths import RunPaths
-from sscild.synthetic.phantom import generate_cohort
+from sscild.synthetic.writer import generate_cohort
 from sscild.data.preprocess import build_cache
 
 

@@ -66,7 +66,7 @@ def _cmd_validate(args) -> int:
 
 
 def _cmd_phantom(args) -> int:
-    from sscild.synthetic.phantom import generate_cohort
+    from sscild.synthetic.writer import generate_cohort
 
     out = generate_cohort(args.out, profile=args.profile, n=args.n, seed=args.seed, progress=not args.quiet)
     print(f"synthetic cohort written to {out}")

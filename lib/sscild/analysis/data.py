@@ -702,7 +702,7 @@ def parenchyma_comparison(scans: Sequence[tuple[str, str, np.ndarray, Sequence[f
         DataFrame indexed by ``scan`` with ``kind``, ``pixel (mm)``, ``slice (mm)``, ``lung (mL)``,
         ``median HU``, ``IQR HU`` and ``voxels above -500 HU (%)``.
     """
-    from sscild.synthetic.phantom import lung_mask_by_threshold, parenchyma_stats
+    from sscild.data.lungmask import lung_mask_by_threshold, parenchyma_stats
 
     rows = []
     for name, kind, hu, sp in scans:

@@ -57,7 +57,7 @@ def phantom_vs_real(phantom_hu, phantom_spacing, real_hu, real_spacing, *, real_
     """Axial slices of a phantom and a real chest CT side by side, plus their lung HU histograms.
 
     Both slices are shown in the lung window at the same physical scale (the level with the largest
-    lung area, found with :func:`sscild.synthetic.phantom.lung_mask_by_threshold` on both scans, so the
+    lung area, found with :func:`sscild.data.lungmask.lung_mask_by_threshold` on both scans, so the
     comparison is like for like); the histogram panel shows the attenuation of those lung voxels.
 
     Args:
@@ -78,7 +78,7 @@ def phantom_vs_real(phantom_hu, phantom_spacing, real_hu, real_spacing, *, real_
     Example:
         >>> fig = phantom_vs_real(case.image, case.spacing, real, real_spacing, real_orientation="LPS")  # doctest: +SKIP
     """
-    from sscild.synthetic.phantom import lung_mask_by_threshold, parenchyma_stats
+    from sscild.data.lungmask import lung_mask_by_threshold, parenchyma_stats
 
     items = []
     for name, hu, sp, ori in (("synthetic phantom", phantom_hu, phantom_spacing, phantom_orientation),

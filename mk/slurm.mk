@@ -2,7 +2,7 @@
 # Makefile. All fold notebooks are one grouped target, so make submits ONE job array for every fold
 # that is not done (task id = fold), waits for it, then goes on with evaluation. Each task runs this
 # Makefile's local fold target (`make fold-K LAUNCHER=local ...`), so a fold trains the same way as
-# without Slurm. Logic: lib/sscild/cluster/slurm.py; logs, status files, jobs.json: $(RES)/slurm/.
+# without Slurm. Logic: lib/sscild/cluster/ (command line: slurm.py); logs, status files, jobs.json: $(RES)/slurm/.
 #
 #   SLURM_PARTITION  --partition            SLURM_GRES     --gres, e.g. gpu:1
 #   SLURM_TIME       --time per fold task   SLURM_ACCOUNT  --account

@@ -27,7 +27,7 @@ from IPython.display import Markdown, display
 
 from sscild.book.provenance import environment_table, input_checksums, step_times, run_settings
 from sscild.book.report import banner, chapter_context, show
-from sscild.cluster.slurm import jobs_table
+from sscild.cluster.jobs import jobs_table
 
 data_dir = resolve_data_dir(data_dir, profile)
 run, prof, info = chapter_context(data_dir, profile)

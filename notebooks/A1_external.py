@@ -18,7 +18,7 @@
 # network factory (`sscild.model.network.build_network`), the training loop (`sscild.model.train.train_model`) and
 # the MONAI-based Dice (`sscild.evaluation.metrics`) -- is trained on real CT slices with expert labels, and the
 # result is set beside published numbers. There is no separate pipeline: only the reading of a 2D
-# image folder (`sscild.external.benchmark`) is new.
+# image folder (`sscild.external`) is new.
 #
 # The data are the COVID-SemiSeg benchmark {cite}`fan2020infnet`: axial CT slices of COVID-19
 # pneumonia, exported as 8-bit images already windowed for the lung, with masks of ground-glass
@@ -42,7 +42,14 @@ from pathlib import Path
 import pandas as pd
 from IPython.display import Markdown, display
 
-from sscild.external import benchmark as ext
+from sscild.external.predict import read_predictions
+from sscild.external.recipe import external_profile, recipe_dict
+from sscild.external.runs import run_external
+from sscild.external.screens import RECIPE_CHOICE, RECIPE_SEARCH, SEMI_CHOICE, SEMI_SCREEN_COMMAND, semi_screen
+from sscild.external.slices import (CLASS_NAMES, HOW_TO_GET_DATA, default_train_dir, default_unlabelled_dir,
+                                    read_slice_folder)
+from sscild.external.tables import (PUBLISHED, compare_to_published, describe_slices, recorded_gpu_run, results_table,
+                                    semi_supervised_table)
 from sscild.book import plots
 from sscild.paths import read_json, repo_root
 from sscild.book.plots.external import dice_distribution, example_slices, pick_examples
@@ -50,14 +57,14 @@ from sscild.book.report import figure, glue, show
 
 plots.style()
 t_start = time.perf_counter()
-prof = ext.external_profile(profile)
+prof = external_profile(profile)
 if train_dir in (None, ""):
-    train_dir = ext.default_train_dir()
+    train_dir = default_train_dir()
 test_dir = None if test_dir in (None, "") else Path(test_dir)
 if unlabelled_dir is None:
-    unlabelled_dir = ext.default_unlabelled_dir()
+    unlabelled_dir = default_unlabelled_dir()
 unlabelled_dir = None if str(unlabelled_dir).lower() in ("", "none") else Path(unlabelled_dir)
-semi = ext.external_profile(prof).extra.get("semi", "off") == "self-training" and unlabelled_dir is not None
+semi = external_profile(prof).extra.get("semi", "off") == "self-training" and unlabelled_dir is not None
 if out_dir in (None, ""):
     out_dir = Path(os.environ.get("SSCILD_RESULTS", repo_root() / "results")) / "external"
 out_dir = Path(out_dir)
@@ -67,11 +74,11 @@ if not available:
     display(Markdown(
         ":::{note}\n**Not run: the training folder is absent**"
         + (f" (`{train_dir}` has no `images/`)" if train_dir is not None else "")
-        + ".\n\n" + ext.HOW_TO_GET_DATA + "\n:::"))
+        + ".\n\n" + HOW_TO_GET_DATA + "\n:::"))
 else:
     train_dir = Path(train_dir)
-    train = ext.read_slice_folder(train_dir, what="training folder")
-    test = ext.read_slice_folder(test_dir, what="test folder") if test_dir is not None else None
+    train = read_slice_folder(train_dir, what="training folder")
+    test = read_slice_folder(test_dir, what="test folder") if test_dir is not None else None
     display(Markdown(f":::{{note}}\nReal CT: **{len(train)} labelled training slices** from `{train_dir.name}`"
                      + (f" and **{len(test)} test slices** from `{test_dir.name}`" if test else
                         "; no test folder was given, so the results are cross-validated only")
@@ -92,15 +99,15 @@ else:
 
 # %%
 if available:
-    show(ext.describe_slices(train), caption="Training part")
+    show(describe_slices(train), caption="Training part")
     if test:
-        show(ext.describe_slices(test), caption="Test part")
+        show(describe_slices(test), caption="Test part")
 
 # %% [markdown]
 # ## The recipe
 #
 # The network and training loop are the study's; only the settings below differ from the `cpu`
-# profile, derived in `sscild.external.benchmark.EXTERNAL_PROFILES` with `Profile.with_overrides`:
+# profile, derived in `sscild.external.recipe.EXTERNAL_PROFILES` with `Profile.with_overrides`:
 #
 # * **Intensity**: grey level v in [0, 255] becomes 2v/255 - 1, in [-1, 1]. All slices were
 #   exported in a lung window, so a grey level means about the same density in each; a per-image
@@ -119,7 +126,7 @@ if available:
 
 # %%
 if available:
-    rec = ext.recipe_dict(prof, threads=int(os.environ.get("SSCILD_THREADS", "0")) or os.cpu_count())
+    rec = recipe_dict(prof, threads=int(os.environ.get("SSCILD_THREADS", "0")) or os.cpu_count())
     show(pd.DataFrame({"value": {k: str(v) for k, v in rec.items()}}), caption=f"Recipe `{prof.name}`")
 
 # %% [markdown]
@@ -136,13 +143,13 @@ if available:
 # The recipe was fixed **from cross-validation on the training slices only**; no test result was
 # looked at. Each variant was screened on fold 0 of the cross-validation below (trained on 40
 # slices, scored on the other 10), with its Dice and the CPU time of its training. The screen was
-# run once with `python -m sscild.external.benchmark search TRAIN_DIR OUT --folds 0` and is stored in
-# `sscild.external.benchmark.RECIPE_SEARCH`; this build does not re-run it (it costs as much as the check
+# run once with `python -m sscild.external search TRAIN_DIR OUT --folds 0` and is stored in
+# `sscild.external.screens.RECIPE_SEARCH`; this build does not re-run it (it costs as much as the check
 # itself).
 
 # %%
-show(ext.RECIPE_SEARCH.set_index("variant"), caption="Variants screened on fold 0 (10 training slices held out)")
-display(Markdown(ext.RECIPE_CHOICE))
+show(RECIPE_SEARCH.set_index("variant"), caption="Variants screened on fold 0 (10 training slices held out)")
+display(Markdown(RECIPE_CHOICE))
 
 # %% [markdown]
 # ## Cross-validation
@@ -155,18 +162,18 @@ display(Markdown(ext.RECIPE_CHOICE))
 
 # %%
 if available:
-    summary = ext.run_external(train_dir, out_dir, test_dir=test_dir, profile=prof,
-                               unlabelled_dir=unlabelled_dir if semi else None)
+    summary = run_external(train_dir, out_dir, test_dir=test_dir, profile=prof,
+                           unlabelled_dir=unlabelled_dir if semi else None)
     cv = summary["cv"]
     for key in ("dice_ggo", "dice_consolidation", "pooled_dice_ggo", "pooled_dice_consolidation"):
         glue(f"external_cv_{key}", round(cv[key], 3), display=False)
-    show(ext.results_table(summary), caption="Dice: this recipe beside the published results")
+    show(results_table(summary), caption="Dice: this recipe beside the published results")
     display(Markdown(
         f"Cross-validated Dice, mean over slices: **GGO {cv['dice_ggo']:.3f}** "
         f"({cv['n_ggo']} slices with GGO), **consolidation {cv['dice_consolidation']:.3f}** "
         f"({cv['n_consolidation']} slices with consolidation; {cv['n_excluded_consolidation']} without it "
         f"are left out of that mean). Pooled over slices: GGO {cv['pooled_dice_ggo']:.3f}, consolidation "
-        f"{cv['pooled_dice_consolidation']:.3f}. " + ext.compare_to_published(cv)))
+        f"{cv['pooled_dice_consolidation']:.3f}. " + compare_to_published(cv)))
 
 # %% [markdown]
 # The published rows are Dice on the benchmark's 48-slice **test** part; the cross-validated rows
@@ -204,12 +211,12 @@ if available:
 # intervals.
 
 # %%
-semi_t = ext.semi_screen()
+semi_t = semi_screen()
 if semi_t is None:
     display(Markdown("The second screen's record (`benchmarks/external_semi_screen.csv`) is not in this checkout."))
 else:
     show(semi_t, caption="Second screen, fold 0 (10 held-out slices): self-training and its control")
-    display(Markdown(ext.SEMI_CHOICE + f"\n\nCommand: `{ext.SEMI_SCREEN_COMMAND}`."))
+    display(Markdown(SEMI_CHOICE + f"\n\nCommand: `{SEMI_SCREEN_COMMAND}`."))
 
 # %% [markdown]
 # The cross-validation above trains each fold's model in two stages when the profile says so (the
@@ -226,10 +233,10 @@ if available and summary.get("cv_supervised"):
     names = (("first stage: supervised recipe", "second stage: more steps, labelled slices only")
              if mode == "fine-tune" else
              ("supervised (fold teachers, labelled slices only)", "semi-supervised (self-trained fold students)"))
-    stage_t = ext.semi_supervised_table(cv_scores, sup_scores, seed=prof.seed, names=names)
+    stage_t = semi_supervised_table(cv_scores, sup_scores, seed=prof.seed, names=names)
     show(stage_t, caption="Cross-validated Dice of the two stages (mean [95% CI], all 50 slices)")
     gain = stage_t.attrs["gain"]
-    for n in ext.CLASS_NAMES:
+    for n in CLASS_NAMES:
         glue(f"external_stage_gain_{n}", round(gain[n]["mean"], 3), display=False)
     display(Markdown(
         f"The second stage changes cross-validated Dice by {gain['ggo']['mean']:+.3f} "
@@ -251,7 +258,7 @@ elif available:
 # by this page, which needs no GPU).
 
 # %%
-gpu_cv = ext.recorded_gpu_run()
+gpu_cv = recorded_gpu_run()
 if gpu_cv is None:
     display(Markdown("No GPU run of the `paper` external profile is recorded in this checkout."))
 else:
@@ -268,12 +275,12 @@ else:
             f"from {here['dice_ggo']:.3f} to {g['dice_ggo']:.3f} for GGO and from "
             f"{here['dice_consolidation']:.3f} to {g['dice_consolidation']:.3f} for consolidation (mean over "
             "slices), against the best published test-part row of "
-            f"{ext.PUBLISHED['dice_ggo'].max():.3f} / {ext.PUBLISHED['dice_consolidation'].max():.3f}."))
+            f"{PUBLISHED['dice_ggo'].max():.3f} / {PUBLISHED['dice_consolidation'].max():.3f}."))
 
 # %%
 if available:
     scores = pd.read_csv(out_dir / "cv" / "scores.csv", dtype={"slice_id": str})
-    preds = ext.read_predictions(out_dir / "cv" / "predictions", train)
+    preds = read_predictions(out_dir / "cv" / "predictions", train)
     ids = pick_examples(scores, 3)
     fig = example_slices(train, preds, ids, scores)
     figure(fig, "external_examples", fig_dir, caption=(
@@ -282,7 +289,7 @@ if available:
 
 # %%
 if available:
-    fig = dice_distribution(scores, ext.PUBLISHED)
+    fig = dice_distribution(scores, PUBLISHED)
     figure(fig, "external_dice_distribution", fig_dir, caption=(
         "Per-slice cross-validated Dice (points, box: quartiles), pooled Dice (black) and the published "
         "test-part values (coloured marks, right of each box): look at the spread over slices."))
@@ -296,7 +303,7 @@ if available and summary["test"]:
     for key in ("dice_ggo", "dice_consolidation", "pooled_dice_ggo", "pooled_dice_consolidation"):
         glue(f"external_test_{key}", round(t[key], 3), display=False)
     t_scores = pd.read_csv(out_dir / "test" / "scores.csv", dtype={"slice_id": str})
-    t_preds = ext.read_predictions(out_dir / "test" / "predictions", test)
+    t_preds = read_predictions(out_dir / "test" / "predictions", test)
     fig = example_slices(test, t_preds, pick_examples(t_scores, 3), t_scores)
     figure(fig, "external_test_examples", fig_dir, caption=(
         "Test-part slices (best, median, worst) of the network trained on the whole training part, beside the "
@@ -304,7 +311,7 @@ if available and summary["test"]:
     display(Markdown(f"One network trained on all {summary['data']['n_train']} training slices with the "
                      f"recipe above, scored on the {t['n_slices']} test slices: GGO **{t['dice_ggo']:.3f}**, "
                      f"consolidation **{t['dice_consolidation']:.3f}** (mean over slices); the table above "
-                     "sets them beside the published rows. " + ext.compare_to_published(t, what="test-part")))
+                     "sets them beside the published rows. " + compare_to_published(t, what="test-part")))
 elif available:
     display(Markdown("No test folder was given (`make external EXTERNAL_TEST=DIR`), so there is no "
                      "test-part result; the benchmark's test part is not distributed with this project."))

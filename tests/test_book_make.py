@@ -48,10 +48,10 @@ def test_out_of_date_appendix_page_says_so(tmp_path):
     nb.cells = [nbformat.v4.new_markdown_cell("# External check"), nbformat.v4.new_code_cell("x = 1")]
     src, dst = tmp_path / "a.ipynb", tmp_path / "b.ipynb"
     nbformat.write(nb, src)
-    _tag_for_reading(src, dst, stale=["lib/sscild/external/benchmark.py"])
+    _tag_for_reading(src, dst, stale=["lib/sscild/external/runs.py"])
     cells = nbformat.read(dst, as_version=4).cells
     assert cells[0].source == "# External check"
-    assert "out of date" in cells[1].source and "`lib/sscild/external/benchmark.py`" in cells[1].source
+    assert "out of date" in cells[1].source and "`lib/sscild/external/runs.py`" in cells[1].source
     assert "make external" in cells[1].source
     _tag_for_reading(src, dst)
     assert len(nbformat.read(dst, as_version=4).cells) == 2

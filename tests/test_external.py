@@ -13,8 +13,16 @@ import pytest
 import torch
 from PIL import Image
 
-from sscild.external import benchmark as ext
 from sscild.errors import InputError
+from sscild.external.grid import GridMap, normalize_intensity, training_case
+from sscild.external.predict import MeanProb, predict_slices, pseudo_label_cases
+from sscild.external.recipe import external_profile
+from sscild.external.runs import cross_validate, run_external
+from sscild.external.scores import score_slices, summarize_scores
+from sscild.external.screens import semi_screen
+from sscild.external.slices import SliceImage, read_slice_folder, read_unlabelled_folder
+from sscild.external.tables import PUBLISHED, recorded_gpu_run, results_table
+from sscild.external.training import profile_key
 
 REPO = Path(__file__).resolve().parents[1]
 COVID_TRAIN = REPO.parent / "shared" / "data" / "covid-semiseg" / "train"
@@ -60,7 +68,7 @@ def test_read_folder_transposes_to_xy_and_sorts_naturally(tmp_path):
     img, lab = blob_slice()
     for sid in ("10", "2", "b"):
         write_slice(tmp_path, sid, img, lab, ext_=".jpg" if sid == "2" else ".png")
-    slices = ext.read_slice_folder(tmp_path)
+    slices = read_slice_folder(tmp_path)
     assert list(slices) == ["2", "10", "b"]
     s = slices["10"]
     assert s.image.shape == (40, 24) and s.label.shape == (40, 24)  # (x, y) = (columns, rows)
@@ -78,7 +86,7 @@ def test_read_folder_reports_every_problem_at_once(tmp_path):
     write_slice(tmp_path, "three", img, bad)
     Image.fromarray(lab).save(tmp_path / "labels" / "orphan.png")
     with pytest.raises(InputError) as e:
-        ext.read_slice_folder(tmp_path, what="training folder")
+        read_slice_folder(tmp_path, what="training folder")
     msg = str(e.value)
     assert "5 problem(s)" not in msg and "4 problem(s)" in msg
     assert "slice nolabel: label" in msg and "is missing" in msg
@@ -94,24 +102,24 @@ def test_read_folder_rejects_colour_label_and_missing_folder(tmp_path):
     rgb = np.stack([lab, lab * 0, lab], -1)
     Image.fromarray(rgb.astype(np.uint8)).save(tmp_path / "labels" / "c.png")
     with pytest.raises(InputError, match="slice c: .*colour image"):
-        ext.read_slice_folder(tmp_path)
+        read_slice_folder(tmp_path)
     with pytest.raises(InputError, match="does not exist.*COVID-SemiSeg"):
-        ext.read_slice_folder(tmp_path / "absent")
+        read_slice_folder(tmp_path / "absent")
 
 
 def test_normalize_intensity_maps_8bit_to_minus_one_one():
-    out = ext.normalize_intensity(np.array([[0, 51, 255]], np.uint8))
+    out = normalize_intensity(np.array([[0, 51, 255]], np.uint8))
     assert out.dtype == np.float32
     np.testing.assert_allclose(out, [[-1.0, 51 / 127.5 - 1, 1.0]], atol=1e-6)
     with pytest.raises(ValueError, match="uint8"):
-        ext.normalize_intensity(np.zeros((2, 2), np.float32))
+        normalize_intensity(np.zeros((2, 2), np.float32))
 
 
 # ---- grid: resize / pad and back -------------------------------------------------------------
 
 
 def test_grid_geometry_keeps_aspect_and_centres():
-    g = ext.GridMap(shape=(100, 50), size=64)
+    g = GridMap(shape=(100, 50), size=64)
     assert g.resized == (64, 32) and g.offset == (0, 16)
     grid = g.image_to_grid(np.ones((100, 50), np.float32))
     assert grid.shape == (64, 64)
@@ -125,7 +133,7 @@ def test_label_round_trip_returns_to_original_size(shape, size):
     nx, ny = shape
     lab[nx // 10: nx // 2, ny // 8: ny // 2] = 1
     lab[nx // 2 + 2: nx - 3, ny // 2 + 2: ny - 2] = 2
-    g = ext.GridMap(shape=shape, size=size)
+    g = GridMap(shape=shape, size=size)
     on_grid = g.label_to_grid(lab, 3)
     probs = np.eye(3, dtype=np.float32)[on_grid].transpose(2, 0, 1)
     back = g.probs_from_grid(probs).argmax(0)
@@ -140,7 +148,7 @@ def test_label_round_trip_returns_to_original_size(shape, size):
 
 
 def test_grid_rejects_wrong_shapes():
-    g = ext.GridMap(shape=(10, 20), size=32)
+    g = GridMap(shape=(10, 20), size=32)
     with pytest.raises(ValueError, match="expected"):
         g.image_to_grid(np.zeros((20, 10), np.float32))
     with pytest.raises(ValueError, match="probabilities"):
@@ -153,12 +161,12 @@ def test_grid_rejects_wrong_shapes():
 @pytest.mark.parametrize("tta", ["none", "flip", "dihedral"])
 def test_prediction_of_rotated_slice_is_in_its_own_orientation(tta):
     img, lab = blob_slice(32, 32)
-    prof = ext.external_profile("smoke", grid_size=32, patch_size=(32, 32), tta=tta)
+    prof = external_profile("smoke", grid_size=32, patch_size=(32, 32), tta=tta)
     net = PixelNet()
     for k in range(4):  # the same slice stored turned by k x 90 degrees
         im_k, lab_k = np.rot90(img, k).T.copy(), np.rot90(lab, k).T.copy()
-        s = ext.SliceImage(f"r{k}", im_k, lab_k, Path("x.png"), Path("y.png"))
-        pred = ext.predict_slices(net, {s.slice_id: s}, prof)[s.slice_id]
+        s = SliceImage(f"r{k}", im_k, lab_k, Path("x.png"), Path("y.png"))
+        pred = predict_slices(net, {s.slice_id: s}, prof)[s.slice_id]
         np.testing.assert_array_equal(pred, lab_k)
 
 
@@ -166,9 +174,9 @@ def test_prediction_of_non_square_slice_maps_back(tmp_path):
     img, lab = blob_slice(24, 40)
     write_slice(tmp_path, "w", img, lab)
     write_slice(tmp_path, "h", img.T.copy(), lab.T.copy())  # the same slice turned on its side
-    slices = ext.read_slice_folder(tmp_path)
-    prof = ext.external_profile("smoke", grid_size=64, patch_size=(64, 64), tta="dihedral")
-    preds = ext.predict_slices(PixelNet(), slices, prof)
+    slices = read_slice_folder(tmp_path)
+    prof = external_profile("smoke", grid_size=64, patch_size=(64, 64), tta="dihedral")
+    preds = predict_slices(PixelNet(), slices, prof)
     for sid, s in slices.items():
         assert preds[sid].shape == s.shape
         assert (preds[sid] == s.label).mean() > 0.97
@@ -176,14 +184,14 @@ def test_prediction_of_non_square_slice_maps_back(tmp_path):
 
 def test_training_case_holds_the_four_rotations():
     img, lab = blob_slice(32, 32)
-    s = ext.SliceImage("a", img.T.copy(), lab.T.copy(), Path("a.png"), Path("a.png"))
-    prof = ext.external_profile("smoke", grid_size=32, patch_size=(32, 32))
-    case = ext.training_case(s, prof)
+    s = SliceImage("a", img.T.copy(), lab.T.copy(), Path("a.png"), Path("a.png"))
+    prof = external_profile("smoke", grid_size=32, patch_size=(32, 32))
+    case = training_case(s, prof)
     assert case.image.shape == (32, 32, 4) and case.label.shape == (32, 32, 4)
     assert case.image.dtype == np.float32 and case.label.dtype == np.uint8
     for k in range(4):
         np.testing.assert_array_equal(case.label[:, :, k], np.rot90(lab.T, k))
-    flat = ext.training_case(s, ext.external_profile(prof, rotations=False))
+    flat = training_case(s, external_profile(prof, rotations=False))
     assert flat.image.shape == (32, 32, 1)
 
 
@@ -197,31 +205,31 @@ def test_scores_mean_and_pooled_by_hand():
     pred_a = np.array([[1, 1, 0, 0, 0, 2]], np.uint8)
     ref_b = np.array([[1, 1, 0, 2, 2, 0]], np.uint8)
     pred_b = np.array([[0, 1, 1, 2, 2, 0]], np.uint8)
-    sl = {k: ext.SliceImage(k, np.zeros_like(r), r, Path(k), Path(k)) for k, r in (("a", ref_a), ("b", ref_b))}
-    df = ext.score_slices({"a": pred_a, "b": pred_b}, sl)
+    sl = {k: SliceImage(k, np.zeros_like(r), r, Path(k), Path(k)) for k, r in (("a", ref_a), ("b", ref_b))}
+    df = score_slices({"a": pred_a, "b": pred_b}, sl)
     assert df.set_index("slice_id").loc["a", "dice_ggo"] == pytest.approx(2 / 3)
     assert math.isnan(df.set_index("slice_id").loc["a", "dice_consolidation"])
-    s = ext.summarize_scores(df, n_boot=200)
+    s = summarize_scores(df, n_boot=200)
     assert s["dice_ggo"] == pytest.approx((2 / 3 + 0.5) / 2)
     assert s["pooled_dice_ggo"] == pytest.approx(2 * (2 + 1) / (6 + 4))
     assert s["dice_consolidation"] == pytest.approx(1.0)
     assert s["n_excluded_consolidation"] == 1
     assert s["pooled_dice_consolidation"] == pytest.approx(2 * 2 / (1 + 2 + 2))  # the false pixel counts
     with pytest.raises(ValueError, match="map the prediction back"):
-        ext.score_slices({"a": pred_a[:, :5]}, sl)
+        score_slices({"a": pred_a[:, :5]}, sl)
 
 
 def test_profiles_are_validated():
-    p = ext.external_profile("cpu")
+    p = external_profile("cpu")
     assert p.num_folds == 5 and p.name == "external-cpu" and p.extra["grid_size"] % 8 == 0
     with pytest.raises(ValueError, match="multiple of 8"):
-        ext.external_profile("cpu", grid_size=250)
+        external_profile("cpu", grid_size=250)
     with pytest.raises(ValueError, match="larger than grid_size"):
-        ext.external_profile("cpu", grid_size=128, patch_size=(192, 192))
+        external_profile("cpu", grid_size=128, patch_size=(192, 192))
     with pytest.raises(ValueError, match="tta"):
-        ext.external_profile("cpu", tta="all")
+        external_profile("cpu", tta="all")
     with pytest.raises(ValueError, match="Unknown external-check profile"):
-        ext.external_profile("huge")
+        external_profile("huge")
 
 
 def test_results_table_sets_published_rows_beside():
@@ -229,8 +237,8 @@ def test_results_table_sets_published_rows_beside():
                    "dice_consolidation_ci": [float("nan"), float("nan")], "pooled_dice_ggo": 0.75,
                    "pooled_dice_ggo_ci": [0.7, 0.8], "pooled_dice_consolidation": 0.6,
                    "pooled_dice_consolidation_ci": [0.5, 0.7]}, "test": None}
-    t = ext.results_table(summ)
-    assert len(t) == 1 + len(ext.PUBLISHED)
+    t = results_table(summ)
+    assert len(t) == 1 + len(PUBLISHED)
     assert t.iloc[0]["Dice GGO (mean over slices)"] == "0.700 [0.600, 0.800]"
     assert t.iloc[0]["Dice consolidation (mean over slices)"] == "0.500"
     assert t.loc["published: FSS-2019-nCov (test part)", "Dice GGO (mean over slices)"] == "0.679"
@@ -304,9 +312,9 @@ def test_run_external_with_test_folder_on_tiny_slices(tmp_path):
             img, lab = blob_slice(24 + 2 * i, 40)
             noisy = np.clip(img.astype(int) + rng.integers(-20, 20, img.shape), 0, 255)
             write_slice(tmp_path / split, f"{split}{i}", noisy, lab)
-    prof = ext.external_profile("smoke", grid_size=32, patch_size=(32, 32), iterations=2, batch_size=2, num_folds=2)
-    summ = ext.run_external(tmp_path / "train", tmp_path / "out", test_dir=tmp_path / "test", profile=prof,
-                            n_boot=100, log=None)
+    prof = external_profile("smoke", grid_size=32, patch_size=(32, 32), iterations=2, batch_size=2, num_folds=2)
+    summ = run_external(tmp_path / "train", tmp_path / "out", test_dir=tmp_path / "test", profile=prof,
+                        n_boot=100, log=None)
     on_disk = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert on_disk["test"]["n_slices"] == 2 and on_disk["cv"]["n_slices"] == 6 and on_disk["cv"]["folds"] == 2
     for part in ("cv", "test"):
@@ -316,32 +324,32 @@ def test_run_external_with_test_folder_on_tiny_slices(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out" / "test" / "predictions").iterdir()) == ["test0.png", "test1.png"]
     # a re-run reuses the finished models (same slices, same recipe): nothing is trained again
     before = (tmp_path / "out" / "cv" / "fold_0" / "model_final.pt").stat().st_mtime_ns
-    ext.run_external(tmp_path / "train", tmp_path / "out", profile=prof, n_boot=100, log=None)
+    run_external(tmp_path / "train", tmp_path / "out", profile=prof, n_boot=100, log=None)
     assert (tmp_path / "out" / "cv" / "fold_0" / "model_final.pt").stat().st_mtime_ns == before
     # a test slice identical to a training slice is refused
     shutil.copy(tmp_path / "train" / "images" / "train0.png", tmp_path / "test" / "images" / "dup.png")
     shutil.copy(tmp_path / "train" / "labels" / "train0.png", tmp_path / "test" / "labels" / "dup.png")
     with pytest.raises(InputError, match=r"identical to training slices.*\('dup', 'train0'\)"):
-        ext.run_external(tmp_path / "train", tmp_path / "out", test_dir=tmp_path / "test", profile=prof, log=None)
+        run_external(tmp_path / "train", tmp_path / "out", test_dir=tmp_path / "test", profile=prof, log=None)
 
 
 def test_recorded_gpu_run_table(tmp_path):
-    t = ext.recorded_gpu_run()
+    t = recorded_gpu_run()
     assert t is not None, "benchmarks/external_paper_gpu.json should be in the repository"
     assert [i for i in t.index[:5]] == ["0", "1", "2", "3", "4"]
     assert t.attrs["meta"]["profile"] == "external-paper"
     assert t.loc["all 50 slices (mean [95% CI])", "Dice GGO"].count("[") == 1
-    assert ext.recorded_gpu_run(tmp_path / "absent.json") is None
+    assert recorded_gpu_run(tmp_path / "absent.json") is None
 
 
 def test_recipe_key_tells_training_settings_apart():
-    base = ext.external_profile("smoke")
-    keys = {json.dumps(ext._profile_key(p), sort_keys=True) for p in (
+    base = external_profile("smoke")
+    keys = {json.dumps(profile_key(p), sort_keys=True) for p in (
         base, base.with_overrides(batch_dice=True), base.with_overrides(intensity_aug="strong"),
         base.with_overrides(learning_rate=1e-4))}
     assert len(keys) == 4
     # test-time augmentation does not change the trained model
-    assert ext._profile_key(base) == ext._profile_key(ext.external_profile(base, tta="none"))
+    assert profile_key(base) == profile_key(external_profile(base, tta="none"))
 
 
 # ---- unlabelled slices and self-training --------------------------------------------------------
@@ -359,8 +367,8 @@ def _tiny_parts(root: Path, *, n_train: int = 6, n_test: int = 2, n_unlabelled: 
 
 
 def _semi_profile(**kw):
-    return ext.external_profile("smoke", grid_size=32, patch_size=(32, 32), iterations=2, batch_size=2, num_folds=2,
-                                semi="self-training", student_iterations=2, **kw)
+    return external_profile("smoke", grid_size=32, patch_size=(32, 32), iterations=2, batch_size=2, num_folds=2,
+                            semi="self-training", student_iterations=2, **kw)
 
 
 def _tree(folder: Path) -> dict:
@@ -370,7 +378,7 @@ def _tree(folder: Path) -> dict:
 def test_unlabelled_folder_errors_name_the_file_and_change_nothing(tmp_path):
     _tiny_parts(tmp_path)
     unl = tmp_path / "unlabelled"
-    assert all(s.label is None for s in ext.read_unlabelled_folder(unl).values())
+    assert all(s.label is None for s in read_unlabelled_folder(unl).values())
     prof = _semi_profile()
     cases = {}
     # an unreadable image
@@ -392,7 +400,7 @@ def test_unlabelled_folder_errors_name_the_file_and_change_nothing(tmp_path):
         before = _tree(folder)
         out = tmp_path / f"out_{what}"
         with pytest.raises(InputError, match=pattern):
-            ext.run_external(tmp_path / "train", out, unlabelled_dir=folder, profile=prof, n_boot=100, log=None)
+            run_external(tmp_path / "train", out, unlabelled_dir=folder, profile=prof, n_boot=100, log=None)
         assert _tree(folder) == before, what
         assert not out.exists(), what
 
@@ -404,15 +412,15 @@ def test_held_out_image_planted_among_unlabelled_is_refused(tmp_path):
         planted = tmp_path / "unlabelled" / "images" / f"copy_of_{name}.png"
         shutil.copy(tmp_path / part / "images" / f"{name}.png", planted)
         with pytest.raises(InputError, match=rf"copy_of_{name}\.png = .*{part}/images/{name}\.png \({part}"):
-            ext.run_external(tmp_path / "train", tmp_path / "out", test_dir=tmp_path / "test",
-                             unlabelled_dir=tmp_path / "unlabelled", profile=prof, n_boot=100, log=None)
+            run_external(tmp_path / "train", tmp_path / "out", test_dir=tmp_path / "test",
+                         unlabelled_dir=tmp_path / "unlabelled", profile=prof, n_boot=100, log=None)
         planted.unlink()
     assert not (tmp_path / "out").exists()
     # cross-validation alone checks the training part too
     shutil.copy(tmp_path / "train" / "images" / "train0.png", tmp_path / "unlabelled" / "images" / "again.png")
     with pytest.raises(InputError, match=r"again\.png = .*train0\.png \(training part\)"):
-        ext.cross_validate(ext.read_slice_folder(tmp_path / "train"), tmp_path / "cv", prof,
-                           unlabelled=ext.read_unlabelled_folder(tmp_path / "unlabelled"), log=None)
+        cross_validate(read_slice_folder(tmp_path / "train"), tmp_path / "cv", prof,
+                       unlabelled=read_unlabelled_folder(tmp_path / "unlabelled"), log=None)
 
 
 def _weights(path: Path) -> dict:
@@ -426,9 +434,9 @@ def _same(a: dict, b: dict) -> bool:
 def test_changing_a_held_out_slice_does_not_change_its_folds_teacher(tmp_path):
     _tiny_parts(tmp_path)
     prof = _semi_profile()
-    unl = ext.read_unlabelled_folder(tmp_path / "unlabelled")
-    train = ext.read_slice_folder(tmp_path / "train")
-    scores, info = ext.cross_validate(train, tmp_path / "a", prof, folds=[0], unlabelled=unl, log=None)
+    unl = read_unlabelled_folder(tmp_path / "unlabelled")
+    train = read_slice_folder(tmp_path / "train")
+    scores, info = cross_validate(train, tmp_path / "a", prof, folds=[0], unlabelled=unl, log=None)
     fold0 = info["splits"][0]
     held, trained = fold0["val"][0], fold0["train"][0]
     assert set(scores["slice_id"]) == set(fold0["val"]) and info["semi"]
@@ -441,29 +449,29 @@ def test_changing_a_held_out_slice_does_not_change_its_folds_teacher(tmp_path):
         s = train[sid]
         img = s.image.copy()
         img[: img.shape[0] // 2] = 255 - img[: img.shape[0] // 2]  # same label, other pixels
-        return {**train, sid: ext.SliceImage(sid, img, s.label, s.image_path, s.label_path)}
+        return {**train, sid: SliceImage(sid, img, s.label, s.image_path, s.label_path)}
 
-    ext.cross_validate(changed(held), tmp_path / "b", prof, folds=[0], unlabelled=unl, log=None)
+    cross_validate(changed(held), tmp_path / "b", prof, folds=[0], unlabelled=unl, log=None)
     assert _same(teacher, _weights(tmp_path / "b" / "fold_0" / "teacher" / "model_final.pt"))
     assert _same(student, _weights(tmp_path / "b" / "fold_0" / "model_final.pt"))
     # the check can fail: changing a *training* slice of the fold does change its teacher
-    ext.cross_validate(changed(trained), tmp_path / "c", prof, folds=[0], unlabelled=unl, log=None)
+    cross_validate(changed(trained), tmp_path / "c", prof, folds=[0], unlabelled=unl, log=None)
     assert not _same(teacher, _weights(tmp_path / "c" / "fold_0" / "teacher" / "model_final.pt"))
 
 
 def test_self_training_run_reports_supervised_beside_semi(tmp_path):
     _tiny_parts(tmp_path)
     prof = _semi_profile()
-    summ = ext.run_external(tmp_path / "train", tmp_path / "out", test_dir=tmp_path / "test",
-                            unlabelled_dir=tmp_path / "unlabelled", profile=prof, n_boot=100, log=None)
+    summ = run_external(tmp_path / "train", tmp_path / "out", test_dir=tmp_path / "test",
+                        unlabelled_dir=tmp_path / "unlabelled", profile=prof, n_boot=100, log=None)
     assert summ["data"]["n_unlabelled"] == 4 and summ["cv_supervised"]["n_slices"] == 6
     assert summ["recipe"]["semi_supervised"].startswith("self-training")
     fold = json.loads((tmp_path / "out" / "cv" / "fold_0" / "train_summary.json").read_text())
     assert fold["pseudo"]["slices"] == 4 and fold["pseudo_cases"] == 4 and fold["init"] == "given state"
     assert (tmp_path / "out" / "test" / "model" / "teacher" / "model_final.pt").exists()
     # with the mode off, the unlabelled folder is not used at all
-    off = ext.run_external(tmp_path / "train", tmp_path / "off", unlabelled_dir=tmp_path / "unlabelled",
-                           profile=ext.external_profile(prof, semi="off"), n_boot=100, log=None)
+    off = run_external(tmp_path / "train", tmp_path / "off", unlabelled_dir=tmp_path / "unlabelled",
+                       profile=external_profile(prof, semi="off"), n_boot=100, log=None)
     assert off["cv_supervised"] is None and off["data"]["n_unlabelled"] is None
 
 
@@ -488,25 +496,25 @@ def test_masked_loss_ignores_pseudo_label_pixels():
 
 def test_test_part_ensemble_averages_the_fold_models(tmp_path):
     _tiny_parts(tmp_path)
-    prof = ext.external_profile("smoke", grid_size=32, patch_size=(32, 32), iterations=2, batch_size=2, num_folds=2,
-                                test_ensemble=True)
-    summ = ext.run_external(tmp_path / "train", tmp_path / "out", test_dir=tmp_path / "test", profile=prof,
-                            n_boot=100, log=None)
+    prof = external_profile("smoke", grid_size=32, patch_size=(32, 32), iterations=2, batch_size=2, num_folds=2,
+                            test_ensemble=True)
+    summ = run_external(tmp_path / "train", tmp_path / "out", test_dir=tmp_path / "test", profile=prof,
+                        n_boot=100, log=None)
     assert summ["test"]["models"] == 3 and "2 cross-validation fold models" in summ["recipe"]["test_prediction"]
     # the mean of identical networks is that network
     net = PixelNet()
-    test = ext.read_slice_folder(tmp_path / "test")
-    one = ext.predict_slices(net, test, prof, return_probs=True)
-    two = ext.predict_slices(ext._MeanProb([net, net]), test, prof, return_probs=True)
+    test = read_slice_folder(tmp_path / "test")
+    one = predict_slices(net, test, prof, return_probs=True)
+    two = predict_slices(MeanProb([net, net]), test, prof, return_probs=True)
     assert all(np.allclose(one[s], two[s], atol=1e-5) for s in test)
-    assert ext._profile_key(prof) == ext._profile_key(ext.external_profile(prof, test_ensemble=False))
+    assert profile_key(prof) == profile_key(external_profile(prof, test_ensemble=False))
 
 
 def test_fine_tune_mode_trains_two_stages_without_unlabelled_slices(tmp_path):
     _tiny_parts(tmp_path)
     prof = _semi_profile().with_overrides(extra={**_semi_profile().extra, "semi": "fine-tune"})
-    summ = ext.run_external(tmp_path / "train", tmp_path / "out", unlabelled_dir=tmp_path / "unlabelled",
-                            profile=prof, n_boot=100, log=None)
+    summ = run_external(tmp_path / "train", tmp_path / "out", unlabelled_dir=tmp_path / "unlabelled",
+                        profile=prof, n_boot=100, log=None)
     assert summ["data"]["n_unlabelled"] is None and summ["cv_supervised"]["n_slices"] == 6
     fold = json.loads((tmp_path / "out" / "cv" / "fold_0" / "train_summary.json").read_text())
     assert fold["pseudo_cases"] == 0 and fold["init"] == "given state" and fold["unlabelled_slices"] == 0
@@ -517,20 +525,20 @@ def test_pseudo_labels_keep_confident_pixels_and_lesion_slices():
     from sscild.model.train import IGNORE_LABEL
 
     img, lab = blob_slice()
-    s = ext.SliceImage("u", img.T.copy(), None, Path("u.png"), None)
-    prof = ext.external_profile("smoke", grid_size=32, patch_size=(32, 32), semi="self-training", pseudo_tta="none",
-                                pseudo_confidence=0.9)
-    cases, stats = ext.pseudo_label_cases(PixelNet(), {"u": s}, prof)
+    s = SliceImage("u", img.T.copy(), None, Path("u.png"), None)
+    prof = external_profile("smoke", grid_size=32, patch_size=(32, 32), semi="self-training", pseudo_tta="none",
+                            pseudo_confidence=0.9)
+    cases, stats = pseudo_label_cases(PixelNet(), {"u": s}, prof)
     lab_u = cases["u:u"].label[..., 0]
     assert set(np.unique(lab_u)) <= {0, 1, 2, IGNORE_LABEL} and stats["slices"] == 1
     assert (lab_u == 1).any() and (lab_u == 2).any()
     # an impossible lesion share drops the slice
-    strict = ext.external_profile(prof, pseudo_min_lesion=0.99)
-    assert ext.pseudo_label_cases(PixelNet(), {"u": s}, strict)[0] == {}
+    strict = external_profile(prof, pseudo_min_lesion=0.99)
+    assert pseudo_label_cases(PixelNet(), {"u": s}, strict)[0] == {}
 
 
 def test_semi_screen_table_from_the_record(tmp_path):
-    t = ext.semi_screen(n_boot=200)
+    t = semi_screen(n_boot=200)
     assert t is not None, "benchmarks/external_semi_screen.csv should be in the repository"
     assert len(t) == 4 and t.index[0].startswith("supervised") and t.index[-1].startswith("control")
     col = "gain from the unlabelled slices (vs control), GGO [95% CI]"
@@ -541,6 +549,6 @@ def test_semi_screen_table_from_the_record(tmp_path):
                         "inter_ggo": 1, "pred_ggo": 2, "ref_ggo": 2, "inter_consolidation": 0,
                         "pred_consolidation": 1, "ref_consolidation": 1})
     rec.to_csv(tmp_path / "r.csv", index=False)
-    t = ext.semi_screen(tmp_path / "r.csv", n_boot=200)
+    t = semi_screen(tmp_path / "r.csv", n_boot=200)
     assert t.loc["control b", "gain over supervised, GGO [95% CI]"].startswith("+0.100")
-    assert ext.semi_screen(tmp_path / "absent.csv") is None
+    assert semi_screen(tmp_path / "absent.csv") is None

@@ -290,7 +290,9 @@ def _study_cpu_run(results, data):
 
 def _external_run(out):
     """The external check's COVID slice models (GGO / consolidation), trained the way run_external trains them."""
-    from sscild.external.benchmark import CLASS_NAMES, SliceImage, external_profile, training_case
+    from sscild.external.grid import training_case
+    from sscild.external.recipe import external_profile
+    from sscild.external.slices import CLASS_NAMES, SliceImage
     from sscild.model.train import train_model
 
     p = external_profile("cpu", iterations=2)

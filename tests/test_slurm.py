@@ -16,8 +16,12 @@ import pytest
 from conftest import REPO
 from slurm_cluster import LocalCluster, ensure_packages, missing_reason
 from sscild.paths import RunPaths
-from sscild.cluster.slurm import (SlurmCommands, SlurmError, SlurmOptions, SlurmTaskFailed, expand_task_ids, jobs_table,
-                          parse_duration, parse_scontrol, read_status, render_script, submit_folds, wait_for_array)
+from sscild.cluster.jobs import jobs_table
+from sscild.cluster.queue import (SlurmCommands, SlurmError, SlurmTaskFailed, expand_task_ids, parse_duration,
+                                  parse_scontrol)
+from sscild.cluster.sbatch import SlurmOptions, read_status, render_script
+from sscild.cluster.submit import submit_folds
+from sscild.cluster.wait import wait_for_array
 
 # --------------------------------------------------------------------------------------------------
 # a fake Slurm: scontrol answers follow a script, one frame per poll

@@ -1,4 +1,13 @@
 """The external check: the study's recipe trained and scored on real labelled CT slices.
 
-benchmark   reading the benchmark folders, cross-validation, test, recipes, tables
+slices      the benchmark's image folders: reading, checking, no slice shared between parts
+grid        a slice onto the network's square grid and back (intensity, size, training rotations)
+recipe      the external-check profiles, their settings and validation, the recipe as plain values
+predict     prediction with test-time averaging, fold ensembles, pseudo-labels, predicted masks
+scores      Dice per slice and class, and its summary with bootstrap intervals
+tables      the appendix's tables: the data, results beside the published numbers, the GPU record
+training    one model trained (or reused): supervised, or teacher then student
+runs        cross-validation, training on all and testing, the whole check (summary.json)
+screens     how the recipe was chosen: the recorded screens, their variants, search_recipes
+__main__    the command line: python -m sscild.external run|search
 """

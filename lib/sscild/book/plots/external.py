@@ -53,7 +53,7 @@ def example_slices(slices: Mapping, preds: Mapping[str, np.ndarray], ids: Sequen
                    scores: pd.DataFrame | None = None):
     """One row per slice: the image, the reference mask and the predicted mask, in the file's orientation.
 
-    ``slices`` maps id -> :class:`sscild.external.benchmark.SliceImage` (arrays (x, y)); ``preds`` id -> label map.
+    ``slices`` maps id -> :class:`sscild.external.slices.SliceImage` (arrays (x, y)); ``preds`` id -> label map.
     """
     ids = list(ids)
     if not ids:
@@ -84,7 +84,7 @@ def dice_distribution(scores: pd.DataFrame, published: pd.DataFrame | None = Non
     published test-set values as horizontal marks.
 
     ``scores`` holds ``dice_ggo``, ``dice_consolidation`` and the ``inter_*``/``pred_*``/``ref_*``
-    counts of :func:`sscild.external.benchmark.score_slices`.
+    counts of :func:`sscild.external.scores.score_slices`.
     """
     import seaborn as sns
 

@@ -1,0 +1,212 @@
+"""The external check's recipe: its profiles (derived from the study's), their image-folder and
+semi-supervised settings, validation, and the recipe as plain values."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from sscild.profiles import Profile, get_profile
+
+__all__ = [
+    "SEMI_DEFAULTS",
+    "EXTERNAL_PROFILES",
+    "check_extra",
+    "external_profile",
+    "recipe_dict",
+]
+
+_TTA = ("none", "flip", "dihedral")
+_SEMI_MODES = ("off", "self-training", "fine-tune")
+
+SEMI_DEFAULTS = {
+    "semi": "off",
+    "pseudo_confidence": 0.9,
+    "pseudo_share": 0.5,
+    "student_iterations": 1000,
+    "student_init": "teacher",
+    "unlabelled_max": 800,
+    "pseudo_tta": "flip",
+    "pseudo_min_lesion": 0.0,
+}
+"""Semi-supervised settings (profile ``extra``) and their defaults. ``semi``: ``"off"`` (supervised
+only) or ``"self-training"``: each training (a fold, or the final model) first trains a supervised
+*teacher* on its own labelled slices, the teacher labels up to ``unlabelled_max`` unlabelled slices
+(an even spread over the folder, in natural id order; softmax averaged over the ``pseudo_tta``
+variants), pixels whose highest class probability is below ``pseudo_confidence`` are ignored by the
+loss, and a *student* trains ``student_iterations`` steps on both, ``pseudo_share`` of each batch
+pseudo-labelled, starting from the teacher's weights (``student_init="teacher"``) or afresh
+(``"random"``). With ``pseudo_min_lesion`` > 0, only the slices whose confident pseudo-label
+marks at least that share of the grid as GGO or consolidation are kept. ``"fine-tune"``: the same
+two stages without unlabelled slices (the student continues from the teacher's weights on the
+labelled slices alone) -- the screen's control, which separates what the unlabelled slices add from
+what the extra steps add, and the adopted ``cpu`` recipe."""
+
+
+def _base_overrides() -> dict:
+    # The recipe chosen by cross-validation on the training slices (see sscild.external.screens.RECIPE_SEARCH):
+    # whole slices on a 192-pixel grid, batch 4, 1500 iterations, one residual unit per level.
+    return dict(
+        channels=(16, 32, 64, 128),
+        strides=(2, 2, 2),
+        num_res_units=1,
+        patch_size=(192, 192),
+        batch_size=4,
+        iterations=1500,
+        learning_rate=2e-3,
+        lesion_oversample=0.5,
+        num_folds=5,
+        seed=0,
+        checkpoint_every=250,
+        log_every=25,
+        tta_flips=True,
+    )
+
+
+def _make_profiles() -> dict[str, Profile]:
+    cpu = get_profile("cpu").with_overrides(
+        name="external-cpu", **_base_overrides(),
+        extra={"grid_size": 192, "rotations": True, "tta": "dihedral",
+               # second screen (sscild.external.screens.semi_screen): 1000 more steps from the supervised model's
+               # weights, and the test part predicted with the fold models too; self-training did not help there
+               "semi": "fine-tune", "student_iterations": 1000, "test_ensemble": True})
+    # the cpu recipe's structure (two stages, fold ensemble on the test part) in a few steps
+    smoke = get_profile("smoke").with_overrides(
+        name="external-smoke", channels=(8, 16, 32), strides=(2, 2), num_res_units=1, patch_size=(64, 64),
+        batch_size=4, iterations=6, num_folds=5, seed=0, checkpoint_every=6, log_every=3, tta_flips=False,
+        lesion_oversample=0.5, extra={"grid_size": 64, "rotations": True, "tta": "flip", "semi": "fine-tune",
+                                      "student_iterations": 3, "test_ensemble": True})
+    # a larger budget for a GPU (mixed precision); not tuned: its settings scale the cpu recipe up
+    paper = cpu.with_overrides(name="external-paper", num_res_units=2, batch_size=8, iterations=4000,
+                               checkpoint_every=500, log_every=50,
+                               patch_size=(256, 256), extra={"grid_size": 256, "rotations": True, "tta": "dihedral"})
+    return {"smoke": smoke, "cpu": cpu, "paper": paper}
+
+
+EXTERNAL_PROFILES: dict[str, Profile] = _make_profiles()
+"""External-check profiles, derived from the study's profiles (``smoke`` for tests, ``cpu`` the
+default of ``make external``, ``paper`` a longer run for a GPU). Image-folder settings live in
+``extra``: ``grid_size`` (square network input, pixels), ``rotations`` (train on the four 90-degree
+rotations of each slice), ``tta`` (``"none"``, ``"flip"`` or ``"dihedral"``: flips and 90-degree
+rotations averaged at prediction), ``test_ensemble`` (the test part is predicted by the mean softmax
+of the model trained on all labelled slices and the cross-validation fold models) and the
+semi-supervised settings of :data:`SEMI_DEFAULTS`."""
+
+
+def check_extra(p: Profile) -> dict:
+    """The profile's image-folder and semi-supervised settings (its ``extra``), checked, with their
+    defaults filled in; a ``ValueError`` names a setting out of range."""
+    ex = dict(p.extra or {})
+    grid = ex.get("grid_size")
+    if isinstance(grid, bool) or not isinstance(grid, (int, np.integer)) or grid < 16:
+        raise ValueError(f"profile {p.name!r}: extra['grid_size'] must be an integer >= 16, got {grid!r}.")
+    mult = 2 ** len(p.strides)
+    if grid % mult:
+        raise ValueError(f"profile {p.name!r}: grid_size {grid} must be a multiple of {mult} "
+                         f"(2 ** number of strides {list(p.strides)}); e.g. {int(math.ceil(grid / mult) * mult)}.")
+    if any(int(s) > grid for s in p.patch_size[:2]):
+        raise ValueError(f"profile {p.name!r}: patch_size {list(p.patch_size)} is larger than grid_size {grid}; "
+                         "use a patch no larger than the grid.")
+    if not isinstance(ex.get("rotations", True), bool):
+        raise ValueError(f"profile {p.name!r}: extra['rotations'] must be True or False, got {ex['rotations']!r}.")
+    if ex.get("tta", "dihedral") not in _TTA:
+        raise ValueError(f"profile {p.name!r}: extra['tta'] must be one of {_TTA}, got {ex['tta']!r}.")
+    if p.spatial_dims != 2:
+        raise ValueError(f"profile {p.name!r}: the external check trains 2D networks (spatial_dims=2).")
+    semi = {**SEMI_DEFAULTS, **{k: ex[k] for k in SEMI_DEFAULTS if k in ex}}
+    if semi["semi"] not in _SEMI_MODES:
+        raise ValueError(f"profile {p.name!r}: extra['semi'] must be one of {_SEMI_MODES}, got {semi['semi']!r}.")
+    conf = semi["pseudo_confidence"]
+    if isinstance(conf, bool) or not isinstance(conf, (int, float)) or not 0.0 <= float(conf) < 1.0:
+        raise ValueError(f"profile {p.name!r}: extra['pseudo_confidence'] must be a number in [0, 1), got {conf!r}.")
+    share = semi["pseudo_share"]
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 < float(share) < 1.0:
+        raise ValueError(f"profile {p.name!r}: extra['pseudo_share'] must be a number in (0, 1), got {share!r}.")
+    for k in ("student_iterations", "unlabelled_max"):
+        v = semi[k]
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"profile {p.name!r}: extra[{k!r}] must be a positive integer, got {v!r}.")
+    if semi["student_init"] not in ("teacher", "random"):
+        raise ValueError(f"profile {p.name!r}: extra['student_init'] must be 'teacher' or 'random', "
+                         f"got {semi['student_init']!r}.")
+    mls = semi["pseudo_min_lesion"]
+    if isinstance(mls, bool) or not isinstance(mls, (int, float)) or not 0.0 <= float(mls) < 1.0:
+        raise ValueError(f"profile {p.name!r}: extra['pseudo_min_lesion'] must be a number in [0, 1), got {mls!r}.")
+    if semi["pseudo_tta"] not in _TTA:
+        raise ValueError(f"profile {p.name!r}: extra['pseudo_tta'] must be one of {_TTA}, got {semi['pseudo_tta']!r}.")
+    if not isinstance(ex.get("test_ensemble", False), bool):
+        raise ValueError(f"profile {p.name!r}: extra['test_ensemble'] must be True or False, got {ex['test_ensemble']!r}.")
+    return {"grid_size": int(grid), "rotations": bool(ex.get("rotations", True)), "tta": ex.get("tta", "dihedral"),
+            "test_ensemble": bool(ex.get("test_ensemble", False)), **semi}
+
+
+def external_profile(name: str | Profile = "cpu", **overrides) -> Profile:
+    """The external-check profile ``name`` (``smoke``, ``cpu`` or ``paper``), with optional overrides.
+
+    ``overrides`` are :class:`~sscild.profiles.Profile` fields, plus ``grid_size``, ``rotations``,
+    ``tta`` and the semi-supervised settings of :data:`SEMI_DEFAULTS`, which go into ``extra``. A :class:`Profile` is validated and passed through.
+
+    Example:
+        >>> p = external_profile("cpu", iterations=300, rotations=False)
+        >>> p.name, p.iterations, p.extra["rotations"], p.num_folds
+        ('external-cpu', 300, False, 5)
+    """
+    if isinstance(name, Profile):
+        p = name
+    else:
+        key = str(name).removeprefix("external-")
+        if key not in EXTERNAL_PROFILES:
+            raise ValueError(f"Unknown external-check profile {name!r}. Choose one of: {', '.join(EXTERNAL_PROFILES)} "
+                             "(the chapter's `profile` parameter, or `make external EXTERNAL_PROFILE=...`).")
+        p = EXTERNAL_PROFILES[key]
+    extra_keys = {"grid_size", "rotations", "tta", "test_ensemble", *SEMI_DEFAULTS}
+    extra = {**(p.extra or {}), **{k: v for k, v in overrides.items() if k in extra_keys}}
+    fields = {k: v for k, v in overrides.items() if k not in extra_keys}
+    for k in ("channels", "strides", "patch_size"):
+        if k in fields:
+            fields[k] = tuple(int(v) for v in fields[k])
+    try:
+        p = p.with_overrides(**fields, extra=extra)
+    except TypeError as e:
+        raise ValueError(f"external_profile: {e}; use Profile fields or grid_size / rotations / tta / "
+                         f"{' / '.join(SEMI_DEFAULTS)}.") from None
+    check_extra(p)
+    return p
+
+
+def recipe_dict(p: Profile, threads: int) -> dict:
+    """The recipe of profile ``p`` as plain values (``summary.json["recipe"]`` and the chapter's table)."""
+    p = external_profile(p)
+    ex = check_extra(p)
+    return {
+        "profile": p.name,
+        "derived_from": "sscild.profiles 'cpu' (smoke for external-smoke) via Profile.with_overrides",
+        "network": f"MONAI UNet 2D, channels {list(p.channels)}, strides {list(p.strides)}, "
+                   f"{p.num_res_units} residual unit(s), {p.norm} norm",
+        "channels": list(p.channels), "strides": list(p.strides), "num_res_units": p.num_res_units,
+        "grid_size": ex["grid_size"], "patch_size": list(p.patch_size[:2]), "batch_size": p.batch_size,
+        "iterations": p.iterations, "learning_rate": p.learning_rate, "weight_decay": p.weight_decay,
+        "lesion_oversample": p.lesion_oversample, "rotations": ex["rotations"], "tta": ex["tta"],
+        "intensity": "v / 255 * 2 - 1 (8-bit windowed grey levels to [-1, 1])",
+        "geometry": f"longer side resized to {ex['grid_size']} px, aspect kept, padded square; "
+                    "probabilities resized back to each slice's size before argmax",
+        "loss": "DiceCELoss (sscild.model.train.train_model), 3 classes, Dice over "
+                + ("the whole batch" if p.batch_dice else "each slice"),
+        "folds": p.num_folds, "seed": p.seed, "split": "by slice (no patient ids in the benchmark), "
+                                                        "stratified by consolidation share",
+        "test_prediction": ("mean softmax of the model trained on all labelled slices and the "
+                            f"{p.num_folds} cross-validation fold models" if ex["test_ensemble"]
+                            else "the model trained on all labelled slices"),
+        "semi_supervised": (
+            "off" if ex["semi"] == "off" else
+            f"off; the supervised model is trained {ex['student_iterations']} more iterations from its own "
+            "weights (warm restart of the schedule) on the labelled slices only" if ex["semi"] == "fine-tune" else
+            f"self-training: the supervised teacher labels up to {ex['unlabelled_max']} unlabelled slices "
+            f"({ex['pseudo_tta']} TTA), pixels below {ex['pseudo_confidence']} confidence ignored; the student "
+            f"trains {ex['student_iterations']} iterations from the {ex['student_init']} weights, "
+            f"{ex['pseudo_share']:.0%} of each batch pseudo-labelled"
+            + (f"; only slices with >= {ex['pseudo_min_lesion']:.1%} confident lesion kept"
+               if ex["pseudo_min_lesion"] else "")),
+        "threads": threads,
+    }

@@ -1,0 +1,266 @@
+"""The external check's runs: cross-validation on the training part, training on all of it and
+scoring the test part, and the whole check with its ``summary.json``.
+
+This runs the *same* library code as the study -- the network factory
+(:func:`sscild.model.network.build_network`), the training loop (:func:`sscild.model.train.train_model`)
+and the MONAI-based Dice (:func:`sscild.evaluation.metrics.dice`) -- on real CT slices with expert
+labels (:mod:`sscild.external.slices`), and scores the result against published numbers
+(:mod:`sscild.external.tables`).
+
+**Cross-validation** is K-fold *by slice* (:func:`sscild.data.folds.make_splits`, seeded, stratified by
+each slice's consolidation share). The benchmark publishes no patient identifiers, so slices of one
+patient may fall on both sides of a fold; cross-validated Dice may therefore be optimistic
+compared with a patient-wise split.
+
+Usage: ``run_external("covid-semiseg/train", out_dir="results/external", profile=external_profile("cpu"))``
+returns the summary; ``summary["cv"]["dice_ggo"]`` is the cross-validated GGO Dice. The command line
+``python -m sscild.external run TRAIN_DIR OUT_DIR`` does the same.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from sscild.data.folds import make_splits
+from sscild.errors import InputError
+from sscild.external.predict import MeanProb, predict_slices, write_png
+from sscild.external.recipe import check_extra, external_profile, recipe_dict
+from sscild.external.scores import score_slices, summarize_scores
+from sscild.external.slices import (SliceImage, check_no_overlap, natural_key, read_slice_folder,
+                                    read_unlabelled_folder)
+from sscild.external.tables import PUBLISHED
+from sscild.external.training import semi_on, train_or_load, train_semi
+from sscild.model.predict import load_fold_model
+from sscild.model.train import set_threads
+from sscild.paths import atomic_path, write_json
+from sscild.profiles import Profile
+
+__all__ = ["cross_validate", "train_and_test", "run_external"]
+
+
+def cross_validate(slices: Mapping[str, SliceImage], out_dir: str | Path, profile: str | Profile = "cpu", *,
+                   folds: Sequence[int] | None = None, progress: bool = False,
+                   log=print, unlabelled: Mapping[str, SliceImage] | None = None) -> tuple[pd.DataFrame, dict]:
+    """K-fold cross-validation by slice on a labelled folder (``profile.num_folds`` folds, its seed).
+
+    ``folds`` limits the run to some folds (a quick screen of a recipe); default all.
+
+    With ``unlabelled`` slices and a profile whose ``semi`` is ``"self-training"``, each fold's
+    teacher is trained on that fold's training slices only, labels the unlabelled slices, and the
+    fold's student is what is scored; the teachers' (supervised) out-of-fold predictions are scored
+    too, into ``scores_supervised.csv`` and ``info["supervised_scores"]``. An unlabelled slice
+    identical to a labelled one is an ``InputError`` (:func:`sscild.external.slices.check_no_overlap`).
+
+    Writes ``out_dir/splits.json``, ``fold_<k>/`` (model, learning curves, summary),
+    ``predictions/<id>.png`` (out-of-fold masks, the files' orientation) and ``scores.csv``.
+    Finished folds trained on the same slices with the same recipe are reused.
+
+    Returns:
+        (per-slice scores with a ``fold`` column, info dict: splits, seconds per fold, total seconds).
+    """
+    p = external_profile(profile)
+    out_dir = Path(out_dir)
+    t0 = time.perf_counter()
+    threads = set_threads()
+    if len(slices) < p.num_folds:
+        raise InputError(f"{len(slices)} labelled slices cannot make {p.num_folds} folds; add slices or lower "
+                         "num_folds.")
+    strata = _consolidation_share(slices)
+    semi = semi_on(p, unlabelled)
+    if semi and unlabelled:
+        check_no_overlap(unlabelled, {"training": slices})
+    splits = make_splits(list(slices), strata=strata, k=p.num_folds, seed=p.seed)
+    write_json(out_dir / "splits.json", splits)
+    if folds is not None:
+        bad = [k for k in folds if not 0 <= int(k) < len(splits)]
+        if bad:
+            raise ValueError(f"folds {bad} do not exist: the split has folds 0..{len(splits) - 1}.")
+    frames, sup_frames, done = [], [], []
+    for k, fold in enumerate(splits):
+        if folds is not None and k not in {int(f) for f in folds}:
+            continue
+        df, sdf, row = _run_fold(k, fold, slices, p, out_dir, semi=semi, unlabelled=unlabelled, progress=progress,
+                                 log=log)
+        frames.append(df)
+        if semi:
+            sup_frames.append(sdf)
+        done.append(row)
+    scores = pd.concat(frames, ignore_index=True)
+    scores["_o"] = scores["slice_id"].map(natural_key)
+    scores = scores.sort_values("_o").drop(columns="_o").reset_index(drop=True)
+    with atomic_path(out_dir / "scores.csv", suffix=".csv") as tmp:
+        scores.to_csv(tmp, index=False)
+    info = {"splits": splits, "folds": done, "threads": threads, "seconds": round(time.perf_counter() - t0, 2),
+            "semi": semi}
+    if semi:
+        sup = pd.concat(sup_frames, ignore_index=True).set_index("slice_id").loc[scores["slice_id"]].reset_index()
+        with atomic_path(out_dir / "scores_supervised.csv", suffix=".csv") as tmp:
+            sup.to_csv(tmp, index=False)
+        info["supervised_scores"] = sup
+    return scores, info
+
+
+def _consolidation_share(slices: Mapping[str, SliceImage]) -> dict[str, float]:
+    """Each slice's consolidation share of its lesion pixels (0 without lesion): the folds' strata."""
+    strata = {}
+    for sid, s in slices.items():
+        g, c = int(np.count_nonzero(s.label == 1)), int(np.count_nonzero(s.label == 2))
+        strata[sid] = c / (g + c) if g + c else 0.0
+    return strata
+
+
+def _run_fold(k: int, fold: Mapping, slices: Mapping[str, SliceImage], p: Profile, out_dir: Path, *, semi: bool,
+              unlabelled: Mapping[str, SliceImage] | None, progress: bool,
+              log) -> tuple[pd.DataFrame, pd.DataFrame | None, dict]:
+    """Train fold ``k`` (or reuse it), predict and score its held-out slices, writing their masks.
+
+    Returns (the held-out slices' scores, the teacher's scores of the same slices when ``semi``, else
+    ``None``, and the fold's row of ``info["folds"]``)."""
+    tk = time.perf_counter()
+    fold_train = {s: slices[s] for s in fold["train"]}
+    if semi:
+        net, teacher, summ, reused = train_semi(fold_train, unlabelled, p, out_dir / f"fold_{k}", key=k,
+                                                progress=progress, desc=f"fold {k}")
+    else:
+        net, summ, reused = train_or_load(fold_train, p, out_dir / f"fold_{k}", key=k,
+                                          progress=progress, desc=f"fold {k}")
+    held = {s: slices[s] for s in sorted(fold["val"], key=natural_key)}
+    ti = time.perf_counter()
+    preds = predict_slices(net, held, p)
+    for sid, pred in preds.items():
+        write_png(out_dir / "predictions" / f"{sid}.png", pred)
+    df = score_slices(preds, held)
+    df.insert(1, "fold", k)
+    sdf = None
+    if semi:
+        sdf = score_slices(predict_slices(teacher, held, p), held)
+        sdf.insert(1, "fold", k)
+    row = {"fold": k, "n_train": len(fold["train"]), "n_test": len(held),
+           "reused": reused, "train_seconds": summ.get("seconds"),
+           "train_cpu_seconds": summ.get("cpu_seconds"),
+           "predict_seconds": round(time.perf_counter() - ti, 2),
+           "wall_seconds": round(time.perf_counter() - tk, 2)}
+    if log:
+        log(f"fold {k}: {'reused the model' if reused else 'trained'} on {len(fold['train'])} slices "
+            f"({summ.get('seconds', 0):.0f} s when trained), "
+            f"scored {len(held)}: GGO {np.nanmean(df['dice_ggo']):.3f}, "
+            f"consolidation {np.nanmean(df['dice_consolidation']):.3f}")
+    return df, sdf, row
+
+
+def train_and_test(train: Mapping[str, SliceImage], test: Mapping[str, SliceImage], out_dir: str | Path,
+                   profile: str | Profile = "cpu", *, progress: bool = False, log=print,
+                   unlabelled: Mapping[str, SliceImage] | None = None,
+                   ensemble_with: Sequence[str | Path] = ()) -> tuple[pd.DataFrame, dict]:
+    """Train on every slice of ``train`` (and, self-training, ``unlabelled``), predict and score ``test``.
+
+    ``ensemble_with``: further model files (e.g. the cross-validation folds' ``model_final.pt``,
+    each trained on part of ``train`` only) whose softmax is averaged with the new model's at
+    prediction, as nnU-Net predicts with its fold models.
+
+    Raises ``InputError`` when a test image is pixel-identical to a training image, or an unlabelled
+    image to a training or test image (leakage). Writes ``out_dir/model/``, ``predictions/<id>.png``
+    and ``scores.csv``.
+    """
+    p = external_profile(profile)
+    out_dir = Path(out_dir)
+    t0 = time.perf_counter()
+    set_threads()
+    seen = {s.digest(): sid for sid, s in train.items()}
+    dup = [(sid, seen[s.digest()]) for sid, s in test.items() if s.digest() in seen]
+    if dup:
+        raise InputError(f"{len(dup)} test slice(s) are identical to training slices (test id, training id): "
+                         f"{dup[:10]}; "
+                         "the test folder must hold only slices the network never trained on.")
+    if semi_on(p, unlabelled):
+        if unlabelled:
+            check_no_overlap(unlabelled, {"training": train, "test": test})
+        net, _, summ, reused = train_semi(train, unlabelled, p, out_dir / "model", key=p.num_folds,
+                                          progress=progress, desc="all slices")
+    else:
+        net, summ, reused = train_or_load(train, p, out_dir / "model", key=p.num_folds, progress=progress,
+                                          desc="all slices")
+    ti = time.perf_counter()
+    if ensemble_with:
+        net = MeanProb([net] + [load_fold_model(Path(f))[0] for f in ensemble_with]).eval()
+    preds = predict_slices(net, test, p)
+    for sid, pred in preds.items():
+        write_png(out_dir / "predictions" / f"{sid}.png", pred)
+    scores = score_slices(preds, test)
+    with atomic_path(out_dir / "scores.csv", suffix=".csv") as tmp:
+        scores.to_csv(tmp, index=False)
+    if log:
+        log(f"test: {'reused the model' if reused else 'trained'} on {len(train)} slices "
+            f"({summ.get('seconds', 0):.0f} s when trained), scored {len(test)}")
+    return scores, {"reused": reused, "train_seconds": summ.get("seconds"), "ensemble": 1 + len(ensemble_with),
+                    "predict_seconds": round(time.perf_counter() - ti, 2),
+                    "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def run_external(train_dir: str | Path, out_dir: str | Path, *, test_dir: str | Path | None = None,
+                 unlabelled_dir: str | Path | None = None, profile: str | Profile = "cpu", n_boot: int = 2000,
+                 progress: bool = False, log=print) -> dict:
+    """The whole external check: cross-validation on ``train_dir``, optional test on ``test_dir``.
+
+    ``unlabelled_dir`` (``images/`` only) feeds the profile's semi-supervised mode; it is read and
+    checked against the labelled parts (:func:`sscild.external.slices.check_no_overlap`) only when the mode is on, and
+    only ever used for training. With the mode on, ``summary["cv_supervised"]`` holds the
+    cross-validated Dice of the fold teachers (the same recipe without unlabelled data).
+
+    Writes ``out_dir/cv/`` and ``out_dir/test/`` (see :func:`cross_validate`, :func:`train_and_test`)
+    and ``out_dir/summary.json``::
+
+        {"cv": {"dice_ggo", "dice_ggo_ci", "pooled_dice_ggo", "pooled_dice_ggo_ci", ... same for
+                "consolidation", "n_slices", "folds", "seconds"},
+         "test": {... the same keys ...} or null,
+         "recipe": {...}, "published": [...], "data": {...}, "seconds": total}
+
+    Usage: ``run_external("covid-semiseg/train", "results/external", profile="smoke")``.
+    """
+    p = external_profile(profile)
+    out_dir = Path(out_dir)
+    t0 = time.perf_counter()
+    train = read_slice_folder(train_dir, what="training folder")
+    test = read_slice_folder(test_dir, what="test folder") if test_dir not in (None, "") else None
+    unlabelled = None
+    if unlabelled_dir not in (None, "") and check_extra(p)["semi"] == "self-training":
+        unlabelled = read_unlabelled_folder(unlabelled_dir)
+        check_no_overlap(unlabelled, {"training": train, **({"test": test} if test is not None else {})})
+    cv_scores, cv_info = cross_validate(train, out_dir / "cv", p, progress=progress, log=log, unlabelled=unlabelled)
+    cv = summarize_scores(cv_scores, n_boot=n_boot, seed=p.seed) | {
+        "folds": p.num_folds, "seconds": cv_info["seconds"], "per_fold": cv_info["folds"]}
+    cv_sup = None
+    if cv_info.get("semi"):
+        cv_sup = summarize_scores(cv_info["supervised_scores"], n_boot=n_boot, seed=p.seed)
+    test_summary = None
+    if test is not None:
+        folds = [out_dir / "cv" / f"fold_{k}" / "model_final.pt" for k in range(p.num_folds)] \
+            if check_extra(p)["test_ensemble"] else []
+        t_scores, t_info = train_and_test(train, test, out_dir / "test", p, progress=progress, log=log,
+                                          unlabelled=unlabelled, ensemble_with=folds)
+        test_summary = summarize_scores(t_scores, n_boot=n_boot, seed=p.seed) | {
+            "seconds": t_info["seconds"], "train_seconds": t_info["train_seconds"], "reused": t_info["reused"],
+            "models": t_info["ensemble"]}
+    summary = {
+        "cv": cv,
+        "cv_supervised": cv_sup,
+        "test": test_summary,
+        "recipe": recipe_dict(p, set_threads()),
+        "published": PUBLISHED.to_dict(orient="records"),
+        "published_source": "Fan et al. 2020 (Inf-Net), COVID-SemiSeg 48-slice test part",
+        "data": {"train_dir": str(Path(train_dir).resolve()), "n_train": len(train),
+                 "test_dir": str(Path(test_dir).resolve()) if test is not None else None,
+                 "n_test": len(test) if test is not None else None,
+                 "unlabelled_dir": str(Path(unlabelled_dir).resolve()) if unlabelled is not None else None,
+                 "n_unlabelled": len(unlabelled) if unlabelled is not None else None},
+        "torch": torch.__version__,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    write_json(out_dir / "summary.json", summary)
+    return summary

@@ -18,8 +18,9 @@ EXT_NB   := $(EXT_RES)/A1_external.ipynb
 EXT_MARK := $(EXT_RES)/.params
 EXT_STAMP := $(EXT_RES)/.executed
 EXT_PARAMS := profile=$(EXTERNAL_PROFILE) train=$(abspath $(EXTERNAL_TRAIN)) test=$(if $(EXTERNAL_TEST),$(abspath $(EXTERNAL_TEST))) unlabelled=$(if $(EXTERNAL_UNLABELLED),$(abspath $(EXTERNAL_UNLABELLED)))
-EXT_LIB  := $(addprefix lib/sscild/external/,slices.py grid.py recipe.py predict.py scores.py tables.py training.py \
-              runs.py screens.py) lib/sscild/book/plots/external.py lib/sscild/model/train.py lib/sscild/model/augment.py lib/sscild/model/network.py lib/sscild/evaluation/metrics.py benchmarks/external_semi_screen.csv
+# what the appendix uses: every library file its chapter imports (LIBDEPS_A1_external, the Makefile's
+# .make/libdeps.mk) and the recorded screens it shows
+EXT_LIB  := $(LIBDEPS_A1_external) benchmarks/external_semi_screen.csv benchmarks/external_paper_gpu.json
 
 .PHONY: external
 # The book follows the run: once the appendix is executed, a book that is already built is rebuilt

@@ -18,8 +18,8 @@ from sscild.data.preprocess import (PAD_MULTIPLE, build_cache, cache_key, denorm
 from sscild.profiles import get_profile
 
 try:
-    from sscild.data.io import Volume
-except ImportError:  # pragma: no cover - io is written alongside this module
+    from sscild.data.image import Volume
+except ImportError:  # pragma: no cover - image is written alongside this module
     @dataclass
     class Volume:
         array: np.ndarray
@@ -246,7 +246,7 @@ def test_input_errors_name_the_case():
 @pytest.mark.skipif(not (REAL_CT / "chest-ct-1.nrrd").exists(),
                     reason="real CT samples (../shared/data/real-ct) are not present in this checkout")
 def test_real_chest_ct():
-    from sscild.data.io import load_volume
+    from sscild.data.image import load_volume
 
     vol = load_volume(REAL_CT / "chest-ct-1.nrrd")  # 512 x 512 x 48, 0.57 mm, LPS
     mask = (np.asarray(vol.array) < -400).astype(np.uint8)  # lungs + outside air

@@ -162,7 +162,7 @@ def test_bfloat16_training_is_repeatable(tmp_path):
 
     import torch
 
-    from sscild.data.io import Volume
+    from sscild.data.image import Volume
     from sscild.model.network import native_cpu_bf16
     from sscild.synthetic.phantom import generate_case
     from sscild.data.preprocess import preprocess_volume

@@ -29,7 +29,7 @@ SHA-256 of the input files' bytes plus the preprocessing settings: changing a sc
 setting rebuilds exactly the cases concerned.
 
 Example:
-    >>> from sscild.data.io import load_volume                                 # doctest: +SKIP
+    >>> from sscild.data.image import load_volume                                # doctest: +SKIP
     >>> pre = preprocess_volume(load_volume("scan.nii.gz"), profile="cpu")  # doctest: +SKIP
     >>> pre.image.shape, pre.spacing          # doctest: +SKIP
     ((224, 192, 48), (1.4, 1.4, 6.0))
@@ -274,7 +274,7 @@ def preprocess_volume(image, label=None, *, profile, case_id: str = "scan") -> P
     """Reorient, resample, crop to the body and normalise one CT scan (and its label).
 
     Args:
-        image: a :class:`sscild.data.io.Volume` (``array`` (x, y, z) in HU, ``affine`` voxel -> RAS mm).
+        image: a :class:`sscild.data.image.Volume` (``array`` (x, y, z) in HU, ``affine`` voxel -> RAS mm).
         label: optional integer label array on the image's grid (values 0..255).
         profile: profile name or :class:`~sscild.profiles.Profile`; uses ``target_spacing`` and
             ``hu_clip``.

@@ -38,7 +38,7 @@ from sscild.data.validate import validate_cohort
 from sscild.paths import default_data_dir, resolve_data_dir, write_json
 from sscild.synthetic.phantom import generate_cohort
 from sscild.book.plots.data import case_gallery, extent_distribution, fold_plot
-from sscild.data.preprocess import build_cache
+from sscild.data.cache import build_cache
 from sscild.book.report import banner, chapter_context, figure, rel, glue, show
 
 warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm's notice in a kernel without widgets

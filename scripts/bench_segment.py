@@ -56,7 +56,7 @@ def cpu_models(work: Path, iterations: int) -> Path:
     from sscild.data.folds import make_splits, write_splits
     from sscild.paths import RunPaths
     from sscild.synthetic.phantom import generate_cohort
-    from sscild.data.preprocess import build_cache
+    from sscild.data.cache import build_cache
     from sscild.model.train import train_fold
 
     data = generate_cohort(work / "cohort", profile="smoke", n=8, progress=False)

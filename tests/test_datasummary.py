@@ -16,7 +16,7 @@ from sscild.data.cohort import load_cohort
 from sscild.data.folds import make_splits
 from sscild.data.validate import validate_cohort
 from sscild.paths import RunPaths
-from sscild.data.preprocess import build_cache
+from sscild.data.cache import build_cache
 
 CLINICAL = """case_id,age,sex,height_cm,fvc_pct,fev1_pct,fev1_fvc,dlco_pct
 case_000,40,F,160,80,,0.70,50

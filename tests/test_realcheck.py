@@ -12,7 +12,7 @@ from sscild.data.image import Volume
 from sscild.data.nifti_writer import save_volume
 from sscild.paths import RunPaths
 from sscild.synthetic.phantom import generate_case, generate_cohort
-from sscild.data.preprocess import build_cache
+from sscild.data.cache import build_cache
 from sscild.analysis.realcheck import _dice, list_volumes, real_lung_check
 from sscild.model.train import train_fold
 

@@ -20,7 +20,7 @@ from sscild.data.folds import make_splits, write_splits
 from sscild.data.image import load_volume
 from sscild.paths import RunPaths
 from sscild.model.predict import segment_scan
-from sscild.data.preprocess import build_cache
+from sscild.data.cache import build_cache
 from sscild.model.train import train_fold
 
 

@@ -15,7 +15,7 @@ from sscild.data.folds import make_splits, write_splits
 from sscild.data.validate import validate_cohort
 from sscild.paths import RunPaths, write_json
 from sscild.synthetic.phantom import generate_cohort
-from sscild.data.preprocess import build_cache
+from sscild.data.cache import build_cache
 from sscild.profiles import get_profile
 
 

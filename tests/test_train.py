@@ -12,7 +12,7 @@ from sscild.data.cohort import load_cohort
 from sscild.data.folds import make_splits, read_splits, write_splits
 from sscild.paths import RunPaths
 from sscild.synthetic.phantom import generate_cohort
-from sscild.data.preprocess import build_cache
+from sscild.data.cache import build_cache
 
 
 @pytest.fixture(scope="module")

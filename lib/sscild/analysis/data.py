@@ -1,7 +1,7 @@
 """The Data chapter's computations: validation outcome, cohort table (Table 1), folds, phantom check.
 
 Everything the chapter shows is computed here from the cohort folder, the validation report, the
-preprocessing table of :func:`sscild.data.preprocess.build_cache` and the splits; the notebook only
+preprocessing table of :func:`sscild.data.cache.build_cache` and the splits; the notebook only
 narrates and displays.
 
 * :func:`exclusions`, :func:`problem_summary`, :func:`problem_rows`, :func:`validation_record`: what
@@ -170,7 +170,7 @@ def table_one(cases: pd.DataFrame, clinical: pd.DataFrame | None = None) -> pd.D
     """The cohort table: patients, scanner geometry, reference lesion burden and lung function.
 
     Args:
-        cases: one row per included case, as returned by :func:`sscild.data.preprocess.build_cache`
+        cases: one row per included case, as returned by :func:`sscild.data.cache.build_cache`
             (``case_id``, ``orig_n{x,y,z}``, ``orig_sp{x,y,z}``, ``lung_ml``, ``ef_ml``, ``ggo_ml``,
             ``lesion_ml``, ``ef_pct``, ``ggo_pct``, ``lesion_pct``).
         clinical: the clinical table indexed by ``case_id`` (e.g. :func:`sscild.analysis.clinical.load_clinical`),
@@ -243,7 +243,7 @@ def geometry_table(cases: pd.DataFrame) -> pd.DataFrame:
     """Voxel grids before and after preprocessing: median [min, max] over the cases.
 
     Args:
-        cases: the table from :func:`sscild.data.preprocess.build_cache` (``orig_*`` and ``pre_*``
+        cases: the table from :func:`sscild.data.cache.build_cache` (``orig_*`` and ``pre_*``
             shapes and spacings).
 
     Returns:

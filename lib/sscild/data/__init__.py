@@ -9,7 +9,8 @@ labels             label maps: study roles of dataset.json label names, --label-
 clinical_table     clinical.csv read and checked (flagged values missing)
 validation_report  Problem, ValidationReport and the problem kinds
 validate           validation of a cohort folder: every problem at once, each with its fix
-preprocess         orientation, resampling, HU normalisation, cropping, the case cache
+preprocess         orientation, resampling, HU normalisation, cropping of one scan; restoring a label map
+cache              the per-case cache of preprocessed cases, keyed by input bytes and settings
 folds              patient-wise stratified K-fold -> splits.json
 lungmask           the classical (threshold + components) lung mask and parenchyma statistics
 """

@@ -58,7 +58,8 @@ from sscild.data.image import Volume, load_volume
 from sscild.data.nifti_writer import save_volume
 from sscild.model.network import NUM_CLASSES, build_network, native_cpu_bf16
 from sscild.paths import RunPaths, atomic_path, read_json, repo_root, write_json
-from sscild.data.preprocess import Preprocessed, load_cached, preprocess_volume, restore_label
+from sscild.data.cache import load_cached
+from sscild.data.preprocess import Preprocessed, preprocess_volume, restore_label
 from sscild.progress import Heartbeat
 from sscild.profiles import Profile
 from sscild.model.train import select_device, set_threads

@@ -39,7 +39,7 @@ from sscild.model.augment import augment_for_profile
 from sscild.data.folds import read_splits
 from sscild.model.network import NUM_CLASSES, build_network, count_parameters, native_cpu_bf16
 from sscild.paths import RunPaths, atomic_path, read_json, write_json
-from sscild.data.preprocess import load_cached
+from sscild.data.cache import load_cached
 from sscild.progress import Heartbeat
 from sscild.book.provenance import cpu_name
 from sscild.profiles import Profile, get_profile

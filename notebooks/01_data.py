@@ -32,12 +32,13 @@ from IPython.display import Markdown, display
 
 from sscild.analysis import data as ds
 from sscild.book import plots
-from sscild.data.cohort import load_cohort, validate_cohort
+from sscild.data.cohort import load_cohort
 from sscild.data.folds import make_splits, write_splits
+from sscild.data.validate import validate_cohort
 from sscild.paths import default_data_dir, resolve_data_dir, write_json
 from sscild.synthetic.writer import generate_cohort
 from sscild.book.plots.data import case_gallery, extent_distribution, fold_plot
-from sscild.data.preprocess import build_cache
+from sscild.data.cache import build_cache
 from sscild.book.report import banner, chapter_context, figure, rel, glue, show
 
 warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm's notice in a kernel without widgets
@@ -108,7 +109,7 @@ cohort = load_cohort(data_dir, label_map=label_map, exclude=report.bad_cases)
 # The label *names* in `dataset.json` decide what each value means. Names that are a study role or an
 # obvious synonym (`lung`, `fibrosis`, `ground_glass`, ...) are recognised; any other scheme needs a
 # label map giving each name a role. A dataset that draws the components of fibrosis separately and
-# has a consolidation class, for instance, is mapped as below (`sscild.data.cohort.resolve_label_map`
+# has a consolidation class, for instance, is mapped as below (`sscild.data.labels.resolve_label_map`
 # computes the table). Check a cohort with the map from the command line,
 #
 # ```bash

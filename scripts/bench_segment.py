@@ -56,7 +56,7 @@ def cpu_models(work: Path, iterations: int) -> Path:
     from sscild.data.folds import make_splits, write_splits
     from sscild.paths import RunPaths
     from sscild.synthetic.writer import generate_cohort
-    from sscild.data.preprocess import build_cache
+    from sscild.data.cache import build_cache
     from sscild.model.train import train_fold
 
     data = generate_cohort(work / "cohort", profile="smoke", n=8, progress=False)
@@ -73,7 +73,8 @@ def hrct_volume(path: Path, nz: int = 300) -> dict:
     """Write a 512 x 512 x ``nz`` int16 HU volume to ``path``; returns its description."""
     from scipy import ndimage as ndi
 
-    from sscild.data.io import load_volume, save_volume
+    from sscild.data.image import load_volume
+    from sscild.data.nifti_writer import save_volume
 
     src = SHARED / "chest-ct-1.nrrd"
     if src.exists():
@@ -110,7 +111,7 @@ def dicom_series(volume: Path, folder: Path) -> int:
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-    from sscild.data.io import load_volume
+    from sscild.data.image import load_volume
 
     vol = load_volume(volume)
     arr = np.asarray(vol.array)

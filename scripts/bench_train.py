@@ -44,7 +44,7 @@ def _cases(profile, n: int):
     """``n`` synthetic patients of the profile, preprocessed as the cache holds them."""
     from types import SimpleNamespace
 
-    from sscild.data.io import Volume
+    from sscild.data.image import Volume
     from sscild.synthetic.phantom import generate_case
     from sscild.data.preprocess import preprocess_volume
 

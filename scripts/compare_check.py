@@ -31,7 +31,7 @@ SHARED = REPO.parent / "shared" / "data" / "real-ct"
 
 def planted(models: Path, out: Path, *, case: int, seed: int, scale: float, tol_whole: float, tol_zone: float) -> dict:
     from sscild.clinic.compare import compare_scans
-    from sscild.data.io import save_volume
+    from sscild.data.nifti_writer import save_volume
     from sscild.synthetic.phantom import generate_case
     from sscild.clinic.zones import zone_extent
 

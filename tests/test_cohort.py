@@ -1,4 +1,4 @@
-"""sscild.data.cohort: discovery, validation (one test per problem kind), clinical table, CLI."""
+"""sscild.data.cohort, labels, clinical_table and validate: discovery, validation (one test per problem kind), clinical table, CLI."""
 
 from __future__ import annotations
 
@@ -14,8 +14,11 @@ import pytest
 
 from cohort_factory import TINY_SHAPE, TINY_SPACING, hash_tree, make_case_arrays, make_tiny_cohort
 from sscild.cli import main
-from sscild.data.cohort import (CLINICAL_COLUMNS, PROBLEM_KINDS, Problem, load_cohort, read_case,
-                           resolve_label_map, validate_cohort)
+from sscild.data.clinical_table import CLINICAL_COLUMNS
+from sscild.data.cohort import load_cohort, read_case
+from sscild.data.labels import resolve_label_map
+from sscild.data.validate import validate_cohort
+from sscild.data.validation_report import PROBLEM_KINDS, Problem
 from sscild.errors import CohortError
 
 AFFINE = np.diag([*TINY_SPACING, 1.0])

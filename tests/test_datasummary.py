@@ -12,10 +12,11 @@ import pytest
 from cohort_factory import TINY_SHAPE, TINY_SPACING, make_case_arrays, make_tiny_cohort
 from sscild.analysis import data as ds
 from sscild.analysis.clinical import load_clinical
-from sscild.data.cohort import load_cohort, validate_cohort
+from sscild.data.cohort import load_cohort
 from sscild.data.folds import make_splits
+from sscild.data.validate import validate_cohort
 from sscild.paths import RunPaths
-from sscild.data.preprocess import build_cache
+from sscild.data.cache import build_cache
 
 CLINICAL = """case_id,age,sex,height_cm,fvc_pct,fev1_pct,fev1_fvc,dlco_pct
 case_000,40,F,160,80,,0.70,50
@@ -236,7 +237,7 @@ def test_key_numbers(tiny):
 
 def test_load_real_ct_reorients_and_resamples():
     from conftest import shared_data
-    from sscild.data.io import load_volume
+    from sscild.data.image import load_volume
 
     path = shared_data("real-ct", "chest-ct-1.nrrd")
     vol = load_volume(path)

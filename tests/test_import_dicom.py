@@ -1,4 +1,4 @@
-"""sscild.data.io.import_dicom: DICOM series -> pseudonymised cohort folder, no identifying value leaks."""
+"""sscild.data.dicom.import_dicom: DICOM series -> pseudonymised cohort folder, no identifying value leaks."""
 
 from __future__ import annotations
 
@@ -14,9 +14,12 @@ import pytest
 
 from cohort_factory import IDENTITY, hash_tree, make_case_arrays, make_dicom_series
 from sscild.cli import main
-from sscild.data.cohort import load_cohort, read_case, validate_cohort
+from sscild.data.cohort import load_cohort, read_case
+from sscild.data.validate import validate_cohort
 from sscild.errors import InputError
-from sscild.data.io import import_dicom, load_volume, save_volume
+from sscild.data.dicom import import_dicom
+from sscild.data.image import load_volume
+from sscild.data.nifti_writer import save_volume
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*DICOM series:UserWarning")
 
@@ -84,7 +87,7 @@ def _all_output_bytes(folder: Path):
 def test_import_writes_a_pseudonymised_cohort_without_identifying_values(source, tmp_path, caplog):
     before = hash_tree(tmp_path / "dicom")
     out = tmp_path / "cohorts" / "mine"
-    with caplog.at_level(logging.WARNING, logger="sscild.data.io"), pytest.warns(UserWarning, match="most slices"):
+    with caplog.at_level(logging.WARNING, logger="sscild.data.dicom"), pytest.warns(UserWarning, match="most slices"):
         result = import_dicom(source["src"], out, labels=source["labels"], clinical=source["clinical"])
     assert result == out
     assert hash_tree(tmp_path / "dicom") == before  # inputs untouched

@@ -1,4 +1,4 @@
-"""sscild.data.io: reading / writing volumes with geometry (NIfTI, NRRD, MHA, DICOM)."""
+"""sscild.data.image and sscild.data.nifti_writer: reading / writing volumes with geometry (NIfTI, NRRD, MHA, DICOM)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import SimpleITK as sitk
 
 from cohort_factory import make_dicom_series
 from sscild.errors import InputError
-from sscild.data.io import Volume, _load_sitk, load_header, load_volume, save_volume
+from sscild.data.image import Volume, load_header, load_volume, load_with_sitk
+from sscild.data.nifti_writer import save_volume
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real-ct"
 needs_real = pytest.mark.skipif(not REAL.is_dir(), reason=f"real CT samples not present ({REAL}); "
@@ -101,7 +102,7 @@ def test_sitk_reader_matches_nibabel_on_same_nifti(tmp_path):
     img.set_sform(ODD_AFFINE, code=1)
     nib.save(img, str(path))
     by_nib = load_volume(path)
-    by_sitk = _load_sitk(path)
+    by_sitk = load_with_sitk(path)
     np.testing.assert_array_equal(by_sitk.array, by_nib.array)
     np.testing.assert_allclose(by_sitk.affine, by_nib.affine, atol=1e-4)
     # and a file converted to NRRD / MHA by SimpleITK reads back with the same geometry

@@ -15,7 +15,7 @@ from sscild.data.cohort import load_cohort, read_case
 from sscild.data.folds import fold_of, make_splits, read_splits, write_splits
 from sscild.evaluation.metrics import dice
 from sscild.paths import RunPaths
-from sscild.data.preprocess import build_cache
+from sscild.data.cache import build_cache
 from sscild.profiles import get_profile
 
 SMOKE_SPACING = (3.6, 3.6, 10.0)  # the smoke profile's target spacing: no resampling, exact round trip

@@ -1,4 +1,4 @@
-"""Tests of sscild.data.preprocess: orientation, resampling, body crop, normalisation, restore, cache."""
+"""Tests of sscild.data.preprocess and sscild.data.cache: orientation, resampling, body crop, normalisation, restore, cache."""
 
 from __future__ import annotations
 
@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from sscild.data import preprocess as pp
+from sscild.data import cache as cache_mod
 from sscild.paths import RunPaths
-from sscild.data.preprocess import (PAD_MULTIPLE, build_cache, cache_key, denormalise, load_cached, normalise_hu,
-                               preprocess_volume, restore_label)
+from sscild.data.cache import build_cache, cache_key, load_cached
+from sscild.data.preprocess import PAD_MULTIPLE, denormalise, normalise_hu, preprocess_volume, restore_label
 from sscild.profiles import get_profile
 
 try:
-    from sscild.data.io import Volume
-except ImportError:  # pragma: no cover - io is written alongside this module
+    from sscild.data.image import Volume
+except ImportError:  # pragma: no cover - image is written alongside this module
     @dataclass
     class Volume:
         array: np.ndarray
@@ -246,7 +246,7 @@ def test_input_errors_name_the_case():
 @pytest.mark.skipif(not (REAL_CT / "chest-ct-1.nrrd").exists(),
                     reason="real CT samples (../shared/data/real-ct) are not present in this checkout")
 def test_real_chest_ct():
-    from sscild.data.io import load_volume
+    from sscild.data.image import load_volume
 
     vol = load_volume(REAL_CT / "chest-ct-1.nrrd")  # 512 x 512 x 48, 0.57 mm, LPS
     mask = (np.asarray(vol.array) < -400).astype(np.uint8)  # lungs + outside air
@@ -295,7 +295,7 @@ def _write_cohort(root: Path, n=3):
 def toy(tmp_path, monkeypatch):
     cohort = _write_cohort(tmp_path / "toy")
     calls = []
-    monkeypatch.setattr(pp, "_read_case", _reader_for(calls))
+    monkeypatch.setattr(cache_mod, "read_case", _reader_for(calls))
     run = RunPaths(results=tmp_path / "results", cohort="toy", profile="smoke")
     return cohort, run, calls
 
@@ -368,15 +368,15 @@ def test_interrupted_write_leaves_no_json(toy, monkeypatch):
         Path(file).write_bytes(b"PK\x03\x04 half written")
         raise KeyboardInterrupt("power cut")
 
-    monkeypatch.setattr(pp.np, "savez", broken_savez)
+    monkeypatch.setattr(cache_mod.np, "savez", broken_savez)
     with pytest.raises(KeyboardInterrupt):
         build_cache(cohort, run, KEEP, progress=False)
     assert sorted(p.name for p in run.cache.iterdir()) == []  # no json, no npz, no temporary file
-    monkeypatch.setattr(pp.np, "savez", _SAVEZ)
+    monkeypatch.setattr(cache_mod.np, "savez", _SAVEZ)
     build_cache(cohort, run, KEEP, progress=False)
     # an interruption while rebuilding a stale case removes its old json first
     nib.save(nib.Nifti1Image(np.zeros((56, 44, 8), np.uint8), np.diag([1.0, 1.0, 2.0, 1.0])), cohort.cases[0].label)
-    monkeypatch.setattr(pp.np, "savez", broken_savez)
+    monkeypatch.setattr(cache_mod.np, "savez", broken_savez)
     with pytest.raises(KeyboardInterrupt):
         build_cache(cohort, run, KEEP, progress=False)
     assert not (run.cache / "c0.json").exists()

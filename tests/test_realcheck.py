@@ -8,11 +8,12 @@ import pytest
 from conftest import shared_data
 from sscild.data.cohort import load_cohort
 from sscild.data.folds import make_splits, write_splits
-from sscild.data.io import Volume, save_volume
+from sscild.data.image import Volume
+from sscild.data.nifti_writer import save_volume
 from sscild.paths import RunPaths
 from sscild.synthetic.phantom import generate_case
 from sscild.synthetic.writer import generate_cohort
-from sscild.data.preprocess import build_cache
+from sscild.data.cache import build_cache
 from sscild.analysis.realcheck import _dice, list_volumes, real_lung_check
 from sscild.model.train import train_fold
 

@@ -17,10 +17,10 @@ from sscild.cli import main
 from sscild.data.cohort import load_cohort
 from sscild.errors import InputError
 from sscild.data.folds import make_splits, write_splits
-from sscild.data.io import load_volume
+from sscild.data.image import load_volume
 from sscild.paths import RunPaths
 from sscild.model.predict import segment_scan
-from sscild.data.preprocess import build_cache
+from sscild.data.cache import build_cache
 from sscild.model.train import train_fold
 
 

@@ -10,11 +10,12 @@ import torch
 
 from sscild.analysis import data as ds
 from sscild.model import train as train_mod
-from sscild.data.cohort import load_cohort, validate_cohort
+from sscild.data.cohort import load_cohort
 from sscild.data.folds import make_splits, write_splits
+from sscild.data.validate import validate_cohort
 from sscild.paths import RunPaths, write_json
 from sscild.synthetic.writer import generate_cohort
-from sscild.data.preprocess import build_cache
+from sscild.data.cache import build_cache
 from sscild.profiles import get_profile
 
 

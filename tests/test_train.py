@@ -12,7 +12,7 @@ from sscild.data.cohort import load_cohort
 from sscild.data.folds import make_splits, read_splits, write_splits
 from sscild.paths import RunPaths
 from sscild.synthetic.writer import generate_cohort
-from sscild.data.preprocess import build_cache
+from sscild.data.cache import build_cache
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +162,7 @@ def test_bfloat16_training_is_repeatable(tmp_path):
 
     import torch
 
-    from sscild.data.io import Volume
+    from sscild.data.image import Volume
     from sscild.model.network import native_cpu_bf16
     from sscild.synthetic.phantom import generate_case
     from sscild.data.preprocess import preprocess_volume

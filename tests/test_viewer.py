@@ -7,7 +7,7 @@ import pytest
 
 from cohort_factory import make_dicom_series
 from sscild.errors import InputError
-from sscild.data.io import load_volume
+from sscild.data.image import load_volume
 from sscild.palette import LABEL_NAMES, label_rgb
 from sscild.clinic.viewer import (SEGMENT_CODES, ras_to_lps, read_itksnap_labels, read_slicer_segments, write_dicom_seg,
                            write_itksnap_labels, write_slicer_seg)
@@ -78,9 +78,9 @@ def test_dicom_seg_references_the_series_and_lands_on_its_voxels(tmp_path, serie
 
     folder, vol = series
     lab = pattern(vol.shape)
-    from sscild.data.io import _pick_series
+    from sscild.data.image import pick_series
 
-    files = list(_pick_series(folder).files)
+    files = list(pick_series(folder).files)
     path = write_dicom_seg(tmp_path / "x_seg.dcm", lab, vol.affine, files)
     seg = hd.seg.segread(str(path))
     src = pydicom.dcmread(files[0], stop_before_pixels=True)
@@ -105,9 +105,9 @@ def test_dicom_seg_references_the_series_and_lands_on_its_voxels(tmp_path, serie
 
 def test_dicom_seg_refuses_a_label_map_of_another_grid(tmp_path, series):
     folder, vol = series
-    from sscild.data.io import _pick_series
+    from sscild.data.image import pick_series
 
-    files = list(_pick_series(folder).files)
+    files = list(pick_series(folder).files)
     shifted = vol.affine.copy()
     shifted[:3, 3] += (0, 0, 2.5)  # one slice off
     with pytest.raises(InputError, match="slice position"):

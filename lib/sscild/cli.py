@@ -51,7 +51,7 @@ def _label_map(text: str | None) -> dict | None:
 
 
 def _cmd_validate(args) -> int:
-    from sscild.data.cohort import validate_cohort
+    from sscild.data.validate import validate_cohort
 
     label_map = _label_map(args.label_map)
     report = validate_cohort(args.data, label_map=label_map)
@@ -74,7 +74,7 @@ def _cmd_phantom(args) -> int:
 
 
 def _cmd_import_dicom(args) -> int:
-    from sscild.data.io import import_dicom
+    from sscild.data.dicom import import_dicom
 
     out = import_dicom(args.src, args.out, labels=args.labels, clinical=args.clinical)
     print(f"cohort written to {out}")

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sscild.data.cohort import CLINICAL_COLUMNS
+from sscild.data.clinical_table import CLINICAL_COLUMNS
 from sscild.paper import EXTENT_THRESHOLD_PCT, PAPER
 from sscild.paths import RunPaths, atomic_path, write_json
 from sscild.evaluation.stats import correlation_grid, extent_stage, holm, rho_difference, staging_agreement
@@ -222,7 +222,7 @@ def load_clinical(data_dir: str | os.PathLike, *, strict: bool = False) -> pd.Da
     """The cohort's clinical table, indexed by ``case_id``, lung-function columns as numbers.
 
     Reads ``<data_dir>/clinical.csv`` with the rules of the cohort validator
-    (:data:`sscild.data.cohort.CLINICAL_COLUMNS`): identifiers stripped of spaces; ``age``, ``height_cm``
+    (:data:`sscild.data.clinical_table.CLINICAL_COLUMNS`): identifiers stripped of spaces; ``age``, ``height_cm``
     and the lung-function columns as floats, with empty, ``NA``, ``n/a``, ``-`` and similar as
     missing; ``sex`` as ``"F"``/``"M"`` (``female``/``male``, any case). FEV1/FVC is returned as a
     ratio: values above 1.5 are read as percent and divided by 100 (``attrs["notes"]`` says so).

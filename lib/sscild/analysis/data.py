@@ -1,7 +1,7 @@
 """The Data chapter's computations: validation outcome, cohort table (Table 1), folds, phantom check.
 
 Everything the chapter shows is computed here from the cohort folder, the validation report, the
-preprocessing table of :func:`sscild.data.preprocess.build_cache` and the splits; the notebook only
+preprocessing table of :func:`sscild.data.cache.build_cache` and the splits; the notebook only
 narrates and displays.
 
 * :func:`exclusions`, :func:`problem_summary`, :func:`problem_rows`, :func:`validation_record`: what
@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from sscild import LABELS
-from sscild.data.cohort import LABEL_MAP_ENV, label_map_from_env
+from sscild.data.labels import LABEL_MAP_ENV, label_map_from_env
 
 __all__ = [
     "PFT_COLUMNS",
@@ -170,7 +170,7 @@ def table_one(cases: pd.DataFrame, clinical: pd.DataFrame | None = None) -> pd.D
     """The cohort table: patients, scanner geometry, reference lesion burden and lung function.
 
     Args:
-        cases: one row per included case, as returned by :func:`sscild.data.preprocess.build_cache`
+        cases: one row per included case, as returned by :func:`sscild.data.cache.build_cache`
             (``case_id``, ``orig_n{x,y,z}``, ``orig_sp{x,y,z}``, ``lung_ml``, ``ef_ml``, ``ggo_ml``,
             ``lesion_ml``, ``ef_pct``, ``ggo_pct``, ``lesion_pct``).
         clinical: the clinical table indexed by ``case_id`` (e.g. :func:`sscild.analysis.clinical.load_clinical`),
@@ -243,7 +243,7 @@ def geometry_table(cases: pd.DataFrame) -> pd.DataFrame:
     """Voxel grids before and after preprocessing: median [min, max] over the cases.
 
     Args:
-        cases: the table from :func:`sscild.data.preprocess.build_cache` (``orig_*`` and ``pre_*``
+        cases: the table from :func:`sscild.data.cache.build_cache` (``orig_*`` and ``pre_*``
             shapes and spacings).
 
     Returns:
@@ -286,7 +286,7 @@ def exclusions(report) -> pd.DataFrame:
     ``dataset.json``, label names without a role, ...) excludes every case. Warnings never exclude.
 
     Args:
-        report: a :class:`sscild.data.cohort.ValidationReport`.
+        report: a :class:`sscild.data.validation_report.ValidationReport`.
 
     Returns:
         DataFrame with ``case_id``, ``errors`` (count), ``reasons`` and ``fix`` (``"; "``-joined),
@@ -313,7 +313,7 @@ def problem_summary(report) -> pd.DataFrame:
         DataFrame indexed by (``severity``, ``kind``) with ``problems``, ``cases`` (ids, or
         ``"cohort"`` for folder-level problems) and ``what``; empty when there is no problem.
     """
-    from sscild.data.cohort import PROBLEM_KINDS
+    from sscild.data.validation_report import PROBLEM_KINDS
 
     cols = ["problems", "cases", "what"]
     if not report.problems:
@@ -355,7 +355,7 @@ def validation_record(report, *, label_map: dict | None = None) -> dict:
     """What ``validation.json`` holds: the report, the exclusion policy and every exclusion.
 
     Args:
-        report: a :class:`sscild.data.cohort.ValidationReport`.
+        report: a :class:`sscild.data.validation_report.ValidationReport`.
         label_map: the label map validation used (recorded as given).
 
     Returns:
@@ -387,7 +387,7 @@ _EXAMPLE_MAP = {"reticulation": "ef", "honeycombing": "ef", "traction_bronchiect
 
 
 def label_map_example(labels: Mapping[str, int] | None = None, label_map: Mapping | None = None) -> pd.DataFrame:
-    """How :func:`sscild.data.cohort.resolve_label_map` maps a ``dataset.json`` label scheme to the roles.
+    """How :func:`sscild.data.labels.resolve_label_map` maps a ``dataset.json`` label scheme to the roles.
 
     The default example is a scheme that draws EF's components separately and has a consolidation
     class, mapped with ``{"reticulation": "ef", "honeycombing": "ef", "traction_bronchiectasis": "ef",
@@ -404,7 +404,8 @@ def label_map_example(labels: Mapping[str, int] | None = None, label_map: Mappin
         >>> label_map_example()["study role"].tolist()[:3]
         ['background (0)', 'normal (1)', 'ef (2)']
     """
-    from sscild.data.cohort import _norm, resolve_label_map
+    from sscild.data.labels import resolve_label_map
+    from sscild.data.names import normalise_name as _norm
 
     labels = dict(_EXAMPLE_LABELS if labels is None else labels)
     label_map = dict(_EXAMPLE_MAP if label_map is None and labels == _EXAMPLE_LABELS else (label_map or {}))
@@ -466,7 +467,7 @@ def pick_examples(cases: pd.DataFrame, *, levels: Mapping[str, float] | None = N
 
 
 def canonical(volume) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """A :class:`sscild.data.io.Volume`'s array in the closest canonical RAS orientation, and its spacing.
+    """A :class:`sscild.data.image.Volume`'s array in the closest canonical RAS orientation, and its spacing.
 
     Only axis permutations and flips (nibabel orientations); no interpolation.
     """
@@ -528,7 +529,7 @@ def example_case(cohort, case_id: str, *, min_lung_share: float = 0.6) -> dict:
         ``ef_pct``, ``ggo_pct`` and ``lesion_pct`` of the whole label map.
     """
     from sscild.data.cohort import read_case
-    from sscild.data.io import Volume
+    from sscild.data.image import Volume
 
     vol, roles = read_case(cohort, case_id)
     hu, spacing = canonical(vol)
@@ -677,7 +678,7 @@ def load_real_ct(path: str | os.PathLike, *, pixel_mm: float | None = None) -> t
     Example:
         >>> hu, sp = load_real_ct(real_ct_files()[0], pixel_mm=1.4)   # doctest: +SKIP
     """
-    from sscild.data.io import load_volume
+    from sscild.data.image import load_volume
 
     hu, sp = canonical(load_volume(path))
     if pixel_mm is not None and min(sp[:2]) < float(pixel_mm) * 0.98:

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sscild.data.io import load_volume
+from sscild.data.image import load_volume
 from sscild.data.lungmask import lung_mask_by_threshold
 from sscild.model.predict import keep_largest_lung_components, load_ensemble, predict_preprocessed
 from sscild.data.preprocess import preprocess_volume, restore_label

@@ -51,7 +51,7 @@ import pandas as pd
 from sscild.evaluation.baseline import HAA_RANGE_HU, band_histograms, density_mask, fit_ef_cut, split_dice
 from sscild.data.cohort import Cohort, read_case
 from sscild.data.folds import fold_of, read_splits
-from sscild.data.io import load_header, load_volume
+from sscild.data.image import load_header, load_volume
 from sscild.evaluation.metrics import (CI_METHOD, DEFAULT_TOLERANCE_FACTOR, ICC_FORM, bland_altman, case_metrics,
                       confusion_counts, icc, summarize)
 from sscild.paths import RunPaths, atomic_path, read_json

@@ -36,7 +36,7 @@ def _is_volume(p: Path) -> bool:
 
 
 def _dicom_series(folder: Path):
-    from sscild.data.io import _find_dicom_series
+    from sscild.data.image import find_dicom_series as _find_dicom_series
 
     return [s for s in _find_dicom_series(folder) if s.folder == folder]
 

@@ -78,7 +78,7 @@ def load_result(folder: str | Path) -> ScanResult:
     Raises:
         InputError: no ``*_report.json`` or its label map is missing.
     """
-    from sscild.data.io import load_volume
+    from sscild.data.image import load_volume
     from sscild.clinic.zones import zone_extent
 
     folder = Path(folder)

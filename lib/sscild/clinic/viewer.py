@@ -240,7 +240,7 @@ def write_dicom_seg(path: str | Path, label: np.ndarray, affine: np.ndarray, ser
 
     Args:
         path: output ``.dcm`` file, written atomically.
-        label: (x, y, z) labels on the series' own grid (what :func:`sscild.data.io.load_volume` read).
+        label: (x, y, z) labels on the series' own grid (what :func:`sscild.data.image.load_volume` read).
         affine: voxel -> RAS of ``label``.
         series_files: the series' files in the order the volume's slices were read (z = 0..nz-1).
 

@@ -305,7 +305,7 @@ def cohort_zone_extent(run, cohort, *, progress: bool = False) -> pd.DataFrame:
         Long DataFrame: ``case_id``, ``source`` (``"predicted"`` / ``"reference"``), ``zone`` and the
         columns of :func:`zone_extent`.
     """
-    from sscild.data.io import load_volume
+    from sscild.data.image import load_volume
 
     frames = []
     cases = [c for c in cohort.cases if (run.predictions / f"{c.case_id}.nii.gz").exists()]

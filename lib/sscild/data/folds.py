@@ -159,7 +159,10 @@ def write_splits(path: str | os.PathLike, splits) -> Path:
     """Validate and write splits as nnU-Net ``splits_final.json`` (ids sorted; atomic write).
 
     Example:
-        >>> write_splits(run.splits, make_splits(ids, k=8, seed=0))     # doctest: +SKIP
+        >>> import tempfile
+        >>> path = write_splits(Path(tempfile.mkdtemp()) / "splits.json", make_splits(["a", "b", "c", "d"], k=2))
+        >>> path.name
+        'splits.json'
     """
     path = Path(path)
     return write_json(path, validate_splits(splits, source=str(path)))
@@ -177,7 +180,10 @@ def read_splits(path: str | os.PathLike, case_ids: Sequence[str] | None = None) 
         ValueError: it is not valid JSON or not a valid patient-wise split.
 
     Example:
-        >>> splits = read_splits(run.splits)                            # doctest: +SKIP
+        >>> import tempfile
+        >>> path = write_splits(Path(tempfile.mkdtemp()) / "splits.json", make_splits(["a", "b", "c", "d"], k=2))
+        >>> [len(fold["val"]) for fold in read_splits(path, ["a", "b", "c", "d"])]
+        [2, 2]
     """
     path = Path(path)
     if not path.exists():

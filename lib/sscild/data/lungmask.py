@@ -32,6 +32,52 @@ def _fill_holes_2d(mask, max_pixels: int | None = None):
     return out
 
 
+def _remove_airways(cand, sm, body, sp) -> None:
+    """Take the trachea and main bronchi out of the lung candidates ``cand`` (in place).
+
+    They are grown through air below -950 HU (in the smoothed image ``sm``) from small round air
+    structures near the body's midline that are not part of a lung in their slice, then dilated by
+    about 2 mm; nothing is removed when the grown region is implausibly large (250 mL or more).
+    """
+    air = cand & (sm < -950)
+    alab, an = ndi.label(air)
+    if an:
+        vox_mm2 = sp[0] * sp[1]
+        clab, _ = ndi.label(cand)
+        seeds = set()
+        xc = np.nonzero(body.any(axis=(1, 2)))[0]
+        x_mid, x_half = 0.5 * (xc[0] + xc[-1]), 0.5 * (xc[-1] - xc[0]) + 1
+        for k in range(cand.shape[2]):
+            sl = alab[:, :, k]
+            if not sl.any():
+                continue
+            l2, n2 = ndi.label(air[:, :, k])
+            if n2 == 0:
+                continue
+            areas = np.bincount(l2.ravel())[1:] * vox_mm2
+            coms = ndi.center_of_mass(np.ones_like(l2), l2, np.arange(1, n2 + 1))
+            cl_area = np.bincount(clab[:, :, k].ravel()) * vox_mm2
+            for j, (area, com) in enumerate(zip(areas, coms)):
+                if not (40 <= area <= 800) or abs(com[0] - x_mid) > 0.25 * x_half:
+                    continue
+                comp = l2 == j + 1
+                owner = np.bincount(clab[:, :, k][comp]).argmax()
+                if cl_area[owner] > 1.6 * area + 30:  # part of a lung in this slice, not a separate tube
+                    continue
+                seeds.add(int(np.bincount(sl[comp]).argmax()))
+        seeds.discard(0)
+        if seeds:
+            airway = np.isin(alab, list(seeds))
+            vol_ml = airway.sum() * np.prod(sp) / 1000.0
+            if vol_ml < 250:
+                r = max(1, int(round(2.0 / sp[0])))
+                st = np.zeros((2 * r + 1, 2 * r + 1, 3), bool)
+                yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+                st[:, :, 1] = (xx ** 2 + yy ** 2) <= r * r
+                airway = ndi.binary_dilation(airway, structure=st)
+                cand &= ~airway
+
+
 def lung_mask_by_threshold(hu, spacing, *, threshold: float = -400.0) -> np.ndarray:
     """Lungs of a chest CT without labels, by thresholding (for real scans and comparisons).
 
@@ -77,45 +123,7 @@ def lung_mask_by_threshold(hu, spacing, *, threshold: float = -400.0) -> np.ndar
     cand = body & ~dense
     if not cand.any():
         return cand
-    # trachea and main bronchi
-    air = cand & (sm < -950)
-    alab, an = ndi.label(air)
-    if an:
-        vox_mm2 = sp[0] * sp[1]
-        clab, _ = ndi.label(cand)
-        seeds = set()
-        xc = np.nonzero(body.any(axis=(1, 2)))[0]
-        x_mid, x_half = 0.5 * (xc[0] + xc[-1]), 0.5 * (xc[-1] - xc[0]) + 1
-        for k in range(hu.shape[2]):
-            sl = alab[:, :, k]
-            if not sl.any():
-                continue
-            l2, n2 = ndi.label(air[:, :, k])
-            if n2 == 0:
-                continue
-            areas = np.bincount(l2.ravel())[1:] * vox_mm2
-            coms = ndi.center_of_mass(np.ones_like(l2), l2, np.arange(1, n2 + 1))
-            cl_area = np.bincount(clab[:, :, k].ravel()) * vox_mm2
-            for j, (area, com) in enumerate(zip(areas, coms)):
-                if not (40 <= area <= 800) or abs(com[0] - x_mid) > 0.25 * x_half:
-                    continue
-                comp = l2 == j + 1
-                owner = np.bincount(clab[:, :, k][comp]).argmax()
-                if cl_area[owner] > 1.6 * area + 30:  # part of a lung in this slice, not a separate tube
-                    continue
-                seeds.add(int(np.bincount(sl[comp]).argmax()))
-        seeds.discard(0)
-        if seeds:
-            airway = np.isin(alab, list(seeds))
-            vol_ml = airway.sum() * np.prod(sp) / 1000.0
-            if vol_ml < 250:
-                r = max(1, int(round(2.0 / sp[0])))
-                st = np.zeros((2 * r + 1, 2 * r + 1, 3), bool)
-                yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
-                st[:, :, 1] = (xx ** 2 + yy ** 2) <= r * r
-                airway = ndi.binary_dilation(airway, structure=st)
-                cand &= ~airway
-        del alab
+    _remove_airways(cand, sm, body, sp)  # trachea and main bronchi
     clab, cn = ndi.label(cand)
     if cn == 0:
         return np.zeros(hu.shape, bool)

@@ -54,10 +54,12 @@ from scipy import ndimage as ndi
 
 from sscild import LABELS
 from sscild.errors import InputError
-from sscild.data.io import Volume, load_volume, save_volume
+from sscild.data.image import Volume, load_volume
+from sscild.data.nifti_writer import save_volume
 from sscild.model.network import NUM_CLASSES, build_network, native_cpu_bf16
 from sscild.paths import RunPaths, atomic_path, read_json, repo_root, write_json
-from sscild.data.preprocess import Preprocessed, load_cached, preprocess_volume, restore_label
+from sscild.data.cache import load_cached
+from sscild.data.preprocess import Preprocessed, preprocess_volume, restore_label
 from sscild.progress import Heartbeat
 from sscild.profiles import Profile
 from sscild.model.train import select_device, set_threads
@@ -646,7 +648,7 @@ def acquisition_info(scan: str | Path, vol: Volume) -> dict:
         return info
     import pydicom
 
-    from sscild.data.io import _pick_series
+    from sscild.data.image import pick_series as _pick_series
 
     if scan.is_dir():
         with warnings.catch_warnings():

@@ -39,7 +39,7 @@ from sscild.model.augment import augment_for_profile
 from sscild.data.folds import read_splits
 from sscild.model.network import NUM_CLASSES, build_network, count_parameters, native_cpu_bf16
 from sscild.paths import RunPaths, atomic_path, read_json, write_json
-from sscild.data.preprocess import load_cached
+from sscild.data.cache import load_cached
 from sscild.progress import Heartbeat
 from sscild.book.provenance import cpu_name
 from sscild.profiles import Profile, get_profile
@@ -321,7 +321,8 @@ def unlabelled_scans(run: RunPaths) -> dict[str, Path]:
     """
     if not run.validation.exists():
         return {}
-    from sscild.data.cohort import UNLABELLED_DIR, load_cohort
+    from sscild.data.cohort import load_cohort
+    from sscild.data.validation_report import UNLABELLED_DIR
 
     rec = read_json(run.validation)
     root = Path(rec.get("root", ""))
@@ -346,7 +347,7 @@ def pseudo_label_volumes(net: torch.nn.Module, scans: dict[str, Path], profile: 
     """Preprocess unlabelled scans and label them with a teacher, slice by slice (left-right flip
     averaged); voxels whose highest class probability is below ``profile.pseudo_confidence`` get
     :data:`IGNORE_LABEL`. Returns (id -> case with ``image``/``label`` (x, y, z), stats)."""
-    from sscild.data.io import load_volume
+    from sscild.data.image import load_volume
     from sscild.data.preprocess import preprocess_volume
 
     p = get_profile(profile)

@@ -79,7 +79,7 @@ def extent_distribution(cases: pd.DataFrame):
     total lesion extent, the patients' EF and GGO stacked in each bar.
 
     Args:
-        cases: the table from :func:`sscild.data.preprocess.build_cache` (``ef_pct``, ``ggo_pct``,
+        cases: the table from :func:`sscild.data.cache.build_cache` (``ef_pct``, ``ggo_pct``,
             ``lesion_pct``).
 
     Returns:

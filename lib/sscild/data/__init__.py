@@ -1,0 +1,16 @@
+"""Data: everything between files on disk and the arrays the network sees.
+
+image              Volume; reading CT / label files and DICOM series with their geometry
+nifti_writer       atomic, byte-deterministic NIfTI writing (save_volume)
+dicom              DICOM series (one folder per patient) -> pseudonymised cohort folder
+names              the normal form label and column names are matched in
+cohort             the cohort folder: dataset.json, discovery of its cases, reading one case
+labels             label maps: study roles of dataset.json label names, --label-map / SSCILD_LABEL_MAP
+clinical_table     clinical.csv read and checked (flagged values missing)
+validation_report  Problem, ValidationReport and the problem kinds
+validate           validation of a cohort folder: every problem at once, each with its fix
+preprocess         orientation, resampling, HU normalisation, cropping of one scan; restoring a label map
+cache              the per-case cache of preprocessed cases, keyed by input bytes and settings
+folds              patient-wise stratified K-fold -> splits.json
+lungmask           the classical (threshold + components) lung mask and parenchyma statistics
+"""

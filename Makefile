@@ -11,6 +11,9 @@ DATA      ?= $(DATA_ROOT)/synthetic-$(PROFILE)
 RESULTS   ?= results
 BOOK_OUT  ?= book
 LAUNCHER  ?= local
+# ALLOW_CLINICAL_GAPS=1: run although clinical values or rows would be set aside (validation stops
+# the run otherwise, naming each; the Data chapter then lists them)
+ALLOW_CLINICAL_GAPS ?=
 # which folds `make train` trains (default all), e.g. FOLDS="0 1" on one machine, "2 3" on another
 FOLDS ?= $(ALL_FOLDS)
 # threads of every step (default: chosen per step; a Slurm task exports SSCILD_THREADS = its CPUs)
@@ -119,6 +122,7 @@ endif
 data: $(NB)/01_data.ipynb
 
 $(NB)/01_data.ipynb: notebooks/01_data.py $(DATA)/dataset.json $(LIBDEPS_01_data) | $(STAMP)
+	$(PY) -m sscild.cli validate $(abspath $(DATA)) --exclude-bad --brief $(if $(filter 1 yes true,$(ALLOW_CLINICAL_GAPS)),--allow-clinical-gaps)
 	@PYTHONPATH=lib $(PYTHON) -m sscild.context write --profile "$(PROFILE)" --data "$(DATA)" \
 	  --results "$(RESULTS)" --jobs "$(FOLD_JOBS)" --threads "$(THREADS)"
 	$(CHAPTER_RUN) --step data $< $@

@@ -103,3 +103,15 @@ def test_a_library_change_reruns_the_chapters_that_use_it_and_only_those(tmp_pat
     assert _steps(metrics) == {"evaluate", "correlate", "abstract", "reproducibility"}, metrics.stdout
     realct = _make(tmp_path, "-n", "-W", "lib/sscild/book/plots/realct.py", "all")
     assert _steps(realct) == {"real_ct", "reproducibility"}, realct.stdout
+
+
+@pytest.mark.parametrize("allow", ["", "1"])
+def test_make_validates_the_cohort_before_the_data_chapter(tmp_path, allow):
+    (tmp_path / "cohort").mkdir()
+    (tmp_path / "cohort" / "dataset.json").write_text("{}")
+    proc = _make(tmp_path, "-n", "data", extra=[f"ALLOW_CLINICAL_GAPS={allow}"])
+    lines = proc.stdout.splitlines()
+    check = next(i for i, x in enumerate(lines) if "sscild.cli validate" in x)
+    data = next(i for i, x in enumerate(lines) if "--step data" in x)
+    assert check < data and "--exclude-bad" in lines[check]
+    assert ("--allow-clinical-gaps" in lines[check]) is bool(allow)

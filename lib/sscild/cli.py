@@ -1,6 +1,7 @@
 """The ``sscild`` command line.
 
-    sscild validate DIR [--exclude-bad] [--label-map JSON]   check a cohort folder, report every problem
+    sscild validate DIR [--exclude-bad] [--allow-clinical-gaps] [--label-map JSON] [--brief]
+                                                            check a cohort folder, report every problem
     sscild phantom OUT [--n 40] [--seed 0] [--profile cpu]  write the synthetic SSc-ILD cohort
     sscild import-dicom SRC OUT [--labels DIR]              DICOM series (one per patient) -> cohort folder
     sscild train DATA --profile P --fold K                  train one fold (what make runs)
@@ -10,6 +11,11 @@
 
 Every error is printed as one line (no traceback) with exit status 2 (a bad option or argument) or
 1 (a problem found in the input, or a scan of a batch that failed); ``--debug`` shows the traceback.
+
+``sscild validate`` exits 0 when the cohort can be used as it is; 1 when a case or the folder is
+unusable (with ``--exclude-bad``: only when no usable case remains); 3 when clinical values would be
+set aside and 4 when clinical rows, cases or the table would be left out
+(:mod:`sscild.data.clinical_table`), unless ``--allow-clinical-gaps``.
 """
 
 from __future__ import annotations
@@ -53,16 +59,32 @@ def _label_map(text: str | None) -> dict | None:
 def _cmd_validate(args) -> int:
     from sscild.data.validate import validate_cohort
 
-    label_map = _label_map(args.label_map)
+    from sscild.data.clinical_table import CLINICAL_GAPS, exit_code_of
+    from sscild.data.labels import label_map_from_env
+
+    try:
+        label_map = _label_map(args.label_map) if args.label_map else label_map_from_env()
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     report = validate_cohort(args.data, label_map=label_map)
-    print(report.format())
-    if report.ok:
-        return 0
-    if args.exclude_bad and report.usable_cases:
+    if report.ok or (args.exclude_bad and report.usable_cases):
+        code = 0 if args.allow_clinical_gaps else exit_code_of(report.problems)
+    else:
+        code = 1
+    text = report.format()
+    print(text if (code or not args.brief) else text.splitlines()[0])
+    if not report.ok and args.exclude_bad and report.usable_cases:
         print(f"\n--exclude-bad: {len(report.bad_cases)} case(s) would be excluded; "
               f"{len(report.usable_cases)} usable.")
-        return 0
-    return 1
+    gaps = [p for p in report.problems if p.kind in CLINICAL_GAPS]
+    if code in (3, 4):
+        print(f"\n{len(gaps)} clinical gap(s) (listed above: {', '.join(sorted({p.kind for p in gaps}))}) would "
+              "change what the lung-function analysis uses. Fix each as its line says, or accept them: "
+              "`sscild validate --allow-clinical-gaps` (make: ALLOW_CLINICAL_GAPS=1); the Data chapter then "
+              "lists every value and row set aside.", file=sys.stderr)
+    elif gaps:
+        print(f"\n--allow-clinical-gaps: {len(gaps)} clinical gap(s) accepted; the Data chapter lists them.")
+    return code
 
 
 def _cmd_phantom(args) -> int:
@@ -150,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="check a cohort folder and report every problem at once")
     v.add_argument("data", type=Path)
     v.add_argument("--exclude-bad", action="store_true", help="succeed if usable cases remain; list exclusions")
+    v.add_argument("--allow-clinical-gaps", action="store_true",
+                   help="succeed although clinical values or rows would be set aside (exit 3 / 4 otherwise)")
+    v.add_argument("--brief", action="store_true", help="print only the summary line when the cohort passes")
     v.add_argument("--label-map", help='JSON mapping of dataset.json label names to roles, e.g. '
                    '\'{"reticulation": "ef", "honeycombing": "ef", "consolidation": "ggo"}\'')
     v.set_defaults(func=_cmd_validate)

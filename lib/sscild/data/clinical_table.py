@@ -1,36 +1,72 @@
-"""The clinical table of a cohort folder (``clinical.csv``), read and checked.
+"""The clinical table of a cohort folder (``clinical.csv``): the one parser every reader uses.
 
-Only ``case_id`` is required; the known columns (:data:`CLINICAL_COLUMNS`) are optional but checked
-when present, other columns are kept (numeric when their values are numbers). Problems are
-warnings in the validation report (:class:`~sscild.data.validation_report.ValidationReport`): a
-value that is not a number where one is expected, or outside its plausible range, is reported and
-treated as missing (NaN), and so are all rows of a case that has several.
+:func:`parse_clinical` reads the table once, with one set of rules, and returns the values and the
+problems (:class:`ClinicalTable`). The cohort validator (:func:`read_clinical`), the chapters
+(:func:`sscild.analysis.clinical.load_clinical`) and the DICOM import (:func:`read_cells`) all go
+through this module, so a value means the same everywhere.
+
+**The rules, decided once.**
+
+* Only ``case_id`` is required; the known columns (:data:`CLINICAL_COLUMNS`) are optional and
+  checked when present; other columns are kept (numeric when at least half their values are
+  numbers). Column names match after :func:`sscild.data.names.normalise_name`.
+* Blank, ``NA``, ``n/a``, ``nan``, ``none``, ``null``, ``-`` and ``?`` are missing values.
+* ``sex``: ``F``/``female``/``w`` or ``M``/``male`` in any letter case.
+* A number must lie in its column's plausible range: ``fev1_fvc`` is a **ratio** (0.2 to 1.2); a
+  value given in percent (75) is outside it and set aside, never silently divided by 100. Columns
+  named like a lung-function percent of predicted (``kco_pct``, ``vc_pred``, ...) take 10 to 200;
+  a column whose name says it is a volume must not be negative.
+* A case with several rows keeps none of them; a row without a case id is not used.
+
+**Clinical gaps.** A problem that changes what the study uses -- a value set aside (not a number,
+implausible), a row not used (duplicate, no case id, no image for it), a case without a row, no
+usable table -- is a *clinical gap* (:data:`CLINICAL_GAPS`). It does not make a case unusable for
+segmentation (it is a warning in the validation report), but ``sscild validate`` exits with
+:data:`EXIT_CLINICAL_VALUES` or :data:`EXIT_CLINICAL_ROWS` and ``make all`` stops on it, naming
+case and fix, unless the user allows gaps (``--allow-clinical-gaps``, ``make ALLOW_CLINICAL_GAPS=1``);
+the Data chapter then lists every value set aside. A blank value is not a gap: it is missing, and
+says so.
 
 Example:
     >>> import tempfile
     >>> from pathlib import Path
-    >>> from sscild.data.validation_report import ValidationReport
     >>> root = Path(tempfile.mkdtemp())
-    >>> _ = (root / "clinical.csv").write_text("case_id,age,fvc_pct\\nc1,61,85\\nc2,58,850\\n")
-    >>> report = ValidationReport(root=root)
-    >>> read_clinical(root, ["c1", "c2"], report)["fvc_pct"].tolist()
-    [85.0, nan]
-    >>> [p.kind for p in report.problems]
-    ['clinical_implausible']
+    >>> _ = (root / "clinical.csv").write_text("case_id,age,fvc_pct,fev1_fvc\\nc1,61,85,0.8\\nc2,58,850,75\\n")
+    >>> table = parse_clinical(root / "clinical.csv", ["c1", "c2"])
+    >>> table.frame["fvc_pct"].tolist(), table.frame["fev1_fvc"].tolist()
+    ([85.0, nan], [0.8, nan])
+    >>> [p.kind for p in table.gaps]
+    ['clinical_implausible', 'clinical_implausible']
+    >>> table.exit_code()
+    3
 """
 
 from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from sscild.data.names import normalise_name
-from sscild.data.validation_report import ValidationReport
+from sscild.data.validation_report import Problem, ValidationReport
 
-__all__ = ["CLINICAL_COLUMNS", "read_clinical"]
+__all__ = ["CLINICAL_COLUMNS", "CLINICAL_VALUE_GAPS", "CLINICAL_ROW_GAPS", "CLINICAL_GAPS", "EXIT_CLINICAL_VALUES",
+           "EXIT_CLINICAL_ROWS", "ClinicalTable", "parse_clinical", "read_clinical", "read_cells"]
+
+CLINICAL_VALUE_GAPS = ("clinical_non_numeric", "clinical_implausible")
+"""Problem kinds by which a value is set aside (read as missing)."""
+CLINICAL_ROW_GAPS = ("clinical_missing", "clinical_unreadable", "clinical_duplicate_row", "clinical_no_case_id",
+                     "clinical_without_image", "clinical_missing_row")
+"""Problem kinds by which a row, a case or the whole table is left out."""
+CLINICAL_GAPS = CLINICAL_VALUE_GAPS + CLINICAL_ROW_GAPS
+"""Every problem kind that changes what the lung-function analysis uses."""
+EXIT_CLINICAL_VALUES = 3
+"""Exit status of ``sscild validate`` when clinical values were set aside (and no row problem)."""
+EXIT_CLINICAL_ROWS = 4
+"""Exit status of ``sscild validate`` when clinical rows, cases or the table are left out."""
 
 CLINICAL_COLUMNS: dict[str, tuple[str, tuple, str]] = {
     "age": ("years", (5, 110), "age at the CT scan"),
@@ -77,13 +113,13 @@ def _read_table(path: Path, report: ValidationReport) -> pd.DataFrame | None:
                    "dlco_pct where known).", "warning")
         return None
     try:
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except Exception as exc:
+        raw = read_cells(path)
+    except ValueError as exc:
+        cause = exc.__cause__
         report.add(None, "clinical.csv", "clinical_unreadable",
-                   f"clinical.csv cannot be read as CSV ({type(exc).__name__}: {exc}).",
+                   f"clinical.csv cannot be read as CSV ({type(cause).__name__}: {cause}).",
                    "save it as comma-separated text with one header row.", "warning")
         return None
-    raw.columns = [str(c).strip() for c in raw.columns]
     if "case_id" not in raw.columns:
         report.add(None, "clinical.csv", "clinical_unreadable",
                    f"clinical.csv has no case_id column (columns: {', '.join(raw.columns)}).",
@@ -96,6 +132,12 @@ def _read_table(path: Path, report: ValidationReport) -> pd.DataFrame | None:
 def _check_rows(raw: pd.DataFrame, case_ids: list[str], report: ValidationReport) -> pd.DataFrame:
     """Report duplicated, unknown and missing rows; returns the rows of cases that have exactly one."""
     known = set(case_ids)
+    no_id = raw.index[raw["case_id"] == ""].tolist()
+    if no_id:
+        report.add(None, "clinical.csv", "clinical_no_case_id",
+                   f"clinical.csv row(s) {', '.join(str(i + 2) for i in no_id)} (line numbers) have no case_id; "
+                   "they are not used.", "fill in the case_id (as in imagesTr) or remove the row(s).", "warning")
+        raw = raw[raw["case_id"] != ""]
     counts = raw["case_id"].value_counts()
     for cid in sorted(counts[counts > 1].index):
         report.add(cid, "clinical.csv", "clinical_duplicate_row",
@@ -103,7 +145,7 @@ def _check_rows(raw: pd.DataFrame, case_ids: list[str], report: ValidationReport
                    "keep exactly one row per case.", "warning")
     raw = raw[raw["case_id"].map(counts) == 1]
     for cid in sorted(set(raw["case_id"]) - known):
-        if cid:
+        if cid:  # always: rows without a case id were removed above
             report.add(cid, "clinical.csv", "clinical_without_image",
                        f"clinical.csv has a row for {cid}, but there is no image for that case.",
                        f"add imagesTr/{cid}_0000 (and its label), or fix the case id / remove the row.", "warning")
@@ -172,18 +214,10 @@ def _parse_numbers(col: str, key: str, spec, values: pd.Series, nums: dict, know
     return pd.Series(parsed, dtype=float)
 
 
-def read_clinical(root: Path, case_ids: list[str], report: ValidationReport) -> pd.DataFrame:
-    """Read and check clinical.csv; return it indexed by case_id over ``case_ids`` (flagged values NaN).
-
-    Every problem is added to ``report`` as a warning; a missing or unusable table gives a frame
-    without columns.
-    """
-    empty = pd.DataFrame(index=pd.Index(case_ids, name="case_id"))
-    raw = _read_table(root / "clinical.csv", report)
-    if raw is None:
-        return empty
+def _parse_frame(raw: pd.DataFrame, case_ids: list[str], report: ValidationReport) -> pd.DataFrame:
+    """The checked rows as values, indexed by case_id over ``case_ids``."""
     known = set(case_ids)
-    raw = _check_rows(raw, case_ids, report).set_index("case_id")
+    raw = raw.set_index("case_id")
     out = {}
     for col in raw.columns:
         values = raw[col]
@@ -204,6 +238,86 @@ def read_clinical(root: Path, case_ids: list[str], report: ValidationReport) -> 
                     report.add(cid, "clinical.csv", "clinical_missing_value",
                                f"{col} is blank for case {cid}; the case is left out of analyses of {col}.",
                                f"fill in {col} ({spec[0]}) if it is known.", "warning")
-    frame = pd.DataFrame(out, index=pd.Index(case_ids, name="case_id")) if out else empty
+    frame = pd.DataFrame(out, index=pd.Index(case_ids, name="case_id")) if out else \
+        pd.DataFrame(index=pd.Index(case_ids, name="case_id"))
     frame.index.name = "case_id"
     return frame
+
+
+@dataclass
+class ClinicalTable:
+    """A parsed ``clinical.csv``: the values (``frame``, indexed by ``case_id``; set-aside and blank
+    values NaN) and every problem found (:class:`~sscild.data.validation_report.Problem`, all warnings)."""
+
+    frame: pd.DataFrame
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def gaps(self) -> list[Problem]:
+        """The problems that change what the study uses (:data:`CLINICAL_GAPS`)."""
+        return [p for p in self.problems if p.kind in CLINICAL_GAPS]
+
+    def set_aside(self) -> pd.DataFrame:
+        """One row per clinical gap: ``case_id``, ``kind``, ``what`` (value, row or table) and the fix."""
+        rows = [{"case_id": p.case_id or "(table)", "kind": p.kind, "what": p.message, "fix": p.fix}
+                for p in self.gaps]
+        return pd.DataFrame(rows, columns=["case_id", "kind", "what", "fix"])
+
+    def exit_code(self) -> int:
+        """0 without gaps; :data:`EXIT_CLINICAL_ROWS` when a row, case or the table is left out,
+        else :data:`EXIT_CLINICAL_VALUES` when values were set aside."""
+        return exit_code_of(self.problems)
+
+
+def exit_code_of(problems) -> int:
+    """The clinical exit status of a list of problems (see :meth:`ClinicalTable.exit_code`)."""
+    kinds = {p.kind for p in problems}
+    if kinds & set(CLINICAL_ROW_GAPS):
+        return EXIT_CLINICAL_ROWS
+    if kinds & set(CLINICAL_VALUE_GAPS):
+        return EXIT_CLINICAL_VALUES
+    return 0
+
+
+def parse_clinical(path: str | Path, case_ids: list[str] | None = None) -> ClinicalTable:
+    """Parse ``clinical.csv`` at ``path`` with the rules of this module.
+
+    Args:
+        path: the table (usually ``<cohort>/clinical.csv``).
+        case_ids: the cohort's cases; the frame has one row per case, and rows of other ids and
+            cases without a row are clinical gaps. ``None``: the table's own ids (no such check).
+    """
+    path = Path(path)
+    report = ValidationReport(root=path.parent)
+    raw = _read_table(path, report)
+    if raw is None:
+        return ClinicalTable(pd.DataFrame(index=pd.Index(list(case_ids or []), name="case_id")), report.problems)
+    if case_ids is None:
+        counts = raw["case_id"].value_counts()
+        case_ids = sorted(c for c in counts.index if c and counts[c] == 1)
+    raw = _check_rows(raw, list(case_ids), report)
+    return ClinicalTable(_parse_frame(raw, list(case_ids), report), report.problems)
+
+
+def read_clinical(root: Path, case_ids: list[str], report: ValidationReport) -> pd.DataFrame:
+    """:func:`parse_clinical` of ``root/clinical.csv`` for the validator: its problems are added to
+    ``report``; returns the values indexed by case_id over ``case_ids``."""
+    table = parse_clinical(Path(root) / "clinical.csv", case_ids)
+    report.problems.extend(table.problems)
+    return table.frame
+
+
+def read_cells(path: str | Path) -> pd.DataFrame:
+    """The table's cells as text, column names stripped (what the DICOM import copies into a new
+    cohort, which is then validated with :func:`parse_clinical`).
+
+    Raises:
+        ValueError: the file cannot be read as CSV.
+    """
+    try:
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except Exception as exc:  # pandas raises several parser errors
+        raise ValueError(f"{path}: cannot be read as CSV ({type(exc).__name__}: {exc}). Fix: save the clinical "
+                         "table as comma-separated text with a header row.") from exc
+    raw.columns = [str(c).strip() for c in raw.columns]
+    return raw

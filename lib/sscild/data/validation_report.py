@@ -48,15 +48,18 @@ PROBLEM_KINDS: dict[str, str] = {
     "not_hu": "intensities are not Hounsfield units (error)",
     "label_values": "label values not declared in dataset.json, or not integers (error)",
     "no_lung": "the label map has no lung voxels (error)",
-    # clinical table
-    "clinical_missing": "no clinical.csv (warning)",
-    "clinical_unreadable": "clinical.csv cannot be read or has no case_id column (warning)",
-    "clinical_missing_row": "a case has no clinical row (warning)",
-    "clinical_without_image": "a clinical row whose case has no image (warning)",
-    "clinical_duplicate_row": "several clinical rows for one case (warning; none is used)",
+    # clinical table (warnings: no case becomes unusable for segmentation; but every kind except a
+    # blank value changes what the lung-function analysis uses, and stops `sscild validate` / make
+    # unless clinical gaps are allowed: sscild.data.clinical_table.CLINICAL_GAPS)
+    "clinical_missing": "no clinical.csv (warning; a clinical gap)",
+    "clinical_unreadable": "clinical.csv cannot be read or has no case_id column (warning; a clinical gap)",
+    "clinical_missing_row": "a case has no clinical row (warning; a clinical gap)",
+    "clinical_without_image": "a clinical row whose case has no image (warning; a clinical gap)",
+    "clinical_no_case_id": "a clinical row without a case_id (warning; a clinical gap: the row is not used)",
+    "clinical_duplicate_row": "several clinical rows for one case (warning; a clinical gap: none is used)",
     "clinical_missing_value": "a known clinical value is blank (warning)",
-    "clinical_non_numeric": "a clinical value that should be a number is not (warning; set to missing)",
-    "clinical_implausible": "a clinical value outside its plausible range (warning; set to missing)",
+    "clinical_non_numeric": "a clinical value that should be a number is not (warning; a clinical gap: set aside)",
+    "clinical_implausible": "a clinical value outside its plausible range (warning; a clinical gap: set aside)",
     # unlabelled scans (unlabelledTr/, optional)
     "unlabelled_empty": "unlabelledTr/ exists but holds no scan (error)",
     "unlabelled_label_file": "a label file or a subfolder inside unlabelledTr/ (error)",

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from sscild import LABELS
+from sscild.data.clinical_table import read_cells
 from sscild.data.image import (NIFTI_SUFFIXES, SITK_SUFFIXES, DicomSeries, Volume, check_exists, load_volume,
                                pick_series, read_series)
 from sscild.data.names import normalise_name
@@ -115,13 +116,12 @@ def _label_array(array: np.ndarray, file: Path) -> np.ndarray:
 
 
 def _read_clinical_for_import(clinical: Path, patients: list[str], secrets: set[str]):
-    import pandas as pd
-
+    """The rows of the import's clinical table that match patient folders, as text (copied as they are;
+    the new cohort's values are then checked by :func:`sscild.data.clinical_table.parse_clinical`)."""
     try:
-        table = pd.read_csv(clinical, dtype=str, keep_default_na=False)
-    except Exception as exc:
-        raise InputError(f"{clinical}: cannot be read as CSV ({type(exc).__name__}: {exc}). "
-                         "Fix: save the clinical table as comma-separated text with a header row.") from exc
+        table = read_cells(clinical)
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc.__cause__
     wanted = set(patients)
     best, best_hits = None, 0
     for col in table.columns:

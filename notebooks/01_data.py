@@ -31,15 +31,18 @@ import warnings
 from IPython.display import Markdown, display
 
 from sscild.analysis import data as ds
+from sscild.analysis import phantomcheck
 from sscild.book import plots
+from sscild.book.chapters import data as ch
+from sscild.data.labels import label_map_from_env
 from sscild.data.cohort import load_cohort
-from sscild.data.folds import make_splits, write_splits
 from sscild.data.validate import validate_cohort
+from sscild.data.folds import make_splits, write_splits
 from sscild.paths import default_data_dir, resolve_data_dir, write_json
 from sscild.synthetic.writer import generate_cohort
 from sscild.book.plots.data import case_gallery, extent_distribution, fold_plot
 from sscild.data.cache import build_cache
-from sscild.book.report import banner, chapter_context, figure, rel, glue, show
+from sscild.book.report import banner, chapter_context, figure, rel, show
 
 warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm's notice in a kernel without widgets
 data_dir = resolve_data_dir(data_dir, profile)
@@ -79,7 +82,7 @@ display(Markdown(f"Cohort **{info['name']}**, folder `{rel(data_dir)}`: {'synthe
 # written to `validation.json` in the results folder.
 
 # %%
-label_map = ds.label_map_from_env()
+label_map = label_map_from_env()
 report = validate_cohort(data_dir, label_map=label_map)
 write_json(run.validation, ds.validation_record(report, label_map=label_map))
 print(report.format().splitlines()[0].replace(str(data_dir), rel(data_dir)))
@@ -87,12 +90,12 @@ if not report.usable_cases:
     raise RuntimeError(f"No usable case in {data_dir}:\n{report.format()}\nFix the problems listed above and re-run.")
 
 # %%
-summary = ds.problem_summary(report)
+summary = ch.problem_summary(report)
 if summary.empty:
     display(Markdown("**No problems found**: every case is usable and the clinical table is complete."))
 else:
     show(summary, caption="Problems found, by kind")
-    rows, hidden = ds.problem_rows(report, limit=25)
+    rows, hidden = ch.problem_rows(report, limit=25)
     show(rows, caption="Problems, errors first" + (f" (first {len(rows)}; {hidden} more in validation.json)" if hidden else ""))
 
 # %%
@@ -121,7 +124,7 @@ cohort = load_cohort(data_dir, label_map=label_map, exclude=report.bad_cases)
 # Renaming the labels in (a copy of) `dataset.json` to the role names works everywhere too.
 
 # %%
-show(ds.label_map_example(), caption="An example label scheme mapped onto the study's roles")
+show(ch.label_map_example(), caption="An example label scheme mapped onto the study's roles")
 display(Markdown(f"Label map used by this run: `{label_map}`." if label_map else
                  "This run uses no label map: the cohort's label names are the study's roles."))
 
@@ -140,7 +143,7 @@ cases = build_cache(cohort, run, prof, progress=False)
 display(Markdown(f"{len(cases)} cases in the cache `{rel(run.cache)}`: {int((~cases['reused']).sum())} preprocessed now, "
                  f"{int(cases['reused'].sum())} reused. Target spacing of profile `{prof.name}`: "
                  f"{tuple(prof.target_spacing)} mm (None keeps the scan's own)."))
-show(ds.geometry_table(cases), caption="Voxel grids as acquired and after preprocessing")
+show(ch.geometry_table(cases), caption="Voxel grids as acquired and after preprocessing")
 
 # %% [markdown]
 # ## The patients
@@ -158,7 +161,7 @@ show(ds.geometry_table(cases), caption="Voxel grids as acquired and after prepro
 
 # %%
 clinical, notes = ds.read_clinical(data_dir)
-table1 = ds.table_one(cases, clinical)
+table1 = ch.table_one(cases, clinical)
 show(table1[["summary", "n", "missing"]].rename(columns={"summary": "median [IQR] or n (%)"}),
      caption=f"Table 1. The cohort ({info['name']}, n = {len(cases)})")
 if notes:
@@ -244,8 +247,8 @@ from sscild.synthetic.lungfunction import CLINICAL_MODEL
 if info["synthetic"]:
     display(Markdown(f"**{CLINICAL_MODEL['description']}** EF and GGO in the equations are percent of lung; "
                      "e terms are independent normal noise with the standard deviation given."))
-    show(ds.clinical_model_table(CLINICAL_MODEL), caption="The planted lung-function model")
-    show(ds.population_table(CLINICAL_MODEL), caption="The generator's population")
+    show(ch.clinical_model_table(CLINICAL_MODEL), caption="The planted lung-function model")
+    show(ch.population_table(CLINICAL_MODEL), caption="The generator's population")
 else:
     display(Markdown(f"This run uses the real cohort `{info['folder']}`: nothing in it was planted."))
 
@@ -260,7 +263,7 @@ else:
 # A second synthetic patient with median disease shows how lesions shift these numbers.
 
 # %%
-real_files = ds.real_ct_files()
+real_files = phantomcheck.real_ct_files()
 if not info["synthetic"]:
     display(Markdown("Real cohort: the phantom comparison is not shown."))
 elif not real_files:
@@ -268,17 +271,20 @@ elif not real_files:
                      "are not present here, so the comparison with real CT is skipped."))
 else:
     from sscild.data.cohort import read_case
+    from sscild.data.orientation import to_canonical
     from sscild.book.plots.phantom import phantom_vs_real
 
     picks = ds.pick_examples(cases, levels={"least disease": 0.0, "median disease": 0.5})
-    synth = [(f"{cid} (synthetic, {level})", "synthetic", *ds.canonical(read_case(cohort, cid)[0])) for level, cid in picks.items()]
+    vols = {level: read_case(cohort, cid)[0] for level, cid in picks.items()}
+    synth = [(f"{cid} (synthetic, {level})", "synthetic", *to_canonical(vols[level].array, vols[level].affine))
+             for level, cid in picks.items()]
     pixel = synth[0][3][0]
-    real = [(f.stem, "real", *ds.load_real_ct(f, pixel_mm=pixel)) for f in real_files]
+    real = [(f.stem, "real", *phantomcheck.load_real_ct(f, pixel_mm=pixel)) for f in real_files]
     fig = figure(phantom_vs_real(synth[0][2], synth[0][3], real[0][2], real[0][3]), "data_phantom_vs_real",
                         run.figures, caption=("A synthetic patient beside a real chest CT at the same pixel size "
                                               f"({plots.window_text()}): compare the texture of the lung and the "
                                               "anatomy around it, which the generator only approximates."))
-    show(ds.parenchyma_comparison(synth + real), floatfmt=1,
+    show(phantomcheck.parenchyma_comparison(synth + real), floatfmt=1,
          caption=f"Lung attenuation, synthetic and real (real scans resampled to {pixel:.2f} mm pixels)")
 
 # %% [markdown]
@@ -312,7 +318,7 @@ if info["synthetic"] and (data_dir / "phantom_truth.csv").exists():
             "its counterpart on real CT and that none of it carries a lesion label."))
         real_lungs = []
         for f in real_files:
-            hu_r, sp_r = ds.load_real_ct(f, pixel_mm=float(truth["pixel_mm"].median()))
+            hu_r, sp_r = phantomcheck.load_real_ct(f, pixel_mm=float(truth["pixel_mm"].median()))
             real_lungs.append((f.stem, hu_r, lung_mask_by_threshold(hu_r, sp_r)))
         figure(lung_hu_histograms(data_dir, list(truth["case_id"][:16]), real_lungs), "data_lung_hu_histograms",
                run.figures, caption=("Normal-lung attenuation of synthetic patients beside the lungs of the real scans: "
@@ -325,8 +331,6 @@ if info["synthetic"] and (data_dir / "phantom_truth.csv").exists():
 
 # %%
 key = ds.key_numbers(report, cases)
-for name, value in key.items():
-    glue(f"data_{name}", value, display=False)
 display(Markdown(
     f"{key['n_found']} cases found, **{key['n_included']} used**, {key['n_excluded']} excluded. "
     f"Median total lesion extent {key['lesion_pct_median']:.1f} % of lung "

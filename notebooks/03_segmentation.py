@@ -44,12 +44,15 @@ data_dir = None
 from IPython.display import Markdown, display
 
 from sscild.analysis import segmentation as ev
+from sscild.analysis import segmentation_errors as everr
+from sscild.analysis import segmentation_summary as evsum
 from sscild.book import plots
+from sscild.book.chapters import segmentation as ch
 from sscild.data.cohort import load_cohort
 from sscild.paths import resolve_data_dir, write_json
 from sscild.book.plots import segmentation as segplots
 from sscild.model.predict import POSTPROCESS_RULE, predict_oof
-from sscild.book.report import banner, chapter_context, figure, rel, glue, show
+from sscild.book.report import banner, chapter_context, figure, rel, show
 
 data_dir = resolve_data_dir(data_dir, profile)
 run, prof, info = chapter_context(data_dir, profile)
@@ -90,8 +93,8 @@ cohort = load_cohort(data_dir)
 paths = predict_oof(run, progress=False)
 tolerance = ev.nsd_tolerance_mm(cohort, prof)
 df = ev.evaluate_oof(run, cohort, tolerance_mm=tolerance, progress=False)
-summary = ev.summary_dict(df, info["name"], info["synthetic"], profile, tolerance_mm=tolerance,
-                          settings=ev.oof_settings(run))
+summary = evsum.summary_dict(df, info["name"], info["synthetic"], profile, tolerance_mm=tolerance,
+                             settings=ev.oof_settings(run))
 summary_path = write_json(run.segmentation_summary, summary)
 
 # %%
@@ -122,7 +125,7 @@ display(Markdown(
 # says nothing about the method.
 
 # %%
-show(ev.paper_table(), caption="Published mean Dice (SICCS, real HRCT), for orientation only")
+show(ch.paper_table(), caption="Published mean Dice (SICCS, real HRCT), for orientation only")
 
 # %% [markdown]
 # ## Overlap per class
@@ -140,7 +143,7 @@ png = figure(segplots.metric_strip(df, "nsd", tolerance_mm=tolerance), "seg_nsd"
     "does not distinguish from gross errors."))
 
 # %%
-show(ev.summary_table(df), caption="Dice and surface Dice over patients: n (excluded), mean ± SD, "
+show(ch.summary_table(df), caption="Dice and surface Dice over patients: n (excluded), mean ± SD, "
      "median [IQR], 95% bootstrap CI of the mean")
 
 # %% [markdown]
@@ -150,7 +153,7 @@ show(ev.summary_table(df), caption="Dice and surface Dice over patients: n (excl
 # the estimate depends on which patients a network was trained on.
 
 # %%
-show(ev.per_fold_table(df), caption="Mean per fold (held-out patients of that fold); a baseline cut is "
+show(evsum.per_fold_table(df), caption="Mean per fold (held-out patients of that fold); a baseline cut is "
      "fitted per fold, so the pooled row has none (—)")
 
 # %% [markdown]
@@ -197,14 +200,14 @@ png = figure(segplots.case_montage(cases), "seg_cases", run.figures, caption=(
 # computed from the table.
 
 # %%
-worst = ev.worst_cases(df, n=min(3, len(df)))
+worst = everr.worst_cases(df, n=min(3, len(df)))
 where = {}
 for cid in worst.index:
     image, ref, pred = ev.load_case_maps(run, cohort, cid)
-    where[cid] = ev.error_location(ref, pred, image.affine)
+    where[cid] = everr.error_location(ref, pred, image.affine)
 show(worst, caption="Lowest lesion Dice: what went wrong", floatfmt=2)
 display(Markdown("Zones are thirds of the reference lung from base to apex; *medial* is the inner third "
-                 "between the midline and the lateral edge of the lungs.\n\n" + ev.worst_case_words(worst, where)))
+                 "between the midline and the lateral edge of the lungs.\n\n" + ch.worst_case_words(worst, where)))
 
 # %% [markdown]
 # ## EF and GGO: which label the voxels received
@@ -214,13 +217,13 @@ display(Markdown("Zones are thirds of the reference lung from base to apex; *med
 # patient. A large "reference EF predicted GGO" share means fibrosis is being called ground glass.
 
 # %%
-conf = ev.confusion_table(df)
+conf = everr.confusion_table(df)
 if conf.empty:
     display(Markdown("This run's per-case table has no voxel counts (scored before they were recorded)."))
 else:
     show(conf, caption="Reference label (rows) against predicted label (columns): % of the reference "
          "label's voxels, all patients pooled", floatfmt=1)
-    show(ev.confusion_per_patient(df), caption="Per patient: share of a reference label's voxels given another label")
+    show(ch.confusion_per_patient(df), caption="Per patient: share of a reference label's voxels given another label")
 
 # %% [markdown]
 # ## Agreement of lesion extent
@@ -232,9 +235,9 @@ else:
 # regression-based limits {cite}`bland1999`, which follow the extent, rather than the fixed ones.
 
 # %%
-show(ev.agreement_table(summary), caption="Predicted vs reference extent, % of lung: ICC(2,1), fixed "
+show(ch.agreement_table(summary), caption="Predicted vs reference extent, % of lung: ICC(2,1), fixed "
      "Bland–Altman bias and limits with 95% CIs, and the proportional-bias slope")
-show(ev.regression_limits_table(summary), caption="Regression-based Bland–Altman bias and 95% limits (pp) at "
+show(ch.regression_limits_table(summary), caption="Regression-based Bland–Altman bias and 95% limits (pp) at "
      "low, middle and high extent (10th, 50th, 90th percentile), bootstrap 95% CIs", floatfmt=2)
 
 # %%
@@ -256,7 +259,7 @@ png = figure(segplots.bland_altman_grid(df, summary), "seg_bland_altman", run.fi
 # %%
 lo, hi = summary["baseline"]["haa_range_hu"]
 cuts = summary["baseline"].get("ef_cut_hu_per_fold") or {}
-show(ev.baseline_table(df, summary), caption=f"Network vs HU density mask ({lo:g} to {hi:g} HU) per region")
+show(ch.baseline_table(df, summary), caption=f"Network vs HU density mask ({lo:g} to {hi:g} HU) per region")
 if cuts:
     display(Markdown("EF/GGO cut fitted on each fold's training patients (HU): " +
                      ", ".join(f"fold {k}: {v:g}" for k, v in cuts.items()) + "."))
@@ -269,9 +272,8 @@ if cuts:
 # distribution, 0 = none shared) says how much.
 
 # %%
-hist = ev.label_attenuation(cohort, list(df["case_id"]))
-ovl = ev.overlap_coefficient(hist["ef"], hist["ggo"])
-glue("ef_ggo_hu_overlap", ovl, display=False)
+hist = everr.label_attenuation(cohort, list(df["case_id"]))
+ovl = everr.overlap_coefficient(hist["ef"], hist["ggo"])
 png = figure(segplots.attenuation_histograms(hist, band=(lo, hi), cuts=list(cuts.values())), "seg_ef_ggo_hu",
              run.figures, caption=(
                  f"Attenuation of reference EF and GGO voxels ({'synthetic' if info['synthetic'] else 'real'} cohort), "
@@ -308,9 +310,6 @@ else:
          "their lung volume is a plausibility check, not a score)")
 
 # %%
-values = ev.glue_values(summary)
-for name, value in values.items():
-    glue(name, value, display=False)
 display(Markdown(f"Written: `{run.segmentation_metrics.name}` ({len(df)} patients × {df.shape[1]} columns) and "
                  f"`{run.segmentation_summary.name}` in `{rel(run.root)}`; predictions in `{rel(run.predictions)}`."))
 

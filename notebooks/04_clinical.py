@@ -46,10 +46,12 @@ data_dir = None
 from IPython.display import Markdown, display
 
 from sscild.analysis import clinical as clin
+from sscild.analysis.clinical_table import load_clinical
+from sscild.book.chapters import clinical as ch
 from sscild.paper import EXTENT_THRESHOLD_PCT
 from sscild.paths import resolve_data_dir
 from sscild.book.plots.clinical import pft_scatter, rho_heatmap, staging_scatter
-from sscild.book.report import banner, chapter_context, figure, rel, fmt_ci, glue, show
+from sscild.book.report import banner, chapter_context, figure, rel, fmt_ci, show
 
 data_dir = resolve_data_dir(data_dir, profile)
 run, prof, info = chapter_context(data_dir, profile)
@@ -65,14 +67,14 @@ banner(data_dir, profile)
 
 # %%
 seg = clin.load_segmentation_metrics(run.segmentation_metrics)
-clinical = clin.load_clinical(data_dir)
+clinical = load_clinical(data_dir)
 table = clin.join_tables(seg, clinical)
 show(clin.availability(seg, clinical), caption="Patients available for each measurement")
 for line in clinical.attrs["problems"] + clinical.attrs["notes"]:
     display(Markdown(f"- `clinical.csv`: {line}."))
 
 # %%
-show(clin.describe(table), caption="Patients: lesion burden, lung function and covariates", fold=True)
+show(ch.describe(table), caption="Patients: lesion burden, lung function and covariates", fold=True)
 
 # %% [markdown]
 # ### What the synthetic generator planted
@@ -83,12 +85,12 @@ show(clin.describe(table), caption="Patients: lesion burden, lung function and c
 # relationship that was put in, no more. On a real cohort this section is empty.
 
 # %%
-planted = clin.planted_model(info["synthetic"])
+planted = ch.planted_model(info["synthetic"])
 if info["synthetic"]:
     display(Markdown(
         "**These relationships were planted by the synthetic-cohort generator (`sscild.synthetic.phantom`)**; "
         "they follow respiratory physiology rather than the paper's numbers. The generator's model:\n\n"
-        + (clin.planted_model_markdown(planted) if planted is not None
+        + (ch.planted_model_markdown(planted) if planted is not None
            else "_(the generator does not publish its model in this version: see `sscild/synthetic/lungfunction.py`)_")))
 else:
     display(Markdown(f"Real cohort `{info['folder']}`: nothing was planted."))
@@ -131,7 +133,7 @@ display(Markdown(
 # exploratory.
 
 # %%
-show(clin.endpoints_table(full), caption="Endpoints: predicted total lesion, % of lung (Spearman ρ, bootstrap 95% CI)")
+show(ch.endpoints_table(full), caption="Endpoints: predicted total lesion, % of lung (Spearman ρ, bootstrap 95% CI)")
 
 # %% [markdown]
 # ## Predicted and reference lesion burden against lung function (secondary)
@@ -141,13 +143,13 @@ show(clin.endpoints_table(full), caption="Endpoints: predicted total lesion, % o
 # patient); *n (both)* is the number in the difference.
 
 # %%
-show(clin.side_by_side(full), caption="Spearman ρ [95% bootstrap CI]: predicted vs reference volumes, every "
+show(ch.side_by_side(full), caption="Spearman ρ [95% bootstrap CI]: predicted vs reference volumes, every "
      "lesion measure and test (secondary)", fold=True)
 
 # %%
-display(Markdown("**Total lesion, % of lung, in words:**\n\n" + clin.interpretation(full)))
+display(Markdown("**Total lesion, % of lung, in words:**\n\n" + ch.interpretation(full)))
 if planted is not None:
-    display(Markdown(clin.planted_vs_recovered(full, planted)))
+    display(Markdown(ch.planted_vs_recovered(full, planted)))
 
 # %% [markdown]
 # The heat maps show the same grids at a glance: predicted volumes (left), reference volumes
@@ -164,13 +166,13 @@ png = figure(rho_heatmap(full), "clinical_rho_heatmap", run.figures, caption=(
 # ### Raw and Holm-adjusted p-values
 
 # %%
-show(clin.p_value_table(full), caption="Two-sided p, raw and Holm-adjusted within each grid", fold=True)
+show(ch.p_value_table(full), caption="Two-sided p, raw and Holm-adjusted within each grid", fold=True)
 
 # %% [markdown]
 # ### Adjusted for age, sex and height
 
 # %%
-show(clin.partial_table(full), caption="Spearman ρ unadjusted and partial (adjusted) with bootstrap 95% CI "
+show(ch.partial_table(full), caption="Spearman ρ unadjusted and partial (adjusted) with bootstrap 95% CI "
      "and Holm-adjusted p", fold=True)
 
 # %% [markdown]
@@ -219,7 +221,7 @@ png = figure(staging_scatter(stage), "clinical_staging", run.figures, caption=(
 # nothing about the paper; on a real cohort they estimate another population's.
 
 # %%
-show(clin.paper_comparison(), caption="Published Spearman ρ (SICCS, 40 real patients), for orientation only")
+show(ch.paper_comparison(), caption="Published Spearman ρ (SICCS, 40 real patients), for orientation only")
 
 # %% [markdown]
 # ### Why the FEV1/FVC result deserves a second look
@@ -237,13 +239,11 @@ show(clin.paper_comparison(), caption="Published Spearman ρ (SICCS, 40 real pat
 # paper there says nothing about patients.
 
 # %%
-display(Markdown("**This run's primary endpoints, in words:**\n\n" + clin.paper_contrast(full, synthetic=info["synthetic"])))
+display(Markdown("**This run's primary endpoints, in words:**\n\n" + ch.paper_contrast(full, synthetic=info["synthetic"])))
 
 # %%
 summary = clin.summary_dict(full, stage, cohort=info["name"], synthetic=info["synthetic"], profile=profile,
                             n_cases=len(seg), seed=prof.seed, n_resamples=clin.N_RESAMPLES)
-for name, value in clin.glue_values(summary).items():
-    glue(name, value, display=False)
 csv_path, json_path = clin.write_outputs(run, full, summary)
 display(Markdown(f"Written: `{csv_path.name}` ({len(full)} rows: both grids, partial correlations and "
                  f"differences) and `{json_path.name}` in `{rel(run.root)}`."))

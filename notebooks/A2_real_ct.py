@@ -46,7 +46,7 @@ from sscild.paths import RunPaths, repo_root, resolve_data_dir
 from sscild.book.plots.realct import lung_check_overlays
 from sscild.book.provenance import read_record
 from sscild.analysis.realcheck import list_volumes, real_lung_check
-from sscild.book.report import figure, glue, show
+from sscild.book.report import figure, show
 
 plots.style()
 t0 = time.perf_counter()
@@ -78,12 +78,6 @@ else:
 if scans:
     table, views = real_lung_check(scans, run.root)
     show(table.drop(columns=["shape"]), "Real-CT lung check")
-    for _, r in table.iterrows():
-        key = Path(r["scan"]).name.split(".")[0].replace("-", "_")
-        glue(f"real_{key}_lung_dice", f"{r['lung_dice']:.3f}")
-        glue(f"real_{key}_lesion_pct", f"{r['lesion_pct_of_lung']:.1f}")
-    glue("real_min_lung_dice", f"{table['lung_dice'].min():.3f}")
-    glue("real_max_lesion_pct", f"{table['lesion_pct_of_lung'].max():.1f}")
 
 # %% [markdown]
 # ## What the network draws

@@ -1,4 +1,5 @@
-"""Tests of sscild.analysis.clinical, its figures and the Clinical correlation chapter, on a small fake run.
+"""Tests of sscild.analysis.clinical, its tables and sentences (sscild.book.chapters.clinical), its figures and
+the Clinical correlation chapter, on a small fake run.
 
 The fake run has 30 segmented cases. Lung function is a strictly decreasing function of the
 *reference* lesion percent (so the reference rho is exactly -1) with known missing values, one
@@ -19,6 +20,9 @@ import pytest
 matplotlib.use("Agg")
 
 from sscild.analysis import clinical as clin  # noqa: E402
+from sscild.analysis.clinical_table import load_clinical  # noqa: E402
+from sscild.book.chapters import clinical as ch  # noqa: E402
+from sscild.book.chapters.formatting import fmt_p  # noqa: E402
 from sscild.evaluation.stats import holm  # noqa: E402
 from sscild.paths import RunPaths  # noqa: E402
 
@@ -96,7 +100,7 @@ def make_fake_run(tmp_path: Path, *, pred_equals_ref=False, profile="smoke"):
 def fake(tmp_path_factory):
     cohort, run = make_fake_run(tmp_path_factory.mktemp("fake"))
     seg = clin.load_segmentation_metrics(run.segmentation_metrics)
-    table = clin.join_tables(seg, clin.load_clinical(cohort))
+    table = clin.join_tables(seg, load_clinical(cohort))
     full = clin.clinical_correlations(table, seed=0, n_resamples=300)
     return cohort, run, seg, table, full
 
@@ -113,7 +117,7 @@ def test_load_clinical_coerces_markers_codes_and_ratio_scale(tmp_path):
         "b,NA,m, n/a ,0.9,yes\n"
         "c,,F,-,,\n"
     )
-    t = clin.load_clinical(tmp_path)
+    t = load_clinical(tmp_path)
     assert t.index.tolist() == ["a", "b", "c"]
     assert t["sex"].tolist() == ["F", "M", "F"]
     assert t["fvc_pct"].dtype == float and t.loc["a", "fvc_pct"] == 80.5
@@ -135,7 +139,7 @@ BAD_TABLE = (
 
 def test_load_clinical_sets_unusable_values_missing_and_lists_them(tmp_path):
     (tmp_path / "clinical.csv").write_text(BAD_TABLE)
-    t = clin.load_clinical(tmp_path)
+    t = load_clinical(tmp_path)
     assert t.index.tolist() == ["b", "c", "d"]               # both rows of the duplicated case dropped
     assert math.isnan(t.loc["b", "fvc_pct"]) and pd.isna(t.loc["b", "sex"])
     assert math.isnan(t.loc["c", "dlco_pct"]) and t.loc["d", "dlco_pct"] == 40.0
@@ -146,7 +150,7 @@ def test_load_clinical_sets_unusable_values_missing_and_lists_them(tmp_path):
 def test_load_clinical_strict_reports_every_problem_at_once(tmp_path):
     (tmp_path / "clinical.csv").write_text(BAD_TABLE)
     with pytest.raises(ValueError) as err:
-        clin.load_clinical(tmp_path, strict=True)
+        load_clinical(tmp_path, strict=True)
     msg = str(err.value)
     assert "clinical.csv" in msg
     assert "a have several rows" in msg
@@ -157,7 +161,7 @@ def test_load_clinical_strict_reports_every_problem_at_once(tmp_path):
 
 def test_missing_inputs_name_the_file_and_the_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match="clinical.csv"):
-        clin.load_clinical(tmp_path)
+        load_clinical(tmp_path)
     with pytest.raises(FileNotFoundError, match="make evaluate"):
         clin.load_segmentation_metrics(tmp_path / "segmentation_metrics.csv")
     _seg_rows(4).drop(columns=["pct_pred_ggo"]).to_csv(tmp_path / "seg.csv", index=False)
@@ -169,7 +173,7 @@ def test_join_keeps_segmented_cases_and_availability_counts(fake):
     _, _, seg, table, _ = fake
     assert len(table) == N and "case_999" not in table.index
     assert table.loc[NO_CLINICAL, ["fvc_pct", "dlco_pct"]].isna().all()
-    avail = clin.availability(seg, clin.load_clinical(fake[0]))["patients"]
+    avail = clin.availability(seg, load_clinical(fake[0]))["patients"]
     assert avail["segmented (out-of-fold)"] == N
     assert avail["with a clinical row"] == N - 1
     assert avail["clinical rows without segmentation"] == 1
@@ -212,7 +216,7 @@ def test_reference_rho_is_exact_for_planted_monotone_relations(fake):
 
 def test_difference_is_zero_when_prediction_equals_reference(tmp_path):
     cohort, run = make_fake_run(tmp_path, pred_equals_ref=True)
-    table = clin.join_tables(clin.load_segmentation_metrics(run.segmentation_metrics), clin.load_clinical(cohort))
+    table = clin.join_tables(clin.load_segmentation_metrics(run.segmentation_metrics), load_clinical(cohort))
     full = clin.clinical_correlations(table, seed=1, n_resamples=200)
     pred = full[full["source"] == "predicted"]
     assert (pred["diff"] == 0).all()
@@ -234,28 +238,28 @@ def test_grid_without_covariates_or_outcomes(fake):
 
 def test_display_tables_have_one_row_per_cell(fake):
     full = fake[4]
-    side = clin.side_by_side(full)
+    side = ch.side_by_side(full)
     assert side.shape == (24, 5)
     assert side.index.names == ["lung function", "lesion measure"]
     cell = side.loc[("FVC (% pred)", "total lesion, % of lung")]
     assert cell["n"] == EXPECTED_N["fvc_pct"] and cell["reference ρ [95% CI]"].startswith("-1.00")
-    assert clin.p_value_table(full).shape == (24, 4)
-    assert clin.partial_table(full).shape == (24, 7)
-    assert "predicted partial ρ [95% CI]" in clin.partial_table(full).columns
-    assert [clin.fmt_p(v) for v in (0.0004, 0.0123, 0.43, float("nan"))] == ["<0.001", "0.012", "0.43", "n/a"]
+    assert ch.p_value_table(full).shape == (24, 4)
+    assert ch.partial_table(full).shape == (24, 7)
+    assert "predicted partial ρ [95% CI]" in ch.partial_table(full).columns
+    assert [fmt_p(v) for v in (0.0004, 0.0123, 0.43, float("nan"))] == ["<0.001", "0.012", "0.43", "n/a"]
 
 
 def test_sentences_follow_the_numbers(fake):
     full = fake[4]
-    words = clin.paper_contrast(full).splitlines()          # as for a real cohort
+    words = ch.paper_contrast(full).splitlines()          # as for a real cohort
     assert len(words) == 2
     assert "FEV1 (% pred)" in words[0] and "% of lung" in words[0] and "the same sign as the published -0.64" in words[0]
     # planted FEV1/FVC rises with lesion: opposite to the paper's negative rho, far outside its interval
     assert "the opposite sign to the published -0.73" in words[1] and "outside" in words[1]
     assert all("not replication" in w for w in words)
-    synthetic = clin.paper_contrast(full, synthetic=True)
+    synthetic = ch.paper_contrast(full, synthetic=True)
     assert "set by the generator" in synthetic and "inside" not in synthetic and "outside" not in synthetic
-    text = clin.interpretation(full)
+    text = ch.interpretation(full)
     assert text.count("\n") == 3 and "weaker than the reference's" in text   # reference rho is exactly -1
 
 
@@ -304,15 +308,10 @@ def test_summary_json_has_the_key_numbers(fake, tmp_path):
     assert len(back) == 48 and {"partial_rho", "diff", "p_holm", "source"} <= set(back.columns)
     assert not list(csv_path.parent.glob(".*.tmp*"))
 
-    glued = clin.glue_values(data)
-    assert glued["clin_n"] == N
-    assert glued["clin_ref_rho_fvc_pct_ci"].startswith("-1.00 [")
-    assert set(glued) >= {"clin_pred_rho_fev1_fvc", "clin_pred_p_fev1_pct", "clin_kappa", "clin_kappa_ci"}
-
 
 def test_planted_model_only_for_synthetic_cohorts():
-    assert clin.planted_model(False) is None
-    md = clin.planted_model_markdown({
+    assert ch.planted_model(False) is None
+    md = ch.planted_model_markdown({
         "description": "planted on purpose",
         "fvc_pct": {"equation": "98 - 0.9*EF", "noise_sd": 11.0},
         "missing": {"dlco_pct": 0.1, "odd": float("nan")},
@@ -383,9 +382,9 @@ def test_primary_endpoint_is_named_and_holm_adjusted_as_a_pair(fake):
     sec = e[e["role"] == "secondary"].set_index("outcome")
     grid = full[(full["source"] == "predicted") & (full["measure"] == "lesion") & (full["unit"] == "pct")]
     assert np.allclose(sec["p_holm"], grid.set_index("outcome").loc[sec.index, "p_holm"])   # whole grid
-    t = clin.endpoints_table(full)
+    t = ch.endpoints_table(full)
     assert t.index.get_level_values(0).tolist()[:2] == ["primary", "primary"]
-    assert list(clin.paper_comparison().columns) == ["published ρ", "p", "patients", "lesion measure"]
+    assert list(ch.paper_comparison().columns) == ["published ρ", "p", "patients", "lesion measure"]
 
 
 def test_partial_correlations_have_bootstrap_intervals(fake):
@@ -399,7 +398,7 @@ def test_partial_correlations_have_bootstrap_intervals(fake):
 
 def test_planted_target_is_set_beside_what_was_recovered(fake):
     full = fake[4]
-    text = clin.planted_vs_recovered(full, {"target_spearman_extent_fvc": -0.6})
+    text = ch.planted_vs_recovered(full, {"target_spearman_extent_fvc": -0.6})
     ref = full[(full["source"] == "reference") & (full["measure"] == "lesion") & (full["unit"] == "pct")
                & (full["outcome"] == "fvc_pct")].iloc[0]
     assert "ρ = -0.60" in text and f"ρ = {ref['rho']:.2f}" in text and "says nothing" in text
@@ -407,11 +406,11 @@ def test_planted_target_is_set_beside_what_was_recovered(fake):
                 & (full["outcome"] == "fvc_pct")].iloc[0]
     hit = lambda c, t: c["ci_low"] <= t <= c["ci_high"]  # noqa: E731
     for target in (-0.6, float(ref["rho"]), 0.99):
-        text = clin.planted_vs_recovered(full, {"target_spearman_extent_fvc": target})
+        text = ch.planted_vs_recovered(full, {"target_spearman_extent_fvc": target})
         if hit(ref, target) and hit(pred, target):
             assert "kept the planted relationship" in text
         elif hit(ref, target):
             assert "lost part of the planted relationship" in text
         else:
             assert "does not include the target either" in text
-    assert clin.planted_vs_recovered(full, None) == "" and clin.planted_vs_recovered(full, {}) == ""
+    assert ch.planted_vs_recovered(full, None) == "" and ch.planted_vs_recovered(full, {}) == ""

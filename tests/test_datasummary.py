@@ -1,4 +1,5 @@
-"""sscild.analysis.data: Table 1, exclusions, label maps, folds and the phantom comparison helpers."""
+"""sscild.analysis.data and sscild.book.chapters.data: Table 1, exclusions, label maps, folds; the phantom
+comparison helpers of sscild.analysis.phantomcheck."""
 
 from __future__ import annotations
 
@@ -11,10 +12,13 @@ import pytest
 
 from cohort_factory import TINY_SHAPE, TINY_SPACING, make_case_arrays, make_tiny_cohort
 from sscild.analysis import data as ds
-from sscild.analysis.clinical import load_clinical
+from sscild.analysis import phantomcheck
+from sscild.analysis.clinical_table import load_clinical
+from sscild.book.chapters import data as ch
+from sscild.data.labels import LABEL_MAP_ENV, label_map_from_env
 from sscild.data.cohort import load_cohort
-from sscild.data.folds import make_splits
 from sscild.data.validate import validate_cohort
+from sscild.data.folds import make_splits
 from sscild.paths import RunPaths
 from sscild.data.cache import build_cache
 
@@ -36,19 +40,20 @@ def tiny(tmp_path_factory):
 
 
 def test_summarise_by_hand():
-    s = ds.summarise([4.0, None, 1.0, 3.0, 2.0, "n/a"])
+    s = ch.summarise([4.0, None, 1.0, 3.0, 2.0, "n/a"])
+    assert ds.quartiles([4.0, None, 1.0, 3.0, 2.0, "n/a"]) == {k: s[k] for k in ("n", "missing", "median", "q1", "q3")}
     assert (s["n"], s["missing"]) == (4, 2)
     # 1 2 3 4: median 2.5, quartiles at positions 0.75 and 2.25 -> 1.75 and 3.25
     assert (s["median"], s["q1"], s["q3"]) == (2.5, 1.75, 3.25)
     assert s["summary"] == "2.5 [1.8, 3.2]"
-    empty = ds.summarise([None, math.nan])
+    empty = ch.summarise([None, math.nan])
     assert (empty["n"], empty["missing"], empty["summary"]) == (0, 2, "not available")
     assert math.isnan(empty["median"])
 
 
 def test_table_one_on_tiny_cohort(tiny):
     root, cases = tiny
-    t = ds.table_one(cases, load_clinical(root))
+    t = ch.table_one(cases, load_clinical(root))
     row = lambda g, c: t.loc[(g, c)]  # noqa: E731
 
     assert row("Patients", "Patients (n)")["summary"] == "4"
@@ -86,11 +91,11 @@ def test_table_one_on_tiny_cohort(tiny):
 
 def test_table_one_without_clinical_counts_everything_missing(tiny):
     _, cases = tiny
-    t = ds.table_one(cases, None)
+    t = ch.table_one(cases, None)
     pft = t.loc["Lung function"]
     assert pft["missing"].eq(4).all() and pft["n"].eq(0).all()
     with pytest.raises(ValueError, match="twice"):
-        ds.table_one(pd.concat([cases, cases.iloc[:1]]), None)
+        ch.table_one(pd.concat([cases, cases.iloc[:1]]), None)
 
 
 def test_exclusions_list_every_broken_case_with_its_reason(tmp_path):
@@ -111,10 +116,10 @@ def test_exclusions_list_every_broken_case_with_its_reason(tmp_path):
     assert record["included"] == ["case_000", "case_003"]
     assert record["policy"].startswith("strict")
 
-    summary = ds.problem_summary(report)
+    summary = ch.problem_summary(report)
     assert summary.loc[("error", "missing_label"), "problems"] == 1
     assert summary.loc[("error", "missing_label"), "cases"] == "case_002"
-    rows, hidden = ds.problem_rows(report, limit=1)
+    rows, hidden = ch.problem_rows(report, limit=1)
     assert len(rows) == 1 and rows.loc[0, "severity"] == "error" and hidden == len(report.problems) - 1
 
 
@@ -134,21 +139,21 @@ def test_clean_cohort_has_no_exclusions(tiny):
 
 
 def test_label_map_example_and_environment(tmp_path):
-    t = ds.label_map_example()
+    t = ch.label_map_example()
     roles = dict(zip(t["label name"], t["study role"]))
     assert roles["honeycombing"] == "ef (2)" and roles["consolidation"] == "ggo (3)" and roles["lung"] == "normal (1)"
     assert dict(zip(t["label name"], t["given role by"]))["lung"] == "its name"
     with pytest.raises(ValueError, match="role"):
-        ds.label_map_example({"background": 0, "lung": 1, "honeycombing": 2})
+        ch.label_map_example({"background": 0, "lung": 1, "honeycombing": 2})
 
-    assert ds.label_map_from_env({}) is None
+    assert label_map_from_env({}) is None
     f = tmp_path / "map.json"
     f.write_text('{"honeycombing": "ef"}')
-    assert ds.label_map_from_env({ds.LABEL_MAP_ENV: str(f)}) == {"honeycombing": "ef"}
+    assert label_map_from_env({LABEL_MAP_ENV: str(f)}) == {"honeycombing": "ef"}
     with pytest.raises(ValueError, match="not valid JSON"):
-        ds.label_map_from_env({ds.LABEL_MAP_ENV: "{honeycombing: ef}"})
+        label_map_from_env({LABEL_MAP_ENV: "{honeycombing: ef}"})
     with pytest.raises(ValueError, match="neither"):
-        ds.label_map_from_env({ds.LABEL_MAP_ENV: str(tmp_path / "absent.json")})
+        label_map_from_env({LABEL_MAP_ENV: str(tmp_path / "absent.json")})
 
 
 def test_pick_examples_distinct_and_ordered():
@@ -200,11 +205,11 @@ def test_clinical_model_tables():
              "fev1_pct": {"equation": "FVC * r", "noise_sd": 3.0},
              "missing": {"spirometry_fev1": 0.05}, "clip": {"fvc_pct": [25.0, 140.0]},
              "population": {"age": "N(52, 12)"}, "target": -0.6}
-    t = ds.clinical_model_table(model)
+    t = ch.clinical_model_table(model)
     assert t.loc["FVC (% predicted)", "planted equation"] == "98 - EF"
     assert t.loc["FVC (% predicted)", "clipped to"] == "25 to 140"
     assert t.loc["FEV1 (% predicted)", "missing (share)"] == "5 %"
-    assert ds.population_table(model)["rule"].to_dict() == {"age": "N(52, 12)", "target": "-0.6"}
+    assert ch.population_table(model)["rule"].to_dict() == {"age": "N(52, 12)", "target": "-0.6"}
 
 
 def test_resample_and_parenchyma_comparison():
@@ -212,20 +217,20 @@ def test_resample_and_parenchyma_comparison():
     hu[4:36, 4:36] = 40
     hu[8:18, 8:32] = -850
     hu[22:32, 8:32] = -850
-    out, sp = ds.resample_inplane(hu, (1.0, 1.0, 5.0), 2.0)
+    out, sp = phantomcheck.resample_inplane(hu, (1.0, 1.0, 5.0), 2.0)
     assert out.shape == (20, 20, 4) and sp == (2.0, 2.0, 5.0)
-    same, sp2 = ds.resample_inplane(hu, (2.0, 2.0, 5.0), 2.0)
+    same, sp2 = phantomcheck.resample_inplane(hu, (2.0, 2.0, 5.0), 2.0)
     assert same is hu and sp2 == (2.0, 2.0, 5.0)
-    t = ds.parenchyma_comparison([("a", "synthetic", hu, (1.0, 1.0, 5.0))])
+    t = phantomcheck.parenchyma_comparison([("a", "synthetic", hu, (1.0, 1.0, 5.0))])
     assert t.loc["a", "median HU"] == -850 and t.loc["a", "voxels above -500 HU (%)"] == 0
     assert t.loc["a", "lung (mL)"] == pytest.approx(2 * 10 * 24 * 4 * 5 / 1000)
 
 
 def test_real_ct_files_absent_folder(tmp_path):
-    assert ds.real_ct_files(tmp_path / "nowhere") == []
+    assert phantomcheck.real_ct_files(tmp_path / "nowhere") == []
     (tmp_path / "chest-ct-2.nrrd").write_bytes(b"")
     (tmp_path / "chest-ct-1.nrrd").write_bytes(b"")
-    assert [p.name for p in ds.real_ct_files(tmp_path)] == ["chest-ct-1.nrrd", "chest-ct-2.nrrd"]
+    assert [p.name for p in phantomcheck.real_ct_files(tmp_path)] == ["chest-ct-1.nrrd", "chest-ct-2.nrrd"]
 
 
 def test_key_numbers(tiny):
@@ -242,12 +247,12 @@ def test_load_real_ct_reorients_and_resamples():
     path = shared_data("real-ct", "chest-ct-1.nrrd")
     vol = load_volume(path)
     assert np.all(np.diag(vol.affine)[:2] < 0)  # stored in LPS order: x and y run backwards in RAS
-    hu, sp = ds.load_real_ct(path)
+    hu, sp = phantomcheck.load_real_ct(path)
     assert np.array_equal(hu, np.asarray(vol.array)[::-1, ::-1, :]) and sp == pytest.approx(vol.spacing)
-    small, sp2 = ds.load_real_ct(path, pixel_mm=2.0)
+    small, sp2 = phantomcheck.load_real_ct(path, pixel_mm=2.0)
     assert sp2 == (2.0, 2.0, pytest.approx(vol.spacing[2]))
     assert small.shape == (round(vol.shape[0] * vol.spacing[0] / 2.0), round(vol.shape[1] * vol.spacing[1] / 2.0), vol.shape[2])
-    assert ds.load_real_ct(path, pixel_mm=0.3)[1] == pytest.approx(vol.spacing)  # never upsampled
+    assert phantomcheck.load_real_ct(path, pixel_mm=0.3)[1] == pytest.approx(vol.spacing)  # never upsampled
 
 
 def test_read_clinical_notes(tmp_path):

@@ -1,4 +1,5 @@
-"""Out-of-fold scoring: per-case metrics against hand counts, summaries, agreement, outputs, figures."""
+"""Out-of-fold scoring: per-case metrics against hand counts, summaries, agreement, the chapter's tables, outputs,
+figures."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ import pytest
 
 from cohort_factory import make_case_arrays
 from sscild.analysis import segmentation as ev
+from sscild.analysis import segmentation_errors as everr
+from sscild.analysis import segmentation_summary as evsum
+from sscild.book.chapters import segmentation as ch
 from sscild.data.cohort import load_cohort
 from sscild.data.folds import make_splits, write_splits
 from sscild.evaluation.metrics import bland_altman, icc
@@ -113,7 +117,7 @@ def test_csv_is_written_and_reads_back(scored):
 
 def test_summary_keys_values_and_json(scored):
     raw = scored["raw"]
-    s = ev.summary_dict(raw, "cohort", True, "smoke", tolerance_mm=2.0,
+    s = evsum.summary_dict(raw, "cohort", True, "smoke", tolerance_mm=2.0,
                         settings={"tta": False, "postprocess": True})
     json.dumps(s, allow_nan=False)  # NaN written as null
     assert s["n_cases"] == 4
@@ -137,37 +141,34 @@ def test_summary_keys_values_and_json(scored):
     assert s["baseline"]["agreement_lesion"]["bland_altman"]["bias"] == pytest.approx(0.0, abs=1e-9)
     assert s["agreement_ml"]["network"]["lesion"]["bland_altman"]["bias"] == pytest.approx(
         bland_altman(raw["vol_pred_lesion_ml"], raw["vol_ref_lesion_ml"])["bias"])
-    glued = ev.glue_values(s)
-    assert glued["dice_lesion"] == s["metrics"]["dice_lesion"]["mean"]
-    assert glued["nsd_tolerance_mm"] == 2.0
 
 
 def test_tables(scored):
     raw = scored["raw"]
-    s = ev.summary_dict(raw, "cohort", True, "smoke", n_boot=200)
-    folds = ev.per_fold_table(raw)
+    s = evsum.summary_dict(raw, "cohort", True, "smoke", n_boot=200)
+    folds = evsum.per_fold_table(raw)
     assert list(folds.index) == ["fold 0", "fold 1", "all (mean over cases)"]
     assert folds.loc["all (mean over cases)", "Dice lesion"] == pytest.approx(raw["dice_lesion"].mean())
     assert folds["cases"].iloc[:2].sum() == 4
-    table = ev.summary_table(raw, n_boot=200)
+    table = ch.summary_table(raw, n_boot=200)
     assert table.loc[("Dice", "GGO"), "n (excluded)"] == "4 (0)"
-    assert ev.agreement_table(s).shape[0] == 4  # lesion, EF, GGO for the network; lesion for the baseline
-    paper = ev.paper_table()
+    assert ch.agreement_table(s).shape[0] == 4  # lesion, EF, GGO for the network; lesion for the baseline
+    paper = ch.paper_table()
     assert list(paper.columns) == ["published mean Dice", "patients", "validation"]   # no column of this run
-    assert len(ev.baseline_table(raw, s)) == 9  # lesion, EF, GGO x (network, baseline, paired difference)
+    assert len(ch.baseline_table(raw, s)) == 9  # lesion, EF, GGO x (network, baseline, paired difference)
     # the paired difference carries its bootstrap interval (stats.paired_difference, tested there)
     from sscild.evaluation.stats import paired_difference
 
     d = paired_difference(raw["dice_lesion"], raw["baseline_dice_lesion"], n_resamples=2000, seed=0)
-    row = ev.baseline_table(raw, s).loc[("total lesion (EF ∪ GGO)", "network − baseline (paired)")]
+    row = ch.baseline_table(raw, s).loc[("total lesion (EF ∪ GGO)", "network − baseline (paired)")]
     assert row["Dice, mean [95% CI]"] == f"{d['mean_diff']:.2f} [{d['ci_low']:.2f}, {d['ci_high']:.2f}]"
     assert s["baseline"]["paired_difference"]["lesion"]["mean_diff"] == pytest.approx(d["mean_diff"])
     # fixed limits with CIs, and the proportional-bias slope of the regression limits
-    agree = ev.agreement_table(s)
+    agree = ch.agreement_table(s)
     assert {"bias, pp [95% CI]", "lower limit, pp [95% CI]", "bias slope per pp of extent [95% CI]"} <= set(agree.columns)
     fitted = [a for who in ("network", "baseline") for a in s["agreement"][who].values()
               if a["bland_altman_regression"]["slope"] is not None]
-    assert fitted and len(ev.regression_limits_table(s)) == 3 * len(fitted)   # three extents per fitted pair
+    assert fitted and len(ch.regression_limits_table(s)) == 3 * len(fitted)   # three extents per fitted pair
 
 
 def test_extreme_cases_skip_nan_and_break_ties_by_id():
@@ -208,7 +209,7 @@ def test_figures_draw_without_warnings(scored):
     from sscild.book.plots import segmentation as sp
 
     raw, refs = scored["raw"], scored["refs"]
-    s = ev.summary_dict(raw, "cohort", True, "smoke", n_boot=200)
+    s = evsum.summary_dict(raw, "cohort", True, "smoke", n_boot=200)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         figs = [sp.metric_strip(raw, "dice", paper={"lesion": 0.78}), sp.metric_strip(raw, "nsd", tolerance_mm=2.0),
@@ -284,7 +285,7 @@ def test_chapter_runs_clean_on_hand_made_predictions(scored, tmp_path):
 def test_confusion_tables_hand_counted(scored):
     raw, refs = scored["raw"], scored["refs"]
     # case_001 predicts every GGO voxel as EF; case_002 predicts all lesion as normal lung
-    conf = ev.confusion_table(raw)
+    conf = everr.confusion_table(raw)
     ggo_total = sum(int((r == 3).sum()) for r in refs.values())
     ef_total = sum(int((r == 2).sum()) for r in refs.values())
     assert conf.loc["reference GGO", "predicted EF"] == pytest.approx(100 * (refs["case_001"] == 3).sum() / ggo_total)
@@ -292,23 +293,23 @@ def test_confusion_tables_hand_counted(scored):
     assert conf.loc["reference EF", "predicted GGO"] == 0
     assert conf.loc["reference GGO", "reference voxels"] == ggo_total
     assert np.allclose(conf.filter(like="predicted").sum(axis=1), 100)
-    per = ev.confusion_per_patient(raw)
+    per = ch.confusion_per_patient(raw)
     assert per.loc["reference GGO predicted EF", "range, %"] == "0.0 to 100.0"
     assert per.loc["reference GGO predicted EF", "patients"] == 4
 
 
 def test_worst_cases_name_the_dominant_error(scored):
     raw = scored["raw"]
-    w = ev.worst_cases(raw, n=2)
+    w = everr.worst_cases(raw, n=2)
     assert list(w.index)[0] == "case_002"                       # no lesion predicted: Dice 0
     r = w.loc["case_002"]
     assert r["lesion called elsewhere (missed), mL"] == pytest.approx(
         raw.set_index("case_id").loc["case_002", "vol_ref_lesion_ml"])
     assert r["lesion where reference has none (false positive), mL"] == 0
-    words = ev.worst_case_words(w)
+    words = ch.worst_case_words(w)
     assert "case_002" in words and "under-calls" in words
     with pytest.raises(ValueError, match="positive"):
-        ev.worst_cases(raw, n=0)
+        everr.worst_cases(raw, n=0)
 
 
 def test_slice_spacing_is_read_from_the_headers(scored):
@@ -323,29 +324,29 @@ def test_error_location_zones_and_medial_share():
     ref2 = ref.copy()
     ref2[1, :, 7:9] = 3                                    # reference GGO, lateral and apical, missed
     pred2 = pred.copy()
-    loc = ev.error_location(ref2, pred2, np.eye(4))
+    loc = everr.error_location(ref2, pred2, np.eye(4))
     fp, fn = loc["false_positive"], loc["missed"]
     assert fp["voxels"] == 12 and fp["lower"] == 100.0 and fp["medial"] == 100.0
     assert fn["voxels"] == 8 and fn["upper"] == 100.0 and fn["medial"] == 0.0
     # RAS flip of x (affine with -1) keeps the same answer: reorientation happens first
     flip = np.diag([-1.0, 1.0, 1.0, 1.0])
-    assert ev.error_location(ref2[::-1], pred2[::-1], flip)["false_positive"]["lower"] == 100.0
+    assert everr.error_location(ref2[::-1], pred2[::-1], flip)["false_positive"]["lower"] == 100.0
     table = pd.DataFrame({"fold": [0], "lesion Dice": [0.2], "reference lesion, % of lung": [5.0],
                           "predicted lesion, % of lung": [9.0]}, index=pd.Index(["c"], name="patient"))
-    words = ev.worst_case_words(table, {"c": loc})
+    words = ch.worst_case_words(table, {"c": loc})
     assert "false-positive lesion mostly in the lower zone (100 %)" in words and "medial (beside the heart" in words
 
 
 def test_label_attenuation_counts_reference_voxels(scored):
-    hist = ev.label_attenuation(scored["cohort"], list(KINDS), lo=-1100, hi=200, bin_hu=10)
+    hist = everr.label_attenuation(scored["cohort"], list(KINDS), lo=-1100, hi=200, bin_hu=10)
     refs = scored["refs"]
     assert hist["ef"].sum() == sum(int((r == 2).sum()) for r in refs.values())
     assert hist["ggo"].sum() == sum(int((r == 3).sum()) for r in refs.values())
     # noise-free phantom: EF at -300 HU, GGO at -500 HU, each in a single bin, so no overlap
     assert hist.loc[hist["ef"] > 0, "hu"].tolist() == [-295.0]
     assert hist.loc[hist["ggo"] > 0, "hu"].tolist() == [-495.0]
-    assert ev.overlap_coefficient(hist["ef"], hist["ggo"]) == 0.0
-    assert ev.overlap_coefficient([2, 2], [1, 1]) == 1.0
-    assert np.isnan(ev.overlap_coefficient([0, 0], [1, 1]))
+    assert everr.overlap_coefficient(hist["ef"], hist["ggo"]) == 0.0
+    assert everr.overlap_coefficient([2, 2], [1, 1]) == 1.0
+    assert np.isnan(everr.overlap_coefficient([0, 0], [1, 1]))
     with pytest.raises(ValueError):
-        ev.label_attenuation(scored["cohort"], [], lo=0, hi=0)
+        everr.label_attenuation(scored["cohort"], [], lo=0, hi=0)

@@ -191,7 +191,8 @@ def test_cli_segment_on_real_ct(models, tmp_path, capsys, name, flags):
 def test_montage_is_radiological_whatever_the_voxel_order():
     import matplotlib.pyplot as plt
 
-    from sscild.book.plots.segmentation import scan_montage, to_canonical
+    from sscild.book.plots.segmentation import scan_montage
+    from sscild.data.orientation import to_canonical
 
     shape = (20, 16, 10)
     image = np.full(shape, -800, np.int16)

@@ -15,7 +15,8 @@ those listed above it (``tests/test_layering.py`` enforces it)::
     analysis      the computations behind the chapters (data, segmentation, clinical, real CT)
     external      the recipe on real labelled CT slices (appendix)
     cluster       the folds as a Slurm job array
-    book          chapter runner, book build and checks, notebook helpers, provenance, figures
+    book          chapter runner, book build and checks, notebook helpers, provenance, figures,
+                  the chapters' tables and sentences
     cli           the ``sscild`` command
 
 Each subpackage's docstring lists its modules.

@@ -1,7 +1,13 @@
-"""The analyses behind the book's chapters, on a run's results folder.
+"""The analyses behind the book's chapters, on a run's results folder: numbers and records, no text.
 
-data          the Data chapter: cohort tables, the synthetic generator's choices
-segmentation  the Segmentation chapter: out-of-fold scores, baseline, agreement with the reference
-clinical      the Clinical chapter: lesion volumes against lung function
-realcheck     the trained models on real CT without labels (lung field against the classical mask)
+data                  the Data chapter: exclusions, cohort quartiles, example cases and slices, folds
+phantomcheck          the synthetic phantom's lung against real chest CT (attenuation, same measurement)
+segmentation          the Segmentation chapter: out-of-fold scores of the network and the HU baseline
+segmentation_summary  scores summarised over patients and folds, agreement of extents (segmentation_summary.json)
+segmentation_errors   where the network errs: label confusion, worst patients, error zones, EF/GGO attenuation
+clinical_table        the cohort's clinical.csv as numbers
+clinical              the Clinical chapter: lesion volumes against lung function, staging, endpoints
+realcheck             the trained models on real CT without labels (lung field against the classical mask)
+
+The tables and sentences the chapters show are built from these by :mod:`sscild.book.chapters`.
 """

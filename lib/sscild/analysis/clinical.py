@@ -10,8 +10,10 @@ The chapter asks two questions of the out-of-fold predictions:
    volumes and the paired difference ``rho(predicted) - rho(reference)`` per cell.
 
 plus extent staging (Goh et al. 2008) of predicted against reference lesion percent. The statistics
-themselves live in :mod:`sscild.evaluation.stats`; this module joins the tables, runs the grids, formats what the
-chapter shows and writes ``clinical_correlations.csv`` and ``clinical_summary.json``.
+themselves live in :mod:`sscild.evaluation.stats`; this module joins the tables, runs the grids and
+writes ``clinical_correlations.csv`` and ``clinical_summary.json``. The clinical table is read by
+:mod:`sscild.analysis.clinical_table`; the chapter's tables and sentences are built from the grid
+by :mod:`sscild.book.chapters.clinical`.
 
 Example:
     >>> from sscild.analysis.clinical import predictor_column, predictor_label
@@ -23,7 +25,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -31,10 +32,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sscild.data.clinical_table import CLINICAL_COLUMNS
+from sscild.evaluation.stats import correlation_grid, extent_stage, holm, rho_difference, staging_agreement
 from sscild.paper import EXTENT_THRESHOLD_PCT, PAPER
 from sscild.paths import RunPaths, atomic_path, write_json
-from sscild.evaluation.stats import correlation_grid, extent_stage, holm, rho_difference, staging_agreement
 
 __all__ = [
     "OUTCOMES",
@@ -43,34 +43,21 @@ __all__ = [
     "SOURCES",
     "COVARIATES",
     "N_RESAMPLES",
+    "PRIMARY_OUTCOMES",
+    "EXTENT_MEASURE",
     "predictor_column",
     "predictor_label",
-    "load_clinical",
     "load_segmentation_metrics",
     "join_tables",
     "availability",
     "covariates_present",
     "clinical_correlations",
-    "side_by_side",
-    "p_value_table",
-    "partial_table",
+    "grid_cell",
     "staging",
-    "paper_comparison",
-    "PRIMARY_OUTCOMES",
-    "EXTENT_MEASURE",
     "endpoints",
-    "endpoints_table",
+    "json_safe",
     "summary_dict",
-    "glue_values",
     "write_outputs",
-    "planted_model",
-    "planted_model_markdown",
-    "planted_vs_recovered",
-    "interpretation",
-    "fmt_p",
-    "p_text",
-    "describe",
-    "paper_contrast",
 ]
 
 OUTCOMES = {
@@ -104,10 +91,6 @@ EXTENT_MEASURE = ("lesion", "pct")
 """The one lesion-burden measure of the endpoints, the abstract and the comparisons: predicted total
 lesion in percent of the lung. (The paper correlated volume; percent of lung removes lung size,
 which would otherwise mix body size into the burden. The mL grid is shown as secondary.)"""
-
-_NUMERIC = ("age", "height_cm", *OUTCOMES)
-_SEX = {"f": "F", "female": "F", "w": "F", "woman": "F", "m": "M", "male": "M", "man": "M"}
-_NA = {"", "na", "n/a", "nan", "none", "null", "-", "?", ".", "missing"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -149,110 +132,6 @@ def _predictors(source: str) -> list[tuple[str, str, str]]:
 # --------------------------------------------------------------------------------------------
 # inputs
 # --------------------------------------------------------------------------------------------
-
-
-def _read_clinical_csv(path: Path, strict: bool) -> pd.DataFrame:
-    """``clinical.csv`` as numbers; unusable values become NaN and are listed in ``attrs["problems"]``
-    (or, with ``strict``, raised together in one ValueError)."""
-    try:
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except Exception as exc:  # pandas raises several parser errors
-        raise ValueError(
-            f"{path}: cannot be read as CSV ({type(exc).__name__}: {exc}). Fix: save the clinical table "
-            "as comma-separated text with a header row."
-        ) from exc
-    raw.columns = [str(c).strip() for c in raw.columns]
-    if "case_id" not in raw.columns:
-        raise ValueError(
-            f"{path}: no 'case_id' column (columns: {', '.join(raw.columns)}). Fix: name the column that "
-            "holds the case identifiers (as in imagesTr/<case_id>_0000) 'case_id'."
-        )
-    raw["case_id"] = raw["case_id"].str.strip()
-    problems, notes = [], []
-    empty = raw.index[raw["case_id"] == ""].tolist()
-    if empty:
-        problems.append(f"row(s) {[i + 2 for i in empty]} have no case_id and are not used")
-    raw = raw.loc[raw["case_id"] != ""]
-    counts = raw["case_id"].value_counts()
-    dup = sorted(counts.index[counts > 1])
-    if dup:
-        problems.append(f"case(s) {', '.join(dup)} have several rows; none of them is used")
-    table = raw.loc[~raw["case_id"].isin(dup)].set_index("case_id")
-    for col in _NUMERIC:
-        if col not in table.columns:
-            continue
-        text = table[col].str.strip()
-        missing = text.str.lower().isin(_NA)
-        values = pd.to_numeric(text.where(~missing), errors="coerce")
-        bad = values.isna() & ~missing
-        if bad.any():
-            cases = ", ".join(f"{c}={v!r}" for c, v in list(text[bad].items())[:8])
-            problems.append(f"{col} is not a number for case(s) {cases}")
-        if col == "fev1_fvc":
-            pct = values > 1.5
-            if pct.any():
-                notes.append(f"FEV1/FVC given in percent for {int(pct.sum())} case(s); divided by 100 to a ratio")
-                values = values.where(~pct, values / 100.0)
-        lo, hi = CLINICAL_COLUMNS[col][1]
-        out = values.notna() & ((values < lo) | (values > hi))
-        if out.any():
-            cases = ", ".join(f"{c}={v:g}" for c, v in list(values[out].items())[:8])
-            problems.append(f"{col} outside the plausible range {lo:g}..{hi:g} "
-                            f"({CLINICAL_COLUMNS[col][0]}) for case(s) {cases}")
-            values = values.where(~out)
-        table[col] = values.where(~bad).astype(float)
-    if "sex" in table.columns:
-        text = table["sex"].str.strip()
-        missing = text.str.lower().isin(_NA)
-        coded = text.str.lower().map(_SEX)
-        bad = coded.isna() & ~missing
-        if bad.any():
-            cases = ", ".join(f"{c}={v!r}" for c, v in list(text[bad].items())[:8])
-            problems.append(f"sex is neither F nor M for case(s) {cases}")
-        table["sex"] = coded.where(~missing)
-    if problems and strict:
-        raise ValueError(f"{path}: " + "; ".join(problems) + ". Fix these rows of the clinical table and re-run.")
-    table.index.name = "case_id"
-    table.attrs["problems"] = [f"{p}: treated as missing" for p in problems]
-    table.attrs["notes"] = notes
-    return table
-
-
-def load_clinical(data_dir: str | os.PathLike, *, strict: bool = False) -> pd.DataFrame:
-    """The cohort's clinical table, indexed by ``case_id``, lung-function columns as numbers.
-
-    Reads ``<data_dir>/clinical.csv`` with the rules of the cohort validator
-    (:data:`sscild.data.clinical_table.CLINICAL_COLUMNS`): identifiers stripped of spaces; ``age``, ``height_cm``
-    and the lung-function columns as floats, with empty, ``NA``, ``n/a``, ``-`` and similar as
-    missing; ``sex`` as ``"F"``/``"M"`` (``female``/``male``, any case). FEV1/FVC is returned as a
-    ratio: values above 1.5 are read as percent and divided by 100 (``attrs["notes"]`` says so).
-    A value that is not a number, outside its plausible range, or an unknown sex code is set to
-    missing; several rows for one case leave that case out. Each such problem is listed in
-    ``attrs["problems"]`` (the Data chapter's validation reports the same ones); with ``strict``
-    they are raised together instead. Other columns are kept as text. The folder is only read.
-
-    Args:
-        data_dir: the cohort folder.
-        strict: raise on any problem instead of setting the value to missing.
-
-    Returns:
-        DataFrame indexed by ``case_id``.
-
-    Raises:
-        FileNotFoundError: no ``clinical.csv`` in the folder.
-        ValueError: unreadable table or no ``case_id`` column; with ``strict``, every problem at once.
-
-    Example:
-        >>> clin = load_clinical("data/synthetic-cpu")        # doctest: +SKIP
-        >>> clin[["fvc_pct", "dlco_pct"]].median()            # doctest: +SKIP
-    """
-    path = Path(data_dir) / "clinical.csv"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: no clinical table. The Clinical chapter needs <cohort>/clinical.csv with columns "
-            "case_id, age, sex, height_cm, fvc_pct, fev1_pct, fev1_fvc, dlco_pct (missing values left empty)."
-        )
-    return _read_clinical_csv(path, strict)
 
 
 def load_segmentation_metrics(path: str | os.PathLike) -> pd.DataFrame:
@@ -315,35 +194,6 @@ def availability(seg: pd.DataFrame, clinical: pd.DataFrame) -> pd.DataFrame:
         else:
             rows[f"with {OUTCOMES.get(col, col)}"] = 0
     return pd.DataFrame({"patients": rows})
-
-
-def describe(table: pd.DataFrame) -> pd.DataFrame:
-    """Median [quartiles], range and n of lesion burden and lung function, readable row names."""
-    rows = {
-        "reference total lesion, % of lung": "pct_ref_lesion",
-        "predicted total lesion, % of lung": "pct_pred_lesion",
-        "predicted total lesion, mL": "vol_pred_lesion_ml",
-        **{name: col for col, name in OUTCOMES.items()},
-        "age, years": "age",
-        "height, cm": "height_cm",
-    }
-    out = {}
-    for name, col in rows.items():
-        if col not in table.columns:
-            continue
-        v = pd.to_numeric(table[col], errors="coerce").dropna()
-        q = v.quantile([0.25, 0.5, 0.75]) if len(v) else pd.Series([np.nan] * 3, index=[0.25, 0.5, 0.75])
-        nd = 2 if col == "fev1_fvc" else 1
-        out[name] = {
-            "n": int(len(v)),
-            "median [IQR]": f"{q[0.5]:.{nd}f} [{q[0.25]:.{nd}f}, {q[0.75]:.{nd}f}]" if len(v) else "n/a",
-            "range": f"{v.min():.{nd}f} to {v.max():.{nd}f}" if len(v) else "n/a",
-        }
-    if "sex" in table.columns:
-        s = table["sex"].dropna()
-        out["female, n (%)"] = {"n": int(len(s)), "median [IQR]": f"{int((s == 'F').sum())} "
-                                f"({100 * (s == 'F').mean():.0f} %)" if len(s) else "n/a", "range": ""}
-    return pd.DataFrame(out).T
 
 
 def covariates_present(table: pd.DataFrame, covariates=COVARIATES) -> list[str]:
@@ -445,100 +295,13 @@ def clinical_correlations(
     return full
 
 
-# --------------------------------------------------------------------------------------------
-# display tables
-# --------------------------------------------------------------------------------------------
-
-
-def fmt_p(p) -> str:
-    """``'<0.001'``, ``'0.012'``, ``'0.43'`` or ``'n/a'``."""
-    if p is None or not np.isfinite(p):
-        return "n/a"
-    if p < 0.001:
-        return "<0.001"
-    if p < 0.1:
-        return f"{p:.3f}"
-    return f"{p:.2f}"
-
-
-def p_text(p) -> str:
-    """``'p < 0.001'``, ``'p = 0.012'`` or ``'p n/a'``: p for running text."""
-    t = fmt_p(p)
-    return f"p {t[0]} {t[1:]}" if t.startswith("<") else ("p n/a" if t == "n/a" else f"p = {t}")
-
-
-def _fmt(v, nd=2) -> str:
-    return "n/a" if v is None or not np.isfinite(v) else f"{v:.{nd}f}"
-
-
-def _fmt_ci(est, lo, hi) -> str:
-    if est is None or not np.isfinite(est):
-        return "n/a"
-    return f"{_fmt(est)} [{_fmt(lo)}, {_fmt(hi)}]"
-
-
-def _cell(full: pd.DataFrame, source: str, measure: str, unit: str, outcome: str) -> pd.Series:
+def grid_cell(full: pd.DataFrame, source: str, measure: str, unit: str, outcome: str) -> pd.Series:
+    """The one row of the grid (:func:`clinical_correlations`) for ``source``, ``measure``, ``unit`` and ``outcome``."""
     sel = full[(full["source"] == source) & (full["measure"] == measure) & (full["unit"] == unit)
                & (full["outcome"] == outcome)]
     if len(sel) != 1:
         raise KeyError(f"no single grid cell for {source}/{measure}/{unit}/{outcome}")
     return sel.iloc[0]
-
-
-def _row_index(full: pd.DataFrame) -> list[tuple[str, str, str]]:
-    outcomes = [o for o in OUTCOMES if o in set(full["outcome"])]
-    return [(o, m, u) for o in outcomes for m in MEASURES for u in ("pct", "ml")]
-
-
-def _index(keys) -> pd.MultiIndex:
-    return pd.MultiIndex.from_tuples(
-        [(OUTCOMES[o], predictor_label(m, u)) for o, m, u in keys], names=["lung function", "lesion measure"]
-    )
-
-
-def side_by_side(full: pd.DataFrame) -> pd.DataFrame:
-    """Predicted and reference rho [95 % CI] with n, and their paired difference, one row per cell."""
-    keys = _row_index(full)
-    rows = []
-    for o, m, u in keys:
-        p, r = _cell(full, "predicted", m, u, o), _cell(full, "reference", m, u, o)
-        rows.append({
-            "n": int(p["n"]),
-            "predicted ρ [95% CI]": _fmt_ci(p["rho"], p["ci_low"], p["ci_high"]),
-            "reference ρ [95% CI]": _fmt_ci(r["rho"], r["ci_low"], r["ci_high"]),
-            "n (both)": int(p["diff_n"]),
-            "difference pred − ref [95% CI]": _fmt_ci(p["diff"], p["diff_ci_low"], p["diff_ci_high"]),
-        })
-    return pd.DataFrame(rows, index=_index(keys))
-
-
-def p_value_table(full: pd.DataFrame) -> pd.DataFrame:
-    """Raw and Holm-adjusted p of every cell, predicted and reference."""
-    keys = _row_index(full)
-    rows = []
-    for o, m, u in keys:
-        p, r = _cell(full, "predicted", m, u, o), _cell(full, "reference", m, u, o)
-        rows.append({
-            "predicted p": fmt_p(p["p"]), "predicted p (Holm)": fmt_p(p["p_holm"]),
-            "reference p": fmt_p(r["p"]), "reference p (Holm)": fmt_p(r["p_holm"]),
-        })
-    return pd.DataFrame(rows, index=_index(keys))
-
-
-def partial_table(full: pd.DataFrame) -> pd.DataFrame:
-    """Unadjusted rho beside the partial rho (with its bootstrap CI, n and Holm-adjusted p), both sources."""
-    keys = _row_index(full)
-    rows = []
-    for o, m, u in keys:
-        row = {}
-        for source in SOURCES:
-            c = _cell(full, source, m, u, o)
-            row[f"{source} ρ"] = _fmt(c["rho"])
-            row[f"{source} partial ρ [95% CI]"] = _fmt_ci(c["partial_rho"], c["partial_ci_low"], c["partial_ci_high"])
-            row[f"{source} partial p (Holm)"] = fmt_p(c["partial_p_holm"])
-        row["n (complete covariates)"] = int(_cell(full, "predicted", m, u, o)["partial_n"])
-        rows.append(row)
-    return pd.DataFrame(rows, index=_index(keys))
 
 
 # --------------------------------------------------------------------------------------------
@@ -578,7 +341,7 @@ def staging(
 
 
 # --------------------------------------------------------------------------------------------
-# the paper, the summary, the files
+# the endpoints, the summary, the files
 # --------------------------------------------------------------------------------------------
 
 
@@ -595,7 +358,7 @@ def endpoints(full: pd.DataFrame) -> pd.DataFrame:
     present = [o for o in OUTCOMES if o in set(full["outcome"])]
     prim = [o for o in PRIMARY_OUTCOMES if o in present]
     for o in present:
-        c = _cell(full, "predicted", measure, unit, o)
+        c = grid_cell(full, "predicted", measure, unit, o)
         rows.append({"role": "primary" if o in prim else "secondary", "outcome": o, "n": int(c["n"]),
                      "rho": c["rho"], "ci_low": c["ci_low"], "ci_high": c["ci_high"], "p": c["p"],
                      "p_holm": c["p_holm"]})
@@ -606,37 +369,12 @@ def endpoints(full: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values("role", kind="stable").reset_index(drop=True)
 
 
-def endpoints_table(full: pd.DataFrame) -> pd.DataFrame:
-    """:func:`endpoints` for the page: ρ [95% CI], p and Holm-adjusted p, primary first."""
-    e = endpoints(full)
-    rows = [{"endpoint": r["role"], "predicted total lesion (% of lung) against": OUTCOMES[r["outcome"]],
-             "n": int(r["n"]), "ρ [95% CI]": _fmt_ci(r["rho"], r["ci_low"], r["ci_high"]),
-             "p": fmt_p(r["p"]),
-             "p, Holm-adjusted": fmt_p(r["p_holm"]) + (" (over the primary pair)" if r["role"] == "primary"
-                                                        else " (over the whole grid)")}
-            for _, r in e.iterrows()]
-    return pd.DataFrame(rows).set_index(["endpoint", "predicted total lesion (% of lung) against"])
-
-
-def paper_comparison(full: pd.DataFrame | None = None, cohort: str | None = None) -> pd.DataFrame:
-    """The published study's correlations, for orientation only, in a table of their own.
-
-    They are not set in columns beside this run's: on a synthetic cohort the run's coefficients
-    are set by the generator, and on another real cohort they estimate another population. The
-    arguments are accepted for compatibility and not used.
-    """
-    rows = [{"lung function": OUTCOMES[o], "published ρ": f"{rho:.2f}", "p": PAPER["spearman_p"],
-             "patients": PAPER["n_patients"], "lesion measure": "predicted lesion volume"}
-            for o, rho in PAPER["spearman_rho"].items()]
-    return pd.DataFrame(rows).set_index("lung function")
-
-
-def _clean(v):
+def json_safe(v):
     """JSON-safe: NaN/inf become None, numpy scalars plain Python."""
     if isinstance(v, dict):
-        return {str(k): _clean(x) for k, x in v.items()}
+        return {str(k): json_safe(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
+        return [json_safe(x) for x in v]
     if hasattr(v, "item") and not isinstance(v, (str, bytes)):
         v = v.item()
     if isinstance(v, float) and not math.isfinite(v):
@@ -690,9 +428,9 @@ def summary_dict(
             "difference": "rho(predicted) - rho(reference) on patients with both, paired bootstrap BCa",
             "staging": f"Goh et al. 2008: limited <= {EXTENT_THRESHOLD_PCT:g} % of lung, extensive above",
         },
-        "predicted_lesion_pct": {o: _cell_dict(_cell(full, "predicted", "lesion", "pct", o), diff=True) for o in outcomes},
-        "reference_lesion_pct": {o: _cell_dict(_cell(full, "reference", "lesion", "pct", o)) for o in outcomes},
-        "predicted_lesion_ml": {o: _cell_dict(_cell(full, "predicted", "lesion", "ml", o)) for o in outcomes},
+        "predicted_lesion_pct": {o: _cell_dict(grid_cell(full, "predicted", "lesion", "pct", o), diff=True) for o in outcomes},
+        "reference_lesion_pct": {o: _cell_dict(grid_cell(full, "reference", "lesion", "pct", o)) for o in outcomes},
+        "predicted_lesion_ml": {o: _cell_dict(grid_cell(full, "predicted", "lesion", "ml", o)) for o in outcomes},
         "staging": {
             "kappa": stage["kappa"],
             "ci_low": stage["ci_low"],
@@ -713,30 +451,7 @@ def summary_dict(
         "paper": {"n_patients": PAPER["n_patients"], "spearman_rho": PAPER["spearman_rho"],
                   "spearman_p": PAPER["spearman_p"]},
     }
-    return _clean(out)
-
-
-def glue_values(summary: dict) -> dict:
-    """Named values for the book's text (``report.glue``): rho, CI text and p of predicted and
-    reference lesion % against each lung-function test, and kappa.
-
-    Names: ``clin_n``, ``clin_pred_rho_<outcome>``, ``clin_pred_rho_<outcome>_ci`` (text
-    ``'-0.64 [-0.80, -0.41]'``), ``clin_pred_p_<outcome>`` (text), ``clin_ref_rho_<outcome>``,
-    ``clin_ref_rho_<outcome>_ci``, ``clin_kappa``, ``clin_kappa_ci``.
-    """
-    def num(v):
-        return float("nan") if v is None else float(v)
-
-    out = {"clin_n": summary["n_cases"]}
-    for tag, key in (("pred", "predicted_lesion_pct"), ("ref", "reference_lesion_pct")):
-        for o, c in summary[key].items():
-            out[f"clin_{tag}_rho_{o}"] = num(c["rho"])
-            out[f"clin_{tag}_rho_{o}_ci"] = _fmt_ci(num(c["rho"]), num(c["ci_low"]), num(c["ci_high"]))
-            out[f"clin_{tag}_p_{o}"] = fmt_p(num(c["p"]))
-    s = summary["staging"]
-    out["clin_kappa"] = num(s["kappa"])
-    out["clin_kappa_ci"] = _fmt_ci(num(s["kappa"]), num(s["ci_low"]), num(s["ci_high"]))
-    return out
+    return json_safe(out)
 
 
 def write_outputs(run: RunPaths, full: pd.DataFrame, summary: dict) -> tuple[Path, Path]:
@@ -746,152 +461,3 @@ def write_outputs(run: RunPaths, full: pd.DataFrame, summary: dict) -> tuple[Pat
         full.to_csv(tmp, index=False)
     write_json(run.clinical_summary, summary)
     return run.clinical_correlations, run.clinical_summary
-
-
-# --------------------------------------------------------------------------------------------
-# the synthetic cohort's planted model, and the chapter's computed sentences
-# --------------------------------------------------------------------------------------------
-
-
-def planted_model(synthetic: bool):
-    """The synthetic generator's lung-function model (``sscild.synthetic.phantom.CLINICAL_MODEL``), or None.
-
-    None for a real cohort, or when the generator does not publish its model.
-    """
-    if not synthetic:
-        return None
-    try:
-        from sscild.synthetic.phantom import CLINICAL_MODEL
-    except (ImportError, AttributeError):
-        return None
-    return CLINICAL_MODEL
-
-
-def planted_model_markdown(model) -> str:
-    """The planted model for the page: its description, a table of its equations (entries with an
-    ``equation``), and every other setting as a two-column table."""
-    model = _clean(dict(model))
-    parts = []
-    if isinstance(model.get("description"), str):
-        parts.append(model.pop("description"))
-    eqs = {k: v for k, v in model.items() if isinstance(v, dict) and "equation" in v}
-    if eqs:
-        lines = ["| lung function | planted equation | noise SD |", "|---|---|---|"]
-        for k, v in eqs.items():
-            lines.append(f"| {OUTCOMES.get(k, k)} | `{v['equation']}` | {v.get('noise_sd', '')} |")
-        parts.append("\n".join(lines))
-    rest = {k: v for k, v in model.items() if k not in eqs}
-    if rest:
-        lines = ["| setting | value |", "|---|---|"]
-        for k, v in rest.items():
-            if isinstance(v, dict):
-                v = "; ".join(f"{a}: {json.dumps(b, default=str, ensure_ascii=False)}" for a, b in v.items())
-            elif not isinstance(v, str):
-                v = json.dumps(v, default=str, ensure_ascii=False)
-            lines.append(f"| {k.replace('_', ' ')} | {str(v).replace('|', '/')} |")
-        parts.append("Other settings of the generator:\n\n" + "\n".join(lines))
-    return "\n\n".join(parts)
-
-
-def planted_vs_recovered(full: pd.DataFrame, model) -> str:
-    """The generator's target correlation beside what the reference labels and the prediction give.
-
-    The synthetic generator publishes the Spearman ρ it aims at between total lesion extent and FVC
-    (``target_spearman_extent_fvc``); recovering it shows the pipeline keeps a planted signal. Empty
-    string when there is no model, no target or no FVC column.
-    """
-    if model is None or "target_spearman_extent_fvc" not in model or "fvc_pct" not in set(full["outcome"]):
-        return ""
-    target = float(model["target_spearman_extent_fvc"])
-    ref = _cell(full, "reference", "lesion", "pct", "fvc_pct")
-    pred = _cell(full, "predicted", "lesion", "pct", "fvc_pct")
-    def covers(c):
-        return bool(np.isfinite(c["ci_low"]) and np.isfinite(c["ci_high"]) and c["ci_low"] <= target <= c["ci_high"])
-
-    verdict = ("Both intervals include the target: the segmentation kept the planted relationship."
-               if covers(ref) and covers(pred) else
-               "The reference's interval includes the target but the prediction's does not: segmentation error "
-               "lost part of the planted relationship." if covers(ref) else
-               "The reference labels' interval does not include the target either (too few patients, or the images "
-               "realise the planted extents only approximately).")
-    return (f"**Planted against recovered.** The generator aims at Spearman ρ = {target:.2f} between total lesion "
-            f"extent and FVC. The reference labels give ρ = {_fmt_ci(ref['rho'], ref['ci_low'], ref['ci_high'])} and "
-            f"the network's prediction ρ = {_fmt_ci(pred['rho'], pred['ci_low'], pred['ci_high'])} (n = {int(pred['n'])}). "
-            f"{verdict} Whether the target comes back is all the synthetic cohort can show; it says nothing about "
-            "how lesions and lung function relate in patients.")
-
-
-def _direction(rho, lo, hi) -> str:
-    if not np.isfinite(rho):
-        return "could not be estimated"
-    sign = "negative" if rho < 0 else "positive"
-    if np.isfinite(lo) and np.isfinite(hi) and (lo > 0 or hi < 0):
-        return f"{sign}, ρ = {_fmt_ci(rho, lo, hi)}"
-    return f"not distinguishable from zero, ρ = {_fmt_ci(rho, lo, hi)}"
-
-
-def _excludes_zero(lo, hi) -> bool:
-    return bool(np.isfinite(lo) and np.isfinite(hi) and (lo > 0 or hi < 0))
-
-
-def paper_contrast(full: pd.DataFrame, *, synthetic: bool = False) -> str:
-    """Sentences on this run's primary correlations and what setting them near the paper's can show.
-
-    On a synthetic cohort the coefficient is fixed by the generator's planted model, so the
-    sentences say what was recovered and make no claim about the paper; on a real cohort they give
-    the direction and say whether the published value lies in this run's interval (a statement
-    about compatibility, not a replication test).
-    """
-    measure, unit = EXTENT_MEASURE
-    lines = []
-    for o, paper_rho in PAPER["spearman_rho"].items():
-        if o not in set(full["outcome"]):
-            lines.append(f"- **{OUTCOMES[o]}**: not in this cohort's clinical table.")
-            continue
-        c = _cell(full, "predicted", measure, unit, o)
-        rho, lo, hi = c["rho"], c["ci_low"], c["ci_high"]
-        if not np.isfinite(rho):
-            lines.append(f"- **{OUTCOMES[o]}**: ρ could not be estimated (n = {int(c['n'])}).")
-            continue
-        head = f"- **{OUTCOMES[o]}**: predicted total lesion (% of lung) ρ = {_fmt_ci(rho, lo, hi)} (n = {int(c['n'])})"
-        if synthetic:
-            lines.append(head + ": the size and sign of this coefficient were set by the generator's planted "
-                         "model; it shows that the pipeline recovers a relationship that was put in, and "
-                         "nothing about the published value.")
-            continue
-        inside = np.isfinite(lo) and np.isfinite(hi) and lo <= paper_rho <= hi
-        sign = ("the same sign as" if np.sign(rho) == np.sign(paper_rho) and _excludes_zero(lo, hi)
-                else "the opposite sign to" if _excludes_zero(lo, hi) else "no clear sign, unlike")
-        lines.append(head + f", {sign} the published {paper_rho:.2f} (volume); the published value lies "
-                     f"{'inside' if inside else 'outside'} this run's 95 % interval, which shows compatibility, "
-                     "not replication.")
-    return "\n".join(lines)
-
-
-def _difference_words(diff, lo, hi, rho_ref) -> str:
-    if not (np.isfinite(lo) and np.isfinite(hi)):
-        return f"difference {_fmt_ci(diff, lo, hi)} (no interval)."
-    text = f"difference {_fmt_ci(diff, lo, hi)}: "
-    if lo <= 0 <= hi:
-        return text + ("the interval includes 0, so no loss of the reference's signal is detectable here "
-                       "(its width says how large a loss could go unseen).")
-    weaker = np.isfinite(rho_ref) and np.sign(diff) == -np.sign(rho_ref)
-    return text + ("the model's correlation is weaker than the reference's (attenuated by segmentation error)."
-                   if weaker else "the model's correlation is stronger than the reference's.")
-
-
-def interpretation(full: pd.DataFrame) -> str:
-    """A few sentences, computed from the grid, on total lesion % of lung against each test."""
-    lines = []
-    for o in (o for o in OUTCOMES if o in set(full["outcome"])):
-        p = _cell(full, "predicted", "lesion", "pct", o)
-        r = _cell(full, "reference", "lesion", "pct", o)
-        line = (f"- **{OUTCOMES[o]}** (n = {int(p['n'])}): predicted {_direction(p['rho'], p['ci_low'], p['ci_high'])}; "
-                f"reference {_direction(r['rho'], r['ci_low'], r['ci_high'])}; ")
-        if _excludes_zero(r["ci_low"], r["ci_high"]) or _excludes_zero(p["diff_ci_low"], p["diff_ci_high"]):
-            line += _difference_words(p["diff"], p["diff_ci_low"], p["diff_ci_high"], r["rho"])
-        else:
-            line += (f"difference {_fmt_ci(p['diff'], p['diff_ci_low'], p['diff_ci_high'])}: the reference labels "
-                     "show no clear signal here, so there is none for the model to keep.")
-        lines.append(line)
-    return "\n".join(lines)

@@ -14,8 +14,7 @@ of the fold ensemble, after the usual post-processing) with that mask:
 * the **lesion share**: EF and GGO as percent of the network's lung. These scans are not SSc
   patients, so a high share is a false positive until a reader says otherwise.
 
-Example:
-    >>> rows, views = real_lung_check(["chest-ct-1.nrrd"], "results/synthetic-cpu/cpu")  # doctest: +SKIP
+Example: ``rows, views = real_lung_check(["chest-ct-1.nrrd"], "results/synthetic-cpu/cpu")``.
 """
 
 from __future__ import annotations

@@ -8,4 +8,5 @@ report      notebook helpers: tables, glued numbers, numbered figures
 provenance  what ran where: versions, machine, data fingerprints
 summary     the abstract's paragraph and the training-plateau sentences, from summary files
 plots       every figure of the book
+chapters    the chapters' tables and sentences, from the analyses' numbers
 """

@@ -21,7 +21,8 @@ import pandas as pd
 import seaborn as sns
 from statsmodels.nonparametric.smoothers_lowess import lowess
 
-from sscild.analysis.clinical import MEASURES, OUTCOMES, SOURCES, fmt_p, p_text, predictor_column, predictor_label
+from sscild.analysis.clinical import MEASURES, OUTCOMES, SOURCES, predictor_column, predictor_label
+from sscild.book.chapters.formatting import fmt_p, p_text
 from sscild.paper import EXTENT_THRESHOLD_PCT
 
 __all__ = ["pft_scatter", "rho_heatmap", "staging_scatter", "save_and_show"]

@@ -24,35 +24,16 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.patches import Patch
-from nibabel import orientations as nio
 
 from sscild.book.plots import LABEL_COLORS, fixed_jitter, overlay
+from sscild.data.orientation import to_canonical
 
-__all__ = ["to_canonical", "metric_strip", "case_montage", "bland_altman_grid", "baseline_comparison",
+__all__ = ["metric_strip", "case_montage", "bland_altman_grid", "baseline_comparison",
            "scan_montage", "label_legend", "attenuation_histograms"]
 
 _REGION_ORDER = ("normal", "ef", "ggo", "lesion", "lung")
 _REGION_LABEL = {"normal": "normal", "ef": "EF", "ggo": "GGO", "lesion": "lesion\n(EF ∪ GGO)", "lung": "lung"}
 _METHOD_COLOR = {"network": "#3b6ea5", "HU baseline": "#b07aa1"}
-
-
-def to_canonical(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """Reorient an (x, y, z) array to the closest canonical RAS orientation (no interpolation).
-
-    Returns:
-        ``(array view, spacing of the canonical axes in mm)``.
-
-    Example:
-        >>> a, sp = to_canonical(np.zeros((2, 3, 4)), np.diag([-1.0, 2.0, 3.0, 1.0]))
-        >>> a.shape, sp
-        ((2, 3, 4), (1.0, 2.0, 3.0))
-    """
-    affine = np.asarray(affine, dtype=float)
-    ornt = nio.io_orientation(affine)
-    can = nio.apply_orientation(np.asarray(array), ornt)
-    can_aff = affine @ nio.inv_ornt_aff(ornt, np.asarray(array).shape)
-    spacing = tuple(float(s) for s in np.sqrt((can_aff[:3, :3] ** 2).sum(axis=0)))
-    return can, spacing
 
 
 def label_legend(fig, *, loc: str = "lower center", ncol: int = 3) -> None:
@@ -250,8 +231,9 @@ def scan_montage(image: np.ndarray, label: np.ndarray, affine: np.ndarray, *, n_
                  title: str | None = None):
     """Overlay montage of a segmented scan: ``n_axial`` axial slices through the lung and one coronal.
 
-    The image and the label are reoriented to canonical RAS first (:func:`to_canonical`), so the
-    panels are in radiological orientation whatever the file's voxel order.
+    The image and the label are reoriented to canonical RAS first
+    (:func:`sscild.data.orientation.to_canonical`), so the panels are in radiological orientation
+    whatever the file's voxel order.
     """
     img, sp = to_canonical(image, affine)
     lab, _ = to_canonical(label, affine)
@@ -277,7 +259,7 @@ def scan_montage(image: np.ndarray, label: np.ndarray, affine: np.ndarray, *, n_
 
 
 def attenuation_histograms(hist: pd.DataFrame, *, band=None, cuts=None):
-    """Attenuation of reference EF and GGO voxels (normalised histograms, :func:`sscild.analysis.segmentation.label_attenuation`).
+    """Attenuation of reference EF and GGO voxels (normalised histograms, :func:`sscild.analysis.segmentation_errors.label_attenuation`).
 
     Args:
         hist: columns ``hu``, ``ef``, ``ggo``.

@@ -104,6 +104,13 @@ if excluded.empty:
     display(Markdown(f"**No case is excluded**: all {len(report.cases)} cases are used."))
 else:
     show(excluded.set_index("case_id"), caption=f"Excluded cases ({len(excluded)} of {len(report.cases)}) and why")
+gaps = ch.clinical_gaps(report)
+if gaps.empty:
+    display(Markdown("**No clinical value or row is set aside**: every value in `clinical.csv` is used as given "
+                     "(blank values are missing, and say so above)."))
+else:
+    show(gaps.set_index("case_id"), caption=f"Clinical values and rows set aside ({len(gaps)}; the run was "
+         "allowed to go on with them: ALLOW_CLINICAL_GAPS=1)")
 cohort = load_cohort(data_dir, label_map=label_map, exclude=report.bad_cases)
 
 # %% [markdown]

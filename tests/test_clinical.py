@@ -110,7 +110,7 @@ def fake(tmp_path_factory):
 # ----------------------------------------------------------------------------------------------
 
 
-def test_load_clinical_coerces_markers_codes_and_ratio_scale(tmp_path):
+def test_load_clinical_coerces_markers_and_codes_and_never_rescales(tmp_path):
     (tmp_path / "clinical.csv").write_text(
         "case_id,age,sex,fvc_pct,fev1_fvc,smoker\n"
         " a ,51,female,80.5,81.0,no\n"
@@ -122,8 +122,10 @@ def test_load_clinical_coerces_markers_codes_and_ratio_scale(tmp_path):
     assert t["sex"].tolist() == ["F", "M", "F"]
     assert t["fvc_pct"].dtype == float and t.loc["a", "fvc_pct"] == 80.5
     assert t[["age", "fvc_pct"]].isna().sum().tolist() == [2, 2]
-    assert t.loc["a", "fev1_fvc"] == pytest.approx(0.81) and t.loc["b", "fev1_fvc"] == 0.9
-    assert t.attrs["problems"] == [] and "percent for 1 case" in t.attrs["notes"][0]
+    # FEV1/FVC is a ratio: 81.0 (a percent) is set aside and listed, never divided by 100
+    assert math.isnan(t.loc["a", "fev1_fvc"]) and t.loc["b", "fev1_fvc"] == 0.9
+    assert len(t.attrs["problems"]) == 1 and "fev1_fvc = 81.0 for case a" in t.attrs["problems"][0]
+    assert t.attrs["notes"] == []
     assert t.loc["b", "smoker"] == "yes"           # other columns kept as text
 
 
@@ -144,7 +146,7 @@ def test_load_clinical_sets_unusable_values_missing_and_lists_them(tmp_path):
     assert math.isnan(t.loc["b", "fvc_pct"]) and pd.isna(t.loc["b", "sex"])
     assert math.isnan(t.loc["c", "dlco_pct"]) and t.loc["d", "dlco_pct"] == 40.0
     assert len(t.attrs["problems"]) == 4
-    assert all(p.endswith("treated as missing") for p in t.attrs["problems"])
+    assert [any(f"case {c}" in p for p in t.attrs["problems"]) for c in "abc"] == [True] * 3
 
 
 def test_load_clinical_strict_reports_every_problem_at_once(tmp_path):
@@ -153,10 +155,10 @@ def test_load_clinical_strict_reports_every_problem_at_once(tmp_path):
         load_clinical(tmp_path, strict=True)
     msg = str(err.value)
     assert "clinical.csv" in msg
-    assert "a have several rows" in msg
-    assert "b='eighty'" in msg
-    assert "b='X'" in msg
-    assert "c=450" in msg and "10..200" in msg
+    assert "2 rows for case a" in msg
+    assert "'eighty' for case b" in msg
+    assert "'X' for case b" in msg
+    assert "dlco_pct = 450 for case c" in msg and "10..200" in msg
 
 
 def test_missing_inputs_name_the_file_and_the_fix(tmp_path):

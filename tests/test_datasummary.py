@@ -264,4 +264,5 @@ def test_read_clinical_notes(tmp_path):
     assert table is None and "case_id" in notes[0]
     (root / "clinical.csv").write_text("case_id,fev1_fvc\ncase_000,80\ncase_001,0.7\n")
     table, notes = ds.read_clinical(root)
-    assert table["fev1_fvc"].tolist() == [0.8, 0.7] and "percent" in notes[0]
+    assert math.isnan(table["fev1_fvc"].tolist()[0]) and table["fev1_fvc"].tolist()[1] == 0.7
+    assert "fev1_fvc = 80 for case case_000" in notes[0]      # set aside and said, never rescaled

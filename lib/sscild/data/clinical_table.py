@@ -10,8 +10,9 @@ through this module, so a value means the same everywhere.
 * Only ``case_id`` is required; the known columns (:data:`CLINICAL_COLUMNS`) are optional and
   checked when present; other columns are kept (numeric when at least half their values are
   numbers). Column names match after :func:`sscild.data.names.normalise_name`.
-* Blank, ``NA``, ``n/a``, ``nan``, ``none``, ``null``, ``-`` and ``?`` are missing values.
-* ``sex``: ``F``/``female``/``w`` or ``M``/``male`` in any letter case.
+* Blank, ``NA``, ``n/a``, ``nan``, ``none``, ``null``, ``-``, ``?``, ``.`` and ``missing`` are missing
+  values (any letter case).
+* ``sex``: ``F``/``female``/``woman``/``w`` or ``M``/``male``/``man`` in any letter case.
 * A number must lie in its column's plausible range: ``fev1_fvc`` is a **ratio** (0.2 to 1.2); a
   value given in percent (75) is outside it and set aside, never silently divided by 100. Columns
   named like a lung-function percent of predicted (``kco_pct``, ``vc_pred``, ...) take 10 to 200;
@@ -54,7 +55,7 @@ from sscild.data.names import normalise_name
 from sscild.data.validation_report import Problem, ValidationReport
 
 __all__ = ["CLINICAL_COLUMNS", "CLINICAL_VALUE_GAPS", "CLINICAL_ROW_GAPS", "CLINICAL_GAPS", "EXIT_CLINICAL_VALUES",
-           "EXIT_CLINICAL_ROWS", "ClinicalTable", "parse_clinical", "read_clinical", "read_cells"]
+           "EXIT_CLINICAL_ROWS", "ClinicalTable", "parse_clinical", "set_aside_table", "exit_code_of", "read_clinical", "read_cells"]
 
 CLINICAL_VALUE_GAPS = ("clinical_non_numeric", "clinical_implausible")
 """Problem kinds by which a value is set aside (read as missing)."""
@@ -86,8 +87,8 @@ present. Other columns are kept (numeric when their values are numbers); any col
 it is a volume (``*volume*``, ``*_ml``, ``*_cm3``, ``*_l``) must not be negative.
 """
 
-_MISSING = {"", "na", "n/a", "nan", "none", "null", "-", "?"}
-_SEX = {"f": "F", "female": "F", "w": "F", "m": "M", "male": "M"}
+_MISSING = {"", "na", "n/a", "nan", "none", "null", "-", "?", ".", "missing"}
+_SEX = {"f": "F", "female": "F", "w": "F", "woman": "F", "m": "M", "male": "M", "man": "M"}
 _PFT_PCT = re.compile(r"^(fvc|fev1|dlco|tlc|kco|vc|rv|frc)_?(pct|pct_pred|pred|pctpred|percent)$")
 _VOLUME = re.compile(r"(volume|_ml$|_cm3$|_l$|_cc$)")
 
@@ -258,15 +259,21 @@ class ClinicalTable:
         return [p for p in self.problems if p.kind in CLINICAL_GAPS]
 
     def set_aside(self) -> pd.DataFrame:
-        """One row per clinical gap: ``case_id``, ``kind``, ``what`` (value, row or table) and the fix."""
-        rows = [{"case_id": p.case_id or "(table)", "kind": p.kind, "what": p.message, "fix": p.fix}
-                for p in self.gaps]
-        return pd.DataFrame(rows, columns=["case_id", "kind", "what", "fix"])
+        """One row per clinical gap (:func:`set_aside_table`)."""
+        return set_aside_table(self.problems)
 
     def exit_code(self) -> int:
         """0 without gaps; :data:`EXIT_CLINICAL_ROWS` when a row, case or the table is left out,
         else :data:`EXIT_CLINICAL_VALUES` when values were set aside."""
         return exit_code_of(self.problems)
+
+
+def set_aside_table(problems) -> pd.DataFrame:
+    """The clinical gaps among ``problems``, one row each: ``case_id`` (``(table)`` for the whole
+    table), ``kind``, ``what`` (the value, row or table and why) and ``fix``."""
+    rows = [{"case_id": p.case_id or "(table)", "kind": p.kind, "what": p.message, "fix": p.fix}
+            for p in problems if p.kind in CLINICAL_GAPS]
+    return pd.DataFrame(rows, columns=["case_id", "kind", "what", "fix"])
 
 
 def exit_code_of(problems) -> int:

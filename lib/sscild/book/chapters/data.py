@@ -28,8 +28,9 @@ import pandas as pd
 from sscild import LABELS
 from sscild.analysis.data import quartiles
 from sscild.data.validation_report import PROBLEM_KINDS
-from sscild.data.names import normalise_name as _norm
+from sscild.data.clinical_table import set_aside_table
 from sscild.data.labels import resolve_label_map
+from sscild.data.names import normalise_name
 
 __all__ = [
     "PFT_COLUMNS",
@@ -214,6 +215,12 @@ def geometry_table(cases: pd.DataFrame) -> pd.DataFrame:
 # --------------------------------------------------------------------------------------------
 
 
+def clinical_gaps(report) -> pd.DataFrame:
+    """Every clinical value and row the clinical parser set aside, one row each (``case_id``, ``kind``,
+    ``what``, ``fix``): :func:`sscild.data.clinical_table.set_aside_table` of the validation report."""
+    return set_aside_table(report.problems)
+
+
 def problem_summary(report) -> pd.DataFrame:
     """Problems counted by severity and kind, with the kind's description and the cases concerned.
 
@@ -293,12 +300,12 @@ def label_map_example(labels: Mapping[str, int] | None = None, label_map: Mappin
         raise ValueError("label map example cannot be resolved: "
                          + " ".join(f"{p.message} Fix: {p.fix}" for p in errors))
     role_name = {v: k for k, v in LABELS.items()}
-    mapped = {_norm(k) for k in label_map}
+    mapped = {normalise_name(k) for k in label_map}
     rows = []
     for name, value in labels.items():
         role = mapping[int(value)]
         rows.append({"label name": name, "value in the files": int(value),
-                     "given role by": "label map" if _norm(name) in mapped else "its name",
+                     "given role by": "label map" if normalise_name(name) in mapped else "its name",
                      "study role": f"{role_name[role]} ({role})"})
     return pd.DataFrame(rows)
 

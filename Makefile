@@ -194,10 +194,10 @@ $(BOOK_HTML): $(CHAPTER_NBS) $(BOOK_SRC) $(BOOK_MARK) $(wildcard $(EXT_STAMP)) $
 
 # ---- tests ----------------------------------------------------------------------------------
 test: $(STAMP)
-	$(PY) -m pytest -q -rs tests
+	$(PY) -m pytest -q -rs
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -rs -m "not slow" tests
+	$(PY) -m pytest -q -rs -m "not slow"
 
 # ---- clean: generated outputs only; never the cohort folders under data/ ------------------------
 clean:

@@ -7,8 +7,9 @@ series is a single scan, as before. The models are loaded once. Each scan's outp
 reason, volumes, % of lung, stage, lower-zone and peripheral extent). A scan that cannot be
 segmented is reported and does not stop the others.
 
-Example:
-    >>> rows = segment_batch(discover_scans("scans/"), "out/")          # doctest: +SKIP
+Usage::
+
+    rows = segment_batch(discover_scans("scans/"), "out/")
 """
 
 from __future__ import annotations

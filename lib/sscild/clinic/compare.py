@@ -19,9 +19,10 @@ texture), and a different inspiration: a follow-up lung volume outside :data:`LU
 extents then move without any change of disease. Information a file does not carry (a NIfTI has
 no PatientID or kernel) is reported as not checkable, not as comparable.
 
-Example:
-    >>> result = compare_scans("visit1/", "visit2/", "change/")       # doctest: +SKIP
-    >>> [w for w in result["warnings"]]                                 # doctest: +SKIP
+Usage::
+
+    result = compare_scans("visit1/", "visit2/", "change/")
+    [w for w in result["warnings"]]
 """
 
 from __future__ import annotations

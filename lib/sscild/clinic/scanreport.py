@@ -5,9 +5,10 @@ stage, the zone table (with bars drawn in plain HTML), the overlay montage embed
 ``data:image/png;base64`` URI, the models used and the research-use warning. It loads nothing from
 any other file or host (no scripts, fonts or style sheets), so it can be mailed or archived as is.
 
-Example:
-    >>> html = scan_report_html(report, zones=table, overlay_png=png_bytes)      # doctest: +SKIP
-    >>> Path("out/chest_report.html").write_text(html)                          # doctest: +SKIP
+Usage::
+
+    html = scan_report_html(report, zones=table, overlay_png=png_bytes)
+    Path("out/chest_report.html").write_text(html)
 """
 
 from __future__ import annotations

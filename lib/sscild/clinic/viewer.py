@@ -15,10 +15,11 @@
 
 Names and colours come from :mod:`sscild.palette` only (the book's figures use the same).
 
-Example:
-    >>> write_slicer_seg("out/chest_labels.seg.nrrd", label, affine)             # doctest: +SKIP
-    >>> write_itksnap_labels("out/chest_labels.itksnap.txt")                      # doctest: +SKIP
-    >>> write_dicom_seg("out/chest_seg.dcm", label, "scans/chest_dicom/")       # doctest: +SKIP
+Usage::
+
+    write_slicer_seg("out/chest_labels.seg.nrrd", label, affine)
+    write_itksnap_labels("out/chest_labels.itksnap.txt")
+    write_dicom_seg("out/chest_seg.dcm", label, "scans/chest_dicom/")
 """
 
 from __future__ import annotations
@@ -82,8 +83,9 @@ def write_slicer_seg(path: str | Path, label: np.ndarray, affine: np.ndarray) ->
     Returns:
         ``path``.
 
-    Example:
-        >>> write_slicer_seg("chest_labels.seg.nrrd", np.zeros((4, 4, 4), np.uint8), np.eye(4))  # doctest: +SKIP
+    Usage::
+
+        write_slicer_seg("chest_labels.seg.nrrd", np.zeros((4, 4, 4), np.uint8), np.eye(4))
     """
     import nrrd
 
@@ -166,8 +168,9 @@ _ITKSNAP_HEADER = """################################################
 def write_itksnap_labels(path: str | Path) -> Path:
     """Write the ITK-SNAP label description file of the study's labels (names and colours).
 
-    Example:
-        >>> write_itksnap_labels("chest_labels.itksnap.txt")   # doctest: +SKIP
+    Usage::
+
+        write_itksnap_labels("chest_labels.itksnap.txt")
     """
     rows = [f'{0:5d} {0:5d} {0:4d} {0:4d} {0:8.2f} {0:2d} {0:2d}    "Clear Label"']
     for value, name in sorted(LABEL_NAMES.items()):

@@ -34,9 +34,10 @@ depth, so each family of zones partitions the lung):
 is), then every fine voxel takes its coarse pixel's zone; the counts are on the full label map, so
 the zone volumes add up exactly to the whole lung (a test checks it).
 
-Example:
-    >>> table = zone_extent(label, affine)                     # doctest: +SKIP
-    >>> table.loc["lower", "ef_pct"], table.loc["peripheral", "lesion_pct"]   # doctest: +SKIP
+Usage::
+
+    table = zone_extent(label, affine)
+    table.loc["lower", "ef_pct"], table.loc["peripheral", "lesion_pct"]
 """
 
 from __future__ import annotations

@@ -6,9 +6,10 @@
   their difference.
 * :func:`staging_scatter`: predicted against reference lesion percent with the extent-stage cut-off.
 
-Example:
-    >>> from sscild.book.plots.clinical import rho_heatmap          # doctest: +SKIP
-    >>> fig = rho_heatmap(full)                                 # doctest: +SKIP
+Usage::
+
+    from sscild.book.plots.clinical import rho_heatmap
+    fig = rho_heatmap(full)
 """
 
 from __future__ import annotations

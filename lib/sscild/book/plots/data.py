@@ -1,8 +1,9 @@
 """Figures of the Data chapter: example cases with their labels, lesion extent, fold composition.
 
-Example:
-    >>> from sscild.book.plots.data import extent_distribution
-    >>> fig = extent_distribution(cases)   # doctest: +SKIP
+Usage::
+
+    from sscild.book.plots.data import extent_distribution
+    fig = extent_distribution(cases)
 """
 
 from __future__ import annotations

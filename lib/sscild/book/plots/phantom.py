@@ -75,8 +75,9 @@ def phantom_vs_real(phantom_hu, phantom_spacing, real_hu, real_spacing, *, real_
     Returns:
         matplotlib Figure.
 
-    Example:
-        >>> fig = phantom_vs_real(case.image, case.spacing, real, real_spacing, real_orientation="LPS")  # doctest: +SKIP
+    Usage::
+
+        fig = phantom_vs_real(case.image, case.spacing, real, real_spacing, real_orientation="LPS")
     """
     from sscild.data.lungmask import lung_mask_by_threshold, parenchyma_stats
 
@@ -124,9 +125,10 @@ def phantom_vs_real(phantom_hu, phantom_spacing, real_hu, real_spacing, *, real_
 def phantom_gallery(case, *, levels=(0.2, 0.45, 0.7), coronal: bool = True):
     """Axial slices (and one coronal) of a :class:`~sscild.synthetic.phantom.PhantomCase` with its labels.
 
-    Example:
-        >>> from sscild.synthetic.phantom import generate_case
-        >>> fig = phantom_gallery(generate_case(0, profile="smoke"))  # doctest: +SKIP
+    Usage::
+
+        from sscild.synthetic.phantom import generate_case
+        fig = phantom_gallery(generate_case(0, profile="smoke"))
     """
     img, lab = case.image, case.label
     sp = case.spacing

@@ -10,9 +10,10 @@ Every image panel is shown in radiological orientation (patient's right on the l
 anterior up, superior up): arrays are first reoriented to the closest canonical RAS orientation
 with nibabel (axis permutations and flips only), then drawn with :func:`sscild.book.plots.overlay`.
 
-Example:
-    >>> fig = metric_strip(df, "dice")        # doctest: +SKIP
-    >>> plots.save(fig, "seg_dice", run.figures)  # doctest: +SKIP
+Usage::
+
+    fig = metric_strip(df, "dice")
+    plots.save(fig, "seg_dice", run.figures)
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ SHELL := /bin/bash
 # ---- what to run --------------------------------------------------------------------------
 PROFILE   ?= cpu
 DATA_ROOT ?= data
-DATA      ?= $(DATA_ROOT)/synthetic-$(PROFILE)
+# the cohort folder; default (empty): the profile's built-in synthetic cohort, $(DATA_ROOT)/synthetic-<profile>
+DATA      ?=
 RESULTS   ?= results
 BOOK_OUT  ?= book
 LAUNCHER  ?= local
@@ -37,14 +38,14 @@ export SSCILD_LABEL_MAP := $(LABEL_MAP)
 endif
 
 # ---- the run: resolved by the library (lib/sscild/context.py), not restated here -------------
-# NUM_FOLDS (the profile's), RES (<results>/<cohort>/<profile>), COHORT, SSCILD_RESULTS, and how the
-# folds share this machine: FOLD_JOBS folds at once with FOLD_THREADS threads each (on a CPU one
+# DATA (default: the built-in synthetic cohort), NUM_FOLDS (the profile's), RES
+# (<results>/<cohort>/<profile>), COHORT, SSCILD_RESULTS, and how the folds share this machine: FOLD_JOBS folds at once with FOLD_THREADS threads each (on a CPU one
 # thread per fold, as many folds as cores; with a GPU one fold at a time). FOLD_JOBS=1 THREADS=2
 # trains one fold after the other on 2 threads; THREADS also sets the threads of every other step.
 ifeq ($(origin NUM_FOLDS),command line)
 $(error NUM_FOLDS is the profile's (lib/sscild/profiles.py): choose a PROFILE, or FOLDS="0 1" to train some folds)
 endif
-CTX_VARS := $(shell PYTHONPATH=lib $(PYTHON) -m sscild.context make --profile "$(PROFILE)" --data "$(DATA)" \
+CTX_VARS := $(shell SSCILD_DATA_ROOT=$(abspath $(DATA_ROOT)) PYTHONPATH=lib $(PYTHON) -m sscild.context make --profile "$(PROFILE)" --data "$(DATA)" \
   --results "$(RESULTS)" --jobs "$(FOLD_JOBS)" --threads "$(THREADS)" || echo CTX_FAILED)
 ifneq ($(filter CTX_FAILED,$(CTX_VARS)),)
 $(error the run could not be resolved (message above): check PROFILE, DATA and RESULTS)
@@ -109,7 +110,7 @@ $(STAMP): requirements.txt pyproject.toml
 	@touch $@
 
 # ---- data: the cohort (the synthetic one is generated), validation, cache, folds -------------
-ifeq ($(abspath $(DATA)),$(abspath $(DATA_ROOT)/synthetic-$(PROFILE)))
+ifeq ($(BUILTIN_COHORT),1)
 $(DATA)/dataset.json: | $(STAMP)
 	$(PY) -m sscild.cli phantom $(DATA) --profile $(PROFILE)
 else
@@ -123,7 +124,7 @@ data: $(NB)/01_data.ipynb
 
 $(NB)/01_data.ipynb: notebooks/01_data.py $(DATA)/dataset.json $(LIBDEPS_01_data) | $(STAMP)
 	$(PY) -m sscild.cli validate $(abspath $(DATA)) --exclude-bad --brief $(if $(filter 1 yes true,$(ALLOW_CLINICAL_GAPS)),--allow-clinical-gaps)
-	@PYTHONPATH=lib $(PYTHON) -m sscild.context write --profile "$(PROFILE)" --data "$(DATA)" \
+	@SSCILD_DATA_ROOT=$(abspath $(DATA_ROOT)) PYTHONPATH=lib $(PYTHON) -m sscild.context write --profile "$(PROFILE)" --data "$(DATA)" \
 	  --results "$(RESULTS)" --jobs "$(FOLD_JOBS)" --threads "$(THREADS)"
 	$(CHAPTER_RUN) --step data $< $@
 

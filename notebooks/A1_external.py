@@ -51,7 +51,7 @@ from sscild.external.slices import (CLASS_NAMES, HOW_TO_GET_DATA, default_train_
 from sscild.external.tables import (PUBLISHED, compare_to_published, describe_slices, recorded_gpu_run, results_table,
                                     semi_supervised_table)
 from sscild.book import plots
-from sscild.paths import read_json, repo_root
+from sscild.paths import results_root
 from sscild.book.plots.external import dice_distribution, example_slices, pick_examples
 from sscild.book.report import figure, glue, show
 
@@ -66,7 +66,7 @@ if unlabelled_dir is None:
 unlabelled_dir = None if str(unlabelled_dir).lower() in ("", "none") else Path(unlabelled_dir)
 semi = external_profile(prof).extra.get("semi", "off") == "self-training" and unlabelled_dir is not None
 if out_dir in (None, ""):
-    out_dir = Path(os.environ.get("SSCILD_RESULTS", repo_root() / "results")) / "external"
+    out_dir = results_root() / "external"
 out_dir = Path(out_dir)
 fig_dir = out_dir / "figures"
 available = train_dir is not None and (Path(train_dir) / "images").is_dir()

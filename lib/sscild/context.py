@@ -28,7 +28,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from sscild.paths import RunPaths, resolve_data_dir, write_json
+from sscild.paths import RunPaths, default_data_dir, resolve_data_dir, write_json
 from sscild.profiles import Profile, get_profile
 
 __all__ = ["RunContext", "resolve", "fold_parallelism", "count_cpus", "count_gpus", "main"]
@@ -50,11 +50,17 @@ class RunContext:
     def num_folds(self) -> int:
         return self.profile.num_folds
 
+    @property
+    def builtin_cohort(self) -> bool:
+        """True when the cohort is the profile's built-in synthetic one (make generates it)."""
+        return self.data_dir == default_data_dir(self.profile.name)
+
     def to_dict(self) -> dict:
         return {
             "profile": self.profile.name,
             "data_dir": str(self.data_dir),
             "cohort": self.run.cohort,
+            "builtin_cohort": self.builtin_cohort,
             "results": str(self.run.results),
             "run_dir": str(self.run.root),
             "num_folds": self.num_folds,
@@ -147,7 +153,8 @@ def _make_vars(ctx: RunContext) -> list[str]:
             raise ValueError(f"make cannot handle a folder name with spaces: {s!r}; move or link it to a path without")
         return s
 
-    return [f"NUM_FOLDS={ctx.num_folds}", f"RES={q(ctx.run.root)}", f"COHORT={q(ctx.run.cohort)}",
+    return [f"DATA={q(ctx.data_dir)}", f"BUILTIN_COHORT={int(ctx.builtin_cohort)}",
+            f"NUM_FOLDS={ctx.num_folds}", f"RES={q(ctx.run.root)}", f"COHORT={q(ctx.run.cohort)}",
             f"FOLD_JOBS={ctx.fold_jobs}", f"FOLD_THREADS={ctx.fold_threads}",
             f"SSCILD_RESULTS={q(ctx.run.results)}"]
 

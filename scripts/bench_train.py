@@ -186,7 +186,7 @@ def main(argv=None) -> int:
 
     from sscild.paths import atomic_path, unroot
     from sscild.profiles import get_profile
-    from sscild.book.provenance import cpu_name
+    from sscild.machine import cpu_name
     from sscild.model.train import describe_device, select_device, set_threads
 
     p = get_profile(args.profile)

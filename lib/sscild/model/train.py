@@ -41,7 +41,7 @@ from sscild.model.network import NUM_CLASSES, build_network, count_parameters, n
 from sscild.paths import RunPaths, atomic_path, read_json, write_json
 from sscild.data.preprocess import load_cached
 from sscild.progress import Heartbeat
-from sscild.book.provenance import cpu_name
+from sscild.machine import cpu_name
 from sscild.profiles import Profile, get_profile
 
 __all__ = ["IGNORE_LABEL", "train_fold", "train_model", "unlabelled_scans", "pseudo_label_volumes", "fold_is_done",

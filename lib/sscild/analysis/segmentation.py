@@ -344,7 +344,7 @@ def summary_dict(df: pd.DataFrame, cohort_name: str, synthetic: bool, profile: s
     ``baseline`` (method, band, Dice, agreement); ``policies`` (NSD tolerance and regions, empty
     reference, CI, ICC form, TTA, post-processing). NaN is written as ``null``.
     """
-    from sscild.model.predict import POSTPROCESS_RULE
+    from sscild.model.inference import POSTPROCESS_RULE
 
     if df.empty:
         raise ValueError("no scored cases: the per-case table is empty (no labelled held-out case with a prediction).")
@@ -684,7 +684,7 @@ def error_location(ref: np.ndarray, pred: np.ndarray, affine: np.ndarray) -> dic
         >>> loc["false_positive"]["lower"], loc["false_positive"]["medial"]
         (100.0, 100.0)
     """
-    from sscild.book.plots.segmentation import to_canonical
+    from sscild.clinic.figures import to_canonical
 
     r, _ = to_canonical(np.asarray(ref), affine)
     q, _ = to_canonical(np.asarray(pred), affine)

@@ -795,7 +795,7 @@ def predict_slices(net: torch.nn.Module, slices: Mapping[str, SliceImage], profi
     k x 90 degrees, then optional flip), each softmax is turned back, the mean is resized to the
     slice's size, then argmax. With ``return_probs`` the (C, nx, ny) mean probabilities are returned.
     """
-    from sscild.model.train import select_device
+    from sscild.model.device import select_device
 
     ex = _check_extra(profile)
     device = select_device(device)
@@ -833,7 +833,8 @@ def pseudo_label_cases(net: torch.nn.Module, unlabelled: Mapping[str, SliceImage
         (id -> case of shape (grid, grid, 1), stats: slices, share of pixels kept, share of kept
         pixels per class).
     """
-    from sscild.model.train import IGNORE_LABEL, select_device
+    from sscild.model.device import select_device
+    from sscild.model.train import IGNORE_LABEL
 
     ex = _check_extra(profile)
     device = select_device(device)
@@ -1138,10 +1139,10 @@ def compare_to_published(result: Mapping, *, published: pd.DataFrame = PUBLISHED
 
 
 def _profile_key(p: Profile) -> dict:
-    """The settings a trained model depends on: the training recipe of :mod:`sscild.model.train` and the
-    image-folder settings (test-time augmentation is not one of them; the semi-supervised settings
+    """The settings a trained model depends on: the training recipe (:func:`sscild.model.checkpoint.training_recipe`)
+    and the image-folder settings (test-time augmentation is not one of them; the semi-supervised settings
     only when the mode is on, so a supervised model and a self-training teacher share their key)."""
-    from sscild.model.train import training_recipe
+    from sscild.model.checkpoint import training_recipe
 
     key = training_recipe(p)
     key["extra"] = {k: v for k, v in sorted((p.extra or {}).items())
@@ -1172,7 +1173,7 @@ def _train_semi(train: Mapping[str, SliceImage], unlabelled: Mapping[str, SliceI
     its fold's teacher, pseudo-labels or student.
 
     Returns (student, teacher, summary, whether the student was reused)."""
-    from sscild.model.predict import load_fold_model
+    from sscild.model.loading import load_fold_model
     from sscild.model.train import train_model
 
     out = Path(out)
@@ -1225,7 +1226,7 @@ def _train_or_load(train: Mapping[str, SliceImage], p: Profile, out: Path, *, ke
     """Train on ``train`` into ``out`` (or reuse a finished model trained on the same slices and recipe).
 
     Returns (network in eval mode, training summary, whether it was reused rather than trained now)."""
-    from sscild.model.predict import load_fold_model
+    from sscild.model.loading import load_fold_model
     from sscild.model.train import train_model
 
     out = Path(out)
@@ -1267,7 +1268,7 @@ def cross_validate(slices: Mapping[str, SliceImage], out_dir: str | Path, profil
     Returns:
         (per-slice scores with a ``fold`` column, info dict: splits, seconds per fold, total seconds).
     """
-    from sscild.model.train import set_threads
+    from sscild.model.device import set_threads
 
     p = external_profile(profile)
     out_dir = Path(out_dir)
@@ -1363,7 +1364,7 @@ def train_and_test(train: Mapping[str, SliceImage], test: Mapping[str, SliceImag
     image to a training or test image (leakage). Writes ``out_dir/model/``, ``predictions/<id>.png``
     and ``scores.csv``.
     """
-    from sscild.model.train import set_threads
+    from sscild.model.device import set_threads
 
     p = external_profile(profile)
     out_dir = Path(out_dir)
@@ -1385,7 +1386,7 @@ def train_and_test(train: Mapping[str, SliceImage], test: Mapping[str, SliceImag
                                            desc="all slices")
     ti = time.perf_counter()
     if ensemble_with:
-        from sscild.model.predict import load_fold_model
+        from sscild.model.loading import load_fold_model
 
         net = _MeanProb([net] + [load_fold_model(Path(f))[0] for f in ensemble_with]).eval()
     preds = predict_slices(net, test, p)
@@ -1460,7 +1461,7 @@ def run_external(train_dir: str | Path, out_dir: str | Path, *, test_dir: str | 
     Example:
         >>> s = run_external("covid-semiseg/train", "results/external", profile="smoke")  # doctest: +SKIP
     """
-    from sscild.model.train import set_threads
+    from sscild.model.device import set_threads
 
     p = external_profile(profile)
     out_dir = Path(out_dir)

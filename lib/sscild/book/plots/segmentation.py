@@ -1,14 +1,15 @@
-"""Figures of the Segmentation results chapter and of ``sscild segment``.
+"""Figures of the Segmentation results chapter.
 
 * :func:`metric_strip`: Dice or surface Dice per region over cases (seaborn box + strip).
 * :func:`case_montage`: best / median / worst case, reference beside prediction, axial and coronal.
 * :func:`bland_altman_grid`: Bland–Altman plots of predicted vs reference extent per region.
 * :func:`baseline_comparison`: network against the HU density-mask baseline, case by case.
-* :func:`scan_montage`: the overlay PNG of ``sscild segment``.
 
 Every image panel is shown in radiological orientation (patient's right on the left of the image,
 anterior up, superior up): arrays are first reoriented to the closest canonical RAS orientation
-with nibabel (axis permutations and flips only), then drawn with :func:`sscild.book.plots.overlay`.
+with nibabel (axis permutations and flips only, :func:`sscild.clinic.figures.to_canonical`), then
+drawn with :func:`sscild.clinic.figures.overlay`. The overlay PNG of ``sscild segment`` is
+:func:`sscild.clinic.figures.scan_montage`.
 
 Example:
     >>> fig = metric_strip(df, "dice")        # doctest: +SKIP
@@ -23,43 +24,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
-from matplotlib.patches import Patch
-from nibabel import orientations as nio
 
-from sscild.book.plots import LABEL_COLORS, overlay
+from sscild.clinic.figures import LABEL_COLORS, label_legend, overlay, to_canonical
 
-__all__ = ["to_canonical", "metric_strip", "case_montage", "bland_altman_grid", "baseline_comparison",
-           "scan_montage", "label_legend", "attenuation_histograms"]
+__all__ = ["metric_strip", "case_montage", "bland_altman_grid", "baseline_comparison", "attenuation_histograms"]
 
 _REGION_ORDER = ("normal", "ef", "ggo", "lesion", "lung")
 _REGION_LABEL = {"normal": "normal", "ef": "EF", "ggo": "GGO", "lesion": "lesion\n(EF ∪ GGO)", "lung": "lung"}
 _METHOD_COLOR = {"network": "#3b6ea5", "HU baseline": "#b07aa1"}
-
-
-def to_canonical(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """Reorient an (x, y, z) array to the closest canonical RAS orientation (no interpolation).
-
-    Returns:
-        ``(array view, spacing of the canonical axes in mm)``.
-
-    Example:
-        >>> a, sp = to_canonical(np.zeros((2, 3, 4)), np.diag([-1.0, 2.0, 3.0, 1.0]))
-        >>> a.shape, sp
-        ((2, 3, 4), (1.0, 2.0, 3.0))
-    """
-    affine = np.asarray(affine, dtype=float)
-    ornt = nio.io_orientation(affine)
-    can = nio.apply_orientation(np.asarray(array), ornt)
-    can_aff = affine @ nio.inv_ornt_aff(ornt, np.asarray(array).shape)
-    spacing = tuple(float(s) for s in np.sqrt((can_aff[:3, :3] ** 2).sum(axis=0)))
-    return can, spacing
-
-
-def label_legend(fig, *, loc: str = "lower center", ncol: int = 3) -> None:
-    """Add the normal / EF / GGO colour legend to a figure."""
-    names = {1: "normal lung", 2: "EF", 3: "GGO"}
-    handles = [Patch(color=LABEL_COLORS[k], label=names[k]) for k in (1, 2, 3)]
-    fig.legend(handles=handles, loc=loc, ncol=ncol, frameon=False, fontsize=9)
 
 
 def metric_strip(df: pd.DataFrame, kind: str = "dice", *, regions=_REGION_ORDER, paper: dict | None = None,
@@ -242,36 +214,6 @@ def baseline_comparison(df: pd.DataFrame):
            title="Lesion extent against the reference")
     a2.legend(frameon=False, fontsize=8, loc="upper left")
     fig.tight_layout()
-    return fig
-
-
-def scan_montage(image: np.ndarray, label: np.ndarray, affine: np.ndarray, *, n_axial: int = 4,
-                 title: str | None = None):
-    """Overlay montage of a segmented scan: ``n_axial`` axial slices through the lung and one coronal.
-
-    The image and the label are reoriented to canonical RAS first (:func:`to_canonical`), so the
-    panels are in radiological orientation whatever the file's voxel order.
-    """
-    img, sp = to_canonical(image, affine)
-    lab, _ = to_canonical(label, affine)
-    lung_z = np.flatnonzero((lab > 0).any(axis=(0, 1)))
-    if lung_z.size:
-        zs = np.linspace(lung_z[0], lung_z[-1], n_axial + 2).round().astype(int)[1:-1]
-        ymid = int(np.median(np.nonzero((lab > 0).any(axis=2))[1]))
-    else:
-        zs = np.linspace(0, img.shape[2] - 1, n_axial + 2).round().astype(int)[1:-1]
-        ymid = img.shape[1] // 2
-    fig, axes = plt.subplots(1, n_axial + 1, figsize=(3.1 * (n_axial + 1), 3.6))
-    for ax, z in zip(axes, zs):
-        overlay(ax, np.asarray(img[:, :, z]), np.asarray(lab[:, :, z]), title=f"axial, slice {z}",
-                aspect=sp[1] / sp[0])
-    overlay(axes[-1], np.asarray(img[:, ymid, :]), np.asarray(lab[:, ymid, :]), title="coronal",
-            aspect=sp[2] / sp[0])
-    axes[0].text(0.02, 0.02, "R", color="white", transform=axes[0].transAxes, fontsize=9)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    label_legend(fig)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
     return fig
 
 

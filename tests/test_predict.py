@@ -15,7 +15,7 @@ from sscild.model.inference import keep_largest_lung_components, predict_preproc
 from sscild.model.loading import fuse_batchnorm
 from sscild.data.cohort import load_cohort, read_case
 from sscild.data.folds import fold_of, make_splits, read_splits, write_splits
-from sscild.evaluation.metrics import dice
+from sscild.evaluation.overlap import dice
 from sscild.paths import RunPaths
 from sscild.data.preprocess import build_cache
 from sscild.profiles import get_profile

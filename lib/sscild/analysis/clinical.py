@@ -34,7 +34,8 @@ import pandas as pd
 from sscild.data.cohort import CLINICAL_COLUMNS
 from sscild.paper import EXTENT_THRESHOLD_PCT, PAPER
 from sscild.paths import RunPaths, atomic_path, write_json
-from sscild.evaluation.stats import correlation_grid, extent_stage, holm, rho_difference, staging_agreement
+from sscild.evaluation.staging import extent_stage, staging_agreement
+from sscild.evaluation.stats import correlation_grid, holm, rho_difference
 
 __all__ = [
     "OUTCOMES",
@@ -555,7 +556,7 @@ def staging(
 ) -> dict:
     """Extent stage (limited <= ``threshold`` % of lung, extensive above) predicted vs reference.
 
-    Returns :func:`sscild.evaluation.stats.staging_agreement`'s dictionary plus ``threshold`` and ``stages``,
+    Returns :func:`sscild.evaluation.staging.staging_agreement`'s dictionary plus ``threshold`` and ``stages``,
     a per-case DataFrame (``pct_ref_lesion, pct_pred_lesion, stage_ref, stage_pred``), and
     ``display``: the confusion table with totals and readable headers.
     """

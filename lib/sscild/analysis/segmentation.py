@@ -52,10 +52,9 @@ from sscild.evaluation.baseline import HAA_RANGE_HU, band_histograms, density_ma
 from sscild.data.cohort import Cohort, read_case
 from sscild.data.folds import fold_of, read_splits
 from sscild.data.io import load_header, load_volume
-from sscild.evaluation.metrics import (CI_METHOD, DEFAULT_TOLERANCE_FACTOR, ICC_FORM, bland_altman, case_metrics,
-                      confusion_counts, icc, summarize)
+from sscild.evaluation.agreement import ICC_FORM, bland_altman, bland_altman_regression, icc, paired_difference
+from sscild.evaluation.metrics import CI_METHOD, DEFAULT_TOLERANCE_FACTOR, case_metrics, confusion_counts, summarize
 from sscild.paths import RunPaths, atomic_path, read_json
-from sscild.evaluation.stats import bland_altman_regression, paired_difference
 
 __all__ = [
     "NETWORK_REGIONS",
@@ -294,7 +293,7 @@ def agreement(df: pd.DataFrame, *, unit: str = "pct", n_boot: int = 2000, seed: 
     """ICC(2,1) and Bland–Altman of predicted vs reference extent, network and baseline.
 
     Bland–Altman is given both ways: fixed limits (bias ± 1.96 SD, with approximate CIs) and
-    regression-based limits (:func:`sscild.evaluation.stats.bland_altman_regression`: the bias and the limits
+    regression-based limits (:func:`sscild.evaluation.agreement.bland_altman_regression`: the bias and the limits
     as lines in the size of the measurement, with the proportional-bias slope and bootstrap CIs),
     since a segmentation's error usually grows with the lesion.
 
@@ -305,7 +304,7 @@ def agreement(df: pd.DataFrame, *, unit: str = "pct", n_boot: int = 2000, seed: 
 
     Returns:
         ``{"unit": ..., "network": {region: {"icc": {...}, "bland_altman": {...}}}, "baseline": {"lesion": ...}}``
-        with :func:`~sscild.evaluation.metrics.icc` and :func:`~sscild.evaluation.metrics.bland_altman` dicts (NaN -> None).
+        with :func:`~sscild.evaluation.agreement.icc` and :func:`~sscild.evaluation.agreement.bland_altman` dicts (NaN -> None).
     """
     if unit not in ("pct", "ml"):
         raise ValueError(f"unit must be 'pct' (percent of lung) or 'ml', got {unit!r}")
@@ -487,7 +486,7 @@ def regression_limits_table(summary: dict) -> pd.DataFrame:
 
 def baseline_table(df: pd.DataFrame, summary: dict, *, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
     """Network vs HU baseline per region: Dice (mean [95% CI], median [IQR]), the paired difference
-    network − baseline per patient with its bootstrap CI (:func:`sscild.evaluation.stats.paired_difference`), and
+    network − baseline per patient with its bootstrap CI (:func:`sscild.evaluation.agreement.paired_difference`), and
     the ICC and Bland–Altman bias of the % of lung."""
     m = summary["metrics"]
     rows = []
@@ -537,7 +536,7 @@ def paper_table(summary: dict | None = None, folder: str | None = None) -> pd.Da
 
 
 def paired_baseline_difference(df: pd.DataFrame, *, n_boot: int = 2000, seed: int = 0) -> dict:
-    """Network − baseline Dice per region (:func:`sscild.evaluation.stats.paired_difference`), for the glue."""
+    """Network − baseline Dice per region (:func:`sscild.evaluation.agreement.paired_difference`), for the glue."""
     out = {}
     for region in ("lesion", "ef", "ggo"):
         net, base = f"dice_{region}", f"baseline_dice_{region}"

@@ -2,7 +2,7 @@
 
 The default cohort of the study is synthetic. This module runs the *same* library code -- the
 network factory (:func:`sscild.model.network.build_network`), the training loop
-(:func:`sscild.model.train.train_model`) and the MONAI-based Dice (:func:`sscild.evaluation.metrics.dice`) -- on real
+(:func:`sscild.model.train.train_model`) and the MONAI-based Dice (:func:`sscild.evaluation.overlap.dice`) -- on real
 CT slices with expert labels, and scores the result against published numbers. It was written for
 the COVID-SemiSeg benchmark (Fan et al., 2020): axial slices already windowed to 8 bits, labelled
 0 background, 1 ground-glass opacity (GGO), 2 consolidation.
@@ -72,7 +72,7 @@ import torch
 
 from sscild.errors import InputError
 from sscild.data.folds import make_splits
-from sscild.evaluation.metrics import dice
+from sscild.evaluation.overlap import dice
 from sscild.paths import atomic_path, read_json, write_json
 from sscild.profiles import Profile, get_profile
 

@@ -137,7 +137,7 @@ def bland_altman_grid(df: pd.DataFrame, summary: dict, *, regions=("lesion", "ef
 
     One panel per region (network); with ``baseline`` a last panel shows the HU baseline's total
     lesion. Grey lines: fixed bias (solid) and 95 % limits of agreement (dashed); vermillion lines:
-    the regression-based bias and limits (:func:`sscild.evaluation.stats.bland_altman_regression`), which follow
+    the regression-based bias and limits (:func:`sscild.evaluation.agreement.bland_altman_regression`), which follow
     the extent when the bias is proportional. Values from ``summary``.
     """
     panels = [("network", r, f"pct_pred_{r}", f"pct_ref_{r}") for r in regions if f"pct_pred_{r}" in df.columns]

@@ -667,7 +667,7 @@ def overlap_coefficient(a, b) -> float:
 def error_location(ref: np.ndarray, pred: np.ndarray, affine: np.ndarray) -> dict:
     """Where a patient's lesion errors lie: craniocaudal zone and medial or lateral.
 
-    The maps are reoriented to RAS (:func:`sscild.book.plots.segmentation.to_canonical`). The reference
+    The maps are reoriented to RAS (:func:`sscild.clinic.figures.to_canonical`). The reference
     lung's extent along z is cut into upper, middle and lower thirds; across, a voxel is *medial*
     when it lies in the inner third between the lungs' midline and their lateral edge (where the
     heart, the mediastinum and the hila are), else *lateral*.

@@ -17,7 +17,8 @@ The recipe (what the Model & training chapter tabulates):
   gives identical weights on CPU, and a run resumed from a checkpoint continues exactly as an
   uninterrupted one would (:mod:`sscild.model.checkpoint`).
 * **Self-training** (when the cohort has unlabelled scans and the profile asks for it): a supervised
-  teacher pseudo-labels the unlabelled scans and the fold's model is a student trained on both.
+  teacher pseudo-labels the unlabelled scans and the fold's model is a student trained on both
+  (:mod:`sscild.model.selftrain`).
 
 Outputs in ``results/<cohort>/<profile>/fold_<k>/``: ``checkpoint_latest.pt`` (every
 ``profile.checkpoint_every`` steps), ``history.csv`` (per logged step), ``epochs.csv`` (per epoch of
@@ -31,15 +32,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
-from monai.losses import DiceCELoss, DiceLoss
+from monai.losses import DiceCELoss
 
-from sscild.data.cohort import UNLABELLED_DIR, load_cohort
 from sscild.data.folds import read_splits
-from sscild.data.io import load_volume
-from sscild.data.preprocess import load_cached, preprocess_volume
+from sscild.data.preprocess import load_cached
 from sscild.model.augment import augment_for_profile
 from sscild.model.checkpoint import (final_model_state, recipe_diff, resume_training, save_checkpoint,
                                      training_recipe)
@@ -48,33 +46,12 @@ from sscild.model.device import (configure_backend, describe_device, loader_work
 from sscild.model.loading import load_fold_model
 from sscild.model.network import NUM_CLASSES, build_network, count_parameters
 from sscild.model.sampling import PatchSampler, StepBatches
+from sscild.model.selftrain import IGNORE_LABEL, MaskedDiceCE, pseudo_label_volumes, semi_record, unlabelled_scans
 from sscild.paths import RunPaths, atomic_path, read_json, write_json
 from sscild.profiles import Profile, get_profile
 from sscild.progress import Heartbeat
 
-__all__ = ["IGNORE_LABEL", "train_fold", "train_model", "unlabelled_scans", "pseudo_label_volumes", "fold_is_done",
-           "load_training_cases"]
-
-
-IGNORE_LABEL = 255
-"""Label value of pixels the loss ignores (pseudo-labels below the confidence threshold)."""
-
-
-class _MaskedDiceCE(torch.nn.Module):
-    """Dice + cross-entropy like ``monai.losses.DiceCELoss``, ignoring pixels labelled
-    :data:`IGNORE_LABEL` in both terms (MONAI ``DiceLoss(ignore_index=...)`` and a masked mean of
-    the cross-entropy). Used when pseudo-labelled cases enter training."""
-
-    def __init__(self, *, batch: bool):
-        super().__init__()
-        self.dice = DiceLoss(to_onehot_y=True, softmax=True, include_background=False, batch=batch,
-                             ignore_index=IGNORE_LABEL)
-
-    def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        valid = y[:, 0] != IGNORE_LABEL
-        ce = torch.nn.functional.cross_entropy(logits, torch.where(valid, y[:, 0], 0), reduction="none")
-        ce = (ce * valid).sum() / valid.sum().clamp_min(1)
-        return self.dice(logits, y) + ce
+__all__ = ["train_fold", "train_model", "fold_is_done", "load_training_cases"]
 
 
 def _lr_lambda(iterations: int, warmup: int):
@@ -129,7 +106,7 @@ def train_fold(run: RunPaths, profile: str | Profile, fold: int, *, device=None,
                 f"the splits changed). Delete {out} (or run `make clean`) to retrain it.")
         diff = recipe_diff(summary.get("recipe", {}), training_recipe(p, iterations))
         scans = unlabelled_scans(run) if p.semi_supervised == "auto" else {}
-        want = _semi_record(p, scans, iterations) if scans else None
+        want = semi_record(p, scans, iterations) if scans else None
         if summary.get("semi") != want:
             diff.append(f"semi-supervised: {summary.get('semi')!r} -> {want!r}")
         if diff:
@@ -155,63 +132,6 @@ def train_fold(run: RunPaths, profile: str | Profile, fold: int, *, device=None,
     return summary
 
 
-def unlabelled_scans(run: RunPaths) -> dict[str, Path]:
-    """The run's cohort's unlabelled scans (``unlabelledTr/``) that validation found no error in.
-
-    Read from ``validation.json`` (the Data chapter writes it, with the cohort folder and every
-    problem); ``{}`` when it is absent or the cohort has no unlabelled scans.
-    """
-    if not run.validation.exists():
-        return {}
-    rec = read_json(run.validation)
-    root = Path(rec.get("root", ""))
-    if not (root / "unlabelledTr").is_dir():
-        return {}
-    bad = {str(q["case_id"]).split("/", 1)[1] for q in rec.get("problems", [])
-           if q.get("severity") == "error" and str(q.get("case_id") or "").startswith(UNLABELLED_DIR + "/")}
-    found = load_cohort(root, label_map=rec.get("label_map")).unlabelled
-    return {u: f for u, f in found.items() if u not in bad}
-
-
-class _Pseudo:
-    __slots__ = ("image", "label")
-
-    def __init__(self, image: np.ndarray, label: np.ndarray):
-        self.image, self.label = image, label
-
-
-@torch.no_grad()
-def pseudo_label_volumes(net: torch.nn.Module, scans: dict[str, Path], profile: Profile, *,
-                         device=None) -> tuple[dict, dict]:
-    """Preprocess unlabelled scans and label them with a teacher, slice by slice (left-right flip
-    averaged); voxels whose highest class probability is below ``profile.pseudo_confidence`` get
-    :data:`IGNORE_LABEL`. Returns (id -> case with ``image``/``label`` (x, y, z), stats)."""
-    p = get_profile(profile)
-    device = select_device(device)
-    net.eval()
-    out, kept, total = {}, 0, 0
-    for uid, path in sorted(scans.items()):
-        pre = preprocess_volume(load_volume(path), None, profile=p, case_id=uid)
-        img = np.asarray(pre.image, np.float32)
-        lab = np.zeros(img.shape, np.uint8)
-        for z0 in range(0, img.shape[2], 16):
-            x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(img[:, :, z0:z0 + 16], 2, 0)))[:, None].to(device)
-            prob = torch.softmax(net(x).float(), 1) + torch.flip(torch.softmax(net(torch.flip(x, (2,))).float(), 1), (2,))
-            conf, arg = (prob / 2).max(1)
-            arg = torch.where(conf >= p.pseudo_confidence, arg, torch.full_like(arg, IGNORE_LABEL))
-            lab[:, :, z0:z0 + 16] = np.moveaxis(arg.to(torch.uint8).cpu().numpy(), 0, 2)
-            kept += int((conf >= p.pseudo_confidence).sum())
-            total += conf.numel()
-        out[f"unlabelled/{uid}"] = _Pseudo(img, lab)
-    return out, {"scans": len(out), "kept_share": round(kept / max(total, 1), 4)}
-
-
-def _semi_record(p: Profile, scans: dict[str, Path], iterations: int | None) -> dict:
-    return {"mode": "self-training", "unlabelled": sorted(scans), "pseudo_confidence": p.pseudo_confidence,
-            "pseudo_share": p.pseudo_share, "student_iterations": int(p.student_iterations
-                                                                      or max(1, int(iterations or p.iterations) // 2))}
-
-
 def _train_fold_semi(run: RunPaths, p: Profile, fold: int, cases: dict, scans: dict[str, Path], test_ids: set, *,
                      device, progress, stop_after, iterations) -> dict:
     """Self-training of one fold: the supervised teacher (``fold_<k>/teacher``, this fold's training
@@ -232,7 +152,7 @@ def _train_fold_semi(run: RunPaths, p: Profile, fold: int, cases: dict, scans: d
         raise ValueError(f"{tdir} was trained on other patients or settings than fold {fold} now has. "
                          f"Delete {out} (or run `make clean`) to retrain it.")
     teacher, _ = load_fold_model(tdir / "model_final.pt", device=device)
-    semi = _semi_record(p, scans, iterations)
+    semi = semi_record(p, scans, iterations)
     pseudo, stats = pseudo_label_volumes(teacher, scans, p, device=device)
     init = torch.load(tdir / "model_final.pt", map_location="cpu", weights_only=False)["model"]
     result = train_model(cases, p, out, key=fold, device=device, progress=progress, stop_after=stop_after,
@@ -289,7 +209,7 @@ def _setup_fit(p: Profile, *, seed: int, total: int, device: torch.device, numer
     if numerics["channels_last"]:
         net = net.to(memory_format=torch.channels_last)
     if masked:
-        loss_fn = _MaskedDiceCE(batch=bool(p.batch_dice))
+        loss_fn = MaskedDiceCE(batch=bool(p.batch_dice))
     else:
         loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=bool(p.batch_dice))
     opt = torch.optim.AdamW(net.parameters(), lr=p.learning_rate, weight_decay=p.weight_decay)
@@ -446,9 +366,9 @@ def train_model(cases: dict, profile: str | Profile, out: Path, *, key: int = 0,
     or ``{"steps": n, "interrupted": True}`` when ``stop_after`` stopped it.
 
     **Semi-supervised (self-training) student.** ``pseudo_cases`` (same form as ``cases``) hold
-    pseudo-labels made by a teacher from unlabelled images, with :data:`IGNORE_LABEL` where the
-    teacher was not confident; ``round(pseudo_share * batch_size)`` patches of every batch (at least
-    one, at most all but one) come from them, and the loss ignores the masked pixels.
+    pseudo-labels made by a teacher from unlabelled images, with :data:`~sscild.model.selftrain.IGNORE_LABEL`
+    where the teacher was not confident; ``round(pseudo_share * batch_size)`` patches of every batch (at
+    least one, at most all but one) come from them, and the loss ignores the masked pixels.
     ``init_state`` (a network ``state_dict``, e.g. the teacher's) starts the weights from it instead
     of a random initialisation. With neither, training is exactly the supervised loop.
     """

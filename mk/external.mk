@@ -18,7 +18,8 @@ EXT_NB   := $(EXT_RES)/A1_external.ipynb
 EXT_MARK := $(EXT_RES)/.params
 EXT_STAMP := $(EXT_RES)/.executed
 EXT_PARAMS := profile=$(EXTERNAL_PROFILE) train=$(abspath $(EXTERNAL_TRAIN)) test=$(if $(EXTERNAL_TEST),$(abspath $(EXTERNAL_TEST))) unlabelled=$(if $(EXTERNAL_UNLABELLED),$(abspath $(EXTERNAL_UNLABELLED)))
-EXT_LIB  := lib/sscild/external/benchmark.py lib/sscild/book/plots/external.py lib/sscild/model/train.py lib/sscild/model/augment.py lib/sscild/model/network.py lib/sscild/evaluation/metrics.py benchmarks/external_semi_screen.csv
+EXT_LIB  := lib/sscild/external/benchmark.py lib/sscild/book/plots/external.py lib/sscild/model/train.py lib/sscild/model/augment.py lib/sscild/model/network.py lib/sscild/evaluation/metrics.py benchmarks/external_semi_screen.csv \
+            $(addprefix lib/sscild/model/,device.py sampling.py checkpoint.py selftrain.py loading.py) lib/sscild/evaluation/overlap.py
 
 .PHONY: external
 # The book follows the run: once the appendix is executed, a book that is already built is rebuilt

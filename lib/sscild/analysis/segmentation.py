@@ -304,7 +304,8 @@ def agreement(df: pd.DataFrame, *, unit: str = "pct", n_boot: int = 2000, seed: 
 
     Returns:
         ``{"unit": ..., "network": {region: {"icc": {...}, "bland_altman": {...}}}, "baseline": {"lesion": ...}}``
-        with :func:`~sscild.evaluation.agreement.icc` and :func:`~sscild.evaluation.agreement.bland_altman` dicts (NaN -> None).
+        with :func:`~sscild.evaluation.agreement.icc` and :func:`~sscild.evaluation.agreement.bland_altman` dicts
+        (NaN -> None).
     """
     if unit not in ("pct", "ml"):
         raise ValueError(f"unit must be 'pct' (percent of lung) or 'ml', got {unit!r}")

@@ -97,7 +97,7 @@ REFERENCES = {
     "clinical measurement. Lancet. 1986;1(8476):307-310.",
     "bca": "Efron B. Better bootstrap confidence intervals. J Am Stat Assoc. 1987;82(397):171-185.",
 }
-"""Short citations for the methods of the evaluation (here, in overlap and in agreement), for the book to print."""
+"""Short citations for the methods here, in ``overlap`` and in ``agreement``, for the book to print."""
 
 
 # --------------------------------------------------------------------------------------------

@@ -51,7 +51,8 @@ from sscild.book.chapters import segmentation as ch
 from sscild.data.cohort import load_cohort
 from sscild.paths import resolve_data_dir, write_json
 from sscild.book.plots import segmentation as segplots
-from sscild.model.predict import POSTPROCESS_RULE, predict_oof
+from sscild.model.inference import POSTPROCESS_RULE
+from sscild.model.predict import predict_oof
 from sscild.book.report import banner, chapter_context, figure, rel, show
 
 data_dir = resolve_data_dir(data_dir, profile)

@@ -178,7 +178,7 @@ def run_segment(scan: Path, out: Path, models: Path, tta: bool) -> dict:
 def machine() -> dict:
     import torch
 
-    from sscild.book.provenance import cpu_name
+    from sscild.machine import cpu_name
 
     return {"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
             "load_average": [round(v, 2) for v in os.getloadavg()]}

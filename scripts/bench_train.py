@@ -66,7 +66,7 @@ def _net_and_opt(p, device):
     from monai.losses import DiceCELoss
 
     from sscild.model.network import NUM_CLASSES, build_network
-    from sscild.model.train import network_numerics
+    from sscild.model.device import network_numerics
 
     torch.manual_seed(0)
     net = build_network(p, out_channels=NUM_CLASSES).to(device)
@@ -105,7 +105,7 @@ def pure_step(p, device, steps: int, warmup: int = 10) -> float:
 def phases(p, cases, device, steps: int, warmup: int = 5) -> dict:
     """Mean seconds per phase of a step, each phase timed on its own."""
     from sscild.model.augment import augment_for_profile
-    from sscild.model.train import PatchSampler
+    from sscild.model.sampling import PatchSampler
 
     sampler = PatchSampler(cases, patch_size=p.patch_size[:2], lesion_oversample=p.lesion_oversample)
     aug = augment_for_profile(p)
@@ -186,8 +186,8 @@ def main(argv=None) -> int:
 
     from sscild.paths import atomic_path, unroot
     from sscild.profiles import get_profile
-    from sscild.book.provenance import cpu_name
-    from sscild.model.train import describe_device, select_device, set_threads
+    from sscild.machine import cpu_name
+    from sscild.model.device import describe_device, select_device, set_threads
 
     p = get_profile(args.profile)
     device = select_device()

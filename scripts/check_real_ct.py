@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from sscild.paths import atomic_path, unroot
-    from sscild.book.provenance import cpu_name
+    from sscild.machine import cpu_name
     from sscild.analysis.realcheck import list_volumes, real_lung_check
 
     scans = list_volumes(args.scans)

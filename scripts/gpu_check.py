@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     from sscild.data.folds import make_splits, write_splits
     from sscild.paths import RunPaths
     from sscild.synthetic.writer import generate_cohort
-    from sscild.model.predict import segment_scan
+    from sscild.clinic.segment import segment_scan
     from sscild.data.cache import build_cache
     from sscild.profiles import get_profile
     from sscild.model.train import train_fold

@@ -127,7 +127,7 @@ def _case(seed, ef_range=(-450, -250), ggo_range=(-600, -430), normal_range=(-95
 
 def test_split_dice_from_histograms_equals_density_mask():
     from sscild.evaluation.baseline import band_histograms, split_dice
-    from sscild.evaluation.metrics import dice
+    from sscild.evaluation.overlap import dice
 
     hu, lab = _case(0)
     h = band_histograms(hu, lab)

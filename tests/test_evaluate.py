@@ -19,7 +19,7 @@ from sscild.analysis import segmentation_summary as evsum
 from sscild.book.chapters import segmentation as ch
 from sscild.data.cohort import load_cohort
 from sscild.data.folds import make_splits, write_splits
-from sscild.evaluation.metrics import bland_altman, icc
+from sscild.evaluation.agreement import bland_altman, icc
 from sscild.paths import RunPaths
 
 SPACING = (1.5, 1.5, 4.0)
@@ -156,8 +156,8 @@ def test_tables(scored):
     paper = ch.paper_table()
     assert list(paper.columns) == ["published mean Dice", "patients", "validation"]   # no column of this run
     assert len(ch.baseline_table(raw, s)) == 9  # lesion, EF, GGO x (network, baseline, paired difference)
-    # the paired difference carries its bootstrap interval (stats.paired_difference, tested there)
-    from sscild.evaluation.stats import paired_difference
+    # the paired difference carries its bootstrap interval (agreement.paired_difference, tested in test_stats)
+    from sscild.evaluation.agreement import paired_difference
 
     d = paired_difference(raw["dice_lesion"], raw["baseline_dice_lesion"], n_resamples=2000, seed=0)
     row = ch.baseline_table(raw, s).loc[("total lesion (EF ∪ GGO)", "network − baseline (paired)")]

@@ -476,13 +476,13 @@ def test_self_training_run_reports_supervised_beside_semi(tmp_path):
 
 
 def test_masked_loss_ignores_pseudo_label_pixels():
-    from sscild.model.train import IGNORE_LABEL, _MaskedDiceCE
+    from sscild.model.selftrain import IGNORE_LABEL, MaskedDiceCE
 
     torch.manual_seed(0)
     logits = torch.randn(2, 3, 4, 4)
     y = torch.randint(0, 3, (2, 1, 4, 4))
     y[:, :, :2] = IGNORE_LABEL
-    loss = _MaskedDiceCE(batch=False)
+    loss = MaskedDiceCE(batch=False)
     other = logits.clone()
     other[:, :, :2] = torch.randn(2, 3, 2, 4) * 5  # change only the ignored pixels
     assert torch.allclose(loss(logits, y), loss(other, y))
@@ -522,7 +522,7 @@ def test_fine_tune_mode_trains_two_stages_without_unlabelled_slices(tmp_path):
 
 
 def test_pseudo_labels_keep_confident_pixels_and_lesion_slices():
-    from sscild.model.train import IGNORE_LABEL
+    from sscild.model.selftrain import IGNORE_LABEL
 
     img, lab = blob_slice()
     s = SliceImage("u", img.T.copy(), None, Path("u.png"), None)

@@ -9,20 +9,9 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from sscild.evaluation.metrics import (
-    REGIONS,
-    SegmentationMetrics,
-    bland_altman,
-    case_metrics,
-    default_tolerance_mm,
-    dice,
-    empty_score,
-    icc,
-    region_mask,
-    summarize,
-    surface_dice,
-    volumes_ml,
-)
+from sscild.evaluation.agreement import bland_altman, icc
+from sscild.evaluation.metrics import REGIONS, case_metrics, default_tolerance_mm, region_mask, summarize, volumes_ml
+from sscild.evaluation.overlap import dice, empty_score, surface_dice
 
 nan = float("nan")
 
@@ -268,27 +257,6 @@ def test_case_metrics_large_volume_small_lesion():
     m = case_metrics(pred, ref, (0.7, 0.7, 1.25), regions=["ggo", "lesion"])
     assert m["dice_ggo"] == pytest.approx(2 * 72 / (72 + 144))
     assert 0.0 < m["nsd_lesion"] < 1.0
-
-
-def test_segmentation_metrics_accumulator():
-    lab, sp = _label_hand()
-    acc = SegmentationMetrics(regions=["ef", "lesion"], tolerance_mm=1.0)
-    row = acc(lab, lab, sp, case_id="a", fold=0)
-    acc(lab, np.where(lab == 2, 1, lab).astype(np.uint8), sp, case_id="b", fold=1, method="net")
-    assert row["case_id"] == "a" and row["dice_ef"] == 1.0
-    df = acc.aggregate()
-    assert len(acc) == 2 and list(df["case_id"]) == ["a", "b"]
-    assert list(df.columns[:2]) == ["case_id", "fold"]
-    assert math.isnan(df.loc[1, "dice_ef"]) and df.loc[1, "fp_ml_ef"] == pytest.approx(0.05)
-    assert (df["nsd_tolerance_mm"] == 1.0).all()
-    acc.reset()
-    assert len(acc) == 0 and acc.aggregate().empty
-    with pytest.raises(ValueError, match="policy"):
-        SegmentationMetrics(empty="skip")
-    with pytest.raises(ValueError, match="region"):
-        SegmentationMetrics(regions=["bone"])
-    with pytest.raises(ValueError, match="tolerance_mm"):
-        SegmentationMetrics(tolerance_mm=-2)
 
 
 # ------------------------------------------------------------------------------- summaries

@@ -11,9 +11,11 @@ import torch
 
 from cohort_factory import make_case_arrays
 from sscild.model import predict
+from sscild.model.inference import keep_largest_lung_components, predict_preprocessed
+from sscild.model.loading import fuse_batchnorm
 from sscild.data.cohort import load_cohort, read_case
 from sscild.data.folds import fold_of, make_splits, read_splits, write_splits
-from sscild.evaluation.metrics import dice
+from sscild.evaluation.overlap import dice
 from sscild.paths import RunPaths
 from sscild.data.cache import build_cache
 from sscild.profiles import get_profile
@@ -206,15 +208,15 @@ def test_ensemble_and_flips_average_the_softmax():
     # softmax([0, 2, 0, 0]) gives normal 0.79; softmax([0, 0, 3, 0]) gives EF 0.87: the mean picks EF,
     # though member a alone would say normal
     a, b = Const([0.0, 2.0, 0.0, 0.0]), Const([0.0, 0.0, 3.0, 0.0])
-    assert (predict.predict_preprocessed([a, b], pre, tta=False) == 2).all()
-    assert (predict.predict_preprocessed([a], pre, tta=False) == 1).all()
+    assert (predict_preprocessed([a, b], pre, tta=False) == 2).all()
+    assert (predict_preprocessed([a], pre, tta=False) == 1).all()
     # flips: without them, GGO on the left half only; with them the flipped pass, flipped back,
     # puts the GGO evidence on the right half, and the mean (GGO about 1.1 vs normal 0.79) says GGO
     # on both halves. Forgetting to flip back would leave the right half normal.
     c = Const([0.0, 2.0, 0.0, 0.0], left_ggo=True)
-    plain = predict.predict_preprocessed(c, pre, tta=False)
+    plain = predict_preprocessed(c, pre, tta=False)
     assert (plain[:4] == 3).all() and (plain[4:] == 1).all()
-    assert (predict.predict_preprocessed(c, pre, tta=True, batch_slices=2) == 3).all()
+    assert (predict_preprocessed(c, pre, tta=True, batch_slices=2) == 3).all()
 
 
 def test_keep_largest_lung_components():
@@ -223,16 +225,16 @@ def test_keep_largest_lung_components():
     lab[3:6, 2:5, 2:5] = 2       # EF inside lung 1 stays
     lab[15:24, 1:9, 1:9] = 3     # lung 2: 576 voxels, all GGO
     lab[27:29, 1:3, 1:3] = 1     # speck: 8 voxels -> dropped
-    out = predict.keep_largest_lung_components(lab)
+    out = keep_largest_lung_components(lab)
     assert out[27:29].sum() == 0
     np.testing.assert_array_equal(out[:25], lab[:25])
     # a second component below 5 % of the largest is dropped, at or above it is kept
     one = np.zeros((40, 4, 4), np.uint8)
     one[:20] = 1                 # 320 voxels
     one[30:31] = 1               # 16 voxels = 5.0 % -> kept
-    assert predict.keep_largest_lung_components(one)[30].all()
+    assert keep_largest_lung_components(one)[30].all()
     one[30, 0, 0] = 0            # 15 voxels < 5 % -> dropped
-    assert not predict.keep_largest_lung_components(one)[30].any()
+    assert not keep_largest_lung_components(one)[30].any()
 
 
 def test_fused_batchnorm_network_computes_the_same_function():
@@ -248,10 +250,10 @@ def test_fused_batchnorm_network_computes_the_same_function():
             m.running_var.uniform_(0.5, 2.0)
             m.weight.data.uniform_(0.5, 1.5)
             m.bias.data.uniform_(-0.5, 0.5)
-    fused = predict.fuse_batchnorm(copy.deepcopy(net))
+    fused = fuse_batchnorm(copy.deepcopy(net))
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
     x = torch.randn(3, 1, 64, 48)
     with torch.no_grad():
         torch.testing.assert_close(fused(x), net(x), atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="eval"):
-        predict.fuse_batchnorm(build_network("smoke").train())
+        fuse_batchnorm(build_network("smoke").train())

@@ -19,7 +19,7 @@ from sscild.errors import InputError
 from sscild.data.folds import make_splits, write_splits
 from sscild.data.image import load_volume
 from sscild.paths import RunPaths
-from sscild.model.predict import segment_scan
+from sscild.clinic.segment import segment_scan
 from sscild.data.cache import build_cache
 from sscild.model.train import train_fold
 
@@ -191,7 +191,7 @@ def test_cli_segment_on_real_ct(models, tmp_path, capsys, name, flags):
 def test_montage_is_radiological_whatever_the_voxel_order():
     import matplotlib.pyplot as plt
 
-    from sscild.book.plots.segmentation import scan_montage
+    from sscild.clinic.figures import scan_montage
     from sscild.data.orientation import to_canonical
 
     shape = (20, 16, 10)

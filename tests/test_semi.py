@@ -10,6 +10,7 @@ import torch
 
 from sscild.analysis import data as ds
 from sscild.model import train as train_mod
+from sscild.model.selftrain import unlabelled_scans
 from sscild.data.cohort import load_cohort
 from sscild.data.folds import make_splits, write_splits
 from sscild.data.validate import validate_cohort
@@ -46,7 +47,7 @@ def _weights(path):
 
 
 def test_fold_with_unlabelled_scans_self_trains(semi_run, monkeypatch):
-    assert list(train_mod.unlabelled_scans(semi_run)) == ["other"]
+    assert list(unlabelled_scans(semi_run)) == ["other"]
     loaded = []
     real = train_mod.load_cached
     monkeypatch.setattr(train_mod, "load_cached", lambda run, cid, **kw: loaded.append(cid) or real(run, cid, **kw))
@@ -68,7 +69,7 @@ def test_fold_with_unlabelled_scans_self_trains(semi_run, monkeypatch):
 
 def test_cohort_without_unlabelled_scans_trains_as_before(tmp_path):
     run = RunPaths(results=tmp_path, cohort="c", profile="smoke")
-    assert train_mod.unlabelled_scans(run) == {}  # no validation.json
+    assert unlabelled_scans(run) == {}  # no validation.json
     run.root.mkdir(parents=True)
     write_json(run.validation, {"root": str(tmp_path / "nowhere"), "problems": []})
-    assert train_mod.unlabelled_scans(run) == {}
+    assert unlabelled_scans(run) == {}

@@ -1,4 +1,5 @@
-"""Tests of sscild.evaluation.stats: hand-computed cases, SciPy/statsmodels cross-checks, CI coverage."""
+"""Tests of sscild.evaluation.stats, .staging and the paired statistics of .agreement: hand-computed cases,
+SciPy/statsmodels cross-checks, CI coverage."""
 
 from __future__ import annotations
 
@@ -11,16 +12,9 @@ from scipy import stats as sps
 import statsmodels.api as sm
 from statsmodels.stats.multitest import multipletests
 
-from sscild.evaluation import stats
-from sscild.evaluation.stats import (
-    correlation_grid,
-    extent_stage,
-    holm,
-    partial_spearman,
-    rho_difference,
-    spearman,
-    staging_agreement,
-)
+from sscild.evaluation import agreement, staging, stats
+from sscild.evaluation.staging import extent_stage, staging_agreement
+from sscild.evaluation.stats import correlation_grid, holm, partial_spearman, rho_difference, spearman
 
 # ----------------------------------------------------------------------------------------------
 # spearman
@@ -345,7 +339,7 @@ def test_staging_agreement_hand_computed_kappa():
     assert a["table"].index.name == "reference" and a["table"].columns.name == "predicted"
     assert a["ci_low"] < 0.4 < a["ci_high"]
     codes = np.array([0] * 25 + [1] * 25), np.array([0] * 20 + [1] * 5 + [0] * 10 + [1] * 15)
-    assert stats._kappa_stat_factory(2)(*codes) == pytest.approx(0.4)
+    assert staging._kappa_stat_factory(2)(*codes) == pytest.approx(0.4)
     again = staging_agreement(pred, ref, n_resamples=500, seed=1)
     assert {k: v for k, v in a.items() if k != "table"} == {k: v for k, v in again.items() if k != "table"}
 
@@ -368,7 +362,7 @@ def test_paired_difference_equals_scipy_bootstrap_and_wilcoxon():
     a = rng.uniform(0.5, 0.9, 25)
     b = a - rng.normal(0.1, 0.05, 25)
     a[3] = np.nan                                   # pairwise deletion
-    d = stats.paired_difference(a, b, n_resamples=999, seed=4)
+    d = agreement.paired_difference(a, b, n_resamples=999, seed=4)
     ok = np.isfinite(a)
     assert d["n"] == 24 and d["mean_diff"] == pytest.approx(np.mean(a[ok] - b[ok]))
     assert d["median_diff"] == pytest.approx(np.median(a[ok] - b[ok]))
@@ -376,10 +370,10 @@ def test_paired_difference_equals_scipy_bootstrap_and_wilcoxon():
                         vectorized=True, n_resamples=999, method="BCa", rng=np.random.default_rng(4))
     assert (d["ci_low"], d["ci_high"]) == pytest.approx((ref.confidence_interval.low, ref.confidence_interval.high))
     assert d["p_wilcoxon"] == pytest.approx(sps.wilcoxon(a[ok], b[ok]).pvalue)
-    same = stats.paired_difference([0.5, 0.6, 0.7, 0.8], [0.4, 0.5, 0.6, 0.7], n_resamples=100)
+    same = agreement.paired_difference([0.5, 0.6, 0.7, 0.8], [0.4, 0.5, 0.6, 0.7], n_resamples=100)
     assert same["ci_method"] == "constant" and same["ci_low"] == pytest.approx(0.1)
     with pytest.raises(ValueError):
-        stats.paired_difference([1, 2], [1, 2, 3])
+        agreement.paired_difference([1, 2], [1, 2, 3])
 
 
 def test_paired_difference_interval_covers_the_true_mean():
@@ -388,7 +382,7 @@ def test_paired_difference_interval_covers_the_true_mean():
     for _ in range(sims):
         a = rng.normal(0.7, 0.1, 30)
         b = a - rng.normal(0.05, 0.08, 30)
-        d = stats.paired_difference(a, b, n_resamples=400, seed=int(rng.integers(1 << 30)))
+        d = agreement.paired_difference(a, b, n_resamples=400, seed=int(rng.integers(1 << 30)))
         hits += d["ci_low"] <= 0.05 <= d["ci_high"]
     assert 0.88 <= hits / sims <= 0.99
 
@@ -399,7 +393,7 @@ def test_bland_altman_regression_hand_computed():
     e = np.array([0.2, -0.2, 0.2, -0.2, 0.2, -0.2])
     d = 0.1 * m + e
     pred, ref = m + d / 2, m - d / 2
-    r = stats.bland_altman_regression(pred, ref, at=[5.0], n_resamples=300)
+    r = agreement.bland_altman_regression(pred, ref, at=[5.0], n_resamples=300)
     fit = sm.OLS(d, sm.add_constant(m)).fit()
     assert r["intercept"] == pytest.approx(fit.params[0]) and r["slope"] == pytest.approx(fit.params[1])
     assert r["slope_p"] == pytest.approx(fit.pvalues[1])
@@ -412,7 +406,7 @@ def test_bland_altman_regression_hand_computed():
     assert pt["bias"] == pytest.approx(bias5)
     assert (pt["loa_low"], pt["loa_high"]) == pytest.approx((bias5 - 1.96 * sd5, bias5 + 1.96 * sd5))
     assert pt["bias_ci_low"] <= pt["bias"] <= pt["bias_ci_high"]
-    assert math.isnan(stats.bland_altman_regression([1, 2, 3], [1, 2, 3])["slope"])   # too few
+    assert math.isnan(agreement.bland_altman_regression([1, 2, 3], [1, 2, 3])["slope"])   # too few
 
 
 def test_bland_altman_regression_slope_interval_coverage():
@@ -423,7 +417,7 @@ def test_bland_altman_regression_slope_interval_coverage():
         pred = ref + (0.5 + 0.2 * ref) + rng.normal(0, 1.0, 40)
         # with d = pred - ref and m = (pred + ref) / 2 = 1.1 ref + 0.25 + e / 2, the slope of d on m is
         # 0.2 / 1.1, up to an errors-in-variables term (about 0.005) small beside its standard error
-        r = stats.bland_altman_regression(pred, ref, n_resamples=10)
+        r = agreement.bland_altman_regression(pred, ref, n_resamples=10)
         hits += r["slope_ci_low"] <= 0.2 / 1.1 <= r["slope_ci_high"]
     assert 0.85 <= hits / sims <= 0.99
 

@@ -3,15 +3,15 @@
 The package is laid out by pipeline stage. Subpackages flow one way: each imports only from
 those listed above it (``tests/test_layering.py`` enforces it)::
 
-    (top level)   errors, profiles, paths, context, progress, paper, palette
+    (top level)   errors, profiles, paths, context, progress, paper, palette, machine
                   error type, run profiles, results layout and atomic writes, the run context
                   (profile, cohort, folders, folds, how folds share the machine), terminal progress,
-                  the published numbers, the label colours
+                  the published numbers, the label colours, the processor and device in words
     data          image I/O, the cohort folder and its validation, preprocessing, folds, lung mask
     synthetic     the synthetic SSc-ILD cohort generator
     model         network, augmentation, training loop, inference
     evaluation    metrics, statistics, the HU-density baseline
-    clinic        zones, viewer files, scan reports, batch segmentation, follow-up comparison
+    clinic        scan segmentation, zones, viewer files, scan reports, batch, follow-up comparison
     analysis      the computations behind the chapters (data, segmentation, clinical, real CT)
     external      the recipe on real labelled CT slices (appendix)
     cluster       the folds as a Slurm job array

@@ -115,7 +115,8 @@ def _cmd_train(args) -> int:
 
 def _cmd_segment(args) -> int:
     from sscild.clinic.batch import discover_scans, is_batch_folder, segment_batch
-    from sscild.model.predict import find_models, load_ensemble, segment_scan
+    from sscild.clinic.segment import segment_scan
+    from sscild.model.loading import find_models, load_ensemble
 
     tta = False if args.no_tta else None
     if not args.scan.exists():

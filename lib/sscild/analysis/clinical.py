@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sscild.evaluation.stats import correlation_grid, extent_stage, holm, rho_difference, staging_agreement
+from sscild.evaluation.stats import correlation_grid, holm, rho_difference
+from sscild.evaluation.staging import extent_stage, staging_agreement
 from sscild.paper import EXTENT_THRESHOLD_PCT, PAPER
 from sscild.paths import RunPaths, atomic_path, write_json
 

@@ -26,7 +26,8 @@ import pandas as pd
 
 from sscild.data.image import load_volume
 from sscild.data.lungmask import lung_mask_by_threshold
-from sscild.model.predict import keep_largest_lung_components, load_ensemble, predict_preprocessed
+from sscild.model.inference import keep_largest_lung_components, predict_preprocessed
+from sscild.model.loading import load_ensemble
 from sscild.data.preprocess import preprocess_volume, restore_label
 from sscild.progress import Heartbeat
 
@@ -95,7 +96,7 @@ def real_lung_check(scans, models, *, tta: bool = True, device=None) -> tuple[pd
 
     Args:
         scans: CT volume files, or one folder of them (:func:`list_volumes`).
-        models: what :func:`sscild.model.predict.find_models` accepts (e.g. ``results/<cohort>/<profile>``).
+        models: what :func:`sscild.model.loading.find_models` accepts (e.g. ``results/<cohort>/<profile>``).
         tta: average the flipped slices too, as ``sscild segment`` does by default.
 
     Returns:

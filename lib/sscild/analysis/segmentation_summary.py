@@ -23,8 +23,9 @@ import pandas as pd
 
 from sscild.analysis.segmentation import AGREEMENT_REGIONS, NETWORK_REGIONS
 from sscild.evaluation.baseline import HAA_RANGE_HU
-from sscild.evaluation.metrics import CI_METHOD, ICC_FORM, bland_altman, icc, summarize
-from sscild.evaluation.stats import bland_altman_regression, paired_difference
+from sscild.evaluation.metrics import CI_METHOD, summarize
+from sscild.evaluation.agreement import ICC_FORM, bland_altman, icc
+from sscild.evaluation.agreement import bland_altman_regression, paired_difference
 
 __all__ = ["agreement", "summary_dict", "network_scores", "paired_baseline_difference", "per_fold_table"]
 
@@ -101,7 +102,7 @@ def summary_dict(df: pd.DataFrame, cohort_name: str, synthetic: bool, profile: s
     ``baseline`` (method, band, Dice, agreement); ``policies`` (NSD tolerance and regions, empty
     reference, CI, ICC form, TTA, post-processing). NaN is written as ``null``.
     """
-    from sscild.model.predict import POSTPROCESS_RULE  # lazy: sscild.model.predict loads torch
+    from sscild.model.inference import POSTPROCESS_RULE  # lazy: sscild.model.predict loads torch
 
     if df.empty:
         raise ValueError("no scored cases: the per-case table is empty (no labelled held-out case with a prediction).")

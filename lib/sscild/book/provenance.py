@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from sscild.machine import describe_machine
 from sscild.paths import RunPaths, read_json, repo_root, unroot
 from sscild.profiles import Profile
 
-__all__ = ["cpu_name", "git_state", "environment_table", "run_settings", "step_times", "input_checksums", "sha256_file",
+__all__ = ["git_state", "environment_table", "run_settings", "step_times", "input_checksums", "sha256_file",
            "gpu_check_table", "segment_benchmark_table", "read_record"]
 
 PACKAGES = ["sscild", "torch", "monai", "numpy", "scipy", "pandas", "nibabel", "SimpleITK", "pydicom",
@@ -33,37 +34,13 @@ def git_state(root: Path | None = None) -> dict:
     return {"commit": commit, "dirty": dirty}
 
 
-def cpu_name() -> str:
-    """The processor's model name (from /proc/cpuinfo where there is one)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _device() -> str:
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            return f"GPU: {torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})"
-    except Exception:  # pragma: no cover
-        pass
-    import os
-
-    return f"CPU: {cpu_name()} ({os.cpu_count()} logical cores), no GPU"
-
-
 def environment_table() -> pd.DataFrame:
     g = git_state()
     rows = [("git commit", g["commit"]),
             ("uncommitted changes", {True: "yes (dirty)", False: "no", None: "unknown"}[g["dirty"]]),
             ("python", sys.version.split()[0]),
             ("platform", platform.platform()),
-            ("device", _device())]
+            ("device", describe_machine())]
     for pkg in PACKAGES:
         try:
             rows.append((pkg, metadata.version(pkg)))

@@ -79,9 +79,9 @@ def discover_scans(folder: str | Path) -> list[Path]:
 
 
 def _name(item: Path, used: set) -> str:
-    from sscild.model.predict import _stem
+    from sscild.clinic.segment import scan_stem
 
-    base = _stem(item)
+    base = scan_stem(item)
     name, k = base, 2
     while name in used:
         name, k = f"{base}_{k}", k + 1
@@ -111,9 +111,9 @@ def segment_batch(items, out: str | Path, *, models=None, ensemble=None, tta: bo
     Args:
         items: scan paths (:func:`discover_scans`).
         out: output folder; each scan writes to ``out/<scan name>/``.
-        models, ensemble, tta: as :func:`sscild.model.predict.segment_scan` (models are loaded once).
+        models, ensemble, tta: as :func:`sscild.clinic.segment.segment_scan` (models are loaded once).
         progress: a tqdm bar over the scans.
-        **kwargs: passed on to :func:`sscild.model.predict.segment_scan`.
+        **kwargs: passed on to :func:`sscild.clinic.segment.segment_scan`.
 
     Returns:
         The rows (dicts with :data:`BATCH_COLUMNS`).
@@ -121,7 +121,8 @@ def segment_batch(items, out: str | Path, *, models=None, ensemble=None, tta: bo
     Raises:
         InputError: the models cannot be loaded (nothing could be segmented).
     """
-    from sscild.model.predict import load_ensemble, segment_scan
+    from sscild.clinic.segment import segment_scan
+    from sscild.model.loading import load_ensemble
 
     items = [Path(p) for p in items]
     out = Path(out)

@@ -215,7 +215,7 @@ def compare_results(base: ScanResult, follow: ScanResult) -> dict:
 
 
 def _resolve(path: Path, out: Path, role: str, seg_kwargs: dict) -> ScanResult:
-    from sscild.model.predict import segment_scan
+    from sscild.clinic.segment import segment_scan
 
     path = Path(path)
     if path.is_dir() and any(path.glob("*_report.json")):
@@ -236,12 +236,12 @@ def compare_scans(baseline: str | Path, followup: str | Path, out: str | Path, *
         followup: the later scan, or its ``sscild segment`` output folder.
         out: output folder: ``compare.json``, ``compare.csv``, ``compare.html``, and ``baseline/`` and
             ``followup/`` with the segmentations made here.
-        models, ensemble, tta, progress: as :func:`sscild.model.predict.segment_scan`.
+        models, ensemble, tta, progress: as :func:`sscild.clinic.segment.segment_scan`.
 
     Returns:
         The comparison dict (:func:`compare_results`) with ``outputs``.
     """
-    from sscild.model.predict import load_ensemble
+    from sscild.model.loading import load_ensemble
     from sscild.clinic.scanreport import comparison_report_html
 
     out = Path(out)

@@ -78,7 +78,7 @@ def scan_report_html(report: dict, *, zones: pd.DataFrame | None = None, overlay
     """The HTML page of one ``sscild segment`` result.
 
     Args:
-        report: the report dict :func:`sscild.model.predict.segment_scan` writes as JSON.
+        report: the report dict :func:`sscild.clinic.segment.segment_scan` writes as JSON.
         zones: :func:`sscild.clinic.zones.zone_extent` table (optional).
         overlay_png: the montage PNG bytes, embedded (optional).
 

@@ -339,10 +339,10 @@ def zone_agreement(zones: pd.DataFrame, *, zones_shown=("upper", "middle", "lowe
 
     Returns:
         One row per (zone, class): ``n``, ``reference_mean_pct``, ``predicted_mean_pct``, ``bias_pp``
-        (mean of predicted - reference) and ``icc`` (ICC(2,1), :func:`sscild.evaluation.metrics.icc`), extent in % of
+        (mean of predicted - reference) and ``icc`` (ICC(2,1), :func:`sscild.evaluation.agreement.icc`), extent in % of
         the zone's lung.
     """
-    from sscild.evaluation.metrics import icc
+    from sscild.evaluation.agreement import icc
 
     rows = []
     for zone in zones_shown:

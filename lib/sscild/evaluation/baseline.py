@@ -59,6 +59,38 @@ REFERENCES = {
 """Citations of the density-mask rule, for the book to print."""
 
 
+def _check_density_args(image: np.ndarray, lung: np.ndarray, *, low, high, ef_cut, smooth_mm, spacing):
+    """:func:`density_mask`'s arguments checked and as floats: ``(low, high, ef_cut, smooth, spacing or None)``."""
+    if image.shape != lung.shape:
+        raise ValueError(
+            f"CT image has shape {image.shape} but the lung mask has {lung.shape}; they must share one grid "
+            "(take the lung from the label map of the same case, resampled onto the CT if needed)."
+        )
+    if image.ndim not in (2, 3):
+        raise ValueError(f"expected a 2D (x, y) or 3D (x, y, z) CT, got shape {image.shape}; drop channel axes first.")
+    low, high = float(low), float(high)
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise ValueError(f"the lesion band needs finite low < high (HU), got low={low}, high={high}.")
+    if ef_cut is not None:
+        ef_cut = float(ef_cut)
+        if not low < ef_cut < high:
+            raise ValueError(
+                f"ef_cut={ef_cut} HU must lie strictly inside the lesion band ({low}, {high}) to split it; "
+                "use None to label every lesion voxel GGO."
+            )
+    smooth = float(smooth_mm or 0.0)
+    if smooth < 0 or not math.isfinite(smooth):
+        raise ValueError(f"smooth_mm must be None or a Gaussian sigma >= 0 in mm, got {smooth_mm!r}.")
+    sp = None
+    if smooth > 0:
+        if spacing is None:
+            raise ValueError("smooth_mm needs the voxel spacing in mm: pass spacing=(sx, sy[, sz]).")
+        sp = tuple(float(s) for s in spacing)
+        if len(sp) != image.ndim or not all(math.isfinite(s) and s > 0 for s in sp):
+            raise ValueError(f"spacing {spacing!r} must hold {image.ndim} positive voxel sizes in mm.")
+    return low, high, ef_cut, smooth, sp
+
+
 def density_mask(
     image_hu,
     lung_mask,
@@ -96,33 +128,8 @@ def density_mask(
     """
     image = np.asarray(image_hu)
     lung = np.asarray(lung_mask) != 0
-    if image.shape != lung.shape:
-        raise ValueError(
-            f"CT image has shape {image.shape} but the lung mask has {lung.shape}; they must share one grid "
-            "(take the lung from the label map of the same case, resampled onto the CT if needed)."
-        )
-    if image.ndim not in (2, 3):
-        raise ValueError(f"expected a 2D (x, y) or 3D (x, y, z) CT, got shape {image.shape}; drop channel axes first.")
-    low, high = float(low), float(high)
-    if not (math.isfinite(low) and math.isfinite(high) and low < high):
-        raise ValueError(f"the lesion band needs finite low < high (HU), got low={low}, high={high}.")
-    if ef_cut is not None:
-        ef_cut = float(ef_cut)
-        if not low < ef_cut < high:
-            raise ValueError(
-                f"ef_cut={ef_cut} HU must lie strictly inside the lesion band ({low}, {high}) to split it; "
-                "use None to label every lesion voxel GGO."
-            )
-    smooth = float(smooth_mm or 0.0)
-    if smooth < 0 or not math.isfinite(smooth):
-        raise ValueError(f"smooth_mm must be None or a Gaussian sigma >= 0 in mm, got {smooth_mm!r}.")
-    sp = None
-    if smooth > 0:
-        if spacing is None:
-            raise ValueError("smooth_mm needs the voxel spacing in mm: pass spacing=(sx, sy[, sz]).")
-        sp = tuple(float(s) for s in spacing)
-        if len(sp) != image.ndim or not all(math.isfinite(s) and s > 0 for s in sp):
-            raise ValueError(f"spacing {spacing!r} must hold {image.ndim} positive voxel sizes in mm.")
+    low, high, ef_cut, smooth, sp = _check_density_args(image, lung, low=low, high=high, ef_cut=ef_cut,
+                                                        smooth_mm=smooth_mm, spacing=spacing)
 
     out = np.zeros(image.shape, dtype=np.uint8)
     if not lung.any():

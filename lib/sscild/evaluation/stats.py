@@ -1,11 +1,12 @@
-"""Statistics of the Clinical correlation chapter: rank correlations with confidence intervals,
-multiplicity correction, partial (covariate-adjusted) correlation, the paired comparison of a
-model's correlation with the reference labels' correlation, and extent staging with agreement.
+"""Rank correlations with lung function: Spearman with confidence intervals, partial (covariate-adjusted)
+Spearman, the Holm-adjusted grid of predictors and outcomes, and the paired comparison of a model's
+correlation with the reference labels' correlation.
 
-Everything here is a pure function of its inputs. Randomness (the bootstrap) is driven by an
-explicit integer ``seed``, so repeated calls give identical numbers. SciPy and statsmodels do the
-maths where they offer it; what is written here is the glue: pairwise deletion, the vectorised
-bootstrap statistics, the rank-residual partial correlation and the fallbacks for degenerate cases.
+Everything here is a pure function of its inputs. Randomness (the bootstrap,
+:mod:`sscild.evaluation.bootstrap`) is driven by an explicit integer ``seed``, so repeated calls give
+identical numbers. SciPy and statsmodels do the maths where they offer it; what is written here is the
+glue: pairwise deletion, the vectorised bootstrap statistics, the rank-residual partial correlation and
+the fallbacks for degenerate cases.
 
 Why these choices:
 
@@ -22,6 +23,9 @@ Why these choices:
   (FEV1, FVC, FEV1/FVC, DLCO) would violate.
 * **Partial Spearman** by residualising ranks: the usual rank-based adjustment for age and sex.
 
+Agreement of two methods (Bland–Altman, paired differences) is :mod:`sscild.evaluation.agreement`;
+extent staging and its agreement is :mod:`sscild.evaluation.staging`.
+
 Example:
     >>> import numpy as np
     >>> from sscild.evaluation.stats import spearman
@@ -33,84 +37,29 @@ Example:
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 import statsmodels.api as sm
 from scipy import stats as sps
-from statsmodels.stats.inter_rater import cohens_kappa
 from statsmodels.stats.multitest import multipletests
+
+from sscild.evaluation.bootstrap import MIN_N, as_float_1d, bootstrap_ci, check_resampling, complete_patients
 
 __all__ = [
     "spearman",
     "correlation_grid",
     "partial_spearman",
     "partial_spearman_ci",
-    "paired_difference",
-    "bland_altman_regression",
     "rho_difference",
     "holm",
-    "extent_stage",
-    "staging_agreement",
-    "EXTENT_STAGES",
-    "MIN_N",
 ]
-
-MIN_N = 4
-"""Fewest complete patients for which a correlation (and its bootstrap) is reported."""
-
-EXTENT_STAGES = ("limited", "extensive")
-"""The two extent stages of Goh et al. (2008), in table order."""
 
 
 # --------------------------------------------------------------------------------------------
 # input validation
 # --------------------------------------------------------------------------------------------
-
-
-def _as_float_1d(values, name: str) -> np.ndarray:
-    """``values`` as a 1-D float array (None/NA become NaN), or a ValueError naming ``name``."""
-    if isinstance(values, pd.DataFrame):
-        raise ValueError(f"{name}: expected one column of values, got a DataFrame; pass df[column].")
-    if isinstance(values, pd.Series):
-        if not (pd.api.types.is_numeric_dtype(values) or values.isna().all()):
-            raise ValueError(
-                f"{name}: column {values.name!r} is not numeric (dtype {values.dtype}); "
-                "convert it to numbers first (e.g. pd.to_numeric)."
-            )
-        values = values.to_numpy(dtype=float, na_value=np.nan)
-    try:
-        arr = np.asarray(values, dtype=float)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"{name}: values are not numeric; pass numbers (missing values as NaN or None)."
-        ) from None
-    if arr.ndim == 0:
-        arr = arr.reshape(1)
-    if arr.ndim != 1:
-        raise ValueError(f"{name}: expected a 1-D sequence, got an array of shape {arr.shape}.")
-    return arr
-
-
-def _same_length(arrays: dict[str, np.ndarray]) -> None:
-    lengths = {k: len(v) for k, v in arrays.items()}
-    if len(set(lengths.values())) > 1:
-        desc = ", ".join(f"{k}={n}" for k, n in lengths.items())
-        raise ValueError(
-            f"Inputs differ in length ({desc}); pass one value per patient, in the same order, "
-            "with NaN where a value is missing."
-        )
-
-
-def _check_resampling(n_resamples, confidence_level, seed) -> None:
-    if isinstance(n_resamples, bool) or not isinstance(n_resamples, (int, np.integer)) or n_resamples < 1:
-        raise ValueError(f"n_resamples must be a positive integer, got {n_resamples!r}.")
-    if not (isinstance(confidence_level, (int, float, np.floating)) and 0.0 < confidence_level < 1.0):
-        raise ValueError(f"confidence_level must lie strictly between 0 and 1, got {confidence_level!r}.")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
 
 
 def _require_columns(df: pd.DataFrame, columns: Sequence[str], role: str) -> None:
@@ -177,62 +126,6 @@ def _partial_stat(x: np.ndarray, y: np.ndarray, *covs: np.ndarray, axis: int = -
         return _pearson_last_axis(resid(x), resid(y))
 
 
-def _mean_diff_stat(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
-    return np.mean(np.asarray(a) - np.asarray(b), axis=axis)
-
-
-def _kappa_stat_factory(k: int) -> Callable:
-    def _kappa_stat(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
-        a = np.moveaxis(np.asarray(a), axis, -1)
-        b = np.moveaxis(np.asarray(b), axis, -1)
-        po = (a == b).mean(axis=-1)
-        pe = sum((a == c).mean(axis=-1) * (b == c).mean(axis=-1) for c in range(k))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            kappa = (po - pe) / (1.0 - pe)
-        return np.where(np.isclose(pe, 1.0), np.nan, kappa)
-
-    return _kappa_stat
-
-
-def _bootstrap_ci(
-    data: tuple[np.ndarray, ...],
-    statistic: Callable,
-    *,
-    n_resamples: int,
-    confidence_level: float,
-    seed: int,
-) -> tuple[float, float, str]:
-    """Paired (patient) bootstrap CI: BCa, else percentile of the defined resamples.
-
-    Returns ``(low, high, method)`` with method ``"BCa"``, ``"percentile"`` or ``"none"``.
-    """
-    rng = np.random.default_rng(seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with np.errstate(all="ignore"):
-            res = sps.bootstrap(
-                data,
-                statistic,
-                n_resamples=n_resamples,
-                paired=True,
-                vectorized=True,
-                confidence_level=confidence_level,
-                method="BCa",
-                rng=rng,
-            )
-    low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
-    if np.isfinite(low) and np.isfinite(high):
-        return low, high, "BCa"
-    dist = np.asarray(res.bootstrap_distribution, dtype=float)
-    dist = dist[np.isfinite(dist)]
-    if dist.size < max(2, n_resamples // 2):
-        # More than half the resamples undefined: no interval is honest here.
-        return float("nan"), float("nan"), "none"
-    alpha = (1.0 - confidence_level) / 2.0
-    low, high = np.quantile(dist, [alpha, 1.0 - alpha])
-    return float(low), float(high), "percentile"
-
-
 def _nan_result(n: int, keys: Sequence[str]) -> dict:
     out = {k: float("nan") for k in keys}
     out["n"] = int(n)
@@ -252,8 +145,8 @@ def spearman(x, y, *, n_resamples: int = 2000, confidence_level: float = 0.95, s
     its two-sided ``p`` come from :func:`scipy.stats.spearmanr` on the complete pairs. The interval
     is :func:`scipy.stats.bootstrap` over patients (``paired=True``, BCa, seeded); if BCa is
     degenerate the percentile interval of the defined resamples is returned and ``ci_method``
-    says ``"percentile"``. With fewer than :data:`MIN_N` complete pairs, or a constant input,
-    every number is NaN and ``n`` is still reported.
+    says ``"percentile"``. With fewer than :data:`~sscild.evaluation.bootstrap.MIN_N` complete pairs, or a
+    constant input, every number is NaN and ``n`` is still reported.
 
     Args:
         x, y: one value per patient (sequences, arrays or Series of the same length).
@@ -272,18 +165,13 @@ def spearman(x, y, *, n_resamples: int = 2000, confidence_level: float = 0.95, s
         >>> round(r["rho"], 2), r["n"]
         (0.8, 5)
     """
-    _check_resampling(n_resamples, confidence_level, seed)
-    x = _as_float_1d(x, "x")
-    y = _as_float_1d(y, "y")
-    _same_length({"x": x, "y": y})
-    ok = np.isfinite(x) & np.isfinite(y)
-    x, y = x[ok], y[ok]
-    n = int(ok.sum())
+    n, (x, y) = complete_patients({"x": x, "y": y}, n_resamples=n_resamples, confidence_level=confidence_level,
+                                  seed=seed)
     keys = ("rho", "p", "ci_low", "ci_high")
     if n < MIN_N or np.ptp(x) == 0 or np.ptp(y) == 0:
         return _nan_result(n, keys)
     res = sps.spearmanr(x, y)
-    low, high, method = _bootstrap_ci(
+    low, high, method = bootstrap_ci(
         (x, y), _spearman_stat, n_resamples=n_resamples, confidence_level=confidence_level, seed=seed
     )
     return {
@@ -361,7 +249,7 @@ def partial_spearman(df: pd.DataFrame, x: str, y: str, covariates) -> dict:
             f"partial_spearman: x={x!r}, y={y!r}, covariates={covariates}: a column cannot be both "
             "correlated and adjusted for, and x must differ from y."
         )
-    cols = {x: _as_float_1d(df[x], x), y: _as_float_1d(df[y], y)}
+    cols = {x: as_float_1d(df[x], x), y: as_float_1d(df[y], y)}
     cov = {c: _numeric_covariate(df[c]).to_numpy(dtype=float, na_value=np.nan) for c in covariates}
     ok = np.isfinite(cols[x]) & np.isfinite(cols[y])
     for v in cov.values():
@@ -408,7 +296,7 @@ def partial_spearman_ci(df: pd.DataFrame, x: str, y: str, covariates, *, n_resam
         >>> r["ci_low"] <= r["rho"] <= r["ci_high"]
         True
     """
-    _check_resampling(n_resamples, confidence_level, seed)
+    check_resampling(n_resamples, confidence_level, seed)
     out = partial_spearman(df, x, y, covariates)
     out.update(ci_low=float("nan"), ci_high=float("nan"), ci_method="none")
     if not np.isfinite(out["rho"]) or out["n"] < MIN_N:
@@ -419,151 +307,8 @@ def partial_spearman_ci(df: pd.DataFrame, x: str, y: str, covariates, *, n_resam
         data[c] = _numeric_covariate(df[c])
     data = data.apply(pd.to_numeric, errors="coerce").dropna()
     arrays = tuple(data[c].to_numpy(dtype=float) for c in cols)
-    out["ci_low"], out["ci_high"], out["ci_method"] = _bootstrap_ci(
+    out["ci_low"], out["ci_high"], out["ci_method"] = bootstrap_ci(
         arrays, _partial_stat, n_resamples=n_resamples, confidence_level=confidence_level, seed=seed)
-    return out
-
-
-def paired_difference(a, b, *, n_resamples: int = 2000, confidence_level: float = 0.95, seed: int = 0) -> dict:
-    """Mean of the paired differences ``a - b`` (e.g. network Dice minus baseline Dice per patient)
-    with a patient bootstrap interval and the Wilcoxon signed-rank test.
-
-    Patients missing either value are dropped. The interval resamples patients, each carrying both
-    of their values (BCa, percentile where BCa is degenerate; seeded). The signed-rank p-value
-    (:func:`scipy.stats.wilcoxon`, two-sided) is NaN when every difference is zero.
-
-    Args:
-        a, b: one value per patient each, same patients in the same order.
-        n_resamples, confidence_level, seed: of the bootstrap.
-
-    Returns:
-        ``{"mean_diff", "median_diff", "ci_low", "ci_high", "ci_method", "p_wilcoxon", "n"}``.
-
-    Example:
-        >>> d = paired_difference([0.8, 0.7, 0.9, 0.6, 0.75], [0.5, 0.6, 0.6, 0.55, 0.5], n_resamples=200)
-        >>> round(d["mean_diff"], 2), d["n"]
-        (0.2, 5)
-    """
-    _check_resampling(n_resamples, confidence_level, seed)
-    x = _as_float_1d(a, "a")
-    y = _as_float_1d(b, "b")
-    _same_length({"a": x, "b": y})
-    ok = np.isfinite(x) & np.isfinite(y)
-    x, y = x[ok], y[ok]
-    n = int(ok.sum())
-    out = {"mean_diff": float("nan"), "median_diff": float("nan"), "ci_low": float("nan"),
-           "ci_high": float("nan"), "ci_method": "none", "p_wilcoxon": float("nan"), "n": n}
-    if n == 0:
-        return out
-    d = x - y
-    out["mean_diff"] = float(d.mean())
-    out["median_diff"] = float(np.median(d))
-    if n < MIN_N:
-        return out
-    if np.allclose(d, d[0], rtol=0.0, atol=1e-12):
-        out.update(ci_low=float(d.mean()), ci_high=float(d.mean()), ci_method="constant")
-    else:
-        out["ci_low"], out["ci_high"], out["ci_method"] = _bootstrap_ci(
-            (x, y), _mean_diff_stat, n_resamples=n_resamples, confidence_level=confidence_level, seed=seed)
-    if np.any(d != 0):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            out["p_wilcoxon"] = float(sps.wilcoxon(x, y).pvalue)
-    return out
-
-
-def _ba_regression_fit(m: np.ndarray, d: np.ndarray):
-    """(b0, b1, c0, c1): bias line d = b0 + b1 m, and mean absolute residual |r| = c0 + c1 m."""
-    X = np.column_stack([np.ones_like(m), m])
-    b, *_ = np.linalg.lstsq(X, d, rcond=None)
-    r = np.abs(d - X @ b)
-    c, *_ = np.linalg.lstsq(X, r, rcond=None)
-    return b, c
-
-
-_HALF_NORMAL = float(np.sqrt(np.pi / 2.0))
-
-
-def bland_altman_regression(pred, ref, *, at=None, confidence_level: float = 0.95, n_resamples: int = 2000,
-                            seed: int = 0) -> dict:
-    """Regression-based Bland–Altman limits of agreement, for a bias that changes with the size of
-    the measurement (proportional bias).
-
-    Method of Bland & Altman (1999, section 3.2): with ``m = (pred + ref) / 2`` and ``d = pred - ref``,
-
-    1. regress ``d`` on ``m`` by least squares: the bias at ``m`` is ``b0 + b1 m``; ``b1 != 0`` is
-       proportional bias (its CI and p from the OLS fit, statsmodels);
-    2. regress the absolute residuals ``|r|`` on ``m``: ``c0 + c1 m``; since for a normal residual
-       ``E|r| = sd sqrt(2 / pi)``, the residual SD at ``m`` is ``sqrt(pi / 2) (c0 + c1 m)``;
-    3. the 95 % limits at ``m`` are ``b0 + b1 m ± 1.96 sqrt(pi / 2) (c0 + c1 m)``.
-
-    Intervals of the bias and of both limits at each point of ``at`` come from a patient bootstrap
-    (percentile, seeded): each resample refits both regressions.
-
-    Args:
-        pred, ref: paired measurements, one per patient (NaN pairs dropped).
-        at: values of ``m`` at which to report the bias and limits (default: the 10th, 50th and
-            90th percentiles of ``m``).
-        confidence_level, n_resamples, seed: of the intervals.
-
-    Returns:
-        ``{"n", "intercept", "slope", "slope_ci_low", "slope_ci_high", "slope_p", "sd_intercept",
-        "sd_slope", "at"}`` where ``at`` is a list of ``{"mean", "bias", "bias_ci_low",
-        "bias_ci_high", "loa_low", "loa_low_ci_low", "loa_low_ci_high", "loa_high",
-        "loa_high_ci_low", "loa_high_ci_high"}``. With fewer than :data:`MIN_N` pairs or a constant
-        ``m`` every number is NaN.
-
-    Example:
-        >>> r = bland_altman_regression([1, 2, 3, 5, 8], [1, 1.8, 2.6, 4.2, 6.5], n_resamples=200)
-        >>> round(r["slope"], 3) > 0, r["n"]
-        (True, 5)
-    """
-    if not (0.0 < float(confidence_level) < 1.0):
-        raise ValueError(f"confidence_level must lie in (0, 1), got {confidence_level!r}")
-    _check_resampling(n_resamples, confidence_level, seed)
-    x = _as_float_1d(pred, "pred")
-    y = _as_float_1d(ref, "ref")
-    _same_length({"pred": x, "ref": y})
-    ok = np.isfinite(x) & np.isfinite(y)
-    x, y = x[ok], y[ok]
-    n = int(ok.sum())
-    m, d = (x + y) / 2.0, x - y
-    nan = float("nan")
-    keys = ("intercept", "slope", "slope_ci_low", "slope_ci_high", "slope_p", "sd_intercept", "sd_slope")
-    out = {"n": n, **{k: nan for k in keys}, "at": []}
-    if n < MIN_N or np.ptp(m) == 0:
-        return out
-    fit = sm.OLS(d, sm.add_constant(m)).fit()
-    lo_hi = fit.conf_int(alpha=1.0 - confidence_level)
-    (b0, b1), (c0, c1) = _ba_regression_fit(m, d)
-    out.update(intercept=float(b0), slope=float(b1), slope_ci_low=float(lo_hi[1][0]),
-               slope_ci_high=float(lo_hi[1][1]), slope_p=float(fit.pvalues[1]),
-               sd_intercept=_HALF_NORMAL * float(c0), sd_slope=_HALF_NORMAL * float(c1))
-    pts = np.quantile(m, [0.1, 0.5, 0.9]) if at is None else np.atleast_1d(np.asarray(at, dtype=float))
-
-    def lines(b, c):
-        bias = b[0] + b[1] * pts
-        sd = np.maximum(_HALF_NORMAL * (c[0] + c[1] * pts), 0.0)
-        return np.stack([bias, bias - 1.96 * sd, bias + 1.96 * sd])   # (3, len(pts))
-
-    est = lines((b0, b1), (c0, c1))
-    rng = np.random.default_rng(seed)
-    boot = []
-    for _ in range(n_resamples):
-        i = rng.integers(0, n, n)
-        if np.ptp(m[i]) == 0:
-            continue
-        b, c = _ba_regression_fit(m[i], d[i])
-        boot.append(lines(b, c))
-    alpha = (1.0 - confidence_level) / 2.0
-    q = np.quantile(np.asarray(boot), [alpha, 1.0 - alpha], axis=0) if boot else np.full((2, 3, len(pts)), np.nan)
-    for j, v in enumerate(pts):
-        row = {"mean": float(v)}
-        for k, name in enumerate(("bias", "loa_low", "loa_high")):
-            row[name] = float(est[k, j])
-            row[f"{name}_ci_low"] = float(q[0, k, j])
-            row[f"{name}_ci_high"] = float(q[1, k, j])
-        out["at"].append(row)
     return out
 
 
@@ -577,7 +322,7 @@ def holm(pvalues) -> np.ndarray:
         >>> holm([0.01, 0.04, 0.03]).round(2).tolist()
         [0.03, 0.06, 0.06]
     """
-    p = _as_float_1d(pvalues, "pvalues")
+    p = as_float_1d(pvalues, "pvalues")
     finite = np.isfinite(p)
     if np.any((p[finite] < 0) | (p[finite] > 1)):
         raise ValueError(f"p-values must lie in [0, 1]; got {p[finite][(p[finite] < 0) | (p[finite] > 1)].tolist()}.")
@@ -632,7 +377,7 @@ def correlation_grid(
     _require_columns(df, predictors, "predictor")
     _require_columns(df, outcomes, "outcome")
     _require_columns(df, covariates, "covariate")
-    _check_resampling(n_resamples, confidence_level, seed)
+    check_resampling(n_resamples, confidence_level, seed)
     rows = []
     for pred in predictors:
         for out in outcomes:
@@ -680,20 +425,14 @@ def rho_difference(
         >>> round(d["diff"], 2), d["n"]
         (-0.1, 5)
     """
-    _check_resampling(n_resamples, confidence_level, seed)
-    xp = _as_float_1d(x_pred, "x_pred")
-    xr = _as_float_1d(x_ref, "x_ref")
-    yy = _as_float_1d(y, "y")
-    _same_length({"x_pred": xp, "x_ref": xr, "y": yy})
-    ok = np.isfinite(xp) & np.isfinite(xr) & np.isfinite(yy)
-    xp, xr, yy = xp[ok], xr[ok], yy[ok]
-    n = int(ok.sum())
+    n, (xp, xr, yy) = complete_patients({"x_pred": x_pred, "x_ref": x_ref, "y": y}, n_resamples=n_resamples,
+                                        confidence_level=confidence_level, seed=seed)
     keys = ("diff", "rho_pred", "rho_ref", "ci_low", "ci_high")
     if n < MIN_N or np.ptp(xp) == 0 or np.ptp(xr) == 0 or np.ptp(yy) == 0:
         return _nan_result(n, keys)
     rho_pred = float(sps.spearmanr(xp, yy).statistic)
     rho_ref = float(sps.spearmanr(xr, yy).statistic)
-    low, high, method = _bootstrap_ci(
+    low, high, method = bootstrap_ci(
         (xp, xr, yy), _spearman_diff_stat, n_resamples=n_resamples, confidence_level=confidence_level, seed=seed
     )
     return {
@@ -705,113 +444,3 @@ def rho_difference(
         "n": n,
         "ci_method": method,
     }
-
-
-def extent_stage(percent_lung, *, threshold: float = 20.0) -> np.ndarray:
-    """Goh et al. (2008) extent stage from the percentage of lung involved.
-
-    ``<= threshold`` is ``"limited"``, ``> threshold`` is ``"extensive"``; a missing value gives
-    ``None``. The 20 % cut-off of the original staging system is the default.
-
-    Args:
-        percent_lung: disease extent in percent of lung volume (0-100), one per patient.
-        threshold: the cut-off in percent.
-
-    Returns:
-        A 1-D object array of ``"limited"``, ``"extensive"`` or ``None``.
-
-    Raises:
-        ValueError: a non-numeric input, a value outside [0, 100], or a bad threshold.
-
-    Example:
-        >>> extent_stage([5.0, 20.0, 20.1, float("nan")]).tolist()
-        ['limited', 'limited', 'extensive', None]
-    """
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.number)) or not (
-        0.0 <= float(threshold) <= 100.0
-    ):
-        raise ValueError(f"threshold must be a percentage in [0, 100], got {threshold!r}.")
-    p = _as_float_1d(percent_lung, "percent_lung")
-    bad = np.isfinite(p) & ((p < 0) | (p > 100))
-    if np.isinf(p).any() or bad.any():
-        raise ValueError(
-            f"percent_lung must be percentages in [0, 100]; got {p[bad | np.isinf(p)][:5].tolist()}. "
-            "Pass 100 * lesion volume / lung volume (a fraction in [0, 1] would stage everyone limited)."
-        )
-    out = np.full(p.shape, None, dtype=object)
-    known = np.isfinite(p)
-    out[known & (p <= threshold)] = EXTENT_STAGES[0]
-    out[known & (p > threshold)] = EXTENT_STAGES[1]
-    return out
-
-
-def staging_agreement(
-    stage_pred, stage_ref, *, seed: int = 0, n_resamples: int = 2000, confidence_level: float = 0.95
-) -> dict:
-    """Agreement of the model's extent stage with the reference stage.
-
-    Patients missing either stage are dropped. ``kappa`` is Cohen's (unweighted) kappa from
-    statsmodels' ``cohens_kappa`` on the confusion table; its interval is a patient bootstrap (BCa,
-    percentile fallback, resamples where kappa is undefined because both raters use one category
-    are dropped). Categories are ``("limited", "extensive")`` when the stages are those, otherwise
-    the sorted union of the labels seen; absent categories still get a row and a column.
-
-    Args:
-        stage_pred: the model's stage per patient (e.g. from :func:`extent_stage`).
-        stage_ref: the reference stage per patient.
-        seed, n_resamples, confidence_level: of the bootstrap.
-
-    Returns:
-        ``{"table", "kappa", "ci_low", "ci_high", "ci_method", "percent_agreement", "n"}`` where
-        ``table`` is a DataFrame (rows: reference, columns: predicted) of patient counts and
-        ``percent_agreement`` is in percent.
-
-    Example:
-        >>> a = staging_agreement(["limited", "extensive", "limited", "limited"],
-        ...                       ["limited", "extensive", "extensive", "limited"], n_resamples=200)
-        >>> a["percent_agreement"], round(a["kappa"], 2)
-        (75.0, 0.5)
-    """
-    _check_resampling(n_resamples, confidence_level, seed)
-    pred = pd.Series(list(stage_pred) if not isinstance(stage_pred, pd.Series) else stage_pred.tolist(), dtype=object)
-    ref = pd.Series(list(stage_ref) if not isinstance(stage_ref, pd.Series) else stage_ref.tolist(), dtype=object)
-    _same_length({"stage_pred": pred, "stage_ref": ref})
-    ok = (~pred.isna() & ~ref.isna()).to_numpy()
-    pred, ref = pred[ok].astype(str).to_numpy(), ref[ok].astype(str).to_numpy()
-    seen = set(pred) | set(ref)
-    cats = list(EXTENT_STAGES) if seen <= set(EXTENT_STAGES) else sorted(seen)
-    code = {c: i for i, c in enumerate(cats)}
-    a = np.array([code[v] for v in ref], dtype=int)
-    b = np.array([code[v] for v in pred], dtype=int)
-    n = int(len(a))
-    counts = np.zeros((len(cats), len(cats)), dtype=int)
-    np.add.at(counts, (a, b), 1)
-    table = pd.DataFrame(
-        counts,
-        index=pd.Index(cats, name="reference"),
-        columns=pd.Index(cats, name="predicted"),
-    )
-    out = {
-        "table": table,
-        "kappa": float("nan"),
-        "ci_low": float("nan"),
-        "ci_high": float("nan"),
-        "ci_method": "none",
-        "percent_agreement": float("nan"),
-        "n": n,
-    }
-    if n == 0:
-        return out
-    out["percent_agreement"] = float(100.0 * np.trace(counts) / n)
-    kappa_stat = _kappa_stat_factory(len(cats))
-    if not np.isfinite(kappa_stat(a, b)):
-        return out  # both raters use a single category: kappa undefined
-    with warnings.catch_warnings():
-        # statsmodels divides by a zero standard error for perfect agreement; kappa itself is fine
-        warnings.simplefilter("ignore", RuntimeWarning)
-        out["kappa"] = float(cohens_kappa(counts, return_results=True).kappa)
-    if n >= MIN_N:
-        out["ci_low"], out["ci_high"], out["ci_method"] = _bootstrap_ci(
-            (a, b), kappa_stat, n_resamples=n_resamples, confidence_level=confidence_level, seed=seed
-        )
-    return out

@@ -14,7 +14,8 @@ from sscild.errors import InputError
 from sscild.external.grid import GridMap, TrainingCase, normalize_intensity
 from sscild.external.recipe import check_extra
 from sscild.external.slices import CLASS_NAMES, SliceImage, read_label
-from sscild.model.train import IGNORE_LABEL, select_device
+from sscild.model.selftrain import IGNORE_LABEL
+from sscild.model.device import select_device
 from sscild.paths import atomic_path
 from sscild.profiles import Profile
 

@@ -36,8 +36,8 @@ from sscild.external.slices import (SliceImage, check_no_overlap, natural_key, r
                                     read_unlabelled_folder)
 from sscild.external.tables import PUBLISHED
 from sscild.external.training import semi_on, train_or_load, train_semi
-from sscild.model.predict import load_fold_model
-from sscild.model.train import set_threads
+from sscild.model.loading import load_fold_model
+from sscild.model.device import set_threads
 from sscild.paths import atomic_path, write_json
 from sscild.profiles import Profile
 

@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 
 from sscild.errors import InputError
-from sscild.evaluation.metrics import dice, summarize
+from sscild.evaluation.overlap import dice
+from sscild.evaluation.metrics import summarize
 from sscild.external.slices import CLASS_NAMES, SliceImage
 
 __all__ = ["score_slices", "summarize_scores"]

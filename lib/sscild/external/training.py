@@ -19,8 +19,9 @@ from sscild.external.grid import training_case
 from sscild.external.predict import pseudo_label_cases
 from sscild.external.recipe import SEMI_DEFAULTS, check_extra, external_profile
 from sscild.external.slices import CLASS_NAMES, SliceImage, natural_key
-from sscild.model.predict import load_fold_model
-from sscild.model.train import train_model, training_recipe
+from sscild.model.loading import load_fold_model
+from sscild.model.train import train_model
+from sscild.model.checkpoint import training_recipe
 from sscild.paths import read_json, write_json
 from sscild.profiles import Profile
 

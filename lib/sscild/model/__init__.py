@@ -3,6 +3,12 @@
 network     the network factory (MONAI U-Net) and model files
 recipe      the training recipe as the book states it
 augment     batched data augmentation on the training device
-train       one fold's training loop, checkpoints, resume
-predict     out-of-fold and ensemble inference; scan segmentation and which models it uses
+device      torch device, CPU threads, number type, batch-loader processes
+sampling    training patches and each step's batch from (seed, fold, step)
+checkpoint  the training recipe of a fold, resumable checkpoints, the final model file
+selftrain   self-training: unlabelled scans, the teacher's pseudo-labels, the masked loss
+train       one fold's training: its cases, teacher and student, the training loop
+loading     which fold models a prediction uses; loading them safely; the ensemble
+inference   slice-wise ensemble inference and lung post-processing on the network's grid
+predict     out-of-fold prediction of the cohort
 """

@@ -13,7 +13,8 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from sscild.book.plots import LABEL_COLORS, fixed_jitter, overlay, plt
+from sscild.book.plots import fixed_jitter, plt
+from sscild.clinic.figures import LABEL_COLORS, overlay
 
 __all__ = ["case_gallery", "extent_distribution", "fold_plot"]
 

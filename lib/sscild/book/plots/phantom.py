@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from sscild.book.plots import LABEL_COLORS, overlay, plt
+from sscild.book.plots import plt
+from sscild.clinic.figures import LABEL_COLORS, label_cmap, overlay, window
 
 __all__ = ["phantom_vs_real", "phantom_gallery"]
 
@@ -144,8 +145,6 @@ def phantom_gallery(case, *, levels=(0.2, 0.45, 0.7), coronal: bool = True):
     if coronal:
         ys = np.nonzero((lab > 0).any(axis=(0, 2)))[0]
         j = int(round(0.55 * ys[0] + 0.45 * ys[-1])) if ys.size else img.shape[1] // 2
-        from sscild.book.plots import label_cmap, window
-
         for r in range(2):
             ax = axes[r, -1]
             ax.imshow(np.flipud(window(img[::-1, j, :]).T), cmap="gray", vmin=0, vmax=1, aspect=sp[2] / sp[0],

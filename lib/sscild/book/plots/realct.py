@@ -8,7 +8,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.patches import Patch
 
 from sscild.palette import LABEL_HEX, LABEL_NAMES
-from sscild.book.plots import LUNG_WINDOW, window
+from sscild.clinic.figures import LUNG_WINDOW, window
 
 __all__ = ["lung_check_overlays"]
 

@@ -1,19 +1,19 @@
-"""Figures of the Segmentation results chapter and of ``sscild segment``.
+"""Figures of the Segmentation results chapter.
 
 * :func:`metric_strip`: Dice or surface Dice per region over cases (seaborn box + strip).
 * :func:`case_montage`: best / median / worst case, reference beside prediction, axial and coronal.
 * :func:`bland_altman_grid`: Bland–Altman plots of predicted vs reference extent per region.
 * :func:`baseline_comparison`: network against the HU density-mask baseline, case by case.
-* :func:`scan_montage`: the overlay PNG of ``sscild segment``.
 
 Every image panel is shown in radiological orientation (patient's right on the left of the image,
 anterior up, superior up): arrays are first reoriented to the closest canonical RAS orientation
-with nibabel (axis permutations and flips only), then drawn with :func:`sscild.book.plots.overlay`.
+with nibabel (axis permutations and flips only, :func:`sscild.clinic.figures.to_canonical`), then
+drawn with :func:`sscild.clinic.figures.overlay`. The overlay PNG of ``sscild segment`` is
+:func:`sscild.clinic.figures.scan_montage`.
 
-Usage::
-
-    fig = metric_strip(df, "dice")
-    plots.save(fig, "seg_dice", run.figures)
+Example:
+    >>> fig = metric_strip(df, "dice")        # doctest: +SKIP
+    >>> plots.save(fig, "seg_dice", run.figures)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -24,24 +24,16 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
-from matplotlib.patches import Patch
 
-from sscild.book.plots import LABEL_COLORS, fixed_jitter, overlay
+from sscild.book.plots import fixed_jitter
+from sscild.clinic.figures import LABEL_COLORS, label_legend, overlay
 from sscild.data.orientation import to_canonical
 
-__all__ = ["metric_strip", "case_montage", "bland_altman_grid", "baseline_comparison",
-           "scan_montage", "label_legend", "attenuation_histograms"]
+__all__ = ["metric_strip", "case_montage", "bland_altman_grid", "baseline_comparison", "attenuation_histograms"]
 
 _REGION_ORDER = ("normal", "ef", "ggo", "lesion", "lung")
 _REGION_LABEL = {"normal": "normal", "ef": "EF", "ggo": "GGO", "lesion": "lesion\n(EF ∪ GGO)", "lung": "lung"}
 _METHOD_COLOR = {"network": "#3b6ea5", "HU baseline": "#b07aa1"}
-
-
-def label_legend(fig, *, loc: str = "lower center", ncol: int = 3) -> None:
-    """Add the normal / EF / GGO colour legend to a figure."""
-    names = {1: "normal lung", 2: "EF", 3: "GGO"}
-    handles = [Patch(color=LABEL_COLORS[k], label=names[k]) for k in (1, 2, 3)]
-    fig.legend(handles=handles, loc=loc, ncol=ncol, frameon=False, fontsize=9)
 
 
 def metric_strip(df: pd.DataFrame, kind: str = "dice", *, regions=_REGION_ORDER, paper: dict | None = None,
@@ -148,7 +140,7 @@ def bland_altman_grid(df: pd.DataFrame, summary: dict, *, regions=("lesion", "ef
 
     One panel per region (network); with ``baseline`` a last panel shows the HU baseline's total
     lesion. Grey lines: fixed bias (solid) and 95 % limits of agreement (dashed); vermillion lines:
-    the regression-based bias and limits (:func:`sscild.evaluation.stats.bland_altman_regression`), which follow
+    the regression-based bias and limits (:func:`sscild.evaluation.agreement.bland_altman_regression`), which follow
     the extent when the bias is proportional. Values from ``summary``.
     """
     panels = [("network", r, f"pct_pred_{r}", f"pct_ref_{r}") for r in regions if f"pct_pred_{r}" in df.columns]
@@ -228,39 +220,8 @@ def baseline_comparison(df: pd.DataFrame):
     return fig
 
 
-def scan_montage(image: np.ndarray, label: np.ndarray, affine: np.ndarray, *, n_axial: int = 4,
-                 title: str | None = None):
-    """Overlay montage of a segmented scan: ``n_axial`` axial slices through the lung and one coronal.
-
-    The image and the label are reoriented to canonical RAS first
-    (:func:`sscild.data.orientation.to_canonical`), so the panels are in radiological orientation
-    whatever the file's voxel order.
-    """
-    img, sp = to_canonical(image, affine)
-    lab, _ = to_canonical(label, affine)
-    lung_z = np.flatnonzero((lab > 0).any(axis=(0, 1)))
-    if lung_z.size:
-        zs = np.linspace(lung_z[0], lung_z[-1], n_axial + 2).round().astype(int)[1:-1]
-        ymid = int(np.median(np.nonzero((lab > 0).any(axis=2))[1]))
-    else:
-        zs = np.linspace(0, img.shape[2] - 1, n_axial + 2).round().astype(int)[1:-1]
-        ymid = img.shape[1] // 2
-    fig, axes = plt.subplots(1, n_axial + 1, figsize=(3.1 * (n_axial + 1), 3.6))
-    for ax, z in zip(axes, zs):
-        overlay(ax, np.asarray(img[:, :, z]), np.asarray(lab[:, :, z]), title=f"axial, slice {z}",
-                aspect=sp[1] / sp[0])
-    overlay(axes[-1], np.asarray(img[:, ymid, :]), np.asarray(lab[:, ymid, :]), title="coronal",
-            aspect=sp[2] / sp[0])
-    axes[0].text(0.02, 0.02, "R", color="white", transform=axes[0].transAxes, fontsize=9)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    label_legend(fig)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
-    return fig
-
-
 def attenuation_histograms(hist: pd.DataFrame, *, band=None, cuts=None):
-    """Attenuation of reference EF and GGO voxels (normalised histograms, :func:`sscild.analysis.segmentation_errors.label_attenuation`).
+    """Attenuation of reference EF and GGO voxels (normalised histograms, :func:`sscild.analysis.segmentation.label_attenuation`).
 
     Args:
         hist: columns ``hu``, ``ef``, ``ggo``.

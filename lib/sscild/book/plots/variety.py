@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from sscild.palette import LABEL_HEX
-from sscild.book.plots import LUNG_WINDOW, overlay
+from sscild.clinic.figures import LUNG_WINDOW, overlay
 
 __all__ = ["variety_table", "pick_variety_examples", "variety_gallery", "lung_hu_histograms"]
 

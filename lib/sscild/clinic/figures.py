@@ -1,0 +1,111 @@
+"""Figures of one scan: the overlay montage ``sscild segment`` writes, and the slice drawing it shares with the book.
+
+Every image panel is shown in radiological orientation (patient's right on the left of the image,
+anterior up, superior up): arrays are first reoriented to the closest canonical RAS orientation
+with nibabel (axis permutations and flips only, :func:`to_canonical`), then drawn with
+:func:`overlay` in the lung window (:data:`LUNG_WINDOW`) with the label colours of
+:mod:`sscild.palette`.
+
+* :func:`scan_montage`: the overlay PNG of ``sscild segment``.
+* :func:`overlay`, :func:`window`, :func:`label_cmap`, :func:`label_legend`: one CT slice with its
+  labels, the lung window, the label colour map and legend (the book's figures use them too).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import matplotlib
+
+if "ipykernel" not in sys.modules:  # scripts and the CLI draw off-screen; notebooks keep inline figures
+    matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.colors import ListedColormap  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+
+from sscild.data.orientation import to_canonical  # noqa: E402
+from sscild.palette import LABEL_HEX  # noqa: E402
+
+__all__ = ["LABEL_COLORS", "LUNG_WINDOW", "label_cmap", "window", "overlay", "label_legend",
+           "scan_montage"]
+
+LABEL_COLORS = dict(LABEL_HEX)
+"""One colour per label, the colour-blind-safe palette of :mod:`sscild.palette` (normal lung sky
+blue, EF vermillion, GGO yellow), the same colours as the viewer files ``sscild segment`` writes."""
+
+LUNG_WINDOW = (-1350.0, 150.0)
+"""Lung window (level -600, width 1500)."""
+
+
+def label_cmap(alpha: float = 0.45) -> ListedColormap:
+    colors = [(0, 0, 0, 0)]
+    for k in (1, 2, 3):
+        rgb = matplotlib.colors.to_rgb(LABEL_COLORS[k])
+        colors.append((*rgb, alpha if k != 1 else alpha * 0.5))
+    return ListedColormap(colors)
+
+
+def window(hu: np.ndarray, lo: float = LUNG_WINDOW[0], hi: float = LUNG_WINDOW[1]) -> np.ndarray:
+    return np.clip((np.asarray(hu, dtype=np.float32) - lo) / (hi - lo), 0, 1)
+
+
+def overlay(ax, image_slice: np.ndarray, label_slice: np.ndarray | None = None, *, title: str | None = None,
+            aspect: float = 1.0, contour: bool = False, labels=(1, 2, 3)) -> None:
+    """Show a 2D (x, y) HU slice in the lung window with an optional label overlay.
+
+    The slice is displayed in radiological convention (patient's right on the image's left, anterior
+    up) for RAS arrays: the (x, y) array is transposed and flipped accordingly. With ``contour`` the
+    labels in ``labels`` are drawn as outlines, leaving the texture under them visible; otherwise as
+    translucent fills.
+    """
+    img = np.flipud(np.fliplr(window(image_slice).T)) if image_slice.ndim == 2 else image_slice
+    ax.imshow(img, cmap="gray", vmin=0, vmax=1, aspect=aspect, interpolation="nearest")
+    if label_slice is not None:
+        lab = np.flipud(np.fliplr(np.asarray(label_slice).T))
+        if contour:
+            for k in labels:
+                if (lab == k).any():
+                    ax.contour(lab == k, levels=[0.5], colors=[LABEL_COLORS[k]], linewidths=1.1 if k != 1 else 0.7)
+        else:
+            ax.imshow(lab, cmap=label_cmap(), vmin=0, vmax=3, aspect=aspect, interpolation="nearest")
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title)
+
+
+def label_legend(fig, *, loc: str = "lower center", ncol: int = 3) -> None:
+    """Add the normal / EF / GGO colour legend to a figure."""
+    names = {1: "normal lung", 2: "EF", 3: "GGO"}
+    handles = [Patch(color=LABEL_COLORS[k], label=names[k]) for k in (1, 2, 3)]
+    fig.legend(handles=handles, loc=loc, ncol=ncol, frameon=False, fontsize=9)
+
+
+def scan_montage(image: np.ndarray, label: np.ndarray, affine: np.ndarray, *, n_axial: int = 4,
+                 title: str | None = None):
+    """Overlay montage of a segmented scan: ``n_axial`` axial slices through the lung and one coronal.
+
+    The image and the label are reoriented to canonical RAS first (:func:`to_canonical`), so the
+    panels are in radiological orientation whatever the file's voxel order.
+    """
+    img, sp = to_canonical(image, affine)
+    lab, _ = to_canonical(label, affine)
+    lung_z = np.flatnonzero((lab > 0).any(axis=(0, 1)))
+    if lung_z.size:
+        zs = np.linspace(lung_z[0], lung_z[-1], n_axial + 2).round().astype(int)[1:-1]
+        ymid = int(np.median(np.nonzero((lab > 0).any(axis=2))[1]))
+    else:
+        zs = np.linspace(0, img.shape[2] - 1, n_axial + 2).round().astype(int)[1:-1]
+        ymid = img.shape[1] // 2
+    fig, axes = plt.subplots(1, n_axial + 1, figsize=(3.1 * (n_axial + 1), 3.6))
+    for ax, z in zip(axes, zs):
+        overlay(ax, np.asarray(img[:, :, z]), np.asarray(lab[:, :, z]), title=f"axial, slice {z}",
+                aspect=sp[1] / sp[0])
+    overlay(axes[-1], np.asarray(img[:, ymid, :]), np.asarray(lab[:, ymid, :]), title="coronal",
+            aspect=sp[2] / sp[0])
+    axes[0].text(0.02, 0.02, "R", color="white", transform=axes[0].transAxes, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    label_legend(fig)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return fig

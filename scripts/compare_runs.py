@@ -94,39 +94,59 @@ def _digest_weights(p: Path) -> str:
     return h.hexdigest()
 
 
-def _notebook_values(p: Path) -> dict[str, str]:
-    """Glued values (text form) and figures (PNG digest) of an executed notebook, keyed by name."""
+def _notebook_values(p: Path) -> list[tuple[str, str]]:
+    """The outputs of an executed notebook in order, as ``(what, text)``: glued values by name (their
+    text form; figures as a PNG digest), displayed figures (PNG digest), markdown and HTML outputs."""
     nb = json.loads(p.read_text())
-    vals: dict[str, str] = {}
-    n_fig = n_text = 0
+    items: list[tuple[str, str]] = []
     for cell in nb.get("cells", []):
         for o in cell.get("outputs", []):
             data = o.get("data", {})
             name = (o.get("metadata", {}).get("scrapbook") or {}).get("name")
-            if name:
-                for mime, v in data.items():
-                    text = "".join(v) if isinstance(v, list) else str(v)
-                    kind = mime.rsplit("/", 1)[-1] if "image" not in mime else "png"
-                    if kind == "png":
-                        text = hashlib.sha256(text.encode()).hexdigest()[:16]
-                    vals[f"glue {name} [{kind}]"] = text
-            elif "image/png" in data:
-                vals[f"figure #{n_fig}"] = hashlib.sha256(str(data["image/png"]).encode()).hexdigest()[:16]
-                n_fig += 1
-            else:
-                for mime in ("text/markdown", "text/html"):
-                    if mime in data:
-                        v = data[mime]
-                        vals[f"{mime} #{n_text}"] = "".join(v) if isinstance(v, list) else str(v)
-                        n_text += 1
-    return vals
+            for mime, v in data.items():
+                text = "".join(v) if isinstance(v, list) else str(v)
+                if "image" in mime:
+                    text = hashlib.sha256(text.encode()).hexdigest()[:16]
+                    what = f"glue {name} [png]" if name else "figure"
+                elif name:
+                    what = f"glue {name} [{mime.rsplit('/', 1)[-1]}]"
+                elif mime in ("text/markdown", "text/html"):
+                    what = mime
+                else:
+                    continue
+                items.append((what, text))
+    return items
+
+
+def _short(v: str | None) -> str:
+    return repr(v if v is None or len(v) < 120 else v[:117] + "...")
+
+
+def _notebook_diff(va: list[tuple[str, str]], vb: list[tuple[str, str]], where: str, out: list[str]) -> None:
+    """Outputs added, removed or changed between two runs of a notebook (aligned by content, so one
+    added paragraph does not shift every later comparison)."""
+    import difflib
+
+    sm = difflib.SequenceMatcher(a=va, b=vb, autojunk=False)
+    for op, i1, i2, j1, j2 in sm.get_opcodes():
+        if op == "equal":
+            continue
+        if op == "replace" and i2 - i1 == j2 - j1:
+            for (wa, ta), (wb, tb) in zip(va[i1:i2], vb[j1:j2]):
+                out.append(f"{where} {wa}: {_short(ta)} != {_short(tb)}" if wa == wb else
+                           f"{where} {wa} {_short(ta)} became {wb} {_short(tb)}")
+            continue
+        for wa, ta in va[i1:i2]:
+            out.append(f"{where} only in A: {wa} {_short(ta)}")
+        for wb, tb in vb[j1:j2]:
+            out.append(f"{where} only in B: {wb} {_short(tb)}")
 
 
 def compare(a: Path, b: Path) -> list[str]:
     out: list[str] = []
     files_a = {p.relative_to(a) for p in a.rglob("*") if p.is_file()}
     files_b = {p.relative_to(b) for p in b.rglob("*") if p.is_file()}
-    skip = re.compile(r"(^cache/|runlog\.json$|\.failed\.ipynb$|checkpoint_latest|^slurm/|\.tmp|progress)")
+    skip = re.compile(r"(^cache/|runlog\.json$|\.lock$|\.failed\.ipynb$|checkpoint_latest|^slurm/|\.tmp|progress)")
     for rel in sorted(files_a | files_b, key=str):
         s = str(rel)
         if skip.search(s):
@@ -146,11 +166,7 @@ def compare(a: Path, b: Path) -> list[str]:
             if _digest_weights(pa) != _digest_weights(pb):
                 out.append(f"{s}: weights differ")
         elif s.endswith(".ipynb"):
-            va, vb = _notebook_values(pa), _notebook_values(pb)
-            for k in sorted(set(va) | set(vb)):
-                if va.get(k) != vb.get(k):
-                    shown = (lambda v: v if v is None or len(v) < 120 else v[:117] + "...")
-                    out.append(f"{s} {k}: {shown(va.get(k))!r} != {shown(vb.get(k))!r}")
+            _notebook_diff(_notebook_values(pa), _notebook_values(pb), s, out)
     return out
 
 

@@ -176,3 +176,28 @@ else:
     if rec.get("variants"):
         show(pd.DataFrame(rec["variants"]).set_index("variant"),
              caption="Pure network step under other numeric settings (same run)")
+
+# %% [markdown]
+# ## How the folds share a CPU
+#
+# A small 2D network does not keep several cores busy: on a CPU, `make` therefore trains the folds
+# side by side, one thread each, as many at once as there are cores (`sscild.context`), rather than
+# one after the other on every core. `scripts/bench_folds.py` measures both ways in one session on
+# one machine (the real training step, as above); their ratio is the figure that holds on any machine
+# of the kind. One thread per fold also makes a fold's weights independent of the machine's core
+# count: floating-point sums split over a different number of threads round differently.
+
+# %%
+fold_rec = read_record("fold_parallel_cpu.json")
+if fold_rec is None:
+    display(Markdown("No fold-parallelism benchmark is recorded (`benchmarks/fold_parallel_cpu.json` is absent)."))
+else:
+    n = fold_rec["cores"]
+    rows = [("recorded", f"{fold_rec['date']}: `{fold_rec['benchmark_command']}`"),
+            ("processor", fold_rec.get("processor")), ("cores", n),
+            (f"one fold on {n} threads", f"{fold_rec['one_fold_all_cores_steps_per_s']:.2f} steps/s"),
+            (f"{n} folds side by side, 1 thread each",
+             f"{fold_rec['side_by_side_total_steps_per_s']:.2f} steps/s together "
+             f"({', '.join(f'{v:.2f}' for v in fold_rec['side_by_side_steps_per_s'])})"),
+            ("throughput ratio (side by side / one fold)", f"{fold_rec['throughput_ratio']:.2f}")]
+    show(pd.DataFrame(rows, columns=["", "value"]).set_index(""), caption="Recorded fold-parallelism benchmark (CPU)")

@@ -39,6 +39,7 @@ from sscild.data.cohort import load_cohort
 from sscild.data.validate import validate_cohort
 from sscild.data.folds import make_splits, write_splits
 from sscild.paths import default_data_dir, resolve_data_dir, write_json
+from sscild.profiles import get_profile
 from sscild.synthetic.writer import generate_cohort
 from sscild.book.plots.data import case_gallery, extent_distribution, fold_plot
 from sscild.data.cache import build_cache
@@ -47,7 +48,7 @@ from sscild.book.report import banner, chapter_context, figure, rel, show
 warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm's notice in a kernel without widgets
 data_dir = resolve_data_dir(data_dir, profile)
 if data_dir == default_data_dir(profile) and not (data_dir / "dataset.json").exists():
-    generate_cohort(data_dir, profile=profile, progress=False)
+    generate_cohort(data_dir, profile=get_profile(profile), progress=False)
 run, prof, info = chapter_context(data_dir, profile)
 banner(data_dir, profile)
 

@@ -53,19 +53,20 @@ LUNG_L = (2.0, 9.0)
 def cpu_models(work: Path, iterations: int) -> Path:
     """Eight cpu-profile fold models trained ``iterations`` steps on an 8-patient smoke-sized phantom."""
     from sscild.data.cohort import load_cohort
+    from sscild.profiles import get_profile
     from sscild.data.folds import make_splits, write_splits
     from sscild.paths import RunPaths
     from sscild.synthetic.writer import generate_cohort
     from sscild.data.cache import build_cache
     from sscild.model.train import train_fold
 
-    data = generate_cohort(work / "cohort", profile="smoke", n=8, progress=False)
+    data = generate_cohort(work / "cohort", profile=get_profile("smoke"), n=8, progress=False)
     run = RunPaths(results=work / "results", cohort="cohort", profile="cpu")
     cohort = load_cohort(data)
-    build_cache(cohort, run, "cpu", progress=False)
+    build_cache(cohort, run, get_profile("cpu"), progress=False)
     write_splits(run.splits, make_splits([c.case_id for c in cohort.cases], k=8, seed=0))
     for k in range(8):
-        train_fold(run, "cpu", k, iterations=iterations, progress=False)
+        train_fold(run, get_profile("cpu"), k, iterations=iterations, progress=False)
     return run.root
 
 

@@ -31,13 +31,14 @@ SHARED = REPO.parent / "shared" / "data" / "real-ct"
 
 def planted(models: Path, out: Path, *, case: int, seed: int, scale: float, tol_whole: float, tol_zone: float) -> dict:
     from sscild.clinic.compare import compare_scans
+    from sscild.profiles import get_profile
     from sscild.data.nifti_writer import save_volume
     from sscild.synthetic.phantom import generate_case
     from sscild.clinic.zones import zone_extent
 
     out.mkdir(parents=True, exist_ok=True)
-    cases = {"baseline": generate_case(case, profile="cpu", seed=seed),
-             "followup": generate_case(case, profile="cpu", seed=seed, lesion_scale=scale)}
+    cases = {"baseline": generate_case(case, profile=get_profile("cpu"), seed=seed),
+             "followup": generate_case(case, profile=get_profile("cpu"), seed=seed, lesion_scale=scale)}
     paths, ref = {}, {}
     for role, c in cases.items():
         paths[role] = save_volume(out / f"{role}.nii.gz", c.image, c.affine)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from sscild.profiles import get_profile
 from sscild.clinic.compare import (LUNG_VOLUME_RATIO, MCID_PP, MCID_STATEMENT, ScanResult, change_table,
                             comparability_warnings, compare_results, mcid_verdict)
 from sscild.evaluation.metrics import volumes_ml
@@ -27,8 +28,8 @@ def two_levels():
     """One synthetic patient at two disease levels (phantom ``lesion_scale``): a planted change."""
     from sscild.synthetic.phantom import generate_case
 
-    base = generate_case(2, profile="smoke", seed=0)
-    follow = generate_case(2, profile="smoke", seed=0, lesion_scale=1.8)
+    base = generate_case(2, profile=get_profile("smoke"), seed=0)
+    follow = generate_case(2, profile=get_profile("smoke"), seed=0, lesion_scale=1.8)
     return base, follow
 
 

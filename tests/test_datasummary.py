@@ -12,6 +12,7 @@ import pytest
 
 from cohort_factory import TINY_SHAPE, TINY_SPACING, make_case_arrays, make_tiny_cohort
 from sscild.analysis import data as ds
+from sscild.profiles import get_profile
 from sscild.analysis import phantomcheck
 from sscild.analysis.clinical_table import load_clinical
 from sscild.book.chapters import data as ch
@@ -35,7 +36,7 @@ def tiny(tmp_path_factory):
     root = make_tiny_cohort(tmp_path_factory.mktemp("cohort") / "tiny", n=4)
     (root / "clinical.csv").write_text(CLINICAL)
     run = RunPaths.for_run(root, "smoke", tmp_path_factory.mktemp("results"))
-    cases = build_cache(load_cohort(root), run, "smoke", progress=False)
+    cases = build_cache(load_cohort(root), run, get_profile("smoke"), progress=False)
     return root, cases
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from cohort_factory import make_case_arrays
 from sscild.analysis import segmentation as ev
+from sscild.profiles import get_profile
 from sscild.analysis import segmentation_errors as everr
 from sscild.analysis import segmentation_summary as evsum
 from sscild.book.chapters import segmentation as ch
@@ -178,7 +179,7 @@ def test_extreme_cases_skip_nan_and_break_ties_by_id():
 
 def test_nsd_tolerance_is_one_coarse_voxel_for_the_whole_cohort(scored):
     assert ev.nsd_tolerance_mm(scored["cohort"]) == pytest.approx(1.5 * 1.5)        # native 1.5 mm
-    assert ev.nsd_tolerance_mm(scored["cohort"], "smoke") == pytest.approx(1.5 * 3.6)  # network grid 3.6 mm
+    assert ev.nsd_tolerance_mm(scored["cohort"], get_profile("smoke")) == pytest.approx(1.5 * 3.6)  # network grid 3.6 mm
 
 
 def test_missing_or_misplaced_prediction_is_reported(scored, tmp_path):

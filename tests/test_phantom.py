@@ -13,6 +13,7 @@ from scipy import ndimage as ndi
 from scipy.stats import spearmanr
 
 from sscild.data.lungmask import lung_mask_by_threshold, parenchyma_stats
+from sscild.profiles import get_profile
 from sscild.synthetic.lungfunction import CLINICAL_MODEL, clinical_from_extent, simulate_population
 from sscild.synthetic.phantom import PhantomCase, generate_case
 from sscild.synthetic.writer import CLINICAL_COLUMNS, generate_cohort
@@ -48,13 +49,13 @@ def _threshold_rule(hu, label):
 
 @pytest.fixture(scope="module")
 def cpu_cases():
-    return [generate_case(i, profile="cpu", seed=0) for i in CPU_CASES]
+    return [generate_case(i, profile=get_profile("cpu"), seed=0) for i in CPU_CASES]
 
 
 @pytest.fixture(scope="module")
 def smoke_cohort(tmp_path_factory):
     out = tmp_path_factory.mktemp("cohort") / "phantom-smoke"
-    generate_cohort(out, profile="smoke", progress=False)
+    generate_cohort(out, profile=get_profile("smoke"), progress=False)
     return out
 
 
@@ -94,9 +95,9 @@ def test_cohort_layout_and_dataset_json(smoke_cohort):
 
 
 def test_same_seed_byte_identical_different_seed_differs(tmp_path):
-    a = generate_cohort(tmp_path / "a", profile="smoke", n=2, seed=3, progress=False)
-    b = generate_cohort(tmp_path / "b", profile="smoke", n=2, seed=3, progress=False)
-    c = generate_cohort(tmp_path / "c", profile="smoke", n=2, seed=4, progress=False)
+    a = generate_cohort(tmp_path / "a", profile=get_profile("smoke"), n=2, seed=3, progress=False)
+    b = generate_cohort(tmp_path / "b", profile=get_profile("smoke"), n=2, seed=3, progress=False)
+    c = generate_cohort(tmp_path / "c", profile=get_profile("smoke"), n=2, seed=4, progress=False)
     ha, hb, hc = _hashes(a), _hashes(b), _hashes(c)
     assert ha == hb
     assert ha["imagesTr/case_000_0000.nii.gz"] != hc["imagesTr/case_000_0000.nii.gz"]
@@ -104,32 +105,34 @@ def test_same_seed_byte_identical_different_seed_differs(tmp_path):
 
 
 def test_rerun_is_noop_and_foreign_folders_are_refused(tmp_path):
-    out = generate_cohort(tmp_path / "coh", profile="smoke", n=2, seed=0, progress=False)
+    out = generate_cohort(tmp_path / "coh", profile=get_profile("smoke"), n=2, seed=0, progress=False)
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
-    assert generate_cohort(out, profile="smoke", n=2, seed=0, progress=False) == out
+    assert generate_cohort(out, profile=get_profile("smoke"), n=2, seed=0, progress=False) == out
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == stamps
     with pytest.raises(ValueError, match="other settings"):
-        generate_cohort(out, profile="smoke", n=2, seed=1, progress=False)
+        generate_cohort(out, profile=get_profile("smoke"), n=2, seed=1, progress=False)
     with pytest.raises(ValueError, match="other settings"):
-        generate_cohort(out, profile="smoke", n=3, seed=0, progress=False)
+        generate_cohort(out, profile=get_profile("smoke"), n=3, seed=0, progress=False)
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("somebody's data")
     with pytest.raises(ValueError, match="not a synthetic phantom cohort"):
-        generate_cohort(foreign, profile="smoke", n=1, progress=False)
+        generate_cohort(foreign, profile=get_profile("smoke"), n=1, progress=False)
     assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
     with pytest.raises(ValueError, match="positive integer"):
-        generate_cohort(tmp_path / "x", profile="smoke", n=0)
+        generate_cohort(tmp_path / "x", profile=get_profile("smoke"), n=0)
     with pytest.raises(ValueError, match="Unknown profile"):
-        generate_cohort(tmp_path / "x", profile="huge")
+        get_profile("huge")
+    with pytest.raises(TypeError, match="resolved Profile"):       # names are resolved where a run starts
+        generate_cohort(tmp_path / "x", profile="smoke")
 
 
 def test_interrupted_run_is_completed(tmp_path):
-    out = generate_cohort(tmp_path / "coh", profile="smoke", n=2, seed=0, progress=False)
+    out = generate_cohort(tmp_path / "coh", profile=get_profile("smoke"), n=2, seed=0, progress=False)
     ref = _hashes(out)
     (out / "dataset.json").unlink()  # as if interrupted before the end
     (out / "labelsTr" / "case_001.nii.gz").unlink()
-    generate_cohort(out, profile="smoke", n=2, seed=0, progress=False)
+    generate_cohort(out, profile=get_profile("smoke"), n=2, seed=0, progress=False)
     assert _hashes(out) == ref
 
 
@@ -137,7 +140,7 @@ def test_interrupted_run_is_completed(tmp_path):
 # labels and extents
 # ---------------------------------------------------------------------------------------------
 def test_generate_case_fields_and_label_sanity():
-    case = generate_case(1, profile="smoke", seed=0)
+    case = generate_case(1, profile=get_profile("smoke"), seed=0)
     assert isinstance(case, PhantomCase) and case.case_id == "case_001"
     assert case.image.dtype == np.int16 and case.label.dtype == np.uint8
     assert case.image.shape == case.label.shape and case.affine.shape == (4, 4)
@@ -179,9 +182,9 @@ def test_extents_spread_across_the_cohort(smoke_cohort):
 
 def test_generate_case_argument_checks():
     with pytest.raises(ValueError, match="case_index"):
-        generate_case(-1, profile="smoke")
+        generate_case(-1, profile=get_profile("smoke"))
     with pytest.raises(ValueError, match="seed"):
-        generate_case(0, profile="smoke", seed=-2)
+        generate_case(0, profile=get_profile("smoke"), seed=-2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -302,7 +305,7 @@ def test_clinical_model_direction_and_constants():
 def test_figures_render(tmp_path):
     from sscild.book.plots.phantom import phantom_gallery, phantom_vs_real
 
-    case = generate_case(0, profile="smoke")
+    case = generate_case(0, profile=get_profile("smoke"))
     fig = phantom_vs_real(case.image, case.spacing, case.image[::-1, ::-1], case.spacing, real_orientation="LPS")
     assert len(fig.axes) == 3
     fig.savefig(tmp_path / "vs.png")

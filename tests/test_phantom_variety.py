@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from sscild.data.lungmask import lung_mask_by_threshold
+from sscild.profiles import get_profile
 from sscild.synthetic.phantom import generate_case
 from sscild.synthetic.variety import Variety
 
@@ -14,12 +15,12 @@ CASE = 3  # a cpu-profile patient with little disease, so most of its lung is fr
 
 
 def _case(**kw):
-    return generate_case(CASE, profile="cpu", variety=NONE.with_overrides(**kw))
+    return generate_case(CASE, profile=get_profile("cpu"), variety=NONE.with_overrides(**kw))
 
 
 @pytest.fixture(scope="module")
 def plain():
-    return generate_case(CASE, profile="cpu", variety=NONE)
+    return generate_case(CASE, profile=get_profile("cpu"), variety=NONE)
 
 
 def _dice(a, b):
@@ -106,18 +107,18 @@ def test_classical_lung_mask_agrees_with_the_phantom_lung():
     full = Variety().with_overrides(emphysema_prob=1.0, bullae_prob=1.0, oesophagus_prob=1.0, effusion_prob=1.0,
                                     fissure_prob=1.0)
     for i in (0, 2):
-        c = generate_case(i, profile="cpu", variety=full)
+        c = generate_case(i, profile=get_profile("cpu"), variety=full)
         m = lung_mask_by_threshold(c.image, c.spacing)
         assert _dice(m, c.label > 0) >= 0.95, c.case_id
 
 
 def test_variety_is_deterministic_and_validated():
-    a = generate_case(1, profile="smoke")
-    b = generate_case(1, profile="smoke")
+    a = generate_case(1, profile=get_profile("smoke"))
+    b = generate_case(1, profile=get_profile("smoke"))
     assert np.array_equal(a.image, b.image) and np.array_equal(a.label, b.label)
     with pytest.raises(ValueError, match="emphysema_prob"):
         Variety(emphysema_prob=1.5)
     with pytest.raises(ValueError, match="inspiration"):
         Variety(inspiration=(0.8, 0.2))
     with pytest.raises(ValueError, match="variety"):
-        generate_case(0, profile="smoke", variety={"emphysema_prob": 1})
+        generate_case(0, profile=get_profile("smoke"), variety={"emphysema_prob": 1})

@@ -54,7 +54,7 @@ def prepare(tmp_path, **cohort_kw):
     data = write_cohort(tmp_path / "cohort", **cohort_kw)
     run = RunPaths(results=tmp_path / "results", cohort="cohort", profile="smoke")
     cohort = load_cohort(data)
-    build_cache(cohort, run, "smoke", progress=False)
+    build_cache(cohort, run, get_profile("smoke"), progress=False)
     write_splits(run.splits, make_splits([c.case_id for c in cohort.cases], k=2, seed=0))
     for k in range(2):  # stand-in model files: only their bytes (hash) matter to predict_oof here
         (run.fold_dir(k)).mkdir(parents=True)
@@ -243,7 +243,7 @@ def test_fused_batchnorm_network_computes_the_same_function():
     from sscild.model.network import build_network
 
     torch.manual_seed(0)
-    net = build_network("smoke").eval()
+    net = build_network(get_profile("smoke")).eval()
     for m in net.modules():  # non-trivial running statistics and affine parameters
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-1, 1)
@@ -256,4 +256,4 @@ def test_fused_batchnorm_network_computes_the_same_function():
     with torch.no_grad():
         torch.testing.assert_close(fused(x), net(x), atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="eval"):
-        fuse_batchnorm(build_network("smoke").train())
+        fuse_batchnorm(build_network(get_profile("smoke")).train())

@@ -250,7 +250,7 @@ def test_real_chest_ct():
 
     vol = load_volume(REAL_CT / "chest-ct-1.nrrd")  # 512 x 512 x 48, 0.57 mm, LPS
     mask = (np.asarray(vol.array) < -400).astype(np.uint8)  # lungs + outside air
-    pre = preprocess_volume(vol, mask, profile="paper")
+    pre = preprocess_volume(vol, mask, profile=get_profile("paper"))
     assert pre.spacing == (0.7, 0.7, 5.0)
     assert pre.image.shape[0] % 16 == 0 and pre.image.shape[1] % 16 == 0
     assert pre.info["body_found"]
@@ -437,7 +437,7 @@ def test_build_cache_reads_a_cohort_folder(tmp_path):
 
     cohort = load_cohort(make_tiny_cohort(tmp_path / "tiny", n=2))
     run = RunPaths(results=tmp_path / "results", cohort="tiny", profile="smoke")
-    table = build_cache(cohort, run, "smoke", progress=False)
+    table = build_cache(cohort, run, get_profile("smoke"), progress=False)
     assert list(table["case_id"]) == cohort.case_ids and not table["reused"].any()
     for cid in cohort.case_ids:
         vol, lab = read_case(cohort, cid)
@@ -447,4 +447,4 @@ def test_build_cache_reads_a_cohort_folder(tmp_path):
         assert [row[f"n_{k}"] for k in ("background", "normal", "ef", "ggo")] == counts.tolist()
         assert got.image.shape[0] % PAD_MULTIPLE == 0 and got.label.max() <= 3
         assert restore_label(got.label, got.info).shape == vol.shape
-    assert build_cache(cohort, run, "smoke", progress=False)["reused"].all()
+    assert build_cache(cohort, run, get_profile("smoke"), progress=False)["reused"].all()

@@ -7,6 +7,7 @@ import pytest
 
 from conftest import shared_data
 from sscild.data.cohort import load_cohort
+from sscild.profiles import get_profile
 from sscild.data.folds import make_splits, write_splits
 from sscild.data.image import Volume
 from sscild.data.nifti_writer import save_volume
@@ -21,13 +22,13 @@ from sscild.model.train import train_fold
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     base = tmp_path_factory.mktemp("realcheck")
-    data = generate_cohort(base / "cohort", profile="smoke", n=4, progress=False)
+    data = generate_cohort(base / "cohort", profile=get_profile("smoke"), n=4, progress=False)
     run = RunPaths(results=base / "results", cohort="cohort", profile="smoke")
     cohort = load_cohort(data)
-    build_cache(cohort, run, "smoke", progress=False)
+    build_cache(cohort, run, get_profile("smoke"), progress=False)
     write_splits(run.splits, make_splits([c.case_id for c in cohort.cases], k=2, seed=0))
     for k in range(2):
-        train_fold(run, "smoke", k, iterations=10, progress=False)
+        train_fold(run, get_profile("smoke"), k, iterations=10, progress=False)
     return run.root
 
 
@@ -51,7 +52,7 @@ def test_list_volumes_takes_volume_files_only(tmp_path):
 
 
 def test_check_on_a_synthetic_scan_is_self_consistent(models, tmp_path):
-    case = generate_case(5, profile="smoke")
+    case = generate_case(5, profile=get_profile("smoke"))
     scan = tmp_path / "scan.nii.gz"
     save_volume(scan, case.image, case.affine)
     table, views = real_lung_check([scan], models)

@@ -14,6 +14,7 @@ import pytest
 from cohort_factory import make_dicom_series, make_tiny_cohort
 from conftest import shared_data
 from sscild.cli import main
+from sscild.profiles import get_profile
 from sscild.data.cohort import load_cohort
 from sscild.errors import InputError
 from sscild.data.folds import make_splits, write_splits
@@ -31,15 +32,15 @@ def models(tmp_path_factory):
     try:
         from sscild.synthetic.writer import generate_cohort
 
-        data = generate_cohort(base / "cohort", profile="smoke", n=4, progress=False)
+        data = generate_cohort(base / "cohort", profile=get_profile("smoke"), n=4, progress=False)
     except ImportError:  # pragma: no cover - older trees without the generator
         data = make_tiny_cohort(base / "cohort", n=4, shape=(64, 56, 12), spacing=(3.6, 3.6, 10.0))
     run = RunPaths(results=base / "results", cohort="cohort", profile="smoke")
     cohort = load_cohort(data)
-    build_cache(cohort, run, "smoke", progress=False)
+    build_cache(cohort, run, get_profile("smoke"), progress=False)
     write_splits(run.splits, make_splits([c.case_id for c in cohort.cases], k=2, seed=0))
     for k in range(2):
-        train_fold(run, "smoke", k, iterations=10, progress=False)
+        train_fold(run, get_profile("smoke"), k, iterations=10, progress=False)
     return {"root": run.root, "data": data, "image": cohort.cases[0].image}
 
 
@@ -282,10 +283,10 @@ def _study_cpu_run(results, data):
     """Two `cpu`-profile study fold models (2 iterations each) in results/synthetic-cpu/cpu."""
     run = RunPaths(results=results, cohort="synthetic-cpu", profile="cpu")
     cohort = load_cohort(data)
-    build_cache(cohort, run, "cpu", progress=False)
+    build_cache(cohort, run, get_profile("cpu"), progress=False)
     write_splits(run.splits, make_splits([c.case_id for c in cohort.cases], k=2, seed=0))
     for k in range(2):
-        train_fold(run, "cpu", k, iterations=2, progress=False)
+        train_fold(run, get_profile("cpu"), k, iterations=2, progress=False)
     return run.root
 
 

@@ -24,7 +24,7 @@ from sscild.profiles import get_profile
 def semi_run(tmp_path_factory):
     """A 5-patient smoke cohort whose fifth CT is moved to unlabelledTr/ (its label and row removed)."""
     base = tmp_path_factory.mktemp("semi")
-    data = generate_cohort(base / "cohort", profile="smoke", n=5, seed=3, progress=False)
+    data = generate_cohort(base / "cohort", profile=get_profile("smoke"), n=5, seed=3, progress=False)
     cases = sorted(p.name for p in (data / "imagesTr").iterdir())
     last = cases[-1].removesuffix("_0000.nii.gz")
     (data / "unlabelledTr").mkdir()
@@ -37,7 +37,7 @@ def semi_run(tmp_path_factory):
     assert report.ok, report.format()
     write_json(run.validation, ds.validation_record(report))
     cohort = load_cohort(data)
-    build_cache(cohort, run, "smoke", progress=False)
+    build_cache(cohort, run, get_profile("smoke"), progress=False)
     write_splits(run.splits, make_splits([c.case_id for c in cohort.cases], k=2, seed=0))
     return run
 

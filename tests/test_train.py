@@ -11,6 +11,7 @@ from sscild.model import train as train_mod
 from sscild.data.cohort import load_cohort
 from sscild.data.folds import make_splits, read_splits, write_splits
 from sscild.paths import RunPaths
+from sscild.profiles import get_profile
 from sscild.synthetic.writer import generate_cohort
 from sscild.data.cache import build_cache
 
@@ -19,10 +20,10 @@ from sscild.data.cache import build_cache
 def prepared(tmp_path_factory):
     """A 4-patient smoke cohort, its cache and 2-fold splits."""
     base = tmp_path_factory.mktemp("train")
-    data = generate_cohort(base / "cohort", profile="smoke", n=4, seed=3, progress=False)
+    data = generate_cohort(base / "cohort", profile=get_profile("smoke"), n=4, seed=3, progress=False)
     run = RunPaths(results=base / "results", cohort="cohort", profile="smoke")
     cohort = load_cohort(data)
-    build_cache(cohort, run, "smoke", progress=False)
+    build_cache(cohort, run, get_profile("smoke"), progress=False)
     write_splits(run.splits, make_splits([c.case_id for c in cohort.cases], k=2, seed=0))
     return run
 
@@ -48,13 +49,13 @@ def assert_same(a: dict, b: dict):
 
 def test_same_seed_gives_identical_weights(prepared, tmp_path):
     r1, r2 = fresh_copy(prepared, tmp_path, "a"), fresh_copy(prepared, tmp_path, "b")
-    s1 = train_mod.train_fold(r1, "smoke", 0, iterations=20, progress=False)
-    train_mod.train_fold(r2, "smoke", 0, iterations=20, progress=False)
+    s1 = train_mod.train_fold(r1, get_profile("smoke"), 0, iterations=20, progress=False)
+    train_mod.train_fold(r2, get_profile("smoke"), 0, iterations=20, progress=False)
     assert s1["steps"] == 20
     assert_same(weights(r1), weights(r2))
     # and training actually changed the weights
     torch.manual_seed(0)
-    init = train_mod.build_network("smoke").state_dict()
+    init = train_mod.build_network(get_profile("smoke")).state_dict()
     assert any(not torch.equal(init[k], weights(r1)[k]) for k in init if init[k].dtype.is_floating_point)
 
 
@@ -62,21 +63,21 @@ def test_loader_workers_give_the_same_weights(prepared, tmp_path, monkeypatch):
     """Batches prepared in loader processes (the CUDA default) equal those made in-process."""
     r0, r2 = fresh_copy(prepared, tmp_path, "w0"), fresh_copy(prepared, tmp_path, "w2")
     monkeypatch.setenv("SSCILD_LOADER_WORKERS", "0")
-    train_mod.train_fold(r0, "smoke", 0, iterations=12, progress=False)
+    train_mod.train_fold(r0, get_profile("smoke"), 0, iterations=12, progress=False)
     monkeypatch.setenv("SSCILD_LOADER_WORKERS", "2")
-    s2 = train_mod.train_fold(r2, "smoke", 0, iterations=12, progress=False)
+    s2 = train_mod.train_fold(r2, get_profile("smoke"), 0, iterations=12, progress=False)
     assert s2["loader_workers"] == 2
     assert_same(weights(r0), weights(r2))
 
 
 def test_resumed_run_equals_uninterrupted(prepared, tmp_path):
     whole, broken = fresh_copy(prepared, tmp_path, "whole"), fresh_copy(prepared, tmp_path, "broken")
-    train_mod.train_fold(whole, "smoke", 1, iterations=20, progress=False)
-    part = train_mod.train_fold(broken, "smoke", 1, iterations=20, progress=False, stop_after=10)
+    train_mod.train_fold(whole, get_profile("smoke"), 1, iterations=20, progress=False)
+    part = train_mod.train_fold(broken, get_profile("smoke"), 1, iterations=20, progress=False, stop_after=10)
     assert part.get("interrupted") and part["steps"] == 10
     assert (broken.fold_dir(1) / "checkpoint_latest.pt").exists()
     assert not train_mod.fold_is_done(broken, 1)
-    done = train_mod.train_fold(broken, "smoke", 1, iterations=20, progress=False)
+    done = train_mod.train_fold(broken, get_profile("smoke"), 1, iterations=20, progress=False)
     assert done["steps"] == 20
     assert_same(weights(whole, 1), weights(broken, 1))
     h_whole = (whole.fold_dir(1) / "history.csv").read_text()
@@ -86,9 +87,9 @@ def test_resumed_run_equals_uninterrupted(prepared, tmp_path):
 
 def test_completed_fold_is_not_retrained(prepared, tmp_path):
     r = fresh_copy(prepared, tmp_path, "c")
-    train_mod.train_fold(r, "smoke", 0, iterations=10, progress=False)
+    train_mod.train_fold(r, get_profile("smoke"), 0, iterations=10, progress=False)
     mtime = (r.fold_dir(0) / "model_final.pt").stat().st_mtime_ns
-    train_mod.train_fold(r, "smoke", 0, iterations=10, progress=False)
+    train_mod.train_fold(r, get_profile("smoke"), 0, iterations=10, progress=False)
     assert (r.fold_dir(0) / "model_final.pt").stat().st_mtime_ns == mtime
 
 
@@ -115,7 +116,7 @@ def test_no_test_fold_case_reaches_the_loader(prepared, tmp_path, monkeypatch):
     for fold in range(2):
         requested.clear()
         seen_by_sampler.clear()
-        train_mod.train_fold(r, "smoke", fold, iterations=5, progress=False)
+        train_mod.train_fold(r, get_profile("smoke"), fold, iterations=5, progress=False)
         test_ids = set(splits[fold]["val"])
         assert requested and set(requested) == set(splits[fold]["train"])
         assert not test_ids & set(requested)
@@ -125,10 +126,10 @@ def test_no_test_fold_case_reaches_the_loader(prepared, tmp_path, monkeypatch):
 def test_bad_fold_and_missing_splits_are_clear(prepared, tmp_path):
     r = fresh_copy(prepared, tmp_path, "bad")
     with pytest.raises(ValueError, match="fold 5 does not exist"):
-        train_mod.train_fold(r, "smoke", 5, iterations=5, progress=False)
+        train_mod.train_fold(r, get_profile("smoke"), 5, iterations=5, progress=False)
     empty = RunPaths(results=tmp_path / "none", cohort="x", profile="smoke")
     with pytest.raises(FileNotFoundError, match="make data"):
-        train_mod.train_fold(empty, "smoke", 0, iterations=5, progress=False)
+        train_mod.train_fold(empty, get_profile("smoke"), 0, iterations=5, progress=False)
 
 
 def test_recorded_gpu_check_renders(tmp_path):
@@ -144,13 +145,13 @@ def test_changed_settings_are_not_mistaken_for_a_finished_or_resumable_fold(prep
     from sscild.profiles import get_profile
 
     run = fresh_copy(prepared, tmp_path, "stale")
-    train_mod.train_fold(run, "smoke", 0, iterations=10, progress=False)
-    train_mod.train_fold(run, "smoke", 0, iterations=10, progress=False)  # same settings: done, no error
+    train_mod.train_fold(run, get_profile("smoke"), 0, iterations=10, progress=False)
+    train_mod.train_fold(run, get_profile("smoke"), 0, iterations=10, progress=False)  # same settings: done, no error
     other = get_profile("smoke").with_overrides(learning_rate=1e-4)
     with pytest.raises(ValueError, match="other settings.*learning_rate"):
         train_mod.train_fold(run, other, 0, iterations=10, progress=False)
     # an interrupted fold cannot be resumed under other settings either
-    part = train_mod.train_fold(run, "smoke", 1, iterations=20, progress=False, stop_after=10)
+    part = train_mod.train_fold(run, get_profile("smoke"), 1, iterations=20, progress=False, stop_after=10)
     assert part.get("interrupted")
     with pytest.raises(ValueError, match="batch_size.*cannot be resumed"):
         train_mod.train_fold(run, get_profile("smoke").with_overrides(batch_size=2), 1, iterations=20, progress=False)
@@ -173,7 +174,7 @@ def test_bfloat16_training_is_repeatable(tmp_path):
     p = get_profile("smoke").with_overrides(cpu_bf16=True)
     cases = {}
     for i in range(2):
-        c = generate_case(i, profile="smoke")
+        c = generate_case(i, profile=get_profile("smoke"))
         pre = preprocess_volume(Volume(c.image, c.affine), c.label, profile=p)
         cases[f"c{i}"] = SimpleNamespace(image=pre.image, label=pre.label)
     weights = []

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from sscild.evaluation.metrics import volumes_ml
+from sscild.profiles import get_profile
 from sscild.clinic.zones import ZONES, zone_extent, zone_map
 
 FLIP_X = np.array([[-1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]])
@@ -102,7 +103,7 @@ def test_disease_beside_the_mediastinum_is_central():
 def phantom_label():
     from sscild.synthetic.phantom import generate_case
 
-    case = generate_case(1, profile="smoke", seed=0)
+    case = generate_case(1, profile=get_profile("smoke"), seed=0)
     return case.label, case.affine, case.truth
 
 

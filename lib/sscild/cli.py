@@ -27,6 +27,7 @@ from pathlib import Path
 
 from sscild import __version__
 from sscild.errors import SscildError
+from sscild.profiles import get_profile
 
 __all__ = ["main", "UsageError"]
 
@@ -90,7 +91,7 @@ def _cmd_validate(args) -> int:
 def _cmd_phantom(args) -> int:
     from sscild.synthetic.writer import generate_cohort
 
-    out = generate_cohort(args.out, profile=args.profile, n=args.n, seed=args.seed, progress=not args.quiet)
+    out = generate_cohort(args.out, profile=get_profile(args.profile), n=args.n, seed=args.seed, progress=not args.quiet)
     print(f"synthetic cohort written to {out}")
     return 0
 
@@ -108,7 +109,7 @@ def _cmd_train(args) -> int:
     from sscild.model.train import train_fold
 
     run = RunPaths.for_run(args.data, args.profile, args.results)
-    summary = train_fold(run, args.profile, args.fold, progress=not args.quiet)
+    summary = train_fold(run, get_profile(args.profile), args.fold, progress=not args.quiet)
     print(json.dumps({k: summary[k] for k in ("fold", "steps", "seconds") if k in summary}))
     return 0
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
-__all__ = ["Profile", "PROFILES", "get_profile"]
+__all__ = ["Profile", "PROFILES", "get_profile", "require_profile"]
 
 
 @dataclass(frozen=True)
@@ -162,3 +162,23 @@ def get_profile(name: str | Profile) -> Profile:
             f"Unknown profile {name!r}. Choose one of: {', '.join(PROFILES)} "
             "(set it with `make all PROFILE=...` or the notebook's `profile` parameter)."
         ) from None
+
+
+def require_profile(profile) -> Profile:
+    """``profile`` itself when it is a resolved :class:`Profile`; anything else is a TypeError.
+
+    A profile is resolved once from its name (:func:`get_profile`), where a run starts: make and the
+    run context, the command line, a chapter's first cell. Library functions take the resolved
+    profile, so a setting can never differ between two functions of one run.
+
+    >>> require_profile(PROFILES["smoke"]).name
+    'smoke'
+    >>> require_profile("smoke")
+    Traceback (most recent call last):
+    ...
+    TypeError: expected a resolved Profile, got str 'smoke': resolve the name once with sscild.profiles.get_profile('smoke') where the run starts
+    """
+    if isinstance(profile, Profile):
+        return profile
+    raise TypeError(f"expected a resolved Profile, got {type(profile).__name__} {profile!r}: resolve the name once "
+                    f"with sscild.profiles.get_profile({profile!r}) where the run starts")

@@ -53,7 +53,7 @@ from sscild.data.image import load_header, load_volume
 from sscild.evaluation.baseline import band_histograms, density_mask, fit_ef_cut, split_dice
 from sscild.evaluation.metrics import DEFAULT_TOLERANCE_FACTOR, case_metrics, confusion_counts
 from sscild.paths import RunPaths, atomic_path, read_json
-from sscild.profiles import PROFILES, get_profile
+from sscild.profiles import PROFILES, get_profile, require_profile
 
 __all__ = [
     "NETWORK_REGIONS",
@@ -82,14 +82,14 @@ def nsd_tolerance_mm(cohort: Cohort, profile=None) -> float:
 
     Args:
         cohort: the cohort; only file headers are read.
-        profile: profile name or object whose ``target_spacing`` gives the network's in-plane
-            spacing; ``None`` uses the native spacings alone.
+        profile: the profile whose ``target_spacing`` gives the network's in-plane spacing;
+            ``None`` uses the native spacings alone.
 
-    Example: ``nsd_tolerance_mm(cohort, "cpu")`` is 2.1 mm on the synthetic ``cpu`` cohort.
+    Example: ``nsd_tolerance_mm(cohort, get_profile("cpu"))`` is 2.1 mm on the synthetic ``cpu`` cohort.
     """
     inplane = [max(load_header(c.image).spacing[:2]) for c in cohort.cases]
     if profile is not None:
-        target = [t for t in get_profile(profile).target_spacing[:2] if t is not None]
+        target = [t for t in require_profile(profile).target_spacing[:2] if t is not None]
         inplane += [float(t) for t in target]
     if not inplane:
         raise ValueError(f"cohort {cohort.root} has no cases: nothing to derive an NSD tolerance from.")
@@ -208,7 +208,7 @@ def evaluate_oof(run: RunPaths, cohort: Cohort, *, tolerance_mm: float | None = 
     splits = read_splits(run.splits)
     folds = fold_of(splits)
     if tolerance_mm is None:
-        tolerance_mm = nsd_tolerance_mm(cohort, run.profile if run.profile in PROFILES else None)
+        tolerance_mm = nsd_tolerance_mm(cohort, get_profile(run.profile) if run.profile in PROFILES else None)
     ids = [c.case_id for c in cohort.cases if c.case_id in folds]
     workers = max(1, int(workers or min(4, os.cpu_count() or 1)))
 

@@ -24,7 +24,7 @@ from sscild.data.cohort import read_case
 from sscild.data.preprocess import (BODY_HU, BODY_MARGIN_MM, BODY_STEP_MM, IMAGE_ORDER, PAD_MULTIPLE,
                                     PREPROCESS_VERSION, Preprocessed, preprocess_volume)
 from sscild.paths import RunPaths, atomic_path, read_json, write_json
-from sscild.profiles import get_profile
+from sscild.profiles import require_profile
 
 __all__ = ["preprocess_settings", "cache_key", "build_cache", "load_cached", "is_cached"]
 
@@ -33,7 +33,7 @@ _CHUNK = 1 << 20
 
 def preprocess_settings(profile) -> dict:
     """The settings that determine a cached case (part of :func:`cache_key`)."""
-    prof = get_profile(profile)
+    prof = require_profile(profile)
     return {
         "version": PREPROCESS_VERSION,
         "target_spacing": [None if t is None else float(t) for t in prof.target_spacing],
@@ -65,8 +65,9 @@ def cache_key(image_path, label_path, profile, *, extra=None) -> str:
         >>> import tempfile
         >>> scan = Path(tempfile.mkdtemp()) / "scan.nii.gz"
         >>> _ = scan.write_bytes(b"not really a scan")
-        >>> key = cache_key(scan, None, "cpu")
-        >>> len(key), key == cache_key(scan, None, "cpu"), key == cache_key(scan, None, "smoke")
+        >>> from sscild.profiles import get_profile
+        >>> key = cache_key(scan, None, get_profile("cpu"))
+        >>> len(key), key == cache_key(scan, None, get_profile("cpu")), key == cache_key(scan, None, get_profile("smoke"))
         (64, True, False)
     """
     h = hashlib.sha256()
@@ -155,11 +156,11 @@ def build_cache(cohort, run: RunPaths, profile, *, cases=None, progress: bool = 
 
     Example::
 
-        table = build_cache(load_cohort("data/synthetic"), RunPaths.for_run("data/synthetic", "cpu"), "cpu")
+        table = build_cache(load_cohort("data/synthetic"), RunPaths.for_run("data/synthetic", "cpu"), get_profile("cpu"))
     """
     from tqdm.auto import tqdm
 
-    prof = get_profile(profile)
+    prof = require_profile(profile)
     all_cases = list(cohort.cases)
     if cases is not None:
         wanted = [str(c) for c in cases]

@@ -28,7 +28,8 @@ Example:
     >>> import numpy as np
     >>> from sscild.data.image import Volume
     >>> hu = np.full((60, 50, 8), -1000, np.int16); hu[10:50, 8:42] = 40   # a body block in air
-    >>> pre = preprocess_volume(Volume(hu, np.diag([0.7, 0.7, 5.0, 1.0])), profile="cpu")
+    >>> from sscild.profiles import get_profile
+    >>> pre = preprocess_volume(Volume(hu, np.diag([0.7, 0.7, 5.0, 1.0])), profile=get_profile("cpu"))
     >>> pre.image.shape, pre.spacing
     ((32, 32, 8), (1.4, 1.4, 5.0))
 """
@@ -43,7 +44,7 @@ from nibabel import orientations as nio
 from scipy import ndimage as ndi
 
 from sscild import LABELS
-from sscild.profiles import get_profile
+from sscild.profiles import require_profile
 
 __all__ = [
     "PREPROCESS_VERSION",
@@ -123,7 +124,7 @@ class Preprocessed:
 
 
 def _window(profile) -> tuple[float, float]:
-    lo, hi = (float(v) for v in get_profile(profile).hu_clip)
+    lo, hi = (float(v) for v in require_profile(profile).hu_clip)
     if not hi > lo:
         raise ValueError(f"profile hu_clip must be (low, high) with low < high, got {(lo, hi)}")
     return lo, hi
@@ -143,7 +144,8 @@ def normalise_hu(hu, profile) -> np.ndarray:
         float32 array, same shape, values in [-1, 1].
 
     Example:
-        >>> normalise_hu(np.array([-2000.0, -1024.0, 600.0]), "cpu").tolist()
+        >>> from sscild.profiles import get_profile
+        >>> normalise_hu(np.array([-2000.0, -1024.0, 600.0]), get_profile("cpu")).tolist()
         [-1.0, -1.0, 1.0]
     """
     lo, hi = _window(profile)
@@ -165,7 +167,8 @@ def denormalise(x, profile) -> np.ndarray:
     """Inverse of :func:`normalise_hu` on [-1, 1]: normalised values back to HU (float32).
 
     Example:
-        >>> denormalise(np.array([-1.0, 1.0]), "cpu").tolist()
+        >>> from sscild.profiles import get_profile
+        >>> denormalise(np.array([-1.0, 1.0]), get_profile("cpu")).tolist()
         [-1024.0, 600.0]
     """
     lo, hi = _window(profile)
@@ -302,11 +305,12 @@ def preprocess_volume(image, label=None, *, profile, case_id: str = "scan") -> P
         >>> from sscild.data.image import Volume
         >>> hu = np.full((60, 50, 8), -1000, np.int16); hu[10:50, 8:42] = 40
         >>> vol, lab = Volume(hu, np.diag([0.7, 0.7, 5.0, 1.0])), (hu > 0).astype(np.uint8)
-        >>> pre = preprocess_volume(vol, lab, profile="cpu", case_id="case_001")
+        >>> from sscild.profiles import get_profile
+        >>> pre = preprocess_volume(vol, lab, profile=get_profile("cpu"), case_id="case_001")
         >>> pre.image.shape, pre.label.shape
         ((32, 32, 8), (32, 32, 8))
     """
-    prof = get_profile(profile)
+    prof = require_profile(profile)
     lo_hu, hi_hu = _window(prof)
     array, affine, label, target = _checked_inputs(image, label, prof, case_id)
 
@@ -405,7 +409,8 @@ def restore_label(label_pre: np.ndarray, info: dict) -> np.ndarray:
         >>> from sscild.data.image import Volume
         >>> hu = np.full((60, 50, 8), -1000, np.int16); hu[10:50, 8:42] = 40
         >>> lab = (hu > 0).astype(np.uint8)
-        >>> pre = preprocess_volume(Volume(hu, np.diag([0.7, 0.7, 5.0, 1.0])), lab, profile="cpu")
+        >>> from sscild.profiles import get_profile
+        >>> pre = preprocess_volume(Volume(hu, np.diag([0.7, 0.7, 5.0, 1.0])), lab, profile=get_profile("cpu"))
         >>> back = restore_label(pre.label, pre.info)
         >>> back.shape, bool((back == lab).all())
         ((60, 50, 8), True)

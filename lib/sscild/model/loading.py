@@ -62,7 +62,8 @@ def fuse_batchnorm(net: torch.nn.Module) -> torch.nn.Module:
     with the norm ("NDA" ordering); anything else is left alone. Modifies ``net`` in place.
 
     Example:
-        >>> net = fuse_batchnorm(build_network("smoke").eval())
+        >>> from sscild.profiles import get_profile
+        >>> net = fuse_batchnorm(build_network(get_profile("smoke")).eval())
     """
     from monai.networks.blocks import Convolution
     from torch.nn.utils.fusion import fuse_conv_bn_eval

@@ -5,22 +5,23 @@ from __future__ import annotations
 import torch
 from monai.networks.nets import UNet
 
-from sscild.profiles import Profile, get_profile
+from sscild.profiles import Profile, require_profile
 
 __all__ = ["build_network", "count_parameters", "native_cpu_bf16", "NUM_CLASSES"]
 
 NUM_CLASSES = 4
 
 
-def build_network(profile: str | Profile, *, in_channels: int = 1, out_channels: int = NUM_CLASSES) -> torch.nn.Module:
+def build_network(profile: Profile, *, in_channels: int = 1, out_channels: int = NUM_CLASSES) -> torch.nn.Module:
     """Build the profile's segmentation network.
 
     Example:
-        >>> net = build_network("smoke")
+        >>> from sscild.profiles import get_profile
+        >>> net = build_network(get_profile("smoke"))
         >>> net(torch.zeros(1, 1, 64, 64)).shape
         torch.Size([1, 4, 64, 64])
     """
-    p = get_profile(profile)
+    p = require_profile(profile)
     if len(p.strides) != len(p.channels) - 1:
         raise ValueError(f"profile {p.name!r}: need len(strides) == len(channels) - 1, got {p.strides} / {p.channels}")
     return UNet(

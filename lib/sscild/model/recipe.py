@@ -5,13 +5,13 @@ from __future__ import annotations
 import pandas as pd
 
 from sscild.model.network import build_network, count_parameters
-from sscild.profiles import Profile, get_profile
+from sscild.profiles import Profile, require_profile
 
 __all__ = ["recipe_table"]
 
 
-def recipe_table(profile: str | Profile) -> pd.DataFrame:
-    p = get_profile(profile)
+def recipe_table(profile: Profile) -> pd.DataFrame:
+    p = require_profile(profile)
     rows = [
         ("network", f"MONAI UNet, {p.spatial_dims}D, channels {list(p.channels)}, strides {list(p.strides)}, "
                     f"{p.num_res_units} residual unit(s), {p.norm} norm"),

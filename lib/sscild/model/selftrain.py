@@ -22,7 +22,7 @@ from sscild.data.image import load_volume
 from sscild.data.preprocess import preprocess_volume
 from sscild.model.device import select_device
 from sscild.paths import RunPaths, read_json
-from sscild.profiles import Profile, get_profile
+from sscild.profiles import Profile, require_profile
 
 __all__ = ["IGNORE_LABEL", "MaskedDiceCE", "unlabelled_scans", "pseudo_label_volumes", "semi_record"]
 
@@ -79,7 +79,7 @@ def pseudo_label_volumes(net: torch.nn.Module, scans: dict[str, Path], profile: 
     """Preprocess unlabelled scans and label them with a teacher, slice by slice (left-right flip
     averaged); voxels whose highest class probability is below ``profile.pseudo_confidence`` get
     :data:`IGNORE_LABEL`. Returns (id -> case with ``image``/``label`` (x, y, z), stats)."""
-    p = get_profile(profile)
+    p = require_profile(profile)
     device = select_device(device)
     net.eval()
     out, kept, total = {}, 0, 0

@@ -48,7 +48,7 @@ from sscild.model.network import NUM_CLASSES, build_network, count_parameters
 from sscild.model.sampling import PatchSampler, StepBatches
 from sscild.model.selftrain import IGNORE_LABEL, MaskedDiceCE, pseudo_label_volumes, semi_record, unlabelled_scans
 from sscild.paths import RunPaths, atomic_path, read_json, write_json
-from sscild.profiles import Profile, get_profile
+from sscild.profiles import Profile, require_profile
 from sscild.progress import Heartbeat
 
 __all__ = ["train_fold", "train_model", "fold_is_done", "load_training_cases"]
@@ -72,7 +72,7 @@ def load_training_cases(run: RunPaths, case_ids) -> dict:
     return {cid: load_cached(run, cid) for cid in case_ids}
 
 
-def train_fold(run: RunPaths, profile: str | Profile, fold: int, *, device=None, progress: bool = True,
+def train_fold(run: RunPaths, profile: Profile, fold: int, *, device=None, progress: bool = True,
                stop_after: int | None = None, iterations: int | None = None) -> dict:
     """Train (or resume, or skip if done) fold ``fold`` of ``run``.
 
@@ -89,7 +89,7 @@ def train_fold(run: RunPaths, profile: str | Profile, fold: int, *, device=None,
     Returns:
         The fold's summary dict (also ``fold_<k>/train_summary.json``).
     """
-    p = get_profile(profile)
+    p = require_profile(profile)
     fold = int(fold)
     out = run.fold_dir(fold)
     if not run.splits.exists():
@@ -353,7 +353,7 @@ def _write_outputs(out: Path, history: list, epochs: list, final: dict) -> None:
         torch.save(final, tmp)
 
 
-def train_model(cases: dict, profile: str | Profile, out: Path, *, key: int = 0, num_classes: int = NUM_CLASSES,
+def train_model(cases: dict, profile: Profile, out: Path, *, key: int = 0, num_classes: int = NUM_CLASSES,
                 class_names: tuple[str, ...] = ("normal", "ef", "ggo"), device=None, progress: bool = True,
                 stop_after: int | None = None, iterations: int | None = None, desc: str = "training",
                 pseudo_cases: dict | None = None, pseudo_share: float = 0.0,
@@ -372,7 +372,7 @@ def train_model(cases: dict, profile: str | Profile, out: Path, *, key: int = 0,
     ``init_state`` (a network ``state_dict``, e.g. the teacher's) starts the weights from it instead
     of a random initialisation. With neither, training is exactly the supervised loop.
     """
-    p = get_profile(profile)
+    p = require_profile(profile)
     out = Path(out)
     if len(class_names) != num_classes - 1:
         raise ValueError(f"class_names must name the {num_classes - 1} foreground classes, got {class_names}")

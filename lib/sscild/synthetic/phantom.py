@@ -68,7 +68,8 @@ rendered CT (:mod:`~sscild.synthetic.render`, :mod:`~sscild.synthetic.body`) and
 
 Example:
     >>> from sscild.synthetic.phantom import generate_case
-    >>> case = generate_case(0, profile="smoke")
+    >>> from sscild.profiles import get_profile
+    >>> case = generate_case(0, profile=get_profile("smoke"))
     >>> case.image.dtype, sorted(set(case.label.ravel().tolist()))
     (dtype('int16'), [0, 1, 2, 3])
 """
@@ -79,7 +80,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sscild.profiles import Profile, get_profile
+from sscild.profiles import PROFILES, Profile, require_profile
 from sscild.synthetic.anatomy import Patient
 from sscild.synthetic.disease import LABEL_EF, LABEL_GGO, disease_fields, reference_labels
 from sscild.synthetic.lungfunction import case_seeds, clinical_from_extent, population_draw
@@ -127,7 +128,7 @@ def _check_case_args(case_index, seed):
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
 
 
-def generate_case(case_index: int, *, profile: str | Profile = "cpu", seed: int = 0,
+def generate_case(case_index: int, *, profile: Profile = PROFILES["cpu"], seed: int = 0,
                   variety: Variety | None = None, lesion_scale: float = 1.0) -> PhantomCase:
     """Generate one synthetic SSc-ILD patient (image, reference labels, lung function, truth).
 
@@ -147,12 +148,13 @@ def generate_case(case_index: int, *, profile: str | Profile = "cpu", seed: int 
         :class:`PhantomCase`; ``masks`` holds the emphysema and oesophageal-air masks on the scan grid.
 
     Example:
-        >>> case = generate_case(3, profile="smoke", seed=0)
+        >>> from sscild.profiles import get_profile
+        >>> case = generate_case(3, profile=get_profile("smoke"), seed=0)
         >>> case.case_id
         'case_003'
     """
     _check_case_args(case_index, seed)
-    prof = get_profile(profile)
+    prof = require_profile(profile)
     rngs = case_seeds(seed, case_index)
     pop = population_draw(rngs[0], case_index, seed)
     if float(lesion_scale) != 1.0:

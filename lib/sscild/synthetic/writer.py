@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from sscild.paths import atomic_path, read_json, write_json
-from sscild.profiles import Profile, get_profile
+from sscild.profiles import PROFILES, Profile, require_profile
 from sscild.synthetic.phantom import PHANTOM_VERSION, generate_case
 from sscild.synthetic.variety import Variety
 
@@ -102,7 +102,7 @@ def _default_workers(prof: Profile, n: int) -> int:
     return int(max(1, min(cpus, n, 8, mem_cap)))
 
 
-def generate_cohort(out_dir, *, profile: str | Profile = "cpu", n: int | None = None, seed: int = 0,
+def generate_cohort(out_dir, *, profile: Profile = PROFILES["cpu"], n: int | None = None, seed: int = 0,
                     progress: bool = True, workers: int | None = None, variety: Variety | None = None) -> Path:
     """Write a synthetic SSc-ILD cohort folder (nnU-Net v2 raw layout plus ``clinical.csv``).
 
@@ -133,12 +133,13 @@ def generate_cohort(out_dir, *, profile: str | Profile = "cpu", n: int | None = 
 
     Example:
         >>> import tempfile
+        >>> from sscild.profiles import get_profile
         >>> with tempfile.TemporaryDirectory() as tmp:
-        ...     out = generate_cohort(Path(tmp) / "phantom-smoke", profile="smoke", n=2, progress=False)
+        ...     out = generate_cohort(Path(tmp) / "phantom-smoke", profile=get_profile("smoke"), n=2, progress=False)
         ...     sorted(p.name for p in out.iterdir())
         ['.phantom_settings.json', 'clinical.csv', 'dataset.json', 'imagesTr', 'labelsTr', 'phantom_truth.csv']
     """
-    prof = get_profile(profile)
+    prof = require_profile(profile)
     if n is None:
         n = prof.phantom_n
     _check_cohort_args(n, seed, workers)

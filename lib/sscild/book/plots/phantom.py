@@ -129,7 +129,7 @@ def phantom_gallery(case, *, levels=(0.2, 0.45, 0.7), coronal: bool = True):
     Usage::
 
         from sscild.synthetic.phantom import generate_case
-        fig = phantom_gallery(generate_case(0, profile="smoke"))
+        fig = phantom_gallery(generate_case(0, profile=get_profile("smoke")))
     """
     img, lab = case.image, case.label
     sp = case.spacing

@@ -11,9 +11,10 @@ with nibabel (axis permutations and flips only, :func:`sscild.clinic.figures.to_
 drawn with :func:`sscild.clinic.figures.overlay`. The overlay PNG of ``sscild segment`` is
 :func:`sscild.clinic.figures.scan_montage`.
 
-Example:
-    >>> fig = metric_strip(df, "dice")        # doctest: +SKIP
-    >>> plots.save(fig, "seg_dice", run.figures)  # doctest: +SKIP
+Usage::
+
+    fig = metric_strip(df, "dice")
+    plots.save(fig, "seg_dice", run.figures)
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@
 
 Every image panel is shown in radiological orientation (patient's right on the left of the image,
 anterior up, superior up): arrays are first reoriented to the closest canonical RAS orientation
-with nibabel (axis permutations and flips only, :func:`sscild.clinic.figures.to_canonical`), then
+with nibabel (axis permutations and flips only, :func:`sscild.data.orientation.to_canonical`), then
 drawn with :func:`sscild.clinic.figures.overlay`. The overlay PNG of ``sscild segment`` is
 :func:`sscild.clinic.figures.scan_montage`.
 

@@ -46,7 +46,7 @@ data_dir = None
 from IPython.display import Markdown, display
 
 from sscild.analysis import clinical as clin
-from sscild.analysis.clinical_table import load_clinical
+from sscild.analysis.clinical_inputs import load_clinical
 from sscild.book.chapters import clinical as ch
 from sscild.paper import EXTENT_THRESHOLD_PCT
 from sscild.paths import resolve_data_dir

@@ -14,7 +14,7 @@ from cohort_factory import TINY_SHAPE, TINY_SPACING, make_case_arrays, make_tiny
 from sscild.analysis import data as ds
 from sscild.profiles import get_profile
 from sscild.analysis import phantomcheck
-from sscild.analysis.clinical_table import load_clinical
+from sscild.analysis.clinical_inputs import load_clinical
 from sscild.book.chapters import data as ch
 from sscild.data.labels import LABEL_MAP_ENV, label_map_from_env
 from sscild.data.cohort import load_cohort

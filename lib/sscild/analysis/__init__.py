@@ -5,7 +5,7 @@ phantomcheck          the synthetic phantom's lung against real chest CT (attenu
 segmentation          the Segmentation chapter: out-of-fold scores of the network and the HU baseline
 segmentation_summary  scores summarised over patients and folds, agreement of extents (segmentation_summary.json)
 segmentation_errors   where the network errs: label confusion, worst patients, error zones, EF/GGO attenuation
-clinical_table        the cohort's clinical.csv as numbers
+clinical_inputs       the cohort's clinical.csv as the chapters read it (the data parser's values and gaps)
 clinical              the Clinical chapter: lesion volumes against lung function, staging, endpoints
 realcheck             the trained models on real CT without labels (lung field against the classical mask)
 

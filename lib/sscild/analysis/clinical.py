@@ -12,7 +12,7 @@ The chapter asks two questions of the out-of-fold predictions:
 plus extent staging (Goh et al. 2008) of predicted against reference lesion percent. The statistics
 themselves live in :mod:`sscild.evaluation.stats`; this module joins the tables, runs the grids and
 writes ``clinical_correlations.csv`` and ``clinical_summary.json``. The clinical table is read by
-:mod:`sscild.analysis.clinical_table`; the chapter's tables and sentences are built from the grid
+:mod:`sscild.analysis.clinical_inputs`; the chapter's tables and sentences are built from the grid
 by :mod:`sscild.book.chapters.clinical`.
 
 Example:

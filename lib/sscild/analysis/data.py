@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from sscild import LABELS
-from sscild.analysis.clinical_table import load_clinical
+from sscild.analysis.clinical_inputs import load_clinical
 from sscild.data.cohort import read_case
 from sscild.data.folds import fold_of
 from sscild.data.orientation import to_canonical
@@ -85,7 +85,7 @@ def quartiles(values) -> dict:
 def read_clinical(data_dir: str | os.PathLike) -> tuple[pd.DataFrame | None, list[str]]:
     """The cohort's clinical table for the cohort table, and notes on how it was read.
 
-    Uses :func:`sscild.analysis.clinical_table.load_clinical` (the Clinical chapter's reading:
+    Uses :func:`sscild.analysis.clinical_inputs.load_clinical` (the Clinical chapter's reading:
     FEV1/FVC as a ratio, unusable values missing), so both chapters describe the same numbers. A
     missing or unreadable table gives ``None`` and a note instead of an error: validation has already
     reported it, and the cohort table then shows the clinical rows as missing.

@@ -122,7 +122,7 @@ def table_one(cases: pd.DataFrame, clinical: pd.DataFrame | None = None) -> pd.D
             (``case_id``, ``orig_n{x,y,z}``, ``orig_sp{x,y,z}``, ``lung_ml``, ``ef_ml``, ``ggo_ml``,
             ``lesion_ml``, ``ef_pct``, ``ggo_pct``, ``lesion_pct``).
         clinical: the clinical table indexed by ``case_id``
-            (:func:`sscild.analysis.clinical_table.load_clinical`), with ``age``, ``sex`` (F/M) and the
+            (:func:`sscild.analysis.clinical_inputs.load_clinical`), with ``age``, ``sex`` (F/M) and the
             :data:`PFT_COLUMNS` where known; FEV1/FVC as a ratio. A case without a row, a column
             that is absent, or ``None`` all count as missing.
 

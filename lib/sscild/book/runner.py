@@ -201,9 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     params = {k: _coerce(v) for k, v in args.parameter}
     turn = (_locked(Path(args.run_dir or args.out.parent) / ".chapter.lock") if args.one_at_a_time
             else nullcontext())
-    t0 = time.perf_counter()
     try:
         with turn:
+            t0 = time.perf_counter()  # after waiting for the turn: the step's own time
             print(f"[sscild] running {args.source} -> {args.out} {json.dumps(params)}", flush=True)
             run_notebook(args.source, args.out, parameters=params, run_dir=args.run_dir, step=args.step)
     except RuntimeError as exc:

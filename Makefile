@@ -18,7 +18,9 @@ ALLOW_CLINICAL_GAPS ?=
 # which folds `make train` trains (default all), e.g. FOLDS="0 1" on one machine, "2 3" on another
 FOLDS ?= $(ALL_FOLDS)
 # threads of every step (default: chosen per step; a Slurm task exports SSCILD_THREADS = its CPUs)
-THREADS ?= $(SSCILD_THREADS)
+ifeq ($(strip $(THREADS)),)
+THREADS := $(strip $(SSCILD_THREADS))
+endif
 
 # ---- environment --------------------------------------------------------------------------
 PYTHON ?= python3
@@ -52,7 +54,7 @@ $(error the run could not be resolved (message above): check PROFILE, DATA and R
 endif
 $(foreach v,$(CTX_VARS),$(eval $(v)))
 export SSCILD_RESULTS
-ifdef THREADS
+ifneq ($(strip $(THREADS)),)
 export SSCILD_THREADS := $(THREADS)
 endif
 ALL_FOLDS := $(shell seq 0 $$(( $(NUM_FOLDS) - 1 )))

@@ -126,7 +126,7 @@ if available:
 
 # %%
 if available:
-    rec = recipe_dict(prof, threads=int(os.environ.get("SSCILD_THREADS", "0")) or os.cpu_count())
+    rec = recipe_dict(prof, threads=int(os.environ.get("SSCILD_THREADS") or 0) or os.cpu_count())
     show(pd.DataFrame({"value": {k: str(v) for k, v in rec.items()}}), caption=f"Recipe `{prof.name}`")
 
 # %% [markdown]

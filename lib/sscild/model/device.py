@@ -40,7 +40,7 @@ def describe_device(device: torch.device) -> str:
 
 
 def set_threads() -> int:
-    n = int(os.environ.get("SSCILD_THREADS", "0")) or (os.cpu_count() or 1)
+    n = int(os.environ.get("SSCILD_THREADS") or 0) or (os.cpu_count() or 1)  # unset or empty: every core
     torch.set_num_threads(max(1, n))
     return torch.get_num_threads()
 

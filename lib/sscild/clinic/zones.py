@@ -48,6 +48,8 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
+from sscild.data.orientation import to_canonical
+
 __all__ = ["ZONES", "PERIPHERAL_FRACTION", "SECOND_LUNG_SHARE", "ZONE_GRID_MM", "ZONE_RULES", "ZoneMap",
            "zone_map", "zone_extent", "zone_row", "cohort_zone_extent", "zone_agreement", "zone_correlations"]
 
@@ -127,17 +129,6 @@ class ZoneMap:
         return total[:48].reshape(12, 4)
 
 
-def _canonical(array: np.ndarray, affine: np.ndarray):
-    import nibabel.orientations as nio
-
-    affine = np.asarray(affine, dtype=float)
-    ornt = nio.io_orientation(affine)
-    can = nio.apply_orientation(np.asarray(array), ornt)
-    can_aff = affine @ nio.inv_ornt_aff(ornt, np.asarray(array).shape)
-    spacing = tuple(float(s) for s in np.sqrt((can_aff[:3, :3] ** 2).sum(axis=0)))
-    return can, spacing
-
-
 def _block_any(mask: np.ndarray, s: int) -> np.ndarray:
     """(x, y, z) mask -> (ceil(x / s), ceil(y / s), z): a coarse pixel is set when any of its fine pixels is."""
     if s == 1:
@@ -199,7 +190,7 @@ def zone_map(label: np.ndarray, affine: np.ndarray, *, peripheral_fraction: floa
     label = np.asarray(label)
     if label.ndim != 3:
         raise ValueError(f"label must be 3D (x, y, z), got shape {label.shape}")
-    can, spacing = _canonical(label, affine)
+    can, spacing = to_canonical(label, affine)
     lab = np.ascontiguousarray(can, dtype=np.uint8)
     voxel_ml = float(np.prod(spacing)) / 1000.0
     s = max(1, int(float(grid_mm) // max(min(spacing[:2]), 1e-6)))

@@ -95,6 +95,8 @@ help:
 	@echo "make test                                                  run the tests (unit + end-to-end smoke)"
 	@echo "make setup | data | train | evaluate | correlate | book | clean"
 	@echo "make fold-K                                                train one fold"
+	@echo "  FOLD_JOBS=N THREADS=N   folds at once / threads per step (default: chosen for this machine)"
+	@echo "  ALLOW_CLINICAL_GAPS=1   run although clinical values or rows would be set aside (listed in the Data chapter)"
 	@echo "make publish [PUSH=1 REMOTE=origin]                        put the built book on the gh-pages branch"
 	@echo "make external [EXTERNAL_TEST=DIR]                          appendix: same recipe on real CT slices (COVID-SemiSeg)"
 	@echo "make lab                                                   JupyterLab on the chapters (jupytext)"

@@ -178,3 +178,23 @@ def hash_tree(root) -> dict[str, str]:
     root = Path(root)
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def prepare_run(data, results, *, profile: str = "smoke", cohort: str = "cohort", folds: int = 2,
+                iterations: int | None = None):
+    """The run of cohort folder ``data`` under ``results``: its cache and ``folds``-fold splits (seed 0);
+    with ``iterations``, every fold trained that many steps. Returns ``(run, loaded cohort)``."""
+    from sscild.data.cache import build_cache
+    from sscild.data.cohort import load_cohort
+    from sscild.data.folds import make_splits, write_splits
+    from sscild.model.train import train_fold
+    from sscild.paths import RunPaths
+    from sscild.profiles import get_profile
+
+    run = RunPaths(results=results, cohort=cohort, profile=profile)
+    loaded = load_cohort(data)
+    build_cache(loaded, run, get_profile(profile), progress=False)
+    write_splits(run.splits, make_splits([c.case_id for c in loaded.cases], k=folds, seed=0))
+    for k in range(folds if iterations else 0):
+        train_fold(run, get_profile(profile), k, iterations=iterations, progress=False)
+    return run, loaded

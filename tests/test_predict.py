@@ -9,15 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from cohort_factory import make_case_arrays
+from cohort_factory import make_case_arrays, prepare_run
 from sscild.model import predict
 from sscild.model.inference import keep_largest_lung_components, predict_preprocessed
 from sscild.model.loading import fuse_batchnorm
-from sscild.data.cohort import load_cohort, read_case
-from sscild.data.folds import fold_of, make_splits, read_splits, write_splits
+from sscild.data.cohort import read_case
+from sscild.data.folds import fold_of, read_splits
 from sscild.evaluation.overlap import dice
-from sscild.paths import RunPaths
-from sscild.data.cache import build_cache
 from sscild.profiles import get_profile
 
 SMOKE_SPACING = (3.6, 3.6, 10.0)  # the smoke profile's target spacing: no resampling, exact round trip
@@ -52,10 +50,7 @@ def write_cohort(root, *, n=4, shape=(40, 36, 10), affine=None, flip_x=False):
 
 def prepare(tmp_path, **cohort_kw):
     data = write_cohort(tmp_path / "cohort", **cohort_kw)
-    run = RunPaths(results=tmp_path / "results", cohort="cohort", profile="smoke")
-    cohort = load_cohort(data)
-    build_cache(cohort, run, get_profile("smoke"), progress=False)
-    write_splits(run.splits, make_splits([c.case_id for c in cohort.cases], k=2, seed=0))
+    run, cohort = prepare_run(data, tmp_path / "results")
     for k in range(2):  # stand-in model files: only their bytes (hash) matter to predict_oof here
         (run.fold_dir(k)).mkdir(parents=True)
         (run.fold_dir(k) / "model_final.pt").write_bytes(f"model of fold {k}".encode())

@@ -6,29 +6,19 @@ import numpy as np
 import pytest
 
 from conftest import shared_data
-from sscild.data.cohort import load_cohort
+from cohort_factory import prepare_run
 from sscild.profiles import get_profile
-from sscild.data.folds import make_splits, write_splits
-from sscild.data.image import Volume
 from sscild.data.nifti_writer import save_volume
-from sscild.paths import RunPaths
 from sscild.synthetic.phantom import generate_case
 from sscild.synthetic.writer import generate_cohort
-from sscild.data.cache import build_cache
 from sscild.analysis.realcheck import _dice, list_volumes, real_lung_check
-from sscild.model.train import train_fold
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     base = tmp_path_factory.mktemp("realcheck")
     data = generate_cohort(base / "cohort", profile=get_profile("smoke"), n=4, progress=False)
-    run = RunPaths(results=base / "results", cohort="cohort", profile="smoke")
-    cohort = load_cohort(data)
-    build_cache(cohort, run, get_profile("smoke"), progress=False)
-    write_splits(run.splits, make_splits([c.case_id for c in cohort.cases], k=2, seed=0))
-    for k in range(2):
-        train_fold(run, get_profile("smoke"), k, iterations=10, progress=False)
+    run, _ = prepare_run(data, base / "results", iterations=10)
     return run.root
 
 

@@ -11,36 +11,23 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from cohort_factory import make_dicom_series, make_tiny_cohort
+from cohort_factory import make_dicom_series, make_tiny_cohort, prepare_run
 from conftest import shared_data
 from sscild.cli import main
 from sscild.profiles import get_profile
-from sscild.data.cohort import load_cohort
 from sscild.errors import InputError
-from sscild.data.folds import make_splits, write_splits
 from sscild.data.image import load_volume
-from sscild.paths import RunPaths
 from sscild.clinic.segment import segment_scan
-from sscild.data.cache import build_cache
-from sscild.model.train import train_fold
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """Two smoke-profile fold models trained for a few steps on a 4-patient synthetic cohort."""
     base = tmp_path_factory.mktemp("segment")
-    try:
-        from sscild.synthetic.writer import generate_cohort
+    from sscild.synthetic.writer import generate_cohort
 
-        data = generate_cohort(base / "cohort", profile=get_profile("smoke"), n=4, progress=False)
-    except ImportError:  # pragma: no cover - older trees without the generator
-        data = make_tiny_cohort(base / "cohort", n=4, shape=(64, 56, 12), spacing=(3.6, 3.6, 10.0))
-    run = RunPaths(results=base / "results", cohort="cohort", profile="smoke")
-    cohort = load_cohort(data)
-    build_cache(cohort, run, get_profile("smoke"), progress=False)
-    write_splits(run.splits, make_splits([c.case_id for c in cohort.cases], k=2, seed=0))
-    for k in range(2):
-        train_fold(run, get_profile("smoke"), k, iterations=10, progress=False)
+    data = generate_cohort(base / "cohort", profile=get_profile("smoke"), n=4, progress=False)
+    run, cohort = prepare_run(data, base / "results", iterations=10)
     return {"root": run.root, "data": data, "image": cohort.cases[0].image}
 
 
@@ -281,12 +268,7 @@ def test_a_model_that_needs_more_than_weights_is_refused(models, tmp_path, capsy
 
 def _study_cpu_run(results, data):
     """Two `cpu`-profile study fold models (2 iterations each) in results/synthetic-cpu/cpu."""
-    run = RunPaths(results=results, cohort="synthetic-cpu", profile="cpu")
-    cohort = load_cohort(data)
-    build_cache(cohort, run, get_profile("cpu"), progress=False)
-    write_splits(run.splits, make_splits([c.case_id for c in cohort.cases], k=2, seed=0))
-    for k in range(2):
-        train_fold(run, get_profile("cpu"), k, iterations=2, progress=False)
+    run, _ = prepare_run(data, results, profile="cpu", cohort="synthetic-cpu", iterations=2)
     return run.root
 
 

@@ -8,15 +8,13 @@ import pandas as pd
 import pytest
 import torch
 
+from cohort_factory import prepare_run
 from sscild.analysis import data as ds
 from sscild.model import train as train_mod
 from sscild.model.selftrain import unlabelled_scans
-from sscild.data.cohort import load_cohort
-from sscild.data.folds import make_splits, write_splits
 from sscild.data.validate import validate_cohort
 from sscild.paths import RunPaths, write_json
 from sscild.synthetic.writer import generate_cohort
-from sscild.data.cache import build_cache
 from sscild.profiles import get_profile
 
 
@@ -36,9 +34,7 @@ def semi_run(tmp_path_factory):
     report = validate_cohort(data)
     assert report.ok, report.format()
     write_json(run.validation, ds.validation_record(report))
-    cohort = load_cohort(data)
-    build_cache(cohort, run, get_profile("smoke"), progress=False)
-    write_splits(run.splits, make_splits([c.case_id for c in cohort.cases], k=2, seed=0))
+    prepare_run(data, run.results)
     return run
 
 

@@ -7,13 +7,12 @@ import shutil
 import pytest
 import torch
 
+from cohort_factory import prepare_run
 from sscild.model import train as train_mod
-from sscild.data.cohort import load_cohort
-from sscild.data.folds import make_splits, read_splits, write_splits
+from sscild.data.folds import read_splits
 from sscild.paths import RunPaths
 from sscild.profiles import get_profile
 from sscild.synthetic.writer import generate_cohort
-from sscild.data.cache import build_cache
 
 
 @pytest.fixture(scope="module")
@@ -21,10 +20,7 @@ def prepared(tmp_path_factory):
     """A 4-patient smoke cohort, its cache and 2-fold splits."""
     base = tmp_path_factory.mktemp("train")
     data = generate_cohort(base / "cohort", profile=get_profile("smoke"), n=4, seed=3, progress=False)
-    run = RunPaths(results=base / "results", cohort="cohort", profile="smoke")
-    cohort = load_cohort(data)
-    build_cache(cohort, run, get_profile("smoke"), progress=False)
-    write_splits(run.splits, make_splits([c.case_id for c in cohort.cases], k=2, seed=0))
+    run, _ = prepare_run(data, base / "results")
     return run
 
 

@@ -5,6 +5,8 @@
 #   make external EXTERNAL_UNLABELLED=/path/to/unl  unlabelled slices (images/ only), read when the profile self-trains;
 #                                                   default ../shared/data/covid-semiseg/unlabelled when
 #                                                   present; EXTERNAL_UNLABELLED= (empty) trains without
+#   make external EXTERNAL_JOBS=1                   train the networks one after another (default: side by side,
+#                                                   one thread each, on a CPU; one at a time on a GPU)
 # Uses the Makefile's PY, STAMP, RESULTS and BOOK_HTML (a built book is rebuilt with the appendix). Runs on 2 CPU threads unless THREADS=N is given.
 
 _ext_default_goal := $(.DEFAULT_GOAL)
@@ -13,6 +15,7 @@ EXTERNAL_TRAIN   ?= $(abspath ../shared/data/covid-semiseg/train)
 EXTERNAL_TEST    ?=
 EXTERNAL_UNLABELLED ?= $(if $(wildcard ../shared/data/covid-semiseg/unlabelled/images),$(abspath ../shared/data/covid-semiseg/unlabelled))
 EXTERNAL_PROFILE ?= cpu
+EXTERNAL_JOBS    ?=
 EXT_RES  := $(RESULTS)/external
 EXT_NB   := $(EXT_RES)/A1_external.ipynb
 EXT_MARK := $(EXT_RES)/.params
@@ -40,7 +43,7 @@ $(EXT_NB): notebooks/A1_external.py $(EXT_LIB) $(EXT_MARK) | $(STAMP)
 	SSCILD_THREADS=$(or $(THREADS),2) $(PY) -m sscild.book.runner --run-dir $(EXT_RES) --step external $< $@ \
 	  -p profile $(EXTERNAL_PROFILE) -p train_dir $(abspath $(EXTERNAL_TRAIN)) -p out_dir $(abspath $(EXT_RES)) \
 	  -p unlabelled_dir $(if $(EXTERNAL_UNLABELLED),$(abspath $(EXTERNAL_UNLABELLED)),none) \
-	  $(if $(EXTERNAL_TEST),-p test_dir $(abspath $(EXTERNAL_TEST)))
+	  $(if $(EXTERNAL_TEST),-p test_dir $(abspath $(EXTERNAL_TEST))) $(if $(EXTERNAL_JOBS),-p jobs $(EXTERNAL_JOBS))
 	@touch $(EXT_STAMP)
 
 # including this file never changes the Makefile's default goal

@@ -33,6 +33,7 @@ train_dir = None  # None: ../shared/data/covid-semiseg/train beside the checkout
 test_dir = None  # the benchmark's test part (48 slices), same layout; None: cross-validation only
 unlabelled_dir = None  # unlabelled slices (images/ only); None: ../shared/data/covid-semiseg/unlabelled when present; "none": without
 out_dir = None  # None: <results>/external
+jobs = None  # networks trained at once; None: side by side on one thread each on a CPU, one at a time on a GPU
 
 # %%
 import os
@@ -163,7 +164,7 @@ display(Markdown(RECIPE_CHOICE))
 # %%
 if available:
     summary = run_external(train_dir, out_dir, test_dir=test_dir, profile=prof,
-                           unlabelled_dir=unlabelled_dir if semi else None)
+                           unlabelled_dir=unlabelled_dir if semi else None, jobs=None if jobs is None else int(jobs))
     cv = summary["cv"]
     for key in ("dice_ggo", "dice_consolidation", "pooled_dice_ggo", "pooled_dice_consolidation"):
         glue(f"external_cv_{key}", round(cv[key], 3), display=False)
@@ -327,9 +328,14 @@ if available:
     trained_min = per_fold["train_seconds"].sum() / 60 + ((summary["test"] or {}).get("train_seconds") or 0) / 60
     reused = int(per_fold["reused"].sum()) + int(bool((summary["test"] or {}).get("reused")))
     glue("external_minutes", round(minutes, 1), display=False)
+    tr = summary.get("training") or {}
+    side = (f"; the {tr['models']} networks trained {tr['at_once']} at a time on {tr['threads_each']} thread(s) "
+            f"each, {tr['seconds'] / 60:.1f} min of wall time" if tr.get("at_once", 1) > 1 and tr.get("trained_now")
+            else "")
     display(Markdown(
         f"This run of the chapter took **{minutes:.1f} min** on {summary['recipe']['threads']} CPU threads "
         f"(torch {summary['torch']}). Training took {trained_min:.1f} min in all when the networks were trained"
+        + side
         + (f"; {reused} finished network(s) trained earlier with the same recipe and slices were reused in this run"
            if reused else "")
         + f". Results: `{out_dir.name}/summary.json`, per-slice scores in `cv/scores.csv`, out-of-fold masks in "

@@ -22,7 +22,7 @@ from sscild.external.scores import score_slices, summarize_scores
 from sscild.external.screens import semi_screen
 from sscild.external.slices import SliceImage, read_slice_folder, read_unlabelled_folder
 from sscild.external.tables import PUBLISHED, recorded_gpu_run, results_table
-from sscild.external.training import profile_key
+from sscild.external.training import profile_key, training_jobs
 
 REPO = Path(__file__).resolve().parents[1]
 COVID_TRAIN = REPO.parent / "shared" / "data" / "covid-semiseg" / "train"
@@ -331,6 +331,41 @@ def test_run_external_with_test_folder_on_tiny_slices(tmp_path):
     shutil.copy(tmp_path / "train" / "labels" / "train0.png", tmp_path / "test" / "labels" / "dup.png")
     with pytest.raises(InputError, match=r"identical to training slices.*\('dup', 'train0'\)"):
         run_external(tmp_path / "train", tmp_path / "out", test_dir=tmp_path / "test", profile=prof, log=None)
+
+
+def test_side_by_side_training_gives_the_models_of_one_after_another(tmp_path, monkeypatch):
+    """Folds and the test model train in worker processes, one thread each; a model depends only on
+    its slices, recipe and seed, so the weights equal those trained one after another in this process."""
+    _tiny_parts(tmp_path)
+    prof = external_profile("smoke", grid_size=32, patch_size=(32, 32), iterations=3, batch_size=2, num_folds=2)
+    monkeypatch.setenv("SSCILD_THREADS", "2")
+    par = run_external(tmp_path / "train", tmp_path / "par", test_dir=tmp_path / "test", profile=prof,
+                       n_boot=100, log=None, jobs=2)
+    assert par["training"] | {"seconds": 0} == {"models": 3, "trained_now": 3, "at_once": 2, "threads_each": 1,
+                                                "seconds": 0}
+    assert not any(f["reused"] for f in par["cv"]["per_fold"]) and par["test"]["reused"] is False
+    monkeypatch.setenv("SSCILD_THREADS", "1")
+    seq = run_external(tmp_path / "train", tmp_path / "seq", test_dir=tmp_path / "test", profile=prof,
+                       n_boot=100, log=None)
+    assert seq["training"]["at_once"] == 1
+    for part in ("cv/fold_0", "cv/fold_1", "test/model"):
+        a = torch.load(tmp_path / "par" / part / "model_final.pt", weights_only=False)["model"]
+        b = torch.load(tmp_path / "seq" / part / "model_final.pt", weights_only=False)["model"]
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
+    assert par["cv"]["dice_ggo"] == seq["cv"]["dice_ggo"]
+    # a second run finds every model finished and says so
+    again = run_external(tmp_path / "train", tmp_path / "par", test_dir=tmp_path / "test", profile=prof,
+                         n_boot=100, log=None, jobs=2)
+    assert again["training"]["trained_now"] == 0 and all(f["reused"] for f in again["cv"]["per_fold"])
+
+
+def test_training_jobs_share_the_threads():
+    assert training_jobs(6, 2, cuda=False) == (2, 1)
+    assert training_jobs(1, 2, cuda=False) == (1, 2)
+    assert training_jobs(6, 16, cuda=True) == (1, 16)
+    assert training_jobs(6, 2, jobs=1, cuda=False) == (1, 2)
+    with pytest.raises(ValueError, match="jobs must be at least 1"):
+        training_jobs(6, 2, jobs=0)
 
 
 def test_recorded_gpu_run_table(tmp_path):

@@ -35,21 +35,27 @@ from sscild.external.scores import score_slices, summarize_scores
 from sscild.external.slices import (SliceImage, check_no_overlap, natural_key, read_slice_folder,
                                     read_unlabelled_folder)
 from sscild.external.tables import PUBLISHED
-from sscild.external.training import semi_on, train_or_load, train_semi
+from sscild.external.training import TrainTask, semi_on, train_many, train_or_load, train_semi, training_jobs
 from sscild.model.loading import load_fold_model
 from sscild.model.device import set_threads
 from sscild.paths import atomic_path, write_json
 from sscild.profiles import Profile
 
-__all__ = ["cross_validate", "train_and_test", "run_external"]
+__all__ = ["cross_validate", "fold_tasks", "train_and_test", "run_external"]
 
 
 def cross_validate(slices: Mapping[str, SliceImage], out_dir: str | Path, profile: str | Profile = "cpu", *,
                    folds: Sequence[int] | None = None, progress: bool = False,
-                   log=print, unlabelled: Mapping[str, SliceImage] | None = None) -> tuple[pd.DataFrame, dict]:
+                   log=print, unlabelled: Mapping[str, SliceImage] | None = None, jobs: int | None = None,
+                   trained_now: set[str] | None = None) -> tuple[pd.DataFrame, dict]:
     """K-fold cross-validation by slice on a labelled folder (``profile.num_folds`` folds, its seed).
 
     ``folds`` limits the run to some folds (a quick screen of a recipe); default all.
+
+    The folds train side by side when there are spare CPU threads (:func:`sscild.external.training.training_jobs`;
+    ``jobs`` overrides how many at once), then each is scored in this process. ``trained_now``: the
+    fold folders a caller has just trained itself (:func:`run_external` trains the folds and the
+    test model in one batch); they are not trained again and are reported as trained, not reused.
 
     With ``unlabelled`` slices and a profile whose ``semi`` is ``"self-training"``, each fold's
     teacher is trained on that fold's training slices only, labels the unlabelled slices, and the
@@ -81,12 +87,16 @@ def cross_validate(slices: Mapping[str, SliceImage], out_dir: str | Path, profil
         bad = [k for k in folds if not 0 <= int(k) < len(splits)]
         if bad:
             raise ValueError(f"folds {bad} do not exist: the split has folds 0..{len(splits) - 1}.")
+    chosen = [k for k in range(len(splits)) if folds is None or k in {int(f) for f in folds}]
+    if trained_now is None:
+        tasks = fold_tasks(slices, splits, out_dir, chosen)
+        n_jobs, n_threads = training_jobs(len(tasks), threads, jobs=jobs)
+        trained_now = train_many(tasks, p, unlabelled=unlabelled if semi else None, jobs=n_jobs, threads=n_threads,
+                                 progress=progress, log=log)
     frames, sup_frames, done = [], [], []
-    for k, fold in enumerate(splits):
-        if folds is not None and k not in {int(f) for f in folds}:
-            continue
-        df, sdf, row = _run_fold(k, fold, slices, p, out_dir, semi=semi, unlabelled=unlabelled, progress=progress,
-                                 log=log)
+    for k in chosen:
+        df, sdf, row = _run_fold(k, splits[k], slices, p, out_dir, semi=semi, unlabelled=unlabelled,
+                                 progress=progress, log=log, trained_now=trained_now)
         frames.append(df)
         if semi:
             sup_frames.append(sdf)
@@ -106,6 +116,13 @@ def cross_validate(slices: Mapping[str, SliceImage], out_dir: str | Path, profil
     return scores, info
 
 
+def fold_tasks(slices: Mapping[str, SliceImage], splits: Sequence[Mapping], out_dir: Path,
+               folds: Sequence[int]) -> list[TrainTask]:
+    """The training of each chosen fold: its training slices, into ``out_dir/fold_<k>``, seed key ``k``."""
+    return [TrainTask({s: slices[s] for s in splits[k]["train"]}, Path(out_dir) / f"fold_{k}", k, f"fold {k}")
+            for k in folds]
+
+
 def _consolidation_share(slices: Mapping[str, SliceImage]) -> dict[str, float]:
     """Each slice's consolidation share of its lesion pixels (0 without lesion): the folds' strata."""
     strata = {}
@@ -116,8 +133,8 @@ def _consolidation_share(slices: Mapping[str, SliceImage]) -> dict[str, float]:
 
 
 def _run_fold(k: int, fold: Mapping, slices: Mapping[str, SliceImage], p: Profile, out_dir: Path, *, semi: bool,
-              unlabelled: Mapping[str, SliceImage] | None, progress: bool,
-              log) -> tuple[pd.DataFrame, pd.DataFrame | None, dict]:
+              unlabelled: Mapping[str, SliceImage] | None, progress: bool, log,
+              trained_now: set[str]) -> tuple[pd.DataFrame, pd.DataFrame | None, dict]:
     """Train fold ``k`` (or reuse it), predict and score its held-out slices, writing their masks.
 
     Returns (the held-out slices' scores, the teacher's scores of the same slices when ``semi``, else
@@ -130,6 +147,7 @@ def _run_fold(k: int, fold: Mapping, slices: Mapping[str, SliceImage], p: Profil
     else:
         net, summ, reused = train_or_load(fold_train, p, out_dir / f"fold_{k}", key=k,
                                           progress=progress, desc=f"fold {k}")
+    reused = reused and str(out_dir / f"fold_{k}") not in trained_now
     held = {s: slices[s] for s in sorted(fold["val"], key=natural_key)}
     ti = time.perf_counter()
     preds = predict_slices(net, held, p)
@@ -157,7 +175,8 @@ def _run_fold(k: int, fold: Mapping, slices: Mapping[str, SliceImage], p: Profil
 def train_and_test(train: Mapping[str, SliceImage], test: Mapping[str, SliceImage], out_dir: str | Path,
                    profile: str | Profile = "cpu", *, progress: bool = False, log=print,
                    unlabelled: Mapping[str, SliceImage] | None = None,
-                   ensemble_with: Sequence[str | Path] = ()) -> tuple[pd.DataFrame, dict]:
+                   ensemble_with: Sequence[str | Path] = (), trained_now: set[str] = frozenset()
+                   ) -> tuple[pd.DataFrame, dict]:
     """Train on every slice of ``train`` (and, self-training, ``unlabelled``), predict and score ``test``.
 
     ``ensemble_with``: further model files (e.g. the cross-validation folds' ``model_final.pt``,
@@ -166,18 +185,14 @@ def train_and_test(train: Mapping[str, SliceImage], test: Mapping[str, SliceImag
 
     Raises ``InputError`` when a test image is pixel-identical to a training image, or an unlabelled
     image to a training or test image (leakage). Writes ``out_dir/model/``, ``predictions/<id>.png``
-    and ``scores.csv``.
+    and ``scores.csv``. ``trained_now``: as in :func:`cross_validate` (``out_dir/model`` trained by
+    the caller).
     """
     p = external_profile(profile)
     out_dir = Path(out_dir)
     t0 = time.perf_counter()
     set_threads()
-    seen = {s.digest(): sid for sid, s in train.items()}
-    dup = [(sid, seen[s.digest()]) for sid, s in test.items() if s.digest() in seen]
-    if dup:
-        raise InputError(f"{len(dup)} test slice(s) are identical to training slices (test id, training id): "
-                         f"{dup[:10]}; "
-                         "the test folder must hold only slices the network never trained on.")
+    _check_test_apart(train, test)
     if semi_on(p, unlabelled):
         if unlabelled:
             check_no_overlap(unlabelled, {"training": train, "test": test})
@@ -186,6 +201,7 @@ def train_and_test(train: Mapping[str, SliceImage], test: Mapping[str, SliceImag
     else:
         net, summ, reused = train_or_load(train, p, out_dir / "model", key=p.num_folds, progress=progress,
                                           desc="all slices")
+    reused = reused and str(out_dir / "model") not in trained_now
     ti = time.perf_counter()
     if ensemble_with:
         net = MeanProb([net] + [load_fold_model(Path(f))[0] for f in ensemble_with]).eval()
@@ -203,9 +219,19 @@ def train_and_test(train: Mapping[str, SliceImage], test: Mapping[str, SliceImag
                     "seconds": round(time.perf_counter() - t0, 2)}
 
 
+def _check_test_apart(train: Mapping[str, SliceImage], test: Mapping[str, SliceImage]) -> None:
+    """``InputError`` when a test image is pixel-identical to a training image."""
+    seen = {s.digest(): sid for sid, s in train.items()}
+    dup = [(sid, seen[s.digest()]) for sid, s in test.items() if s.digest() in seen]
+    if dup:
+        raise InputError(f"{len(dup)} test slice(s) are identical to training slices (test id, training id): "
+                         f"{dup[:10]}; "
+                         "the test folder must hold only slices the network never trained on.")
+
+
 def run_external(train_dir: str | Path, out_dir: str | Path, *, test_dir: str | Path | None = None,
                  unlabelled_dir: str | Path | None = None, profile: str | Profile = "cpu", n_boot: int = 2000,
-                 progress: bool = False, log=print) -> dict:
+                 progress: bool = False, log=print, jobs: int | None = None) -> dict:
     """The whole external check: cross-validation on ``train_dir``, optional test on ``test_dir``.
 
     ``unlabelled_dir`` (``images/`` only) feeds the profile's semi-supervised mode; it is read and
@@ -213,12 +239,16 @@ def run_external(train_dir: str | Path, out_dir: str | Path, *, test_dir: str | 
     only ever used for training. With the mode on, ``summary["cv_supervised"]`` holds the
     cross-validated Dice of the fold teachers (the same recipe without unlabelled data).
 
+    The fold models and the test model train in one batch, side by side on a CPU
+    (:func:`sscild.external.training.training_jobs`; ``jobs`` overrides how many at once).
+
     Writes ``out_dir/cv/`` and ``out_dir/test/`` (see :func:`cross_validate`, :func:`train_and_test`)
     and ``out_dir/summary.json``::
 
         {"cv": {"dice_ggo", "dice_ggo_ci", "pooled_dice_ggo", "pooled_dice_ggo_ci", ... same for
                 "consolidation", "n_slices", "folds", "seconds"},
          "test": {... the same keys ...} or null,
+         "training": {"models", "trained_now", "at_once", "threads_each", "seconds" (wall)},
          "recipe": {...}, "published": [...], "data": {...}, "seconds": total}
 
     Usage: ``run_external("covid-semiseg/train", "results/external", profile="smoke")``.
@@ -232,7 +262,21 @@ def run_external(train_dir: str | Path, out_dir: str | Path, *, test_dir: str | 
     if unlabelled_dir not in (None, "") and check_extra(p)["semi"] == "self-training":
         unlabelled = read_unlabelled_folder(unlabelled_dir)
         check_no_overlap(unlabelled, {"training": train, **({"test": test} if test is not None else {})})
-    cv_scores, cv_info = cross_validate(train, out_dir / "cv", p, progress=progress, log=log, unlabelled=unlabelled)
+    if test is not None:  # leakage checks before any training
+        _check_test_apart(train, test)
+    splits = make_splits(list(train), strata=_consolidation_share(train), k=p.num_folds, seed=p.seed)
+    tasks = fold_tasks(train, splits, out_dir / "cv", range(len(splits)))
+    if test is not None:
+        tasks.append(TrainTask(train, out_dir / "test" / "model", p.num_folds, "all slices"))
+    semi = semi_on(p, unlabelled)
+    n_jobs, n_threads = training_jobs(len(tasks), set_threads(), jobs=jobs)
+    tt = time.perf_counter()
+    fresh = train_many(tasks, p, unlabelled=unlabelled if semi else None, jobs=n_jobs, threads=n_threads,
+                       progress=progress, log=log)
+    training = {"models": len(tasks), "trained_now": len(fresh), "at_once": n_jobs, "threads_each": n_threads,
+                "seconds": round(time.perf_counter() - tt, 2)}
+    cv_scores, cv_info = cross_validate(train, out_dir / "cv", p, progress=progress, log=log, unlabelled=unlabelled,
+                                        trained_now=fresh)
     cv = summarize_scores(cv_scores, n_boot=n_boot, seed=p.seed) | {
         "folds": p.num_folds, "seconds": cv_info["seconds"], "per_fold": cv_info["folds"]}
     cv_sup = None
@@ -243,7 +287,7 @@ def run_external(train_dir: str | Path, out_dir: str | Path, *, test_dir: str | 
         folds = [out_dir / "cv" / f"fold_{k}" / "model_final.pt" for k in range(p.num_folds)] \
             if check_extra(p)["test_ensemble"] else []
         t_scores, t_info = train_and_test(train, test, out_dir / "test", p, progress=progress, log=log,
-                                          unlabelled=unlabelled, ensemble_with=folds)
+                                          unlabelled=unlabelled, ensemble_with=folds, trained_now=fresh)
         test_summary = summarize_scores(t_scores, n_boot=n_boot, seed=p.seed) | {
             "seconds": t_info["seconds"], "train_seconds": t_info["train_seconds"], "reused": t_info["reused"],
             "models": t_info["ensemble"]}
@@ -251,6 +295,7 @@ def run_external(train_dir: str | Path, out_dir: str | Path, *, test_dir: str | 
         "cv": cv,
         "cv_supervised": cv_sup,
         "test": test_summary,
+        "training": training,
         "recipe": recipe_dict(p, set_threads()),
         "published": PUBLISHED.to_dict(orient="records"),
         "published_source": "Fan et al. 2020 (Inf-Net), COVID-SemiSeg 48-slice test part",

@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
+import os
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +29,7 @@ from sscild.model.checkpoint import training_recipe
 from sscild.paths import read_json, write_json
 from sscild.profiles import Profile
 
-__all__ = ["profile_key", "semi_on", "train_or_load", "train_semi"]
+__all__ = ["TrainTask", "profile_key", "semi_on", "train_or_load", "train_semi", "train_many", "training_jobs"]
 
 
 def profile_key(p: Profile) -> dict:
@@ -130,3 +134,84 @@ def train_semi(train: Mapping[str, SliceImage], unlabelled: Mapping[str, SliceIm
     write_json(summary_path, summary)
     net, _ = load_fold_model(model_path)
     return net, teacher, summary, False
+
+
+@dataclass(frozen=True)
+class TrainTask:
+    """One model to train: its labelled slices, output folder, seed key and a name for messages."""
+
+    train: Mapping[str, SliceImage]
+    out: Path
+    key: int
+    desc: str
+
+
+def training_jobs(n_tasks: int, threads: int, *, jobs: int | None = None, cuda: bool | None = None) -> tuple[int, int]:
+    """``(trainings at once, threads each)`` for ``n_tasks`` trainings given ``threads`` CPU threads.
+
+    On a CPU a small 2D network does not keep several cores busy, so trainings run side by side on
+    one thread each (as the study's folds do, :func:`sscild.context.fold_parallelism`); on a GPU one at
+    a time. ``jobs`` overrides the number at once; the threads are then shared among them.
+
+    >>> training_jobs(6, 2, cuda=False)
+    (2, 1)
+    >>> training_jobs(6, 2, cuda=True)
+    (1, 2)
+    >>> training_jobs(6, 8, jobs=2, cuda=False)
+    (2, 4)
+    """
+    threads, n_tasks = max(1, int(threads)), max(1, int(n_tasks))
+    if jobs is not None and int(jobs) < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs!r}")
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    if jobs is None:
+        jobs = 1 if cuda else threads
+    jobs = max(1, min(int(jobs), n_tasks))
+    return jobs, max(1, threads // jobs)
+
+
+def _worker_init(threads: int) -> None:
+    os.environ["SSCILD_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
+
+
+def _train_task(task: TrainTask, p: Profile, unlabelled: Mapping[str, SliceImage] | None,
+                progress: bool) -> tuple[str, bool, float]:
+    t0 = time.perf_counter()
+    if semi_on(p, unlabelled):
+        _, _, _, reused = train_semi(task.train, unlabelled or {}, p, task.out, key=task.key, progress=progress,
+                                     desc=task.desc)
+    else:
+        _, _, reused = train_or_load(task.train, p, task.out, key=task.key, progress=progress, desc=task.desc)
+    return str(task.out), reused, round(time.perf_counter() - t0, 2)
+
+
+def train_many(tasks: Sequence[TrainTask], p: Profile, *, unlabelled: Mapping[str, SliceImage] | None = None,
+               jobs: int = 1, threads: int = 1, progress: bool = False,
+               log: Callable[[str], None] | None = print) -> set[str]:
+    """Train every task (supervised, or in two stages when :func:`semi_on`), ``jobs`` at a time in
+    worker processes of ``threads`` threads each (``jobs=1``: one after another in this process).
+    Finished models are reused as :func:`train_or_load` reuses them.
+
+    Returns the output folders trained now (not reused)."""
+    p = external_profile(p)
+    fresh: set[str] = set()
+    if jobs <= 1 or len(tasks) <= 1:
+        for t in tasks:
+            out, reused, _ = _train_task(t, p, unlabelled, progress)
+            if not reused:
+                fresh.add(out)
+        return fresh
+    if log:
+        log(f"training {len(tasks)} models, {jobs} at a time on {threads} thread(s) each")
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init,
+                             initargs=(threads,)) as pool:
+        futures = {pool.submit(_train_task, t, p, unlabelled, False): t for t in tasks}
+        for fut in as_completed(futures):
+            out, reused, sec = fut.result()
+            if not reused:
+                fresh.add(out)
+            if log:
+                log(f"{futures[fut].desc}: {'reused' if reused else f'trained in {sec:.0f} s'}")
+    return fresh

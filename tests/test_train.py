@@ -9,6 +9,7 @@ import torch
 
 from cohort_factory import prepare_run
 from sscild.model import train as train_mod
+from sscild.model.network import build_network
 from sscild.data.folds import read_splits
 from sscild.paths import RunPaths
 from sscild.profiles import get_profile
@@ -79,6 +80,46 @@ def test_resumed_run_equals_uninterrupted(prepared, tmp_path):
     h_whole = (whole.fold_dir(1) / "history.csv").read_text()
     h_broken = (broken.fold_dir(1) / "history.csv").read_text()
     assert [l.split(",")[:2] for l in h_whole.splitlines()] == [l.split(",")[:2] for l in h_broken.splitlines()]
+
+
+@pytest.mark.parametrize("overrides", [{"deep_supervision": 1}, {"optimizer": "sgd", "learning_rate": 1e-2}])
+def test_deep_supervision_and_sgd_resume_exactly_and_save_a_plain_network(prepared, tmp_path, overrides):
+    p = get_profile("smoke").with_overrides(**overrides)
+    whole, broken = fresh_copy(prepared, tmp_path, "whole"), fresh_copy(prepared, tmp_path, "broken")
+    s = train_mod.train_fold(whole, p, 1, iterations=12, progress=False)
+    assert all(s["recipe"][k] == v for k, v in overrides.items())
+    part = train_mod.train_fold(broken, p, 1, iterations=12, progress=False, stop_after=6)
+    assert part.get("interrupted")
+    train_mod.train_fold(broken, p, 1, iterations=12, progress=False)
+    assert_same(weights(whole, 1), weights(broken, 1))
+    # the final model is the network alone: the auxiliary heads are training-only
+    assert weights(whole, 1).keys() == build_network(p).state_dict().keys()
+    # and the fold is stale for the plain recipe: the setting that differs is named
+    key = next(iter(overrides))
+    with pytest.raises(ValueError, match=f"{key}: .* -> "):
+        train_mod.train_fold(whole, get_profile("smoke"), 1, iterations=12, progress=False)
+
+
+def test_deep_supervision_loss_weights_each_level_against_the_label_at_its_size():
+    from monai.networks.nets import UNet
+
+    from sscild.model.deepsup import DeepSupervision
+
+    net = UNet(2, 1, 3, (8, 16, 32, 64), (2, 2, 2), num_res_units=1)
+    ds = DeepSupervision(net, num_classes=3, levels=2)
+    y = torch.zeros(1, 1, 16, 16, dtype=torch.long)
+    y[..., 8:, :] = 2
+    logits = net(torch.zeros(1, 1, 16, 16))
+    seen = []
+
+    def fake_loss(lg, lab):
+        seen.append((tuple(lg.shape), tuple(lab.shape), int(lab.max())))
+        return torch.tensor(1.0)
+
+    assert float(ds.loss(fake_loss, logits, y)) == pytest.approx(1.0)   # weights sum to 1
+    assert seen == [((1, 3, 16, 16), (1, 1, 16, 16), 2), ((1, 3, 8, 8), (1, 1, 8, 8), 2), ((1, 3, 4, 4), (1, 1, 4, 4), 2)]
+    with pytest.raises(ValueError, match="deep_supervision must be 0"):
+        DeepSupervision(net, num_classes=3, levels=3)
 
 
 def test_completed_fold_is_not_retrained(prepared, tmp_path):

@@ -58,6 +58,13 @@ class Profile:
     gamma (contrast) change, for images windowed differently from one source to the next; ``"nnunet"``:
     the strong changes plus nnU-Net's Gaussian blur and low-resolution simulation, and wider rotation
     (+-20 degrees) and scaling (+-25 %) (:func:`sscild.model.augment.augment_for_profile`)."""
+    deep_supervision: int = 0
+    """Auxiliary outputs on this many decoder levels below the output, trained against the label at
+    their size (nnU-Net's deep supervision, :mod:`sscild.model.deepsup`); 0: off. Training only."""
+    optimizer: str = "adamw"
+    """``"adamw"`` (AdamW at ``learning_rate``) or ``"sgd"`` (SGD with Nesterov momentum 0.99 at
+    ``learning_rate``, nnU-Net's choice; it wants a higher rate, e.g. 1e-2). Both follow the same
+    warm-up and polynomial decay."""
     lesion_oversample: float = 0.6
     """Share of patches centred on EF or GGO voxels (nnU-Net style foreground oversampling)."""
     semi_supervised: str = "auto"

@@ -186,7 +186,8 @@ def recipe_dict(p: Profile, threads: int) -> dict:
                    f"{p.num_res_units} residual unit(s), {p.norm} norm",
         "channels": list(p.channels), "strides": list(p.strides), "num_res_units": p.num_res_units,
         "grid_size": ex["grid_size"], "patch_size": list(p.patch_size[:2]), "batch_size": p.batch_size,
-        "iterations": p.iterations, "learning_rate": p.learning_rate, "weight_decay": p.weight_decay,
+        "iterations": p.iterations, "optimizer": p.optimizer, "learning_rate": p.learning_rate,
+        "weight_decay": p.weight_decay,
         "lesion_oversample": p.lesion_oversample, "rotations": ex["rotations"], "tta": ex["tta"],
         "intensity": "v / 255 * 2 - 1 (8-bit windowed grey levels to [-1, 1])",
         "geometry": f"longer side resized to {ex['grid_size']} px, aspect kept, padded square; "

@@ -3,6 +3,7 @@
 network     the network factory (MONAI U-Net) and model files
 recipe      the training recipe as the book states it
 augment     batched data augmentation on the training device
+deepsup     deep supervision: auxiliary decoder outputs and their loss, for training only
 device      torch device, CPU threads, number type, batch-loader processes
 sampling    training patches and each step's batch from (seed, fold, step)
 checkpoint  the training recipe of a fold, resumable checkpoints, the final model file

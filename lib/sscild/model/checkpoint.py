@@ -32,7 +32,7 @@ __all__ = ["RECIPE_KEYS", "training_recipe", "recipe_diff", "save_checkpoint", "
 
 RECIPE_KEYS = ("spatial_dims", "channels", "strides", "num_res_units", "dropout", "norm", "patch_size",
                "iterations", "batch_size", "learning_rate", "weight_decay", "batch_dice", "intensity_aug",
-               "lesion_oversample", "cpu_bf16", "channels_last",
+               "optimizer", "deep_supervision", "lesion_oversample", "cpu_bf16", "channels_last",
                "seed", "target_spacing", "hu_clip")
 """Profile settings that change what training produces; a fold trained with others is stale."""
 

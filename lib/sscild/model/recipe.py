@@ -24,10 +24,13 @@ def recipe_table(profile: Profile) -> pd.DataFrame:
                          + ("+-15 %, random gamma 0.7-1.5" if p.intensity_aug == "strong" else "+-5 %")
                          + ", Gaussian noise (MONAI)"),
         ("loss", "Dice + cross-entropy (monai.losses.DiceCELoss), softmax, 4 classes, Dice over "
-                 + ("the whole batch" if p.batch_dice else "each patch")),
+                 + ("the whole batch" if p.batch_dice else "each patch")
+                 + (f"; deep supervision on {p.deep_supervision} decoder level(s) below the output"
+                    if p.deep_supervision else "")),
         ("batches", "made in the training process on CPU; by loader processes on CUDA "
                     "(a batch depends only on seed, fold and step)"),
-        ("optimiser", f"AdamW, lr {p.learning_rate:g}, weight decay {p.weight_decay:g}, warm-up then poly(0.9) decay"),
+        ("optimiser", f"{'SGD (Nesterov, momentum 0.99)' if p.optimizer == 'sgd' else 'AdamW'}, lr {p.learning_rate:g}, "
+                      f"weight decay {p.weight_decay:g}, warm-up then poly(0.9) decay"),
         ("budget", f"{p.iterations} iterations x batch {p.batch_size}"),
         ("checkpoints", f"every {p.checkpoint_every} iterations (resumable)"),
         ("mixed precision", ("float16 on CUDA" if p.amp else "off on CUDA") + "; "

@@ -8,9 +8,10 @@ The recipe (what the Model & training chapter tabulates):
 * **Sampling**: 2D axial patches, lesion-oversampled (:mod:`sscild.model.sampling`).
 * **Augmentation** (:mod:`sscild.model.augment`, batched tensor operations on the training device): flips,
   small rotations and scaling, intensity shift and scale, Gaussian noise.
-* **Loss**: Dice + cross-entropy (``monai.losses.DiceCELoss``), softmax over four classes.
-* **Optimiser**: AdamW, linear warm-up then polynomial decay (power 0.9), by *iterations*, so the
-  budget is deterministic.
+* **Loss**: Dice + cross-entropy (``monai.losses.DiceCELoss``), softmax over four classes; with
+  ``profile.deep_supervision``, also on auxiliary decoder outputs (:mod:`sscild.model.deepsup`).
+* **Optimiser**: AdamW (or SGD with Nesterov momentum, ``profile.optimizer``), linear warm-up then
+  polynomial decay (power 0.9), by *iterations*, so the budget is deterministic.
 * **Device**: CUDA when present (mixed precision, cudnn autotuning), else CPU with threads matched to
   the cores (:mod:`sscild.model.device`).
 * **Reproducibility**: every step's randomness derives from ``(seed, fold, step)``, so the same seed
@@ -39,6 +40,7 @@ from monai.losses import DiceCELoss
 from sscild.data.folds import read_splits
 from sscild.data.cache import load_cached
 from sscild.model.augment import augment_for_profile
+from sscild.model.deepsup import DeepSupervision
 from sscild.model.checkpoint import (final_model_state, recipe_diff, resume_training, save_checkpoint,
                                      training_recipe)
 from sscild.model.device import (configure_backend, describe_device, loader_workers, network_numerics,
@@ -179,6 +181,12 @@ class _Fit:
     scaler: torch.amp.GradScaler
     numerics: dict
     device: torch.device
+    ds: DeepSupervision | None = None
+
+    @property
+    def trained(self) -> torch.nn.Module:
+        """What the optimiser trains and a checkpoint holds: the network, with the deep-supervision heads."""
+        return self.net if self.ds is None else torch.nn.ModuleDict({"net": self.net, "ds": self.ds})
 
 
 def _pseudo_per_batch(p: Profile, cases: dict, pseudo_cases: dict | None, pseudo_share: float) -> int:
@@ -212,11 +220,18 @@ def _setup_fit(p: Profile, *, seed: int, total: int, device: torch.device, numer
         loss_fn = MaskedDiceCE(batch=bool(p.batch_dice))
     else:
         loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=bool(p.batch_dice))
-    opt = torch.optim.AdamW(net.parameters(), lr=p.learning_rate, weight_decay=p.weight_decay)
+    ds = DeepSupervision(net, num_classes, p.deep_supervision).to(device) if p.deep_supervision else None
+    params = list(net.parameters()) + (list(ds.parameters()) if ds is not None else [])
+    if p.optimizer == "adamw":
+        opt = torch.optim.AdamW(params, lr=p.learning_rate, weight_decay=p.weight_decay)
+    elif p.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=p.learning_rate, momentum=0.99, nesterov=True, weight_decay=p.weight_decay)
+    else:
+        raise ValueError(f"profile {p.name!r}: optimizer must be 'adamw' or 'sgd', got {p.optimizer!r}")
     warmup = max(1, min(50, total // 20))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, warmup))
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    return _Fit(net=net, loss_fn=loss_fn, opt=opt, sched=sched, scaler=scaler, numerics=numerics, device=device)
+    return _Fit(net=net, loss_fn=loss_fn, opt=opt, sched=sched, scaler=scaler, numerics=numerics, device=device, ds=ds)
 
 
 def _train_step(fit: _Fit, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -226,7 +241,10 @@ def _train_step(fit: _Fit, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tens
     fit.opt.zero_grad(set_to_none=True)
     with torch.autocast(device_type=fit.device.type, dtype=fit.numerics["dtype"], enabled=fit.numerics["autocast"]):
         logits = fit.net(x)
-    loss = fit.loss_fn(logits.float(), y)
+        if fit.ds is not None:
+            loss = fit.ds.loss(fit.loss_fn, logits, y)
+    if fit.ds is None:
+        loss = fit.loss_fn(logits.float(), y)
     fit.scaler.scale(loss).backward()
     fit.scaler.step(fit.opt)
     fit.scaler.update()
@@ -307,7 +325,7 @@ def _run_steps(fit: _Fit, aug, data: StepBatches, p: Profile, *, step: int, hist
         bar = tqdm(total=total, initial=step, desc=desc, unit="step", disable=None, mininterval=2.0)
     beat = Heartbeat(desc, total=total, unit="step", start=step)  # make's terminal; not the notebook
     batches = _batch_loader(data, start=step, device=device, workers=workers)
-    fit.net.train()
+    fit.trained.train()
     t0 = time.perf_counter()
     means = _RunningMeans(num_classes, device, len(p.patch_size[:2]))
     t_last = t0
@@ -332,7 +350,7 @@ def _run_steps(fit: _Fit, aug, data: StepBatches, p: Profile, *, step: int, hist
             means.reset_window()
         if step % p.checkpoint_every == 0 or step == total:
             epochs.append(means.epoch_row(len(epochs) + 1, step, class_names))
-            save_checkpoint(ckpt, fit.net, fit.opt, fit.sched, fit.scaler, step=step, history=history, epochs=epochs,
+            save_checkpoint(ckpt, fit.trained, fit.opt, fit.sched, fit.scaler, step=step, history=history, epochs=epochs,
                             recipe=training_recipe(p, total), seconds=elapsed_before + time.perf_counter() - t0)
             if stop_after is not None and step >= stop_after and step < total:
                 if bar is not None:
@@ -394,7 +412,7 @@ def train_model(cases: dict, profile: Profile, out: Path, *, key: int = 0, num_c
     fit = _setup_fit(p, seed=seed, total=total, device=device, numerics=numerics, use_amp=use_amp,
                      num_classes=num_classes, init_state=init_state, masked=bool(n_pseudo))
     ckpt = out / "checkpoint_latest.pt"
-    step, history, epochs, elapsed_before = resume_training(ckpt, fit.net, fit.opt, fit.sched, fit.scaler,
+    step, history, epochs, elapsed_before = resume_training(ckpt, fit.trained, fit.opt, fit.sched, fit.scaler,
                                                             recipe=training_recipe(p, total), profile_name=p.name,
                                                             device=device)
     workers = loader_workers(device)

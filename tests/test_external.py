@@ -19,7 +19,7 @@ from sscild.external.predict import MeanProb, predict_slices, pseudo_label_cases
 from sscild.external.recipe import external_profile
 from sscild.external.runs import cross_validate, run_external
 from sscild.external.scores import score_slices, summarize_scores
-from sscild.external.screens import semi_screen
+from sscild.external.screens import lever_screen, screen_table, semi_screen
 from sscild.external.slices import SliceImage, read_slice_folder, read_unlabelled_folder
 from sscild.external.tables import PUBLISHED, recorded_gpu_run, results_table
 from sscild.external.training import profile_key, training_jobs
@@ -587,3 +587,35 @@ def test_semi_screen_table_from_the_record(tmp_path):
     t = semi_screen(tmp_path / "r.csv", n_boot=200)
     assert t.loc["control b", "gain over supervised, GGO [95% CI]"].startswith("+0.100")
     assert semi_screen(tmp_path / "absent.csv") is None
+
+
+def test_lever_screen_table_and_its_recorder(tmp_path):
+    """scripts/record_screen.py keeps the chosen folds' slices of each variant; the table pairs them."""
+    import subprocess
+    import sys
+
+    def scores(ggo, folds=(0, 0, 1, 2)):
+        return pd.DataFrame({"slice_id": ["1", "2", "3", "4"], "fold": list(folds), "dice_ggo": ggo,
+                             "dice_consolidation": [0.2, np.nan, 0.4, 0.3], "inter_ggo": 1, "pred_ggo": 2,
+                             "ref_ggo": 2, "inter_consolidation": 0, "pred_consolidation": 1, "ref_consolidation": 1})
+
+    scores([0.5, 0.6, 0.7, 0.1]).to_csv(tmp_path / "base.csv", index=False)
+    scores([0.6, 0.7, 0.8, 0.9]).to_csv(tmp_path / "v.csv", index=False)
+    rec = tmp_path / "rec.csv"
+    cmd = [sys.executable, str(REPO / "scripts" / "record_screen.py"), str(rec), "--folds", "0,1",
+           f"as it was={tmp_path / 'base.csv'}", f"more steps={tmp_path / 'v.csv'}"]
+    subprocess.run(cmd, check=True, capture_output=True)
+    t = lever_screen(rec, n_boot=200)
+    assert list(t.index) == ["as it was", "more steps"]
+    # fold 2's slice (GGO 0.1 -> 0.9) is not in the record: the gain is +0.1 on the three kept slices
+    assert t.loc["more steps", "gain over the first row, GGO [95% CI]"].startswith("+0.100")
+    assert t.loc["as it was", "Dice GGO [95% CI]"].startswith("0.600")
+    # a variant scored on other slices is refused, by the recorder and by the table
+    scores([0.6, 0.7, 0.8, 0.9], folds=(0, 0, 2, 2)).to_csv(tmp_path / "v.csv", index=False)
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 2 and "other slices than the baseline" in r.stderr
+    bad = pd.read_csv(rec, dtype={"slice_id": str})
+    bad = bad[~((bad["variant"] == "more steps") & (bad["slice_id"] == "1"))]
+    with pytest.raises(ValueError, match="scored on other slices"):
+        screen_table(bad, n_boot=200)
+    assert lever_screen(tmp_path / "absent.csv") is None

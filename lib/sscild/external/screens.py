@@ -26,6 +26,9 @@ __all__ = [
     "SEMI_SCREEN_COMMAND",
     "SEMI_CHOICE",
     "semi_screen",
+    "LEVER_SCREEN_COMMAND",
+    "lever_screen",
+    "screen_table",
     "SEARCH_VARIANTS",
     "search_recipes",
 ]
@@ -103,6 +106,14 @@ SEMI_CHOICE = (
 """Why the second screen's choice (shown under :func:`semi_screen`'s table)."""
 
 
+LEVER_SCREEN_COMMAND = (
+    "SSCILD_THREADS=1 python -m sscild.external search TRAIN_DIR OUT --folds 0 1 2 --only VARIANT; then "
+    "python scripts/record_screen.py benchmarks/external_lever_screen.csv --folds 0,1,2 NAME=OUT/<folder>/scores.csv ..."
+)
+"""How the third screen (:func:`lever_screen`) was run: each variant of :data:`SEARCH_VARIANTS` on
+folds 0-2, one thread per process, two processes side by side; the record collects their scores."""
+
+
 def semi_screen(path: str | Path | None = None, *, n_boot: int = 2000) -> pd.DataFrame | None:
     """The second recipe screen (self-training and its control, fold 0) from its recorded per-slice
     scores (``benchmarks/external_semi_screen.csv``): Dice per variant with 95 % BCa intervals over
@@ -115,32 +126,62 @@ def semi_screen(path: str | Path | None = None, *, n_boot: int = 2000) -> pd.Dat
     path = Path(path) if path is not None else repo_root() / "benchmarks" / "external_semi_screen.csv"
     if not path.exists():
         return None
-    df = pd.read_csv(path, dtype={"slice_id": str})
+    return screen_table(pd.read_csv(path, dtype={"slice_id": str}), n_boot=n_boot, baseline_name="supervised",
+                        control_prefix="control", treated_prefix="self-training",
+                        control_name="the unlabelled slices (vs control)")
+
+
+def lever_screen(path: str | Path | None = None, *, n_boot: int = 2000) -> pd.DataFrame | None:
+    """The third recipe screen (nnU-Net's levers on the two-stage recipe, folds 0-2) from its recorded
+    per-slice scores (``benchmarks/external_lever_screen.csv``): Dice per variant with 95 % BCa
+    intervals over the 30 held-out slices, pooled Dice and the paired gain over the first row (the
+    recipe as it was). ``None`` when the file is absent. Re-running it: :data:`LEVER_SCREEN_COMMAND`."""
+    path = Path(path) if path is not None else repo_root() / "benchmarks" / "external_lever_screen.csv"
+    if not path.exists():
+        return None
+    return screen_table(pd.read_csv(path, dtype={"slice_id": str}), n_boot=n_boot, baseline_name="the first row")
+
+
+def screen_table(df: pd.DataFrame, *, n_boot: int = 2000, baseline_name: str = "the first row",
+                 control_prefix: str | None = None, treated_prefix: str | None = None,
+                 control_name: str = "") -> pd.DataFrame:
+    """A screen's table from per-slice scores of several variants on the same held-out slices
+    (columns ``variant``, ``slice_id``, the Dice and pixel counts of
+    :func:`~sscild.external.scores.score_slices`; the first variant is the baseline).
+
+    One row per variant: Dice with 95 % BCa intervals, pooled Dice, the paired gain over the
+    baseline and, for variants named ``treated_prefix...``, the paired gain over the variant named
+    ``control_prefix...`` (column "gain from ``control_name``")."""
     variants = list(dict.fromkeys(df["variant"]))
     base = df[df["variant"] == variants[0]].set_index("slice_id")
-    control = next((v for v in variants if v.startswith("control")), None)
+    control = next((v for v in variants if control_prefix and v.startswith(control_prefix)), None)
     cols = [f"dice_{n}" for n in CLASS_NAMES]
+    labels = ("GGO", "consolidation")
 
     def gain(a: pd.DataFrame, b: pd.DataFrame) -> dict:
         g = summarize((a[cols] - b[cols]).reset_index(drop=True), columns=cols, n_boot=n_boot, seed=0).set_index("metric")
         return {label: f"{g.loc[f'dice_{n}', 'mean']:+.3f} [{g.loc[f'dice_{n}', 'ci_low']:+.3f}, "
-                       f"{g.loc[f'dice_{n}', 'ci_high']:+.3f}]" for n, label in zip(CLASS_NAMES, ("GGO", "consolidation"))}
+                       f"{g.loc[f'dice_{n}', 'ci_high']:+.3f}]" for n, label in zip(CLASS_NAMES, labels)}
 
     rows = []
     for v in variants:
-        d = df[df["variant"] == v].set_index("slice_id").loc[base.index]
+        d = df[df["variant"] == v].set_index("slice_id")
+        if sorted(d.index) != sorted(base.index):
+            raise ValueError(f"screen variant {v!r} was scored on other slices than {variants[0]!r}")
+        d = d.loc[base.index]
         sm = summarize_scores(d.reset_index(), n_boot=n_boot, seed=0)
         row = {"variant": v}
-        for n, label in zip(CLASS_NAMES, ("GGO", "consolidation")):
+        for n, label in zip(CLASS_NAMES, labels):
             lo, hi = sm[f"dice_{n}_ci"]
             row[f"Dice {label} [95% CI]"] = f"{sm[f'dice_{n}']:.3f} [{lo:.3f}, {hi:.3f}]"
-        for n, label in zip(CLASS_NAMES, ("GGO", "consolidation")):
+        for n, label in zip(CLASS_NAMES, labels):
             row[f"pooled {label}"] = f"{sm[f'pooled_dice_{n}']:.3f}"
-        g = gain(d, base) if v != variants[0] else {"GGO": "", "consolidation": ""}
-        row |= {f"gain over supervised, {k} [95% CI]": x for k, x in g.items()}
-        c = (gain(d, df[df["variant"] == control].set_index("slice_id").loc[base.index])
-             if control and v.startswith("self-training") else {"GGO": "", "consolidation": ""})
-        row |= {f"gain from the unlabelled slices (vs control), {k} [95% CI]": x for k, x in c.items()}
+        g = gain(d, base) if v != variants[0] else {k: "" for k in labels}
+        row |= {f"gain over {baseline_name}, {k} [95% CI]": x for k, x in g.items()}
+        if control is not None:
+            c = (gain(d, df[df["variant"] == control].set_index("slice_id").loc[base.index])
+                 if treated_prefix and v.startswith(treated_prefix) else {k: "" for k in labels})
+            row |= {f"gain from {control_name}, {k} [95% CI]": x for k, x in c.items()}
         rows.append(row)
     return pd.DataFrame(rows).set_index("variant")
 

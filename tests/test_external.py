@@ -619,3 +619,39 @@ def test_lever_screen_table_and_its_recorder(tmp_path):
     with pytest.raises(ValueError, match="scored on other slices"):
         screen_table(bad, n_boot=200)
     assert lever_screen(tmp_path / "absent.csv") is None
+
+
+def test_pretraining_reads_unlabelled_slices_only_and_is_reused(tmp_path):
+    """Self-supervised pretraining sees no labelled slice: changing a training slice leaves the
+    pretrained weights as they were; a planted labelled slice among the unlabelled ones is refused;
+    asking for pretraining without unlabelled slices names the fix."""
+    _tiny_parts(tmp_path)
+    prof = external_profile("smoke", grid_size=32, patch_size=(32, 32), iterations=2, batch_size=2, num_folds=2,
+                            pretrain_steps=4)
+    summ = run_external(tmp_path / "train", tmp_path / "a", unlabelled_dir=tmp_path / "unlabelled", profile=prof,
+                        n_boot=50, log=None, jobs=1)
+    assert summ["recipe"]["pretraining"].startswith("4 steps") and summ["data"]["n_unlabelled"] == 4
+    state_a = torch.load(tmp_path / "a" / "pretrained" / "pretrained.pt", weights_only=False)
+    fold = json.loads((tmp_path / "a" / "cv" / "fold_0" / "teacher" / "recipe_key.json").read_text())
+    assert fold["init"].startswith("pretrained:")
+    # another training part, same unlabelled slices: the same pretrained network
+    img, lab = blob_slice(30, 40)
+    write_slice(tmp_path / "train", "train0", 255 - img, lab)
+    run_external(tmp_path / "train", tmp_path / "b", unlabelled_dir=tmp_path / "unlabelled", profile=prof,
+                 n_boot=50, log=None, jobs=1)
+    state_b = torch.load(tmp_path / "b" / "pretrained" / "pretrained.pt", weights_only=False)
+    assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+    # a second run finds the pretrained network and the folds finished
+    before = (tmp_path / "b" / "pretrained" / "pretrained.pt").stat().st_mtime_ns
+    again = run_external(tmp_path / "train", tmp_path / "b", unlabelled_dir=tmp_path / "unlabelled", profile=prof,
+                         n_boot=50, log=None, jobs=1)
+    assert (tmp_path / "b" / "pretrained" / "pretrained.pt").stat().st_mtime_ns == before
+    assert again["training"]["trained_now"] == 0
+    # a training slice planted among the unlabelled ones: refused before any training
+    shutil.copy(tmp_path / "train" / "images" / "train1.png", tmp_path / "unlabelled" / "images" / "planted.png")
+    with pytest.raises(InputError, match="planted"):
+        run_external(tmp_path / "train", tmp_path / "c", unlabelled_dir=tmp_path / "unlabelled", profile=prof,
+                     n_boot=50, log=None, jobs=1)
+    assert not (tmp_path / "c").exists() or not any((tmp_path / "c").rglob("*.pt"))
+    with pytest.raises(InputError, match="pretrains on unlabelled slices"):
+        run_external(tmp_path / "train", tmp_path / "d", profile=prof, n_boot=50, log=None, jobs=1)

@@ -6,7 +6,8 @@ recipe      the external-check profiles, their settings and validation, the reci
 predict     prediction with test-time averaging, fold ensembles, pseudo-labels, predicted masks
 scores      Dice per slice and class, and its summary with bootstrap intervals
 tables      the appendix's tables: the data, results beside the published numbers, the GPU record
-training    one model trained (or reused): supervised, or teacher then student
+pretrain    self-supervised pretraining on unlabelled slices (restoring corrupted slices)
+training    models trained (or reused): supervised, or teacher then student; side by side on a CPU
 runs        cross-validation, training on all and testing, the whole check (summary.json)
 screens     how the recipe was chosen: the recorded screens, their variants, search_recipes
 __main__    the command line: python -m sscild.external run|search

@@ -89,7 +89,9 @@ EXTERNAL_PROFILES: dict[str, Profile] = _make_profiles()
 default of ``make external``, ``paper`` a longer run for a GPU). Image-folder settings live in
 ``extra``: ``grid_size`` (square network input, pixels), ``rotations`` (train on the four 90-degree
 rotations of each slice), ``tta`` (``"none"``, ``"flip"`` or ``"dihedral"``: flips and 90-degree
-rotations averaged at prediction), ``test_ensemble`` (the test part is predicted by the mean softmax
+rotations averaged at prediction), ``pretrain_steps`` (0: off; else steps of self-supervised
+pretraining on the unlabelled slices, :mod:`sscild.external.pretrain`, from which every model's
+first stage starts), ``test_ensemble`` (the test part is predicted by the mean softmax
 of the model trained on all labelled slices and the cross-validation fold models) and the
 semi-supervised settings of :data:`SEMI_DEFAULTS`."""
 
@@ -135,10 +137,13 @@ def check_extra(p: Profile) -> dict:
         raise ValueError(f"profile {p.name!r}: extra['pseudo_min_lesion'] must be a number in [0, 1), got {mls!r}.")
     if semi["pseudo_tta"] not in _TTA:
         raise ValueError(f"profile {p.name!r}: extra['pseudo_tta'] must be one of {_TTA}, got {semi['pseudo_tta']!r}.")
+    pre = ex.get("pretrain_steps", 0)
+    if isinstance(pre, bool) or not isinstance(pre, (int, np.integer)) or pre < 0:
+        raise ValueError(f"profile {p.name!r}: extra['pretrain_steps'] must be an integer >= 0, got {pre!r}.")
     if not isinstance(ex.get("test_ensemble", False), bool):
         raise ValueError(f"profile {p.name!r}: extra['test_ensemble'] must be True or False, got {ex['test_ensemble']!r}.")
     return {"grid_size": int(grid), "rotations": bool(ex.get("rotations", True)), "tta": ex.get("tta", "dihedral"),
-            "test_ensemble": bool(ex.get("test_ensemble", False)), **semi}
+            "test_ensemble": bool(ex.get("test_ensemble", False)), "pretrain_steps": int(pre), **semi}
 
 
 def external_profile(name: str | Profile = "cpu", **overrides) -> Profile:
@@ -160,7 +165,7 @@ def external_profile(name: str | Profile = "cpu", **overrides) -> Profile:
             raise ValueError(f"Unknown external-check profile {name!r}. Choose one of: {', '.join(EXTERNAL_PROFILES)} "
                              "(the chapter's `profile` parameter, or `make external EXTERNAL_PROFILE=...`).")
         p = EXTERNAL_PROFILES[key]
-    extra_keys = {"grid_size", "rotations", "tta", "test_ensemble", *SEMI_DEFAULTS}
+    extra_keys = {"grid_size", "rotations", "tta", "test_ensemble", "pretrain_steps", *SEMI_DEFAULTS}
     extra = {**(p.extra or {}), **{k: v for k, v in overrides.items() if k in extra_keys}}
     fields = {k: v for k, v in overrides.items() if k not in extra_keys}
     for k in ("channels", "strides", "patch_size"):
@@ -209,5 +214,7 @@ def recipe_dict(p: Profile, threads: int) -> dict:
             f"{ex['pseudo_share']:.0%} of each batch pseudo-labelled"
             + (f"; only slices with >= {ex['pseudo_min_lesion']:.1%} confident lesion kept"
                if ex["pseudo_min_lesion"] else "")),
+        "pretraining": (f"{ex['pretrain_steps']} steps restoring corrupted unlabelled slices (sscild.external.pretrain); "
+                        "every first stage starts from those weights" if ex["pretrain_steps"] else "none"),
         "threads": threads,
     }

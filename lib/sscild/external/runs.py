@@ -19,6 +19,8 @@ returns the summary; ``summary["cv"]["dice_ggo"]`` is the cross-validated GGO Di
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -35,7 +37,9 @@ from sscild.external.scores import score_slices, summarize_scores
 from sscild.external.slices import (SliceImage, check_no_overlap, natural_key, read_slice_folder,
                                     read_unlabelled_folder)
 from sscild.external.tables import PUBLISHED
-from sscild.external.training import TrainTask, semi_on, train_many, train_or_load, train_semi, training_jobs
+from sscild.external.pretrain import pretrain_key, pretrained_state
+from sscild.external.training import (Init, TrainTask, semi_on, train_many, train_or_load, train_semi,
+                                      training_jobs)
 from sscild.model.loading import load_fold_model
 from sscild.model.device import set_threads
 from sscild.paths import atomic_path, write_json
@@ -47,7 +51,7 @@ __all__ = ["cross_validate", "fold_tasks", "train_and_test", "run_external"]
 def cross_validate(slices: Mapping[str, SliceImage], out_dir: str | Path, profile: str | Profile = "cpu", *,
                    folds: Sequence[int] | None = None, progress: bool = False,
                    log=print, unlabelled: Mapping[str, SliceImage] | None = None, jobs: int | None = None,
-                   trained_now: set[str] | None = None) -> tuple[pd.DataFrame, dict]:
+                   trained_now: set[str] | None = None, init: Init | None = None) -> tuple[pd.DataFrame, dict]:
     """K-fold cross-validation by slice on a labelled folder (``profile.num_folds`` folds, its seed).
 
     ``folds`` limits the run to some folds (a quick screen of a recipe); default all.
@@ -56,6 +60,8 @@ def cross_validate(slices: Mapping[str, SliceImage], out_dir: str | Path, profil
     ``jobs`` overrides how many at once), then each is scored in this process. ``trained_now``: the
     fold folders a caller has just trained itself (:func:`run_external` trains the folds and the
     test model in one batch); they are not trained again and are reported as trained, not reused.
+    With ``extra["pretrain_steps"]``, every fold starts from the network pretrained on the
+    unlabelled slices (:mod:`sscild.external.pretrain`, cached in ``out_dir/pretrained``, or ``init``).
 
     With ``unlabelled`` slices and a profile whose ``semi`` is ``"self-training"``, each fold's
     teacher is trained on that fold's training slices only, labels the unlabelled slices, and the
@@ -79,7 +85,8 @@ def cross_validate(slices: Mapping[str, SliceImage], out_dir: str | Path, profil
                          "num_folds.")
     strata = _consolidation_share(slices)
     semi = semi_on(p, unlabelled)
-    if semi and unlabelled:
+    self_training = check_extra(p)["semi"] == "self-training"
+    if unlabelled and (self_training or check_extra(p)["pretrain_steps"]):
         check_no_overlap(unlabelled, {"training": slices})
     splits = make_splits(list(slices), strata=strata, k=p.num_folds, seed=p.seed)
     write_json(out_dir / "splits.json", splits)
@@ -88,15 +95,17 @@ def cross_validate(slices: Mapping[str, SliceImage], out_dir: str | Path, profil
         if bad:
             raise ValueError(f"folds {bad} do not exist: the split has folds 0..{len(splits) - 1}.")
     chosen = [k for k in range(len(splits)) if folds is None or k in {int(f) for f in folds}]
+    if init is None:
+        init = pretraining(p, unlabelled, out_dir / "pretrained", log=log)
     if trained_now is None:
         tasks = fold_tasks(slices, splits, out_dir, chosen)
         n_jobs, n_threads = training_jobs(len(tasks), threads, jobs=jobs)
-        trained_now = train_many(tasks, p, unlabelled=unlabelled if semi else None, jobs=n_jobs, threads=n_threads,
-                                 progress=progress, log=log)
+        trained_now = train_many(tasks, p, unlabelled=unlabelled if self_training else None, jobs=n_jobs, threads=n_threads,
+                                 progress=progress, log=log, init=init)
     frames, sup_frames, done = [], [], []
     for k in chosen:
         df, sdf, row = _run_fold(k, splits[k], slices, p, out_dir, semi=semi, unlabelled=unlabelled,
-                                 progress=progress, log=log, trained_now=trained_now)
+                                 progress=progress, log=log, trained_now=trained_now, init=init)
         frames.append(df)
         if semi:
             sup_frames.append(sdf)
@@ -114,6 +123,20 @@ def cross_validate(slices: Mapping[str, SliceImage], out_dir: str | Path, profil
             sup.to_csv(tmp, index=False)
         info["supervised_scores"] = sup
     return scores, info
+
+
+def pretraining(p: Profile, unlabelled: Mapping[str, SliceImage] | None, folder: Path, *, log=print) -> Init | None:
+    """The pretrained starting weights when the profile asks for them (``extra["pretrain_steps"]``),
+    else ``None``; an ``InputError`` when it asks without unlabelled slices."""
+    steps = check_extra(p)["pretrain_steps"]
+    if not steps:
+        return None
+    if not unlabelled:
+        raise InputError(f"profile {p.name!r} pretrains on unlabelled slices ({steps} steps), but none were given: "
+                         "name a folder of them (make external EXTERNAL_UNLABELLED=DIR, or unlabelled_dir=...).")
+    state, _ = pretrained_state(unlabelled, p, folder, log=log)
+    digest = hashlib.sha1(json.dumps(pretrain_key(p, unlabelled), sort_keys=True).encode()).hexdigest()
+    return Init(state=state, ident=f"pretrained:{digest}")
 
 
 def fold_tasks(slices: Mapping[str, SliceImage], splits: Sequence[Mapping], out_dir: Path,
@@ -134,7 +157,7 @@ def _consolidation_share(slices: Mapping[str, SliceImage]) -> dict[str, float]:
 
 def _run_fold(k: int, fold: Mapping, slices: Mapping[str, SliceImage], p: Profile, out_dir: Path, *, semi: bool,
               unlabelled: Mapping[str, SliceImage] | None, progress: bool, log,
-              trained_now: set[str]) -> tuple[pd.DataFrame, pd.DataFrame | None, dict]:
+              trained_now: set[str], init: Init | None) -> tuple[pd.DataFrame, pd.DataFrame | None, dict]:
     """Train fold ``k`` (or reuse it), predict and score its held-out slices, writing their masks.
 
     Returns (the held-out slices' scores, the teacher's scores of the same slices when ``semi``, else
@@ -142,11 +165,11 @@ def _run_fold(k: int, fold: Mapping, slices: Mapping[str, SliceImage], p: Profil
     tk = time.perf_counter()
     fold_train = {s: slices[s] for s in fold["train"]}
     if semi:
-        net, teacher, summ, reused = train_semi(fold_train, unlabelled, p, out_dir / f"fold_{k}", key=k,
-                                                progress=progress, desc=f"fold {k}")
+        net, teacher, summ, reused = train_semi(fold_train, unlabelled or {}, p, out_dir / f"fold_{k}", key=k,
+                                                progress=progress, desc=f"fold {k}", init=init)
     else:
         net, summ, reused = train_or_load(fold_train, p, out_dir / f"fold_{k}", key=k,
-                                          progress=progress, desc=f"fold {k}")
+                                          progress=progress, desc=f"fold {k}", init=init)
     reused = reused and str(out_dir / f"fold_{k}") not in trained_now
     held = {s: slices[s] for s in sorted(fold["val"], key=natural_key)}
     ti = time.perf_counter()
@@ -175,8 +198,8 @@ def _run_fold(k: int, fold: Mapping, slices: Mapping[str, SliceImage], p: Profil
 def train_and_test(train: Mapping[str, SliceImage], test: Mapping[str, SliceImage], out_dir: str | Path,
                    profile: str | Profile = "cpu", *, progress: bool = False, log=print,
                    unlabelled: Mapping[str, SliceImage] | None = None,
-                   ensemble_with: Sequence[str | Path] = (), trained_now: set[str] = frozenset()
-                   ) -> tuple[pd.DataFrame, dict]:
+                   ensemble_with: Sequence[str | Path] = (), trained_now: set[str] = frozenset(),
+                   init: Init | None = None) -> tuple[pd.DataFrame, dict]:
     """Train on every slice of ``train`` (and, self-training, ``unlabelled``), predict and score ``test``.
 
     ``ensemble_with``: further model files (e.g. the cross-validation folds' ``model_final.pt``,
@@ -196,11 +219,11 @@ def train_and_test(train: Mapping[str, SliceImage], test: Mapping[str, SliceImag
     if semi_on(p, unlabelled):
         if unlabelled:
             check_no_overlap(unlabelled, {"training": train, "test": test})
-        net, _, summ, reused = train_semi(train, unlabelled, p, out_dir / "model", key=p.num_folds,
-                                          progress=progress, desc="all slices")
+        net, _, summ, reused = train_semi(train, unlabelled or {}, p, out_dir / "model", key=p.num_folds,
+                                          progress=progress, desc="all slices", init=init)
     else:
         net, summ, reused = train_or_load(train, p, out_dir / "model", key=p.num_folds, progress=progress,
-                                          desc="all slices")
+                                          desc="all slices", init=init)
     reused = reused and str(out_dir / "model") not in trained_now
     ti = time.perf_counter()
     if ensemble_with:
@@ -227,6 +250,25 @@ def _check_test_apart(train: Mapping[str, SliceImage], test: Mapping[str, SliceI
         raise InputError(f"{len(dup)} test slice(s) are identical to training slices (test id, training id): "
                          f"{dup[:10]}; "
                          "the test folder must hold only slices the network never trained on.")
+
+
+def _train_everything(train: Mapping[str, SliceImage], test: Mapping[str, SliceImage] | None,
+                      unlabelled: Mapping[str, SliceImage] | None, p: Profile, out_dir: Path, *, jobs: int | None,
+                      progress: bool, log) -> tuple[set[str], Init | None, dict]:
+    """Pretrain when the profile says so, then train the fold models and the test model in one batch.
+
+    Returns (folders trained now, the pretrained starting weights or ``None``, ``summary["training"]``)."""
+    splits = make_splits(list(train), strata=_consolidation_share(train), k=p.num_folds, seed=p.seed)
+    tasks = fold_tasks(train, splits, out_dir / "cv", range(len(splits)))
+    if test is not None:
+        tasks.append(TrainTask(train, out_dir / "test" / "model", p.num_folds, "all slices"))
+    n_jobs, n_threads = training_jobs(len(tasks), set_threads(), jobs=jobs)
+    tt = time.perf_counter()
+    init = pretraining(p, unlabelled, out_dir / "pretrained", log=log)
+    fresh = train_many(tasks, p, unlabelled=unlabelled if check_extra(p)["semi"] == "self-training" else None,
+                       jobs=n_jobs, threads=n_threads, progress=progress, log=log, init=init)
+    return fresh, init, {"models": len(tasks), "trained_now": len(fresh), "at_once": n_jobs,
+                         "threads_each": n_threads, "seconds": round(time.perf_counter() - tt, 2)}
 
 
 def run_external(train_dir: str | Path, out_dir: str | Path, *, test_dir: str | Path | None = None,
@@ -259,24 +301,16 @@ def run_external(train_dir: str | Path, out_dir: str | Path, *, test_dir: str | 
     train = read_slice_folder(train_dir, what="training folder")
     test = read_slice_folder(test_dir, what="test folder") if test_dir not in (None, "") else None
     unlabelled = None
-    if unlabelled_dir not in (None, "") and check_extra(p)["semi"] == "self-training":
+    if unlabelled_dir not in (None, "") and (check_extra(p)["semi"] == "self-training"
+                                            or check_extra(p)["pretrain_steps"]):
         unlabelled = read_unlabelled_folder(unlabelled_dir)
         check_no_overlap(unlabelled, {"training": train, **({"test": test} if test is not None else {})})
     if test is not None:  # leakage checks before any training
         _check_test_apart(train, test)
-    splits = make_splits(list(train), strata=_consolidation_share(train), k=p.num_folds, seed=p.seed)
-    tasks = fold_tasks(train, splits, out_dir / "cv", range(len(splits)))
-    if test is not None:
-        tasks.append(TrainTask(train, out_dir / "test" / "model", p.num_folds, "all slices"))
-    semi = semi_on(p, unlabelled)
-    n_jobs, n_threads = training_jobs(len(tasks), set_threads(), jobs=jobs)
-    tt = time.perf_counter()
-    fresh = train_many(tasks, p, unlabelled=unlabelled if semi else None, jobs=n_jobs, threads=n_threads,
-                       progress=progress, log=log)
-    training = {"models": len(tasks), "trained_now": len(fresh), "at_once": n_jobs, "threads_each": n_threads,
-                "seconds": round(time.perf_counter() - tt, 2)}
+    fresh, init, training = _train_everything(train, test, unlabelled, p, out_dir, jobs=jobs, progress=progress,
+                                              log=log)
     cv_scores, cv_info = cross_validate(train, out_dir / "cv", p, progress=progress, log=log, unlabelled=unlabelled,
-                                        trained_now=fresh)
+                                        trained_now=fresh, init=init)
     cv = summarize_scores(cv_scores, n_boot=n_boot, seed=p.seed) | {
         "folds": p.num_folds, "seconds": cv_info["seconds"], "per_fold": cv_info["folds"]}
     cv_sup = None
@@ -287,7 +321,7 @@ def run_external(train_dir: str | Path, out_dir: str | Path, *, test_dir: str | 
         folds = [out_dir / "cv" / f"fold_{k}" / "model_final.pt" for k in range(p.num_folds)] \
             if check_extra(p)["test_ensemble"] else []
         t_scores, t_info = train_and_test(train, test, out_dir / "test", p, progress=progress, log=log,
-                                          unlabelled=unlabelled, ensemble_with=folds, trained_now=fresh)
+                                          unlabelled=unlabelled, ensemble_with=folds, trained_now=fresh, init=init)
         test_summary = summarize_scores(t_scores, n_boot=n_boot, seed=p.seed) | {
             "seconds": t_info["seconds"], "train_seconds": t_info["train_seconds"], "reused": t_info["reused"],
             "models": t_info["ensemble"]}

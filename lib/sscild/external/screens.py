@@ -27,6 +27,7 @@ __all__ = [
     "SEMI_CHOICE",
     "semi_screen",
     "LEVER_SCREEN_COMMAND",
+    "LEVER_CHOICE",
     "lever_screen",
     "screen_table",
     "SEARCH_VARIANTS",
@@ -112,6 +113,12 @@ LEVER_SCREEN_COMMAND = (
 )
 """How the third screen (:func:`lever_screen`) was run: each variant of :data:`SEARCH_VARIANTS` on
 folds 0-2, one thread per process, two processes side by side; the record collects their scores."""
+
+
+LEVER_CHOICE = (
+    "**What the third screen changed: nothing yet.** (Draft; the screen is being recorded.)"
+)
+"""Why the third screen's choice (shown under :func:`lever_screen`'s table)."""
 
 
 def semi_screen(path: str | Path | None = None, *, n_boot: int = 2000) -> pd.DataFrame | None:
@@ -216,6 +223,12 @@ SEARCH_VARIANTS: dict[str, dict] = {
         {"semi": "self-training", "unlabelled_max": 1600, "pseudo_min_lesion": 0.01},
     "self-training, student afresh, 1500 iterations": {"semi": "self-training", "student_init": "random",
                                                         "student_iterations": 1500},
+    # the third screen (lever_screen), on the two-stage recipe; the nnU-Net augmentation row above is its first lever
+    "grid 256, whole slices": {"grid_size": 256, "patch_size": (256, 256)},
+    "deep supervision, 2 levels": {"deep_supervision": 2},
+    "SGD, Nesterov, lr 1e-2": {"optimizer": "sgd", "learning_rate": 1e-2},
+    "2500 + 1000 iterations": {"iterations": 2500},
+    "5 levels (channels 16-256)": {"channels": (16, 32, 64, 128, 256), "strides": (2, 2, 2, 2)},
 }
 """Variants for :func:`search_recipes`: name -> overrides of the ``cpu`` external profile."""
 

@@ -12,6 +12,7 @@ import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +30,15 @@ from sscild.model.checkpoint import training_recipe
 from sscild.paths import read_json, write_json
 from sscild.profiles import Profile
 
-__all__ = ["TrainTask", "profile_key", "semi_on", "train_or_load", "train_semi", "train_many", "training_jobs"]
+__all__ = ["Init", "TrainTask", "profile_key", "semi_on", "train_or_load", "train_semi", "train_many", "training_jobs"]
+
+
+@dataclass(frozen=True)
+class Init:
+    """Starting weights for a model's first stage: a network state dict and an id of what made it."""
+
+    state: dict
+    ident: str
 
 
 def profile_key(p: Profile) -> dict:
@@ -60,12 +69,17 @@ def _spread(ids: Sequence[str], n: int) -> list[str]:
 
 
 def train_or_load(train: Mapping[str, SliceImage], p: Profile, out: Path, *, key: int, progress: bool,
-                  desc: str) -> tuple[torch.nn.Module, dict, bool]:
+                  desc: str, init: Init | None = None) -> tuple[torch.nn.Module, dict, bool]:
     """Train on ``train`` into ``out`` (or reuse a finished model trained on the same slices and recipe).
+
+    ``init``: start from these weights (self-supervised pretraining, :mod:`sscild.external.pretrain`)
+    rather than a random initialisation; its id enters the reuse key.
 
     Returns (network in eval mode, training summary, whether it was reused rather than trained now)."""
     out = Path(out)
     ident = {"train_slices": sorted(train, key=natural_key), "key": int(key), "recipe": profile_key(p)}
+    if init is not None:
+        ident["init"] = init.ident
     ident_path, summary_path, model_path = out / "recipe_key.json", out / "train_summary.json", out / "model_final.pt"
     if ident_path.exists() and json.loads(json.dumps(ident)) != read_json(ident_path):
         shutil.rmtree(out)  # a different recipe or training set: start again (derived files only)
@@ -75,7 +89,8 @@ def train_or_load(train: Mapping[str, SliceImage], p: Profile, out: Path, *, key
     write_json(ident_path, ident)
     cases = {sid: training_case(s, p) for sid, s in train.items()}
     cpu0 = time.process_time()
-    res = train_model(cases, p, out, key=key, num_classes=3, class_names=CLASS_NAMES, progress=progress, desc=desc)
+    res = train_model(cases, p, out, key=key, num_classes=3, class_names=CLASS_NAMES, progress=progress, desc=desc,
+                      init_state=init.state if init is not None else None)
     summary = {**res, "cpu_seconds": round(time.process_time() - cpu0, 2), "key": int(key), "profile": p.name,
                "train_slices": ident["train_slices"]}
     write_json(summary_path, summary)
@@ -84,7 +99,8 @@ def train_or_load(train: Mapping[str, SliceImage], p: Profile, out: Path, *, key
 
 
 def train_semi(train: Mapping[str, SliceImage], unlabelled: Mapping[str, SliceImage], p: Profile, out: Path, *,
-               key: int, progress: bool, desc: str) -> tuple[torch.nn.Module, torch.nn.Module, dict, bool]:
+               key: int, progress: bool, desc: str,
+               init: Init | None = None) -> tuple[torch.nn.Module, torch.nn.Module, dict, bool]:
     """Self-training on ``train`` (labelled) and ``unlabelled``: the teacher is the supervised model of
     the same slices and recipe (``out/teacher``); it labels the unlabelled slices; the student trains
     into ``out``. Only ``train`` and ``unlabelled`` are ever read, so a held-out slice cannot reach
@@ -95,13 +111,15 @@ def train_semi(train: Mapping[str, SliceImage], unlabelled: Mapping[str, SliceIm
     ex = check_extra(p)
     sup = external_profile(p, semi="off")
     teacher, t_summ, t_reused = train_or_load(train, sup, out / "teacher", key=key, progress=progress,
-                                              desc=f"{desc}, teacher")
+                                              desc=f"{desc}, teacher", init=init)
     if ex["semi"] == "fine-tune":
         unlabelled = {}
     use = _spread(sorted(unlabelled, key=natural_key), ex["unlabelled_max"])
     u_digest = hashlib.sha1("".join(unlabelled[u].digest() for u in use).encode()).hexdigest()
     ident = {"train_slices": sorted(train, key=natural_key), "key": int(key), "recipe": profile_key(p),
              "unlabelled": {"n": len(use), "sha1": u_digest}}
+    if init is not None:
+        ident["init"] = init.ident
     ident_path, summary_path, model_path = out / "recipe_key.json", out / "train_summary.json", out / "model_final.pt"
     if ident_path.exists() and json.loads(json.dumps(ident)) != read_json(ident_path):
         for f in out.iterdir():  # a different recipe, training set or unlabelled set: the student starts again
@@ -176,19 +194,20 @@ def _worker_init(threads: int) -> None:
 
 
 def _train_task(task: TrainTask, p: Profile, unlabelled: Mapping[str, SliceImage] | None,
-                progress: bool) -> tuple[str, bool, float]:
+                progress: bool, init: Init | None = None) -> tuple[str, bool, float]:
     t0 = time.perf_counter()
     if semi_on(p, unlabelled):
         _, _, _, reused = train_semi(task.train, unlabelled or {}, p, task.out, key=task.key, progress=progress,
-                                     desc=task.desc)
+                                     desc=task.desc, init=init)
     else:
-        _, _, reused = train_or_load(task.train, p, task.out, key=task.key, progress=progress, desc=task.desc)
+        _, _, reused = train_or_load(task.train, p, task.out, key=task.key, progress=progress, desc=task.desc,
+                                     init=init)
     return str(task.out), reused, round(time.perf_counter() - t0, 2)
 
 
 def train_many(tasks: Sequence[TrainTask], p: Profile, *, unlabelled: Mapping[str, SliceImage] | None = None,
                jobs: int = 1, threads: int = 1, progress: bool = False,
-               log: Callable[[str], None] | None = print) -> set[str]:
+               log: Callable[[str], None] | None = print, init: Init | None = None) -> set[str]:
     """Train every task (supervised, or in two stages when :func:`semi_on`), ``jobs`` at a time in
     worker processes of ``threads`` threads each (``jobs=1``: one after another in this process).
     Finished models are reused as :func:`train_or_load` reuses them.
@@ -198,20 +217,29 @@ def train_many(tasks: Sequence[TrainTask], p: Profile, *, unlabelled: Mapping[st
     fresh: set[str] = set()
     if jobs <= 1 or len(tasks) <= 1:
         for t in tasks:
-            out, reused, _ = _train_task(t, p, unlabelled, progress)
+            out, reused, _ = _train_task(t, p, unlabelled, progress, init)
             if not reused:
                 fresh.add(out)
         return fresh
     if log:
         log(f"training {len(tasks)} models, {jobs} at a time on {threads} thread(s) each")
     ctx = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init,
-                             initargs=(threads,)) as pool:
-        futures = {pool.submit(_train_task, t, p, unlabelled, False): t for t in tasks}
-        for fut in as_completed(futures):
-            out, reused, sec = fut.result()
-            if not reused:
-                fresh.add(out)
-            if log:
-                log(f"{futures[fut].desc}: {'reused' if reused else f'trained in {sec:.0f} s'}")
+    try:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init,
+                                 initargs=(threads,)) as pool:
+            futures = {pool.submit(_train_task, t, p, unlabelled, False, init): t for t in tasks}
+            for fut in as_completed(futures):
+                out, reused, sec = fut.result()
+                if not reused:
+                    fresh.add(out)
+                if log:
+                    log(f"{futures[fut].desc}: {'reused' if reused else f'trained in {sec:.0f} s'}")
+    except BrokenProcessPool:
+        # a worker died before training: most often a script that starts the run at import time, which
+        # every spawned worker re-imports (guard it with `if __name__ == "__main__":`); finished models are kept
+        if log:
+            log("the worker processes stopped; training the remaining models one after another in this process "
+                "(a script that calls the external check needs `if __name__ == \"__main__\":` for side-by-side training)")
+        return fresh | train_many(tasks, p, unlabelled=unlabelled, jobs=1, threads=threads * jobs, progress=progress,
+                                  log=log, init=init)
     return fresh

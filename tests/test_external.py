@@ -302,6 +302,10 @@ def test_chapter_smoke_on_real_slices(tmp_path):
     # the smoke profile has the cpu recipe's two stages: both are shown side by side, with the screen
     assert "Cross-validated Dice of the two stages" in _text(nb)
     assert "Second screen, fold 0" in _text(nb)
+    # the recorded third screen and the five-fold self-training comparison are shown from their records
+    assert "Third screen, folds 0-2" in _text(nb)
+    assert "Supervised and self-trained side by side, five folds" in _text(nb)
+    assert "Gain from the unlabelled slices over the control" in _text(nb)
     assert (out / "cv" / "scores_supervised.csv").exists() and summ["cv_supervised"]["n_slices"] == 50
 
 
@@ -342,7 +346,7 @@ def test_side_by_side_training_gives_the_models_of_one_after_another(tmp_path, m
     par = run_external(tmp_path / "train", tmp_path / "par", test_dir=tmp_path / "test", profile=prof,
                        n_boot=100, log=None, jobs=2)
     assert par["training"] | {"seconds": 0} == {"models": 3, "trained_now": 3, "at_once": 2, "threads_each": 1,
-                                                "seconds": 0}
+                                                "seconds": 0, "pretrained": None}
     assert not any(f["reused"] for f in par["cv"]["per_fold"]) and par["test"]["reused"] is False
     monkeypatch.setenv("SSCILD_THREADS", "1")
     seq = run_external(tmp_path / "train", tmp_path / "seq", test_dir=tmp_path / "test", profile=prof,
@@ -504,9 +508,9 @@ def test_self_training_run_reports_supervised_beside_semi(tmp_path):
     fold = json.loads((tmp_path / "out" / "cv" / "fold_0" / "train_summary.json").read_text())
     assert fold["pseudo"]["slices"] == 4 and fold["pseudo_cases"] == 4 and fold["init"] == "given state"
     assert (tmp_path / "out" / "test" / "model" / "teacher" / "model_final.pt").exists()
-    # with the mode off, the unlabelled folder is not used at all
+    # with self-training and pretraining off, the unlabelled folder is not used at all
     off = run_external(tmp_path / "train", tmp_path / "off", unlabelled_dir=tmp_path / "unlabelled",
-                       profile=external_profile(prof, semi="off"), n_boot=100, log=None)
+                       profile=external_profile(prof, semi="off", pretrain_steps=0), n_boot=100, log=None)
     assert off["cv_supervised"] is None and off["data"]["n_unlabelled"] is None
 
 
@@ -547,7 +551,7 @@ def test_test_part_ensemble_averages_the_fold_models(tmp_path):
 
 def test_fine_tune_mode_trains_two_stages_without_unlabelled_slices(tmp_path):
     _tiny_parts(tmp_path)
-    prof = _semi_profile().with_overrides(extra={**_semi_profile().extra, "semi": "fine-tune"})
+    prof = _semi_profile().with_overrides(extra={**_semi_profile().extra, "semi": "fine-tune", "pretrain_steps": 0})
     summ = run_external(tmp_path / "train", tmp_path / "out", unlabelled_dir=tmp_path / "unlabelled",
                         profile=prof, n_boot=100, log=None)
     assert summ["data"]["n_unlabelled"] is None and summ["cv_supervised"]["n_slices"] == 6
@@ -631,6 +635,7 @@ def test_pretraining_reads_unlabelled_slices_only_and_is_reused(tmp_path):
     summ = run_external(tmp_path / "train", tmp_path / "a", unlabelled_dir=tmp_path / "unlabelled", profile=prof,
                         n_boot=50, log=None, jobs=1)
     assert summ["recipe"]["pretraining"].startswith("4 steps") and summ["data"]["n_unlabelled"] == 4
+    assert summ["training"]["pretrained"]["steps"] == 4 and summ["training"]["pretrained"]["slices"] == 4
     state_a = torch.load(tmp_path / "a" / "pretrained" / "pretrained.pt", weights_only=False)
     fold = json.loads((tmp_path / "a" / "cv" / "fold_0" / "teacher" / "recipe_key.json").read_text())
     assert fold["init"].startswith("pretrained:")
@@ -653,5 +658,9 @@ def test_pretraining_reads_unlabelled_slices_only_and_is_reused(tmp_path):
         run_external(tmp_path / "train", tmp_path / "c", unlabelled_dir=tmp_path / "unlabelled", profile=prof,
                      n_boot=50, log=None, jobs=1)
     assert not (tmp_path / "c").exists() or not any((tmp_path / "c").rglob("*.pt"))
-    with pytest.raises(InputError, match="pretrains on unlabelled slices"):
-        run_external(tmp_path / "train", tmp_path / "d", profile=prof, n_boot=50, log=None, jobs=1)
+    # without unlabelled slices the run goes on from a random initialisation and says so
+    said = []
+    summ = run_external(tmp_path / "train", tmp_path / "d", profile=prof, n_boot=50, log=said.append, jobs=1)
+    assert summ["training"]["pretrained"] is None and any("random initialisation" in m for m in said)
+    fold = json.loads((tmp_path / "d" / "cv" / "fold_0" / "teacher" / "recipe_key.json").read_text())
+    assert "init" not in fold

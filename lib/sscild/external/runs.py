@@ -42,7 +42,7 @@ from sscild.external.training import (Init, TrainTask, semi_on, train_many, trai
                                       training_jobs)
 from sscild.model.loading import load_fold_model
 from sscild.model.device import set_threads
-from sscild.paths import atomic_path, write_json
+from sscild.paths import atomic_path, read_json, write_json
 from sscild.profiles import Profile
 
 __all__ = ["cross_validate", "fold_tasks", "train_and_test", "run_external"]
@@ -126,14 +126,17 @@ def cross_validate(slices: Mapping[str, SliceImage], out_dir: str | Path, profil
 
 
 def pretraining(p: Profile, unlabelled: Mapping[str, SliceImage] | None, folder: Path, *, log=print) -> Init | None:
-    """The pretrained starting weights when the profile asks for them (``extra["pretrain_steps"]``),
-    else ``None``; an ``InputError`` when it asks without unlabelled slices."""
+    """The pretrained starting weights when the profile asks for them (``extra["pretrain_steps"]``) and
+    there are unlabelled slices, else ``None`` (without unlabelled slices the models start from a
+    random initialisation, and the log says so)."""
     steps = check_extra(p)["pretrain_steps"]
     if not steps:
         return None
     if not unlabelled:
-        raise InputError(f"profile {p.name!r} pretrains on unlabelled slices ({steps} steps), but none were given: "
-                         "name a folder of them (make external EXTERNAL_UNLABELLED=DIR, or unlabelled_dir=...).")
+        if log:
+            log(f"profile {p.name!r} pretrains on unlabelled slices ({steps} steps), but none were given "
+                "(make external EXTERNAL_UNLABELLED=DIR): the models start from a random initialisation")
+        return None
     state, _ = pretrained_state(unlabelled, p, folder, log=log)
     digest = hashlib.sha1(json.dumps(pretrain_key(p, unlabelled), sort_keys=True).encode()).hexdigest()
     return Init(state=state, ident=f"pretrained:{digest}")
@@ -267,8 +270,10 @@ def _train_everything(train: Mapping[str, SliceImage], test: Mapping[str, SliceI
     init = pretraining(p, unlabelled, out_dir / "pretrained", log=log)
     fresh = train_many(tasks, p, unlabelled=unlabelled if check_extra(p)["semi"] == "self-training" else None,
                        jobs=n_jobs, threads=n_threads, progress=progress, log=log, init=init)
+    pre = read_json(out_dir / "pretrained" / "summary.json") if init is not None else None
     return fresh, init, {"models": len(tasks), "trained_now": len(fresh), "at_once": n_jobs,
-                         "threads_each": n_threads, "seconds": round(time.perf_counter() - tt, 2)}
+                         "threads_each": n_threads, "seconds": round(time.perf_counter() - tt, 2),
+                         "pretrained": pre}
 
 
 def run_external(train_dir: str | Path, out_dir: str | Path, *, test_dir: str | Path | None = None,
@@ -290,7 +295,8 @@ def run_external(train_dir: str | Path, out_dir: str | Path, *, test_dir: str | 
         {"cv": {"dice_ggo", "dice_ggo_ci", "pooled_dice_ggo", "pooled_dice_ggo_ci", ... same for
                 "consolidation", "n_slices", "folds", "seconds"},
          "test": {... the same keys ...} or null,
-         "training": {"models", "trained_now", "at_once", "threads_each", "seconds" (wall)},
+         "training": {"models", "trained_now", "at_once", "threads_each", "seconds" (wall),
+                      "pretrained": {"steps", "seconds", "slices", "first_l1", "last_l1"} or null},
          "recipe": {...}, "published": [...], "data": {...}, "seconds": total}
 
     Usage: ``run_external("covid-semiseg/train", "results/external", profile="smoke")``.

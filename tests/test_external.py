@@ -287,6 +287,11 @@ def test_chapter_smoke_on_real_slices(tmp_path):
         assert lo <= hi or (math.isnan(lo) and math.isnan(hi))
     assert cv["n_slices"] == 50 and cv["folds"] == 5
     assert summ["recipe"]["folds"] == 5 and summ["recipe"]["profile"] == "external-smoke"
+    # the profile pretrains, so the chapter hands it the unlabelled slices beside the checkout
+    unl = COVID_TRAIN.parent / "unlabelled" / "images"
+    if unl.is_dir():
+        assert summ["training"]["pretrained"]["slices"] == len(list(unl.iterdir()))
+        assert "unlabelled slices** from `unlabelled` for pretraining" in _text(nb)
     # every slice was predicted exactly once, out of fold, at its own size
     scores = pd.read_csv(out / "cv" / "scores.csv", dtype={"slice_id": str})
     assert sorted(scores["slice_id"]) == sorted(p.stem for p in (COVID_TRAIN / "images").iterdir())

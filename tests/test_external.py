@@ -669,3 +669,16 @@ def test_pretraining_reads_unlabelled_slices_only_and_is_reused(tmp_path):
     assert summ["training"]["pretrained"] is None and any("random initialisation" in m for m in said)
     fold = json.loads((tmp_path / "d" / "cv" / "fold_0" / "teacher" / "recipe_key.json").read_text())
     assert "init" not in fold
+
+
+def test_recorded_screens_name_variants_the_search_can_rerun():
+    """Each row of a recorded screen is a variant of SEARCH_VARIANTS (the command re-runs it by name), and
+    the screens recorded before pretraining existed re-run without it."""
+    from sscild.external.screens import SEARCH_VARIANTS
+
+    rec = pd.read_csv(REPO / "benchmarks" / "external_lever_screen.csv", dtype={"slice_id": str})
+    assert set(rec["variant"]) <= set(SEARCH_VARIANTS)
+    assert lever_screen(n_boot=200).index[0] == "recipe as it was: two stages, 1500 + 1000 iterations"
+    for name in set(rec["variant"]):
+        want = 2000 if name.startswith("self-supervised pretraining") else 0
+        assert external_profile("cpu", **SEARCH_VARIANTS[name]).extra["pretrain_steps"] == want, name

@@ -29,6 +29,7 @@ from sscild.model.device import select_device
 from sscild.model.network import build_network
 from sscild.paths import atomic_path, read_json, write_json
 from sscild.profiles import Profile
+from sscild.progress import Heartbeat
 
 __all__ = ["corrupt", "pretrain_key", "pretrained_state"]
 
@@ -89,6 +90,7 @@ def pretrained_state(unlabelled: Mapping[str, SliceImage], p: Profile, out: Path
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / steps) ** 0.9)
     rng = np.random.default_rng([p.seed, 7919])
     t0, losses = time.perf_counter(), []
+    beat = Heartbeat(f"pretraining on {len(ids)} unlabelled slices", total=steps, unit="step")  # make's terminal
     net.train()
     for step in range(steps):
         pick = rng.integers(0, len(ids), p.batch_size)
@@ -104,6 +106,7 @@ def pretrained_state(unlabelled: Mapping[str, SliceImage], p: Profile, out: Path
         opt.step()
         sched.step()
         losses.append(float(loss.detach()))
+        beat.update(step + 1, l1=float(np.mean(losses[-50:])))
         if log and (step + 1) % max(1, steps // 4) == 0:
             log(f"pretraining on {len(ids)} unlabelled slices: step {step + 1}/{steps}, L1 {np.mean(losses[-50:]):.3f}")
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}

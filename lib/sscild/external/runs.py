@@ -266,8 +266,8 @@ def _train_everything(train: Mapping[str, SliceImage], test: Mapping[str, SliceI
     if test is not None:
         tasks.append(TrainTask(train, out_dir / "test" / "model", p.num_folds, "all slices"))
     n_jobs, n_threads = training_jobs(len(tasks), set_threads(), jobs=jobs)
-    tt = time.perf_counter()
     init = pretraining(p, unlabelled, out_dir / "pretrained", log=log)
+    tt = time.perf_counter()  # the models' wall time; the pretraining's own is in its summary
     fresh = train_many(tasks, p, unlabelled=unlabelled if check_extra(p)["semi"] == "self-training" else None,
                        jobs=n_jobs, threads=n_threads, progress=progress, log=log, init=init)
     pre = read_json(out_dir / "pretrained" / "summary.json") if init is not None else None
@@ -295,7 +295,7 @@ def run_external(train_dir: str | Path, out_dir: str | Path, *, test_dir: str | 
         {"cv": {"dice_ggo", "dice_ggo_ci", "pooled_dice_ggo", "pooled_dice_ggo_ci", ... same for
                 "consolidation", "n_slices", "folds", "seconds"},
          "test": {... the same keys ...} or null,
-         "training": {"models", "trained_now", "at_once", "threads_each", "seconds" (wall),
+         "training": {"models", "trained_now", "at_once", "threads_each", "seconds" (wall, after pretraining),
                       "pretrained": {"steps", "seconds", "slices", "first_l1", "last_l1"} or null},
          "recipe": {...}, "published": [...], "data": {...}, "seconds": total}
 

@@ -309,7 +309,7 @@ elif available:
 # ### A third screen: nnU-Net's levers
 #
 # nnU-Net's defaults are a natural place to look for a stronger recipe: stronger augmentation
-# (scaling, elastic-like rotation, gamma, blur, noise, simulated low resolution), deep supervision
+# (wider rotation and scaling, gamma, blur, noise, simulated low resolution), deep supervision
 # of the decoder, SGD with Nesterov momentum and polynomial decay, longer schedules, deeper
 # networks and inputs near the images' own resolution. Each lever was added to the two-stage
 # recipe on its own and cross-validated on folds 0-2 (30 held-out slices, each fold trained on 40),

@@ -136,6 +136,33 @@ def test_interrupted_run_is_completed(tmp_path):
     assert _hashes(out) == ref
 
 
+def test_unlabelled_scans_are_other_patients_and_leave_the_labelled_files_alone(tmp_path):
+    """The profile's unlabelled scans go to unlabelledTr/ (images only, other patients); the labelled
+    cohort is byte-identical with or without them, and validation finds no copy of a labelled image."""
+    from sscild.data.cohort import load_cohort
+    from sscild.data.validate import validate_cohort
+
+    prof = get_profile("smoke")
+    assert prof.phantom_unlabelled == 2
+    withu = generate_cohort(tmp_path / "u", profile=prof, n=3, seed=0, progress=False)
+    plain = generate_cohort(tmp_path / "p", profile=prof, n=3, seed=0, unlabelled=0, progress=False)
+    hu, hp = _hashes(withu), _hashes(plain)
+    assert sorted(k for k in hu if k.startswith("unlabelledTr/")) == ["unlabelledTr/scan_000_0000.nii.gz",
+                                                                     "unlabelledTr/scan_001_0000.nii.gz"]
+    same = [k for k in hp if k.endswith(".nii.gz") or k.endswith(".csv")]
+    assert same and all(hu[k] == hp[k] for k in same)
+    assert not (plain / "unlabelledTr").exists() and "unlabelled" not in json.loads((plain / "dataset.json").read_text())["phantom"]
+    assert json.loads((withu / "dataset.json").read_text())["phantom"]["unlabelled"] == 2
+    assert "scan_000" not in (withu / "clinical.csv").read_text()
+    assert list(load_cohort(withu).unlabelled) == ["scan_000", "scan_001"]
+    report = validate_cohort(withu)
+    assert report.ok and not [p for p in report.problems if str(p.case_id).startswith("unlabelled")]
+    with pytest.raises(ValueError, match="other settings"):  # another number of unlabelled scans is another cohort
+        generate_cohort(withu, profile=prof, n=3, seed=0, unlabelled=1, progress=False)
+    with pytest.raises(ValueError, match="unlabelled must be"):
+        generate_cohort(tmp_path / "bad", profile=prof, n=3, unlabelled=-1, progress=False)
+
+
 # ---------------------------------------------------------------------------------------------
 # labels and extents
 # ---------------------------------------------------------------------------------------------

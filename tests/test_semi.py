@@ -1,4 +1,5 @@
-"""Self-training in the study's pipeline: a cohort with unlabelledTr/ trains teacher and student per fold."""
+"""Unlabelled scans in the study's pipeline: a cohort with unlabelledTr/ pretrains once per run (the
+default) or trains teacher and student per fold (self-training)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import torch
 from cohort_factory import prepare_run
 from sscild.analysis import data as ds
 from sscild.model import train as train_mod
-from sscild.model.selftrain import unlabelled_scans
+from sscild.model.network import build_network
+from sscild.model.pretrain import cohort_pretrained_state
+from sscild.model.selftrain import semi_mode, unlabelled_scans
 from sscild.data.validate import validate_cohort
 from sscild.paths import RunPaths, write_json
 from sscild.synthetic.writer import generate_cohort
@@ -22,7 +25,7 @@ from sscild.profiles import get_profile
 def semi_run(tmp_path_factory):
     """A 5-patient smoke cohort whose fifth CT is moved to unlabelledTr/ (its label and row removed)."""
     base = tmp_path_factory.mktemp("semi")
-    data = generate_cohort(base / "cohort", profile=get_profile("smoke"), n=5, seed=3, progress=False)
+    data = generate_cohort(base / "cohort", profile=get_profile("smoke"), n=5, seed=3, unlabelled=0, progress=False)
     cases = sorted(p.name for p in (data / "imagesTr").iterdir())
     last = cases[-1].removesuffix("_0000.nii.gz")
     (data / "unlabelledTr").mkdir()
@@ -47,9 +50,11 @@ def test_fold_with_unlabelled_scans_self_trains(semi_run, monkeypatch):
     loaded = []
     real = train_mod.load_cached
     monkeypatch.setattr(train_mod, "load_cached", lambda run, cid, **kw: loaded.append(cid) or real(run, cid, **kw))
-    prof = get_profile("smoke").with_overrides(pseudo_confidence=0.0)  # a 4-step teacher is never confident
+    # a 4-step teacher is never confident
+    prof = get_profile("smoke").with_overrides(semi_supervised="self-training", pseudo_confidence=0.0)
     summ = train_mod.train_fold(semi_run, prof, 0, progress=False, iterations=4)
     fold = semi_run.fold_dir(0)
+    assert summ["semi"]["mode"] == "self-training"
     assert summ["semi"]["unlabelled"] == ["other"] and summ["semi"]["student_iterations"] == 2
     assert summ["pseudo"]["scans"] == 1 and summ["pseudo"]["kept_share"] == 1.0
     assert summ["pseudo_cases"] == 1 and summ["init"] == "given state" and summ["steps"] == 2
@@ -69,3 +74,94 @@ def test_cohort_without_unlabelled_scans_trains_as_before(tmp_path):
     run.root.mkdir(parents=True)
     write_json(run.validation, {"root": str(tmp_path / "nowhere"), "problems": []})
     assert unlabelled_scans(run) == {}
+
+
+def test_fold_with_unlabelled_scans_starts_from_pretraining(semi_run, monkeypatch):
+    """The default mode: one pretraining per run on the unlabelled scans only; every fold starts from it."""
+    prof = get_profile("smoke")
+    assert semi_mode(prof) == "pretrain"
+    loaded = []
+    real = train_mod.load_cached
+    monkeypatch.setattr(train_mod, "load_cached", lambda run, cid, **kw: loaded.append(cid) or real(run, cid, **kw))
+    s1 = train_mod.train_fold(semi_run, prof, 1, progress=False, iterations=4)
+    assert s1["semi"] == {"mode": "pretrain", "unlabelled": ["other"], "pretrain_steps": prof.pretrain_steps}
+    assert s1["init"] == "given state" and s1["steps"] == 4 and "teacher_seconds" not in s1
+    assert s1["pretraining"]["steps"] == prof.pretrain_steps and s1["pretraining"]["scans"] == 1
+    assert not set(loaded) & set(s1["test_cases"])  # held-out patients never loaded
+    pre = semi_run.root / "pretrained"
+    state = torch.load(pre / "pretrained.pt", map_location="cpu", weights_only=False)
+    # the pretrained weights depend on the unlabelled scans and the settings alone: a run folder with
+    # nothing else in it (no cohort cache, no labels, no splits) gets the same weights
+    other = RunPaths(results=semi_run.results / "elsewhere", cohort="x", profile="smoke")
+    again, summ = cohort_pretrained_state(other, prof, unlabelled_scans(semi_run), log=None)
+    assert not summ["reused"] and all(torch.equal(state[k], again[k]) for k in state)
+    # the next fold of the run reuses its pretraining
+    mtime = (pre / "pretrained.pt").stat().st_mtime_ns
+    reused, summ = cohort_pretrained_state(semi_run, prof, unlabelled_scans(semi_run), log=None)
+    assert summ["reused"] and (pre / "pretrained.pt").stat().st_mtime_ns == mtime
+    assert all(torch.equal(state[k], reused[k]) for k in state)
+    # the finished fold is stale when the pretraining changes or is switched off, not silently reused
+    for changed in (prof.with_overrides(pretrain_steps=prof.pretrain_steps + 1), prof.with_overrides(semi_supervised="off")):
+        with pytest.raises(ValueError, match="semi-supervised"):
+            train_mod.train_fold(semi_run, changed, 1, progress=False, iterations=4)
+
+
+def test_pretraining_changes_the_start_and_the_mode_is_checked(semi_run):
+    prof = get_profile("smoke")
+    state, _ = cohort_pretrained_state(semi_run, prof, unlabelled_scans(semi_run), log=None)
+    torch.manual_seed(prof.seed)
+    fresh = build_network(prof).state_dict()
+    assert any(not torch.equal(state[k], fresh[k]) for k in state if state[k].is_floating_point())
+    with pytest.raises(ValueError, match="semi_supervised must be one of"):
+        semi_mode(prof.with_overrides(semi_supervised="auto"))
+    assert semi_mode(prof.with_overrides(pretrain_steps=0)) == "off"
+
+
+# ------------------------------------------------------------------ the recorded comparison of arms
+def test_arm_record_pairs_patients_and_refuses_other_patients(tmp_path):
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from sscild.analysis.arms import ARM_METRICS, arms_table, read_arms
+    from sscild.paths import repo_root
+
+    runs = []
+    for name, shift in (("a", 0.0), ("b", 0.02)):
+        d = tmp_path / name
+        d.mkdir()
+        df = pd.DataFrame({"case_id": [f"c{i}" for i in range(12)], "fold": [i % 3 for i in range(12)],
+                           **{m: 0.6 + shift + 0.1 * np.arange(12) / 12 for m in ARM_METRICS}})
+        df.to_csv(d / "segmentation_metrics.csv", index=False)
+        runs.append(d)
+    out = tmp_path / "arms.csv"
+    script = repo_root() / "scripts" / "record_arms.py"
+    r = subprocess.run([sys.executable, str(script), str(out), f"control={runs[0]}", f"treated={runs[1]}"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    t = arms_table(read_arms(out), n_boot=200)
+    assert t.loc["treated", "Dice EF, change from control [95% CI]"].startswith("+0.020")
+    assert t.loc["control", "Dice EF, change from control [95% CI]"] == ""
+    # a run of other patients is refused, and nothing is written
+    other = tmp_path / "c"
+    other.mkdir()
+    pd.read_csv(runs[1] / "segmentation_metrics.csv").iloc[1:].to_csv(other / "segmentation_metrics.csv", index=False)
+    out2 = tmp_path / "arms2.csv"
+    r = subprocess.run([sys.executable, str(script), str(out2), f"control={runs[0]}", f"short={other}"],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and "other patients" in r.stderr and not out2.exists()
+    bad = read_arms(out).iloc[1:]
+    bad.to_csv(out2, index=False)
+    with pytest.raises(ValueError, match="other patients"):
+        read_arms(out2)
+
+
+def test_recorded_pretraining_comparison_is_whole():
+    """The record the Model & training chapter shows: two arms on the same 40 synthetic patients."""
+    from sscild.analysis.arms import read_arms
+    from sscild.paths import repo_root
+
+    df = read_arms(repo_root() / "benchmarks" / "study_pretrain_cv.csv")
+    assert df.groupby("arm", sort=False).size().tolist() == [40, 40]
+    assert list(dict.fromkeys(df["arm"]))[0].startswith("no unlabelled scans")

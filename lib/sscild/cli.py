@@ -2,7 +2,7 @@
 
     sscild validate DIR [--exclude-bad] [--allow-clinical-gaps] [--label-map JSON] [--brief]
                                                             check a cohort folder, report every problem
-    sscild phantom OUT [--n 40] [--seed 0] [--profile cpu]  write the synthetic SSc-ILD cohort
+    sscild phantom OUT [--n 40] [--unlabelled 40] [--seed 0] [--profile cpu]  write the synthetic cohort
     sscild import-dicom SRC OUT [--labels DIR]              DICOM series (one per patient) -> cohort folder
     sscild train DATA --profile P --fold K                  train one fold (what make runs)
     sscild segment SCAN|FOLDER --out DIR [--models DIR]     apply the fold ensemble to a scan or a folder of scans
@@ -91,7 +91,8 @@ def _cmd_validate(args) -> int:
 def _cmd_phantom(args) -> int:
     from sscild.synthetic.writer import generate_cohort
 
-    out = generate_cohort(args.out, profile=get_profile(args.profile), n=args.n, seed=args.seed, progress=not args.quiet)
+    out = generate_cohort(args.out, profile=get_profile(args.profile), n=args.n, seed=args.seed,
+                          unlabelled=args.unlabelled, progress=not args.quiet)
     print(f"synthetic cohort written to {out}")
     return 0
 
@@ -185,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     ph.add_argument("out", type=Path)
     ph.add_argument("--n", type=int, default=None, help="number of patients (default: the profile's)")
     ph.add_argument("--seed", type=int, default=0)
+    ph.add_argument("--unlabelled", type=int, default=None,
+                    help="unlabelled patients written to unlabelledTr/ (default: the profile's phantom_unlabelled)")
     ph.add_argument("--profile", default="cpu", choices=profiles)
     ph.add_argument("--quiet", action="store_true")
     ph.set_defaults(func=_cmd_phantom)

@@ -32,6 +32,10 @@ class Profile:
     target_spacing: tuple[float | None, float | None, float | None]
     """Resample to this spacing; ``None`` on an axis keeps the case's own spacing on that axis."""
     hu_clip: tuple[float, float] = (-1024.0, 600.0)
+    # --- synthetic cohort: unlabelled scans --------------------------------------------------
+    phantom_unlabelled: int = 0
+    """Extra synthetic patients written without labels to the cohort's ``unlabelledTr/`` (other
+    patients than the labelled ones), so the built-in cohort exercises learning from unlabelled scans."""
     # --- cross-validation ------------------------------------------------------------------
     num_folds: int = 8
     seed: int = 0
@@ -67,11 +71,22 @@ class Profile:
     warm-up and polynomial decay."""
     lesion_oversample: float = 0.6
     """Share of patches centred on EF or GGO voxels (nnU-Net style foreground oversampling)."""
-    semi_supervised: str = "auto"
-    """Self-training on the cohort's unlabelled scans (``unlabelledTr/``): ``"auto"`` when the cohort
-    has some that validation passed (off when it has none, as the synthetic cohort), ``"off"`` never.
-    Each fold's teacher is its supervised model (``fold_<k>/teacher/``); it pseudo-labels the scans,
-    and the fold's model is a student trained from the teacher's weights on both (``sscild.model.train``)."""
+    semi_supervised: str = "pretrain"
+    """How training uses the cohort's unlabelled scans (``unlabelledTr/``, those validation passed;
+    nothing changes for a cohort without them):
+
+    * ``"pretrain"``: self-supervised pretraining (:mod:`sscild.model.pretrain`): the network first
+      learns to restore corrupted patches of the unlabelled scans for ``pretrain_steps`` steps, once
+      per run (``pretrained/``), and every fold starts from those weights. It reads no label and no
+      labelled scan, so no held-out patient can reach it.
+    * ``"self-training"``: each fold's supervised model (``fold_<k>/teacher/``) pseudo-labels the
+      scans, and the fold's model is a student trained from the teacher's weights on both.
+    * ``"off"``: the unlabelled scans are validated but not used.
+
+    Pretraining is the default: on the real CT of the external benchmark (appendix A1) it helped
+    consolidation, while self-training lost to the same extra steps without unlabelled slices."""
+    pretrain_steps: int = 1000
+    """Steps of the self-supervised pretraining (``semi_supervised="pretrain"``); 0: none."""
     pseudo_confidence: float = 0.9
     """Pseudo-labelled voxels whose highest class probability is below this are ignored by the loss."""
     pseudo_share: float = 0.5
@@ -116,6 +131,8 @@ PROFILES: dict[str, Profile] = {
         checkpoint_every=10,
         log_every=5,
         tta_flips=False,
+        phantom_unlabelled=2,
+        pretrain_steps=10,
     ),
     "cpu": Profile(
         name="cpu",

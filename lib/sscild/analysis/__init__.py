@@ -8,6 +8,7 @@ segmentation_errors   where the network errs: label confusion, worst patients, e
 clinical_inputs       the cohort's clinical.csv as the chapters read it (the data parser's values and gaps)
 clinical              the Clinical chapter: lesion volumes against lung function, staging, endpoints
 realcheck             the trained models on real CT without labels (lung field against the classical mask)
+arms                  recorded comparisons of training arms on the same held-out patients (paired intervals)
 
 The tables and sentences the chapters show are built from these by :mod:`sscild.book.chapters`.
 """

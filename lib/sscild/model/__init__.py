@@ -7,8 +7,9 @@ deepsup     deep supervision: auxiliary decoder outputs and their loss, for trai
 device      torch device, CPU threads, number type, batch-loader processes
 sampling    training patches and each step's batch from (seed, fold, step)
 checkpoint  the training recipe of a fold, resumable checkpoints, the final model file
+pretrain    self-supervised pretraining on unlabelled scans: restoring corrupted patches
 selftrain   self-training: unlabelled scans, the teacher's pseudo-labels, the masked loss
-train       one fold's training: its cases, teacher and student, the training loop
+train       one fold's training: its cases, pretrained start or teacher and student, the training loop
 loading     which fold models a prediction uses; loading them safely; the ensemble
 inference   slice-wise ensemble inference and lung post-processing on the network's grid
 predict     out-of-fold prediction of the cohort

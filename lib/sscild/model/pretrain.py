@@ -6,24 +6,41 @@ rectangles under a constant grey, adds Gaussian noise (:func:`corrupt`), and tra
 network itself* to give back the clean image in its first output channel (L1 loss,
 :func:`restoration_pretrain`). To fill in a hidden rectangle it must learn what lung, vessels and
 lesions look like around it. Training then starts from these weights instead of a random
-initialisation. Used by the external benchmark (:mod:`sscild.external.pretrain`) on unlabelled
-slices.
+initialisation.
+
+* **Study** (:func:`cohort_pretrained_state`): when the cohort has unlabelled scans
+  (``unlabelledTr/``) and the profile's ``semi_supervised`` is ``"pretrain"``, the network restores
+  random axial patches (``profile.patch_size``) of the preprocessed unlabelled scans for
+  ``profile.pretrain_steps`` steps; every fold then starts from these weights. It reads no labelled
+  scan and no label, so one pretrained network serves every fold without a held-out patient
+  reaching it. It runs once per run and is kept in ``<run>/pretrained/``, keyed by the network, the
+  steps, the preprocessing and a hash of each scan file (a file lock makes folds trained at once
+  wait for one pretraining).
+* **External benchmark** (:mod:`sscild.external.pretrain`): whole unlabelled slices on its grid.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from sscild.data.image import load_volume
+from sscild.data.preprocess import preprocess_volume
 from sscild.model.device import select_device
-from sscild.model.network import build_network
-from sscild.profiles import Profile
+from sscild.model.network import NUM_CLASSES, build_network
+from sscild.paths import RunPaths, atomic_path, read_json, write_json
+from sscild.profiles import Profile, require_profile
 from sscild.progress import Heartbeat
 
-__all__ = ["corrupt", "restoration_pretrain"]
+__all__ = ["corrupt", "restoration_pretrain", "cohort_pretrain_key", "cohort_pretrained_state", "PatchSource",
+           "restoration_example"]
 
 
 def corrupt(x: torch.Tensor, rng: np.random.Generator, *, boxes: int = 6, max_side: float = 0.25,
@@ -83,3 +100,124 @@ def restoration_pretrain(next_batch: Callable[[np.random.Generator], torch.Tenso
     summary = {"steps": steps, "seconds": round(time.perf_counter() - t0, 2),
                "first_l1": round(float(np.mean(losses[:50])), 4), "last_l1": round(float(np.mean(losses[-50:])), 4)}
     return state, summary
+
+
+def _file_sha1(path: Path) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def cohort_pretrain_key(p: Profile, scans: Mapping[str, Path]) -> dict:
+    """What the study's pretrained weights depend on: network, patch, steps, optimiser, seed,
+    preprocessing and the content of each unlabelled scan file."""
+    return {"channels": list(p.channels), "strides": list(p.strides), "num_res_units": p.num_res_units,
+            "norm": p.norm, "dropout": p.dropout, "patch_size": list(p.patch_size), "steps": int(p.pretrain_steps),
+            "batch_size": p.batch_size, "learning_rate": p.learning_rate, "weight_decay": p.weight_decay,
+            "seed": p.seed, "target_spacing": list(p.target_spacing), "hu_clip": list(p.hu_clip),
+            "scans": {u: _file_sha1(Path(scans[u])) for u in sorted(scans)}}
+
+
+class PatchSource:
+    """Random axial patches of preprocessed unlabelled scans (float16 in memory), each turned by a
+    random multiple of 90 degrees and maybe flipped; patches that reach past a scan's edge are
+    filled with air (-1)."""
+
+    def __init__(self, volumes: list[np.ndarray], patch_size, batch_size: int):
+        if not volumes:
+            raise ValueError("PatchSource needs at least one scan")
+        self.volumes = volumes
+        self.patch = tuple(int(v) for v in patch_size)
+        self.batch_size = int(batch_size)
+
+    def __call__(self, rng: np.random.Generator) -> torch.Tensor:
+        px, py = self.patch
+        out = np.full((self.batch_size, 1, px, py), -1.0, np.float32)
+        for b in range(self.batch_size):
+            vol = self.volumes[int(rng.integers(len(self.volumes)))]
+            z = int(rng.integers(vol.shape[2]))
+            x0 = int(rng.integers(-(px // 4), max(1, vol.shape[0] - px + px // 4)))
+            y0 = int(rng.integers(-(py // 4), max(1, vol.shape[1] - py + py // 4)))
+            sx0, sy0 = max(x0, 0), max(y0, 0)
+            sx1, sy1 = min(x0 + px, vol.shape[0]), min(y0 + py, vol.shape[1])
+            out[b, 0, sx0 - x0:sx1 - x0, sy0 - y0:sy1 - y0] = vol[sx0:sx1, sy0:sy1, z]
+        x = torch.from_numpy(out)
+        if px == py:
+            x = torch.rot90(x, int(rng.integers(4)), dims=(2, 3))
+        if rng.random() < 0.5:
+            x = torch.flip(x, dims=(2,))
+        return x.contiguous()
+
+
+def cohort_pretrained_state(run: RunPaths, profile: Profile, scans: Mapping[str, Path], *, device=None,
+                            log=print) -> tuple[dict, dict]:
+    """The study network's weights after ``profile.pretrain_steps`` steps of restoring corrupted
+    patches of the unlabelled ``scans`` (id -> CT file): trained now, or read from
+    ``<run>/pretrained/`` when it holds a finished pretraining with the same key.
+
+    Returns (state dict for :func:`sscild.model.network.build_network`, summary: steps, seconds,
+    scans, first and last L1, ``reused``)."""
+    p = require_profile(profile)
+    if p.spatial_dims != 2:
+        raise ValueError(f"profile {p.name!r}: pretraining on unlabelled scans is implemented for 2D networks "
+                         f"(spatial_dims 2), not {p.spatial_dims}; set semi_supervised='off'.")
+    if not scans:
+        raise ValueError("cohort_pretrained_state: no unlabelled scans given")
+    if int(p.pretrain_steps) < 1:
+        raise ValueError(f"profile {p.name!r}: pretrain_steps must be >= 1 to pretrain, got {p.pretrain_steps!r}")
+    out = run.root / "pretrained"
+    out.mkdir(parents=True, exist_ok=True)
+    key = json.loads(json.dumps(cohort_pretrain_key(p, scans)))
+    with open(out / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # folds trained at once: one pretrains, the others wait and reuse
+        try:
+            if (out / "pretrain_key.json").exists() and (out / "pretrained.pt").exists() \
+                    and read_json(out / "pretrain_key.json") == key:
+                summary = {**read_json(out / "summary.json"), "reused": True}
+                return torch.load(out / "pretrained.pt", map_location="cpu", weights_only=False), summary
+            volumes = []
+            for uid in sorted(scans):
+                pre = preprocess_volume(load_volume(scans[uid]), None, profile=p, case_id=uid)
+                volumes.append(np.asarray(pre.image, np.float16))
+            source = PatchSource(volumes, p.patch_size, p.batch_size)
+            state, summary = restoration_pretrain(source, p, steps=int(p.pretrain_steps), out_channels=NUM_CLASSES,
+                                                  desc=f"pretraining on {len(volumes)} unlabelled scans",
+                                                  log=log, device=device)
+            summary = {**summary, "scans": len(volumes)}
+            with atomic_path(out / "pretrained.pt", suffix=".pt") as tmp:
+                torch.save(state, tmp)
+            write_json(out / "summary.json", summary)
+            write_json(out / "pretrain_key.json", key)
+            return state, {**summary, "reused": False}
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@torch.no_grad()
+def restoration_example(state: dict, profile: Profile, scan: Path, *, seed: int = 0) -> dict:
+    """One patch of ``scan`` as the pretraining sees it, centred in the lung for the eye: ``clean``,
+    ``corrupted`` and the pretrained network's ``restored`` version (2D arrays in [-1, 1], axial,
+    (x, y)), for a figure."""
+    p = require_profile(profile)
+    vol = np.asarray(preprocess_volume(load_volume(scan), None, profile=p, case_id=Path(scan).name).image, np.float32)
+    lo, hi = (float(v) for v in p.hu_clip)
+    lungish = (vol > (-950 - lo) / (hi - lo) * 2 - 1) & (vol < (-300 - lo) / (hi - lo) * 2 - 1)
+    z = int(np.argmax(lungish.sum(axis=(0, 1))))  # the level with the most lung-like voxels
+    xs, ys = np.nonzero(lungish[:, :, z])
+    rng = np.random.default_rng([seed, 7919])
+    cx, cy = (int(xs.mean()), int(ys.mean())) if xs.size else (vol.shape[0] // 2, vol.shape[1] // 2)
+    px, py = (int(v) for v in p.patch_size)
+    clean = np.full((px, py), -1.0, np.float32)
+    x0, y0 = cx - px // 2, cy - py // 2
+    sx0, sy0 = max(x0, 0), max(y0, 0)
+    sx1, sy1 = min(x0 + px, vol.shape[0]), min(y0 + py, vol.shape[1])
+    clean[sx0 - x0:sx1 - x0, sy0 - y0:sy1 - y0] = vol[sx0:sx1, sy0:sy1, z]
+    clean_t = torch.from_numpy(clean)[None, None]
+    bad = corrupt(clean_t, rng)
+    net = build_network(p, out_channels=NUM_CLASSES)
+    net.load_state_dict(state)
+    net.eval()
+    restored = net(bad)[:, :1]
+    return {"clean": clean, "corrupted": bad[0, 0].numpy(), "restored": restored[0, 0].numpy()}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from sscild.model.network import build_network, count_parameters
+from sscild.model.selftrain import semi_mode
 from sscild.profiles import Profile, require_profile
 
 __all__ = ["recipe_table"]
@@ -32,6 +33,12 @@ def recipe_table(profile: Profile) -> pd.DataFrame:
         ("optimiser", f"{'SGD (Nesterov, momentum 0.99)' if p.optimizer == 'sgd' else 'AdamW'}, lr {p.learning_rate:g}, "
                       f"weight decay {p.weight_decay:g}, warm-up then poly(0.9) decay"),
         ("budget", f"{p.iterations} iterations x batch {p.batch_size}"),
+        ("unlabelled scans (when the cohort has unlabelledTr/)", {
+            "pretrain": f"self-supervised pretraining: {p.pretrain_steps} iterations restoring corrupted patches "
+                        "(hidden rectangles, noise; L1), once per run; every fold starts from those weights",
+            "self-training": f"self-training: each fold's supervised teacher pseudo-labels them (voxels below "
+                             f"{p.pseudo_confidence:g} confidence ignored), a student continues on both",
+            "off": "validated, not used"}[semi_mode(p)]),
         ("checkpoints", f"every {p.checkpoint_every} iterations (resumable)"),
         ("mixed precision", ("float16 on CUDA" if p.amp else "off on CUDA") + "; "
                             + ("bfloat16 on CPUs that compute it natively, float32 on others" if p.cpu_bf16

@@ -24,7 +24,11 @@ from sscild.model.device import select_device
 from sscild.paths import RunPaths, read_json
 from sscild.profiles import Profile, require_profile
 
-__all__ = ["IGNORE_LABEL", "MaskedDiceCE", "unlabelled_scans", "pseudo_label_volumes", "semi_record"]
+__all__ = ["IGNORE_LABEL", "MaskedDiceCE", "SEMI_MODES", "semi_mode", "unlabelled_scans", "pseudo_label_volumes",
+           "semi_record"]
+
+SEMI_MODES = ("pretrain", "self-training", "off")
+"""Values of ``profile.semi_supervised``: how training uses the cohort's unlabelled scans."""
 
 
 IGNORE_LABEL = 255
@@ -99,8 +103,26 @@ def pseudo_label_volumes(net: torch.nn.Module, scans: dict[str, Path], profile: 
     return out, {"scans": len(out), "kept_share": round(kept / max(total, 1), 4)}
 
 
+def semi_mode(p: Profile) -> str:
+    """``profile.semi_supervised``, checked: one of :data:`SEMI_MODES` (``"pretrain"`` with
+    ``pretrain_steps`` 0 is ``"off"``).
+
+    >>> from sscild.profiles import get_profile
+    >>> semi_mode(get_profile("smoke")), semi_mode(get_profile("smoke").with_overrides(pretrain_steps=0))
+    ('pretrain', 'off')
+    """
+    mode = p.semi_supervised
+    if mode not in SEMI_MODES:
+        raise ValueError(f"profile {p.name!r}: semi_supervised must be one of {', '.join(SEMI_MODES)}, got {mode!r}.")
+    if mode == "pretrain" and int(p.pretrain_steps) < 1:
+        return "off"
+    return mode
+
+
 def semi_record(p: Profile, scans: dict[str, Path], iterations: int | None) -> dict:
-    """The self-training settings a fold records (and is compared with when it is reused)."""
+    """How a fold used the unlabelled scans (recorded, and compared with when the fold is reused)."""
+    if semi_mode(p) == "pretrain":
+        return {"mode": "pretrain", "unlabelled": sorted(scans), "pretrain_steps": int(p.pretrain_steps)}
     return {"mode": "self-training", "unlabelled": sorted(scans), "pseudo_confidence": p.pseudo_confidence,
             "pseudo_share": p.pseudo_share, "student_iterations": int(p.student_iterations
                                                                       or max(1, int(iterations or p.iterations) // 2))}

@@ -17,9 +17,10 @@ The recipe (what the Model & training chapter tabulates):
 * **Reproducibility**: every step's randomness derives from ``(seed, fold, step)``, so the same seed
   gives identical weights on CPU, and a run resumed from a checkpoint continues exactly as an
   uninterrupted one would (:mod:`sscild.model.checkpoint`).
-* **Self-training** (when the cohort has unlabelled scans and the profile asks for it): a supervised
-  teacher pseudo-labels the unlabelled scans and the fold's model is a student trained on both
-  (:mod:`sscild.model.selftrain`).
+* **Unlabelled scans** (when the cohort has some, ``profile.semi_supervised``): by default every fold
+  starts from a network pretrained to restore corrupted patches of them (:mod:`sscild.model.pretrain`);
+  or, with ``"self-training"``, a supervised teacher pseudo-labels them and the fold's model is a
+  student trained on both (:mod:`sscild.model.selftrain`).
 
 Outputs in ``results/<cohort>/<profile>/fold_<k>/``: ``checkpoint_latest.pt`` (every
 ``profile.checkpoint_every`` steps), ``history.csv`` (per logged step), ``epochs.csv`` (per epoch of
@@ -48,7 +49,9 @@ from sscild.model.device import (configure_backend, describe_device, loader_work
 from sscild.model.loading import load_fold_model
 from sscild.model.network import NUM_CLASSES, build_network, count_parameters
 from sscild.model.sampling import PatchSampler, StepBatches
-from sscild.model.selftrain import IGNORE_LABEL, MaskedDiceCE, pseudo_label_volumes, semi_record, unlabelled_scans
+from sscild.model.pretrain import cohort_pretrained_state
+from sscild.model.selftrain import (IGNORE_LABEL, MaskedDiceCE, pseudo_label_volumes, semi_mode, semi_record,
+                                    unlabelled_scans)
 from sscild.paths import RunPaths, atomic_path, read_json, write_json
 from sscild.profiles import Profile, require_profile
 from sscild.progress import Heartbeat
@@ -107,7 +110,7 @@ def train_fold(run: RunPaths, profile: Profile, fold: int, *, device=None, progr
                 f"{out} was trained on other patients than fold {fold} of {run.splits} now lists (the cohort or "
                 f"the splits changed). Delete {out} (or run `make clean`) to retrain it.")
         diff = recipe_diff(summary.get("recipe", {}), training_recipe(p, iterations))
-        scans = unlabelled_scans(run) if p.semi_supervised == "auto" else {}
+        scans = unlabelled_scans(run) if semi_mode(p) != "off" else {}
         want = semi_record(p, scans, iterations) if scans else None
         if summary.get("semi") != want:
             diff.append(f"semi-supervised: {summary.get('semi')!r} -> {want!r}")
@@ -120,16 +123,23 @@ def train_fold(run: RunPaths, profile: Profile, fold: int, *, device=None, progr
     if test_ids & set(train_ids):
         raise ValueError(f"{run.splits}: fold {fold} has cases in both train and test: {sorted(test_ids & set(train_ids))}")
     cases = load_training_cases(run, train_ids)
-    unlabelled = unlabelled_scans(run) if p.semi_supervised == "auto" else {}
-    if unlabelled:
+    mode = semi_mode(p)
+    unlabelled = unlabelled_scans(run) if mode != "off" else {}
+    if unlabelled and mode == "self-training":
         return _train_fold_semi(run, p, fold, cases, unlabelled, test_ids, device=device, progress=progress,
                                 stop_after=stop_after, iterations=iterations)
+    init, pre = None, None
+    if unlabelled:  # pretraining: unlabelled scans only, the same weights for every fold
+        init, pre = cohort_pretrained_state(run, p, unlabelled, device=device)
     result = train_model(cases, p, out, key=fold, device=device, progress=progress, stop_after=stop_after,
-                         iterations=iterations, desc=f"fold {fold}")
+                         iterations=iterations, desc=f"fold {fold}", init_state=init)
     if result.get("interrupted"):
         return {"fold": fold, **result}
     summary = {"fold": fold, "profile": p.name, "cohort": run.cohort, **result,
                "train_cases": train_ids, "test_cases": sorted(test_ids)}
+    if unlabelled:
+        summary["semi"] = semi_record(p, unlabelled, iterations)
+        summary["pretraining"] = {k: pre[k] for k in ("steps", "seconds", "scans", "first_l1", "last_l1")}
     write_json(out / "train_summary.json", summary)
     return summary
 

@@ -16,7 +16,7 @@ import pandas as pd
 from sscild.book.plots import fixed_jitter, plt
 from sscild.clinic.figures import LABEL_COLORS, overlay
 
-__all__ = ["case_gallery", "extent_distribution", "fold_plot"]
+__all__ = ["case_gallery", "extent_distribution", "fold_plot", "restoration_plot"]
 
 _EXTENT = {"ef_pct": "EF", "ggo_pct": "GGO", "lesion_pct": "total lesion\n(EF + GGO)"}
 _EXTENT_COLORS = {"ef_pct": LABEL_COLORS[2], "ggo_pct": LABEL_COLORS[3], "lesion_pct": "#6a3d9a"}
@@ -155,5 +155,23 @@ def fold_plot(fold_cases: pd.DataFrame, *, column: str = "lesion_pct"):
     a2.set_xlim(-0.5, len(folds) - 0.5)
     a2.set_ylim(bottom=0)
     a2.legend(fontsize=8, frameon=False, loc="upper right", markerscale=0.5)
+    fig.tight_layout()
+    return fig
+
+
+def restoration_plot(example: Mapping[str, np.ndarray], *, l1_first: float | None = None, l1_last: float | None = None):
+    """The pretraining task on one unlabelled patch: the clean patch, the corrupted input and the
+    pretrained network's restoration (:func:`sscild.model.pretrain.restoration_example`), in the
+    preprocessing window ([-1, 1]: HU clip of the profile), axial, anterior up, the patient's right
+    on the image's left (arrays (x, y) in RAS)."""
+    titles = {"clean": "unlabelled patch", "corrupted": "input: hidden boxes + noise", "restored": "pretrained network's output"}
+    fig, axes = plt.subplots(1, 3, figsize=(9.6, 3.4))
+    for ax, k in zip(axes, titles):
+        ax.imshow(np.asarray(example[k]).T[::-1], cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
+        ax.set_title(titles[k], fontsize=9)
+        ax.set_axis_off()
+    if l1_first is not None and l1_last is not None:
+        fig.suptitle(f"restoration error (L1, [-1, 1] scale): {l1_first:.3f} in the first 50 steps, "
+                     f"{l1_last:.3f} in the last 50", fontsize=9)
     fig.tight_layout()
     return fig

@@ -125,6 +125,31 @@ if rows:
                      f"**{table['seconds'].sum() / 60:.1f} min** over {len(rows)} folds."))
 
 # %% [markdown]
+# ## Unlabelled scans: what pretraining on them changed
+#
+# When the cohort has unlabelled scans (`unlabelledTr/`), every fold starts from a network pretrained
+# to restore corrupted patches of them (Data chapter). Whether that helps was measured on the
+# **synthetic** `cpu` cohort, not on SSc-ILD patients: the same 40 labelled patients, folds and
+# recipe, once without unlabelled scans (random initialisation) and once with 40 unlabelled synthetic
+# patients and 1000 steps of pretraining, each scored out of fold on all 40 patients. The table reads
+# that record (`benchmarks/study_pretrain_cv.csv`, written by `scripts/record_arms.py` from the two
+# runs' `segmentation_metrics.csv`); it is not re-run by this page. Each arm is one training draw;
+# the intervals resample patients (95 % BCa), so they show how the gain varies over patients, not how
+# it would vary with another draw of the training randomness.
+
+# %%
+from sscild.analysis.arms import arms_table, read_arms
+from sscild.paths import repo_root
+
+arms_path = repo_root() / "benchmarks" / "study_pretrain_cv.csv"
+if not arms_path.exists():
+    display(Markdown("The pretraining record (`benchmarks/study_pretrain_cv.csv`) is not in this checkout."))
+else:
+    arms = arms_table(read_arms(arms_path), seed=prof.seed)
+    show(arms.T, caption="Synthetic cpu cohort, 8-fold cross-validation, 40 patients: without unlabelled scans and "
+                         "with pretraining on 40 unlabelled ones (recorded)")
+
+# %% [markdown]
 # ## The `paper` profile on a GPU
 #
 # The default run trains on the CPU. The GPU path (CUDA chosen automatically, mixed precision,

@@ -272,8 +272,9 @@ else:
         f"alone: GGO {st_gain['GGO']}, consolidation {st_gain['consolidation']} (paired, 50 slices). "
         + ("Self-training is **worse** than the control for both classes: the teacher's confident pseudo-labels "
            "are mostly background and carry its own mistakes into the student. " if worse else "")
-        + "Self-training stays off in the `cpu` recipe; it remains a profile setting, and the study "
-        "uses it when a cohort has unlabelled scans. How the record was made: " + SELFTRAIN_CV_COMMAND + "."))
+        + "Self-training stays off in the `cpu` recipe; it remains a profile setting of the study "
+        "(`semi_supervised = \"self-training\"`), whose default for unlabelled scans is pretraining. "
+        "How the record was made: " + SELFTRAIN_CV_COMMAND + "."))
 
 # %% [markdown]
 # The cross-validation above trains each fold's model in two stages when the profile says so (the

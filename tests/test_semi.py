@@ -165,3 +165,21 @@ def test_recorded_pretraining_comparison_is_whole():
     df = read_arms(repo_root() / "benchmarks" / "study_pretrain_cv.csv")
     assert df.groupby("arm", sort=False).size().tolist() == [40, 40]
     assert list(dict.fromkeys(df["arm"]))[0].startswith("no unlabelled scans")
+
+
+def test_interrupted_fold_is_not_resumed_from_other_starting_weights(tmp_path):
+    """A fold stopped mid-way after starting from the pretrained weights is not resumed once the
+    pretraining has changed (it would mix two starts); the message says why."""
+    data = generate_cohort(tmp_path / "cohort", profile=get_profile("smoke"), n=4, seed=5, progress=False)
+    run = RunPaths(results=tmp_path / "results", cohort="cohort", profile="smoke")
+    report = validate_cohort(data)
+    write_json(run.validation, ds.validation_record(report))
+    prepare_run(data, run.results)
+    prof = get_profile("smoke").with_overrides(checkpoint_every=2)
+    part = train_mod.train_fold(run, prof, 0, progress=False, iterations=6, stop_after=2)
+    assert part.get("interrupted") and (run.fold_dir(0) / "checkpoint_latest.pt").exists()
+    with pytest.raises(ValueError, match="initial weights"):
+        train_mod.train_fold(run, prof.with_overrides(pretrain_steps=prof.pretrain_steps + 2), 0, progress=False,
+                             iterations=6)
+    done = train_mod.train_fold(run, prof, 0, progress=False, iterations=6)  # the same start resumes
+    assert done["steps"] == 6 and done["semi"]["mode"] == "pretrain"

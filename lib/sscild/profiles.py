@@ -6,7 +6,7 @@ Notebooks and make receive only a profile *name*; everything else is looked up f
   book runs end to end in a few minutes on 2 CPU cores. Its numbers mean nothing.
 * ``cpu``: the default of ``make all``. 40 synthetic patients (and 40 unlabelled ones the network
   pretrains on), 8 folds, a 2D U-Net on small slices (1.4 mm pixels, 5 mm slices: not HRCT), about
-  15 minutes on 2 CPU cores.
+  18 minutes on 2 CPU cores.
 * ``paper``: full-resolution HRCT on a GPU (mixed precision), for SICCS or a user's cohort.
 """
 

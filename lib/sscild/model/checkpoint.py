@@ -68,12 +68,17 @@ def resume_training(path: Path, net, opt, sched, scaler, *, recipe: dict, profil
         ``(step, history, epochs, seconds spent before)``; ``(0, [], [], 0.0)`` without a checkpoint.
 
     Raises:
-        ValueError: the checkpoint was written with another recipe.
+        ValueError: the checkpoint was written with another recipe, or (when both record ``"init"``,
+            an identity of the starting weights) from other starting weights.
     """
     if not path.exists():
         return 0, [], [], 0.0
     state = torch.load(path, map_location=device, weights_only=False)
-    diff = recipe_diff(state.get("recipe", {}), recipe)
+    saved = state.get("recipe", {})
+    diff = recipe_diff(saved, recipe)
+    if "init" in saved and "init" in recipe and saved["init"] != recipe["init"]:
+        diff.append("initial weights: " + ("a random initialisation" if saved["init"] == "random" else "given weights")
+                    + " -> " + ("a random initialisation" if recipe["init"] == "random" else "other given weights"))
     if diff:
         raise ValueError(f"{path} was written with other settings than profile {profile_name!r} now has "
                          f"({'; '.join(diff)}); it cannot be resumed. Delete it to start this fold afresh.")

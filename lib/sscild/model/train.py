@@ -30,6 +30,7 @@ done).
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -321,7 +322,7 @@ def _batch_loader(data: StepBatches, *, start: int, device: torch.device, worker
 
 def _run_steps(fit: _Fit, aug, data: StepBatches, p: Profile, *, step: int, history: list, epochs: list, ckpt: Path,
                elapsed_before: float, num_classes: int, class_names, desc: str, progress: bool,
-               stop_after: int | None, workers: int) -> tuple[int, float, bool]:
+               stop_after: int | None, workers: int, recipe: dict) -> tuple[int, float, bool]:
     """The training loop from ``step`` on: log rows into ``history``, epoch rows into ``epochs``, checkpoints.
 
     Returns:
@@ -361,7 +362,7 @@ def _run_steps(fit: _Fit, aug, data: StepBatches, p: Profile, *, step: int, hist
         if step % p.checkpoint_every == 0 or step == total:
             epochs.append(means.epoch_row(len(epochs) + 1, step, class_names))
             save_checkpoint(ckpt, fit.trained, fit.opt, fit.sched, fit.scaler, step=step, history=history, epochs=epochs,
-                            recipe=training_recipe(p, total), seconds=elapsed_before + time.perf_counter() - t0)
+                            recipe=recipe, seconds=elapsed_before + time.perf_counter() - t0)
             if stop_after is not None and step >= stop_after and step < total:
                 if bar is not None:
                     bar.close()
@@ -379,6 +380,15 @@ def _write_outputs(out: Path, history: list, epochs: list, final: dict) -> None:
         pd.DataFrame(epochs).to_csv(tmp, index=False)
     with atomic_path(out / "model_final.pt", suffix=".pt") as tmp:
         torch.save(final, tmp)
+
+
+def _state_digest(state: dict) -> str:
+    """SHA-1 of a state dict's names and values (identifies the weights a training started from)."""
+    h = hashlib.sha1()
+    for k in sorted(state):
+        h.update(k.encode())
+        h.update(state[k].detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def train_model(cases: dict, profile: Profile, out: Path, *, key: int = 0, num_classes: int = NUM_CLASSES,
@@ -422,16 +432,18 @@ def train_model(cases: dict, profile: Profile, out: Path, *, key: int = 0, num_c
     fit = _setup_fit(p, seed=seed, total=total, device=device, numerics=numerics, use_amp=use_amp,
                      num_classes=num_classes, init_state=init_state, masked=bool(n_pseudo))
     ckpt = out / "checkpoint_latest.pt"
+    # the checkpoint also records where the weights started, so a run is never resumed from another start
+    recipe = {**training_recipe(p, total), "init": _state_digest(init_state) if init_state is not None else "random"}
     step, history, epochs, elapsed_before = resume_training(ckpt, fit.trained, fit.opt, fit.sched, fit.scaler,
-                                                            recipe=training_recipe(p, total), profile_name=p.name,
-                                                            device=device)
+                                                            recipe=recipe, profile_name=p.name, device=device)
     workers = loader_workers(device)
     data = StepBatches(sampler, seed=p.seed, key=key, batch_size=p.batch_size, total=total, pseudo=pseudo,
                        n_pseudo=n_pseudo)
     step, seconds, interrupted = _run_steps(fit, aug, data, p, step=step, history=history, epochs=epochs, ckpt=ckpt,
                                             elapsed_before=elapsed_before, num_classes=num_classes,
                                             class_names=class_names, desc=desc,
-                                            progress=progress, stop_after=stop_after, workers=workers)
+                                            progress=progress, stop_after=stop_after, workers=workers,
+                                            recipe=recipe)
     if interrupted:
         return {"steps": step, "interrupted": True}
 

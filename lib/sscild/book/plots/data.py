@@ -167,7 +167,8 @@ def restoration_plot(example: Mapping[str, np.ndarray], *, l1_first: float | Non
     titles = {"clean": "unlabelled patch", "corrupted": "input: hidden boxes + noise", "restored": "pretrained network's output"}
     fig, axes = plt.subplots(1, 3, figsize=(9.6, 3.4))
     for ax, k in zip(axes, titles):
-        ax.imshow(np.asarray(example[k]).T[::-1], cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
+        # radiological orientation, as sscild.clinic.figures.overlay draws RAS (x, y) slices
+        ax.imshow(np.flipud(np.fliplr(np.asarray(example[k]).T)), cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
         ax.set_title(titles[k], fontsize=9)
         ax.set_axis_off()
     if l1_first is not None and l1_last is not None:

@@ -41,9 +41,8 @@ from sscild.data.folds import make_splits, write_splits
 from sscild.paths import default_data_dir, resolve_data_dir, write_json
 from sscild.profiles import get_profile
 from sscild.synthetic.writer import generate_cohort
-from sscild.book.plots.data import case_gallery, extent_distribution, fold_plot, restoration_plot
+from sscild.book.plots.data import case_gallery, extent_distribution, fold_plot
 from sscild.data.cache import build_cache
-from sscild.model.pretrain import cohort_pretrained_state, restoration_example
 from sscild.model.selftrain import semi_mode, unlabelled_scans
 from sscild.book.report import banner, chapter_context, figure, rel, show
 
@@ -222,44 +221,26 @@ fig = figure(fold_plot(ds.fold_table(splits, cases)), "data_folds", run.figures,
     "patients alike."))
 
 # %% [markdown]
-# ## Unlabelled scans and pretraining
+# ## Unlabelled scans
 #
 # Labelled HRCT is scarce, while every centre has many scans nobody has labelled. A cohort can hold
 # such scans of *other* patients in `unlabelledTr/` (README: "Your own cohort"); validation checks
-# them like the labelled images and refuses a copy of a labelled image. With the profile's default
-# (`semi_supervised = "pretrain"`), the network first learns to restore random axial patches of them
-# in which rectangles are hidden and noise is added (self-supervised pretraining,
-# `sscild.model.pretrain`), and every fold's training starts from those weights. The pretraining
-# reads no label and no labelled scan, so no held-out patient reaches any fold through it. It runs
-# once per run, here, and the folds reuse it. On the real CT of the external benchmark (appendix A1)
-# this pretraining helped consolidation, while self-training (the other mode: each fold's model
-# pseudo-labels the unlabelled scans) lost to the same extra steps without them.
+# them like the labelled images and refuses a copy of a labelled image, since that patient would
+# then reach, unlabelled, the training of the folds that hold them out. With the profile's default
+# (`semi_supervised = "pretrain"`) the network is pretrained on them before the first fold trains
+# (Model & training chapter).
 
 # %%
 unlabelled = unlabelled_scans(run)
 mode = semi_mode(prof)
-if not unlabelled:
-    display(Markdown("This cohort has no unlabelled scans: every fold starts from a random initialisation."))
-elif mode != "pretrain":
-    display(Markdown(f"{len(unlabelled)} unlabelled scans; the profile's `semi_supervised` is `{mode}`, so they are "
-                     + ("pseudo-labelled by each fold's teacher (Model & training chapter)." if mode == "self-training"
-                        else "not used.")))
-else:
-    pre_state, pre = cohort_pretrained_state(run, prof, unlabelled, log=None)
-    display(Markdown(
-        f"{len(unlabelled)} unlabelled scans{' (synthetic patients other than the labelled ones)' if info['synthetic'] else ''}: "
-        f"pretraining of {pre['steps']} iterations (batch {prof.batch_size}, patch {list(prof.patch_size)}) "
-        f"{'reused from' if pre['reused'] else 'trained into'} `{rel(run.root / 'pretrained')}` "
-        f"({pre['seconds']:.0f} s when trained). Restoration error (L1 on the [-1, 1] scale) fell from "
-        f"{pre['first_l1']:.3f} to {pre['last_l1']:.3f}."))
-    example = restoration_example(pre_state, prof, unlabelled[sorted(unlabelled)[0]], seed=prof.seed)
-    fig = figure(restoration_plot(example, l1_first=pre["first_l1"], l1_last=pre["last_l1"]), "data_pretraining",
-                 run.figures, caption=(
-                     "The pretraining task on a patch of an unlabelled scan (axial, anterior up, the patient's "
-                     "right on the left): look at what the network gives back, whether it only removes the noise "
-                     "and keeps the edges of the anatomy or also fills the hidden boxes with plausible anatomy (on "
-                     "the synthetic cpu cohort it filled them only faintly: it learns mostly local texture). What "
-                     "the folds gain from starting here is measured in the Model & training chapter."))
+display(Markdown(
+    "This cohort has no unlabelled scans." if not unlabelled else
+    f"{len(unlabelled)} unlabelled scans passed validation"
+    + (" (synthetic patients other than the labelled ones)" if info["synthetic"] else "")
+    + {"pretrain": f"; the network will be pretrained on them for {prof.pretrain_steps} iterations.",
+       "self-training": "; each fold's supervised model will pseudo-label them (self-training).",
+       "off": f"; the profile's `semi_supervised` is `{prof.semi_supervised}` with {prof.pretrain_steps} pretraining "
+              "iterations, so they are not used."}[mode]))
 
 # %% [markdown]
 # ## How the synthetic cohort is made

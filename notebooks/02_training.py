@@ -125,17 +125,57 @@ if rows:
                      f"**{table['seconds'].sum() / 60:.1f} min** over {len(rows)} folds."))
 
 # %% [markdown]
-# ## Unlabelled scans: what pretraining on them changed
+# ## Unlabelled scans: pretraining
 #
-# When the cohort has unlabelled scans (`unlabelledTr/`), every fold starts from a network pretrained
-# to restore corrupted patches of them (Data chapter). Whether that helps was measured on the
-# **synthetic** `cpu` cohort, not on SSc-ILD patients: the same 40 labelled patients, folds and
-# recipe, once without unlabelled scans (random initialisation) and once with 40 unlabelled synthetic
-# patients and 1000 steps of pretraining, each scored out of fold on all 40 patients. The table reads
-# that record (`benchmarks/study_pretrain_cv.csv`, written by `scripts/record_arms.py` from the two
-# runs' `segmentation_metrics.csv`); it is not re-run by this page. Each arm is one training draw;
-# the intervals resample patients (95 % BCa), so they show how the gain varies over patients, not how
-# it would vary with another draw of the training randomness.
+# When the cohort has unlabelled scans (`unlabelledTr/`, Data chapter) and the profile's
+# `semi_supervised` is `"pretrain"` (the default), the network first learns to restore random axial
+# patches of them in which rectangles are hidden and noise is added (self-supervised pretraining,
+# `sscild.model.pretrain`), and every fold's training starts from those weights. The pretraining
+# reads no label and no labelled scan, so no held-out patient reaches any fold through it. It runs
+# once per run, before the first fold trains (folds trained at the same time wait for it), and is
+# kept in `pretrained/` of the run folder. On the real CT of the external benchmark (appendix A1) the
+# same pretraining helped consolidation, while self-training (the other mode: each fold's model
+# pseudo-labels the unlabelled scans) lost to the same extra steps without them.
+
+# %%
+from sscild.book.plots.data import restoration_plot
+from sscild.model.pretrain import cohort_pretrained_state, restoration_example
+from sscild.model.selftrain import semi_mode, unlabelled_scans
+
+unlabelled = unlabelled_scans(run)
+mode = semi_mode(prof)
+if not unlabelled:
+    display(Markdown("This cohort has no unlabelled scans: every fold started from a random initialisation."))
+elif mode != "pretrain":
+    display(Markdown(f"{len(unlabelled)} unlabelled scans; the profile's `semi_supervised` is `{mode}`, so they were "
+                     + ("pseudo-labelled by each fold's teacher." if mode == "self-training" else "not used.")))
+elif not done:
+    display(Markdown("No fold is trained yet, so the pretraining has not run (run `make train`)."))
+else:
+    pre_state, pre = cohort_pretrained_state(run, prof, unlabelled, log=None)  # the folds' pretraining, reused
+    display(Markdown(
+        f"{len(unlabelled)} unlabelled scans: pretraining of {pre['steps']} iterations (batch {prof.batch_size}, "
+        f"patch {list(prof.patch_size)}) took {pre['seconds']:.0f} s; the restoration error (L1 on the [-1, 1] "
+        f"scale) went from {pre['first_l1']:.3f} (first 50 iterations) to {pre['last_l1']:.3f} (last 50)."))
+    example = restoration_example(pre_state, prof, unlabelled[sorted(unlabelled)[0]], seed=prof.seed)
+    fig = figure(restoration_plot(example, l1_first=pre["first_l1"], l1_last=pre["last_l1"]), "training_pretraining",
+                 run.figures, caption=(
+                     "The pretraining task on a patch of an unlabelled scan (axial, radiological orientation): look "
+                     "at what the network gives back, whether it only removes the noise and keeps the edges of the "
+                     "anatomy or also fills the hidden boxes with plausible anatomy (on the synthetic cpu cohort it "
+                     "filled them only faintly: it learns mostly local texture)."))
+
+# %% [markdown]
+# ### What pretraining changed (recorded)
+#
+# Whether pretraining helps was measured on the **synthetic** `cpu` cohort, not on SSc-ILD patients:
+# the same 40 labelled patients, folds and recipe, once without unlabelled scans (random
+# initialisation) and once with 40 unlabelled synthetic patients and 1000 steps of pretraining, each
+# scored out of fold on all 40 patients. The table reads that record
+# (`benchmarks/study_pretrain_cv.csv`, written by `scripts/record_arms.py` from the two runs'
+# `segmentation_metrics.csv`); it is not re-run by this page. Each arm is one training draw; the
+# intervals resample patients (95 % BCa), so they show how the gain varies over patients, not how it
+# would vary with another draw of the training randomness.
 
 # %%
 from sscild.analysis.arms import arms_table, read_arms

@@ -147,7 +147,7 @@ LEVER_CHOICE = (
     "it is left to the GPU profile. **What carries into the study:** pretraining, the one lever that "
     "helped. It needs only unlabelled scans, for which the cohort format has a place (`unlabelledTr/`): the "
     "study's default for them is now the same pretraining on axial patches (profile setting "
-    "`semi_supervised = \"pretrain\"`, Data chapter), and the built-in `cpu` cohort has unlabelled "
+    "`semi_supervised = \"pretrain\"`, Model & training chapter), and the built-in `cpu` cohort has unlabelled "
     "synthetic patients, on which it raised the out-of-fold EF and GGO Dice (the Model & training chapter "
     "shows the recorded comparison). The nnU-Net levers that did not help here are left "
     "out of the study's profiles; self-training remains a setting (`\"self-training\"`)."

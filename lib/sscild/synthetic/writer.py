@@ -20,7 +20,7 @@ from sscild.profiles import PROFILES, Profile, require_profile
 from sscild.synthetic.phantom import PHANTOM_VERSION, generate_case
 from sscild.synthetic.variety import Variety
 
-__all__ = ["CLINICAL_COLUMNS", "UNLABELLED_INDEX0", "generate_cohort"]
+__all__ = ["CLINICAL_COLUMNS", "UNLABELLED_INDEX0", "generate_cohort", "settings_changes"]
 
 CLINICAL_COLUMNS = ("case_id", "age", "sex", "height_cm", "fvc_pct", "fev1_pct", "fev1_fvc", "dlco_pct")
 """Columns of ``clinical.csv``: age in years, sex F/M, height in cm, FVC / FEV1 / DLCO in percent of
@@ -201,6 +201,30 @@ def generate_cohort(out_dir, *, profile: Profile = PROFILES["cpu"], n: int | Non
     _write_tables(out, ids, results)
     write_json(out / "dataset.json", _dataset_json(prof, n, seed, settings))
     return out
+
+
+def settings_changes(out_dir, profile: Profile, *, seed: int = 0) -> list[str]:
+    """How the phantom cohort in ``out_dir`` differs from what ``profile`` would generate now with
+    its defaults (``"key: found -> now"``; empty when it matches or the folder holds no phantom),
+    e.g. a built-in cohort made before the profile gained unlabelled scans.
+
+    >>> import tempfile
+    >>> from sscild.profiles import get_profile
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     out = generate_cohort(Path(tmp) / "c", profile=get_profile("smoke"), n=8, unlabelled=0, progress=False)
+    ...     settings_changes(out, get_profile("smoke"))
+    ['unlabelled: None -> 2']
+    """
+    prof = require_profile(profile)
+    ds = Path(out_dir) / "dataset.json"
+    try:
+        found = read_json(ds).get("phantom") if ds.exists() else None
+    except (ValueError, OSError, AttributeError):
+        found = None
+    if not isinstance(found, dict):
+        return []
+    now = _settings(prof, prof.phantom_n, seed, Variety(), prof.phantom_unlabelled)
+    return [f"{k}: {found.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(found) | set(now)) if found.get(k) != now.get(k)]
 
 
 def _check_cohort_args(n, seed, workers) -> None:

@@ -162,9 +162,10 @@ def test_recorded_pretraining_comparison_is_whole():
     from sscild.analysis.arms import read_arms
     from sscild.paths import repo_root
 
-    df = read_arms(repo_root() / "benchmarks" / "study_pretrain_cv.csv")
-    assert df.groupby("arm", sort=False).size().tolist() == [40, 40]
-    assert list(dict.fromkeys(df["arm"]))[0].startswith("no unlabelled scans")
+    for name in ("study_pretrain_cv.csv", "study_pretrain_cv_seed1.csv"):
+        df = read_arms(repo_root() / "benchmarks" / name)
+        assert df.groupby("arm", sort=False).size().tolist() == [40, 40]
+        assert list(dict.fromkeys(df["arm"]))[0].startswith("no unlabelled scans")
 
 
 def test_interrupted_fold_is_not_resumed_from_other_starting_weights(tmp_path):

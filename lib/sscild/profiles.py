@@ -154,9 +154,9 @@ PROFILES: dict[str, Profile] = {
         # --variants); held-out Dice of folds 0-1 unchanged (paired, 10 patients: lesion +0.001,
         # EF 0.000, GGO -0.006, SD of the differences 0.013-0.019). float32 on other CPUs.
         cpu_bf16=True,
-        # 40 unlabelled synthetic patients and 1000 steps of pretraining on them: out-of-fold Dice
-        # against the same cohort without them (benchmarks/study_pretrain_cv.csv, 40 patients,
-        # paired): lesion +0.005 [-0.001, +0.016], EF +0.030 [+0.020, +0.043], GGO +0.010 [+0.001, +0.022].
+        # 40 unlabelled synthetic patients and 1000 steps of pretraining on them: out-of-fold EF Dice
+        # against the same cohort without them +0.030 [+0.020, +0.043] (seed 0) and +0.026 [+0.004, +0.055]
+        # (seed 1); GGO +0.010 / -0.005, lesion +0.005 / -0.007 (benchmarks/study_pretrain_cv*.csv, 40 patients, paired).
         phantom_unlabelled=40,
         pretrain_steps=1000,
     ),

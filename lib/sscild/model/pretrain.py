@@ -22,7 +22,6 @@ initialisation.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -31,8 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sscild.data.cache import cache_key
 from sscild.data.image import load_volume
-from sscild.data.preprocess import preprocess_volume
+from sscild.data.preprocess import normalise_hu, preprocess_volume
 from sscild.model.device import select_device
 from sscild.model.network import NUM_CLASSES, build_network
 from sscild.paths import RunPaths, atomic_path, read_json, write_json
@@ -102,22 +102,23 @@ def restoration_pretrain(next_batch: Callable[[np.random.Generator], torch.Tenso
     return state, summary
 
 
-def _file_sha1(path: Path) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def cohort_pretrain_key(p: Profile, scans: Mapping[str, Path]) -> dict:
-    """What the study's pretrained weights depend on: network, patch, steps, optimiser, seed,
-    preprocessing and the content of each unlabelled scan file."""
+    """What the study's pretrained weights depend on: network, patch, steps, optimiser, seed, and
+    each unlabelled scan's preprocessing cache key (its file's bytes and the preprocessing settings,
+    :func:`sscild.data.cache.cache_key`)."""
     return {"channels": list(p.channels), "strides": list(p.strides), "num_res_units": p.num_res_units,
             "norm": p.norm, "dropout": p.dropout, "patch_size": list(p.patch_size), "steps": int(p.pretrain_steps),
             "batch_size": p.batch_size, "learning_rate": p.learning_rate, "weight_decay": p.weight_decay,
-            "seed": p.seed, "target_spacing": list(p.target_spacing), "hu_clip": list(p.hu_clip),
-            "scans": {u: _file_sha1(Path(scans[u])) for u in sorted(scans)}}
+            "seed": p.seed, "scans": {u: cache_key(scans[u], None, p) for u in sorted(scans)}}
+
+
+def _crop(sl: np.ndarray, x0: int, y0: int, px: int, py: int) -> np.ndarray:
+    """The (px, py) window of the 2D slice ``sl`` from corner (x0, y0); outside the slice: air (-1)."""
+    out = np.full((px, py), -1.0, np.float32)
+    sx0, sy0 = max(x0, 0), max(y0, 0)
+    sx1, sy1 = min(x0 + px, sl.shape[0]), min(y0 + py, sl.shape[1])
+    out[sx0 - x0:sx1 - x0, sy0 - y0:sy1 - y0] = sl[sx0:sx1, sy0:sy1]
+    return out
 
 
 class PatchSource:
@@ -134,15 +135,13 @@ class PatchSource:
 
     def __call__(self, rng: np.random.Generator) -> torch.Tensor:
         px, py = self.patch
-        out = np.full((self.batch_size, 1, px, py), -1.0, np.float32)
+        out = np.empty((self.batch_size, 1, px, py), np.float32)
         for b in range(self.batch_size):
             vol = self.volumes[int(rng.integers(len(self.volumes)))]
             z = int(rng.integers(vol.shape[2]))
             x0 = int(rng.integers(-(px // 4), max(1, vol.shape[0] - px + px // 4)))
             y0 = int(rng.integers(-(py // 4), max(1, vol.shape[1] - py + py // 4)))
-            sx0, sy0 = max(x0, 0), max(y0, 0)
-            sx1, sy1 = min(x0 + px, vol.shape[0]), min(y0 + py, vol.shape[1])
-            out[b, 0, sx0 - x0:sx1 - x0, sy0 - y0:sy1 - y0] = vol[sx0:sx1, sy0:sy1, z]
+            out[b, 0] = _crop(vol[:, :, z], x0, y0, px, py)
         x = torch.from_numpy(out)
         if px == py:
             x = torch.rot90(x, int(rng.integers(4)), dims=(2, 3))
@@ -202,18 +201,14 @@ def restoration_example(state: dict, profile: Profile, scan: Path, *, seed: int 
     (x, y)), for a figure."""
     p = require_profile(profile)
     vol = np.asarray(preprocess_volume(load_volume(scan), None, profile=p, case_id=Path(scan).name).image, np.float32)
-    lo, hi = (float(v) for v in p.hu_clip)
-    lungish = (vol > (-950 - lo) / (hi - lo) * 2 - 1) & (vol < (-300 - lo) / (hi - lo) * 2 - 1)
+    lo, hi = normalise_hu(np.array([-950.0, -300.0]), p)  # lung parenchyma to ground glass, on the [-1, 1] scale
+    lungish = (vol > lo) & (vol < hi)
     z = int(np.argmax(lungish.sum(axis=(0, 1))))  # the level with the most lung-like voxels
     xs, ys = np.nonzero(lungish[:, :, z])
     rng = np.random.default_rng([seed, 7919])
     cx, cy = (int(xs.mean()), int(ys.mean())) if xs.size else (vol.shape[0] // 2, vol.shape[1] // 2)
     px, py = (int(v) for v in p.patch_size)
-    clean = np.full((px, py), -1.0, np.float32)
-    x0, y0 = cx - px // 2, cy - py // 2
-    sx0, sy0 = max(x0, 0), max(y0, 0)
-    sx1, sy1 = min(x0 + px, vol.shape[0]), min(y0 + py, vol.shape[1])
-    clean[sx0 - x0:sx1 - x0, sy0 - y0:sy1 - y0] = vol[sx0:sx1, sy0:sy1, z]
+    clean = _crop(vol[:, :, z], cx - px // 2, cy - py // 2, px, py)
     clean_t = torch.from_numpy(clean)[None, None]
     bad = corrupt(clean_t, rng)
     net = build_network(p, out_channels=NUM_CLASSES)

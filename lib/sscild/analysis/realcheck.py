@@ -1,5 +1,8 @@
 """The trained models on real CT without labels: does the network find the lungs?
 
+The scans are labelled exactly as ``sscild segment`` labels them (:func:`sscild.model.inference.segment_volume`,
+with its post-processing and its precision: bfloat16 on a CPU that computes it natively).
+
 Models trained on the synthetic cohort are offered for real scans (``sscild segment``), so the study
 checks them on real chest CT itself. Real scans here have no lesion labels, but their lungs can be
 found without any training by the classical rule of :func:`sscild.data.lungmask.lung_mask_by_threshold`
@@ -12,7 +15,9 @@ of the fold ensemble, after the usual post-processing) with that mask:
 * the voxels each side misses (``missed_ml``: in the classical lung, not in the network's;
   ``extra_ml``: the reverse), and the mean HU of the missed lung (low values point to emphysema);
 * the **lesion share**: EF and GGO as percent of the network's lung. These scans are not SSc
-  patients, so a high share is a false positive until a reader says otherwise.
+  patients, so a high share is a false positive until a reader says otherwise;
+* what ``sscild segment`` would say about trusting the answer: the share of the called lesion that
+  is uncertain and the quality-control flags (:mod:`sscild.clinic.qc`).
 
 Example: ``rows, views = real_lung_check(["chest-ct-1.nrrd"], "results/synthetic-cpu/cpu")``.
 """
@@ -24,11 +29,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sscild.clinic.qc import quality_control, uncertainty_summary
 from sscild.data.image import load_volume
 from sscild.data.lungmask import lung_mask_by_threshold
-from sscild.model.inference import keep_largest_lung_components, predict_preprocessed
+from sscild.model.inference import segment_volume
 from sscild.model.loading import load_ensemble
-from sscild.data.preprocess import preprocess_volume, restore_label
 from sscild.progress import Heartbeat
 
 __all__ = ["VOLUME_SUFFIXES", "list_volumes", "check_volume", "real_lung_check"]
@@ -56,14 +61,14 @@ def check_volume(path: str | Path, nets, profile, *, tta: bool = True) -> tuple[
 
     Returns:
         ``(row, view)``: the row of the result table and, for figures, ``hu``, ``label`` (network,
-        input grid), ``classical`` (bool), ``spacing`` and ``affine``.
+        input grid), ``classical`` (bool), ``spacing``, ``affine``, ``uncertainty`` and ``qc`` (the
+        quality-control measures and flags).
     """
     path = Path(path)
     vol = load_volume(path)
     hu = np.asarray(vol.array)
-    pre = preprocess_volume(vol, None, profile=profile, case_id=path.name)
-    lab = predict_preprocessed(nets, pre, tta=tta, batch_slices=profile.sw_batch_size, cpu_bf16=False)
-    lab = restore_label(keep_largest_lung_components(lab), pre.info)
+    res = segment_volume(vol, nets, profile, tta=tta, cpu_bf16=None, uncertainty=True, case_id=path.name)
+    lab = res.label
     spacing = tuple(float(v) for v in vol.spacing)
     classical = lung_mask_by_threshold(hu, spacing)
     net_lung = lab > 0
@@ -87,8 +92,13 @@ def check_volume(path: str | Path, nets, profile, *, tta: bool = True) -> tuple[
         "classical_low_attenuation_pct": round(100.0 * int((classical & (hu < -950)).sum())
                                                / max(int(classical.sum()), 1), 2),
     }
+    unc = uncertainty_summary(lab, res.uncertainty)
+    qc = quality_control(res, vol.affine, lung_ml=int(net_lung.sum()) * ml, profile=profile, slice_mm=spacing[2],
+                         uncertainty=unc)
+    row["uncertain_pct_of_lesion"] = unc["lesion"]["uncertain_pct"]
+    row["qc_flags"] = ", ".join(f["code"] for f in qc["flags"]) or "none"
     return row, {"hu": hu, "label": lab, "classical": classical, "spacing": spacing,
-                 "affine": np.asarray(vol.affine, dtype=float)}
+                 "affine": np.asarray(vol.affine, dtype=float), "uncertainty": res.uncertainty, "qc": qc}
 
 
 def real_lung_check(scans, models, *, tta: bool = True, device=None) -> tuple[pd.DataFrame, dict]:

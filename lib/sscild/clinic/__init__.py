@@ -1,6 +1,7 @@
 """Outputs for a clinician: one scan or a follow-up pair, in files a viewer opens.
 
 segment     segment one new scan: label map, volumes and extent stage, every output below
+qc          quality control of a segmented scan: flags, uncertainty summary, refusal
 figures     the overlay montage of a scan and the slice drawing it shares with the book
 zones       EF / GGO extent per lung zone (sides, thirds, peripheral band)
 viewer      3D Slicer .seg.nrrd, ITK-SNAP labels, DICOM Segmentation

@@ -22,7 +22,7 @@ from sscild.data.folds import read_splits
 from sscild.data.nifti_writer import save_volume
 from sscild.data.cache import load_cached
 from sscild.data.preprocess import restore_label
-from sscild.model.inference import keep_largest_lung_components, predict_preprocessed
+from sscild.model.inference import POSTPROCESS_RULE, postprocess_labels, predict_preprocessed
 from sscild.model.loading import load_fold_model
 from sscild.paths import RunPaths, read_json, write_json
 from sscild.progress import Heartbeat
@@ -54,13 +54,13 @@ def predict_oof(run: RunPaths, *, tta: bool | None = None, postprocess: bool = T
 
     Writes ``run.predictions/<case>.nii.gz`` (uint8 labels, the input image's shape and affine) and
     ``run.predictions/manifest.json`` (per case: fold, model file and its SHA-256, the case's cache
-    key, TTA, post-processing). A case whose file exists and whose manifest entry matches is not
-    predicted again.
+    key, TTA, the post-processing rule). A case whose file exists and whose manifest entry matches is
+    not predicted again.
 
     Args:
         run: the run folder; ``splits.json``, the cache and every ``fold_<k>/model_final.pt`` must exist.
         tta: flip test-time augmentation; ``None`` uses the model's profile (``tta_flips``).
-        postprocess: apply :func:`keep_largest_lung_components`.
+        postprocess: apply :func:`sscild.model.inference.postprocess_labels`.
         device: torch device.
         progress: tqdm bars.
 
@@ -84,6 +84,7 @@ def predict_oof(run: RunPaths, *, tta: bool | None = None, postprocess: bool = T
     if missing:
         raise FileNotFoundError(f"{run.root}: no model_final.pt for fold(s) {missing}: fold {missing[0]} is not "
                                 "trained. Train every fold first (`make train`).")
+    rule = POSTPROCESS_RULE if postprocess else "none"  # a changed rule predicts every case again
     written = []
     beat = Heartbeat("out-of-fold prediction", total=sum(len(s["val"]) for s in splits), unit="case", every=20.0)
     n_done = 0
@@ -97,7 +98,7 @@ def predict_oof(run: RunPaths, *, tta: bool | None = None, postprocess: bool = T
             return ((out_dir / f"{cid}.nii.gz").exists() and entry is not None
                     and entry.get("model_sha256") == digest and entry.get("fold") == fold
                     and entry.get("cache_key") == _cache_key(run, cid)
-                    and entry.get("postprocess") == bool(postprocess) and (tta is None or entry.get("tta") == tta))
+                    and entry.get("postprocess") == rule and (tta is None or entry.get("tta") == tta))
 
         todo = [c for c in val if not current(c)]
         written += [out_dir / f"{c}.nii.gz" for c in val]
@@ -115,11 +116,11 @@ def predict_oof(run: RunPaths, *, tta: bool | None = None, postprocess: bool = T
             lab = predict_preprocessed([net], pre, tta=use_tta, batch_slices=meta["profile"].sw_batch_size,
                                        device=device, cpu_bf16=False, progress=progress, desc=f"fold {fold} {cid}")
             if postprocess:
-                lab = keep_largest_lung_components(lab)
+                lab, _ = postprocess_labels(lab, pre, meta["profile"])
             restored = restore_label(lab, pre.info)
             save_volume(out_dir / f"{cid}.nii.gz", restored, np.asarray(pre.info["original_affine"]), dtype=np.uint8)
             cases[cid] = {"fold": fold, "model": str(model_path.relative_to(run.root)), "model_sha256": digest,
-                          "cache_key": _cache_key(run, cid), "tta": bool(use_tta), "postprocess": bool(postprocess)}
+                          "cache_key": _cache_key(run, cid), "tta": bool(use_tta), "postprocess": rule}
             write_json(manifest_path, manifest)
             n_done += 1
             beat.update(n_done)

@@ -117,3 +117,56 @@ def test_same_seed_same_batch_other_seed_other_batch():
 def test_bad_settings_are_refused_up_front(kwargs, match):
     with pytest.raises(ValueError, match=match):
         BatchAugment(**kwargs)
+
+
+def _hu_ramp():
+    """Every HU from -1024 to +600 in one row, normalised like the cpu profile (-1024..600 -> -1..1)."""
+    hu = torch.arange(-1024.0, 601.0)
+    return hu, ((hu + 1024.0) / 812.0 - 1.0).view(1, 1, 1, -1)
+
+
+def test_lung_density_darkens_the_parenchyma_band_only_and_keeps_the_order():
+    hu, img = _hu_ramp()
+    aug = BatchAugment(**OFF, density_prob=1.0, density_hu=(-110.0, -110.0))
+    out, _ = aug(img, torch.zeros_like(img).long(), seed=0)
+    back = (out.view(-1) + 1.0) * 812.0 - 1024.0
+    at = lambda v: float(back[int(v + 1024)])  # noqa: E731
+    assert at(-1024) == pytest.approx(-1024, abs=1e-3) and at(-1000) == pytest.approx(-1000, abs=1e-3)
+    assert at(-880) == pytest.approx(-990, abs=0.1)          # a -880 HU lung becomes about -990 HU
+    for v in (-700, -600, -300, 0, 40, 600):                  # ground glass, vessels, tissue, bone: untouched
+        assert at(v) == pytest.approx(v, abs=1e-3)
+    assert bool((back.diff() >= -1e-3).all())                 # monotonic: no two intensities swap
+    with pytest.raises(ValueError, match="density_hu"):
+        BatchAugment(density_hu=(-200.0, 0.0))
+
+
+def test_lung_density_can_spare_the_lesions():
+    hu, img = _hu_ramp()
+    img = img.expand(1, 1, 40, -1).clone()
+    lab = torch.zeros_like(img).long()
+    lab[:, :, :20] = 3                                        # upper half GGO, lower half normal
+    aug = BatchAugment(**OFF, density_prob=1.0, density_hu=(-100.0, -100.0), density_spare_lesions=True)
+    out, olab = aug(img, lab, seed=0)
+    i880 = int(-880 + 1024)
+    assert torch.equal(olab, lab)
+    assert float(out[0, 0, 2, i880] - img[0, 0, 2, i880]) == pytest.approx(0.0, abs=1e-4)      # inside the lesion
+    assert float((out[0, 0, 38, i880] - img[0, 0, 38, i880]) * 812) == pytest.approx(-100, abs=0.5)  # far from it
+
+
+def test_sharp_kernel_adds_edges_and_fine_noise():
+    img = torch.zeros(2, 1, 32, 32)
+    img[:, :, :, 16:] = 0.5
+    aug = BatchAugment(**OFF, kernel_prob=1.0, kernel_noise=(0.05, 0.05))
+    out, _ = aug(img, torch.zeros_like(img).long(), seed=0)
+    flat = out[:, :, :, 2:10] - img[:, :, :, 2:10]
+    assert 0.03 < float(flat.std()) < 0.07                   # the noise, away from the edge
+    assert float(out[:, :, :, 16].mean()) > 0.5 + 0.02       # overshoot on the bright side of the edge
+
+
+def test_new_transforms_off_draw_exactly_as_before():
+    """Profiles without the density and kernel transforms get the same batches as before they existed."""
+    img = torch.rand(4, 1, 16, 16)
+    lab = (img > 0.5).long()
+    a, la = BatchAugment()(img, lab, seed=7)
+    b, lb = BatchAugment(density_prob=0.0, kernel_prob=0.0, density_hu=(-50.0, 0.0))(img, lab, seed=7)
+    assert torch.equal(a, b) and torch.equal(la, lb)

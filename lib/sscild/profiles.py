@@ -37,6 +37,9 @@ class Profile:
     phantom_unlabelled: int = 0
     """Extra synthetic patients written without labels to the cohort's ``unlabelledTr/`` (other
     patients than the labelled ones), so the built-in cohort exercises learning from unlabelled scans."""
+    phantom_controls: int = 0
+    """Extra synthetic patients *without* lung disease written to the cohort's ``controlsTs/``: never
+    trained on, scored with the fold ensemble for false lesions (healthy lung must stay healthy)."""
     # --- cross-validation ------------------------------------------------------------------
     num_folds: int = 8
     seed: int = 0
@@ -63,6 +66,20 @@ class Profile:
     gamma (contrast) change, for images windowed differently from one source to the next; ``"nnunet"``:
     the strong changes plus nnU-Net's Gaussian blur and low-resolution simulation, and wider rotation
     (+-20 degrees) and scaling (+-25 %) (:func:`sscild.model.augment.augment_for_profile`)."""
+    lung_density_aug: float = 0.0
+    """Probability of the lung-density transform per training patch (:mod:`sscild.model.augment`: the
+    parenchyma band, -1000 to -700 HU, shifted by a draw from ``lung_density_hu`` while ground glass,
+    vessels, denser tissue and every voxel labelled EF or GGO (with a 2-pixel fade) stay put), so lung
+    darker than the training cohort's (deep inspiration, emphysema) is still found; 0: off."""
+    lung_density_hu: tuple[float, float] = (-110.0, 0.0)
+    """Range of that shift in HU (within -120..+150)."""
+    kernel_aug: float = 0.0
+    """Probability of the sharp-kernel transform per training patch (:mod:`sscild.model.augment`: edge
+    overshoot and fine-grained noise of a lung reconstruction kernel, up to about 80 HU); 0: off."""
+    lowres_aug: float = 0.0
+    """Probability of nnU-Net's low-resolution simulation per training patch (down to half the size
+    and back), for scans reconstructed with larger pixels; 0: off (the ``"nnunet"`` intensity
+    augmentation has its own)."""
     deep_supervision: int = 0
     """Auxiliary outputs on this many decoder levels below the output, trained against the label at
     their size (nnU-Net's deep supervision, :mod:`sscild.model.deepsup`); 0: off. Training only."""
@@ -133,6 +150,7 @@ PROFILES: dict[str, Profile] = {
         log_every=5,
         tta_flips=False,
         phantom_unlabelled=2,
+        phantom_controls=1,
         pretrain_steps=10,
     ),
     "cpu": Profile(
@@ -159,6 +177,9 @@ PROFILES: dict[str, Profile] = {
         # (seed 1); GGO +0.010 / -0.005, lesion +0.005 / -0.007 (benchmarks/study_pretrain_cv*.csv, 40 patients, paired).
         phantom_unlabelled=40,
         pretrain_steps=1000,
+        # 8 patients without lung disease, scored for false lesions (Segmentation chapter)
+        phantom_controls=8,
+
     ),
     "paper": Profile(
         name="paper",
@@ -178,6 +199,7 @@ PROFILES: dict[str, Profile] = {
         sw_batch_size=32,
         tta_flips=True,
         phantom_unlabelled=40,
+        phantom_controls=8,
         pretrain_steps=5000,  # not measured on a GPU: a fifth of the training budget
     ),
 }

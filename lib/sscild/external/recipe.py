@@ -64,6 +64,7 @@ def _base_overrides() -> dict:
         # the study's settings for a cohort's unlabelled scans do not apply to image folders: the external
         # check pretrains with extra["pretrain_steps"] (sscild.external.pretrain)
         phantom_unlabelled=0,
+        phantom_controls=0,
         semi_supervised="off",
         pretrain_steps=0,
     )
@@ -83,7 +84,7 @@ def _make_profiles() -> dict[str, Profile]:
     smoke = get_profile("smoke").with_overrides(
         name="external-smoke", channels=(8, 16, 32), strides=(2, 2), num_res_units=1, patch_size=(64, 64),
         batch_size=4, iterations=6, num_folds=5, seed=0, checkpoint_every=6, log_every=3, tta_flips=False,
-        lesion_oversample=0.5, phantom_unlabelled=0, semi_supervised="off", pretrain_steps=0,
+        lesion_oversample=0.5, phantom_unlabelled=0, phantom_controls=0, semi_supervised="off", pretrain_steps=0,
         extra={"grid_size": 64, "rotations": True, "tta": "flip", "semi": "fine-tune",
                "student_iterations": 3, "test_ensemble": True, "pretrain_steps": 4})
     # a larger budget for a GPU (mixed precision); not tuned: its settings scale the cpu recipe up, and it keeps the

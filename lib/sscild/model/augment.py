@@ -9,7 +9,15 @@ worker or the main process). The operations run on the whole batch at once: a fl
 per-sample broadcasts. No per-sample Python loop runs on the hot path.
 
 Spatial transforms move image and label together (bilinear for the image, nearest for the label,
-so labels stay integers); intensity transforms touch the image only. The default settings are the
+so labels stay integers); intensity transforms touch the image only.
+
+**Lung density.** Deep inspiration and emphysema make the same lung darker, from about -850 HU down to
+-950 HU and below, while the lesions stay dense. The density transform shifts the parenchyma band by
+``delta`` HU: voxels between -1000 and -700 HU move by ``delta * w``, where ``w`` rises linearly from 0
+at -1000 HU to 1 at -880 HU and falls back to 0 from -850 to -700 HU. Air, ground glass, vessels and
+everything denser stay put, the order of intensities is kept (the map is monotonic for ``delta``
+between -120 and +150 HU), and a -880 HU lung becomes anything down to about -990 HU: lung that is
+darker than the training cohort's is still lung. The default settings are the
 ones the study has always trained with (:attr:`BatchAugment.light`):
 
 ================================  ===========  ==================================================
@@ -20,6 +28,8 @@ flip along y (antero-posterior)   0.2
 rotation and isotropic scaling    0.3          +-15 degrees, scale 0.85-1.15 (border padding)
 intensity shift                   0.3          +-``intensity`` (normalised units)
 intensity scale                   0.3          x (1 +- ``intensity``)
+lung density, optional            ``density_prob``  parenchyma shifted by ``density_hu``
+sharp kernel, optional            ``kernel_prob``   edge overshoot x 0.3-1.0 and high-pass noise of sd ``kernel_noise``
 gamma (contrast), optional        ``gamma_prob``  gamma 0.7-1.5 on the patch's own range
 Gaussian blur, optional           ``blur_prob``   sigma 0.5-1.0 px
 low-resolution simulation, opt.   ``lowres_prob`` down to 0.5-1.0 of the size and back
@@ -53,6 +63,10 @@ class _Draw:
     flip_x: np.ndarray
     flip_y: np.ndarray
     rot90: np.ndarray
+    density: np.ndarray
+    kernel: np.ndarray
+    kernel_amount: np.ndarray
+    kernel_sd: np.ndarray
     affine: np.ndarray          # bool: sample gets rotation+scaling
     angle: np.ndarray
     zoom: np.ndarray
@@ -91,6 +105,16 @@ class BatchAugment:
         lowres_prob: probability of down-sampling to a factor in ``lowres_range`` and back (nnU-Net's
             low-resolution simulation).
         noise_prob: probability of additive Gaussian noise of standard deviation ``noise_std``.
+        density_prob: probability of the lung-density transform (module docstring), with the shift
+            drawn uniformly from ``density_hu`` (HU; within [-120, 150] so the map stays monotonic).
+        density_spare_lesions: leave the lesions (labels 2, 3) and a 2-pixel fade around them unshifted,
+            so only normal lung turns darker (inspiration, emphysema) and EF and GGO keep their look.
+        kernel_prob: probability of the sharp-kernel transform: the difference between the patch and its
+            Gaussian blur (sigma 1 pixel) added 0.3-1.0 times (edge overshoot), then the high-pass part
+            of white noise with standard deviation drawn from ``kernel_noise`` (normalised units), the
+            fine-grained noise of a lung (sharp) reconstruction kernel.
+        hu_clip: the HU window the images were normalised with (onto [-1, 1]); the density transform
+            works in HU.
 
     All arguments are keyword-only and validated when the object is made.
     """
@@ -99,7 +123,10 @@ class BatchAugment:
                  rotate_deg: float = 15.0, zoom: float = 0.15, shift_prob: float = 0.3, scale_prob: float = 0.3,
                  intensity: float = 0.05, gamma_prob: float = 0.0, gamma_range=(0.7, 1.5), blur_prob: float = 0.0,
                  blur_sigma=(0.5, 1.0), lowres_prob: float = 0.0, lowres_range=(0.5, 1.0),
-                 noise_prob: float = 0.2, noise_std: float = 0.03):
+                 noise_prob: float = 0.2, noise_std: float = 0.03, density_prob: float = 0.0,
+                 density_hu=(-110.0, 0.0), density_spare_lesions: bool = False, kernel_prob: float = 0.0,
+                 kernel_noise=(0.01, 0.06),
+                 hu_clip=(-1024.0, 600.0)):
         if len(flip_prob) != 2:
             raise ValueError(f"flip_prob needs two probabilities (x, y), got {flip_prob!r}")
         self.flip_prob = tuple(_prob("flip_prob", v) for v in flip_prob)
@@ -130,6 +157,19 @@ class BatchAugment:
         if noise_std < 0:
             raise ValueError(f"noise_std must be >= 0, got {noise_std}")
         self.noise_std = float(noise_std)
+        self.density_prob = _prob("density_prob", density_prob)
+        self.density_hu = tuple(float(v) for v in density_hu)
+        if not (len(self.density_hu) == 2 and -120.0 <= self.density_hu[0] <= self.density_hu[1] <= 150.0):
+            raise ValueError(f"density_hu must be (low, high) with -120 <= low <= high <= 150 HU, got {density_hu!r}")
+        self.density_spare_lesions = density_spare_lesions if density_spare_lesions == "patches" \
+            else bool(density_spare_lesions)
+        self.kernel_prob = _prob("kernel_prob", kernel_prob)
+        self.kernel_noise = tuple(float(v) for v in kernel_noise)
+        if not (len(self.kernel_noise) == 2 and 0 <= self.kernel_noise[0] <= self.kernel_noise[1]):
+            raise ValueError(f"kernel_noise must be (low, high) with 0 <= low <= high, got {kernel_noise!r}")
+        self.hu_clip = tuple(float(v) for v in hu_clip)
+        if not (len(self.hu_clip) == 2 and self.hu_clip[0] < -1000.0 + 1e-6 and self.hu_clip[1] > 40.0):
+            raise ValueError(f"hu_clip must be (low, high) with low <= -1000 and high > 40 HU, got {hu_clip!r}")
 
     # ---- randomness: every draw of one batch from one numpy generator ------------------------
     def draw(self, rng: np.random.Generator, batch_size: int) -> _Draw:
@@ -152,6 +192,12 @@ class BatchAugment:
             lowres_zoom=u(*self.lowres_range),
             noise=rng.random(b) < self.noise_prob,
             noise_seed=int(rng.integers(2**62)),
+            # drawn last, so profiles without it draw everything else exactly as before
+            density=(np.where(rng.random(b) < self.density_prob, u(*self.density_hu), 0.0)
+                     if self.density_prob > 0 else np.zeros(b)),
+            kernel=(rng.random(b) < self.kernel_prob) if self.kernel_prob > 0 else np.zeros(b, bool),
+            kernel_amount=u(0.3, 1.0) if self.kernel_prob > 0 else np.zeros(b),
+            kernel_sd=u(*self.kernel_noise) if self.kernel_prob > 0 else np.zeros(b),
         )
 
     def __call__(self, image: torch.Tensor, label: torch.Tensor, *, seed: int):
@@ -194,12 +240,14 @@ class BatchAugment:
                                                           align_corners=False))
             lab_f = F.grid_sample(label[ii].float(), grid, mode="nearest", padding_mode="border", align_corners=False)
             label = label.index_copy(0, ii, lab_f.to(lab_dtype))
-        image = self._intensity(image, d, mask)
+        image = self._intensity(image, d, mask, label)
         return image, label
 
-    def _intensity(self, image: torch.Tensor, d: _Draw, mask) -> torch.Tensor:
+    def _intensity(self, image: torch.Tensor, d: _Draw, mask, label: torch.Tensor | None = None) -> torch.Tensor:
         dev = image.device
         vec = lambda a: torch.as_tensor(a, dtype=image.dtype, device=dev).view(-1, 1, 1, 1)  # noqa: E731
+        if (d.density != 0.0).any():
+            image = self._density(image, vec(d.density), label if self.density_spare_lesions else None)
         if (d.scale != 1.0).any():
             image = image * vec(d.scale)
         if (d.shift != 0.0).any():
@@ -208,6 +256,10 @@ class BatchAugment:
             lo = image.amin((1, 2, 3), keepdim=True)
             rng = (image.amax((1, 2, 3), keepdim=True) - lo).clamp_min(1e-6)
             image = ((image - lo) / rng).clamp_min(0).pow(vec(d.gamma)) * rng + lo
+        idx = np.flatnonzero(d.kernel)
+        if idx.size:
+            ii = torch.as_tensor(idx, device=dev)
+            image = image.index_copy(0, ii, self._sharp_kernel(image[ii], d, idx))
         idx = np.flatnonzero(d.blur)
         if idx.size:
             ii = torch.as_tensor(idx, device=dev)
@@ -228,6 +280,35 @@ class BatchAugment:
         return image
 
 
+    def _sharp_kernel(self, x: torch.Tensor, d: _Draw, idx: np.ndarray) -> torch.Tensor:
+        """Edge overshoot and high-pass noise of a sharp reconstruction kernel, on the samples ``idx``."""
+        dev, dt = x.device, x.dtype
+        vec = lambda a: torch.as_tensor(a, dtype=dt, device=dev).view(-1, 1, 1, 1)  # noqa: E731
+        ones = np.ones(len(idx))
+        x = x + vec(d.kernel_amount[idx]) * (x - _gaussian_blur(x, ones))
+        g = torch.Generator(device=dev).manual_seed(d.noise_seed + 1)
+        white = torch.randn(x.shape, generator=g, device=dev, dtype=dt)
+        hp = white - _gaussian_blur(white, 0.8 * ones)
+        hp = hp / hp.std(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
+        return x + vec(d.kernel_sd[idx]) * hp
+
+    def _density(self, image: torch.Tensor, delta: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
+        """The parenchyma band shifted by ``delta`` HU per sample (module docstring); with ``label``, lesion
+        voxels (labels 2 and 3) and their surroundings (a 2-pixel Gaussian fade) are spared."""
+        lo, hi = self.hu_clip
+        hu = (image + 1.0) * (0.5 * (hi - lo)) + lo
+        w = ((hu + 1000.0) / 120.0).clamp(0.0, 1.0) * ((-700.0 - hu) / 150.0).clamp(0.0, 1.0)
+        if label is not None:
+            if self.density_spare_lesions == "patches":   # only patches without any lesion
+                clean = (label <= 1).flatten(1).all(1).to(image.dtype).view(-1, 1, 1, 1)
+                w = w * clean
+            else:
+                keep = (label <= 1).to(image.dtype)
+                keep = _gaussian_blur(keep, np.full(keep.shape[0], 2.0)).clamp(0.0, 1.0)
+                w = w * keep
+        return image + delta * w / (0.5 * (hi - lo))
+
+
 def _gaussian_blur(x: torch.Tensor, sigmas: np.ndarray) -> torch.Tensor:
     """Separable Gaussian blur, one sigma per sample (grouped convolution over the batch)."""
     radius = int(math.ceil(3 * float(np.max(sigmas))))
@@ -246,13 +327,17 @@ def _gaussian_blur(x: torch.Tensor, sigmas: np.ndarray) -> torch.Tensor:
 def augment_for_profile(profile) -> BatchAugment:
     """The augmentation a profile trains with (``profile.intensity_aug``: ``"light"``, ``"strong"`` or
     ``"nnunet"``; the last adds nnU-Net's blur, low-resolution simulation and gamma to the strong
-    intensity changes, and widens the rotation and scaling)."""
+    intensity changes, and widens the rotation and scaling), plus the lung-density transform with
+    probability ``profile.lung_density_aug``."""
     kind = profile.intensity_aug
     if kind not in ("light", "strong", "nnunet"):
         raise ValueError(f"intensity_aug must be 'light', 'strong' or 'nnunet', got {kind!r}")
+    density = dict(density_prob=profile.lung_density_aug, density_hu=profile.lung_density_hu,
+                   density_spare_lesions=profile.extra.get("density_spare", True),
+                   kernel_prob=profile.kernel_aug, hu_clip=profile.hu_clip)
     if kind == "strong":
-        return BatchAugment(intensity=0.15, gamma_prob=0.3)
+        return BatchAugment(intensity=0.15, gamma_prob=0.3, **density)
     if kind == "nnunet":
         return BatchAugment(affine_prob=0.4, rotate_deg=20.0, zoom=0.25, intensity=0.15, gamma_prob=0.3,
-                            blur_prob=0.2, lowres_prob=0.25, noise_prob=0.15)
-    return BatchAugment()
+                            blur_prob=0.2, lowres_prob=0.25, noise_prob=0.15, **density)
+    return BatchAugment(lowres_prob=profile.lowres_aug, **density)

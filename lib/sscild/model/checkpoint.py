@@ -32,6 +32,7 @@ __all__ = ["RECIPE_KEYS", "training_recipe", "recipe_diff", "save_checkpoint", "
 
 RECIPE_KEYS = ("spatial_dims", "channels", "strides", "num_res_units", "dropout", "norm", "patch_size",
                "iterations", "batch_size", "learning_rate", "weight_decay", "batch_dice", "intensity_aug",
+               "lung_density_aug", "lung_density_hu", "kernel_aug", "lowres_aug",
                "optimizer", "deep_supervision", "lesion_oversample", "cpu_bf16", "channels_last",
                "seed", "target_spacing", "hu_clip")
 """Profile settings that change what training produces; a fold trained with others is stale."""
@@ -45,8 +46,30 @@ def training_recipe(p: Profile, iterations: int | None = None) -> dict:
 
 
 def recipe_diff(saved: dict, now: dict) -> list[str]:
-    """``"key: saved -> now"`` for every recipe setting recorded in ``saved`` that differs in ``now``."""
-    return [f"{k}: {saved[k]!r} -> {now[k]!r}" for k in RECIPE_KEYS if k in saved and saved[k] != now[k]]
+    """``"key: saved -> now"`` for every recipe setting in which ``saved`` differs from ``now``.
+
+    A setting ``saved`` does not record was added to the recipe after it was written; it was trained
+    with that setting's default (the :class:`~sscild.profiles.Profile` field's), so a later profile
+    that changes it still finds the old fold stale.
+    """
+    out = []
+    for k in RECIPE_KEYS:
+        if k not in now:
+            continue
+        if k in saved:
+            old = saved[k]
+        elif k in _NEW_KEY_DEFAULTS:
+            old = _NEW_KEY_DEFAULTS[k]
+        else:
+            continue
+        if old != now[k]:
+            out.append(f"{k}: {old!r} -> {now[k]!r}")
+    return out
+
+
+_NEW_KEY_DEFAULTS = {"lung_density_aug": 0.0, "lung_density_hu": [-110.0, 0.0], "kernel_aug": 0.0,
+                     "lowres_aug": 0.0}
+"""Recipe settings added after recipes were first recorded, with the value every older recipe had."""
 
 
 def save_checkpoint(path: Path, net, opt, sched, scaler, *, step: int, history: list, epochs: list, recipe: dict,

@@ -289,6 +289,41 @@ png = figure(segplots.baseline_comparison(df), "seg_baseline", run.figures, capt
     "lesion extent; points on the dashed line are exact."))
 
 # %% [markdown]
+# ## Healthy lung stays healthy: false lesions on controls
+#
+# Dice is computed on patients who have disease, so it cannot show what the models do to a lung that
+# has none. The cohort's **controls** (`controlsTs/`) are extra patients without EF or GGO: on the
+# synthetic cohort, phantom patients drawn like the others (anatomy, inspiration, emphysema, scanner)
+# and then given no lung disease. They are not part of the cross-validation and no fold was trained
+# on them, so the whole fold ensemble labels each, exactly as `sscild segment` would label a new scan.
+# Every voxel it calls EF or GGO there is a false lesion. The aim is at most 1 % of the lung.
+
+# %%
+from sscild.model.controls import control_maps, score_controls
+
+controls = score_controls(run, progress=False)
+summary["controls"] = evsum.controls_summary(controls)
+summary_path = write_json(run.segmentation_summary, summary)
+if controls.empty:
+    display(Markdown(":::{note}\nThis cohort has no controls (`controlsTs/`), so false lesions on healthy lungs "
+                     "were not measured here. Put CT scans of patients without lung disease there as "
+                     "`<id>_0000.nii.gz` (no labels needed) to measure them.\n:::"))
+else:
+    show(ch.controls_table(controls), caption=f"False lesion on {len(controls)} {kind} controls without lung "
+         "disease, labelled by the fold ensemble: volumes (mL) and % of the lung; the share of the false lesion "
+         "that is uncertain; the largest connected false lesion")
+    display(Markdown(ch.controls_words(summary["controls"], synthetic=info["synthetic"])))
+
+# %%
+if not controls.empty:
+    worst = summary["controls"]["worst"]
+    vol, lab, unc = control_maps(run, worst)
+    png = figure(ch.control_figure(vol, lab, unc, worst), "seg_controls", run.figures, caption=(
+        f"The control with the most false lesion ({worst}): the ensemble's labels (top) and its uncertainty "
+        f"(bottom, percent; 50 is an even split between two classes) on four axial slices and one coronal "
+        f"({plots.window_text()}). Any EF (vermillion) or GGO (yellow) here is false."))
+
+# %% [markdown]
 # ## Applying the models to a new scan
 #
 # `sscild segment SCAN --out DIR` (NIfTI, NRRD or a folder holding one DICOM series) runs the

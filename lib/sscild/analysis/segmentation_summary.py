@@ -27,7 +27,8 @@ from sscild.evaluation.metrics import CI_METHOD, summarize
 from sscild.evaluation.agreement import ICC_FORM, bland_altman, icc
 from sscild.evaluation.agreement import bland_altman_regression, paired_difference
 
-__all__ = ["agreement", "summary_dict", "network_scores", "paired_baseline_difference", "per_fold_table"]
+__all__ = ["CONTROL_AIM_PCT", "controls_summary", "agreement", "summary_dict", "network_scores",
+           "paired_baseline_difference", "per_fold_table"]
 
 
 def _clean(d: dict) -> dict:
@@ -162,6 +163,37 @@ def summary_dict(df: pd.DataFrame, cohort_name: str, synthetic: bool, profile: s
             "postprocess": POSTPROCESS_RULE if settings.get("postprocess") is True else settings.get("postprocess"),
         },
     }
+
+
+CONTROL_AIM_PCT = 1.0
+"""Aim for false lesion on patients without lung disease: at most this percent of the lung."""
+
+
+def controls_summary(table: pd.DataFrame) -> dict:
+    """False lesion on the controls (:func:`sscild.model.controls.score_controls`' table) for the summary JSON.
+
+    ``n``; mean, median and largest false lesion in mL and in % of the lung, for lesion, EF and GGO;
+    how many controls stay within :data:`CONTROL_AIM_PCT`; the share of the false lesion that is
+    uncertain (mean over controls that have any). ``{"n": 0}`` without controls.
+
+    >>> t = pd.DataFrame({"control": ["a", "b"], "lung_ml": [4000, 5000], "ef_ml": [4, 0], "ggo_ml": [8, 5],
+    ...                   "lesion_ml": [12, 5], "ef_pct": [0.1, 0], "ggo_pct": [0.2, 0.1], "lesion_pct": [0.3, 0.1],
+    ...                   "lesion_uncertain_pct": [80, 60], "largest_lesion_ml": [3, 5]})
+    >>> d = controls_summary(t); d["n"], d["lesion_pct"]["max"], d["within_aim"]
+    (2, 0.3, 2)
+    """
+    if table is None or len(table) == 0:
+        return {"n": 0}
+    out = {"n": int(len(table)), "aim_pct": CONTROL_AIM_PCT,
+           "within_aim": int((table["lesion_pct"] <= CONTROL_AIM_PCT).sum())}
+    for col in ("lesion_pct", "ef_pct", "ggo_pct", "lesion_ml", "largest_lesion_ml"):
+        v = table[col].astype(float)
+        out[col] = {"mean": round(float(v.mean()), 3), "median": round(float(v.median()), 3),
+                    "max": round(float(v.max()), 3)}
+    u = table["lesion_uncertain_pct"].astype(float).dropna()
+    out["lesion_uncertain_pct_mean"] = round(float(u.mean()), 1) if len(u) else None
+    out["worst"] = str(table.loc[table["lesion_pct"].astype(float).idxmax(), "control"])
+    return out
 
 
 def network_scores(df: pd.DataFrame, *, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:

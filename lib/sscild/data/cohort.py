@@ -8,6 +8,8 @@ A cohort folder is the nnU-Net v2 raw layout plus a clinical table (see ``DESIGN
     <cohort>/clinical.csv                    case_id, age, sex, ..., fvc_pct, fev1_pct, fev1_fvc, dlco_pct
     <cohort>/unlabelledTr/<id>_0000<ending>  optional: CT in HU without labels, for semi-supervised
                                              training only (never scored, never in the clinical table)
+    <cohort>/controlsTs/<id>_0000<ending>    optional: CT in HU of patients without lung disease, never
+                                             trained on; every lesion the models call there is false
 
 The label names of ``dataset.json`` are given study roles by :mod:`sscild.data.labels`; the clinical
 table is read by :mod:`sscild.data.clinical_table`. :func:`load_cohort` refuses only a folder that
@@ -37,7 +39,7 @@ from sscild.data.clinical_table import read_clinical
 from sscild.data.image import NIFTI_SUFFIXES, SITK_SUFFIXES, Volume, load_volume
 from sscild.data.labels import label_counts, label_map_from_env, resolve_label_map
 from sscild.data.names import normalise_name
-from sscild.data.validation_report import UNLABELLED_DIR, Problem, ValidationReport
+from sscild.data.validation_report import CONTROLS_DIR, UNLABELLED_DIR, Problem, ValidationReport
 from sscild.errors import CohortError
 
 __all__ = [
@@ -48,7 +50,14 @@ __all__ = [
     "read_case",
     "check_structure",
     "relative_name",
+    "UNLABELLED_FOLDER",
+    "CONTROLS_FOLDER",
 ]
+
+UNLABELLED_FOLDER = "unlabelledTr"
+"""Folder of CT scans without labels (semi-supervised training only)."""
+CONTROLS_FOLDER = "controlsTs"
+"""Folder of CT scans of patients without lung disease (scored for false lesions, never trained on)."""
 
 
 @dataclass
@@ -76,6 +85,8 @@ class Cohort:
         label_map: label-file value -> study role value (0..3).
         unlabelled: id -> CT file of each scan in ``unlabelledTr/`` (empty when there is none);
             for semi-supervised training only.
+        controls: id -> CT file of each scan in ``controlsTs/``: patients without lung disease, never
+            trained on, scored with the fold ensemble for false lesions (empty when there is none).
     """
 
     root: Path
@@ -86,6 +97,7 @@ class Cohort:
     synthetic: bool
     label_map: dict[int, int]
     unlabelled: dict[str, Path] = field(default_factory=dict)
+    controls: dict[str, Path] = field(default_factory=dict)
 
     @property
     def case_ids(self) -> list[str]:
@@ -163,6 +175,7 @@ class CohortLayout:
     labels: dict[str, Path]
     unlabelled: dict[str, Path] = field(default_factory=dict)  # id -> unlabelledTr/<id>_0000<ending>
     unlabelled_present: bool = False
+    controls: dict[str, Path] = field(default_factory=dict)  # id -> controlsTs/<id>_0000<ending>
 
 
 def _guess_ending(folder: Path) -> str:
@@ -212,31 +225,43 @@ def _discover(root: Path, dataset: dict | None, report: ValidationReport | None)
                  severity="warning")
             continue
         labels[f.name[: -len(ending)]] = f
-    unl_dir = root / "unlabelledTr"
-    unlabelled: dict[str, Path] = {}
-    for f in _visible_files(unl_dir):
+    unlabelled = _image_only_folder(root, UNLABELLED_FOLDER, UNLABELLED_DIR, pattern, ending, note)
+    controls = _image_only_folder(root, CONTROLS_FOLDER, CONTROLS_DIR, pattern, ending, note)
+    return CohortLayout(ending, n_channels, dict(images), labels, unlabelled, (root / UNLABELLED_FOLDER).is_dir(),
+                        controls)
+
+
+def _image_only_folder(root: Path, folder: str, key: str, pattern, ending: str, note) -> dict[str, Path]:
+    """The scans of a folder that holds CT images only (``unlabelledTr/``, ``controlsTs/``): id -> file.
+
+    A subfolder or a file named like a label is an error (a label would be lost there); a file that
+    does not follow ``<id>_0000<ending>`` is ignored with a warning; an existing but empty folder is
+    an error.
+    """
+    what = {UNLABELLED_DIR: "unlabelled", CONTROLS_DIR: "control"}[key]
+    where = {UNLABELLED_DIR: "imagesTr/labelsTr", CONTROLS_DIR: "imagesTr/labelsTr (as a labelled case)"}[key]
+    found: dict[str, Path] = {}
+    for f in _visible_files(root / folder):
         m = pattern.match(f.name)
         if f.is_dir():
-            note(UNLABELLED_DIR, f"unlabelledTr/{f.name}", "unlabelled_label_file",
-                 f"unlabelledTr/{f.name} is a folder; unlabelledTr holds only CT files, no labels or subfolders.",
-                 "move labelled scans (image and label) into imagesTr/labelsTr, and other files out of "
-                 "unlabelledTr.")
+            note(key, f"{folder}/{f.name}", f"{key}_label_file",
+                 f"{folder}/{f.name} is a folder; {folder} holds only CT files, no labels or subfolders.",
+                 f"move labelled scans (image and label) into {where}, and other files out of {folder}.")
         elif m and m["ch"] == "0000":
-            unlabelled[m["case"]] = f
+            found[m["case"]] = f
         elif f.name.endswith(ending) and not m:
-            note(f"{UNLABELLED_DIR}/{f.name[: -len(ending)]}", f"unlabelledTr/{f.name}", "unlabelled_label_file",
-                 f"unlabelledTr/{f.name} is named like a label file (<case>{ending}, no _0000 channel suffix).",
-                 f"if it is a label, the scan is labelled: put the image in imagesTr and this file in labelsTr; "
+            note(f"{key}/{f.name[: -len(ending)]}", f"{folder}/{f.name}", f"{key}_label_file",
+                 f"{folder}/{f.name} is named like a label file (<case>{ending}, no _0000 channel suffix).",
+                 f"if it is a label, the scan is labelled: put the image and this file in {where}; "
                  f"if it is a CT, rename it to {f.name[: -len(ending)]}_0000{ending}.")
         else:
-            note(UNLABELLED_DIR, f"unlabelledTr/{f.name}", "bad_filename",
-                 f"unlabelledTr/{f.name} does not follow <id>_0000{ending}; it is ignored.",
-                 f"rename it to <id>_0000{ending} or move it out of unlabelledTr.", severity="warning")
-    if unl_dir.is_dir() and not unlabelled:
-        note(UNLABELLED_DIR, "unlabelledTr", "unlabelled_empty",
-             f"{unl_dir} exists but holds no unlabelled scan (<id>_0000{ending}).",
-             "put unlabelled CT there as <id>_0000" + ending + ", or remove the empty folder.")
-    return CohortLayout(ending, n_channels, dict(images), labels, unlabelled, unl_dir.is_dir())
+            note(key, f"{folder}/{f.name}", "bad_filename",
+                 f"{folder}/{f.name} does not follow <id>_0000{ending}; it is ignored.",
+                 f"rename it to <id>_0000{ending} or move it out of {folder}.", severity="warning")
+    if (root / folder).is_dir() and not found:
+        note(key, folder, f"{key}_empty", f"{root / folder} exists but holds no {what} scan (<id>_0000{ending}).",
+             f"put {what} CT there as <id>_0000{ending}, or remove the empty folder.")
+    return found
 
 
 def check_structure(root: Path, label_map, report: ValidationReport):
@@ -320,7 +345,7 @@ def load_cohort(root: str | os.PathLike, *, label_map: dict | None = None, exclu
     clinical = read_clinical(root, [c.case_id for c in cases], ValidationReport(root=root))
     return Cohort(root=root, name=str(dataset.get("name") or root.name), dataset=dataset, cases=cases,
                   clinical=clinical, synthetic=bool(dataset.get("synthetic", False) is True), label_map=roles,
-                  unlabelled=dict(sorted(layout.unlabelled.items())))
+                  unlabelled=dict(sorted(layout.unlabelled.items())), controls=dict(sorted(layout.controls.items())))
 
 
 def read_case(cohort: Cohort, case_id: str) -> tuple[Volume, np.ndarray | None]:

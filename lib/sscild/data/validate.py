@@ -11,6 +11,10 @@ hold label files (``<id><ending>`` without the channel suffix, or subfolders suc
 and no unlabelled scan may have the same voxels as a labelled case's image (that case would be seen
 again, unlabelled, by the training of the folds that hold it out). Their problems are reported under
 ``unlabelled/<id>`` and never make a labelled case unusable; any of them makes ``report.ok`` false.
+
+**Controls** (``controlsTs/``: patients without lung disease, scored for false lesions) are checked
+the same way, under ``controls/<id>``; a control may repeat no labelled, unlabelled or other control
+scan.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from sscild.data.clinical_table import read_clinical
 from sscild.data.cohort import CohortLayout, check_structure, relative_name
 from sscild.data.image import load_header, load_volume
 from sscild.data.labels import label_counts, label_map_from_env
-from sscild.data.validation_report import UNLABELLED_DIR, ValidationReport
+from sscild.data.validation_report import CONTROLS_DIR, UNLABELLED_DIR, ValidationReport
 from sscild.errors import InputError
 
 __all__ = ["validate_cohort"]
@@ -81,22 +85,30 @@ def _voxel_digest(array: np.ndarray) -> str:
     return hashlib.sha1(a.tobytes() + str(a.shape).encode() + a.dtype.str.encode()).hexdigest()
 
 
-def _check_unlabelled(root: Path, uid: str, image: Path, digests: dict[str, str], report: ValidationReport) -> None:
-    """One unlabelled scan: readable, finite, Hounsfield units, not a labelled case's image."""
-    key, rel = f"{UNLABELLED_DIR}/{uid}", relative_name(root, image)
-    fix_read = "re-export or re-copy this file from the source, or remove it from unlabelledTr."
+def _check_image_only(root: Path, key_dir: str, uid: str, image: Path, digests: dict[str, str],
+                      report: ValidationReport) -> None:
+    """One scan of ``unlabelledTr/`` or ``controlsTs/``: readable, finite, HU, not a labelled case's image."""
+    key, rel = f"{key_dir}/{uid}", relative_name(root, image)
+    folder = Path(rel).parts[0] if Path(rel).parts else key_dir
+    what = "unlabelled scan" if key_dir == UNLABELLED_DIR else "control scan"
+    fix_read = f"re-export or re-copy this file from the source, or remove it from {folder}."
     try:
         load_header(image)
         img = load_volume(image).array
     except InputError as exc:
-        report.add(key, rel, "unreadable", f"the unlabelled scan {_why(exc)}.", fix_read)
+        report.add(key, rel, "unreadable", f"the {what} {_why(exc)}.", fix_read)
         return
-    same = digests.get(_voxel_digest(img))
+    digest = _voxel_digest(img)
+    same = digests.get(digest)
+    if key_dir == UNLABELLED_DIR and same is not None and not same.startswith("imagesTr"):
+        same = None  # two identical unlabelled scans are harmless
     if same is not None:
-        report.add(key, rel, "unlabelled_duplicate",
-                   f"{rel} has the same voxels as the labelled image {same}: the case would be seen again, "
-                   "without its label, by the training of the folds that hold it out.",
-                   f"remove {rel} from unlabelledTr (the labelled copy {same} stays).")
+        why = ("the case would be seen again, without its label, by the training of the folds that hold it out"
+               if key_dir == UNLABELLED_DIR else
+               "a patient with lung disease, or one the models saw, would be counted as a control")
+        report.add(key, rel, f"{key_dir}_duplicate", f"{rel} has the same voxels as {same}: {why}.",
+                   f"remove {rel} from {folder} (the copy {same} stays).")
+    digests.setdefault(digest, rel)  # a control may not repeat an unlabelled scan either
     vals = img
     if np.issubdtype(img.dtype, np.floating):
         finite = np.isfinite(img)
@@ -309,6 +321,8 @@ def validate_cohort(root: str | os.PathLike, *, label_map: dict | None = None) -
         if image is not None:
             _check_case(root, case, image, label, roles, declared, report, digests)
     for uid, path in sorted(layout.unlabelled.items()):
-        _check_unlabelled(root, uid, path, digests, report)
+        _check_image_only(root, UNLABELLED_DIR, uid, path, digests, report)
+    for uid, path in sorted(layout.controls.items()):
+        _check_image_only(root, CONTROLS_DIR, uid, path, digests, report)
     read_clinical(root, sorted(layout.images), report)
     return report

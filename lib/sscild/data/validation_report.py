@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-__all__ = ["Problem", "ValidationReport", "PROBLEM_KINDS", "UNLABELLED_DIR"]
+__all__ = ["Problem", "ValidationReport", "PROBLEM_KINDS", "UNLABELLED_DIR", "CONTROLS_DIR"]
 
 PROBLEM_KINDS: dict[str, str] = {
     # folder level
@@ -64,11 +64,17 @@ PROBLEM_KINDS: dict[str, str] = {
     "unlabelled_empty": "unlabelledTr/ exists but holds no scan (error)",
     "unlabelled_label_file": "a label file or a subfolder inside unlabelledTr/ (error)",
     "unlabelled_duplicate": "an unlabelled scan has the same voxels as a labelled case's image (error)",
+    # controls (controlsTs/, optional): patients without lung disease, scored for false lesions
+    "controls_empty": "controlsTs/ exists but holds no scan (error)",
+    "controls_label_file": "a label file or a subfolder inside controlsTs/ (error)",
+    "controls_duplicate": "a control scan has the same voxels as a labelled case's or another scan's image (error)",
 }
 """Every problem kind :func:`~sscild.data.validate.validate_cohort` reports, with its usual severity."""
 
 UNLABELLED_DIR = "unlabelled"
 """Report key of unlabelled-scan problems (``unlabelled/<id>``, or ``unlabelled`` for the folder)."""
+CONTROLS_DIR = "controls"
+"""Report key of control-scan problems (``controls/<id>``, or ``controls`` for the folder)."""
 
 
 @dataclass
@@ -169,6 +175,9 @@ class ValidationReport:
             elif key == UNLABELLED_DIR or key.startswith(UNLABELLED_DIR + "/"):
                 title = ("Unlabelled scans" if key == UNLABELLED_DIR else f"Unlabelled scan {key.split('/', 1)[1]}") \
                     + " (training only; no labelled case affected)"
+            elif key == CONTROLS_DIR or key.startswith(CONTROLS_DIR + "/"):
+                title = ("Controls" if key == CONTROLS_DIR else f"Control {key.split('/', 1)[1]}") \
+                    + " (scored for false lesions only; no labelled case affected)"
             else:
                 status = "unusable" if key in bad_set else ("usable" if key in self.cases else "no image")
                 title = f"Case {key} ({status})"

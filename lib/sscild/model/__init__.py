@@ -13,4 +13,5 @@ train       one fold's training: its cases, pretrained start or teacher and stud
 loading     which fold models a prediction uses; loading them safely; the ensemble
 inference   slice-wise ensemble inference and lung post-processing on the network's grid
 predict     out-of-fold prediction of the cohort
+controls    the fold ensemble on controls without lung disease (false lesions)
 """

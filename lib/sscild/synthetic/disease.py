@@ -74,6 +74,8 @@ def disease_fields(pt: Patient, rng: np.random.Generator) -> Disease:
     theta = float(np.quantile(Pl, 1 - L))
     tau = 0.035 * float(np.quantile(Pl, 0.99) - np.quantile(Pl, 0.01))
     m_les = expit((P - theta) / tau).astype(np.float32)
+    if L <= 0:  # a control: the same draws, no disease
+        m_les[:] = 0.0
     Q = P + rng.uniform(0.4, 0.8) * np.exp(-dsub / 9.0) + 0.3 * (1 - t) + 0.22 * R2
     les = lung & (P > theta)
     if les.sum() > 5:
@@ -89,6 +91,9 @@ def disease_fields(pt: Patient, rng: np.random.Generator) -> Disease:
     unc = rng.uniform(0.06, 0.12)
     a_les = ndi.gaussian_filter(m_les, 0.8) + unc * R3
     a_ef = ndi.gaussian_filter(m_ef, 0.8) + unc * R4
+    if L <= 0:  # no reader draws a lesion on a control
+        a_les[:] = 0.0
+        a_ef[:] = 0.0
     hc_w = rng.uniform(0.0, 1.0) * min(1.0, 2.5 * L * e + 0.15)
     hc_prob = np.clip(hc_w * 1.6 * np.exp(-dsub / 7.0) * np.clip((m_ef - 0.3) / 0.5, 0, 1), 0, 0.95).astype(np.float32)
     params = dict(target_lesion_pct=100 * L, target_ef_share=e, ggo_delta_hu=float(a_ggo), zone_weight=float(wz),

@@ -129,7 +129,7 @@ def _check_case_args(case_index, seed):
 
 
 def generate_case(case_index: int, *, profile: Profile = PROFILES["cpu"], seed: int = 0,
-                  variety: Variety | None = None, lesion_scale: float = 1.0) -> PhantomCase:
+                  variety: Variety | None = None, lesion_scale: float = 1.0, healthy: bool = False) -> PhantomCase:
     """Generate one synthetic SSc-ILD patient (image, reference labels, lung function, truth).
 
     The patient (anatomy, disease, lung function) depends only on ``seed`` and ``case_index``; the
@@ -143,6 +143,8 @@ def generate_case(case_index: int, *, profile: Profile = PROFILES["cpu"], seed: 
         lesion_scale: multiplies the patient's drawn lesion fraction (capped at 0.9 of the lung); the
             anatomy, scanner and disease pattern stay those of the same patient, so two values give
             the same patient at two disease levels (a follow-up with a known change). Default 1.
+        healthy: a control without lung disease: the same patient (anatomy, emphysema, scanner) with no
+            EF or GGO at all and no fibrotic volume loss; its reference labels are normal lung only.
 
     Returns:
         :class:`PhantomCase`; ``masks`` holds the emphysema and oesophageal-air masks on the scan grid.
@@ -161,6 +163,8 @@ def generate_case(case_index: int, *, profile: Profile = PROFILES["cpu"], seed: 
         if not float(lesion_scale) > 0:
             raise ValueError(f"lesion_scale must be > 0, got {lesion_scale!r}.")
         pop = {**pop, "lesion_frac": min(0.9, pop["lesion_frac"] * float(lesion_scale))}
+    if healthy:
+        pop = {**pop, "lesion_frac": 0.0}
     variety = Variety() if variety is None else variety
     if not isinstance(variety, Variety):
         raise ValueError(f"variety must be a sscild.synthetic.variety.Variety, got {type(variety).__name__}")

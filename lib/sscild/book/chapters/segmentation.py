@@ -10,6 +10,8 @@ module formats them for the page.
 * :func:`baseline_table`: the network against the HU baseline, with the paired difference.
 * :func:`confusion_per_patient`: EF/GGO swaps per patient.
 * :func:`worst_case_words`: one computed sentence per worst patient.
+* :func:`controls_table`, :func:`controls_words`, :func:`control_figure`: false lesions on the
+  controls without lung disease.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ __all__ = [
     "baseline_table",
     "confusion_per_patient",
     "worst_case_words",
+    "controls_table",
+    "controls_words",
+    "control_figure",
 ]
 
 REGION_NAMES = {"normal": "normal lung", "ef": "EF", "ggo": "GGO", "lesion": "total lesion (EF ∪ GGO)",
@@ -196,3 +201,45 @@ def worst_case_words(table: pd.DataFrame, locations: dict | None = None) -> str:
                 parts.append(where)
         lines.append(f"- **{cid}** (fold {int(r['fold'])}): " + "; ".join(parts) + ".")
     return "\n".join(lines)
+
+
+def controls_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The controls' false lesions with readable headers (one row per control)."""
+    names = {"control": "control", "lung_ml": "lung (mL)", "ef_ml": "EF (mL)", "ggo_ml": "GGO (mL)",
+             "lesion_ml": "lesion (mL)", "ef_pct": "EF (% of lung)", "ggo_pct": "GGO (% of lung)",
+             "lesion_pct": "lesion (% of lung)", "lesion_uncertain_pct": "uncertain (% of lesion)",
+             "largest_lesion_ml": "largest false lesion (mL)"}
+    return table.rename(columns=names).set_index("control")
+
+
+def controls_words(summary: dict, *, synthetic: bool) -> str:
+    """Sentences on the controls' false lesion against the 1 % aim (from :func:`controls_summary`'s dict).
+
+    >>> d = {"n": 2, "aim_pct": 1.0, "within_aim": 2, "lesion_pct": {"mean": 0.2, "median": 0.2, "max": 0.3},
+    ...      "lesion_ml": {"mean": 8.0, "median": 8.0, "max": 12.0}, "lesion_uncertain_pct_mean": 70.0}
+    >>> controls_words(d, synthetic=True)[:60]
+    'On 2 synthetic controls the ensemble called 0.20 % of the lu'
+    """
+    n, les, ml = summary["n"], summary["lesion_pct"], summary["lesion_ml"]
+    kind = "synthetic " if synthetic else ""
+    text = (f"On {n} {kind}controls the ensemble called {les['mean']:.2f} % of the lung lesion on average "
+            f"({ml['mean']:.1f} mL; largest {les['max']:.2f} %, {ml['max']:.1f} mL). "
+            f"{summary['within_aim']} of {n} stay within the aim of {summary['aim_pct']:g} %.")
+    if summary.get("lesion_uncertain_pct_mean") is not None:
+        text += (f" On average {summary['lesion_uncertain_pct_mean']:.0f} % of that false lesion is *uncertain* "
+                 "(the fold models disagree or are unsure), so the uncertainty map `sscild segment` writes points "
+                 "at most of it.")
+    if synthetic:
+        text += (" These controls come from the same generator as the training patients; a real healthy lung "
+                 "differs from it (the appendix on real CT measures what the models call lesion on real scans "
+                 "without ILD).")
+    return text
+
+
+def control_figure(vol, label: np.ndarray, uncertainty: np.ndarray, name: str):
+    """The labels and uncertainty of one control (:func:`sscild.clinic.figures.scan_montage`)."""
+    from sscild.clinic.figures import scan_montage
+
+    les = 100.0 * float((label >= 2).sum()) / max(int((label > 0).sum()), 1)
+    return scan_montage(vol.array, label, vol.affine, title=f"control {name}: false lesion {les:.2f} % of lung",
+                        uncertainty=uncertainty)

@@ -122,13 +122,13 @@ def test_segment_writes_label_map_reports_and_montage(models, tmp_path):
     affine = src.affine @ np.array([[-1, 0, 0, src.shape[0] - 1], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]])
     scan = save_nifti(tmp_path / "patient.nii.gz", np.asarray(src.array)[::-1].astype(np.int16), affine)
     digest = sha(scan)
-    report = segment_scan(scan, tmp_path / "out", models=models["root"], progress=False)
+    report = segment_scan(scan, tmp_path / "out", models=models["root"], progress=False, refuse=False)
     assert sha(scan) == digest  # input untouched
     out = tmp_path / "out"
     names = sorted(p.name for p in out.iterdir())
     assert names == ["patient_labels.itksnap.txt", "patient_labels.nii.gz", "patient_labels.seg.nrrd",
                      "patient_overlay.png", "patient_report.csv", "patient_report.html", "patient_report.json",
-                     "patient_zones.csv"]
+                     "patient_uncertainty.nii.gz", "patient_zones.csv"]
     lab = nib.load(str(out / "patient_labels.nii.gz"))
     assert lab.shape == src.shape
     np.testing.assert_allclose(lab.affine, affine)
@@ -158,7 +158,7 @@ def test_segment_writes_label_map_reports_and_montage(models, tmp_path):
 def test_cli_segment_on_real_ct(models, tmp_path, capsys, name, flags):
     scan = shared_data("real-ct", name)
     rc = main(["segment", str(scan), "--out", str(tmp_path / "out"), "--models", str(models["root"]), "--quiet",
-               *flags])
+               "--force", *flags])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     summary = json.loads(captured.out)
@@ -316,7 +316,7 @@ def test_segment_without_models_uses_the_study_models_never_the_external_ones(mo
 
     monkeypatch.setenv("SSCILD_RESULTS", str(results))
     scan = shared_data("real-ct", "chest-ct-1.nrrd")
-    rc = main(["segment", str(scan), "--out", str(tmp_path / "out"), "--quiet", "--no-tta"])
+    rc = main(["segment", str(scan), "--out", str(tmp_path / "out"), "--quiet", "--no-tta", "--force"])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert f"models: {study} (2 fold model(s)" in captured.err and "default profile 'cpu'" in captured.err
@@ -352,7 +352,7 @@ def test_dicom_series_gets_a_dicom_seg_and_the_page_is_self_contained(models, tm
     make_dicom_series(folder, np.clip(np.asarray(src.array, float), -1024, 3000), spacing=src.spacing,
                       identity={"PatientID": "SSC-7", "ConvolutionKernel": "B45f", "PatientName": "Test^Patient"})
     before = {p.name: sha(p) for p in folder.iterdir()}
-    report = segment_scan(folder, tmp_path / "out", models=models["root"], progress=False)
+    report = segment_scan(folder, tmp_path / "out", models=models["root"], progress=False, refuse=False)
     assert {p.name: sha(p) for p in folder.iterdir()} == before
     out = tmp_path / "out"
     assert report["acquisition"]["patient_id"] == "SSC-7" and report["acquisition"]["kernel"] == "B45f"
@@ -403,7 +403,7 @@ def test_a_folder_of_scans_one_bad_does_not_stop_the_others(models, tmp_path, ca
     save_nifti(folder / "b.nii.gz", np.asarray(src.array)[::-1].astype(np.int16), src.affine)
     (folder / "broken.nii.gz").write_bytes(b"\x1f\x8b not gzip")
     make_dicom_series(folder / "patient_c", np.clip(np.asarray(src.array, float), -1024, 3000), spacing=src.spacing)
-    rc = main(["segment", str(folder), "--out", str(tmp_path / "out"), "--models", str(models["root"])])
+    rc = main(["segment", str(folder), "--out", str(tmp_path / "out"), "--models", str(models["root"]), "--force"])
     captured = capsys.readouterr()
     assert rc == 1  # one scan failed
     assert "3 of 4 scan(s) segmented" in captured.out
@@ -422,7 +422,8 @@ def test_a_folder_of_scans_one_bad_does_not_stop_the_others(models, tmp_path, ca
 
 def test_a_folder_of_single_dicom_slices_reports_each(models, tmp_path, capsys):
     folder = shared_data("real-ct", "dicom-slices")
-    rc = main(["segment", str(folder), "--out", str(tmp_path / "out"), "--models", str(models["root"]), "--quiet"])
+    rc = main(["segment", str(folder), "--out", str(tmp_path / "out"), "--models", str(models["root"]), "--quiet",
+               "--force"])
     captured = capsys.readouterr()
     rows = list(csv.DictReader((tmp_path / "out" / "batch.csv").open()))
     n = len([p for p in folder.iterdir() if p.suffix == ".dcm"])
@@ -437,12 +438,12 @@ def test_a_folder_of_single_dicom_slices_reports_each(models, tmp_path, capsys):
 def test_cli_compare_segments_or_reuses_and_writes_json_csv_html(models, tmp_path, capsys):
     src = load_volume(models["image"])
     a = save_nifti(tmp_path / "visit1.nii.gz", np.asarray(src.array).astype(np.int16), src.affine)
-    segment_scan(a, tmp_path / "seg1", models=models["root"], progress=False)
+    segment_scan(a, tmp_path / "seg1", models=models["root"], progress=False, refuse=False)
     shifted = src.affine.copy()
     shifted[:3, 3] += 7.0                      # the same scan, elsewhere in space
     b = save_nifti(tmp_path / "visit2.nii.gz", np.asarray(src.array).astype(np.int16), shifted)
     rc = main(["compare", str(tmp_path / "seg1"), str(b), "--out", str(tmp_path / "cmp"),
-               "--models", str(models["root"]), "--quiet"])
+               "--models", str(models["root"]), "--quiet", "--force"])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert "lesion (EF + GGO)" in captured.out and "compare.html" in captured.out
@@ -458,3 +459,78 @@ def test_cli_compare_segments_or_reuses_and_writes_json_csv_html(models, tmp_pat
     page = (tmp_path / "cmp" / "compare.html").read_text()
     assert "derived in idiopathic pulmonary fibrosis (IPF)" in page and page.count("data:image/png;base64,") == 2
     assert "http" not in page
+
+
+# ---------------------------------------------------------------------------------------------
+# knowing when not to answer: uncertainty, quality control, refusal, odd DICOM
+
+
+def test_report_carries_uncertainty_and_quality_control(models, tmp_path):
+    src = load_volume(models["image"])
+    scan = save_nifti(tmp_path / "p.nii.gz", np.asarray(src.array).astype(np.int16), src.affine)
+    report = segment_scan(scan, tmp_path / "out", models=models["root"], progress=False, refuse=False)
+    unc = load_volume(tmp_path / "out" / "p_uncertainty.nii.gz")
+    lab = np.asarray(load_volume(tmp_path / "out" / "p_labels.nii.gz").array)
+    arr = np.asarray(unc.array)
+    assert arr.shape == src.shape and arr.dtype == np.uint8 and arr.max() <= 100
+    np.testing.assert_allclose(unc.affine, src.affine)
+    per = report["uncertainty"]["per_class"]
+    assert per["lung"]["voxels"] == int((lab > 0).sum())
+    if per["lesion"]["voxels"]:
+        want = 100.0 * float((arr[lab >= 2] >= 50).mean())
+        assert per["lesion"]["uncertain_pct"] == pytest.approx(want, abs=0.06)
+    qc = report["quality_control"]
+    assert set(qc["measures"]) >= {"missed_lung_pct", "solidity_top", "solidity_bottom", "mediastinum_hu",
+                                   "lung_on_lowest_slice_pct", "slice_mm", "training_slice_mm"}
+    assert report["summary"]["flags"] == [f["code"] for f in qc["flags"]]
+    for f in qc["flags"]:
+        assert f["seen"] and f["means"] and f["severity"] in ("warning", "refuse (overridden with --force)")
+    page = (tmp_path / "out" / "p_report.html").read_text()
+    assert "Can this result be trusted?" in page and "uncertain (%)" in page
+
+
+def test_no_lungs_exit_status_5_and_nothing_written(models, tmp_path, capsys, monkeypatch):
+    """A scan in which the ensemble finds no lung is refused (the decision itself: tests/test_qc.py)."""
+    import sscild.clinic.segment as seg
+
+    real = seg.segment_volume
+
+    def no_lung(*a, **kw):
+        res = real(*a, **kw)
+        res.label[:] = 0
+        return res
+
+    monkeypatch.setattr(seg, "segment_volume", no_lung)
+    src = load_volume(models["image"])
+    scan = save_nifti(tmp_path / "filled.nii.gz", np.asarray(src.array).astype(np.int16), src.affine)
+    rc = main(["segment", str(scan), "--out", str(tmp_path / "out"), "--models", str(models["root"]), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 5, err
+    assert "no lungs found - is this a chest CT?" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+    rc = main(["segment", str(scan), "--out", str(tmp_path / "forced"), "--models", str(models["root"]), "--quiet",
+               "--force"])
+    assert rc == 0
+    report = json.loads((tmp_path / "forced" / "filled_report.json").read_text())
+    assert report["summary"]["flags"][0] == "no_lungs"
+    assert report["quality_control"]["flags"][0]["severity"] == "refuse (overridden with --force)"
+
+
+def test_dicom_without_frame_of_reference_gets_every_output_but_the_seg(models, tmp_path):
+    import pydicom
+
+    src = load_volume(models["image"])
+    folder = tmp_path / "anonymised"
+    make_dicom_series(folder, np.clip(np.asarray(src.array, float), -1024, 3000), spacing=src.spacing)
+    for f in folder.iterdir():                       # an anonymiser that strips the Frame of Reference UID
+        ds = pydicom.dcmread(f)
+        del ds.FrameOfReferenceUID
+        ds.save_as(f)
+    report = segment_scan(folder, tmp_path / "out", models=models["root"], progress=False, refuse=False)
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert "anonymised_seg.dcm" not in names and "dicom_seg" not in report["outputs"]
+    for suffix in ("_labels.nii.gz", "_uncertainty.nii.gz", "_labels.seg.nrrd", "_report.html", "_zones.csv",
+                   "_overlay.png", "_report.json"):
+        assert f"anonymised{suffix}" in names
+    assert "FrameOfReferenceUID" in report["not_written"]["dicom_seg"]
+    assert "Not written: dicom_seg" in (tmp_path / "out" / "anonymised_report.html").read_text()

@@ -2,7 +2,8 @@
 
     sscild validate DIR [--exclude-bad] [--allow-clinical-gaps] [--label-map JSON] [--brief]
                                                             check a cohort folder, report every problem
-    sscild phantom OUT [--n 40] [--unlabelled 40] [--seed 0] [--profile cpu]  write the synthetic cohort
+    sscild phantom OUT [--n 40] [--unlabelled 40] [--controls 8] [--seed 0] [--profile cpu]
+                                                            write the synthetic cohort
     sscild import-dicom SRC OUT [--labels DIR]              DICOM series (one per patient) -> cohort folder
     sscild train DATA --profile P --fold K                  train one fold (what make runs)
     sscild segment SCAN|FOLDER --out DIR [--models DIR]     apply the fold ensemble to a scan or a folder of scans
@@ -11,6 +12,8 @@
 
 Every error is printed as one line (no traceback) with exit status 2 (a bad option or argument) or
 1 (a problem found in the input, or a scan of a batch that failed); ``--debug`` shows the traceback.
+``sscild segment`` exits 5 when it refuses a scan in which it finds no plausible lungs ("no lungs
+found - is this a chest CT?"; :mod:`sscild.clinic.qc`), and writes nothing for it.
 
 ``sscild validate`` exits 0 when the cohort can be used as it is; 1 when a case or the folder is
 unusable (with ``--exclude-bad``: only when no usable case remains); 3 when clinical values would be
@@ -92,7 +95,7 @@ def _cmd_phantom(args) -> int:
     from sscild.synthetic.writer import generate_cohort
 
     out = generate_cohort(args.out, profile=get_profile(args.profile), n=args.n, seed=args.seed,
-                          unlabelled=args.unlabelled, progress=not args.quiet)
+                          unlabelled=args.unlabelled, controls=args.controls, progress=not args.quiet)
     print(f"synthetic cohort written to {out}")
     return 0
 
@@ -132,14 +135,16 @@ def _cmd_segment(args) -> int:
         ensemble = load_ensemble(args.models)
         if not args.quiet:
             print(ensemble.choice, file=sys.stderr)
-        rows = segment_batch(items, args.out, ensemble=ensemble, tta=tta, progress=not args.quiet)
+        rows = segment_batch(items, args.out, ensemble=ensemble, tta=tta, progress=not args.quiet,
+                             refuse=not args.force)
         failed = [r for r in rows if r["status"] != "ok"]
         for r in failed:  # the reason usually names the file already
             reason = r["error"] if r["error"].startswith(r["scan"]) else f"{r['scan']}: {r['error']}"
             print(f"sscild segment: failed: {reason}", file=sys.stderr)
         print(f"{len(rows) - len(failed)} of {len(rows)} scan(s) segmented; table: {args.out / 'batch.csv'}")
         return 1 if failed else 0
-    report = segment_scan(args.scan, args.out, models=args.models, tta=tta, progress=not args.quiet)
+    report = segment_scan(args.scan, args.out, models=args.models, tta=tta, progress=not args.quiet,
+                          refuse=not args.force)
     if not args.quiet or args.models is None:
         print(report["models_choice"], file=sys.stderr)
     print(json.dumps(report["summary"], indent=2))
@@ -150,7 +155,7 @@ def _cmd_compare(args) -> int:
     from sscild.clinic.compare import compare_scans
 
     result = compare_scans(args.baseline, args.followup, args.out, models=args.models,
-                           tta=False if args.no_tta else None, progress=not args.quiet)
+                           tta=False if args.no_tta else None, progress=not args.quiet, refuse=not args.force)
     def f(v, spec):
         return "n/a" if v is None else format(v, spec)
 
@@ -188,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     ph.add_argument("--seed", type=int, default=0)
     ph.add_argument("--unlabelled", type=int, default=None,
                     help="unlabelled patients written to unlabelledTr/ (default: the profile's phantom_unlabelled)")
+    ph.add_argument("--controls", type=int, default=None,
+                    help="patients without lung disease written to controlsTs/ (default: the profile's phantom_controls)")
     ph.add_argument("--profile", default="cpu", choices=profiles)
     ph.add_argument("--quiet", action="store_true")
     ph.set_defaults(func=_cmd_phantom)
@@ -213,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--models", type=Path, default=None, help="a run folder with fold_*/model_final.pt "
                    "(default: the study's models of the default profile under results/; the choice is printed)")
     s.add_argument("--no-tta", action="store_true", help="no flip test-time augmentation (faster)")
+    s.add_argument("--force", action="store_true",
+                   help="write the results even for a scan refused for want of plausible lungs (exit status 5 "
+                        "otherwise); the refusal is then the report's first quality-control flag")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=_cmd_segment)
 
@@ -222,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", type=Path, required=True)
     c.add_argument("--models", type=Path, default=None, help="as for segment")
     c.add_argument("--no-tta", action="store_true")
+    c.add_argument("--force", action="store_true", help="as for segment")
     c.add_argument("--quiet", action="store_true")
     c.set_defaults(func=_cmd_compare)
     return p
@@ -252,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         print(f"sscild {args.command}: error: {_one_line(exc)}", file=sys.stderr)
-        return 1
+        return int(getattr(exc, "exit_code", 1))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

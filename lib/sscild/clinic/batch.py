@@ -28,7 +28,8 @@ VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 BATCH_COLUMNS = ["scan", "status", "error", "outputs", "lung_ml", "normal_ml", "ef_ml", "ggo_ml", "lesion_ml",
                  "normal_pct", "ef_pct", "ggo_pct", "lesion_pct", "extent_stage", "ef_pct_lower", "ggo_pct_lower",
-                 "lesion_pct_lower", "ef_pct_peripheral", "ggo_pct_peripheral", "lesion_pct_peripheral", "seconds"]
+                 "lesion_pct_lower", "ef_pct_peripheral", "ggo_pct_peripheral", "lesion_pct_peripheral",
+                 "uncertain_pct_of_lesion", "qc_flags", "seconds"]
 """Columns of ``batch.csv``."""
 
 
@@ -94,7 +95,8 @@ def _row(item: Path, report: dict, out: Path, seconds: float) -> dict:
     pct, vol = s["percent_of_lung"], s["volumes_ml"]
     table = report.get("zones", {}).get("table", {})
     row = {"scan": str(item), "status": "ok", "error": "", "outputs": str(out), "lung_ml": s["lung_volume_ml"],
-           "extent_stage": s["extent_stage"], "seconds": round(seconds, 2)}
+           "extent_stage": s["extent_stage"], "seconds": round(seconds, 2),
+           "uncertain_pct_of_lesion": s.get("uncertain_pct_of_lesion"), "qc_flags": " ".join(s.get("flags", []))}
     for k in ("normal", "ef", "ggo", "lesion"):
         row[f"{k}_ml"] = vol.get(k)
         row[f"{k}_pct"] = pct.get(k)

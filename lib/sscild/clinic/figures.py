@@ -81,12 +81,24 @@ def label_legend(fig, *, loc: str = "lower center", ncol: int = 3) -> None:
     fig.legend(handles=handles, loc=loc, ncol=ncol, frameon=False, fontsize=9)
 
 
+def _uncertainty_panel(ax, image_slice: np.ndarray, unc_slice: np.ndarray, *, title: str, aspect: float):
+    """A CT slice with the uncertainty (percent) drawn over it where it is 10 % or more."""
+    show = lambda a: np.flipud(np.fliplr(np.asarray(a).T))  # noqa: E731
+    ax.imshow(show(window(image_slice)), cmap="gray", vmin=0, vmax=1, aspect=aspect, interpolation="nearest")
+    u = np.ma.masked_less(show(unc_slice).astype(np.float32), 10)
+    im = ax.imshow(u, cmap="magma", vmin=0, vmax=100, alpha=0.85, aspect=aspect, interpolation="nearest")
+    ax.set_axis_off()
+    ax.set_title(title)
+    return im
+
+
 def scan_montage(image: np.ndarray, label: np.ndarray, affine: np.ndarray, *, n_axial: int = 4,
-                 title: str | None = None):
+                 title: str | None = None, uncertainty: np.ndarray | None = None):
     """Overlay montage of a segmented scan: ``n_axial`` axial slices through the lung and one coronal.
 
     The image and the label are reoriented to canonical RAS first (:func:`to_canonical`), so the
-    panels are in radiological orientation whatever the file's voxel order.
+    panels are in radiological orientation whatever the file's voxel order. With ``uncertainty`` (the
+    per-voxel uncertainty in percent, same grid) a second row shows it on the same slices.
     """
     img, sp = to_canonical(image, affine)
     lab, _ = to_canonical(label, affine)
@@ -97,15 +109,26 @@ def scan_montage(image: np.ndarray, label: np.ndarray, affine: np.ndarray, *, n_
     else:
         zs = np.linspace(0, img.shape[2] - 1, n_axial + 2).round().astype(int)[1:-1]
         ymid = img.shape[1] // 2
-    fig, axes = plt.subplots(1, n_axial + 1, figsize=(3.1 * (n_axial + 1), 3.6))
-    for ax, z in zip(axes, zs):
+    rows = 1 if uncertainty is None else 2
+    fig, axes = plt.subplots(rows, n_axial + 1, figsize=(3.1 * (n_axial + 1), 3.6 * rows + (0.3 if rows > 1 else 0)),
+                             squeeze=False)
+    for ax, z in zip(axes[0], zs):
         overlay(ax, np.asarray(img[:, :, z]), np.asarray(lab[:, :, z]), title=f"axial, slice {z}",
                 aspect=sp[1] / sp[0])
-    overlay(axes[-1], np.asarray(img[:, ymid, :]), np.asarray(lab[:, ymid, :]), title="coronal",
+    overlay(axes[0, -1], np.asarray(img[:, ymid, :]), np.asarray(lab[:, ymid, :]), title="coronal",
             aspect=sp[2] / sp[0])
-    axes[0].text(0.02, 0.02, "R", color="white", transform=axes[0].transAxes, fontsize=9)
+    axes[0, 0].text(0.02, 0.02, "R", color="white", transform=axes[0, 0].transAxes, fontsize=9)
+    if uncertainty is not None:
+        unc, _ = to_canonical(uncertainty, affine)
+        for ax, z in zip(axes[1], zs):
+            im = _uncertainty_panel(ax, img[:, :, z], unc[:, :, z], title=f"uncertainty, slice {z}",
+                                    aspect=sp[1] / sp[0])
+        im = _uncertainty_panel(axes[1, -1], img[:, ymid, :], unc[:, ymid, :], title="uncertainty, coronal",
+                                aspect=sp[2] / sp[0])
+        cax = fig.add_axes((0.92, 0.12, 0.012, 0.3))
+        fig.colorbar(im, cax=cax).set_label("uncertainty (%)", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
     label_legend(fig)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.tight_layout(rect=(0, 0.06 / rows, 0.91 if rows > 1 else 1, 1))
     return fig

@@ -74,6 +74,33 @@ def _zone_table(zones: pd.DataFrame) -> str:
     return "\n".join(rows)
 
 
+def _quality_section(report: dict) -> list[str]:
+    """Quality-control flags (each: what was seen, what it means) and the uncertainty per class."""
+    qc = report.get("quality_control")
+    out = []
+    if qc is not None:
+        out.append("<h2>Can this result be trusted?</h2>")
+        if qc["flags"]:
+            for f in qc["flags"]:
+                out.append(f"<div class='warn'><b>{_e(f['code'].replace('_', ' '))}</b>: {_e(f['seen'])} "
+                           f"{_e(f['means'])} <span class='note'>(affects: {_e(', '.join(f['affects']))})</span></div>")
+        else:
+            out.append("<p>No quality-control flag: the lung is plausible in size, the threshold rule finds no "
+                       "air-filled lung the network left out, head and feet are where the header says, the lung is "
+                       "not cut off at either end, no contrast medium, slices not too thick, uncertainty low.</p>")
+    unc = report.get("uncertainty")
+    if unc is not None:
+        names = {"normal": "normal lung", "ef": "EF", "ggo": "GGO", "lesion": "lesion (EF + GGO)", "lung": "whole lung"}
+        out.append("<table><tr><th>called</th><th>voxels</th><th>mean uncertainty (%)</th><th>uncertain (%)</th></tr>")
+        for k in ("normal", "ef", "ggo", "lesion", "lung"):
+            r = unc["per_class"].get(k)
+            if r:
+                out.append(f"<tr><td>{_e(names[k])}</td><td>{r['voxels']}</td><td>{_num(r['mean_uncertainty_pct'])}</td>"
+                           f"<td>{_num(r['uncertain_pct'])}</td></tr>")
+        out.append(f"</table><p class='note'>Uncertainty: {_e(unc['rule'])}. Map: {_e(unc['map'])}.</p>")
+    return out
+
+
 def scan_report_html(report: dict, *, zones: pd.DataFrame | None = None, overlay_png: bytes | None = None) -> str:
     """The HTML page of one ``sscild segment`` result.
 
@@ -93,6 +120,7 @@ def scan_report_html(report: dict, *, zones: pd.DataFrame | None = None, overlay
             f"<p class='big'>Lesion (EF + GGO) {_num(pct.get('lesion'))} % of lung &mdash; extent "
             f"<b>{_e(s['extent_stage'])}</b></p>",
             f"<p class='note'>{_e(s['extent_rule'])}. Scan: {_e(s['scan'])}</p>",
+            *_quality_section(report),
             "<h2>Volumes</h2><table><tr><th>region</th><th>volume (mL)</th><th>% of lung</th></tr>"]
     names = {"normal": "normal lung", "ef": "established fibrosis (EF)", "ggo": "ground-glass opacity (GGO)",
              "lesion": "lesion (EF + GGO)", "lung": "whole lung"}
@@ -119,6 +147,8 @@ def scan_report_html(report: dict, *, zones: pd.DataFrame | None = None, overlay
                          ("precision", report.get("precision"))):
         body.append(f"<tr><td>{_e(label)}</td><td style='text-align:left'>{_e(value)}</td></tr>")
     body.append("</table>")
+    for what, why in report.get("not_written", {}).items():
+        body.append(f"<p class='note'>Not written: {_e(what)}: {_e(why)}.</p>")
     body.append(f"<div class='warn'>{_e(report.get('warning', ''))}</div>")
     return _page(f"sscild report: {name}", body)
 

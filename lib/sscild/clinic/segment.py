@@ -27,16 +27,16 @@ import pydicom
 import torch
 
 from sscild.clinic.figures import scan_montage
+from sscild.clinic.qc import Flag, NoLungsError, check_lungs_found, quality_control, uncertainty_summary
 from sscild.clinic.scanreport import scan_report_html
 from sscild.clinic.viewer import write_dicom_seg, write_itksnap_labels, write_slicer_seg
 from sscild.clinic.zones import ZONE_RULES, zone_extent
 from sscild.data.image import Volume, pick_series as _pick_series, load_volume
 from sscild.data.nifti_writer import save_volume
-from sscild.data.preprocess import preprocess_volume, restore_label
 from sscild.errors import InputError
 from sscild.evaluation.metrics import volumes_ml
 from sscild.model.device import select_device, set_threads
-from sscild.model.inference import POSTPROCESS_RULE, keep_largest_lung_components, predict_preprocessed
+from sscild.model.inference import POSTPROCESS_RULE, UNCERTAIN_PCT, VolumePrediction, segment_volume
 from sscild.model.loading import Ensemble, find_models, load_ensemble
 from sscild.model.network import native_cpu_bf16
 from sscild.paper import EXTENT_THRESHOLD_PCT
@@ -141,15 +141,23 @@ def acquisition_info(scan: str | Path, vol: Volume) -> dict:
 
 @dataclass
 class _Prediction:
-    """The label map on the input's grid, and how it was computed."""
+    """The labels and uncertainty on the input's grid (and the network's), and how they were computed."""
 
-    label: np.ndarray
+    volume: VolumePrediction
     grid: dict
     tta: bool
     device: torch.device
     bf16: bool
     threads: int
     times: tuple[float, float, float, float]   # perf_counter after loading, preprocessing, prediction, restoring
+
+    @property
+    def label(self) -> np.ndarray:
+        return self.volume.label
+
+    @property
+    def uncertainty(self) -> np.ndarray:
+        return self.volume.uncertainty
 
 
 def _check_paths(scan: Path, out: Path) -> None:
@@ -162,30 +170,26 @@ def _check_paths(scan: Path, out: Path) -> None:
 
 def _predict_scan(vol: Volume, scan: Path, ens: Ensemble, *, tta: bool | None, postprocess: bool, device,
                   cpu_bf16: bool | None, progress: bool) -> _Prediction:
-    """Preprocess, predict with the ensemble, post-process, and map the labels back to the input's grid."""
+    """Preprocess, predict with the ensemble (labels and uncertainty), post-process, map back to the input's grid."""
     profile = ens.profile
     threads = set_threads()
     tta = bool(profile.tta_flips) if tta is None else bool(tta)
     t_load = time.perf_counter()
-    pre = preprocess_volume(vol, None, profile=profile, case_id=scan.name)
-    t_pre = time.perf_counter()
     device = select_device(device)
     bf16 = device.type == "cpu" and (native_cpu_bf16() if cpu_bf16 is None else bool(cpu_bf16))
-    lab_pre = predict_preprocessed(ens.nets, pre, tta=tta, batch_slices=profile.sw_batch_size, device=device,
-                                   cpu_bf16=bf16, progress=progress, desc="segmenting")
-    t_pred = time.perf_counter()
-    if postprocess:
-        lab_pre = keep_largest_lung_components(lab_pre)
-    label = restore_label(lab_pre, pre.info)
+    res = segment_volume(vol, ens.nets, profile, tta=tta, postprocess=postprocess, device=device, cpu_bf16=bf16,
+                         uncertainty=True, progress=progress, case_id=scan.name)
     t_post = time.perf_counter()
-    return _Prediction(label=label, grid={"shape": list(pre.image.shape), "spacing_mm": list(pre.spacing)},
+    # preprocessing, prediction and restoring run inside segment_volume; its record splits the time
+    t_pre, t_pred = t_load + res.seconds["preprocess"], t_load + res.seconds["preprocess"] + res.seconds["predict"]
+    return _Prediction(volume=res, grid={"shape": list(res.pre.image.shape), "spacing_mm": list(res.pre.spacing)},
                        tta=tta, device=device, bf16=bf16, threads=threads, times=(t_load, t_pre, t_pred, t_post))
 
 
 def _output_paths(scan: Path, out: Path, stem: str, acq: dict, *, montage: bool, extras: bool) -> dict[str, Path]:
     """The files :func:`segment_scan` writes, by role; none may be the scan itself."""
-    outputs = {"labels": out / f"{stem}_labels.nii.gz", "report": out / f"{stem}_report.json",
-               "table": out / f"{stem}_report.csv"}
+    outputs = {"labels": out / f"{stem}_labels.nii.gz", "uncertainty": out / f"{stem}_uncertainty.nii.gz",
+               "report": out / f"{stem}_report.json", "table": out / f"{stem}_report.csv"}
     if montage:
         outputs["overlay"] = out / f"{stem}_overlay.png"
     if extras:
@@ -248,6 +252,42 @@ def _report(summary: dict, outputs: dict, vol: Volume, spacing: tuple, acq: dict
     }
 
 
+def _refusal(lung_ml: float, scan: Path, refuse: bool) -> str | None:
+    """Raise :class:`NoLungsError` for a scan without plausible lungs; with ``refuse=False`` return its words."""
+    try:
+        check_lungs_found(lung_ml, scan)
+    except NoLungsError as exc:
+        if refuse:
+            raise
+        return str(exc)
+    return None
+
+
+def _add_quality(report: dict, pred: _Prediction, vol: Volume, ens: Ensemble, acq: dict,
+                 refusal: str | None = None) -> None:
+    """The uncertainty summary and the quality-control measures and flags (with an overridden refusal
+    first), into ``report``."""
+    t = time.perf_counter()
+    unc = uncertainty_summary(pred.label, pred.uncertainty)
+    report["uncertainty"] = {
+        "map": report["outputs"]["uncertainty"],
+        "rule": (f"per voxel, the entropy of the ensemble's mean softmax divided by ln 4, in percent (0: every model "
+                 f"sure of one class; 100: all four classes equally likely); a voxel at or above {UNCERTAIN_PCT} % "
+                 "(as unsure as an even split between two classes) is counted as uncertain"),
+        "per_class": unc}
+    report["quality_control"] = quality_control(pred.volume, vol.affine, lung_ml=report["summary"]["lung_volume_ml"],
+                                                profile=ens.profile, slice_mm=acq["slice_thickness_mm"],
+                                                uncertainty=unc)
+    if refusal is not None:
+        report["quality_control"]["flags"].insert(0, Flag(
+            "no_lungs", "refuse (overridden with --force)", refusal.replace("; no result was written", ""),
+            "The numbers below are not measurements of a lung; they were written only because --force was given.",
+            ["every result"]).to_dict())
+    report["summary"]["flags"] = [f["code"] for f in report["quality_control"]["flags"]]
+    report["summary"]["uncertain_pct_of_lesion"] = unc["lesion"]["uncertain_pct"]
+    report["seconds"]["quality_control"] = round(time.perf_counter() - t, 2)
+
+
 def _write_table(path: Path, vols: dict, pct: dict, stage: str) -> None:
     """``<stem>_report.csv``: volume and percent of lung per region, then the extent stage."""
     with atomic_path(path, suffix=".csv") as tmp:
@@ -259,8 +299,27 @@ def _write_table(path: Path, vols: dict, pct: dict, stage: str) -> None:
             w.writerow(["extent_stage", stage, ""])
 
 
+def _dicom_seg_refusal(acq: dict) -> str | None:
+    """Why no DICOM Segmentation can be written for this series (``None`` when it can)."""
+    try:
+        ds = pydicom.dcmread(acq["series_files"][0], stop_before_pixels=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable header is a reason to refuse, said in words
+        return f"the series' first header could not be read again ({type(exc).__name__})"
+    missing = [k for k in ("FrameOfReferenceUID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+               if not str(ds.get(k, "") or "").strip()]
+    if missing:
+        return (f"the series has no {', '.join(missing)} (some anonymisers remove them); a DICOM Segmentation must "
+                "reference them to overlay on its CT. Every other output was written; the .seg.nrrd and the NIfTI "
+                "label map overlay in 3D Slicer and ITK-SNAP")
+    return None
+
+
 def _write_zones_and_viewer_files(report: dict, outputs: dict, label: np.ndarray, vol: Volume, acq: dict):
-    """Zones CSV (also into ``report``), the 3D Slicer and ITK-SNAP files, the DICOM Segmentation; returns the zones."""
+    """Zones CSV (also into ``report``), the 3D Slicer and ITK-SNAP files, the DICOM Segmentation; returns the zones.
+
+    A DICOM Segmentation the series cannot carry (no Frame of Reference UID, ...) is not written; the
+    report's ``not_written`` says why, and every other output is.
+    """
     t_zone = time.perf_counter()
     zones = zone_extent(label, vol.affine)
     with atomic_path(outputs["zones"], suffix=".csv") as tmp:
@@ -273,16 +332,22 @@ def _write_zones_and_viewer_files(report: dict, outputs: dict, label: np.ndarray
     write_slicer_seg(outputs["slicer"], label, vol.affine)
     write_itksnap_labels(outputs["itksnap"])
     if "dicom_seg" in outputs:
-        write_dicom_seg(outputs["dicom_seg"], label, vol.affine, acq["series_files"])
+        why = _dicom_seg_refusal(acq)
+        if why is None:
+            write_dicom_seg(outputs["dicom_seg"], label, vol.affine, acq["series_files"])
+        else:
+            report.setdefault("not_written", {})["dicom_seg"] = why
+            report["outputs"].pop("dicom_seg", None)
+            outputs.pop("dicom_seg")
     report["seconds"]["viewer_files"] = round(time.perf_counter() - t_view, 2)
     return zones
 
 
-def _write_overlay(path: Path, vol: Volume, label: np.ndarray, title: str) -> bytes:
-    """The overlay montage PNG; returns its bytes (the HTML page embeds them)."""
+def _write_overlay(path: Path, vol: Volume, label: np.ndarray, title: str, uncertainty=None) -> bytes:
+    """The overlay montage PNG (with the uncertainty row when given); returns its bytes (the HTML page embeds them)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # matplotlib layout notes; nothing to act on
-        fig = scan_montage(vol.array, label, vol.affine, title=title)
+        fig = scan_montage(vol.array, label, vol.affine, title=title, uncertainty=uncertainty)
         with atomic_path(path, suffix=".png") as tmp:
             fig.savefig(tmp, format="png")
         png = path.read_bytes()
@@ -290,17 +355,30 @@ def _write_overlay(path: Path, vol: Volume, label: np.ndarray, title: str) -> by
     return png
 
 
+def _write_pictures(report: dict, outputs: dict, vol: Volume, pred: _Prediction, zones, *, title: str) -> None:
+    """The overlay montage and the HTML page (each when asked for in ``outputs``)."""
+    png = None
+    if "overlay" in outputs:
+        png = _write_overlay(outputs["overlay"], vol, pred.label, title=title, uncertainty=pred.uncertainty)
+    if "html" in outputs:
+        with atomic_path(outputs["html"], suffix=".html") as tmp:
+            Path(tmp).write_text(scan_report_html(report, zones=zones, overlay_png=png), encoding="utf-8")
+
+
 def segment_scan(scan: str | Path, out: str | Path, *, models=None, ensemble: Ensemble | None = None,
                  tta: bool | None = None, postprocess: bool = True, device=None, cpu_bf16: bool | None = None,
-                 progress: bool = True, montage: bool = True, extras: bool = True) -> dict:
+                 progress: bool = True, montage: bool = True, extras: bool = True, refuse: bool = True) -> dict:
     """Segment a new chest CT with the fold ensemble; write label map, viewer files, zones and reports.
 
     Outputs in ``out`` (``<stem>`` is the scan's file name without its extension, :func:`scan_stem`):
 
     * ``<stem>_labels.nii.gz``: uint8 labels (0 background, 1 normal, 2 EF, 3 GGO) with the input's
       shape and affine;
+    * ``<stem>_uncertainty.nii.gz``: uint8 uncertainty of every voxel, in percent
+      (:mod:`sscild.model.inference`), on the same grid: load it over the scan as a colour layer;
     * ``<stem>_report.json`` and ``<stem>_report.csv``: volumes (mL), percent of lung per class, the
-      extent stage (Goh et al. 2008: limited <= 20 % of lung, extensive > 20 %), the models used;
+      extent stage (Goh et al. 2008: limited <= 20 % of lung, extensive > 20 %), the models used,
+      the uncertainty per class and the quality-control flags (:mod:`sscild.clinic.qc`);
     * ``<stem>_overlay.png``: axial and coronal slices with the labels, radiological orientation;
     * with ``extras`` (the default): ``<stem>_zones.csv`` (EF / GGO extent per lung zone,
       :mod:`sscild.clinic.zones`), ``<stem>_report.html`` (one self-contained page, :mod:`sscild.clinic.scanreport`),
@@ -325,6 +403,9 @@ def segment_scan(scan: str | Path, out: str | Path, *, models=None, ensemble: En
         progress: tqdm bar over slices.
         montage: write the overlay PNG.
         extras: write zones, viewer files and the HTML report.
+        refuse: refuse a scan without plausible lungs (:func:`sscild.clinic.qc.check_lungs_found`); with
+            ``False`` (``--force``) every output is written anyway and the refusal becomes a flag of the
+            report.
 
     Returns:
         The report dict (``report["summary"]`` holds volumes, % of lung and extent stage).
@@ -332,6 +413,8 @@ def segment_scan(scan: str | Path, out: str | Path, *, models=None, ensemble: En
     Raises:
         InputError: missing or unreadable scan, a 2D image, not CT in HU, missing or unusable models,
             models of other labels than the study's.
+        NoLungsError: no plausible lungs found (:func:`sscild.clinic.qc.check_lungs_found`); nothing is
+            written.
     """
     t0 = time.perf_counter()
     scan, out = Path(scan), Path(out)
@@ -345,21 +428,18 @@ def segment_scan(scan: str | Path, out: str | Path, *, models=None, ensemble: En
                          progress=progress)
     label, t_post = pred.label, pred.times[3]
     spacing = tuple(float(s) for s in vol.spacing)
-    out.mkdir(parents=True, exist_ok=True)
+    vols, pct, lesion_pct, stage, summary = _extent_summary(scan, label, spacing)
+    refusal = _refusal(vols.get("lung", 0.0), scan, refuse)  # raised before anything is written
     acq = acquisition_info(scan, vol)
+    out.mkdir(parents=True, exist_ok=True)
     outputs = _output_paths(scan, out, scan_stem(scan), acq, montage=montage, extras=extras)
     save_volume(outputs["labels"], label, vol.affine, dtype=np.uint8)
-    vols, pct, lesion_pct, stage, summary = _extent_summary(scan, label, spacing)
+    save_volume(outputs["uncertainty"], pred.uncertainty, vol.affine, dtype=np.uint8)
     report = _report(summary, outputs, vol, spacing, acq, ens, pred, postprocess=postprocess, t0=t0)
+    _add_quality(report, pred, vol, ens, acq, refusal)
     _write_table(outputs["table"], vols, pct, stage)
     zones = _write_zones_and_viewer_files(report, outputs, label, vol, acq) if extras else None
-    png = None
-    if montage:
-        png = _write_overlay(outputs["overlay"], vol, label,
-                             title=f"{scan.name}: lesion {lesion_pct:.1f} % of lung ({stage})")
-    if extras:
-        with atomic_path(outputs["html"], suffix=".html") as tmp:
-            Path(tmp).write_text(scan_report_html(report, zones=zones, overlay_png=png), encoding="utf-8")
+    _write_pictures(report, outputs, vol, pred, zones, title=f"{scan.name}: lesion {lesion_pct:.1f} % of lung ({stage})")
     report["seconds"]["write_outputs"] = round(time.perf_counter() - t_post, 2)
     report["seconds"]["total"] = round(time.perf_counter() - t0, 2)
     write_json(outputs["report"], report)

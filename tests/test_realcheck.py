@@ -81,3 +81,58 @@ def test_book_takes_the_real_ct_chapter_or_a_placeholder(tmp_path):
     assemble(repo_root() / "book", tmp_path / "book2", nbs)
     assert (tmp_path / "book2" / "chapters" / f"{REAL_CT}.ipynb").exists()
     assert not (tmp_path / "book2" / "chapters" / f"{REAL_CT}.md").exists()
+
+
+def test_robustness_rows_and_the_network_alone(models, tmp_path):
+    from sscild.analysis.robustness import family, robustness_check
+
+    case = generate_case(5, profile=get_profile("smoke"))
+    scan = tmp_path / "scan.nii.gz"
+    save_volume(scan, case.image, case.affine)
+    pick = [c for c in family(case.spacing) if c.name in ("unchanged", "lung -70 HU", "pixels 4 mm")]
+    table, views = robustness_check([scan], models, changes=pick, progress=False)
+    assert list(table["change"]) == ["unchanged", "lung -70 HU", "pixels 4 mm"]
+    ref = table.iloc[0]
+    assert ref["lung_change_pct"] == 0.0 and ref["network_lung_change_pct"] == 0.0
+    for _, r in table.iterrows():
+        assert r["network_lung_ml"] <= r["lung_ml"] + 0.05  # the completion only adds lung
+        expect = 100.0 * (r["lung_ml"] / ref["lung_ml"] - 1.0)
+        assert r["lung_change_pct"] == pytest.approx(expect, abs=0.05)
+    worst = table.iloc[1:]["lung_dice"].idxmin()
+    assert set(views) == {("scan.nii.gz", "unchanged"), ("scan.nii.gz", table.loc[worst, "change"])}
+
+
+def test_trust_checks_report_what_the_command_does(models, tmp_path):
+    from sscild.analysis.robustness import trust_checks
+
+    case = generate_case(5, profile=get_profile("smoke"))
+    scan = tmp_path / "scan.nii.gz"
+    save_volume(scan, case.image, case.affine)
+    t = trust_checks([scan], models)
+    assert list(t["copy"]) == ["lungs filled with soft tissue", "slices reversed, header unchanged"]
+    for r in t.itertuples():
+        assert r.outcome.startswith(("refused (exit status 5)", "flagged: ", "answered without a flag"))
+        assert (r.said != "") == (not r.outcome.startswith("answered"))
+
+
+def test_false_lesions_are_named_by_where_they_lie():
+    from sscild.analysis.false_lesions import false_lesion_summary, name_false_lesions
+
+    hu = np.full((80, 70, 30), -1000.0, np.float32)
+    hu[4:76, 4:66] = 40.0
+    lab = np.zeros(hu.shape, np.uint8)
+    lab[10:36, 10:60, 3:28] = 1                       # right lung (RAS: low x is the patient's left)
+    lab[44:70, 10:60, 3:28] = 1                       # left lung
+    hu[lab == 1] = -860.0
+    lab[12:34, 10:14, 8:20] = 3                       # posterior subpleural band: dependent density
+    lab[50:66, 30:40, 3:4] = 3                        # on the lowest lung slice: the diaphragm's dome
+    lab[32:36, 30:40, 12:16] = 2                      # beside the mediastinum
+    lab[20:24, 30:34, 20:21] = 3                      # a speck
+    t = name_false_lesions(hu, lab, np.diag([1.0, 1.0, 2.5, 1.0]))
+    by = {r["name"] for _, r in t.iterrows()}
+    assert {"dependent density", "diaphragm partial volume", "hilum and mediastinal border"} <= by
+    assert t.iloc[0]["name"] == "dependent density"            # the largest piece first
+    assert t.iloc[-1]["name"] == "specks"
+    assert t["share_of_lesion_pct"].sum() == pytest.approx(100.0, abs=0.5)
+    s = false_lesion_summary(t)
+    assert s["pieces"].sum() == len(t) and s.index[0] == "dependent density"

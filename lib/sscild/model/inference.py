@@ -331,7 +331,8 @@ def segment_volume(vol: Volume, nets, profile, *, tta: bool | None = None, postp
     if postprocess:
         lab_pre, added_pre = postprocess_labels(lab_pre, pre, profile)
     label = restore_label(lab_pre, pre.info)
-    added = restore_label(added_pre.astype(np.uint8), pre.info) > 0
+    added = (restore_label(added_pre.astype(np.uint8), pre.info) > 0 if added_pre.any()
+             else np.zeros(label.shape, bool))
     unc = restore_label(unc_pre, pre.info) if unc_pre is not None else None
     seconds = {"preprocess": round(t1 - t0, 2), "predict": round(t2 - t1, 2),
                "postprocess_and_restore": round(time.perf_counter() - t2, 2)}

@@ -65,8 +65,8 @@ cohort = load_cohort(data_dir)
 #
 # * **Prediction.** Each held-out patient's scan is preprocessed exactly as in training, segmented
 #   slice by slice by its fold's network (with the left-right flipped slice averaged in when the
-#   profile asks for test-time augmentation), post-processed, and mapped back to the scan's own
-#   voxel grid (nearest neighbour) before scoring.
+#   profile asks for test-time augmentation), given the profile's lesion threshold, post-processed,
+#   and mapped back to the scan's own voxel grid (nearest neighbour) before scoring.
 # * **Overlap.** Dice per region, and the normalised surface Dice (NSD): the share of both
 #   boundaries lying within a tolerance of the other. NSD is computed for EF, GGO and total lesion
 #   only; for normal lung and the whole lung, whose boundary is mostly the pleura, it costs most of
@@ -105,6 +105,11 @@ display(Markdown(
     f"{len(paths)} out-of-fold predictions, {summary['n_cases']} patients scored. "
     f"Test-time left-right flips: **{ {True: 'on', False: 'off'}.get(pol['tta'], pol['tta']) }**. "
     f"Post-processing: {POSTPROCESS_RULE}. "
+    + ("Lesion threshold: none (each voxel takes its most likely class). " if prof.lesion_threshold is None else
+       f"Lesion threshold: a voxel whose most likely class is EF or GGO is called lesion only when the model gives "
+       f"EF and GGO together a probability of at least {prof.lesion_threshold:g} (otherwise normal lung; chosen on "
+       "this cohort's out-of-fold Dice and the real scans of the appendix, `benchmarks/study_lesion_threshold.json`). ")
+    + 
     f"NSD tolerance: **{tolerance:.2f} mm, in-plane** for every patient (1.5 × the coarser in-plane "
     f"spacing of the network's grid and of the scans, so a boundary one voxel off *within a slice* is "
     f"tolerated). The slices are {z_lo:g}–{z_hi:g} mm apart, "

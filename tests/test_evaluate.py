@@ -245,6 +245,7 @@ def test_chapter_runs_clean_on_hand_made_predictions(scored, tmp_path):
 
     from conftest import REPO
     from sscild.data.folds import fold_of, read_splits
+    from sscild.model.inference import POSTPROCESS_RULE
 
     base = tmp_path / "copy"
     shutil.copytree(scored["run"].results, base / "results")
@@ -255,7 +256,7 @@ def test_chapter_runs_clean_on_hand_made_predictions(scored, tmp_path):
         model = run.fold_dir(fold) / "model_final.pt"
         model.parent.mkdir(exist_ok=True)
         model.write_bytes(f"fold {fold}".encode())
-        cases[cid] = {"fold": fold, "model": f"fold_{fold}/model_final.pt", "tta": False, "postprocess": True,
+        cases[cid] = {"fold": fold, "model": f"fold_{fold}/model_final.pt", "tta": False, "postprocess": POSTPROCESS_RULE,
                       "model_sha256": hashlib.sha256(model.read_bytes()).hexdigest(), "cache_key": None}
     (run.predictions / "manifest.json").write_text(json.dumps({"cases": cases}))
     out = tmp_path / "03.ipynb"

@@ -252,3 +252,29 @@ def test_fused_batchnorm_network_computes_the_same_function():
         torch.testing.assert_close(fused(x), net(x), atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="eval"):
         fuse_batchnorm(build_network(get_profile("smoke")).train())
+
+
+def test_lesion_threshold_calls_only_confident_lesion():
+    import torch
+
+    from sscild.model.inference import _decide
+
+    # probabilities (background, normal, EF, GGO) of four voxels, summed over two members
+    p = torch.tensor([[0.1, 0.2, 0.5, 0.2], [0.05, 0.35, 0.35, 0.25], [0.4, 0.1, 0.45, 0.05], [0.0, 0.9, 0.05, 0.05]])
+    acc = (2 * p).T.reshape(1, 4, 1, 4)
+    assert _decide(acc, None).ravel().tolist() == [2, 1, 2, 1]       # plain argmax (voxel 2: EF by a hair)
+    assert _decide(acc, 0.7).ravel().tolist() == [2, 1, 0, 1]        # EF+GGO 0.6 and 0.5 < 0.7: not lesion
+    assert _decide(acc, 0.6).ravel().tolist() == [2, 1, 0, 1]
+    assert _decide(acc, 0.5).ravel().tolist() == [2, 1, 2, 1]        # 0.5 reached: the argmax stands
+
+
+def test_a_model_file_older_than_a_profile_setting_takes_the_profile_s_value_now():
+    from sscild.model.loading import _profile_from_dict
+    from sscild.profiles import get_profile
+
+    saved = get_profile("cpu").to_dict()
+    del saved["lesion_threshold"]
+    assert _profile_from_dict(saved).lesion_threshold == get_profile("cpu").lesion_threshold == 0.7
+    other = {**get_profile("smoke").to_dict(), "name": "my-own"}
+    del other["lesion_threshold"]
+    assert _profile_from_dict(other).lesion_threshold is None   # no profile of that name: the field's default

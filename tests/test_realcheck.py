@@ -89,9 +89,9 @@ def test_robustness_rows_and_the_network_alone(models, tmp_path):
     case = generate_case(5, profile=get_profile("smoke"))
     scan = tmp_path / "scan.nii.gz"
     save_volume(scan, case.image, case.affine)
-    pick = [c for c in family(case.spacing) if c.name in ("unchanged", "lung -70 HU", "pixels 4 mm")]
+    pick = [c for c in family(case.spacing) if c.name in ("unchanged", "lung -70 HU", "sharp kernel, noise 40 HU")]
     table, views = robustness_check([scan], models, changes=pick, progress=False)
-    assert list(table["change"]) == ["unchanged", "lung -70 HU", "pixels 4 mm"]
+    assert list(table["change"]) == ["unchanged", "lung -70 HU", "sharp kernel, noise 40 HU"]
     ref = table.iloc[0]
     assert ref["lung_change_pct"] == 0.0 and ref["network_lung_change_pct"] == 0.0
     for _, r in table.iterrows():

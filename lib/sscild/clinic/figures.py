@@ -118,6 +118,7 @@ def scan_montage(image: np.ndarray, label: np.ndarray, affine: np.ndarray, *, n_
     overlay(axes[0, -1], np.asarray(img[:, ymid, :]), np.asarray(lab[:, ymid, :]), title="coronal",
             aspect=sp[2] / sp[0])
     axes[0, 0].text(0.02, 0.02, "R", color="white", transform=axes[0, 0].transAxes, fontsize=9)
+    im = None
     if uncertainty is not None:
         unc, _ = to_canonical(uncertainty, affine)
         for ax, z in zip(axes[1], zs):
@@ -125,10 +126,11 @@ def scan_montage(image: np.ndarray, label: np.ndarray, affine: np.ndarray, *, n_
                                     aspect=sp[1] / sp[0])
         im = _uncertainty_panel(axes[1, -1], img[:, ymid, :], unc[:, ymid, :], title="uncertainty, coronal",
                                 aspect=sp[2] / sp[0])
-        cax = fig.add_axes((0.92, 0.12, 0.012, 0.3))
-        fig.colorbar(im, cax=cax).set_label("uncertainty (%)", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
     label_legend(fig)
     fig.tight_layout(rect=(0, 0.06 / rows, 0.91 if rows > 1 else 1, 1))
+    if im is not None:  # added after the layout, which would not know how to place it
+        cax = fig.add_axes((0.92, 0.12, 0.012, 0.3))
+        fig.colorbar(im, cax=cax).set_label("uncertainty (%)", fontsize=8)
     return fig

@@ -242,6 +242,7 @@ def _report(summary: dict, outputs: dict, vol: Volume, spacing: tuple, acq: dict
         "ensemble": (f"mean softmax of {len(ens.nets)} fold model(s)"
                      + (" and their left-right flips" if pred.tta else "")),
         "postprocess": POSTPROCESS_RULE if postprocess else "none",
+        "lesion_threshold": ens.profile.lesion_threshold,
         "precision": "float16 autocast (CUDA)" if pred.device.type == "cuda" else
                      "bfloat16 autocast (native on this CPU)" if pred.bf16 else "float32",
         "threads": pred.threads,

@@ -8,7 +8,11 @@ same answer on a whole slice as on patches), ``profile.sw_batch_size`` slices pe
 ``sscild segment`` uses bfloat16 on CPUs that compute it natively (``cpu_bf16``), about twice as fast.
 With test-time augmentation (TTA) the left-right flipped slices go through the network in the same
 batch and their softmax, flipped back, is averaged in. An ensemble averages the softmax of its
-members (all flips of all folds weigh alike); the label is the argmax of that mean.
+members (all flips of all folds weigh alike); the label is the argmax of that mean. With a **lesion
+threshold** (profile setting ``lesion_threshold``), a voxel whose argmax is EF or GGO is called lesion
+only when EF and GGO together reach that mean probability; otherwise it takes the more likely of
+background and normal lung. Lesion the models are unsure of (on a lung without disease most of what
+they call lesion is) then counts as normal lung.
 
 **Uncertainty** (``uncertainty=True``): the entropy of that mean softmax, divided by the entropy of
 four equally likely classes (``ln 4``), per voxel, as a whole percentage (uint8, 0 = every member
@@ -98,7 +102,7 @@ POSTPROCESS_RULE = (
 
 def predict_preprocessed(nets, pre: Preprocessed, *, tta: bool = True, batch_slices: int = 16, device=None,
                          cpu_bf16: bool | None = False, progress: bool = False, desc: str = "slices",
-                         uncertainty: bool = False):
+                         uncertainty: bool = False, lesion_threshold: float | None = None):
     """Argmax label map (uint8, preprocessed grid) of the mean softmax of ``nets`` (and flips).
 
     Args:
@@ -114,6 +118,9 @@ def predict_preprocessed(nets, pre: Preprocessed, *, tta: bool = True, batch_sli
             what the out-of-fold evaluation uses): float32.
         progress: show a tqdm bar.
         uncertainty: also return the uncertainty map (module docstring).
+        lesion_threshold: a voxel whose most likely class is EF or GGO is called lesion only when the
+            mean probability of EF and GGO together reaches this; otherwise it takes the more likely of
+            background and normal lung (module docstring). ``None``: the plain argmax.
 
     Returns:
         uint8 array of ``pre.image.shape``, labels 0..3; with ``uncertainty``, ``(labels, uncertainty)``,
@@ -155,7 +162,7 @@ def predict_preprocessed(nets, pre: Preprocessed, *, tta: bool = True, batch_sli
                 if tta:
                     prob = prob[:b] + torch.flip(prob[b:], dims=(2,))
                 acc = prob if acc is None else acc.add_(prob)
-            out[:, :, z0:z1] = np.moveaxis(acc.argmax(1).to(torch.uint8).cpu().numpy(), 0, 2)
+            out[:, :, z0:z1] = np.moveaxis(_decide(acc, lesion_threshold).cpu().numpy(), 0, 2)
             if unc is not None:
                 unc[:, :, z0:z1] = np.moveaxis(_entropy_pct(acc).cpu().numpy(), 0, 2)
             if bar is not None:
@@ -226,6 +233,16 @@ def postprocess_labels(label_pre: np.ndarray, pre: Preprocessed, profile) -> tup
 def preprocessed_body(pre: Preprocessed, profile) -> np.ndarray:
     """The patient's body (:func:`sscild.data.lungmask.body_mask`) on a preprocessed volume's grid."""
     return body_mask(denormalise(pre.image, profile), pre.spacing)
+
+
+def _decide(acc: torch.Tensor, lesion_threshold: float | None) -> torch.Tensor:
+    """Labels (uint8) from the summed softmax ``acc`` (b, 4, X, Y): argmax, with the lesion threshold."""
+    lab = acc.argmax(1)
+    if lesion_threshold is not None:
+        prob = acc / acc.sum(1, keepdim=True).clamp_min(1e-12)
+        weak = (lab >= 2) & (prob[:, 2] + prob[:, 3] < float(lesion_threshold))
+        lab = torch.where(weak, prob[:, :2].argmax(1), lab)
+    return lab.to(torch.uint8)
 
 
 def _entropy_pct(acc: torch.Tensor) -> torch.Tensor:
@@ -324,7 +341,8 @@ def segment_volume(vol: Volume, nets, profile, *, tta: bool | None = None, postp
     pre = preprocess_volume(vol, None, profile=profile, case_id=case_id)
     t1 = time.perf_counter()
     res = predict_preprocessed(nets, pre, tta=tta, batch_slices=profile.sw_batch_size, device=device,
-                               cpu_bf16=cpu_bf16, progress=progress, desc=desc, uncertainty=uncertainty)
+                               cpu_bf16=cpu_bf16, progress=progress, desc=desc, uncertainty=uncertainty,
+                               lesion_threshold=profile.lesion_threshold)
     lab_pre, unc_pre = res if uncertainty else (res, None)
     t2 = time.perf_counter()
     added_pre = np.zeros(lab_pre.shape, bool)

@@ -26,7 +26,7 @@ from sscild.errors import InputError
 from sscild.model.device import select_device
 from sscild.model.network import NUM_CLASSES, build_network
 from sscild.paths import repo_root
-from sscild.profiles import Profile
+from sscild.profiles import PROFILES, Profile
 
 __all__ = [
     "DEFAULT_PROFILE",
@@ -45,12 +45,17 @@ DEFAULT_PROFILE = "cpu"
 
 
 def _profile_from_dict(prof: dict) -> Profile:
+    """The profile a model file records; a setting it predates takes the value the profile of that name
+    has now (e.g. an inference setting such as ``lesion_threshold``), else the field's default."""
     prof = dict(prof)
-    for key in ("phantom_shape", "phantom_spacing", "target_spacing", "hu_clip", "channels", "strides", "patch_size"):
+    for key in ("phantom_shape", "phantom_spacing", "target_spacing", "hu_clip", "channels", "strides", "patch_size",
+                "lung_density_hu"):
         if key in prof and prof[key] is not None:
             prof[key] = tuple(prof[key])
     known = set(Profile.__dataclass_fields__)
-    return Profile(**{k: v for k, v in prof.items() if k in known})
+    now = PROFILES.get(prof.get("name"))
+    missing = {k: getattr(now, k) for k in known - set(prof)} if now is not None else {}
+    return Profile(**{k: v for k, v in prof.items() if k in known}, **missing)
 
 
 def fuse_batchnorm(net: torch.nn.Module) -> torch.nn.Module:

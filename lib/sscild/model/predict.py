@@ -3,8 +3,8 @@
 **Out of fold** (:func:`predict_oof`). Every case is predicted by the model of the one fold that
 held it out, and only by it; a model whose recorded training cases include the case is refused.
 ``predictions/manifest.json`` records, per case, the fold, the model file and its SHA-256 and the
-settings, and a case is predicted again only when one of those changed. Inference and
-post-processing are :mod:`sscild.model.inference`'s, in float32.
+settings, and a case is predicted again only when one of those changed. Inference, the lesion
+threshold of the run's profile and post-processing are :mod:`sscild.model.inference`'s, in float32.
 
 **Geometry.** The argmax label map is mapped back to the case's original voxel grid (nearest
 neighbour, :func:`sscild.data.preprocess.restore_label`) and written with the input's affine, so it
@@ -25,6 +25,7 @@ from sscild.data.preprocess import restore_label
 from sscild.model.inference import POSTPROCESS_RULE, postprocess_labels, predict_preprocessed
 from sscild.model.loading import load_fold_model
 from sscild.paths import RunPaths, read_json, write_json
+from sscild.profiles import PROFILES
 from sscild.progress import Heartbeat
 
 __all__ = ["predict_oof"]
@@ -84,7 +85,9 @@ def predict_oof(run: RunPaths, *, tta: bool | None = None, postprocess: bool = T
     if missing:
         raise FileNotFoundError(f"{run.root}: no model_final.pt for fold(s) {missing}: fold {missing[0]} is not "
                                 "trained. Train every fold first (`make train`).")
-    rule = POSTPROCESS_RULE if postprocess else "none"  # a changed rule predicts every case again
+    thr = PROFILES[run.profile].lesion_threshold if run.profile in PROFILES else None
+    # a changed rule or lesion threshold predicts every case again
+    rule = (POSTPROCESS_RULE if postprocess else "none") + ("" if thr is None else f"; lesion threshold {thr:g}")
     written = []
     beat = Heartbeat("out-of-fold prediction", total=sum(len(s["val"]) for s in splits), unit="case", every=20.0)
     n_done = 0
@@ -114,7 +117,8 @@ def predict_oof(run: RunPaths, *, tta: bool | None = None, postprocess: bool = T
         for cid in todo:
             pre = load_cached(run, cid)
             lab = predict_preprocessed([net], pre, tta=use_tta, batch_slices=meta["profile"].sw_batch_size,
-                                       device=device, cpu_bf16=False, progress=progress, desc=f"fold {fold} {cid}")
+                                       device=device, cpu_bf16=False, progress=progress, desc=f"fold {fold} {cid}",
+                                       lesion_threshold=thr)
             if postprocess:
                 lab, _ = postprocess_labels(lab, pre, meta["profile"])
             restored = restore_label(lab, pre.info)

@@ -27,7 +27,15 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 REQ_HASH := $(shell cat requirements.txt pyproject.toml 2>/dev/null | sha256sum | cut -c1-16)
-STAMP  := $(VENV)/.installed-$(REQ_HASH)
+# torch, installed before the rest at the version requirements.txt pins: TORCH_INDEX=auto (default)
+# takes the CPU build from $(TORCH_CPU_INDEX) on Linux without an NVIDIA GPU (PyPI's Linux wheel
+# pulls several GB of CUDA libraries) and PyPI's default build otherwise (CUDA on Linux with a GPU);
+# TORCH_INDEX=cpu, TORCH_INDEX=pypi or an index URL (e.g. https://download.pytorch.org/whl/cu128)
+# choose, and replace an installed torch of another build
+TORCH_INDEX     ?= auto
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_PIN := $(shell sed -n 's/^torch==\([^[:space:];#]*\).*/\1/p' requirements.txt)
+STAMP  := $(VENV)/.installed-$(REQ_HASH)$(if $(filter-out auto,$(TORCH_INDEX)),-torch-$(notdir $(patsubst %/,%,$(TORCH_INDEX))))
 # OpenMP threads sleep instead of spinning while they wait: on a busy machine spinning threads of
 # two processes starve each other (a cpu-profile step took 2.7 s with 2 spinning threads against
 # 0.46 s with passive waiting, measured side by side while other jobs ran); set it to ACTIVE to
@@ -94,6 +102,7 @@ help:
 	@echo "make all [PROFILE=cpu|smoke|paper] [DATA=/path/to/cohort]   run the study and build the book"
 	@echo "make test                                                  run the tests (unit + end-to-end smoke)"
 	@echo "make setup | data | train | evaluate | correlate | book | clean"
+	@echo "  TORCH_INDEX=auto|cpu|pypi|URL   which torch build setup installs (auto: CPU build without an NVIDIA GPU)"
 	@echo "make fold-K                                                train one fold"
 	@echo "  FOLD_JOBS=N THREADS=N   folds at once / threads per step (default: chosen for this machine)"
 	@echo "  ALLOW_CLINICAL_GAPS=1   run although clinical values or rows would be set aside (listed in the Data chapter)"
@@ -108,10 +117,39 @@ setup: $(STAMP)
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	@$(TORCH_STEP)
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	@rm -f $(VENV)/.installed-*
 	@touch $@
+
+# The torch step of set-up (one shell line): which build, and why, in one line. A build from an index
+# other than PyPI is installed without its dependencies, which `pip install -r requirements.txt` then
+# installs from PyPI, so that index only has to serve torch. In auto mode an unreachable CPU index (or
+# one without a wheel for this Python) falls back to PyPI, saying so.
+define TORCH_STEP
+pin='$(TORCH_PIN)'; mode='$(TORCH_INDEX)'; \
+if [ -z "$$pin" ]; then echo "setup: requirements.txt pins no torch==<version>" >&2; exit 2; fi; \
+have=$$($(PY) -c 'from importlib.metadata import version; print(version("torch"))' 2>/dev/null || true); \
+if [ "$$mode" = auto ]; then \
+  if [ "$${have%%+*}" = "$$pin" ]; then echo "setup: torch $$have is installed, the pinned version: kept (TORCH_INDEX=cpu|pypi|<index URL> replaces it)"; exit 0; fi; \
+  if [ "$$(uname -s)" != Linux ]; then mode=pypi; why="PyPI's torch for $$(uname -s) has no CUDA libraries"; \
+  elif nvidia-smi -L >/dev/null 2>&1; then mode=pypi; why="nvidia-smi -L found an NVIDIA GPU"; \
+  else mode=cpu; why="no NVIDIA GPU here (nvidia-smi -L failed)"; fi; \
+else why="TORCH_INDEX=$$mode"; fi; \
+case "$$mode" in pypi) url=; tag=;; cpu) url='$(TORCH_CPU_INDEX)'; tag=cpu;; *) url=$$mode; tag=$${mode%/}; tag=$${tag##*/};; esac; \
+if [ -n "$$have" ] && [ "$$have" = "$$pin$${tag:++$$tag}" ]; then echo "setup: torch $$have is installed, the build asked for: kept"; exit 0; fi; \
+force=; if [ -n "$$have" ]; then force=--force-reinstall; fi; \
+if [ -n "$$url" ]; then \
+  echo "setup: torch==$$pin, the $${tag} build from $$url: $$why"; \
+  if $(PY) -m pip install --no-deps $$force "torch==$$pin" --index-url "$$url"; then \
+    now=$$($(PY) -c 'from importlib.metadata import version; print(version("torch"))'); \
+    if [ "$$now" != "$$pin+$$tag" ]; then echo "setup: note: pip installed torch $$now, not $$pin+$$tag (a wheel found through pip's own configuration won)"; fi; exit 0; fi; \
+  if [ '$(TORCH_INDEX)' != auto ]; then echo "setup: could not install torch==$$pin from $$url (TORCH_INDEX=$(TORCH_INDEX)): check the URL and the network, or use TORCH_INDEX=pypi" >&2; exit 1; fi; \
+  echo "setup: $$url could not be reached or has no torch==$$pin for this Python; falling back to PyPI's default build (on Linux the CUDA one, several GB)"; \
+else echo "setup: torch==$$pin, PyPI's default build: $$why"; fi; \
+$(PY) -m pip install $$force "torch==$$pin"
+endef
 
 # ---- data: the cohort (the synthetic one is generated), validation, cache, folds -------------
 ifeq ($(BUILTIN_COHORT),1)

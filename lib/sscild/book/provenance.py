@@ -20,7 +20,7 @@ __all__ = ["git_state", "environment_table", "run_settings", "step_times", "inpu
            "gpu_check_table", "segment_benchmark_table", "read_record"]
 
 PACKAGES = ["sscild", "torch", "monai", "numpy", "scipy", "pandas", "nibabel", "SimpleITK", "pydicom",
-            "scikit-image", "statsmodels", "seaborn", "matplotlib", "papermill", "jupytext", "jupyter-book"]
+            "statsmodels", "seaborn", "matplotlib", "papermill", "jupytext", "jupyter-book"]
 
 
 def git_state(root: Path | None = None) -> dict:

@@ -1,8 +1,10 @@
 """Data: everything between files on disk and the arrays the network sees.
 
 image              Volume; reading CT / label files and DICOM series with their geometry
+series             the DICOM series of a folder: finding, describing, choosing one (lung kernel, --series-uid)
 nifti_writer       atomic, byte-deterministic NIfTI writing (save_volume)
 dicom              DICOM series (one folder per patient) -> pseudonymised cohort folder
+segfiles           corrected segmentations (3D Slicer .seg.nrrd, DICOM SEG) -> the study's label map on a CT's grid
 names              the normal form label and column names are matched in
 cohort             the cohort folder: dataset.json, discovery of its cases, reading one case
 labels             label maps: study roles of dataset.json label names, --label-map / SSCILD_LABEL_MAP

@@ -4,7 +4,9 @@
 (``dataset.json``, ``imagesTr/``, ``labelsTr/``, ``clinical.csv``) without copying any identifying
 header value (:data:`IDENTIFYING_DICOM_TAGS`) or identifying clinical column. Series are read with
 :func:`sscild.data.image.read_series`, so they come out in Hounsfield units and a series with a
-missing or unreadable slice is refused.
+missing or unreadable slice is refused. Label files may be plain label maps or segmentations a
+radiologist corrected (3D Slicer ``.seg.nrrd``, DICOM SEG), read onto the CT's grid by
+:func:`sscild.data.segfiles.read_segmentation`.
 """
 
 from __future__ import annotations
@@ -16,20 +18,24 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from sscild import LABELS
 from sscild.data.clinical_table import read_cells
-from sscild.data.image import (NIFTI_SUFFIXES, SITK_SUFFIXES, DicomSeries, Volume, check_exists, load_volume,
-                               pick_series, read_series)
+from sscild.data.image import (NIFTI_SUFFIXES, SITK_SUFFIXES, DicomSeries, Volume, check_exists, pick_series,
+                               read_series)
 from sscild.data.names import normalise_name
 from sscild.data.nifti_writer import save_volume
+from sscild.data.segfiles import check_label_map, read_segmentation
 from sscild.errors import InputError
 from sscild.paths import atomic_path, write_json
+from sscild.progress import Heartbeat
 
-__all__ = ["import_dicom", "IDENTIFYING_DICOM_TAGS"]
+__all__ = ["import_dicom", "IDENTIFYING_DICOM_TAGS", "LABEL_SUFFIXES"]
 
 logger = logging.getLogger(__name__)
 
@@ -81,12 +87,23 @@ def _identifying_values(series: DicomSeries) -> set[str]:
     return values
 
 
-def _find_label(labels: Path, patient: str) -> Path | None:
-    for ext in NIFTI_SUFFIXES + SITK_SUFFIXES:
-        for cand in (labels / f"{patient}{ext}", labels / f"{patient}{ext.upper()}"):
-            if cand.is_file():
-                return cand
-    return None
+LABEL_SUFFIXES = (".seg.nrrd", *NIFTI_SUFFIXES, *SITK_SUFFIXES, ".dcm", "_seg.dcm")
+"""How a label file's name may end after the patient folder's name (any case): a 3D Slicer segmentation,
+a label map, a DICOM SEG (``<patient>.dcm`` or ``<patient>_seg.dcm``)."""
+
+
+def _find_label(labels: Path, patient: str, files: list[Path]) -> Path | None:
+    """The label file of ``patient`` among ``files`` (the labels folder's files), or None.
+
+    Raises:
+        InputError: several files would do (e.g. the original and the corrected segmentation).
+    """
+    found = [f for f in files if f.name.startswith(patient) and f.name[len(patient):].lower() in LABEL_SUFFIXES]
+    if len(found) > 1:
+        raise InputError(f"{labels}: several label files for patient folder {patient}: "
+                         f"{', '.join(sorted(f.name for f in found))}. Fix: keep only the one to import "
+                         "(e.g. move the uncorrected segmentation elsewhere).")
+    return found[0] if found else None
 
 
 def _hu_array(array: np.ndarray) -> np.ndarray:
@@ -99,20 +116,6 @@ def _hu_array(array: np.ndarray) -> np.ndarray:
     if np.array_equal(rounded, array) and rounded.min() >= -32768 and rounded.max() <= 32767:
         return rounded.astype(np.int16)
     return array.astype(np.float32, copy=False)
-
-
-def _label_array(array: np.ndarray, file: Path) -> np.ndarray:
-    if not np.issubdtype(array.dtype, np.integer):
-        rounded = np.rint(array)
-        if not np.array_equal(rounded, array):
-            raise InputError(f"{file}: label file holds non-integer values. Fix: export the label map "
-                             "with integer labels (nearest-neighbour, no interpolation).")
-        array = rounded
-    lo, hi = (int(array.min()), int(array.max())) if array.size else (0, 0)
-    if lo < 0 or hi > 255:
-        raise InputError(f"{file}: label values {lo}..{hi}; expected small non-negative integers "
-                         "(0 background, 1 normal lung, 2 EF, 3 GGO). Fix: re-export the label map.")
-    return array.astype(np.uint8)
 
 
 def _read_clinical_for_import(clinical: Path, patients: list[str], secrets: set[str]):
@@ -178,38 +181,40 @@ def _raise_problems(src: Path, problems: list[str]) -> None:
         raise InputError(f"DICOM import from {src} found {len(problems)} problem(s):\n- " + "\n- ".join(problems))
 
 
-def _write_label(label_file: Path, vol: Volume, patient: str, target: Path) -> str | None:
-    """Check a patient's label file against its CT and write it as uint8; the problem, or None when written."""
-    lab = load_volume(label_file)
-    if lab.shape != vol.shape:
-        return (f"{label_file}: label shape {lab.shape} differs from the image's "
-                f"{vol.shape} (patient folder {patient}). Fix: export the label on the CT's grid.")
-    if not np.allclose(lab.affine, vol.affine, atol=1e-2):
-        return (f"{label_file}: label geometry (spacing / orientation / origin) differs "
-                f"from the image's (patient folder {patient}). Fix: export the label on the "
-                "CT's grid, in the same orientation.")
+def _write_label(label_file: Path, vol: Volume, patient: str, target: Path, read_label: Callable) -> str | None:
+    """A patient's label file on its CT's grid, written as uint8; the problem, or None when written."""
     try:
-        lab_arr = _label_array(lab.array, label_file)
+        lab_arr = read_label(label_file, vol)
     except InputError as exc:
-        return str(exc)
+        return f"{exc} (patient folder {patient})"
     save_volume(target, lab_arr, vol.affine, dtype=np.uint8)
     return None
 
 
 def _write_cases(src: Path, staging: Path, patients: list[str], cases: dict[str, str],
-                 chosen: dict[str, DicomSeries], labels: Path | None) -> tuple[list[dict], int]:
+                 chosen: dict[str, DicomSeries], labels: Path | None, read_label: Callable,
+                 progress: bool) -> tuple[list[dict], int]:
     """Each patient's CT (and label) into ``staging``; returns the key rows and the number of labels."""
+    from tqdm.auto import tqdm
+
     problems: list[str] = []
     n_labels = 0
     key_rows = []
-    for p in patients:
+    label_files = sorted(f for f in labels.iterdir() if f.is_file()) if labels is not None else []
+    beat = Heartbeat("import-dicom", total=len(patients), unit="patient", every=30.0)
+    for i, p in enumerate(tqdm(patients, desc="import-dicom", unit="patient", disable=not progress)):
+        beat.update(i)
         case = cases[p]
         vol = read_series(chosen[p], src / p, None)
         image = _hu_array(vol.array)
         save_volume(staging / "imagesTr" / f"{case}_0000.nii.gz", image, vol.affine)
-        label_file = _find_label(labels, p) if labels is not None else None
+        try:
+            label_file = _find_label(labels, p, label_files) if labels is not None else None
+        except InputError as exc:
+            problems.append(str(exc))
+            continue
         if label_file is not None:
-            problem = _write_label(label_file, vol, p, staging / "labelsTr" / f"{case}.nii.gz")
+            problem = _write_label(label_file, vol, p, staging / "labelsTr" / f"{case}.nii.gz", read_label)
             if problem is not None:
                 problems.append(problem)
                 continue
@@ -218,6 +223,7 @@ def _write_cases(src: Path, staging: Path, patients: list[str], cases: dict[str,
                          "series_folder": str(chosen[p].folder.relative_to(src / p)),
                          "n_slices": len(chosen[p].files), "label_file": label_file.name if label_file else ""})
         del vol, image
+    beat.update(len(patients))
     _raise_problems(src, problems)
     return key_rows, n_labels
 
@@ -257,7 +263,7 @@ def _write_tables(staging: Path, out: Path, patients: list[str], cases: dict[str
 
 
 def _write_cohort(src: Path, out: Path, patients: list[str], chosen: dict[str, DicomSeries], labels: Path | None,
-                  kept_cols: list, clinical_rows: dict) -> tuple[int, Path]:
+                  kept_cols: list, clinical_rows: dict, read_label: Callable, progress: bool) -> tuple[int, Path]:
     """Write the cohort into a staging folder next to ``out``, then rename it to ``out`` (all or nothing).
 
     Returns the number of patients with a label and the path of the key file.
@@ -266,7 +272,7 @@ def _write_cohort(src: Path, out: Path, patients: list[str], chosen: dict[str, D
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        key_rows, n_labels = _write_cases(src, staging, patients, cases, chosen, labels)
+        key_rows, n_labels = _write_cases(src, staging, patients, cases, chosen, labels, read_label, progress)
         key = _write_tables(staging, out, patients, cases, kept_cols, clinical_rows, key_rows)
         if out.exists():
             out.rmdir()  # empty (checked above)
@@ -278,15 +284,17 @@ def _write_cohort(src: Path, out: Path, patients: list[str], chosen: dict[str, D
 
 
 def import_dicom(src: str | os.PathLike, out: str | os.PathLike, *, labels: str | os.PathLike | None = None,
-                 clinical: str | os.PathLike | None = None) -> Path:
+                 clinical: str | os.PathLike | None = None, label_map: Mapping | None = None,
+                 segment_codes: Mapping | None = None, progress: bool = True) -> Path:
     """Turn DICOM series (one sub-folder per patient) into a pseudonymised cohort folder.
 
     Patients get case ids ``case_000``, ``case_001``, ... in sorted folder order. The cohort holds
     ``dataset.json`` (``"synthetic": false``), ``imagesTr/<case>_0000.nii.gz`` (HU),
-    ``labelsTr/<case>.nii.gz`` for every patient whose label file ``<labels>/<folder><ext>`` exists
-    (``ext``: any format :func:`~sscild.data.image.load_volume` reads), and ``clinical.csv``
-    (``case_id`` plus the clinical table's columns without identifying ones). No DICOM header value
-    is copied.
+    ``labelsTr/<case>.nii.gz`` for every patient with a label file ``<labels>/<folder><ext>``
+    (:data:`LABEL_SUFFIXES`: a label map on the CT's grid, or a 3D Slicer / DICOM SEG segmentation, e.g. one
+    ``sscild segment`` wrote and a radiologist corrected, put on the CT's grid by
+    :func:`~sscild.data.segfiles.read_segmentation`), and ``clinical.csv`` (``case_id`` plus the clinical
+    table's columns without identifying ones). No DICOM header value is copied.
 
     The key from case id to patient folder is written *outside* the cohort, next to it, as
     ``<out>_import_key.csv``: keep it private (a warning on the ``sscild.data.dicom`` logger says where).
@@ -295,24 +303,32 @@ def import_dicom(src: str | os.PathLike, out: str | os.PathLike, *, labels: str 
         src: folder with one sub-folder per patient, each holding that patient's CT series
             (if a sub-folder holds several series, the one with the most slices is used).
         out: the cohort folder to create; it must not exist or be empty.
-        labels: optional folder of label files named after the patient folders.
+        labels: optional folder of label files named after the patient folders (one per patient).
         clinical: optional CSV with one row per patient; the column whose values are the patient
             folder names is used to match rows and is not copied. Columns whose names look
             identifying (name, MRN, dates, ...) or whose values repeat a DICOM header value are dropped.
+        label_map: optional segment name -> role (``"normal"``, ``"ef"``, ``"ggo"``, ``"background"``) for
+            segments whose names are not the study's (``--label-map``).
+        segment_codes: more segment codes to recognise, as ``sscild.clinic.viewer.SEGMENT_CODES`` (the CLI's).
+        progress: show a progress bar over the patients.
 
     Returns:
         The cohort folder.
 
     Raises:
         InputError: ``out`` is not empty or lies inside ``src``; no patient folders; a series,
-            label or clinical table cannot be used. All per-patient problems are listed at once.
+            label or clinical table cannot be used (a segment with no study label, a segmentation off
+            the CT's grid, several label files for one patient). All per-patient problems are listed at once.
 
     Example::
 
         import_dicom("dicom/", "data/mycohort", labels="masks/")  # PosixPath('data/mycohort')
+        import_dicom("dicom/", "data/corrected", labels="corrected/", segment_codes=SEGMENT_CODES)  # .seg.nrrd
     """
     src, out = Path(src), Path(out)
     labels, clinical = _check_paths(src, out, labels, clinical)
+    check_label_map(label_map)  # a bad role is refused before anything is read
+    read_label = partial(read_segmentation, label_map=label_map, codes=segment_codes)
     patients = sorted(p.name for p in src.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not patients:
         raise InputError(f"{src}: no patient sub-folders. Fix: put each patient's DICOM series in its "
@@ -338,7 +354,7 @@ def import_dicom(src: str | os.PathLike, out: str | os.PathLike, *, labels: str 
         if unmatched:
             logger.warning("%d clinical row(s) match no patient folder and were not copied", unmatched)
 
-    n_labels, key = _write_cohort(src, out, patients, chosen, labels, kept_cols, clinical_rows)
+    n_labels, key = _write_cohort(src, out, patients, chosen, labels, kept_cols, clinical_rows, read_label, progress)
     logger.warning(
         "imported %d patient(s) (%d with labels) into %s. The key from case ids to patient folders is "
         "%s, OUTSIDE the cohort: keep it private and do not share it with the cohort.",

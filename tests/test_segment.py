@@ -126,7 +126,8 @@ def test_segment_writes_label_map_reports_and_montage(models, tmp_path):
     assert sha(scan) == digest  # input untouched
     out = tmp_path / "out"
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["patient_labels.itksnap.txt", "patient_labels.nii.gz", "patient_labels.seg.nrrd",
+    assert names == ["patient_densitometry.csv", "patient_labels.itksnap.txt", "patient_labels.nii.gz",
+                     "patient_labels.seg.nrrd",
                      "patient_overlay.png", "patient_report.csv", "patient_report.html", "patient_report.json",
                      "patient_uncertainty.nii.gz", "patient_zones.csv"]
     lab = nib.load(str(out / "patient_labels.nii.gz"))
@@ -222,7 +223,7 @@ def test_version_and_bad_options_give_one_line_and_exit_2(capsys, tmp_path):
         (["phantom", str(tmp_path / "c"), "--profile", "gpu"], "invalid choice: 'gpu'"),
         (["validate", str(tmp_path), "--label-map", '{"reticulation": ef}'], "--label-map is not valid JSON"),
         (["validate", str(tmp_path), "--label-map", '["ef"]'], "must be a JSON object"),
-        (["segment", "scan.nii.gz"], "required: --out"),
+        (["segment", "scan.nii.gz"], "--out is required"),
         (["frobnicate"], "invalid choice"),
     ]
     for argv, expected in cases:
@@ -365,6 +366,14 @@ def test_dicom_series_gets_a_dicom_seg_and_the_page_is_self_contained(models, tm
 
     first = pydicom.dcmread(next(folder.iterdir()), stop_before_pixels=True)
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == first.SeriesInstanceUID
+    # the models that made it, by hash; the volumes in a DICOM SR beside it, equal to the report's
+    params = str(seg.SegmentSequence[1].SegmentationAlgorithmIdentificationSequence[0].AlgorithmParameters)
+    assert all(m["sha256"][:12] in params for m in report["model_files"])
+    sr = hd.sr.srread(str(out / "series_sr.dcm"))
+    assert sr.SeriesInstanceUID != seg.SeriesInstanceUID and "series_sr.dcm" in report["outputs"]["dicom_sr"]
+    evidence = {i.ReferencedSOPInstanceUID for e in sr.CurrentRequestedProcedureEvidenceSequence
+                for s in e.ReferencedSeriesSequence for i in s.ReferencedSOPSequence}
+    assert seg.SOPInstanceUID in evidence and first.SOPInstanceUID in evidence
     # every lung voxel of the label map is in the DICOM SEG at the same place
     sv = seg.get_volume(combine_segments=True)
     arr = np.asarray(sv.array)

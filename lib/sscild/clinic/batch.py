@@ -3,18 +3,23 @@
 A folder is a **batch** when it holds scan files (NIfTI, NRRD, MetaImage), sub-folders (each one
 scan: a DICOM series), or DICOM files of more than one series; a folder whose files form one DICOM
 series is a single scan, as before. The models are loaded once. Each scan's outputs go to
-``OUT/<scan name>/``; ``OUT/batch.csv`` has one row per scan (status ``ok`` or ``failed`` with the
-reason, volumes, % of lung, stage, lower-zone and peripheral extent). A scan that cannot be
-segmented is reported and does not stop the others.
+``OUT/<scan name>/`` (nnU-Net's ``_0000`` channel suffix dropped); ``OUT/batch.csv`` has one row per
+scan (status ``ok`` or ``failed`` with the reason, volumes, % of lung, stage, lower-zone and
+peripheral extent, whole-lung densitometry, quality-control flags, and the warnings the scan raised).
+The table is rewritten after every scan; ``resume=True`` (``sscild segment --resume``) keeps the
+finished rows of an interrupted batch and segments the rest. A scan that cannot be segmented is
+reported and does not stop the others.
 
 Usage::
 
     rows = segment_batch(discover_scans("scans/"), "out/")
+    rows = segment_batch(discover_scans("scans/"), "out/", resume=True)   # after an interruption
 """
 
 from __future__ import annotations
 
 import csv
+import re
 import time
 import warnings
 from pathlib import Path
@@ -29,7 +34,8 @@ VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 BATCH_COLUMNS = ["scan", "status", "error", "outputs", "lung_ml", "normal_ml", "ef_ml", "ggo_ml", "lesion_ml",
                  "normal_pct", "ef_pct", "ggo_pct", "lesion_pct", "extent_stage", "ef_pct_lower", "ggo_pct_lower",
                  "lesion_pct_lower", "ef_pct_peripheral", "ggo_pct_peripheral", "lesion_pct_peripheral",
-                 "uncertain_pct_of_lesion", "qc_flags", "seconds"]
+                 "uncertain_pct_of_lesion", "qc_flags", "mean_lung_hu", "haa_pct", "laa950_pct", "series_uid",
+                 "warnings", "seconds"]
 """Columns of ``batch.csv``."""
 
 
@@ -79,10 +85,15 @@ def discover_scans(folder: str | Path) -> list[Path]:
     return sorted(set(items))
 
 
+_CHANNEL_SUFFIX = re.compile(r"_\d{4}$")
+
+
 def _name(item: Path, used: set) -> str:
+    """The output folder name of a scan: its stem without nnU-Net's channel suffix (``case_007_0000`` ->
+    ``case_007``), made unique within the batch."""
     from sscild.clinic.segment import scan_stem
 
-    base = scan_stem(item)
+    base = _CHANNEL_SUFFIX.sub("", scan_stem(item)) or scan_stem(item)
     name, k = base, 2
     while name in used:
         name, k = f"{base}_{k}", k + 1
@@ -103,34 +114,92 @@ def _row(item: Path, report: dict, out: Path, seconds: float) -> dict:
     for zone in ("lower", "peripheral"):
         for k in ("ef", "ggo", "lesion"):
             row[f"{k}_pct_{zone}"] = table.get(zone, {}).get(f"{k}_pct")
+    whole = report.get("densitometry", {}).get("table", {}).get("whole lung", {})
+    row.update(mean_lung_hu=whole.get("mean_hu"), haa_pct=whole.get("haa_pct"), laa950_pct=whole.get("laa950_pct"),
+               series_uid=report.get("acquisition", {}).get("series_uid"))
     return row
 
 
+def _read_done(table: Path) -> dict[str, dict]:
+    """Rows of an earlier ``batch.csv`` whose scan was segmented (status ``ok``), by scan path."""
+    if not table.exists():
+        return {}
+    with open(table, newline="") as fh:
+        return {r["scan"]: r for r in csv.DictReader(fh) if r.get("status") == "ok"}
+
+
+def _finished(row: dict) -> bool:
+    """Whether an earlier row's outputs are still there (its report JSON, the last file a scan writes)."""
+    folder = Path(row.get("outputs") or "")
+    return folder.is_dir() and any(folder.glob("*_report.json"))
+
+
+class _Table:
+    """``batch.csv`` rewritten (atomically) after every scan, so an interrupted batch keeps its rows."""
+
+    def __init__(self, path: Path):
+        self.path, self.rows = path, []
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.path, suffix=".csv") as tmp:
+            with open(tmp, "w", newline="") as fh:
+                w = csv.DictWriter(fh, fieldnames=BATCH_COLUMNS, extrasaction="ignore")
+                w.writeheader()
+                for r in self.rows:
+                    w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in BATCH_COLUMNS})
+
+
+def _warning_text(caught) -> str:
+    """The warnings a scan raised, one line each, joined with `` | `` (duplicates once)."""
+    seen = []
+    for w in caught:
+        text = " ".join(str(w.message).split())
+        if text not in seen:
+            seen.append(text)
+    return " | ".join(seen)
+
+
 def segment_batch(items, out: str | Path, *, models=None, ensemble=None, tta: bool | None = None,
-                  progress: bool = True, **kwargs) -> list[dict]:
+                  progress: bool = True, resume: bool = False, **kwargs) -> list[dict]:
     """Segment every scan in ``items``; one row per scan in ``out/batch.csv``, failures included.
+
+    The table is rewritten after each scan, so it is complete up to the scan being worked on when a
+    batch is interrupted. Warnings a scan raises (several series in a folder, unevenly spaced slices,
+    ...) go into its row's ``warnings`` column instead of the terminal.
 
     Args:
         items: scan paths (:func:`discover_scans`).
-        out: output folder; each scan writes to ``out/<scan name>/``.
+        out: output folder; each scan writes to ``out/<scan name>/`` (the file name without its
+            extension and without nnU-Net's ``_0000`` channel suffix).
         models, ensemble, tta: as :func:`sscild.clinic.segment.segment_scan` (models are loaded once).
         progress: a tqdm bar over the scans.
+        resume: keep the rows of an earlier ``out/batch.csv`` whose scan was segmented and whose report
+            is still there, and segment only the others (failed scans are tried again). Without
+            ``resume``, an existing ``batch.csv`` is an error rather than overwritten.
         **kwargs: passed on to :func:`sscild.clinic.segment.segment_scan`.
 
     Returns:
         The rows (dicts with :data:`BATCH_COLUMNS`).
 
     Raises:
-        InputError: the models cannot be loaded (nothing could be segmented).
+        InputError: the models cannot be loaded (nothing could be segmented), or ``out/batch.csv``
+            exists and ``resume`` is not set.
     """
     from sscild.clinic.segment import segment_scan
     from sscild.model.loading import load_ensemble
 
     items = [Path(p) for p in items]
     out = Path(out)
-    if ensemble is None:
+    table_path = out / "batch.csv"
+    if table_path.exists() and not resume:
+        raise InputError(f"{table_path} exists: a batch already wrote to {out}. Fix: add --resume to segment only "
+                         "the scans not yet done (the table keeps the finished ones), or choose another --out.")
+    done = {k: r for k, r in _read_done(table_path).items() if _finished(r)} if resume else {}
+    if ensemble is None and len(done) < len(items):
         ensemble = load_ensemble(models)
-    rows, used = [], set()
+    table, used = _Table(table_path), set()
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -140,28 +209,28 @@ def segment_batch(items, out: str | Path, *, models=None, ensemble=None, tta: bo
         name = _name(item, used)
         if bar is not None:
             bar.set_postfix_str(name[:30], refresh=False)
+        if str(item) in done:
+            table.add({**done[str(item)], "resumed": True})
+            if bar is not None:
+                bar.update(1)
+            continue
         t0 = time.perf_counter()
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            try:
                 report = segment_scan(item, out / name, ensemble=ensemble, tta=tta, progress=False, **kwargs)
-            rows.append(_row(item, report, out / name, time.perf_counter() - t0))
-        except Exception as exc:  # one bad scan must not stop the others; its reason goes into the table
-            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            if not isinstance(exc, InputError):
-                msg = f"{type(exc).__name__}: {msg}"
-            rows.append({"scan": str(item), "status": "failed", "error": msg, "outputs": "",
-                         "seconds": round(time.perf_counter() - t0, 2)})
+                row = _row(item, report, out / name, time.perf_counter() - t0)
+            except Exception as exc:  # one bad scan must not stop the others; its reason goes into the table
+                msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                if not isinstance(exc, InputError):
+                    msg = f"{type(exc).__name__}: {msg}"
+                row = {"scan": str(item), "status": "failed", "error": msg, "outputs": "",
+                       "seconds": round(time.perf_counter() - t0, 2)}
+        row["warnings"] = _warning_text(w for w in caught if issubclass(w.category, UserWarning)
+                                        and "tight_layout" not in str(w.message))
+        table.add(row)
         if bar is not None:
             bar.update(1)
     if bar is not None:
         bar.close()
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "batch.csv", suffix=".csv") as tmp:
-        with open(tmp, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=BATCH_COLUMNS, extrasaction="ignore")
-            w.writeheader()
-            for r in rows:
-                w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in BATCH_COLUMNS})
-    return rows
-
+    return table.rows

@@ -228,7 +228,7 @@ def _resolve(path: Path, out: Path, role: str, seg_kwargs: dict) -> ScanResult:
 
 
 def compare_scans(baseline: str | Path, followup: str | Path, out: str | Path, *, models=None, ensemble=None,
-                  tta: bool | None = None, progress: bool = True, refuse: bool = True) -> dict:
+                  tta: bool | None = None, progress: bool = True, refuse: bool = True, device=None) -> dict:
     """Segment (or reuse) two scans of one patient and report the change; writes JSON, CSV and HTML.
 
     Args:
@@ -236,7 +236,7 @@ def compare_scans(baseline: str | Path, followup: str | Path, out: str | Path, *
         followup: the later scan, or its ``sscild segment`` output folder.
         out: output folder: ``compare.json``, ``compare.csv``, ``compare.html``, and ``baseline/`` and
             ``followup/`` with the segmentations made here.
-        models, ensemble, tta, progress, refuse: as :func:`sscild.clinic.segment.segment_scan`.
+        models, ensemble, tta, progress, refuse, device: as :func:`sscild.clinic.segment.segment_scan`.
 
     Returns:
         The comparison dict (:func:`compare_results`) with ``outputs``.
@@ -247,8 +247,8 @@ def compare_scans(baseline: str | Path, followup: str | Path, out: str | Path, *
     out = Path(out)
     todo = [p for p in (Path(baseline), Path(followup)) if not (p.is_dir() and any(p.glob("*_report.json")))]
     if todo and ensemble is None:
-        ensemble = load_ensemble(models)
-    kw = dict(ensemble=ensemble, tta=tta, progress=progress, refuse=refuse)
+        ensemble = load_ensemble(models, device)
+    kw = dict(ensemble=ensemble, tta=tta, progress=progress, refuse=refuse, device=device)
     base = _resolve(Path(baseline), out, "baseline", kw)
     follow = _resolve(Path(followup), out, "followup", kw)
     result = compare_results(base, follow)

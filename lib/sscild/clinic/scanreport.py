@@ -1,8 +1,9 @@
 """One readable page per scan and per comparison: a self-contained HTML file that opens offline.
 
 The page holds everything a reader needs without the other files: volumes, % of lung, extent
-stage, the zone table (with bars drawn in plain HTML), the overlay montage embedded as a
-``data:image/png;base64`` URI, the models used and the research-use warning. It loads nothing from
+stage, the zone table (with bars drawn in plain HTML), lung densitometry per zone, the overlay montage
+embedded as a ``data:image/png;base64`` URI, the model files (with their SHA-256) and the cohort they
+were trained on, and the research-use warning -- at the top of the page when that cohort was synthetic. It loads nothing from
 any other file or host (no scripts, fonts or style sheets), so it can be mailed or archived as is.
 
 Usage::
@@ -74,6 +75,37 @@ def _zone_table(zones: pd.DataFrame) -> str:
     return "\n".join(rows)
 
 
+def _density_table(report: dict) -> list[str]:
+    """Densitometry per zone (:mod:`sscild.clinic.densitometry`), when the report has it."""
+    dens = report.get("densitometry")
+    if not dens:
+        return []
+    cols = (("mean_hu", "mean (HU)", 0), ("sd_hu", "SD (HU)", 0), ("skewness", "skewness", 2),
+            ("kurtosis", "kurtosis", 2), ("haa_pct", "HAA (%)", 1), ("laa950_pct", "below -950 HU (%)", 1),
+            ("pd15_hu", "15th percentile (HU)", 0))
+    out = ["<h2>Lung densitometry</h2><table><tr><th>zone</th>" + "".join(f"<th>{_e(h)}</th>" for _, h, _ in cols)
+           + "</tr>"]
+    for zone, row in dens["table"].items():
+        out.append(f"<tr><td>{_e(zone)}</td>" + "".join(f"<td>{_num(row.get(k), nd)}</td>" for k, _, nd in cols)
+                   + "</tr>")
+    rules, heads = dens.get("rules", {}), {k: h for k, h, _ in cols}
+    out.append("</table><p class='note'>" + "<br>".join(_e(f"{heads.get(k, k)}: {v}") for k, v in rules.items())
+               + "</p>")
+    return out
+
+
+def _model_rows(report: dict) -> list[tuple[str, str]]:
+    """(label, text) rows naming each model file with its hash and the training cohort."""
+    rows = []
+    cohort = report.get("training_cohort") or {}
+    if cohort:
+        kind = {True: "synthetic", False: "real scans", None: "not recorded whether real or synthetic"}[cohort.get("synthetic")]
+        rows.append(("training cohort", f"{cohort.get('name') or 'not recorded'} ({kind})"))
+    for m in report.get("model_files", []):
+        rows.append((f"model, fold {m.get('fold')}", f"{m['path']} (SHA-256 {m['sha256'][:16]}...)"))
+    return rows
+
+
 def _quality_section(report: dict) -> list[str]:
     """Quality-control flags (each: what was seen, what it means) and the uncertainty per class."""
     qc = report.get("quality_control")
@@ -116,7 +148,10 @@ def scan_report_html(report: dict, *, zones: pd.DataFrame | None = None, overlay
     pct, vol = s["percent_of_lung"], s["volumes_ml"]
     acq = report.get("acquisition", {})
     name = s["scan"].rstrip("/").split("/")[-1]
-    body = [f"<h1>Lung lesion report: {_e(name)}</h1>",
+    body = [f"<h1>Lung lesion report: {_e(name)}</h1>"]
+    if (report.get("training_cohort") or {}).get("synthetic"):
+        body.append(f"<div class='warn'><b>Synthetic-only models.</b> {_e(report.get('warning', ''))}</div>")
+    body += [
             f"<p class='big'>Lesion (EF + GGO) {_num(pct.get('lesion'))} % of lung &mdash; extent "
             f"<b>{_e(s['extent_stage'])}</b></p>",
             f"<p class='note'>{_e(s['extent_rule'])}. Scan: {_e(s['scan'])}</p>",
@@ -136,6 +171,7 @@ def scan_report_html(report: dict, *, zones: pd.DataFrame | None = None, overlay
         body.append("<p class='note'>" + "<br>".join(_e(v) for v in rules.values()) +
                     f"<br>Bars: <span style='color:{LABEL_HEX[2]}'>EF</span> and "
                     f"<span style='color:#9a8f00'>GGO</span>, % of the zone's lung (2 px per %).</p>")
+    body += _density_table(report)
     if overlay_png:
         body.append("<h2>Overlay</h2>")
         body.append(f"<img alt='axial and coronal slices with the segmentation' src='{png_data_uri(overlay_png)}'>")
@@ -144,7 +180,7 @@ def scan_report_html(report: dict, *, zones: pd.DataFrame | None = None, overlay
                          ("input grid", f"{report['input_shape']} voxels of {[round(x, 3) for x in report['input_spacing_mm']]} mm"),
                          ("models", report.get("models_choice") or f"{len(report['models'])} model(s)"),
                          ("ensemble", report.get("ensemble")), ("post-processing", report.get("postprocess")),
-                         ("precision", report.get("precision"))):
+                         ("precision", report.get("precision")), *_model_rows(report)):
         body.append(f"<tr><td>{_e(label)}</td><td style='text-align:left'>{_e(value)}</td></tr>")
     body.append("</table>")
     for what, why in report.get("not_written", {}).items():

@@ -30,8 +30,11 @@ from sscild.clinic.figures import scan_montage
 from sscild.clinic.qc import Flag, NoLungsError, check_lungs_found, quality_control, uncertainty_summary
 from sscild.clinic.scanreport import scan_report_html
 from sscild.clinic.viewer import write_dicom_seg, write_itksnap_labels, write_slicer_seg
-from sscild.clinic.zones import ZONE_RULES, zone_extent
+from sscild.clinic.densitometry import DENSITY_RULES, zone_densitometry
+from sscild.clinic.dicom_sr import write_dicom_sr
+from sscild.clinic.zones import ZONE_RULES, zone_extent, zone_map
 from sscild.data.image import Volume, pick_series as _pick_series, load_volume
+from sscild.data.series import header_text
 from sscild.data.nifti_writer import save_volume
 from sscild.errors import InputError
 from sscild.evaluation.metrics import volumes_ml
@@ -96,12 +99,13 @@ def scan_stem(scan: Path) -> str:
     return name or "scan"
 
 
-def acquisition_info(scan: str | Path, vol: Volume) -> dict:
+def acquisition_info(scan: str | Path, vol: Volume, series_uid: str | None = None) -> dict:
     """What a follow-up comparison needs to know about how a scan was acquired.
 
     For a DICOM series: PatientID, slice thickness, reconstruction kernel, study date, manufacturer
     and SeriesInstanceUID from the header of its first slice; for other formats only the slice
-    spacing is known (``None`` for the rest).
+    spacing is known (``None`` for the rest). ``series_uid``: the series read from a DICOM folder
+    (:func:`sscild.data.image.pick_series`).
 
     Returns:
         dict with ``format``, ``patient_id``, ``slice_thickness_mm`` (with ``slice_thickness_from``),
@@ -117,7 +121,7 @@ def acquisition_info(scan: str | Path, vol: Volume) -> dict:
     if scan.is_dir():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # load_volume already said which series it read
-            files = list(_pick_series(scan).files)
+            files = list(_pick_series(scan, series_uid).files)
     else:
         files = [str(scan)]
     try:
@@ -126,10 +130,7 @@ def acquisition_info(scan: str | Path, vol: Volume) -> dict:
         return info
 
     def get(tag):
-        v = ds.get(tag)
-        if v is None or v == "":
-            return None
-        return "\\".join(map(str, v)) if isinstance(v, pydicom.multival.MultiValue) else str(v)
+        return header_text(ds, tag)
 
     thick = get("SliceThickness")
     if thick:
@@ -193,10 +194,11 @@ def _output_paths(scan: Path, out: Path, stem: str, acq: dict, *, montage: bool,
     if montage:
         outputs["overlay"] = out / f"{stem}_overlay.png"
     if extras:
-        outputs.update(zones=out / f"{stem}_zones.csv", html=out / f"{stem}_report.html",
+        outputs.update(zones=out / f"{stem}_zones.csv", densitometry=out / f"{stem}_densitometry.csv",
+                       html=out / f"{stem}_report.html",
                        slicer=out / f"{stem}_labels.seg.nrrd", itksnap=out / f"{stem}_labels.itksnap.txt")
         if acq["format"] == "dicom" and scan.is_dir():
-            outputs["dicom_seg"] = out / f"{stem}_seg.dcm"
+            outputs.update(dicom_seg=out / f"{stem}_seg.dcm", dicom_sr=out / f"{stem}_sr.dcm")
     if any(p.resolve() == scan.resolve() for p in outputs.values()):
         raise InputError(f"{scan}: an output would overwrite the scan itself; choose another --out folder.")
     return outputs
@@ -237,6 +239,8 @@ def _report(summary: dict, outputs: dict, vol: Volume, spacing: tuple, acq: dict
         "acquisition": {k: v for k, v in acq.items() if k != "series_files"},
         "network_grid": pred.grid,
         "models": [str(p_) for p_ in ens.paths],
+        "model_files": ens.identity or [],
+        "training_cohort": ens.training_cohort,
         "models_choice": ens.choice,
         "profile": ens.profile.name,
         "ensemble": (f"mean softmax of {len(ens.nets)} fold model(s)"
@@ -248,9 +252,22 @@ def _report(summary: dict, outputs: dict, vol: Volume, spacing: tuple, acq: dict
         "threads": pred.threads,
         "seconds": {"read_scan_and_models": round(t_load - t0, 2), "preprocess": round(t_pre - t_load, 2),
                     "predict": round(t_pred - t_pre, 2), "postprocess_and_restore": round(t_post - t_pred, 2)},
-        "warning": "Research software, not a medical device. Models trained on the run named in 'models'; "
-                   "a synthetic-cohort model has never seen real disease.",
+        "warning": _warning(ens.training_cohort),
     }
+
+
+def _warning(cohort: dict) -> str:
+    """The report's research-use warning, naming the training cohort (first when it was synthetic)."""
+    base = "Research software, not a medical device."
+    name = cohort.get("name") or "an unrecorded cohort"
+    if cohort.get("synthetic"):
+        return (f"These models were trained on a SYNTHETIC cohort ({name}): generated phantoms, never a real "
+                f"patient's disease. The numbers show that the pipeline runs; they are not measurements of "
+                f"disease. {base}")
+    if cohort.get("synthetic") is None:
+        return (f"{base} The model files do not record whether their training cohort ({name}) was real or "
+                "synthetic; a synthetic-cohort model has never seen real disease.")
+    return f"{base} Models trained on the cohort {name}."
 
 
 def _refusal(lung_ml: float, scan: Path, refuse: bool) -> str | None:
@@ -315,33 +332,63 @@ def _dicom_seg_refusal(acq: dict) -> str | None:
     return None
 
 
-def _write_zones_and_viewer_files(report: dict, outputs: dict, label: np.ndarray, vol: Volume, acq: dict):
-    """Zones CSV (also into ``report``), the 3D Slicer and ITK-SNAP files, the DICOM Segmentation; returns the zones.
+def _records(table) -> dict:
+    """A zone table as ``{zone: {column: value}}`` with NaN as None (for JSON)."""
+    return {z: {k: (None if not np.isfinite(v) else round(float(v), 3)) for k, v in row.items()}
+            for z, row in table.iterrows()}
 
-    A DICOM Segmentation the series cannot carry (no Frame of Reference UID, ...) is not written; the
-    report's ``not_written`` says why, and every other output is.
-    """
+
+def _write_zones_and_viewer_files(report: dict, outputs: dict, label: np.ndarray, vol: Volume, acq: dict,
+                                  ens: Ensemble):
+    """Zones and densitometry CSVs (also into ``report``), the 3D Slicer and ITK-SNAP files, and for a DICOM
+    series the DICOM Segmentation and SR (:func:`_write_dicom_objects`); returns the zones."""
     t_zone = time.perf_counter()
-    zones = zone_extent(label, vol.affine)
+    zmap = zone_map(label, vol.affine)
+    zones = zone_extent(label, vol.affine, zmap=zmap)
     with atomic_path(outputs["zones"], suffix=".csv") as tmp:
         zones.round(3).to_csv(tmp)
-    report["zones"] = {"rules": ZONE_RULES, "sides_by": zones.attrs.get("sides_by"),
-                       "table": {z: {k: (None if not np.isfinite(v) else round(float(v), 3)) for k, v in row.items()}
-                                 for z, row in zones.iterrows()}}
+    report["zones"] = {"rules": ZONE_RULES, "sides_by": zones.attrs.get("sides_by"), "table": _records(zones)}
     report["seconds"]["zones"] = round(time.perf_counter() - t_zone, 2)
+    t_dens = time.perf_counter()
+    density = zone_densitometry(zmap, vol.array, vol.affine)
+    with atomic_path(outputs["densitometry"], suffix=".csv") as tmp:
+        density.round(3).to_csv(tmp)
+    report["densitometry"] = {"rules": DENSITY_RULES, "table": _records(density)}
+    report["seconds"]["densitometry"] = round(time.perf_counter() - t_dens, 2)
     t_view = time.perf_counter()
     write_slicer_seg(outputs["slicer"], label, vol.affine)
     write_itksnap_labels(outputs["itksnap"])
     if "dicom_seg" in outputs:
-        why = _dicom_seg_refusal(acq)
-        if why is None:
-            write_dicom_seg(outputs["dicom_seg"], label, vol.affine, acq["series_files"])
-        else:
-            report.setdefault("not_written", {})["dicom_seg"] = why
-            report["outputs"].pop("dicom_seg", None)
-            outputs.pop("dicom_seg")
+        _write_dicom_objects(report, outputs, label, vol, acq, ens)
     report["seconds"]["viewer_files"] = round(time.perf_counter() - t_view, 2)
     return zones
+
+
+def _not_written(report: dict, outputs: dict, key: str, why: str) -> None:
+    report.setdefault("not_written", {})[key] = why
+    report["outputs"].pop(key, None)
+    outputs.pop(key, None)
+
+
+def _write_dicom_objects(report: dict, outputs: dict, label: np.ndarray, vol: Volume, acq: dict, ens: Ensemble) -> None:
+    """The DICOM Segmentation and the DICOM SR of the volumes, for a DICOM series input. Either that the series
+    cannot carry (no Frame of Reference UID, slices unevenly spaced, ...) is not written; the report's
+    ``not_written`` says why, and every other output is."""
+    why = _dicom_seg_refusal(acq)
+    if why is None:
+        try:
+            write_dicom_seg(outputs["dicom_seg"], label, vol.affine, acq["series_files"], models=ens.identity)
+        except InputError as exc:
+            why = str(exc)
+    if why is not None:
+        _not_written(report, outputs, "dicom_seg", why)
+    s = report["summary"]
+    try:
+        write_dicom_sr(outputs["dicom_sr"], series_files=acq["series_files"], seg_path=outputs.get("dicom_seg"),
+                       volumes_ml=s["volumes_ml"], percent_of_lung=s["percent_of_lung"], stage=s["extent_stage"],
+                       models=ens.identity)
+    except InputError as exc:
+        _not_written(report, outputs, "dicom_sr", str(exc))
 
 
 def _write_overlay(path: Path, vol: Volume, label: np.ndarray, title: str, uncertainty=None) -> bytes:
@@ -368,7 +415,8 @@ def _write_pictures(report: dict, outputs: dict, vol: Volume, pred: _Prediction,
 
 def segment_scan(scan: str | Path, out: str | Path, *, models=None, ensemble: Ensemble | None = None,
                  tta: bool | None = None, postprocess: bool = True, device=None, cpu_bf16: bool | None = None,
-                 progress: bool = True, montage: bool = True, extras: bool = True, refuse: bool = True) -> dict:
+                 progress: bool = True, montage: bool = True, extras: bool = True, refuse: bool = True,
+                 series_uid: str | None = None) -> dict:
     """Segment a new chest CT with the fold ensemble; write label map, viewer files, zones and reports.
 
     Outputs in ``out`` (``<stem>`` is the scan's file name without its extension, :func:`scan_stem`):
@@ -378,14 +426,15 @@ def segment_scan(scan: str | Path, out: str | Path, *, models=None, ensemble: En
     * ``<stem>_uncertainty.nii.gz``: uint8 uncertainty of every voxel, in percent
       (:mod:`sscild.model.inference`), on the same grid: load it over the scan as a colour layer;
     * ``<stem>_report.json`` and ``<stem>_report.csv``: volumes (mL), percent of lung per class, the
-      extent stage (Goh et al. 2008: limited <= 20 % of lung, extensive > 20 %), the models used,
+      extent stage (Goh et al. 2008: limited <= 20 % of lung, extensive > 20 %), the model files
+      (path, SHA-256, fold) and the cohort they were trained on (``training_cohort``: name, synthetic),
       the uncertainty per class and the quality-control flags (:mod:`sscild.clinic.qc`);
     * ``<stem>_overlay.png``: axial and coronal slices with the labels, radiological orientation;
-    * with ``extras`` (the default): ``<stem>_zones.csv`` (EF / GGO extent per lung zone,
-      :mod:`sscild.clinic.zones`), ``<stem>_report.html`` (one self-contained page, :mod:`sscild.clinic.scanreport`),
-      ``<stem>_labels.seg.nrrd`` (3D Slicer) and ``<stem>_labels.itksnap.txt`` (ITK-SNAP label
-      names and colours), and for a DICOM series ``<stem>_seg.dcm``, a DICOM Segmentation
-      referencing it (:mod:`sscild.clinic.viewer`).
+    * with ``extras`` (the default): ``<stem>_zones.csv`` (extent per lung zone, :mod:`sscild.clinic.zones`),
+      ``<stem>_densitometry.csv`` (lung attenuation per zone, :mod:`sscild.clinic.densitometry`),
+      ``<stem>_report.html`` (:mod:`sscild.clinic.scanreport`), ``<stem>_labels.seg.nrrd`` (3D Slicer),
+      ``<stem>_labels.itksnap.txt`` (ITK-SNAP), and for a DICOM series ``<stem>_seg.dcm`` (DICOM
+      Segmentation, :mod:`sscild.clinic.viewer`) and ``<stem>_sr.dcm`` (DICOM SR of the volumes).
 
     Args:
         scan: a NIfTI / NRRD / MHA file or a folder holding one DICOM series.
@@ -398,12 +447,10 @@ def segment_scan(scan: str | Path, out: str | Path, *, models=None, ensemble: En
             (``tta_flips``; on for ``cpu`` and ``paper``).
         postprocess: :func:`sscild.model.inference.keep_largest_lung_components`.
         device: torch device.
-        cpu_bf16: bfloat16 inference on CPU (see :func:`sscild.model.inference.predict_preprocessed`);
-            ``None``: where the CPU supports it natively. The choice is recorded in the report
-            (``"precision"``).
-        progress: tqdm bar over slices.
-        montage: write the overlay PNG.
-        extras: write zones, viewer files and the HTML report.
+        cpu_bf16: bfloat16 inference on CPU (:func:`sscild.model.inference.predict_preprocessed`); ``None``:
+            where the CPU supports it natively. The choice is recorded in the report (``"precision"``).
+        progress, montage, extras: a tqdm bar over slices; the overlay PNG; the ``extras`` files above.
+        series_uid: the SeriesInstanceUID to read from a DICOM folder (:func:`sscild.data.series.pick_series`).
         refuse: refuse a scan without plausible lungs (:func:`sscild.clinic.qc.check_lungs_found`); with
             ``False`` (``--force``) every output is written anyway and the refusal becomes a flag of the
             report.
@@ -422,7 +469,7 @@ def segment_scan(scan: str | Path, out: str | Path, *, models=None, ensemble: En
     _check_paths(scan, out)
     if ensemble is None and models is not None:
         find_models(models)  # a wrong --models is reported before the scan is read
-    vol = load_volume(scan)
+    vol = load_volume(scan, series_uid=series_uid)
     check_ct(vol, scan)
     ens = ensemble if ensemble is not None else load_ensemble(models, device)
     pred = _predict_scan(vol, scan, ens, tta=tta, postprocess=postprocess, device=device, cpu_bf16=cpu_bf16,
@@ -431,7 +478,7 @@ def segment_scan(scan: str | Path, out: str | Path, *, models=None, ensemble: En
     spacing = tuple(float(s) for s in vol.spacing)
     vols, pct, lesion_pct, stage, summary = _extent_summary(scan, label, spacing)
     refusal = _refusal(vols.get("lung", 0.0), scan, refuse)  # raised before anything is written
-    acq = acquisition_info(scan, vol)
+    acq = acquisition_info(scan, vol, series_uid)
     out.mkdir(parents=True, exist_ok=True)
     outputs = _output_paths(scan, out, scan_stem(scan), acq, montage=montage, extras=extras)
     save_volume(outputs["labels"], label, vol.affine, dtype=np.uint8)
@@ -439,7 +486,7 @@ def segment_scan(scan: str | Path, out: str | Path, *, models=None, ensemble: En
     report = _report(summary, outputs, vol, spacing, acq, ens, pred, postprocess=postprocess, t0=t0)
     _add_quality(report, pred, vol, ens, acq, refusal)
     _write_table(outputs["table"], vols, pct, stage)
-    zones = _write_zones_and_viewer_files(report, outputs, label, vol, acq) if extras else None
+    zones = _write_zones_and_viewer_files(report, outputs, label, vol, acq, ens) if extras else None
     _write_pictures(report, outputs, vol, pred, zones, title=f"{scan.name}: lesion {lesion_pct:.1f} % of lung ({stage})")
     report["seconds"]["write_outputs"] = round(time.perf_counter() - t_post, 2)
     report["seconds"]["total"] = round(time.perf_counter() - t0, 2)

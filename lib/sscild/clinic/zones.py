@@ -51,7 +51,7 @@ from scipy import ndimage as ndi
 from sscild.data.orientation import to_canonical
 
 __all__ = ["ZONES", "PERIPHERAL_FRACTION", "SECOND_LUNG_SHARE", "ZONE_GRID_MM", "ZONE_RULES", "ZoneMap",
-           "zone_map", "zone_extent", "zone_row", "cohort_zone_extent", "zone_agreement", "zone_correlations"]
+           "zone_map", "zone_members", "zone_extent", "zone_row", "cohort_zone_extent", "zone_agreement", "zone_correlations"]
 
 PERIPHERAL_FRACTION = 1.0 / 3.0
 """A lung voxel is peripheral when its in-plane distance to the chest wall is at most this share of the
@@ -227,7 +227,8 @@ def zone_map(label: np.ndarray, affine: np.ndarray, *, peripheral_fraction: floa
     return ZoneMap(code=code_c, scale=s, label=lab, voxel_ml=voxel_ml, how=how)
 
 
-def _zone_members() -> dict[str, list[int]]:
+def zone_members() -> dict[str, list[int]]:
+    """The zone codes (0..11 of :class:`ZoneMap`) that make up each zone of :data:`ZONES`."""
     codes = [(si, lv, dp) for si in range(2) for lv in range(3) for dp in range(2)]
     idx = {c: c[0] * 6 + c[1] * 2 + c[2] for c in codes}
     out = {"whole lung": list(range(12))}
@@ -237,12 +238,13 @@ def _zone_members() -> dict[str, list[int]]:
     return out
 
 
-def zone_extent(label: np.ndarray, affine: np.ndarray, **kwargs) -> pd.DataFrame:
+def zone_extent(label: np.ndarray, affine: np.ndarray, *, zmap: ZoneMap | None = None, **kwargs) -> pd.DataFrame:
     """EF, GGO and lesion extent per zone, in mL and in % of the zone's lung.
 
     Args:
         label: (x, y, z) label map (0 background, 1 normal, 2 EF, 3 GGO).
         affine: its voxel -> RAS affine.
+        zmap: the label map's :func:`zone_map`, when already computed (``kwargs`` are then not used).
         **kwargs: passed to :func:`zone_map`.
 
     Returns:
@@ -257,10 +259,10 @@ def zone_extent(label: np.ndarray, affine: np.ndarray, **kwargs) -> pd.DataFrame
         >>> [round(float(t.loc[z, "ef_pct"]), 2) for z in ("right", "left", "lower", "whole lung")]
         [33.33, 0.0, 50.0, 16.67]
     """
-    zm = zone_map(label, affine, **kwargs)
+    zm = zmap if zmap is not None else zone_map(label, affine, **kwargs)
     counts = zm.counts()
     rows = {}
-    for zone, members in _zone_members().items():
+    for zone, members in zone_members().items():
         c = counts[members].sum(axis=0).astype(float) * zm.voxel_ml
         lung = c[1:].sum()
         rows[zone] = {"lung_ml": lung, "normal_ml": c[1], "ef_ml": c[2], "ggo_ml": c[3], "lesion_ml": c[2] + c[3]}

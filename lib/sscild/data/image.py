@@ -7,7 +7,8 @@ plus a 4x4 affine that maps voxel indices to RAS+ millimetres (the NIfTI / nibab
 * NRRD (``.nrrd``, ``.nhdr``), MetaImage (``.mha``, ``.mhd``) and DICOM are read with SimpleITK,
   whose physical space is LPS; the affine is converted to RAS by flipping the first two world axes.
 * A folder is read as one DICOM series. If it holds several series (a scout, a second
-  reconstruction, ...), the one with the most slices is read and a warning names the choice.
+  reconstruction, ...), the one with the most slices is read (on a tie, the lung-kernel
+  reconstruction) and a warning names the choice; ``series_uid`` picks one (:func:`pick_series`).
   SimpleITK (GDCM) applies each slice's RescaleSlope / RescaleIntercept, so DICOM CT comes out in
   Hounsfield units.
 
@@ -35,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sscild.data.series import DicomSeries, find_dicom_series, pick_series
 from sscild.errors import InputError
 
 __all__ = [
@@ -256,60 +258,6 @@ def load_with_sitk(path: Path, dtype=None) -> Volume:
     return _from_sitk(image, path, dtype)
 
 
-@dataclass(frozen=True)
-class DicomSeries:
-    """One DICOM series: the folder that holds it and its files in GDCM's slice order."""
-
-    folder: Path
-    files: tuple[str, ...]
-
-
-def find_dicom_series(folder: Path) -> list[DicomSeries]:
-    """Every DICOM series under ``folder`` (recursively), as sorted file lists."""
-    import SimpleITK as sitk
-
-    found: list[DicomSeries] = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames.sort()
-        if not any(not f.startswith(".") for f in filenames):
-            continue
-        for sid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(dirpath):
-            files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(dirpath, sid)
-            if files:
-                found.append(DicomSeries(Path(dirpath), tuple(files)))
-    return found
-
-
-def pick_series(folder: Path) -> DicomSeries:
-    """The series of ``folder`` with the most slices; a ``UserWarning`` names the others, if any.
-
-    Raises:
-        InputError: ``folder`` holds no DICOM series.
-    """
-    series = find_dicom_series(folder)
-    if not series:
-        raise InputError(
-            f"{folder}: no DICOM series found in this folder. Fix: point to the folder that holds "
-            "the series' .dcm files (or give a NIfTI / NRRD / MHA file)."
-        )
-    # Most slices wins; ties go to the first in sorted folder order (deterministic).
-    best = max(series, key=lambda s: len(s.files))
-    if len(series) > 1:
-        def describe(s: DicomSeries) -> str:
-            return f"{len(s.files)} slice(s) starting {Path(s.files[0]).relative_to(folder)}"
-
-        others = [describe(s) for s in series if s is not best]
-        shown = "; ".join(others[:3]) + (f"; and {len(others) - 3} more" if len(others) > 3 else "")
-        warnings.warn(
-            f"{folder}: holds {len(series)} DICOM series; reading the one with the most slices "
-            f"({describe(best)}) and ignoring the others ({shown}). To read another series, give a "
-            "folder that holds only that series.",
-            UserWarning,
-            stacklevel=3,
-        )
-    return best
-
-
 def _check_series(series: DicomSeries, path: Path) -> None:
     """Check a series before reading it.
 
@@ -376,19 +324,20 @@ def read_series(series: DicomSeries, path: Path, dtype) -> Volume:
     return _from_sitk(image, path, dtype)
 
 
-def _load_dicom(path: Path, dtype) -> Volume:
+def _load_dicom(path: Path, dtype, series_uid: str | None = None) -> Volume:
     if path.is_dir():
-        return read_series(pick_series(path), path, dtype)
+        return read_series(pick_series(path, series_uid), path, dtype)
     return load_with_sitk(path, dtype)
 
 
-def load_volume(path: str | os.PathLike, *, dtype=None) -> Volume:
+def load_volume(path: str | os.PathLike, *, dtype=None, series_uid: str | None = None) -> Volume:
     """Read a CT scan or label map with its geometry.
 
     Args:
         path: a NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``, ``.nhdr``) or MetaImage
-            (``.mha``, ``.mhd``) file, a single DICOM file, or a folder holding one DICOM series
-            (with several, the series with the most slices is read and a ``UserWarning`` says so).
+            (``.mha``, ``.mhd``) file, a single DICOM file, or a folder holding DICOM series
+            (with several, :func:`pick_series` chooses and a ``UserWarning`` says which).
+        series_uid: for a DICOM folder, the SeriesInstanceUID to read (:func:`pick_series`).
         dtype: cast the voxels to this numpy dtype. Default: the stored type; a NIfTI with a
             scale slope / intercept comes back as float32; DICOM as the rescaled (HU) type.
 
@@ -412,7 +361,7 @@ def load_volume(path: str | os.PathLike, *, dtype=None) -> Volume:
     if kind == "sitk":
         return load_with_sitk(path, dtype)
     if kind == "dicom":
-        return _load_dicom(path, dtype)
+        return _load_dicom(path, dtype, series_uid)
     raise _unsupported(path)
 
 

@@ -112,10 +112,13 @@ def resume_training(path: Path, net, opt, sched, scaler, *, recipe: dict, profil
     return int(state["step"]), state["history"], state["epochs"], float(state.get("seconds", 0.0))
 
 
-def final_model_state(net, p: Profile, *, key: int, num_classes: int, class_names, train_cases) -> dict:
-    """The content of ``model_final.pt``: weights, profile, fold, classes, training cases, what it segments."""
+def final_model_state(net, p: Profile, *, key: int, num_classes: int, class_names, train_cases,
+                      cohort: dict | None = None) -> dict:
+    """The content of ``model_final.pt``: weights, profile, fold, classes, training cases, what it segments,
+    and (when given) the training cohort (``{"name", "synthetic"}``, :func:`sscild.model.train.cohort_identity`)."""
+    extra = {"training_cohort": dict(cohort)} if cohort else {}
     return {"model": net.state_dict(), "profile": p.to_dict(), "fold": int(key), "num_classes": num_classes,
             "class_names": list(class_names), "train_cases": sorted(train_cases),
             # what the model segments, so `sscild segment` can refuse a model of another task
             "label_scheme": {"background": 0, **{str(c): i + 1 for i, c in enumerate(class_names)}},
-            "input_kind": "2d-image-slices" if (p.extra or {}).get("grid_size") else "ct-volume-hu"}
+            "input_kind": "2d-image-slices" if (p.extra or {}).get("grid_size") else "ct-volume-hu", **extra}

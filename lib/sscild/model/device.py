@@ -23,7 +23,7 @@ from sscild.machine import cpu_name
 from sscild.model.network import native_cpu_bf16
 from sscild.profiles import Profile
 
-__all__ = ["select_device", "describe_device", "set_threads", "network_numerics", "configure_backend", "loader_workers",
+__all__ = ["select_device", "device_from_name", "describe_device", "set_threads", "network_numerics", "configure_backend", "loader_workers",
            "worker_init"]
 
 
@@ -31,6 +31,43 @@ def select_device(device: str | torch.device | None = None) -> torch.device:
     if device is not None:
         return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def device_from_name(name: str | None) -> torch.device | None:
+    """A device named on the command line (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``), checked.
+
+    ``auto`` or ``None`` gives ``None`` (:func:`select_device` then takes CUDA when there is one).
+
+    Raises:
+        InputError: an unknown name, or a device this machine or this build of torch does not have.
+
+    Example:
+        >>> device_from_name("auto") is None, device_from_name("cpu")
+        (True, device(type='cpu'))
+    """
+    from sscild.errors import InputError
+
+    if name is None or str(name).strip().lower() in ("", "auto"):
+        return None
+    text = str(name).strip().lower()
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise InputError(f"--device {name!r} is not a device: use auto, cpu, cuda, cuda:N (N = 0, 1, ...) or mps.") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+            raise InputError(f"--device {name}: no CUDA GPU is usable here (torch {torch.__version__} is {build}). "
+                             "Fix: use --device cpu, or install a CUDA build of torch (README: GPU).")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise InputError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                             f"cuda:0..cuda:{torch.cuda.device_count() - 1}.")
+    elif device.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise InputError(f"--device {name}: Apple's MPS is not available on this machine. Fix: use --device cpu.")
+    elif device.type != "cpu":
+        raise InputError(f"--device {name!r}: use auto, cpu, cuda, cuda:N or mps.")
+    return device
 
 
 def describe_device(device: torch.device) -> str:

@@ -32,6 +32,8 @@ __all__ = [
     "DEFAULT_PROFILE",
     "fuse_batchnorm",
     "load_fold_model",
+    "file_sha256",
+    "model_identity",
     "checkpoint_label_scheme",
     "check_study_model",
     "choose_default_models",
@@ -159,6 +161,7 @@ def load_fold_model(path: str | Path, device=None) -> tuple[torch.nn.Module, dic
     fuse_batchnorm(net)
     return net, {"profile": profile, "fold": state.get("fold"), "path": str(path),
                  "train_cases": list(state.get("train_cases", [])),
+                 "training_cohort": state.get("training_cohort"),
                  "label_scheme": checkpoint_label_scheme(state), "input_kind": state.get("input_kind")}
 
 
@@ -270,14 +273,65 @@ def find_models(models: str | Path | None = None) -> list[Path]:
     return paths
 
 
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (hex), read in 1 MiB blocks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _cohort_of_run(model_path: Path) -> dict | None:
+    """The training cohort of a model written before model files recorded it: from its run folder
+    (``fold_<k>/model_final.pt`` -> ``run_context.json`` and the cohort's ``dataset.json``), if still there."""
+    import json
+
+    try:
+        ctx = json.loads((Path(model_path).resolve().parents[1] / "run_context.json").read_text())
+    except (OSError, ValueError, IndexError):
+        return None
+    synthetic = None
+    try:
+        synthetic = json.loads((Path(ctx["data_dir"]) / "dataset.json").read_text()).get("synthetic")
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    if not isinstance(synthetic, bool) and ctx.get("builtin_cohort"):
+        synthetic = True
+    return {"name": ctx.get("cohort"), "synthetic": synthetic if isinstance(synthetic, bool) else None,
+            "recorded_in": "the run folder's run_context.json (the model file does not record it)"}
+
+
+def model_identity(path: str | Path, meta: dict) -> dict:
+    """What a report says of one model file: path, SHA-256, fold, profile and training cohort."""
+    cohort = meta.get("training_cohort") or _cohort_of_run(Path(path)) or {"name": None, "synthetic": None}
+    return {"path": str(path), "sha256": file_sha256(path), "fold": meta.get("fold"),
+            "profile": meta["profile"].name, "training_cohort": cohort}
+
+
 @dataclass
 class Ensemble:
-    """The fold models ``sscild segment`` averages, and where they came from."""
+    """The fold models ``sscild segment`` averages, and where they came from.
+
+    ``identity`` holds :func:`model_identity` of each model file (hash, fold, training cohort).
+    """
 
     nets: list
     profile: Profile
     paths: list[Path]
     choice: str
+    identity: list[dict] | None = None
+
+    @property
+    def training_cohort(self) -> dict:
+        """``{"name", "synthetic"}`` of the cohort the models were trained on (``synthetic``: True when any
+        model's cohort was synthetic, None when no model says)."""
+        cohorts = [m["training_cohort"] for m in (self.identity or [])]
+        names = sorted({str(c.get("name")) for c in cohorts if c.get("name")})
+        flags = [c.get("synthetic") for c in cohorts if c.get("synthetic") is not None]
+        return {"name": ", ".join(names) or None, "synthetic": (any(flags) if flags else None)}
 
 
 def load_ensemble(models=None, device=None) -> Ensemble:
@@ -302,15 +356,16 @@ def load_ensemble(models=None, device=None) -> Ensemble:
         paths, choice = [Path(p) for p in models], "models: given as a list of files"
     else:
         paths, choice = find_models(models), f"models: {models} (given with --models)"
-    nets, settings = [], set()
+    nets, settings, identity = [], set(), []
     profile = None
     for pth in paths:
         net, meta = load_fold_model(pth, device)
         check_study_model(meta)
         nets.append(net)
+        identity.append(model_identity(pth, meta))
         profile = meta["profile"]
         settings.add((profile.name, profile.target_spacing, profile.hu_clip))
     if len(settings) > 1:
         raise InputError(f"the models in {paths[0].parent.parent} were trained with different preprocessing "
                          f"settings ({sorted(map(str, settings))}); use the folds of one run only.")
-    return Ensemble(nets=nets, profile=profile, paths=paths, choice=choice)
+    return Ensemble(nets=nets, profile=profile, paths=paths, choice=choice, identity=identity)

@@ -31,6 +31,7 @@ done).
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,21 @@ def fold_is_done(run: RunPaths, fold: int) -> bool:
 def load_training_cases(run: RunPaths, case_ids) -> dict:
     """Load the cached, preprocessed training cases (the only data a fold's training ever reads)."""
     return {cid: load_cached(run, cid) for cid in case_ids}
+
+
+def cohort_identity(run: RunPaths) -> dict:
+    """Which cohort a run trains on, for the model files: ``{"name", "synthetic"}``.
+
+    ``synthetic`` is the cohort's ``dataset.json`` flag (the Data chapter's ``validation.json`` names the
+    cohort folder); ``None`` when that cannot be read.
+    """
+    synthetic = None
+    try:
+        root = Path(read_json(run.validation)["root"])
+        synthetic = json.loads((root / "dataset.json").read_text()).get("synthetic")
+    except (OSError, KeyError, ValueError, TypeError):
+        pass
+    return {"name": run.cohort, "synthetic": synthetic if isinstance(synthetic, bool) else None}
 
 
 def train_fold(run: RunPaths, profile: Profile, fold: int, *, device=None, progress: bool = True,
@@ -133,7 +149,7 @@ def train_fold(run: RunPaths, profile: Profile, fold: int, *, device=None, progr
     if unlabelled:  # pretraining: unlabelled scans only, the same weights for every fold
         init, pre = cohort_pretrained_state(run, p, unlabelled, device=device)
     result = train_model(cases, p, out, key=fold, device=device, progress=progress, stop_after=stop_after,
-                         iterations=iterations, desc=f"fold {fold}", init_state=init)
+                         iterations=iterations, desc=f"fold {fold}", init_state=init, cohort=cohort_identity(run))
     if result.get("interrupted"):
         return {"fold": fold, **result}
     summary = {"fold": fold, "profile": p.name, "cohort": run.cohort, **result,
@@ -170,7 +186,7 @@ def _train_fold_semi(run: RunPaths, p: Profile, fold: int, cases: dict, scans: d
     init = torch.load(tdir / "model_final.pt", map_location="cpu", weights_only=False)["model"]
     result = train_model(cases, p, out, key=fold, device=device, progress=progress, stop_after=stop_after,
                          iterations=semi["student_iterations"], desc=f"fold {fold}, student", pseudo_cases=pseudo,
-                         pseudo_share=p.pseudo_share, init_state=init)
+                         pseudo_share=p.pseudo_share, init_state=init, cohort=cohort_identity(run))
     if result.get("interrupted"):
         return {"fold": fold, **result}
     summary = {"fold": fold, "profile": p.name, "cohort": run.cohort, **result,
@@ -395,7 +411,7 @@ def train_model(cases: dict, profile: Profile, out: Path, *, key: int = 0, num_c
                 class_names: tuple[str, ...] = ("normal", "ef", "ggo"), device=None, progress: bool = True,
                 stop_after: int | None = None, iterations: int | None = None, desc: str = "training",
                 pseudo_cases: dict | None = None, pseudo_share: float = 0.0,
-                init_state: dict | None = None) -> dict:
+                init_state: dict | None = None, cohort: dict | None = None) -> dict:
     """The training loop on already-loaded cases; resumes from ``out/checkpoint_latest.pt``.
 
     ``cases`` maps an id to an object with ``image`` (float32, (x, y, z)) and ``label`` (uint8). ``key``
@@ -448,7 +464,8 @@ def train_model(cases: dict, profile: Profile, out: Path, *, key: int = 0, num_c
         return {"steps": step, "interrupted": True}
 
     _write_outputs(out, history, epochs, final_model_state(fit.net, p, key=key, num_classes=num_classes,
-                                                          class_names=class_names, train_cases=cases))
+                                                          class_names=class_names, train_cases=cases,
+                                                          cohort=cohort))
     ckpt.unlink(missing_ok=True)
     return {
         "steps": step,

@@ -17,6 +17,11 @@ LAUNCHER  ?= local
 ALLOW_CLINICAL_GAPS ?=
 # which folds `make train` trains (default all), e.g. FOLDS="0 1" on one machine, "2 3" on another
 FOLDS ?= $(ALL_FOLDS)
+# SEED=N replaces the profile's seed (other fold splits, pretraining and training draws), to repeat the
+# study; give each seed its own RESULTS folder (scripts/record_seeds.py collects the repeats)
+ifneq ($(strip $(SEED)),)
+export SSCILD_SEED := $(strip $(SEED))
+endif
 # threads of every step (default: chosen per step; a Slurm task exports SSCILD_THREADS = its CPUs)
 ifeq ($(strip $(THREADS)),)
 THREADS := $(strip $(SSCILD_THREADS))

@@ -34,19 +34,40 @@ data_dir = None
 from IPython.display import Markdown, display
 
 from sscild.paths import read_json, resolve_data_dir
+from sscild.book.chapters import abstract as ch
+from sscild.book.report import banner, chapter_context, show
 from sscild.book.summary import abstract_paragraph
-from sscild.book.report import banner, chapter_context
 
 data_dir = resolve_data_dir(data_dir, profile)
 run, prof, info = chapter_context(data_dir, profile)
 banner(data_dir, profile)
+seg = read_json(run.segmentation_summary)
+clin = read_json(run.clinical_summary)
+
+# %% [markdown]
+# ## Claims ledger
+#
+# Each number the published study claims, beside what this run gives, whether this cohort can test the
+# claim at all, how large a difference its patients could detect, and a verdict. The table fills itself
+# in from the run's results: on a real cohort the verdicts compare the claim with this run's interval.
+
+# %%
+show(ch.claims_ledger(seg, clin, info), caption="Claims ledger: the paper's claims against this run", fold=False)
+
+# %% [markdown]
+# ## Methods, paper against re-run
+#
+# What the paper's abstract states of its method, and what this run did. Where the paper is silent the
+# re-run had to choose; differences in any row can move the numbers above.
+
+# %%
+show(ch.methods_table(prof, seg), caption="Methods: the paper (as its abstract states them) and this re-run",
+     fold=False)
 
 # %% [markdown]
 # ## This run in one paragraph
 
 # %%
-seg = read_json(run.segmentation_summary)
-clin = read_json(run.clinical_summary)
 display(Markdown(abstract_paragraph(seg, clin, info, profile)))
 
 # %% [markdown]

@@ -150,7 +150,32 @@ png = figure(segplots.metric_strip(df, "nsd", tolerance_mm=tolerance), "seg_nsd"
 
 # %%
 show(ch.summary_table(df), caption="Dice and surface Dice over patients: n (excluded), mean ± SD, "
-     "median [IQR], 95% bootstrap CI of the mean")
+     "median [IQR], 95% bootstrap CI of the mean, and Dice pooled over all patients' voxels")
+
+# %% [markdown]
+# The mean over patients weighs every patient alike; the pooled Dice weighs every voxel alike, so
+# patients with large lesions count more. The paper does not say which it reports.
+#
+# ## Seed to seed
+#
+# The interval above treats the 40 patients as the only source of chance. The fold splits, the
+# pretraining and every training draw are random too; the whole cross-validation was repeated with
+# other seeds and recorded (`benchmarks/study_seed_spread.json`, `scripts/record_seeds.py`; not part of
+# `make all`, which runs one seed). Arithmetic differs between machines as well (bfloat16 on CPUs that
+# compute it natively, float32 elsewhere), so the same seed on another machine gives slightly other
+# weights; the Reproducibility chapter records the machine of this run.
+
+# %%
+from sscild.book.provenance import read_record
+
+seeds = read_record("study_seed_spread.json")
+if seeds is None:
+    display(Markdown("_No seed repeats are recorded in this checkout (`benchmarks/study_seed_spread.json`)._"))
+else:
+    show(ch.seed_spread_table(seeds), caption=f"Out-of-fold Dice of the recorded seed repeats "
+         f"({'synthetic' if seeds.get('synthetic') else 'real'} cohort `{seeds.get('cohort')}`, profile "
+         f"`{seeds.get('profile')}`, commit {seeds.get('commit')})", fold=False)
+    display(Markdown(ch.seed_spread_words(seeds, summary)))
 
 # %% [markdown]
 # ## Per fold

@@ -12,6 +12,7 @@ Notebooks and make receive only a profile *name*; everything else is looked up f
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field, replace
 
 __all__ = ["Profile", "PROFILES", "get_profile", "require_profile"]
@@ -215,17 +216,33 @@ PROFILES: dict[str, Profile] = {
 }
 
 
+SEED_ENV = "SSCILD_SEED"
+"""Environment variable (make: ``SEED=...``) that replaces the profile's ``seed``: other fold splits,
+pretraining and training draws, for repeating the study (the seed-to-seed spread); unset in a normal run."""
+
+
 def get_profile(name: str | Profile) -> Profile:
-    """Return the profile called ``name`` (a :class:`Profile` is passed through)."""
+    """Return the profile called ``name`` (a :class:`Profile` is passed through).
+
+    With :data:`SEED_ENV` set (``make all SEED=1``), the profile's ``seed`` is that number; the run
+    records it with the other settings (``run_context.json``, every fold's recipe).
+    """
     if isinstance(name, Profile):
         return name
     try:
-        return PROFILES[name]
+        prof = PROFILES[name]
     except KeyError:
         raise ValueError(
             f"Unknown profile {name!r}. Choose one of: {', '.join(PROFILES)} "
             "(set it with `make all PROFILE=...` or the notebook's `profile` parameter)."
         ) from None
+    seed = os.environ.get(SEED_ENV, "").strip()
+    if seed:
+        try:
+            prof = replace(prof, seed=int(seed))
+        except ValueError:
+            raise ValueError(f"{SEED_ENV}={seed!r} is not a whole number (make: SEED=1).") from None
+    return prof
 
 
 def require_profile(profile) -> Profile:

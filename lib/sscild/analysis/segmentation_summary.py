@@ -27,8 +27,37 @@ from sscild.evaluation.metrics import CI_METHOD, summarize
 from sscild.evaluation.agreement import ICC_FORM, bland_altman, icc
 from sscild.evaluation.agreement import bland_altman_regression, paired_difference
 
-__all__ = ["CONTROL_AIM_PCT", "controls_summary", "agreement", "summary_dict", "network_scores",
-           "paired_baseline_difference", "per_fold_table"]
+__all__ = ["CONTROL_AIM_PCT", "POOLED_REGIONS", "controls_summary", "agreement", "summary_dict", "network_scores",
+           "paired_baseline_difference", "per_fold_table", "pooled_dice"]
+
+POOLED_REGIONS = {"normal": (1,), "ef": (2,), "ggo": (3,), "lesion": (2, 3), "lung": (1, 2, 3)}
+"""The label values of each region whose pooled Dice :func:`pooled_dice` reports."""
+
+
+def pooled_dice(df: pd.DataFrame) -> dict:
+    """Dice of each region over all patients' voxels at once (from the per-case confusion counts).
+
+    The mean over patients weighs every patient alike; pooled Dice weighs every voxel alike, so large
+    lesions count more and small ones barely. Papers report either, often without saying which.
+
+    Example:
+        >>> row = {f"vox_ref{a}_pred{b}": 0 for a in range(4) for b in range(4)}
+        >>> a = dict(row, vox_ref2_pred2=8, vox_ref2_pred3=2, vox_ref3_pred3=10)   # EF 8 right, 2 called GGO
+        >>> b = dict(row, vox_ref2_pred2=0, vox_ref2_pred0=2)                      # a small EF missed
+        >>> d = pooled_dice(pd.DataFrame([a, b]))
+        >>> round(d["ef"], 3), round(d["lesion"], 3)
+        (0.8, 0.952)
+    """
+    cols = [f"vox_ref{a}_pred{b}" for a in range(4) for b in range(4)]
+    if df.empty or not set(cols) <= set(df.columns):
+        return {}
+    c = df[cols].to_numpy(dtype=float).sum(axis=0).reshape(4, 4)
+    out = {}
+    for region, values in POOLED_REGIONS.items():
+        v = list(values)
+        tp, ref, pred = c[np.ix_(v, v)].sum(), c[v, :].sum(), c[:, v].sum()
+        out[region] = float(2 * tp / (ref + pred)) if ref + pred > 0 else float("nan")
+    return out
 
 
 def _clean(d: dict) -> dict:
@@ -98,7 +127,8 @@ def summary_dict(df: pd.DataFrame, cohort_name: str, synthetic: bool, profile: s
 
     Keys: ``cohort``, ``synthetic``, ``profile``, ``n_cases``; ``metrics[<column>]`` with ``n``,
     ``n_excluded``, ``mean``, ``sd``, ``median``, ``q1``, ``q3``, ``ci_low``, ``ci_high`` for
-    ``dice_<region>``, ``nsd_<region>`` and ``baseline_dice_lesion``; ``per_fold[<k>]`` (mean Dice
+    ``dice_<region>``, ``nsd_<region>`` and ``baseline_dice_lesion``; ``pooled_dice[<region>]``
+    (:func:`pooled_dice`); ``per_fold[<k>]`` (mean Dice
     and NSD per fold); ``agreement`` (percent of lung) and ``agreement_ml`` (:func:`agreement`);
     ``baseline`` (method, band, Dice, agreement); ``policies`` (NSD tolerance and regions, empty
     reference, CI, ICC form, TTA, post-processing). NaN is written as ``null``.
@@ -131,6 +161,7 @@ def summary_dict(df: pd.DataFrame, cohort_name: str, synthetic: bool, profile: s
         "profile": profile,
         "n_cases": int(len(df)),
         "metrics": metrics,
+        "pooled_dice": _clean(pooled_dice(df)),
         "per_fold": per_fold,
         "agreement": agree,
         "agreement_ml": agreement(df, unit="ml", n_boot=n_boot, seed=seed),

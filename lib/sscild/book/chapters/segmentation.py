@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from sscild.analysis.segmentation_errors import label_swaps
-from sscild.analysis.segmentation_summary import network_scores, paired_baseline_difference
+from sscild.analysis.segmentation_summary import network_scores, paired_baseline_difference, pooled_dice
 from sscild.book.chapters.formatting import fmt_num
 from sscild.paper import PAPER
 
@@ -36,6 +36,8 @@ __all__ = [
     "controls_table",
     "controls_words",
     "control_figure",
+    "seed_spread_table",
+    "seed_spread_words",
 ]
 
 REGION_NAMES = {"normal": "normal lung", "ef": "EF", "ggo": "GGO", "lesion": "total lesion (EF ∪ GGO)",
@@ -57,8 +59,10 @@ def paper_table(summary: dict | None = None, folder: str | None = None) -> pd.Da
 
 
 def summary_table(df: pd.DataFrame, *, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
-    """Dice and NSD per region: n (excluded), mean ± SD, median [IQR], 95 % bootstrap CI of the mean."""
+    """Dice and NSD per region: n (excluded), mean ± SD, median [IQR], 95 % bootstrap CI of the mean, and
+    for Dice the pooled value over all patients' voxels (:func:`~sscild.analysis.segmentation_summary.pooled_dice`)."""
     s = network_scores(df, n_boot=n_boot, seed=seed)
+    pooled = pooled_dice(df)
     rows = []
     for _, r in s.iterrows():
         kind, region = r["metric"].split("_", 1)
@@ -66,7 +70,9 @@ def summary_table(df: pd.DataFrame, *, n_boot: int = 2000, seed: int = 0) -> pd.
                      "n (excluded)": f"{int(r['n'])} ({int(r['n_excluded'])})",
                      "mean ± SD": f"{fmt_num(r['mean'])} ± {fmt_num(r['sd'])}",
                      "median [IQR]": f"{fmt_num(r['median'])} [{fmt_num(r['q1'])}, {fmt_num(r['q3'])}]",
-                     "95% CI of mean": f"[{fmt_num(r['ci_low'])}, {fmt_num(r['ci_high'])}]"})
+                     "95% CI of mean": f"[{fmt_num(r['ci_low'])}, {fmt_num(r['ci_high'])}]",
+                     "pooled over voxels": fmt_num(pooled.get(region)) if kind == "dice" and region in pooled
+                     else "—"})
     return pd.DataFrame(rows).set_index(["metric", "region"])
 
 
@@ -243,3 +249,47 @@ def control_figure(vol, label: np.ndarray, uncertainty: np.ndarray, name: str):
     les = 100.0 * float((label >= 2).sum()) / max(int((label > 0).sum()), 1)
     return scan_montage(vol.array, label, vol.affine, title=f"control {name}: false lesion {les:.2f} % of lung",
                         uncertainty=uncertainty)
+
+
+def seed_spread_table(record: dict) -> pd.DataFrame:
+    """The recorded seed repeats (``benchmarks/study_seed_spread.json``, ``scripts/record_seeds.py``): one row per
+    seed with the mean Dice over patients [95 % CI] and the pooled Dice per region, then the spread across seeds."""
+    rows = []
+    for r in record["runs"]:
+        row = {"seed": str(r["seed"])}
+        for region in ("lesion", "ef", "ggo"):
+            m = r["mean_dice"][region]
+            row[f"{REGION_NAMES[region]}, mean [95% CI]"] = (f"{fmt_num(m['mean'])} [{fmt_num(m['ci_low'])}, "
+                                                              f"{fmt_num(m['ci_high'])}]")
+            row[f"{REGION_NAMES[region]}, pooled"] = fmt_num(r["pooled_dice"][region])
+        rows.append(row)
+    across = record["across_seeds"]
+    row = {"seed": f"mean ± SD over {across['mean_dice']['lesion']['n_seeds']} seeds"}
+    for region in ("lesion", "ef", "ggo"):
+        for kind, col in (("mean_dice", "mean [95% CI]"), ("pooled_dice", "pooled")):
+            a = across[kind][region]
+            row[f"{REGION_NAMES[region]}, {col}"] = (f"{fmt_num(a['mean'])} ± {fmt_num(a['sd'], 3)} "
+                                                     f"(range {fmt_num(a['min'])}–{fmt_num(a['max'])})")
+    rows.append(row)
+    return pd.DataFrame(rows).set_index("seed")
+
+
+def seed_spread_words(record: dict, summary: dict) -> str:
+    """What the seed repeats mean for this page's headline Dice: the seed-to-seed SD beside the patient-level
+    interval, and whether this run's seed belongs to the record."""
+    across = record["across_seeds"]["mean_dice"]
+    parts = []
+    for region in ("lesion", "ef", "ggo"):
+        a, m = across[region], summary["metrics"].get(f"dice_{region}") or {}
+        half = (m.get("ci_high", float("nan")) - m.get("ci_low", float("nan"))) / 2
+        parts.append(f"{REGION_NAMES[region]} {fmt_num(a['mean'])} ± {fmt_num(a['sd'], 3)} (range "
+                     f"{fmt_num(a['min'])}–{fmt_num(a['max'])}; this page's interval over patients is ±{fmt_num(half)})")
+    same = (record.get("cohort") == summary.get("cohort") and record.get("n_cases") == summary.get("n_cases"))
+    where = ("the cohort and profile of this page" if same else
+             f"cohort `{record.get('cohort')}`, profile `{record.get('profile')}` (not this page's run)")
+    kind = "synthetic" if record.get("synthetic") else "real"
+    return (f"Repeating the whole cross-validation with other seeds (other fold splits, pretraining and training "
+            f"draws; {where}, {kind} data; recorded on commit {record.get('commit', '?')}, {record.get('date', '?')}) "
+            f"gives mean Dice over patients of {'; '.join(parts)}. The patient-level interval treats the "
+            "patients as the only source of chance; the seed-to-seed spread is a second one that it does not "
+            "contain, and a difference between two recipes smaller than it is not a difference of recipes.")

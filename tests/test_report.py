@@ -30,6 +30,14 @@ def test_table_html_truncates_nothing():
         report.table_html(df, floatfmt=-1)
 
 
+def test_p_value_columns_never_show_zero():
+    df = pd.DataFrame({"p": [1e-6, 0.0123, 0.43], "p_holm": [4e-4, 0.2, np.nan], "predicted p (Holm)": [0.0, 1.0, 0.05],
+                       "rho": [1e-6, 0.5, -0.25]})
+    html = report.table_html(df)
+    assert html.count("&lt;0.001") == 3 and "0.012" in html and "0.43" in html   # no p rounded to 0.000
+    assert html.count("0.000</td>") == 1                            # only the rho column's 1e-6, rounded as asked
+
+
 def test_show_folds_long_tables(monkeypatch):
     shown = []
     monkeypatch.setattr("IPython.display.display", lambda obj: shown.append(obj))

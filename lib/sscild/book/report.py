@@ -86,11 +86,28 @@ def table_html(df, *, floatfmt: int = 3, na_rep: str = "—") -> str:
         raise ValueError(f"floatfmt must be a non-negative number of decimals, got {floatfmt!r}")
     if hasattr(df, "to_frame") and not hasattr(df, "columns"):
         df = df.to_frame()
+    from sscild.book.chapters.formatting import fmt_p
+
     out = df.copy()
     for c in out.columns:
         if pd.api.types.is_float_dtype(out[c].dtype):
-            out[c] = out[c].map(lambda v: na_rep if v != v else f"{v:.{floatfmt}f}")
+            if _is_p_column(c):   # p-values: "<0.001", never "0.000"
+                out[c] = out[c].map(lambda v: na_rep if v != v else fmt_p(v))
+            else:
+                out[c] = out[c].map(lambda v: na_rep if v != v else f"{v:.{floatfmt}f}")
     return out.to_html(na_rep=na_rep, border=0, classes="dataframe sscild-table", escape=True)
+
+
+def _is_p_column(name) -> bool:
+    """Whether a column holds p-values: a name with the word ``p`` (``p``, ``p_holm``, ``partial p (Holm)``,
+    ``p, Holm-adjusted``) or ``p-value``.
+
+    Example:
+        >>> [_is_p_column(c) for c in ("p", "p_holm", "predicted p (Holm)", "p-value", "pct", "rho", "n (p)")]
+        [True, True, True, True, False, False, True]
+    """
+    words = re.split(r"[\s_,()/\[\]]+", str(name).lower())
+    return "p" in words or "p-value" in words or "pvalue" in words
 
 
 def show(df, caption: str | None = None, floatfmt: int = 3, *, fold: bool | None = None):

@@ -334,6 +334,13 @@ def test_figures_draw_on_the_fake_run(fake):
     title = fig.axes[0].get_title(loc="left")
     assert title.startswith("ρ = ") and f"n = {EXPECTED_N['fvc_pct']}" in title
     assert "paper" not in fig.axes[1].get_title(loc="left")      # published values are shown apart, not in panels
+    # one adjusted p per primary endpoint: the panel shows the endpoints table's (Holm over the primary pair)
+    ends = clin.endpoints(full).set_index("outcome")
+    titles = {ax.get_title(loc="left") for ax in fig.axes}
+    for o in ("fev1_pct", "fev1_fvc"):
+        want = f"adjusted {fmt_p(ends.loc[o, 'p_holm'])}: primary endpoint; Holm over the primary pair"
+        assert any(want in t for t in titles), (o, want, titles)
+    assert sum("Holm over the grid" in t for t in titles) == 2                  # FVC and DLCO
     assert len(rho_heatmap(full).axes) == 4          # three panels and one colour bar
     assert staging_scatter(clin.staging(table, n_resamples=50)).axes[0].get_title().startswith("Extent stage")
     import matplotlib.pyplot as plt

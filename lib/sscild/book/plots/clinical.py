@@ -22,7 +22,8 @@ import pandas as pd
 import seaborn as sns
 from statsmodels.nonparametric.smoothers_lowess import lowess
 
-from sscild.analysis.clinical import MEASURES, OUTCOMES, SOURCES, predictor_column, predictor_label
+from sscild.analysis.clinical import (EXTENT_MEASURE, MEASURES, OUTCOMES, SOURCES, endpoints, predictor_column,
+                                      predictor_label)
 from sscild.book.chapters.formatting import fmt_p, p_text
 from sscild.paper import EXTENT_THRESHOLD_PCT
 
@@ -47,12 +48,18 @@ def pft_scatter(table: pd.DataFrame, full: pd.DataFrame, *, source: str = "predi
 
     Each panel shows the patients with both values, a LOWESS trend (statsmodels, ``frac`` of the
     points per local fit), and above it Spearman rho [95 % CI], p and n read from ``full`` (the
-    grid of :func:`sscild.analysis.clinical.clinical_correlations`). The paper's values are not drawn: they are
-    shown apart, for orientation, in the chapter.
+    grid of :func:`sscild.analysis.clinical.clinical_correlations`). The adjusted p is Holm over the whole grid,
+    except for the primary endpoints (predicted total lesion, % of lung, against FEV1 and FEV1/FVC), whose one
+    adjusted p is Holm over that pair (:func:`sscild.analysis.clinical.endpoints`), as in the endpoints table and
+    the abstract. The paper's values are not drawn: they are in the Abstract's claims ledger.
     For percent of lung a dashed line marks the extent-stage cut-off.
     """
     col = predictor_column(source, measure, unit)
     outcomes = [o for o in OUTCOMES if o in table.columns]
+    primary = {}
+    if source == "predicted" and (measure, unit) == EXTENT_MEASURE:
+        ends = endpoints(full)
+        primary = dict(zip(ends.loc[ends["role"] == "primary", "outcome"], ends.loc[ends["role"] == "primary", "p_holm"]))
     ncols = 2 if len(outcomes) > 1 else 1
     nrows = int(np.ceil(len(outcomes) / ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.6 * nrows), squeeze=False)
@@ -67,8 +74,12 @@ def pft_scatter(table: pd.DataFrame, full: pd.DataFrame, *, source: str = "predi
         c = _lookup(full, source, measure, unit, o)
         text = "ρ n/a"
         if c is not None:
+            family = "Holm over the grid"
+            p_adj = c["p_holm"]
+            if o in primary:   # a primary endpoint has one adjusted p, everywhere: over the primary pair
+                family, p_adj = "primary endpoint; Holm over the primary pair", primary[o]
             text = (f"ρ = {_f(c['rho'])} [{_f(c['ci_low'])}, {_f(c['ci_high'])}], n = {int(c['n'])}\n"
-                    f"{p_text(c['p'])} (Holm {fmt_p(c['p_holm'])})")
+                    f"{p_text(c['p'])} (adjusted {fmt_p(p_adj)}: {family})")
         ax.set_title(text, fontsize=8, loc="left")
         ax.set(xlabel=f"{source} {predictor_label(measure, unit)}", ylabel=OUTCOMES[o])
     for ax in list(axes.flat)[len(outcomes):]:
@@ -119,8 +130,8 @@ def rho_heatmap(full: pd.DataFrame, *, show_difference: bool = True):
         ax.tick_params(axis="x", rotation=35)
         for lab in ax.get_xticklabels():
             lab.set_horizontalalignment("right")
-    fig.suptitle("Lesion burden vs lung function: Spearman ρ (* Holm p < 0.05; difference: 95% CI excludes 0)",
-                 fontsize=10)
+    fig.suptitle("Lesion burden vs lung function: Spearman ρ (* Holm p < 0.05 over the whole grid, a screen; "
+                 "the primary endpoints' own p is in the endpoints table; difference: 95% CI excludes 0)", fontsize=9)
     fig.tight_layout()
     return fig
 

@@ -12,6 +12,7 @@ For each page listed in ``_toc.yml`` it loads the page in headless Chromium (Deb
 * a link to a page or anchor of the book that does not exist (broken cross-reference),
 * any request to a host other than the local server (the book must work offline),
 * a table cell shortened to "..." (pandas' display truncation) or a table row of dots,
+* a table header that is a code name (``lung_dice``) rather than words,
 * the same image shown twice on one page,
 * an image in the page's text that is not a numbered figure with a caption,
 * a parameters cell (the chapter's defaults or papermill's injected values) left on the page,
@@ -113,6 +114,8 @@ if (document.body.innerText.includes('Traceback (most recent call last)')) errs.
 document.querySelectorAll('img').forEach(i => { if (!i.complete || i.naturalWidth === 0) errs.push('image did not load: ' + i.getAttribute('src')); });
 document.querySelectorAll('td, th').forEach(c => { const t = c.textContent.trim();
   if (t === '...' || t === '\u2026' || t.endsWith('...') || t.endsWith('\u2026')) errs.push('truncated table cell: ' + t.slice(-60)); });
+document.querySelectorAll('table thead th').forEach(th => { const t = th.textContent.trim();
+  if (/^[a-z][a-z0-9]*(_[a-z0-9]+)+$/.test(t)) errs.push('table header that is a code name: ' + t); });
 const article = document.querySelector('article') || document.querySelector('main') || document.body;
 const imgs = [];
 article.querySelectorAll('img').forEach(i => {

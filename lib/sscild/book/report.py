@@ -7,10 +7,45 @@ import re
 from pathlib import Path
 
 __all__ = ["cohort_info", "banner", "glue", "show", "table_html", "figure", "fmt_ci", "chapter_context", "rel",
-           "FOLD_ROWS"]
+           "FOLD_ROWS", "readable_header", "CODE_NAME"]
 
 FOLD_ROWS = 12
 """Tables longer than this are folded (a click opens them) unless the page asks otherwise."""
+
+CODE_NAME = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)+$")
+"""A header written as a code name (``lung_dice``, ``ci_low``): :func:`table_html` shows it in words."""
+
+_WORDS = {"pct": "%", "ml": "mL", "hu": "HU", "ci": "CI", "cpu": "CPU", "gpu": "GPU", "gib": "GiB", "mib": "MiB",
+          "nsd": "surface Dice", "dice": "Dice", "ef": "EF", "ggo": "GGO", "icc": "ICC", "fvc": "FVC", "fev1": "FEV1",
+          "dlco": "DLCO", "rho": "ρ", "sd": "SD", "id": "ID", "oof": "out-of-fold", "tta": "TTA", "bf16": "bfloat16",
+          "q1": "Q1", "q3": "Q3", "haa": "HAA", "qc": "QC", "ct": "CT", "dicom": "DICOM", "uid": "UID", "json": "JSON",
+          "holm": "Holm", "hrct": "HRCT", "lr": "learning rate", "rss": "RSS", "nan": "NaN",
+          "mcid": "MCID", "kappa": "κ", "num": "number of", "max": "max.", "min": "min.", "avg": "mean"}
+_UNITS = {"pct": "%", "ml": "mL", "s": "s", "seconds": "s", "mm": "mm", "hu": "HU", "gib": "GiB", "mib": "MiB",
+          "pp": "pp", "l": "L", "ms": "ms"}
+_WHOLE = {"ci_low": "95% CI low", "ci_high": "95% CI high", "p_holm": "p, Holm-adjusted", "n_excluded": "n excluded",
+          "case_id": "case", "mean_diff": "mean difference", "diff_ci_low": "difference, 95% CI low",
+          "diff_ci_high": "difference, 95% CI high"}
+
+
+def readable_header(name):
+    """A column or index name as a reader sees it: code names (``lung_change_pct``) in words, others unchanged.
+
+    Example:
+        >>> [readable_header(c) for c in ("lung_dice", "ci_low", "bias_pp", "train_cpu_seconds", "lung_change_pct",
+        ...                               "Dice EF", "p_holm", "fold")]
+        ['lung Dice', '95% CI low', 'bias (pp)', 'train CPU (s)', 'lung change (%)', 'Dice EF', 'p, Holm-adjusted', 'fold']
+    """
+    if not isinstance(name, str) or not CODE_NAME.match(name):
+        return name
+    if name in _WHOLE:
+        return _WHOLE[name]
+    parts = name.split("_")
+    unit = ""
+    if len(parts) > 1 and parts[-1] in _UNITS:
+        unit = f" ({_UNITS[parts.pop()]})"
+    words = [_WORDS.get(w, w) for w in parts]
+    return re.sub(r"\bCI (low|high)\b", r"95% CI \1", " ".join(words)) + unit
 
 
 def rel(path: str | Path) -> str:
@@ -68,12 +103,13 @@ def glue(name: str, value, display: bool = False):
 
 
 def table_html(df, *, floatfmt: int = 3, na_rep: str = "—") -> str:
-    """``df`` as a complete HTML table: every row, every column, every character of every cell.
+    """``df`` as a complete HTML table: every row, every column, every character of every cell, headers in words.
 
     pandas' notebook display shortens long cells to "..." and drops rows and columns past its
     display limits; a book page must show what the table holds, so the table is written with
     :meth:`pandas.DataFrame.to_html`, which truncates nothing, and long text wraps in the cell.
-    Numbers are rounded to ``floatfmt`` decimals; missing values show as ``na_rep``.
+    Numbers are rounded to ``floatfmt`` decimals; missing values show as ``na_rep``; p-value columns as
+    ``<0.001``, never ``0.000``; headers that are code names are shown in words (:func:`readable_header`).
 
     Example:
         >>> import pandas as pd
@@ -95,6 +131,10 @@ def table_html(df, *, floatfmt: int = 3, na_rep: str = "—") -> str:
                 out[c] = out[c].map(lambda v: na_rep if v != v else fmt_p(v))
             else:
                 out[c] = out[c].map(lambda v: na_rep if v != v else f"{v:.{floatfmt}f}")
+    out.columns = (out.columns.map(lambda c: tuple(readable_header(x) for x in c) if isinstance(c, tuple)
+                                   else readable_header(c)))
+    out.columns.names = [readable_header(n) for n in out.columns.names]
+    out.index.names = [readable_header(n) for n in out.index.names]
     return out.to_html(na_rep=na_rep, border=0, classes="dataframe sscild-table", escape=True)
 
 

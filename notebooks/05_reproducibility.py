@@ -25,7 +25,7 @@ data_dir = None
 from sscild.paths import resolve_data_dir
 from IPython.display import Markdown, display
 
-from sscild.book.provenance import environment_table, input_checksums, step_times, run_settings
+from sscild.book.provenance import benchmark_records, environment_table, input_checksums, step_times, run_settings
 from sscild.book.report import banner, chapter_context, show
 from sscild.cluster.jobs import jobs_table
 
@@ -52,6 +52,21 @@ show(run_settings(run, prof), caption="Profile settings and seeds of this run")
 
 # %%
 show(step_times(run), caption="Steps: latest execution, and the longest (the run that did the work)")
+
+# %% [markdown]
+# ## Recorded benchmarks
+#
+# Measurements too long for `make all` (cross-validations of alternative recipes, seed repeats, timings,
+# the GPU check) are recorded once in `benchmarks/` by a script and read by the chapters that show them.
+# Each names the date, the commit and the machine it was measured on where it recorded them; for a record
+# that does not, the commit that added it is given instead. Timings depend on the machine: machines of one
+# kind differ by up to about twice. Results depend on the arithmetic too: the same seed trains to slightly
+# other weights where bfloat16 is native (recent x86 CPUs) than where it is emulated or float32 is used, so
+# a record is reproduced exactly only on the same kind of machine.
+
+# %%
+show(benchmark_records(), caption="Recorded benchmarks (benchmarks/): what, when, commit, machine, command",
+     fold=False)
 
 # %% [markdown]
 # ## Cluster jobs

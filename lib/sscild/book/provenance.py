@@ -17,7 +17,7 @@ from sscild.paths import RunPaths, read_json, repo_root, unroot
 from sscild.profiles import Profile
 
 __all__ = ["git_state", "environment_table", "run_settings", "step_times", "input_checksums", "sha256_file",
-           "gpu_check_table", "segment_benchmark_table", "read_record"]
+           "gpu_check_table", "segment_benchmark_table", "read_record", "benchmark_records"]
 
 PACKAGES = ["sscild", "torch", "monai", "numpy", "scipy", "pandas", "nibabel", "SimpleITK", "pydicom",
             "statsmodels", "seaborn", "matplotlib", "papermill", "jupytext", "jupyter-book"]
@@ -174,3 +174,52 @@ def segment_benchmark_table(path: str | Path | None = None) -> pd.DataFrame | No
             rows.append((f"real CT {r['scan']}", f"lung {r['lung_volume_l']} L, lesion {r['lesion_pct']} % of lung, "
                                                  f"{r['wall_s']} s, {r['peak_rss_gib']} GiB"))
     return pd.DataFrame(rows, columns=["", "value"]).set_index("")
+
+
+def _last_commit(path: Path) -> str | None:
+    """The commit that last changed ``path`` (short hash), or ``None`` outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "log", "-1", "--format=%h %ad", "--date=short", "--", str(path)],
+                             cwd=path.parent, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return out or None
+
+
+def _machine_text(d: dict) -> str:
+    m = d.get("machine")
+    if isinstance(m, dict):
+        return ", ".join(f"{v}" + (" cores" if k == "cores" else "") for k, v in m.items() if k in ("cpu", "cores", "gpu"))
+    for key in ("gpu", "processor", "cpu"):
+        if d.get(key):
+            return str(d[key])
+    return "not recorded"
+
+
+def benchmark_records(folder: str | Path | None = None) -> pd.DataFrame:
+    """Every recorded measurement in ``benchmarks/``: what, when, on which commit and machine, by which command.
+
+    A JSON record names its commit when it was measured with one (``commit``); for the others, and for CSV
+    records, the commit that added or last changed the file is given and marked as such.
+    """
+    folder = Path(folder) if folder is not None else repo_root() / "benchmarks"
+    rows = []
+    for path in sorted(folder.glob("*")):
+        if path.suffix not in (".json", ".csv"):
+            continue
+        d = {}
+        if path.suffix == ".json":
+            try:
+                d = json.loads(path.read_text())
+            except ValueError:
+                d = {}
+        if not isinstance(d, dict):
+            d = {}
+        last = _last_commit(path)
+        commit = (f"{d['commit']} (measured on)" if d.get("commit") else
+                  f"{last} (committed in; the record names none)" if last else "not recorded")
+        rows.append({"record": path.name, "what": str(d.get("what", "arm record: per-patient metrics of each arm"
+                                                              if path.suffix == ".csv" else ""))[:160],
+                     "date": d.get("date", "not recorded"), "commit": commit, "machine": _machine_text(d),
+                     "command": d.get("benchmark_command") or d.get("command") or "not recorded"})
+    return pd.DataFrame(rows, columns=["record", "what", "date", "commit", "machine", "command"]).set_index("record")

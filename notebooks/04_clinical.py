@@ -205,6 +205,9 @@ display(Markdown(
     f"Agreement {stage['percent_agreement']:.0f} % of {stage['n']} patients; Cohen's κ = "
     f"**{fmt_ci(stage['kappa'], stage['ci_low'], stage['ci_high'])}** "
     f"(interval: {stage['ci_method']})."))
+show(ch.staging_accuracy_table(stage), caption="Predicted stage as a test for extensive disease (reference stage as "
+     "truth; Wilson 95% intervals)", fold=False)
+display(Markdown(ch.cutoff_band_words(stage, run.segmentation_summary)))
 
 # %%
 png = figure(staging_scatter(stage), "clinical_staging", run.figures, caption=(

@@ -423,3 +423,15 @@ def test_planted_target_is_set_beside_what_was_recovered(fake):
         else:
             assert "does not include the target either" in text
     assert ch.planted_vs_recovered(full, None) == "" and ch.planted_vs_recovered(full, {}) == ""
+
+
+def test_staging_accuracy_and_the_cutoff_band(tmp_path):
+    table = pd.DataFrame({"pct_ref_lesion": [5.0, 30.0, 25.0, 12.0, 40.0], "pct_pred_lesion": [8.0, 26.0, 15.0, 22.0, 45.0]})
+    stage = clin.staging(table, n_resamples=50)
+    t = ch.staging_accuracy_table(stage)
+    assert t.loc["sensitivity (extensive found)", "patients"] == "2 of 3"        # 30 and 40 found, 25 missed
+    assert t.loc["specificity (limited kept limited)", "patients"] == "1 of 2"   # 12 called 22
+    summary = {"agreement": {"network": {"lesion": {"bland_altman": {"loa_low": -6.0, "loa_high": 8.0}}}}}
+    words = ch.cutoff_band_words(stage, summary)
+    assert "between 14.0 and 28.0 %" in words and "**3 of 5**" in words           # 15, 22, 26
+    assert "not computed" in ch.cutoff_band_words(stage, tmp_path / "absent.json")

@@ -16,7 +16,8 @@ from statsmodels.stats.inter_rater import cohens_kappa
 
 from sscild.evaluation.bootstrap import MIN_N, as_float_1d, bootstrap_ci, check_resampling, same_length
 
-__all__ = ["EXTENT_STAGES", "extent_stage", "staging_agreement"]
+__all__ = ["EXTENT_STAGES", "extent_stage", "staging_agreement", "wilson_interval", "extensive_accuracy",
+           "cutoff_band"]
 
 EXTENT_STAGES = ("limited", "extensive")
 """The two extent stages of Goh et al. (2008), in table order."""
@@ -143,3 +144,57 @@ def staging_agreement(
             (a, b), kappa_stat, n_resamples=n_resamples, confidence_level=confidence_level, seed=seed
         )
     return out
+
+
+def wilson_interval(k: int, n: int, *, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score 95 % interval of a proportion ``k / n`` (``(nan, nan)`` when ``n`` is 0).
+
+    Example:
+        >>> [round(v, 3) for v in wilson_interval(8, 10)]
+        [0.49, 0.943]
+    """
+    if n <= 0:
+        return (float("nan"), float("nan"))
+    ph = k / n
+    den = 1 + z * z / n
+    mid = (ph + z * z / (2 * n)) / den
+    half = z * np.sqrt(ph * (1 - ph) / n + z * z / (4 * n * n)) / den
+    return (float(mid - half), float(mid + half))
+
+
+def extensive_accuracy(stage_pred, stage_ref) -> dict:
+    """Sensitivity, specificity, PPV and NPV of the predicted stage for *extensive* disease, each with its
+    Wilson 95 % interval and its counts (the reference stage is the truth).
+
+    Example:
+        >>> d = extensive_accuracy(["extensive", "limited", "extensive", "limited"],
+        ...                        ["extensive", "extensive", "limited", "limited"])
+        >>> d["sensitivity"]["value"], d["specificity"]["k"], d["specificity"]["n"]
+        (0.5, 1, 2)
+    """
+    pred = np.asarray(stage_pred) == "extensive"
+    ref = np.asarray(stage_ref) == "extensive"
+    out = {}
+    for name, k, n in (("sensitivity", (pred & ref).sum(), ref.sum()), ("specificity", (~pred & ~ref).sum(), (~ref).sum()),
+                       ("ppv", (pred & ref).sum(), pred.sum()), ("npv", (~pred & ~ref).sum(), (~pred).sum())):
+        lo, hi = wilson_interval(int(k), int(n))
+        out[name] = {"value": float(k / n) if n else float("nan"), "ci_low": lo, "ci_high": hi, "k": int(k), "n": int(n)}
+    return out
+
+
+def cutoff_band(predicted_pct, *, loa_low: float, loa_high: float, threshold: float = 20.0) -> dict:
+    """Where the Bland-Altman limits make the stage uncertain: the band of predicted extent within which the
+    reference may lie on the other side of the cut-off, and how many patients fall in it.
+
+    With limits of agreement (predicted - reference) from ``loa_low`` to ``loa_high`` percentage points, a
+    patient with predicted extent ``x`` has a reference between ``x - loa_high`` and ``x - loa_low``: the stage
+    is uncertain when that range holds ``threshold``, i.e. ``threshold + loa_low <= x <= threshold + loa_high``.
+
+    Example:
+        >>> cutoff_band([5, 15, 25, 40], loa_low=-8.0, loa_high=10.0)
+        {'band_low': 12.0, 'band_high': 30.0, 'in_band': 2, 'n': 4}
+    """
+    x = np.asarray(predicted_pct, dtype=float)
+    x = x[np.isfinite(x)]
+    lo, hi = threshold + float(loa_low), threshold + float(loa_high)
+    return {"band_low": lo, "band_high": hi, "in_band": int(((x >= lo) & (x <= hi)).sum()), "n": int(x.size)}

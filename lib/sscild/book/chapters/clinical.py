@@ -37,6 +37,8 @@ __all__ = [
     "planted_vs_recovered",
     "interpretation",
     "paper_contrast",
+    "staging_accuracy_table",
+    "cutoff_band_words",
 ]
 
 
@@ -302,3 +304,41 @@ def interpretation(full: pd.DataFrame) -> str:
                      "show no clear signal here, so there is none for the model to keep.")
         lines.append(line)
     return "\n".join(lines)
+
+
+def staging_accuracy_table(stage: dict) -> pd.DataFrame:
+    """Sensitivity, specificity, PPV and NPV of the predicted stage for *extensive* disease (reference stage as
+    truth), each with its counts and Wilson 95 % interval (:func:`sscild.evaluation.staging.extensive_accuracy`)."""
+    from sscild.evaluation.staging import extensive_accuracy
+
+    st = stage["stages"]
+    acc = extensive_accuracy(st["stage_pred"], st["stage_ref"])
+    names = {"sensitivity": "sensitivity (extensive found)", "specificity": "specificity (limited kept limited)",
+             "ppv": "positive predictive value", "npv": "negative predictive value"}
+    rows = [{"measure": names[k], "patients": f"{v['k']} of {v['n']}",
+             "value [95% CI]": (fmt_interval(v["value"], v["ci_low"], v["ci_high"]) if v["n"] else "n/a (no patient)")}
+            for k, v in acc.items()]
+    return pd.DataFrame(rows).set_index("measure")
+
+
+def cutoff_band_words(stage: dict, seg_summary) -> str:
+    """The Bland-Altman limits of the lesion extent (Segmentation chapter) read against the staging cut-off.
+
+    ``seg_summary``: the Segmentation chapter's summary dict, or the path of its ``segmentation_summary.json``
+    (a missing file: the band is not computed, and the sentence says so)."""
+    from pathlib import Path
+
+    from sscild.evaluation.staging import cutoff_band
+
+    if isinstance(seg_summary, (str, Path)):
+        seg_summary = json.loads(Path(seg_summary).read_text()) if Path(seg_summary).exists() else None
+    ba = (((seg_summary or {}).get("agreement") or {}).get("network") or {}).get("lesion", {}).get("bland_altman")
+    if not ba or ba.get("loa_low") is None:
+        return "The Segmentation chapter's limits of agreement are not available, so the cut-off band is not computed."
+    thr = stage["threshold"]
+    band = cutoff_band(stage["stages"]["pct_pred_lesion"], loa_low=ba["loa_low"], loa_high=ba["loa_high"], threshold=thr)
+    return (f"The limits of agreement of predicted against reference extent are {fmt_num(ba['loa_low'], 1)} to "
+            f"+{fmt_num(ba['loa_high'], 1)} percentage points (Segmentation chapter). Read against the {thr:g} % "
+            f"cut-off, a predicted extent between {fmt_num(band['band_low'], 1)} and {fmt_num(band['band_high'], 1)} % "
+            f"may belong to either stage: **{band['in_band']} of {band['n']}** patients lie in that band, and for them "
+            "the predicted stage alone should not decide; their scans need a reader.")

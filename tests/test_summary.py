@@ -74,10 +74,16 @@ def test_training_plateau_slope_hand_computed(tmp_path):
     assert t.loc[0, "gain in window, % of total gain"] == pytest.approx(100 * 0.12 / 0.36)   # 700..1000 of 100..1000
     assert abs(t.loc[1, "gain in window, % of total gain"]) < 0.1
     words = plateau_words(t)
-    assert "1 of 2 folds it was still rising" in words
+    assert "1 of 2 had a slope interval above 0" in words and "still improving" in words
     assert "No fold" in plateau_words(training_plateau(_Run(tmp_path), [5]))
-    assert "in the one fold the rise was not distinguishable" in plateau_words(t.loc[[1]])
-    assert "in none of the 2 folds was the rise" in plateau_words(t.assign(**{"still rising": False}))
+    assert "cannot be told from a plateau" in plateau_words(t.loc[[1]])
+    # no fold rising on its own, but all eight slopes positive: the folds together are (sign test p = 0.008)
+    eight = pd.DataFrame({"slope per 1000 steps": [0.01] * 8, "still rising": [False] * 8, "last value": [0.6] * 8,
+                          "gain in window, % of total gain": [13.0] * 8})
+    words = plateau_words(eight)
+    assert "positive in 8 of 8 folds (sign test across folds p = 0.008)" in words and "still improving" in words
+    mixed = eight.assign(**{"slope per 1000 steps": [0.01, -0.01] * 4})
+    assert "cannot be told from a plateau" in plateau_words(mixed)
     with pytest.raises(ValueError, match="last_fraction"):
         training_plateau(_Run(tmp_path), [0], last_fraction=0)
     assert math.isfinite(t.loc[1, "slope 95% CI high"])

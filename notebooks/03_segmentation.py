@@ -190,15 +190,9 @@ show(evsum.per_fold_table(df), caption="Mean per fold (held-out patients of that
 # %% [markdown]
 # ### Was training long enough?
 #
-# The Model & training chapter checks whether each fold's training Dice had levelled off when its
-# budget ended; if it was still rising, the Dice on this page is lower than the same recipe reaches
-# with more steps.
-
-# %%
-from sscild.book.summary import plateau_words, training_plateau
-
-folds_done = sorted({int(k) for k in df["fold"]})
-display(Markdown(plateau_words(training_plateau(run, folds_done), what="EF training Dice")))
+# The Model & training chapter judges whether each fold's training Dice had levelled off when its
+# budget ended (*Did training reach a plateau?*); where it had not, the Dice on this page is lower than
+# the same recipe reaches with more steps.
 
 # %% [markdown]
 # ## Best, median and worst patient

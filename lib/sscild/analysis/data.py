@@ -33,7 +33,7 @@ from sscild import LABELS
 from sscild.analysis.clinical_inputs import load_clinical
 from sscild.data.cohort import read_case
 from sscild.data.folds import fold_of
-from sscild.data.orientation import to_canonical
+from sscild.data.orientation import canonical_position, to_canonical
 
 __all__ = [
     "quartiles",
@@ -262,6 +262,7 @@ def example_case(cohort, case_id: str, *, min_lung_share: float = 0.6) -> dict:
 
     Returns:
         dict ``case_id``, ``hu``, ``label``, ``spacing``, ``axial`` (z index), ``coronal`` (y index),
+        ``axial_mm`` and ``coronal_mm`` (their RAS positions, :func:`sscild.data.orientation.canonical_position`),
         ``ef_pct``, ``ggo_pct`` and ``lesion_pct`` of the whole label map.
     """
     vol, roles = read_case(cohort, case_id)
@@ -275,9 +276,12 @@ def example_case(cohort, case_id: str, *, min_lung_share: float = 0.6) -> dict:
     def pct(mask):
         return 100.0 * int(mask.sum()) / lung if lung else math.nan
 
-    return {"case_id": str(case_id), "hu": hu, "label": lab, "spacing": spacing,
-            "axial": pick_slice(lab, "axial", min_lung_share=min_lung_share),
-            "coronal": pick_slice(lab, "coronal", min_lung_share=min_lung_share),
+    axial = pick_slice(lab, "axial", min_lung_share=min_lung_share)
+    coronal = pick_slice(lab, "coronal", min_lung_share=min_lung_share)
+    shape = np.asarray(vol.array).shape
+    return {"case_id": str(case_id), "hu": hu, "label": lab, "spacing": spacing, "axial": axial, "coronal": coronal,
+            "axial_mm": canonical_position(vol.affine, shape, 2, axial),
+            "coronal_mm": canonical_position(vol.affine, shape, 1, coronal),
             "ef_pct": pct(lab == LABELS["ef"]), "ggo_pct": pct(lab == LABELS["ggo"]), "lesion_pct": pct(lesion)}
 
 

@@ -24,10 +24,10 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from sscild.data.orientation import to_canonical  # noqa: E402
+from sscild.data.orientation import canonical_position, to_canonical  # noqa: E402
 from sscild.palette import LABEL_HEX  # noqa: E402
 
-__all__ = ["LABEL_COLORS", "LUNG_WINDOW", "label_cmap", "window", "overlay", "label_legend",
+__all__ = ["LABEL_COLORS", "LUNG_WINDOW", "label_cmap", "window", "overlay", "right_marker", "label_legend",
            "scan_montage"]
 
 LABEL_COLORS = dict(LABEL_HEX)
@@ -50,14 +50,22 @@ def window(hu: np.ndarray, lo: float = LUNG_WINDOW[0], hi: float = LUNG_WINDOW[1
     return np.clip((np.asarray(hu, dtype=np.float32) - lo) / (hi - lo), 0, 1)
 
 
+def right_marker(ax) -> None:
+    """The orientation marker: "R" in the image's lower left, where the patient's right is (radiological)."""
+    from matplotlib import patheffects
+
+    ax.text(0.03, 0.03, "R", color="white", transform=ax.transAxes, fontsize=9, fontweight="bold",
+            va="bottom", ha="left", path_effects=[patheffects.withStroke(linewidth=2, foreground="black")])
+
+
 def overlay(ax, image_slice: np.ndarray, label_slice: np.ndarray | None = None, *, title: str | None = None,
-            aspect: float = 1.0, contour: bool = False, labels=(1, 2, 3)) -> None:
+            aspect: float = 1.0, contour: bool = False, labels=(1, 2, 3), marker: bool = True) -> None:
     """Show a 2D (x, y) HU slice in the lung window with an optional label overlay.
 
     The slice is displayed in radiological convention (patient's right on the image's left, anterior
-    up) for RAS arrays: the (x, y) array is transposed and flipped accordingly. With ``contour`` the
-    labels in ``labels`` are drawn as outlines, leaving the texture under them visible; otherwise as
-    translucent fills.
+    up) for RAS arrays: the (x, y) array is transposed and flipped accordingly, and an "R" marks the
+    patient's right (``marker``). With ``contour`` the labels in ``labels`` are drawn as outlines,
+    leaving the texture under them visible; otherwise as translucent fills.
     """
     img = np.flipud(np.fliplr(window(image_slice).T)) if image_slice.ndim == 2 else image_slice
     ax.imshow(img, cmap="gray", vmin=0, vmax=1, aspect=aspect, interpolation="nearest")
@@ -70,6 +78,8 @@ def overlay(ax, image_slice: np.ndarray, label_slice: np.ndarray | None = None, 
         else:
             ax.imshow(lab, cmap=label_cmap(), vmin=0, vmax=3, aspect=aspect, interpolation="nearest")
     ax.set_axis_off()
+    if marker:
+        right_marker(ax)
     if title:
         ax.set_title(title)
 
@@ -88,6 +98,7 @@ def _uncertainty_panel(ax, image_slice: np.ndarray, unc_slice: np.ndarray, *, ti
     u = np.ma.masked_less(show(unc_slice).astype(np.float32), 10)
     im = ax.imshow(u, cmap="magma", vmin=0, vmax=100, alpha=0.85, aspect=aspect, interpolation="nearest")
     ax.set_axis_off()
+    right_marker(ax)
     ax.set_title(title)
     return im
 
@@ -102,6 +113,11 @@ def scan_montage(image: np.ndarray, label: np.ndarray, affine: np.ndarray, *, n_
     """
     img, sp = to_canonical(image, affine)
     lab, _ = to_canonical(label, affine)
+    shape = np.asarray(image).shape
+
+    def mm(axis, index):
+        return f"{canonical_position(affine, shape, axis, index):+.0f} mm"
+
     lung_z = np.flatnonzero((lab > 0).any(axis=(0, 1)))
     if lung_z.size:
         zs = np.linspace(lung_z[0], lung_z[-1], n_axial + 2).round().astype(int)[1:-1]
@@ -113,18 +129,18 @@ def scan_montage(image: np.ndarray, label: np.ndarray, affine: np.ndarray, *, n_
     fig, axes = plt.subplots(rows, n_axial + 1, figsize=(3.1 * (n_axial + 1), 3.6 * rows + (0.3 if rows > 1 else 0)),
                              squeeze=False)
     for ax, z in zip(axes[0], zs):
-        overlay(ax, np.asarray(img[:, :, z]), np.asarray(lab[:, :, z]), title=f"axial, slice {z}",
+        overlay(ax, np.asarray(img[:, :, z]), np.asarray(lab[:, :, z]), title=f"axial, z {mm(2, z)}",
                 aspect=sp[1] / sp[0])
-    overlay(axes[0, -1], np.asarray(img[:, ymid, :]), np.asarray(lab[:, ymid, :]), title="coronal",
+    overlay(axes[0, -1], np.asarray(img[:, ymid, :]), np.asarray(lab[:, ymid, :]), title=f"coronal, y {mm(1, ymid)}",
             aspect=sp[2] / sp[0])
-    axes[0, 0].text(0.02, 0.02, "R", color="white", transform=axes[0, 0].transAxes, fontsize=9)
     im = None
     if uncertainty is not None:
         unc, _ = to_canonical(uncertainty, affine)
         for ax, z in zip(axes[1], zs):
-            im = _uncertainty_panel(ax, img[:, :, z], unc[:, :, z], title=f"uncertainty, slice {z}",
+            im = _uncertainty_panel(ax, img[:, :, z], unc[:, :, z], title=f"uncertainty, z {mm(2, z)}",
                                     aspect=sp[1] / sp[0])
-        im = _uncertainty_panel(axes[1, -1], img[:, ymid, :], unc[:, ymid, :], title="uncertainty, coronal",
+        im = _uncertainty_panel(axes[1, -1], img[:, ymid, :], unc[:, ymid, :],
+                                title=f"uncertainty, coronal, y {mm(1, ymid)}",
                                 aspect=sp[2] / sp[0])
     if title:
         fig.suptitle(title, fontsize=10)

@@ -61,14 +61,15 @@ def case_gallery(examples: Mapping[str, Mapping], *, body_hu: float = -500.0):
         ax_hu, ax_lab = hu[:, :, k], lab[:, :, k]
         bx, by = _box(ax_hu > body_hu, 3)
         head = f"{title}: {ex['case_id']}\nEF {ex['ef_pct']:.1f} %, GGO {ex['ggo_pct']:.1f} % of lung"
-        overlay(row[0], ax_hu[bx, by], aspect=sp[1] / sp[0], title=f"axial {k}")
+        overlay(row[0], ax_hu[bx, by], aspect=sp[1] / sp[0], title=f"axial, z {ex['axial_mm']:+.0f} mm")
         row[0].text(-0.06, 0.5, head, transform=row[0].transAxes, rotation=90, ha="right", va="center",
                     fontsize=10, fontweight="bold")
-        overlay(row[1], ax_hu[bx, by], ax_lab[bx, by], aspect=sp[1] / sp[0], title=f"axial {k}, labels")
+        overlay(row[1], ax_hu[bx, by], ax_lab[bx, by], aspect=sp[1] / sp[0], title="the same slice, labels")
         co_hu, co_lab = hu[:, j, :], lab[:, j, :]
         cx, cz = _box(co_lab > 0, max(2, int(round(15.0 / sp[0]))))
         cz = slice(max((cz.start or 0) - 2, 0), None if cz.stop is None else cz.stop + 2)
-        overlay(row[2], co_hu[cx, cz], co_lab[cx, cz], aspect=sp[2] / sp[0], title=f"coronal {j}, labels")
+        overlay(row[2], co_hu[cx, cz], co_lab[cx, cz], aspect=sp[2] / sp[0],
+                title=f"coronal, y {ex['coronal_mm']:+.0f} mm, labels")
     _legend(fig)
     fig.tight_layout(rect=(0, 0.035, 1, 1))
     return fig

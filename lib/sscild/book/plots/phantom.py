@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from sscild.book.plots import plt
-from sscild.clinic.figures import LABEL_COLORS, label_cmap, overlay, window
+from sscild.clinic.figures import LABEL_COLORS, label_cmap, overlay, right_marker, window
 
 __all__ = ["phantom_vs_real", "phantom_gallery"]
 
@@ -140,7 +140,7 @@ def phantom_gallery(case, *, levels=(0.2, 0.45, 0.7), coronal: bool = True):
     fig, axes = plt.subplots(2, ncol, figsize=(3.6 * ncol, 7.4))
     axes = np.atleast_2d(axes)
     for j, k in enumerate(ks):
-        overlay(axes[0, j], img[:, :, k], title=f"axial {k}")
+        overlay(axes[0, j], img[:, :, k], title=f"axial, {k * sp[2]:.0f} mm above the lowest slice")
         overlay(axes[1, j], img[:, :, k], lab[:, :, k])
     if coronal:
         ys = np.nonzero((lab > 0).any(axis=(0, 2)))[0]
@@ -153,7 +153,8 @@ def phantom_gallery(case, *, levels=(0.2, 0.45, 0.7), coronal: bool = True):
                 ax.imshow(np.flipud(lab[::-1, j, :].T), cmap=label_cmap(), vmin=0, vmax=3, aspect=sp[2] / sp[0],
                           interpolation="nearest")
             ax.set_axis_off()
-            ax.set_title(f"coronal {j}" if r == 0 else "")
+            right_marker(ax)
+            ax.set_title(f"coronal, {j * sp[1]:.0f} mm from the back" if r == 0 else "")
     t = case.truth
     handles = [plt.Rectangle((0, 0), 1, 1, color=LABEL_COLORS[k]) for k in (1, 2, 3)]
     fig.legend(handles, ["normal lung", "EF", "GGO"], loc="lower center", ncol=3, frameon=False)

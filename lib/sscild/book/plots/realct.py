@@ -8,7 +8,8 @@ from matplotlib.colors import ListedColormap
 from matplotlib.patches import Patch
 
 from sscild.palette import LABEL_HEX, LABEL_NAMES
-from sscild.clinic.figures import LUNG_WINDOW, window
+from sscild.clinic.figures import LUNG_WINDOW, right_marker, window
+from sscild.data.orientation import canonical_position
 
 __all__ = ["lung_check_overlays"]
 
@@ -49,7 +50,9 @@ def lung_check_overlays(views: dict, table, *, levels=(0.25, 0.5, 0.8)):
             ov.imshow(_show(lab[:, :, z]), cmap=cmap, vmin=0, vmax=3, interpolation="nearest")
             if cl[:, :, z].any():
                 ov.contour(_show(cl[:, :, z]), levels=[0.5], colors=["white"], linewidths=0.7)
-            raw.set_title(f"{name}, slice {z}", fontsize=9)
+            raw.set_title(f"{name}, z {canonical_position(aff, np.asarray(v['hu']).shape, 2, z):+.0f} mm", fontsize=9)
+            right_marker(raw)
+            right_marker(ov)
             ov.set_title(f"network vs classical (Dice {dice.get(name, float('nan')):.3f})", fontsize=9)
             raw.set_axis_off()
             ov.set_axis_off()

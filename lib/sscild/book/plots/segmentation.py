@@ -28,7 +28,7 @@ import seaborn as sns
 
 from sscild.book.plots import fixed_jitter
 from sscild.clinic.figures import LABEL_COLORS, label_legend, overlay
-from sscild.data.orientation import to_canonical
+from sscild.data.orientation import canonical_position, to_canonical
 
 __all__ = ["metric_strip", "case_montage", "bland_altman_grid", "baseline_comparison", "attenuation_histograms"]
 
@@ -120,15 +120,17 @@ def case_montage(cases: list[dict], *, contour: bool = True):
         pred, _ = to_canonical(c["pred"], c["affine"])
         z, y = _best_slices(ref)
         ax_a, co_a = sp[1] / sp[0], sp[2] / sp[0]
-        overlay(row[0], img[:, :, z], title=f"CT, axial {z}", aspect=ax_a)
+        shape = np.asarray(c["image"]).shape
+        z_mm = canonical_position(c["affine"], shape, 2, z)
+        y_mm = canonical_position(c["affine"], shape, 1, y)
+        overlay(row[0], img[:, :, z], title=f"CT, axial, z {z_mm:+.0f} mm", aspect=ax_a)
         overlay(row[1], img[:, :, z], ref[:, :, z], title="reference", aspect=ax_a, contour=contour)
         overlay(row[2], img[:, :, z], pred[:, :, z], title="prediction", aspect=ax_a, contour=contour)
-        overlay(row[3], img[:, y, :], title=f"CT, coronal {y}", aspect=co_a)
+        overlay(row[3], img[:, y, :], title=f"CT, coronal, y {y_mm:+.0f} mm", aspect=co_a)
         overlay(row[4], img[:, y, :], ref[:, y, :], title="reference", aspect=co_a, contour=contour)
         overlay(row[5], img[:, y, :], pred[:, y, :], title="prediction", aspect=co_a, contour=contour)
         row[0].text(-0.06, 0.5, c.get("title", ""), transform=row[0].transAxes, rotation=90, va="center",
                     ha="right", fontsize=10)
-        row[0].text(0.02, 0.02, "R", color="white", transform=row[0].transAxes, fontsize=9)
     label_legend(fig, ncol=4)
     fig.text(0.99, 0.005, window_text() + "; patient's right on the image's left", ha="right", va="bottom",
              fontsize=8, color="0.3")

@@ -74,7 +74,8 @@ def variety_gallery(data_dir, picks, *, cols: int = 4):
     """
     data_dir = Path(data_dir)
     rows = int(np.ceil(len(picks) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.6 * rows), squeeze=False)
+    # constrained layout keeps each row's titles clear of the row above (tight_layout let them overlap)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.6 * rows), squeeze=False, layout="constrained")
     for ax in axes.ravel():
         ax.set_axis_off()
     for ax, (cid, what, level) in zip(axes.ravel(), picks):
@@ -88,7 +89,6 @@ def variety_gallery(data_dir, picks, *, cols: int = 4):
             ax.contour(lung, levels=[0.5], colors=[LABEL_HEX[1]], linewidths=0.6)
     fig.suptitle(f"Synthetic cohort: variety (lung window, level {np.mean(LUNG_WINDOW):.0f} HU, width "
                  f"{np.ptp(LUNG_WINDOW):.0f} HU; lung label outlined)", fontsize=10)
-    fig.tight_layout()
     return fig
 
 

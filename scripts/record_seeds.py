@@ -26,6 +26,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "lib"))
 
+from sscild.machine import cpu_name  # noqa: E402
+
 REGIONS = ("lesion", "ef", "ggo", "normal", "lung")
 
 
@@ -50,7 +52,8 @@ def run_record(run: Path) -> dict:
     seg = json.loads((run / "segmentation_summary.json").read_text())
     df = pd.read_csv(run / "segmentation_metrics.csv", dtype={"case_id": str})
     pooled = pooled_dice(df)
-    out = {"run": str(run), "seed": int(ctx["profile_settings"]["seed"]), "cohort": ctx.get("cohort"),
+    out = {"run": str(run), "seed": int(ctx["profile_settings"]["seed"]), "cohort": seg.get("cohort"),
+           "folder": ctx.get("cohort"),
            "profile": ctx.get("profile"), "synthetic": seg.get("synthetic"), "n_cases": seg.get("n_cases"),
            "mean_dice": {}, "pooled_dice": {}}
     for r in REGIONS:
@@ -85,10 +88,10 @@ def main(argv=None) -> int:
                 "pretraining and training draws)",
         "date": dt.date.today().isoformat(),
         "commit": _commit(),
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "python": platform.python_version()},
+        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version()},
         "command": "python scripts/record_seeds.py " + " ".join(map(str, [args.out, *args.runs])),
-        "cohort": runs[0]["cohort"], "profile": runs[0]["profile"], "synthetic": runs[0]["synthetic"],
+        "cohort": runs[0]["cohort"], "folder": runs[0]["folder"], "profile": runs[0]["profile"],
+        "synthetic": runs[0]["synthetic"],
         "n_cases": runs[0]["n_cases"],
         "runs": sorted(runs, key=lambda r: r["seed"]),
         "across_seeds": {

@@ -44,8 +44,8 @@ def _fake_run(root: Path, seed: int, ef_tp: int) -> Path:
                                                       "profile_settings": {"seed": seed}}))
     metrics = {f"dice_{r}": {"mean": 0.5 + 0.01 * seed, "ci_low": 0.45, "ci_high": 0.6} for r in
                ("lesion", "ef", "ggo", "normal", "lung")}
-    (run / "segmentation_summary.json").write_text(json.dumps({"cohort": "synthetic-cpu", "synthetic": True,
-                                                               "n_cases": 2, "metrics": metrics}))
+    (run / "segmentation_summary.json").write_text(json.dumps({"cohort": "sscild-phantom-cpu", "synthetic": True,
+                                                               "profile": "cpu", "n_cases": 2, "metrics": metrics}))
     rows = []
     for _ in range(2):
         row = {f"vox_ref{a}_pred{b}": 0 for a in range(4) for b in range(4)}
@@ -69,8 +69,12 @@ def test_record_seeds_collects_the_spread(tmp_path):
     t = seed_spread_table(rec)
     assert list(t.index) == ["0", "1", "2", "mean ± SD over 3 seeds"]
     assert t.loc["1", "EF, pooled"] == f"{ef[1]:.2f}"
-    words = seed_spread_words(rec, {"cohort": "synthetic-cpu", "n_cases": 2,
+    assert rec["cohort"] == "sscild-phantom-cpu" and rec["folder"] == "synthetic-cpu"
+    words = seed_spread_words(rec, {"cohort": "sscild-phantom-cpu", "profile": "cpu", "n_cases": 2,
                                     "metrics": {"dice_lesion": {"ci_low": 0.7, "ci_high": 0.8}}})
     assert "this page's interval over patients is ±0.05" in words and "synthetic" in words
+    assert "the cohort and profile of this page" in words
+    other = seed_spread_words(rec, {"cohort": "mycohort", "profile": "cpu", "n_cases": 2, "metrics": {}})
+    assert "(not this page's run)" in other
     with pytest.raises(SystemExit):
         mod.main([str(out), str(runs[0]), str(runs[0])])                 # a seed twice

@@ -284,7 +284,8 @@ def seed_spread_words(record: dict, summary: dict) -> str:
         half = (m.get("ci_high", float("nan")) - m.get("ci_low", float("nan"))) / 2
         parts.append(f"{REGION_NAMES[region]} {fmt_num(a['mean'])} ± {fmt_num(a['sd'], 3)} (range "
                      f"{fmt_num(a['min'])}–{fmt_num(a['max'])}; this page's interval over patients is ±{fmt_num(half)})")
-    same = (record.get("cohort") == summary.get("cohort") and record.get("n_cases") == summary.get("n_cases"))
+    same = (record.get("cohort") == summary.get("cohort") and record.get("profile") == summary.get("profile")
+            and record.get("n_cases") == summary.get("n_cases"))
     where = ("the cohort and profile of this page" if same else
              f"cohort `{record.get('cohort')}`, profile `{record.get('profile')}` (not this page's run)")
     kind = "synthetic" if record.get("synthetic") else "real"

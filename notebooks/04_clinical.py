@@ -131,6 +131,14 @@ display(Markdown(
 # for two tests; a secondary endpoint's adjusted p is the whole predicted grid's (every lesion measure
 # × every test), so a secondary interval that excludes 0 can still have a large adjusted p: read it as
 # exploratory.
+#
+# **Why a p and an interval can disagree.** Each p is scipy's Spearman test (a t approximation under
+# the null of no association); each interval is a BCa bootstrap over patients (no null, no normality).
+# They answer neighbouring questions by different approximations, so near the 0.05 line an interval
+# that just excludes 0 can come with p slightly above 0.05, or the reverse. Neither is wrong; the
+# interval says how large the association may be, and it is what the verdicts of the Abstract's claims
+# ledger use. A bootstrap p inverted from the same interval would remove the disagreement and is not
+# computed here.
 
 # %%
 show(ch.endpoints_table(full), caption="Endpoints: predicted total lesion, % of lung (Spearman ρ, bootstrap 95% CI)")

@@ -18,9 +18,12 @@ ALLOW_CLINICAL_GAPS ?=
 # which folds `make train` trains (default all), e.g. FOLDS="0 1" on one machine, "2 3" on another
 FOLDS ?= $(ALL_FOLDS)
 # SEED=N replaces the profile's seed (other fold splits, pretraining and training draws), to repeat the
-# study; give each seed its own RESULTS folder (scripts/record_seeds.py collects the repeats)
+# study; give each seed its own RESULTS folder (scripts/record_seeds.py collects the repeats). Only a SEED
+# given on make's command line counts: a SEED that happens to be in the shell's environment does not.
+ifeq ($(origin SEED),command line)
 ifneq ($(strip $(SEED)),)
 export SSCILD_SEED := $(strip $(SEED))
+endif
 endif
 # threads of every step (default: chosen per step; a Slurm task exports SSCILD_THREADS = its CPUs)
 ifeq ($(strip $(THREADS)),)

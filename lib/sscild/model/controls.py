@@ -16,7 +16,6 @@ control is scored again only when its scan or a model changed.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,7 @@ from sscild.data.nifti_writer import save_volume
 from sscild.data.validation_report import CONTROLS_DIR
 from sscild.evaluation.metrics import volumes_ml
 from sscild.model.inference import UNCERTAIN_PCT, segment_volume
-from sscild.model.loading import find_models, load_ensemble
+from sscild.model.loading import file_sha256, find_models, load_ensemble
 from sscild.paths import RunPaths, atomic_path, read_json, write_json
 from sscild.progress import Heartbeat
 
@@ -52,14 +51,6 @@ def control_scans(run: RunPaths) -> dict[str, Path]:
            if q.get("severity") == "error" and str(q.get("case_id") or "").startswith(CONTROLS_DIR + "/")}
     found = load_cohort(root, label_map=rec.get("label_map")).controls
     return {u: f for u, f in found.items() if u not in bad}
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _largest_ml(mask: np.ndarray, ml: float) -> float:
@@ -93,7 +84,7 @@ def score_controls(run: RunPaths, *, device=None, progress: bool = True) -> pd.D
         return pd.DataFrame(columns=CONTROL_COLUMNS)
     out.mkdir(parents=True, exist_ok=True)
     models = find_models(run.root)
-    digests = [_sha256(p) for p in models]
+    digests = [file_sha256(p) for p in models]
     man_path = out / "manifest.json"
     manifest = read_json(man_path) if man_path.exists() else {}
     old = {}
@@ -102,7 +93,7 @@ def score_controls(run: RunPaths, *, device=None, progress: bool = True) -> pd.D
     ens, rows = None, []
     beat = Heartbeat("controls", total=len(scans), unit="scan", every=20.0)
     for k, (cid, path) in enumerate(sorted(scans.items()), 1):
-        key = {"scan": _sha256(path), "models": digests}
+        key = {"scan": file_sha256(path), "models": digests}
         if (manifest.get(cid) == key and cid in old and (out / f"{cid}.nii.gz").exists()
                 and (out / f"{cid}_uncertainty.nii.gz").exists()):
             rows.append(old[cid])

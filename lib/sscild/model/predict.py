@@ -13,7 +13,6 @@ overlays exactly on the input scan in 3D Slicer or ITK-SNAP.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,7 @@ from sscild.data.nifti_writer import save_volume
 from sscild.data.cache import load_cached
 from sscild.data.preprocess import restore_label
 from sscild.model.inference import POSTPROCESS_RULE, postprocess_labels, predict_preprocessed
-from sscild.model.loading import load_fold_model
+from sscild.model.loading import file_sha256, load_fold_model
 from sscild.paths import RunPaths, read_json, write_json
 from sscild.profiles import PROFILES
 from sscild.progress import Heartbeat
@@ -31,14 +30,6 @@ from sscild.progress import Heartbeat
 __all__ = ["predict_oof"]
 
 _MANIFEST = "manifest.json"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _cache_key(run: RunPaths, case_id: str) -> str | None:
@@ -93,7 +84,7 @@ def predict_oof(run: RunPaths, *, tta: bool | None = None, postprocess: bool = T
     n_done = 0
     for fold, split in enumerate(splits):
         model_path = run.fold_dir(fold) / "model_final.pt"
-        digest = _sha256(model_path)
+        digest = file_sha256(model_path)
         val = sorted(split["val"])
 
         def current(cid: str) -> bool:

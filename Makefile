@@ -25,6 +25,13 @@ ifneq ($(strip $(SEED)),)
 export SSCILD_SEED := $(strip $(SEED))
 endif
 endif
+# STEPS=N: a token training budget (pretraining and every fold train N steps; nothing else changes),
+# for a dry run of a profile at full size (scripts/paper_scale_dry_run.py); command line only, like SEED
+ifeq ($(origin STEPS),command line)
+ifneq ($(strip $(STEPS)),)
+export SSCILD_STEPS := $(strip $(STEPS))
+endif
+endif
 # threads of every step (default: chosen per step; a Slurm task exports SSCILD_THREADS = its CPUs)
 ifeq ($(strip $(THREADS)),)
 THREADS := $(strip $(SSCILD_THREADS))

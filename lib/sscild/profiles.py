@@ -216,6 +216,12 @@ PROFILES: dict[str, Profile] = {
 }
 
 
+STEPS_ENV = "SSCILD_STEPS"
+"""Environment variable (make: ``STEPS=...``) that sets a token training budget from outside the
+profile: ``iterations`` and ``pretrain_steps`` (where the profile pretrains) become that many steps,
+and ``checkpoint_every`` / ``log_every`` are capped at it; every other setting stays the profile's.
+For dry runs at full size (``scripts/paper_scale_dry_run.py``), never for results; unset in a normal run."""
+
 SEED_ENV = "SSCILD_SEED"
 """Environment variable (make: ``SEED=...``) that replaces the profile's ``seed``: other fold splits,
 pretraining and training draws, for repeating the study (the seed-to-seed spread); unset in a normal run."""
@@ -224,8 +230,10 @@ pretraining and training draws, for repeating the study (the seed-to-seed spread
 def get_profile(name: str | Profile) -> Profile:
     """Return the profile called ``name`` (a :class:`Profile` is passed through).
 
-    With :data:`SEED_ENV` set (``make all SEED=1``), the profile's ``seed`` is that number; the run
-    records it with the other settings (``run_context.json``, every fold's recipe).
+    With :data:`SEED_ENV` set (``make all SEED=1``), the profile's ``seed`` is that number; with
+    :data:`STEPS_ENV` set (``make all STEPS=4``), its training budget is that token number of steps
+    (:func:`token_steps`). The run records both with the other settings (``run_context.json``, every
+    fold's recipe).
     """
     if isinstance(name, Profile):
         return name
@@ -236,6 +244,9 @@ def get_profile(name: str | Profile) -> Profile:
             f"Unknown profile {name!r}. Choose one of: {', '.join(PROFILES)} "
             "(set it with `make all PROFILE=...` or the notebook's `profile` parameter)."
         ) from None
+    steps = os.environ.get(STEPS_ENV, "").strip()
+    if steps:
+        prof = token_steps(prof, steps)
     seed = os.environ.get(SEED_ENV, "").strip()
     if seed:
         try:
@@ -243,6 +254,24 @@ def get_profile(name: str | Profile) -> Profile:
         except ValueError:
             raise ValueError(f"{SEED_ENV}={seed!r} is not a whole number (make: SEED=1).") from None
     return prof
+
+
+def token_steps(profile: Profile, steps) -> Profile:
+    """``profile`` with a token training budget of ``steps`` steps (:data:`STEPS_ENV`).
+
+    >>> p = token_steps(PROFILES["paper"], 4)
+    >>> p.iterations, p.pretrain_steps, p.checkpoint_every, p.log_every, p.patch_size == PROFILES["paper"].patch_size
+    (4, 4, 4, 4, True)
+    """
+    try:
+        n = int(str(steps).strip())
+    except ValueError:
+        raise ValueError(f"{STEPS_ENV}={steps!r} is not a whole number (make: STEPS=4).") from None
+    if n < 1:
+        raise ValueError(f"{STEPS_ENV}={steps!r}: a token budget needs at least 1 step.")
+    return replace(profile, iterations=n, pretrain_steps=min(int(profile.pretrain_steps), n) if profile.pretrain_steps else 0,
+                   checkpoint_every=min(int(profile.checkpoint_every), n), log_every=min(int(profile.log_every), n),
+                   student_iterations=None if profile.student_iterations is None else min(int(profile.student_iterations), n))
 
 
 def require_profile(profile) -> Profile:

@@ -179,7 +179,7 @@ show(ch.geometry_table(cases), caption="Voxel grids as acquired and after prepro
 clinical, notes = ds.read_clinical(data_dir)
 table1 = ch.table_one(cases, clinical)
 show(table1[["summary", "n", "missing"]].rename(columns={"summary": "median [IQR] or n (%)"}),
-     caption=f"Table 1. The cohort ({info['name']}, n = {len(cases)})")
+     caption=f"The cohort ({info['name']}, n = {len(cases)})", fold=False)
 if notes:
     display(Markdown("\n".join(f"- `clinical.csv`: {note}." for note in notes)))
 

@@ -193,79 +193,8 @@ for arms_name, seed_words in (("study_pretrain_cv.csv", "seed 0"), ("study_pretr
                          "unlabelled scans and with pretraining on 40 unlabelled ones (recorded)")
 
 # %% [markdown]
-# ## The `paper` profile on a GPU
+# ## What training costs on other machines
 #
-# The default run trains on the CPU. The GPU path (CUDA chosen automatically, mixed precision,
-# cudnn autotuning, batches prepared by loader processes) is checked by `scripts/gpu_check.py`: it
-# runs the library's own path (phantom, cache, `train_fold`, `segment_scan`) at the `paper`
-# profile's resolution for a few hundred steps. The table is its recorded output
-# (`benchmarks/gpu_paper.json`), a measurement of speed on synthetic data, not a result of the study.
-# The batch for a step is a function of (seed, fold, step) alone, so the loader processes change the
-# speed, not the batches (a test trains with and without them and compares the weights).
-
-# %%
-from sscild.book.provenance import gpu_check_table
-
-gpu = gpu_check_table()
-if gpu is None:
-    display(Markdown("No GPU check is recorded in this checkout (`benchmarks/gpu_paper.json` is absent)."))
-else:
-    show(gpu, caption="Recorded GPU check of the paper profile (synthetic phantom)")
-
-# %% [markdown]
-# ## What a training step costs
-#
-# `scripts/bench_train.py` times one training step of a profile in one process: the real step
-# (`sscild.model.train.train_model` itself: patch sampling from the cache, augmentation as batched tensor
-# operations on the training device, transfer, forward and backward pass, optimiser) against the
-# **pure network step**, the same network, loss and optimiser on ready-made tensors of the same shape.
-# Their ratio, the **overhead ratio** (1.0: preparing the data costs nothing), is measured side by side
-# on one machine, so it holds on any machine of the kind whatever its speed; the phases show where the
-# rest goes. The table is the recorded run (`benchmarks/train_cpu_cpu.json`); the GPU figures of the
-# `paper` profile are recorded only when a GPU was available to the project.
-
-# %%
-from sscild.book.provenance import read_record
-
-rec = read_record("train_cpu_cpu.json")
-if rec is None:
-    display(Markdown("No CPU training benchmark is recorded (`benchmarks/train_cpu_cpu.json` is absent)."))
-else:
-    rows = [("recorded", f"{rec['date']}: `{rec['benchmark_command']}`"), ("device", rec["device"]),
-            ("load before the run", rec.get("load_before")),
-            ("batch", " x ".join(map(str, rec["batch"]))),
-            ("numerics", f"autocast {rec['numerics']['autocast']} ({rec['numerics']['dtype']}), "
-                         f"channels-last {rec['numerics']['channels_last']}"),
-            ("real step", f"{rec['real_s_per_step']:.4f} s ({rec['real_steps_per_s']} steps/s)"),
-            ("pure network step", f"{rec['pure_network_s_per_step']:.4f} s"),
-            ("overhead ratio (pure / real)", f"{rec['overhead_ratio']:.3f}")]
-    rows += [(f"phase: {k}", f"{v * 1000:.1f} ms") for k, v in rec["phases_s"].items()]
-    show(pd.DataFrame(rows, columns=["", "value"]).set_index(""), caption="Recorded training-step benchmark (CPU)")
-    if rec.get("variants"):
-        show(pd.DataFrame(rec["variants"]).set_index("variant"),
-             caption="Pure network step under other numeric settings (same run)")
-
-# %% [markdown]
-# ## How the folds share a CPU
-#
-# A small 2D network does not keep several cores busy: on a CPU, `make` therefore trains the folds
-# side by side, one thread each, as many at once as there are cores (`sscild.context`), rather than
-# one after the other on every core. `scripts/bench_folds.py` measures both ways in one session on
-# one machine (the real training step, as above); their ratio is the figure that holds on any machine
-# of the kind. One thread per fold also makes a fold's weights independent of the machine's core
-# count: floating-point sums split over a different number of threads round differently.
-
-# %%
-fold_rec = read_record("fold_parallel_cpu.json")
-if fold_rec is None:
-    display(Markdown("No fold-parallelism benchmark is recorded (`benchmarks/fold_parallel_cpu.json` is absent)."))
-else:
-    n = fold_rec["cores"]
-    rows = [("recorded", f"{fold_rec['date']}: `{fold_rec['benchmark_command']}`"),
-            ("processor", fold_rec.get("processor")), ("cores", n),
-            (f"one fold on {n} threads", f"{fold_rec['one_fold_all_cores_steps_per_s']:.2f} steps/s"),
-            (f"{n} folds side by side, 1 thread each",
-             f"{fold_rec['side_by_side_total_steps_per_s']:.2f} steps/s together "
-             f"({', '.join(f'{v:.2f}' for v in fold_rec['side_by_side_steps_per_s'])})"),
-            ("throughput ratio (side by side / one fold)", f"{fold_rec['throughput_ratio']:.2f}")]
-    show(pd.DataFrame(rows, columns=["", "value"]).set_index(""), caption="Recorded fold-parallelism benchmark (CPU)")
+# The engineering measurements of training (the `paper` profile on a GPU, the cost of one training step
+# and how the folds share a CPU) are recorded benchmarks, shown with the others in the Reproducibility
+# appendix, where each names the commit and machine it was measured on.

@@ -25,7 +25,8 @@ data_dir = None
 from sscild.paths import resolve_data_dir
 from IPython.display import Markdown, display
 
-from sscild.book.provenance import benchmark_records, environment_table, input_checksums, step_times, run_settings
+from sscild.book.provenance import (benchmark_records, environment_table, fold_parallel_table, gpu_check_table,
+                                    input_checksums, run_settings, step_times, train_step_tables)
 from sscild.book.report import banner, chapter_context, show
 from sscild.cluster.jobs import jobs_table
 
@@ -67,6 +68,57 @@ show(step_times(run), caption="Steps: latest execution, and the longest (the run
 # %%
 show(benchmark_records(), caption="Recorded benchmarks (benchmarks/): what, when, commit, machine, command",
      fold=False)
+
+# %% [markdown]
+# ## Training on other machines
+#
+# **The `paper` profile on a GPU.** The default run trains on the CPU. The GPU path (CUDA chosen
+# automatically, mixed precision, cudnn autotuning, batches prepared by loader processes) is checked by
+# `scripts/gpu_check.py`: it runs the library's own path (phantom, cache, `train_fold`, `segment_scan`) at
+# the `paper` profile's resolution for a few hundred steps. The table is its recorded output
+# (`benchmarks/gpu_paper.json`), a measurement of speed on synthetic data, not a result of the study. The
+# batch for a step is a function of (seed, fold, step) alone, so loader processes change the speed, not
+# the batches (a test trains with and without them and compares the weights).
+
+# %%
+gpu = gpu_check_table()
+if gpu is None:
+    display(Markdown("No GPU check is recorded in this checkout (`benchmarks/gpu_paper.json` is absent)."))
+else:
+    show(gpu, caption="Recorded GPU check of the paper profile (synthetic phantom)")
+
+# %% [markdown]
+# **What a training step costs.** `scripts/bench_train.py` times one training step of a profile in one
+# process: the real step (`sscild.model.train.train_model` itself: patch sampling from the cache,
+# augmentation as batched tensor operations on the training device, transfer, forward and backward pass,
+# optimiser) against the **pure network step**, the same network, loss and optimiser on ready-made
+# tensors of the same shape. Their ratio, the **overhead ratio** (1.0: preparing the data costs nothing),
+# is measured side by side on one machine, so it holds on any machine of the kind whatever its speed; the
+# phases show where the rest goes (`benchmarks/train_cpu_cpu.json`).
+
+# %%
+steps = train_step_tables()
+if steps is None:
+    display(Markdown("No CPU training benchmark is recorded (`benchmarks/train_cpu_cpu.json` is absent)."))
+else:
+    show(steps[0], caption="Recorded training-step benchmark (CPU)")
+    if steps[1] is not None:
+        show(steps[1], caption="Pure network step under other numeric settings (same run)")
+
+# %% [markdown]
+# **How the folds share a CPU.** A small 2D network does not keep several cores busy: on a CPU, `make`
+# therefore trains the folds side by side, one thread each, as many at once as there are cores
+# (`sscild.context`), rather than one after the other on every core. `scripts/bench_folds.py` measures
+# both ways in one session on one machine; their ratio is the figure that holds on any machine of the
+# kind. One thread per fold also makes a fold's weights independent of the machine's core count:
+# floating-point sums split over a different number of threads round differently.
+
+# %%
+folds = fold_parallel_table()
+if folds is None:
+    display(Markdown("No fold-parallelism benchmark is recorded (`benchmarks/fold_parallel_cpu.json` is absent)."))
+else:
+    show(folds, caption="Recorded fold-parallelism benchmark (CPU)")
 
 # %% [markdown]
 # ## Cluster jobs

@@ -77,12 +77,12 @@ class TreeMemory(threading.Thread):
 
     def __init__(self, pid: int, every: float = 0.5):
         super().__init__(daemon=True)
-        self.pid, self.every, self.peak, self._stop = pid, every, 0, threading.Event()
+        self.pid, self.every, self.peak, self._halt = pid, every, 0, threading.Event()
 
     def run(self):
         import psutil
 
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             try:
                 root = psutil.Process(self.pid)
                 procs = [root] + root.children(recursive=True)
@@ -95,10 +95,10 @@ class TreeMemory(threading.Thread):
                 self.peak = max(self.peak, rss)
             except psutil.Error:
                 pass
-            self._stop.wait(self.every)
+            self._halt.wait(self.every)
 
     def stop(self):
-        self._stop.set()
+        self._halt.set()
         self.join()
 
 

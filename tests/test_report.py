@@ -42,7 +42,8 @@ def test_show_folds_long_tables(monkeypatch):
     shown = []
     monkeypatch.setattr("IPython.display.display", lambda obj: shown.append(obj))
     report.show(pd.DataFrame({"a": range(3)}), caption="short")
-    assert [type(o).__name__ for o in shown] == ["Markdown", "HTML"]
+    assert [type(o).__name__ for o in shown] == ["HTML"]
+    assert shown[0].data.startswith(f'<p class="sscild-table-caption"><strong>{report.TABLE_MARK} short</strong>')
     shown.clear()
     report.show(pd.DataFrame({"a": range(report.FOLD_ROWS + 1)}), caption="long one, profile `cpu`")
     assert len(shown) == 1 and shown[0].data.startswith("<details") and "long one" in shown[0].data
@@ -85,3 +86,32 @@ def test_parameters_cells_are_removed_from_the_page_but_kept_in_the_notebook(tmp
     assert "remove-cell" in tags[0] and "remove-cell" in tags[1]
     assert tags[2] == ["hide-input"] and tags[3] == ["remove-input"]
     assert [c.source for c in out.cells[:2]] == ['profile = "cpu"', 'profile = "smoke"']   # still editable
+
+
+def test_the_book_numbers_tables_across_pages_in_reading_order(tmp_path, monkeypatch):
+    import nbformat
+
+    from sscild.book.build import number_tables, reading_order
+
+    shown = []
+    monkeypatch.setattr("IPython.display.display", lambda obj: shown.append(obj))
+    report.show(pd.DataFrame({"a": range(3)}), caption="first")
+    report.show(pd.DataFrame({"a": range(report.FOLD_ROWS + 1)}), caption="second, folded")
+    report.show(pd.DataFrame({"a": range(3)}), caption="third")
+    pages = []
+    for name, outs in (("a", shown[:2]), ("b", shown[2:])):
+        nb = nbformat.v4.new_notebook()
+        cell = nbformat.v4.new_code_cell("show(df)")
+        cell.outputs = [nbformat.v4.new_output("display_data", data={"text/html": o.data}) for o in outs]
+        nb.cells = [nbformat.v4.new_markdown_cell("# page"), cell]
+        nbformat.write(nb, tmp_path / f"{name}.ipynb")
+        pages.append(tmp_path / f"{name}.ipynb")
+    toc = tmp_path / "_toc.yml"
+    toc.write_text("format: jb-book\nroot: b\nparts:\n  - caption: x\n    chapters:\n      - file: a\n      - file: missing\n")
+    assert reading_order(toc) == ["b", "a", "missing"]
+    order = [tmp_path / f"{p}.ipynb" for p in reading_order(toc)]
+    assert number_tables(order) == 3
+    html = {p.stem: "".join(o["data"]["text/html"] for o in nbformat.read(p, 4).cells[1].outputs) for p in pages}
+    assert "Table 1.</span> third" in html["b"]                       # the root page comes first
+    assert "Table 2.</span> first" in html["a"] and "Table 3.</span> second, folded" in html["a"]
+    assert report.TABLE_MARK not in html["a"] + html["b"]

@@ -9,7 +9,9 @@
    check on real CT" is the executed notebook of ``make external`` when there is one, else a page
    that says it was not run and how to run it. The appendix "The trained models on real CT" is the
    run's ``A2_real_ct`` notebook (a placeholder page when the run has none).
-3. Runs ``jupyter-book build`` with execution off and warnings as errors (``-W -n``), so a broken
+3. Numbers the tables across the book in reading order (:func:`number_tables`), as Sphinx numbers
+   the figures.
+4. Runs ``jupyter-book build`` with execution off and warnings as errors (``-W -n``), so a broken
    cross-reference or citation fails the build.
 """
 
@@ -23,7 +25,7 @@ from pathlib import Path
 
 from sscild.paths import unroot
 
-__all__ = ["assemble", "build", "main"]
+__all__ = ["assemble", "build", "main", "number_tables", "reading_order"]
 
 EXTERNAL = "A1_external"
 REAL_CT = "A2_real_ct"
@@ -72,7 +74,55 @@ def assemble(src: Path, out: Path, notebooks: Path, external: Path | None = None
         _tag_for_reading(Path(external), chapters / f"{EXTERNAL}.ipynb", stale=external_stale)
     else:
         shutil.copy2(src / "external_not_run.md", chapters / f"{EXTERNAL}.md")
+    if (out / "_toc.yml").exists():
+        number_tables([out / f"{name}.ipynb" for name in reading_order(out / "_toc.yml")])
     return copied
+
+
+def reading_order(toc: Path) -> list[str]:
+    """The book's pages in reading order (``_toc.yml``: root, then every part's chapters)."""
+    import yaml
+
+    t = yaml.safe_load(Path(toc).read_text())
+    pages = [t["root"]]
+    for part in t.get("parts", []):
+        pages += [c["file"] for c in part.get("chapters", [])]
+    pages += [c["file"] for c in t.get("chapters", [])]
+    return pages
+
+
+def number_tables(notebooks: list[Path]) -> int:
+    """Number the tables of ``notebooks`` (in this order) across the book: Table 1, 2, ...
+
+    Every caption written by :func:`sscild.book.report.show` starts with the placeholder
+    :data:`~sscild.book.report.TABLE_MARK`; here it becomes ``Table N.``. Pages that are not
+    notebooks, or absent, are skipped. Returns the number of tables.
+    """
+    import nbformat
+
+    from sscild.book.report import TABLE_MARK
+
+    n = 0
+    for path in notebooks:
+        if not path.exists():
+            continue
+        nb = nbformat.read(path, as_version=4)
+        changed = False
+        for cell in nb.cells:
+            for output in cell.get("outputs", []) if cell.cell_type == "code" else []:
+                html = output.get("data", {}).get("text/html")
+                if html is None or TABLE_MARK not in "".join(html):
+                    continue
+                parts = "".join(html).split(TABLE_MARK)
+                text = parts[0]
+                for rest in parts[1:]:
+                    n += 1
+                    text += f'<span class="sscild-table-no">Table {n}.</span>' + rest
+                output["data"]["text/html"] = text
+                changed = True
+        if changed:
+            nbformat.write(nb, path)
+    return n
 
 
 def _tag_for_reading(src: Path, dst: Path, stale: list[str] | None = None) -> None:

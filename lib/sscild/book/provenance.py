@@ -176,6 +176,43 @@ def segment_benchmark_table(path: str | Path | None = None) -> pd.DataFrame | No
     return pd.DataFrame(rows, columns=["", "value"]).set_index("")
 
 
+def train_step_tables(path: str | Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame | None] | None:
+    """The recorded training-step benchmark (``benchmarks/train_cpu_cpu.json``, ``scripts/bench_train.py``):
+    the step, its phases and overhead ratio; and the pure network step under other numeric settings
+    (``None`` when not recorded). ``None`` when there is no record."""
+    rec = read_record("train_cpu_cpu.json", path)
+    if rec is None:
+        return None
+    num = rec["numerics"]
+    rows = [("recorded", f"{rec['date']}: `{rec['benchmark_command']}`"), ("device", rec["device"]),
+            ("load before the run", rec.get("load_before")),
+            ("batch", " x ".join(map(str, rec["batch"]))),
+            ("numerics", f"autocast {num['autocast']} ({num['dtype']}), channels-last {num['channels_last']}"),
+            ("real step", f"{rec['real_s_per_step']:.4f} s ({rec['real_steps_per_s']} steps/s)"),
+            ("pure network step", f"{rec['pure_network_s_per_step']:.4f} s"),
+            ("overhead ratio (pure / real)", f"{rec['overhead_ratio']:.3f}")]
+    rows += [(f"phase: {k}", f"{v * 1000:.1f} ms") for k, v in rec["phases_s"].items()]
+    variants = pd.DataFrame(rec["variants"]).set_index("variant") if rec.get("variants") else None
+    return pd.DataFrame(rows, columns=["", "value"]).set_index(""), variants
+
+
+def fold_parallel_table(path: str | Path | None = None) -> pd.DataFrame | None:
+    """The recorded fold-parallelism benchmark (``benchmarks/fold_parallel_cpu.json``, ``scripts/bench_folds.py``):
+    one fold on every core against one fold per core side by side; ``None`` when there is no record."""
+    rec = read_record("fold_parallel_cpu.json", path)
+    if rec is None:
+        return None
+    n = rec["cores"]
+    rows = [("recorded", f"{rec['date']}: `{rec['benchmark_command']}`"),
+            ("processor", rec.get("processor")), ("cores", n),
+            (f"one fold on {n} threads", f"{rec['one_fold_all_cores_steps_per_s']:.2f} steps/s"),
+            (f"{n} folds side by side, 1 thread each",
+             f"{rec['side_by_side_total_steps_per_s']:.2f} steps/s together "
+             f"({', '.join(f'{v:.2f}' for v in rec['side_by_side_steps_per_s'])})"),
+            ("throughput ratio (side by side / one fold)", f"{rec['throughput_ratio']:.2f}")]
+    return pd.DataFrame(rows, columns=["", "value"]).set_index("")
+
+
 def _last_commit(path: Path) -> str | None:
     """The commit that last changed ``path`` (short hash), or ``None`` outside a git checkout."""
     try:

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 __all__ = ["cohort_info", "banner", "glue", "show", "table_html", "figure", "fmt_ci", "chapter_context", "rel",
-           "FOLD_ROWS", "readable_header", "CODE_NAME"]
+           "FOLD_ROWS", "readable_header", "CODE_NAME", "TABLE_MARK"]
 
 FOLD_ROWS = 12
 """Tables longer than this are folded (a click opens them) unless the page asks otherwise."""
@@ -150,8 +150,23 @@ def _is_p_column(name) -> bool:
     return "p" in words or "p-value" in words or "pvalue" in words
 
 
+TABLE_MARK = '<span class="sscild-table-no">Table</span>'
+"""Placeholder before each table caption; the book build numbers them in reading order (``Table 7.``)."""
+
+
+def _caption_html(caption: str | None) -> str:
+    import html
+
+    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(caption or ""))  # Markdown code spans
+    text = re.sub(r"\*\*([^*]+)\*\*", r"\1", text)
+    return f"{TABLE_MARK} {text}".rstrip()
+
+
 def show(df, caption: str | None = None, floatfmt: int = 3, *, fold: bool | None = None):
-    """Display a DataFrame in full (:func:`table_html`), with a caption; fold long tables.
+    """Display a DataFrame in full (:func:`table_html`), with a numbered caption; fold long tables.
+
+    The caption starts with :data:`TABLE_MARK`, which the book build turns into the table's number
+    (:func:`sscild.book.build.number_tables`), so tables are numbered across the book like figures.
 
     Args:
         df: the table (a Series is shown as one column).
@@ -160,9 +175,7 @@ def show(df, caption: str | None = None, floatfmt: int = 3, *, fold: bool | None
         fold: put the table behind a click (an HTML ``<details>``); ``None`` folds tables longer
             than :data:`FOLD_ROWS` rows.
     """
-    import html
-
-    from IPython.display import HTML, Markdown, display
+    from IPython.display import HTML, display
 
     if not hasattr(df, "to_html"):
         display(df)
@@ -171,14 +184,12 @@ def show(df, caption: str | None = None, floatfmt: int = 3, *, fold: bool | None
     if fold is None:
         fold = n > FOLD_ROWS
     body = table_html(df, floatfmt=floatfmt)
+    label = _caption_html(caption)
     if fold:
-        label = re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(caption or "Table"))   # Markdown code spans
         display(HTML(f'<details class="sscild-fold"><summary><strong>{label}</strong> ({n} rows: click to open)'
                      f"</summary>\n{body}\n</details>"))
         return
-    if caption:
-        display(Markdown(f"**{caption}**"))
-    display(HTML(body))
+    display(HTML(f'<p class="sscild-table-caption"><strong>{label}</strong></p>\n{body}'))
 
 
 def figure(fig, name: str, folder, *, caption: str, dpi: int | None = None) -> Path:

@@ -115,3 +115,18 @@ def test_the_book_numbers_tables_across_pages_in_reading_order(tmp_path, monkeyp
     assert "Table 1.</span> third" in html["b"]                       # the root page comes first
     assert "Table 2.</span> first" in html["a"] and "Table 3.</span> second, folded" in html["a"]
     assert report.TABLE_MARK not in html["a"] + html["b"]
+
+
+def test_book_buttons_link_to_a_real_repository_or_are_left_out(monkeypatch):
+    from sscild.book import build
+
+    cfg_file = build.Path(__file__).resolve().parents[1] / "book" / "_config.yml"
+    off = build.book_config(cfg_file, None)
+    assert "repository" not in off and off["launch_buttons"]["binderhub_url"] == ""
+    assert not any(off["html"][k] for k in ("use_repository_button", "use_issues_button", "use_edit_page_button"))
+    on = build.book_config(cfg_file, "https://github.com/lab/sscild")
+    assert on["repository"]["url"] == "https://github.com/lab/sscild" and on["html"]["use_edit_page_button"]
+    monkeypatch.setenv(build.REPO_URL_ENV, "https://gitlab.com/group/sub/sscild.git")
+    assert build.repository_url() == "https://gitlab.com/group/sub/sscild"
+    monkeypatch.setenv(build.REPO_URL_ENV, "")
+    assert build.repository_url() is None

@@ -32,6 +32,11 @@ ifneq ($(strip $(STEPS)),)
 export SSCILD_STEPS := $(strip $(STEPS))
 endif
 endif
+# REPO_URL=https://github.com/<you>/<repo>: the public repository the book's repository, edit and Binder
+# buttons link to (default: the checkout's GitHub/GitLab `origin` remote; none: the buttons are left out)
+ifeq ($(origin REPO_URL),command line)
+export SSCILD_REPO_URL := $(strip $(REPO_URL))
+endif
 # threads of every step (default: chosen per step; a Slurm task exports SSCILD_THREADS = its CPUs)
 ifeq ($(strip $(THREADS)),)
 THREADS := $(strip $(SSCILD_THREADS))

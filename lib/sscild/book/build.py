@@ -11,7 +11,10 @@
    run's ``A2_real_ct`` notebook (a placeholder page when the run has none).
 3. Numbers the tables across the book in reading order (:func:`number_tables`), as Sphinx numbers
    the figures.
-4. Runs ``jupyter-book build`` with execution off and warnings as errors (``-W -n``), so a broken
+4. Writes the book's configuration with the repository its buttons link to (:func:`repository_url`):
+   the ``origin`` remote of the checkout, or ``REPO_URL``; without a public one the buttons are left
+   out (:func:`book_config`).
+5. Runs ``jupyter-book build`` with execution off and warnings as errors (``-W -n``), so a broken
    cross-reference or citation fails the build.
 """
 
@@ -25,7 +28,7 @@ from pathlib import Path
 
 from sscild.paths import unroot
 
-__all__ = ["assemble", "build", "main", "number_tables", "reading_order"]
+__all__ = ["assemble", "build", "main", "number_tables", "reading_order", "repository_url", "book_config"]
 
 EXTERNAL = "A1_external"
 REAL_CT = "A2_real_ct"
@@ -158,9 +161,74 @@ def _tag_for_reading(src: Path, dst: Path, stale: list[str] | None = None) -> No
     nbformat.write(nb, dst)
 
 
+REPO_URL_ENV = "SSCILD_REPO_URL"
+"""Environment variable (make: ``REPO_URL=...``) naming the public repository the book's buttons link to."""
+
+
+def repository_url(root: Path | None = None) -> str | None:
+    """The public repository this book is built from, as an https URL, or ``None`` when none is known.
+
+    :data:`REPO_URL_ENV` when set (empty: none); otherwise the checkout's ``origin`` remote, written as
+    https (``git@github.com:a/b.git`` -> ``https://github.com/a/b``). A local path or an unknown host
+    is not a URL a reader can open, so it gives ``None``.
+
+    >>> import os; os.environ[REPO_URL_ENV] = "git@github.com:lab/sscild.git"; repository_url()
+    'https://github.com/lab/sscild'
+    >>> os.environ[REPO_URL_ENV] = "/srv/git/sscild"; repository_url() is None
+    True
+    >>> del os.environ[REPO_URL_ENV]
+    """
+    import os
+    import re
+
+    url = os.environ.get(REPO_URL_ENV)
+    if url is None:
+        try:
+            url = subprocess.run(["git", "remote", "get-url", "origin"], cwd=root or Path(__file__).parent,
+                                 capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return None
+    url = url.strip()
+    m = re.fullmatch(r"git@([\w.-]+):(.+?)(\.git)?/?", url) or re.fullmatch(r"(?:https?|ssh|git)://(?:[^@/]+@)?([\w.-]+)/(.+?)(\.git)?/?", url)
+    if not m or m.group(1).lower() not in ("github.com", "gitlab.com"):
+        return None
+    return f"https://{m.group(1).lower()}/{m.group(2)}"
+
+
+def book_config(config: Path, url: str | None) -> dict:
+    """``_config.yml`` with the repository the buttons link to: ``url``, or no buttons at all.
+
+    Without a public repository (``url`` is ``None``) the repository, issue and edit buttons and the
+    Binder launch links are switched off rather than left pointing at a repository that does not exist.
+    """
+    import yaml
+
+    cfg = yaml.safe_load(Path(config).read_text())
+    html = cfg.setdefault("html", {})
+    if url:
+        cfg.setdefault("repository", {})["url"] = url
+    else:
+        cfg.pop("repository", None)
+        for key in ("use_repository_button", "use_issues_button", "use_edit_page_button"):
+            html[key] = False
+        cfg["launch_buttons"] = {**cfg.get("launch_buttons", {}), "binderhub_url": "", "jupyterhub_url": ""}
+    return cfg
+
+
 def build(out: Path) -> int:
+    import yaml
+
+    out = Path(out)
+    url = repository_url()
+    cfg_path = out / "_build" / "_config.yml"
+    cfg_path.parent.mkdir(parents=True, exist_ok=True)
+    cfg_path.write_text(yaml.safe_dump(book_config(out / "_config.yml", url), sort_keys=False))
+    print(f"book: repository links -> {url}" if url else
+          f"book: no public repository known (no GitHub/GitLab `origin` remote, {REPO_URL_ENV} unset): "
+          "repository, edit and Binder buttons left out")
     exe = Path(sys.executable).with_name("jupyter-book")
-    cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(out), "--builder", "html", "-W", "-n", "--keep-going"]
+    cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(out), "--config", str(cfg_path),
+           "--builder", "html", "-W", "-n", "--keep-going"]
     return subprocess.call(cmd)
 
 

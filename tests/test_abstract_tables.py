@@ -8,7 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from sscild.book.chapters.abstract import claims_ledger, detectable_rho, methods_table
+from sscild.book.chapters.abstract import claims_ledger, methods_table
+from sscild.evaluation.stats import detectable_rho
 from sscild.paper import PAPER
 from sscild.profiles import get_profile
 

@@ -259,6 +259,10 @@ def test_sentences_follow_the_numbers(fake):
     # planted FEV1/FVC rises with lesion: opposite to the paper's negative rho, far outside its interval
     assert "the opposite sign to the published -0.73" in words[1] and "outside" in words[1]
     assert all("not replication" in w for w in words)
+    from sscild.evaluation.stats import detectable_rho
+    n = int(ch.grid_cell(full, "predicted", "lesion", "pct", "fev1_pct")["n"])
+    lo, hi = detectable_rho(-0.64, n)
+    assert f"below {lo:.2f} or above {hi:.2f}" in words[0] and "80% power" in words[1]
     synthetic = ch.paper_contrast(full, synthetic=True)
     assert "set by the generator" in synthetic and "inside" not in synthetic and "outside" not in synthetic
     text = ch.interpretation(full)

@@ -49,6 +49,8 @@ from sscild.evaluation.bootstrap import MIN_N, as_float_1d, bootstrap_ci, check_
 
 __all__ = [
     "spearman",
+    "detectable_rho",
+    "RHO_POWER",
     "correlation_grid",
     "partial_spearman",
     "partial_spearman_ci",
@@ -310,6 +312,29 @@ def partial_spearman_ci(df: pd.DataFrame, x: str, y: str, covariates, *, n_resam
     out["ci_low"], out["ci_high"], out["ci_method"] = bootstrap_ci(
         arrays, _partial_stat, n_resamples=n_resamples, confidence_level=confidence_level, seed=seed)
     return out
+
+
+RHO_POWER = 0.8
+"""Power of the detectable-difference statement for ρ (:func:`detectable_rho`; two-sided alpha 0.05)."""
+
+
+def detectable_rho(rho0: float, n: int, *, power: float = RHO_POWER, alpha: float = 0.05) -> tuple[float, float]:
+    """The range of true Spearman ρ that ``n`` patients could not tell from ``rho0``.
+
+    A true ρ outside the returned interval would give a 95 % interval excluding ``rho0`` with
+    probability ``power`` (Fisher z with the Bonett-Wright variance of Spearman's ρ,
+    ``(1 + ρ²/2) / (n - 3)``).
+
+    Example:
+        >>> [round(v, 2) for v in detectable_rho(-0.64, 40)]
+        [-0.85, -0.25]
+    """
+    if n <= 3:
+        return (float("nan"), float("nan"))
+    z0 = np.arctanh(float(rho0))
+    se = np.sqrt((1 + rho0 ** 2 / 2) / (n - 3))
+    d = (sps.norm.ppf(1 - alpha / 2) + sps.norm.ppf(power)) * se
+    return (float(np.tanh(z0 - d)), float(np.tanh(z0 + d)))
 
 
 def holm(pvalues) -> np.ndarray:

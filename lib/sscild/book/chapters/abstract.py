@@ -18,41 +18,16 @@ Usage::
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pandas as pd
 
 from sscild.book.chapters.formatting import fmt_num
+from sscild.evaluation.stats import RHO_POWER, detectable_rho
 from sscild.paper import PAPER
 
-__all__ = ["claims_ledger", "methods_table", "detectable_rho", "RHO_POWER"]
-
-RHO_POWER = 0.8
-"""Power of the detectable-difference statement for ρ (two-sided alpha 0.05)."""
+__all__ = ["claims_ledger", "methods_table"]
 
 _PFT = {"fev1_pct": "FEV1 %pred", "fev1_fvc": "FEV1/FVC"}
-
-
-def detectable_rho(rho0: float, n: int, *, power: float = RHO_POWER, alpha: float = 0.05) -> tuple[float, float]:
-    """The range of true Spearman ρ that ``n`` patients could not tell from ``rho0``.
-
-    A true ρ outside the returned interval would give a 95 % interval excluding ``rho0`` with
-    probability ``power`` (Fisher z with the Bonett-Wright variance of Spearman's ρ,
-    ``(1 + ρ²/2) / (n - 3)``).
-
-    Example:
-        >>> [round(v, 2) for v in detectable_rho(-0.64, 40)]
-        [-0.85, -0.25]
-    """
-    from scipy.stats import norm
-
-    if n <= 3:
-        return (float("nan"), float("nan"))
-    z0 = math.atanh(rho0)
-    se = math.sqrt((1 + rho0 ** 2 / 2) / (n - 3))
-    d = (norm.ppf(1 - alpha / 2) + norm.ppf(power)) * se
-    return (math.tanh(z0 - d), math.tanh(z0 + d))
 
 
 def _interval(cell: dict | None, value_key: str, nd: int = 2) -> str:

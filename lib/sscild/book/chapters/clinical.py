@@ -23,6 +23,7 @@ import pandas as pd
 from sscild.analysis.clinical import (EXTENT_MEASURE, MEASURES, OUTCOMES, SOURCES, endpoints, grid_cell, json_safe,
                                       predictor_label)
 from sscild.book.chapters.formatting import fmt_interval, fmt_num, fmt_p
+from sscild.evaluation.stats import RHO_POWER, detectable_rho
 from sscild.paper import PAPER
 
 __all__ = [
@@ -263,17 +264,21 @@ def paper_contrast(full: pd.DataFrame, *, synthetic: bool = False) -> str:
             lines.append(f"- **{OUTCOMES[o]}**: ρ could not be estimated (n = {int(c['n'])}).")
             continue
         head = f"- **{OUTCOMES[o]}**: predicted total lesion (% of lung) ρ = {fmt_interval(rho, lo, hi)} (n = {int(c['n'])})"
+        lo_d, hi_d = detectable_rho(paper_rho, int(c["n"]))
+        power = (f" With n = {int(c['n'])}, only a true ρ below {lo_d:.2f} or above {hi_d:.2f} would be told "
+                 f"apart from the published {paper_rho:.2f} with {RHO_POWER:.0%} power (two-sided, 5 %); a true "
+                 "value between the two cannot be, with this many patients.")
         if synthetic:
             lines.append(head + ": the size and sign of this coefficient were set by the generator's planted "
                          "model; it shows that the pipeline recovers a relationship that was put in, and "
-                         "nothing about the published value.")
+                         "nothing about the published value." + power)
             continue
         inside = np.isfinite(lo) and np.isfinite(hi) and lo <= paper_rho <= hi
         sign = ("the same sign as" if np.sign(rho) == np.sign(paper_rho) and _excludes_zero(lo, hi)
                 else "the opposite sign to" if _excludes_zero(lo, hi) else "no clear sign, unlike")
         lines.append(head + f", {sign} the published {paper_rho:.2f} (volume); the published value lies "
                      f"{'inside' if inside else 'outside'} this run's 95 % interval, which shows compatibility, "
-                     "not replication.")
+                     "not replication." + power)
     return "\n".join(lines)
 
 

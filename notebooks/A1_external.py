@@ -388,10 +388,15 @@ if available and summary["test"]:
     t_preds = read_predictions(out_dir / "test" / "predictions", test)
     fig = example_slices(test, t_preds, pick_examples(t_scores, 3), t_scores)
     figure(fig, "external_test_examples", fig_dir, caption=(
-        "Test-part slices (best, median, worst) of the network trained on the whole training part, beside the "
-        "expert outlines."))
-    display(Markdown(f"One network trained on all {summary['data']['n_train']} training slices with the "
-                     f"recipe above, scored on the {t['n_slices']} test slices: GGO **{t['dice_ggo']:.3f}**, "
+        "Test-part slices (best, median, worst) as predicted for the test part (the models named below), beside "
+        "the expert outlines."))
+    n_models = int(t.get("models") or 1)
+    who = (f"One network trained on all {summary['data']['n_train']} training slices with the recipe above"
+           if n_models == 1 else
+           f"The mean class probabilities of {n_models} models (the network trained on all "
+           f"{summary['data']['n_train']} training slices with the recipe above and the {n_models - 1} "
+           "cross-validation fold models)")
+    display(Markdown(f"{who}, scored on the {t['n_slices']} test slices: GGO **{t['dice_ggo']:.3f}**, "
                      f"consolidation **{t['dice_consolidation']:.3f}** (mean over slices); the table above "
                      "sets them beside the published rows. " + compare_to_published(t, what="test-part")))
 elif available:

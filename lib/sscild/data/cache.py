@@ -58,7 +58,7 @@ def cache_key(image_path, label_path, profile, *, extra=None) -> str:
     Args:
         image_path: the scan file.
         label_path: the label file, or ``None``.
-        profile: profile name or :class:`~sscild.profiles.Profile`.
+        profile: the resolved :class:`~sscild.profiles.Profile`.
         extra: anything else JSON-serialisable that changes the result (e.g. a cohort label map).
 
     Example:
@@ -145,7 +145,7 @@ def build_cache(cohort, run: RunPaths, profile, *, cases=None, progress: bool = 
     Args:
         cohort: a :class:`sscild.data.cohort.Cohort`.
         run: the run's :class:`~sscild.paths.RunPaths`.
-        profile: profile name or :class:`~sscild.profiles.Profile`.
+        profile: the resolved :class:`~sscild.profiles.Profile`.
         cases: optional subset of case ids (default: all cases of the cohort).
         progress: show a tqdm progress bar.
 

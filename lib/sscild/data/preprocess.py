@@ -138,7 +138,7 @@ def normalise_hu(hu, profile) -> np.ndarray:
 
     Args:
         hu: array of Hounsfield units.
-        profile: profile name or :class:`~sscild.profiles.Profile`.
+        profile: the resolved :class:`~sscild.profiles.Profile`.
 
     Returns:
         float32 array, same shape, values in [-1, 1].
@@ -290,7 +290,7 @@ def preprocess_volume(image, label=None, *, profile, case_id: str = "scan") -> P
     Args:
         image: a :class:`sscild.data.image.Volume` (``array`` (x, y, z) in HU, ``affine`` voxel -> RAS mm).
         label: optional integer label array on the image's grid (values 0..255).
-        profile: profile name or :class:`~sscild.profiles.Profile`; uses ``target_spacing`` and
+        profile: the resolved :class:`~sscild.profiles.Profile`; uses ``target_spacing`` and
             ``hu_clip``.
         case_id: used in error messages and stored in the result.
 

@@ -100,7 +100,7 @@ def train_fold(run: RunPaths, profile: Profile, fold: int, *, device=None, progr
 
     Args:
         run: the run's results folder (``RunPaths``); ``splits.json`` and the cache must exist.
-        profile: profile name or object.
+        profile: the resolved :class:`~sscild.profiles.Profile`.
         fold: fold index, 0 <= fold < number of folds in ``splits.json``.
         device: torch device; default CUDA when available, else CPU.
         progress: show a tqdm bar (terminal only).

@@ -137,7 +137,7 @@ def generate_case(case_index: int, *, profile: Profile = PROFILES["cpu"], seed: 
 
     Args:
         case_index: 0, 1, 2, ... (the case id is ``case_{index:03d}``).
-        profile: run profile name or :class:`~sscild.profiles.Profile`.
+        profile: the resolved :class:`~sscild.profiles.Profile` (names are refused: :func:`~sscild.profiles.require_profile`).
         seed: cohort seed.
         variety: the variety knobs (:class:`~sscild.synthetic.variety.Variety`; default: its defaults).
         lesion_scale: multiplies the patient's drawn lesion fraction (capped at 0.9 of the lung); the

@@ -166,7 +166,7 @@ def generate_cohort(out_dir, *, profile: Profile = PROFILES["cpu"], n: int | Non
 
     Args:
         out_dir: the cohort folder (created; must be empty, absent, or this same phantom).
-        profile: run profile (name or :class:`~sscild.profiles.Profile`); ``n`` defaults to its
+        profile: the resolved :class:`~sscild.profiles.Profile`; ``n`` defaults to its
             ``phantom_n``.
         n: number of patients.
         seed: cohort seed.

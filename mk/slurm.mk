@@ -36,7 +36,7 @@ endif
 # what each task's make gets (absolute paths: tasks run on other machines, from the checkout)
 SLURM_MAKE_VARS := PROFILE=$(PROFILE) DATA=$(abspath $(DATA)) DATA_ROOT=$(abspath $(DATA_ROOT)) \
   RESULTS=$(abspath $(RESULTS)) BOOK_OUT=$(abspath $(BOOK_OUT)) VENV=$(abspath $(VENV)) \
-  $(if $(THREADS),THREADS=$(THREADS))
+  $(if $(THREADS),THREADS=$(THREADS)) $(if $(SSCILD_SEED),SEED=$(SSCILD_SEED)) $(if $(SSCILD_STEPS),STEPS=$(SSCILD_STEPS))
 
 # a failed array must not delete the notebooks of the folds that did finish
 .PRECIOUS: $(FOLD_NBS)

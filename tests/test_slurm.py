@@ -488,3 +488,16 @@ def test_smoke_folds_on_slurm_equal_a_local_run_and_a_failing_fold_stops_make(cl
     assert (run_s / "fold_0" / "training.ipynb").exists()  # the finished fold is kept
     arr = json.loads((run_s / "slurm" / "jobs.json").read_text())["arrays"][-1]
     assert arr["folds"] == [1] and arr["outcome"] == "failed"  # only the fold that was not done was resubmitted
+
+
+def test_each_task_gets_the_runs_seed_and_token_steps(tmp_path):
+    """A Slurm task trains with the SEED and STEPS make was given, not the profile's own."""
+    env = {k: v for k, v in os.environ.items() if k not in ("SSCILD_SEED", "SSCILD_STEPS")}
+    out = subprocess.run(["make", "-n", "LAUNCHER=slurm", "PROFILE=smoke", "SEED=2", "STEPS=3",
+                          f"RESULTS={tmp_path / 'r'}", f"DATA_ROOT={tmp_path / 'd'}", "train"],
+                         cwd=REPO, capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "--make-var SEED=2" in out.stdout and "--make-var STEPS=3" in out.stdout
+    plain = subprocess.run(["make", "-n", "LAUNCHER=slurm", "PROFILE=smoke", f"RESULTS={tmp_path / 'r'}",
+                            f"DATA_ROOT={tmp_path / 'd'}", "train"], cwd=REPO, capture_output=True, text=True, env=env)
+    assert "SEED=" not in plain.stdout and "STEPS=" not in plain.stdout

@@ -26,7 +26,8 @@ from sscild.paths import resolve_data_dir
 from IPython.display import Markdown, display
 
 from sscild.book.provenance import (benchmark_records, environment_table, fold_parallel_table, gpu_check_table,
-                                    input_checksums, run_settings, step_times, train_step_tables)
+                                    input_checksums, paper_scale_table, paper_scale_training, run_settings,
+                                    step_times, train_step_tables)
 from sscild.book.report import banner, chapter_context, show
 from sscild.cluster.jobs import jobs_table
 
@@ -119,6 +120,36 @@ if folds is None:
     display(Markdown("No fold-parallelism benchmark is recorded (`benchmarks/fold_parallel_cpu.json` is absent)."))
 else:
     show(folds, caption="Recorded fold-parallelism benchmark (CPU)")
+
+# %% [markdown]
+# ## At paper scale: time, memory and disk of every stage
+#
+# A user's study runs `make all DATA=<cohort> PROFILE=paper` on 40 or more volumetric HRCT scans of
+# 512 x 512 pixels and 300-600 slices. `scripts/paper_scale_dry_run.py` runs every stage of that path on
+# a synthetic cohort of that size, on a CPU, with a token training budget (`make ... STEPS=N`: pretraining
+# and each fold train N steps; everything else is the `paper` profile as it is), and records each stage's
+# wall and CPU time, peak memory and disk (`benchmarks/paper_scale_cpu.json`). Times of stages that handle
+# each case in turn are extrapolated linearly to 40 patients; the full training budget is extrapolated
+# from the measured step time and from the recorded GPU step rate. Measured and extrapolated figures are
+# in separate columns; nothing extrapolated was run.
+
+# %%
+scale = paper_scale_table()
+if scale is None:
+    display(Markdown("No paper-scale dry run is recorded (`benchmarks/paper_scale_cpu.json` is absent)."))
+else:
+    stages, srec = scale
+    c = srec["cohort"]
+    display(Markdown(
+        f"Recorded {srec['date']} at commit `{srec['commit'][:12]}` on {srec['machine']}, {srec['cores']} cores, "
+        f"{srec['memory_gib']} GiB: {c['labelled_cases']} labelled patients of {', '.join(c['in_plane'])} pixels "
+        f"and at least {c['min_slices']} slices ({c['voxels_per_case_millions']} million voxels per scan on "
+        f"average), {srec['token_steps']} training steps per network (synthetic phantom cohort). Peak memory of "
+        f"any stage: **{srec.get('peak_gib_any_stage')} GiB**; disk per patient (scan and cache): "
+        f"**{srec.get('disk_per_case_gib')} GiB**."))
+    show(stages, caption="Paper profile at full HRCT size, stage by stage (measured on the CPU named above; "
+                         "last column extrapolated)", fold=False)
+    show(paper_scale_training(srec), caption="The paper profile's full training budget (extrapolated, not run)")
 
 # %% [markdown]
 # ## Cluster jobs

@@ -208,6 +208,33 @@ def train_step_seconds(run: Path) -> dict:
             "note": "token budget: includes start-up (data loading, first steps), so an upper bound"}
 
 
+README_BEGIN, README_END = "<!-- paper-scale table: begin -->", "<!-- paper-scale table: end -->"
+
+
+def readme_block(rec: dict) -> str:
+    """The README's paper-scale block for a record (a test checks that README.md holds it)."""
+    from sscild.book.provenance import paper_scale_markdown
+
+    return (f"{README_BEGIN}\n{paper_scale_markdown(rec)}\n\nMeasured {rec['date']} at commit "
+            f"`{rec['commit'][:12]}` on {rec['machine']} ({rec['cores']} cores, {rec['memory_gib']} GiB), "
+            f"{rec['cohort']['labelled_cases']} patients of at least {rec['cohort']['min_slices']} slices of "
+            f"512 x 512, {rec['token_steps']} training steps per network; peak memory of any stage "
+            f"{rec.get('peak_gib_any_stage')} GiB, disk per patient {rec.get('disk_per_case_gib')} GiB.\n{README_END}")
+
+
+def write_readme(record: Path) -> int:
+    readme = REPO / "README.md"
+    text = readme.read_text()
+    if README_BEGIN not in text or README_END not in text:
+        print(f"README.md has no {README_BEGIN} ... {README_END} block", file=sys.stderr)
+        return 1
+    head, rest = text.split(README_BEGIN, 1)
+    _, tail = rest.split(README_END, 1)
+    readme.write_text(head + readme_block(json.loads(record.read_text())) + tail)
+    print(f"README.md: paper-scale table from {record}")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -219,7 +246,11 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--stages", default="", help="comma-separated stages to run (default: all)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "paper_scale_cpu.json"))
+    ap.add_argument("--readme", action="store_true",
+                    help="only write the record's table into README.md (between its paper-scale markers)")
     args = ap.parse_args(argv)
+    if args.readme:
+        return write_readme(Path(args.out))
 
     from sscild.context import resolve
     from sscild.machine import describe_machine

@@ -213,6 +213,79 @@ def fold_parallel_table(path: str | Path | None = None) -> pd.DataFrame | None:
     return pd.DataFrame(rows, columns=["", "value"]).set_index("")
 
 
+PAPER_SCALE_STAGES = {
+    "cohort": "write the synthetic cohort (built-in cohort only)",
+    "data": "validate, preprocess and cache, split; Data chapter",
+    "train": "pretraining on the unlabelled scans, then every fold",
+    "training_chapter": "Model & training chapter",
+    "segmentation": "out-of-fold prediction, Dice, surface Dice, zones, controls; Segmentation chapter",
+    "clinical": "Clinical chapter",
+    "abstract": "Abstract",
+    "real_ct": "the fold ensemble on the real CT samples (appendix A2)",
+    "reproducibility": "Reproducibility chapter",
+    "book": "the book (HTML)",
+}
+"""The stages of ``scripts/paper_scale_dry_run.py`` in the order make runs them, in words."""
+
+
+def paper_scale_table(path: str | Path | None = None) -> tuple[pd.DataFrame, dict] | None:
+    """The paper-scale dry run (``benchmarks/paper_scale_cpu.json``) as a table, and the record;
+    ``None`` without a record (:func:`paper_scale_stages`)."""
+    rec = read_record("paper_scale_cpu.json", path)
+    return None if rec is None else (paper_scale_stages(rec), rec)
+
+
+def paper_scale_stages(rec: dict) -> pd.DataFrame:
+    """One row per stage of a paper-scale dry run: measured wall and CPU minutes, peak memory and disk on
+    the recorded machine, and the wall minutes extrapolated to 40 patients (linear in the cases a stage
+    handles; the token-budget training is not extrapolated here, see :func:`paper_scale_training`)."""
+    ext = (rec.get("extrapolated") or {}).get("stages", {})
+    rows = []
+    for name, what in PAPER_SCALE_STAGES.items():
+        st = rec.get("stages", {}).get(name)
+        if not st:
+            continue
+        at40 = ext.get(name, {}).get("wall_seconds")
+        rows.append({"stage": name, "what": what, "wall (min)": round(st["wall_seconds"] / 60, 1),
+                     "CPU (min)": round(st["cpu_seconds"] / 60, 1),
+                     "peak memory, all processes (GiB)": st["peak_total_gib"],
+                     "largest process (GiB)": st["peak_process_gib"],
+                     "run folder after (GiB)": st.get("disk_run_gib"),
+                     "wall at 40 patients (min, extrapolated)": None if name == "train" or at40 is None
+                     else round(at40 / 60, 1)})
+    return pd.DataFrame(rows).set_index("stage")
+
+
+def paper_scale_training(rec: dict) -> pd.DataFrame:
+    """The full training budget of the ``paper`` profile, extrapolated from the dry run's CPU step time
+    and the recorded GPU step rate (``benchmarks/gpu_paper.json``): nothing here was measured at that length."""
+    ext = rec.get("extrapolated") or {}
+    rows = []
+    cpu, gpu = ext.get("cpu_full_budget"), ext.get("gpu")
+    if cpu:
+        rows.append({"where": f"CPU ({rec.get('machine')})", "seconds per step": cpu["seconds_per_step"],
+                     "one fold (h)": round(cpu["seconds_per_fold"] / 3600, 1),
+                     "all folds, one after another (days)": cpu["days_all_folds"]})
+    if gpu:
+        rows.append({"where": f"GPU ({gpu.get('gpu')}, from {gpu.get('source')})",
+                     "seconds per step": round(1 / gpu["steady_steps_per_s"], 3),
+                     "one fold (h)": round(gpu["seconds_per_fold"] / 3600, 2),
+                     "all folds, one after another (days)": round(gpu["seconds_all_folds_one_gpu"] / 86400, 2)})
+    return pd.DataFrame(rows).set_index("where") if rows else pd.DataFrame()
+
+
+def paper_scale_markdown(rec: dict) -> str:
+    """The README's table of the dry run (the same numbers as :func:`paper_scale_table`), as Markdown."""
+    tab = paper_scale_stages(rec)
+    head = "| stage | what | wall (min) | peak memory (GiB) | at 40 patients (min, extrapolated) |"
+    lines = [head, "|---|---|---:|---:|---:|"]
+    for name, r in tab.iterrows():
+        at40 = r["wall at 40 patients (min, extrapolated)"]
+        lines.append(f"| {name} | {r['what']} | {r['wall (min)']} | {r['peak memory, all processes (GiB)']} | "
+                     f"{'—' if at40 is None or at40 != at40 else at40} |")
+    return "\n".join(lines)
+
+
 def _last_commit(path: Path) -> str | None:
     """The commit that last changed ``path`` (short hash), or ``None`` outside a git checkout."""
     try:

@@ -73,6 +73,14 @@ def variant_run(base: Path, out: Path, name: str):
     return run
 
 
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def train_folds(run, profile_name: str, settings: dict, folds) -> None:
     """Each fold in its own process, one thread each, side by side."""
     code = ("import json, sys; from pathlib import Path; from sscild.paths import RunPaths; "
@@ -142,6 +150,7 @@ def main(argv=None) -> int:
     from sscild.analysis.realcheck import list_volumes
     from sscild.analysis.robustness import robustness_check
     from sscild.model.controls import score_controls
+    from sscild.machine import describe_machine
     from sscild.model.device import set_threads
 
     settings = parse_settings(args.set)
@@ -157,7 +166,8 @@ def main(argv=None) -> int:
     scans = list_volumes(args.scans) if args.scans.is_dir() else []
     robust = robustness_check(scans, ens.root, keep_views=(), progress=False)[0] if scans else None
     result = {"name": args.name, "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()},
-              "folds": args.folds, "date": dt.date.today().isoformat(), "train_seconds": round(t_train, 1),
+              "folds": args.folds, "date": dt.date.today().isoformat(), "commit": _commit(),
+              "machine": describe_machine(), "train_seconds": round(t_train, 1),
               "dice": dice, "controls_lesion_pct": controls["lesion_pct"].round(3).tolist(),
               "real_ct": robust.to_dict(orient="records") if robust is not None else []}
     print(json.dumps({k: result[k] for k in ("name", "settings", "train_seconds")}))

@@ -184,3 +184,30 @@ def test_interrupted_fold_is_not_resumed_from_other_starting_weights(tmp_path):
                              iterations=6)
     done = train_mod.train_fold(run, prof, 0, progress=False, iterations=6)  # the same start resumes
     assert done["steps"] == 6 and done["semi"]["mode"] == "pretrain"
+
+
+def test_pretraining_reads_its_scans_from_memory_maps_not_memory(semi_run, tmp_path):
+    """The unlabelled scans are cached once as float16 files and memory-mapped: memory does not grow with
+    their number, and the patches are exactly those of the scans held in memory."""
+    import numpy as np
+
+    from sscild.data.image import load_volume
+    from sscild.data.preprocess import preprocess_volume
+    from sscild.model.pretrain import PatchSource, unlabelled_image
+
+    prof = get_profile("smoke")
+    run = RunPaths(results=tmp_path, cohort="c", profile="smoke")
+    uid, scan = next(iter(unlabelled_scans(semi_run).items()))
+    img = unlabelled_image(run, prof, uid, scan)
+    assert isinstance(img, np.memmap) and img.dtype == np.float16 and not img.flags.writeable
+    in_memory = np.asarray(preprocess_volume(load_volume(scan), None, profile=prof, case_id=uid).image, np.float16)
+    assert np.array_equal(img, in_memory)
+    cached = run.cache / "unlabelled" / f"{uid}.f16.npy"
+    mtime = cached.stat().st_mtime_ns
+    unlabelled_image(run, prof, uid, scan)
+    assert cached.stat().st_mtime_ns == mtime                                 # reused, not rewritten
+    unlabelled_image(run, prof.with_overrides(hu_clip=(-1000.0, 300.0)), uid, scan)
+    assert cached.stat().st_mtime_ns != mtime                                 # other preprocessing: rebuilt
+    img = unlabelled_image(run, prof, uid, scan)
+    a, b = (PatchSource([v], prof.patch_size, 3)(np.random.default_rng(5)) for v in (img, in_memory))
+    assert torch.equal(a, b)

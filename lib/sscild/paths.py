@@ -5,6 +5,7 @@ Everything a run derives goes under ``<results>/<cohort>/<profile>/``::
     splits.json                 patient-wise folds (nnU-Net ``splits_final.json`` shape)
     validation.json             the cohort validation report and exclusions
     cache/<case>.npz            preprocessed case (+ cache/<case>.json: key and geometry)
+    cache/unlabelled/<id>.f16.npy  preprocessed unlabelled scan for pretraining (+ .json: its key)
     fold_<k>/                   checkpoint_latest.pt, model_final.pt, history.csv, train_summary.json
     predictions/<case>.nii.gz   out-of-fold label maps, input geometry
     segmentation_metrics.csv    per-case metrics; segmentation_summary.json

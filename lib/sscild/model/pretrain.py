@@ -15,7 +15,8 @@ initialisation.
   scan and no label, so one pretrained network serves every fold without a held-out patient
   reaching it. It runs once per run and is kept in ``<run>/pretrained/``, keyed by the network, the
   steps, the preprocessing and a hash of each scan file (a file lock makes folds trained at once
-  wait for one pretraining).
+  wait for one pretraining). The preprocessed scans are cached as float16 files and read through
+  memory maps (:func:`unlabelled_image`), so memory does not grow with their number.
 * **External benchmark** (:mod:`sscild.external.pretrain`): whole unlabelled slices on its grid.
 """
 
@@ -40,7 +41,7 @@ from sscild.profiles import Profile, require_profile
 from sscild.progress import Heartbeat
 
 __all__ = ["corrupt", "restoration_pretrain", "cohort_pretrain_key", "cohort_pretrained_state", "PatchSource",
-           "restoration_example"]
+           "restoration_example", "unlabelled_image"]
 
 
 def corrupt(x: torch.Tensor, rng: np.random.Generator, *, boxes: int = 6, max_side: float = 0.25,
@@ -150,6 +151,28 @@ class PatchSource:
         return x.contiguous()
 
 
+def unlabelled_image(run: RunPaths, profile: Profile, uid: str, scan: Path) -> np.ndarray:
+    """The preprocessed unlabelled scan ``uid`` as float16, memory-mapped read-only from the run's cache.
+
+    ``<run>/cache/unlabelled/<uid>.f16.npy`` is written once (and again when the scan or the
+    preprocessing changes: its :func:`~sscild.data.cache.cache_key` is kept beside it), so pretraining
+    holds no scan in memory however many there are: the patches are read from the file.
+    """
+    folder = run.cache / "unlabelled"
+    arr_path, key_path = folder / f"{uid}.f16.npy", folder / f"{uid}.json"
+    key = cache_key(scan, None, profile)
+    fresh = arr_path.exists() and key_path.exists() and read_json(key_path).get("key") == key
+    if not fresh:
+        folder.mkdir(parents=True, exist_ok=True)
+        key_path.unlink(missing_ok=True)  # a stale key must not vouch for the array being replaced
+        pre = preprocess_volume(load_volume(scan), None, profile=profile, case_id=uid)
+        with atomic_path(arr_path, suffix=".npy") as tmp:
+            np.save(tmp, np.asarray(pre.image, np.float16))
+        del pre
+        write_json(key_path, {"key": key, "scan": str(scan)})
+    return np.load(arr_path, mmap_mode="r")
+
+
 def cohort_pretrained_state(run: RunPaths, profile: Profile, scans: Mapping[str, Path], *, device=None,
                             log=print) -> tuple[dict, dict]:
     """The study network's weights after ``profile.pretrain_steps`` steps of restoring corrupted
@@ -176,10 +199,7 @@ def cohort_pretrained_state(run: RunPaths, profile: Profile, scans: Mapping[str,
                     and read_json(out / "pretrain_key.json") == key:
                 summary = {**read_json(out / "summary.json"), "reused": True}
                 return torch.load(out / "pretrained.pt", map_location="cpu", weights_only=False), summary
-            volumes = []
-            for uid in sorted(scans):
-                pre = preprocess_volume(load_volume(scans[uid]), None, profile=p, case_id=uid)
-                volumes.append(np.asarray(pre.image, np.float16))
+            volumes = [unlabelled_image(run, p, uid, scans[uid]) for uid in sorted(scans)]
             source = PatchSource(volumes, p.patch_size, p.batch_size)
             state, summary = restoration_pretrain(source, p, steps=int(p.pretrain_steps), out_channels=NUM_CLASSES,
                                                   desc=f"pretraining on {len(volumes)} unlabelled scans",

@@ -17,8 +17,10 @@ What it does:
    nothing else changes), each chapter, the book. Everything else is the paper profile as it is.
 3. **Measured per stage.** Wall time; CPU time (user + system of make and all its descendants,
    ``os.wait4``); peak resident memory of the largest single process (``ru_maxrss``) and of all
-   the stage's processes together (their resident sizes summed, sampled every 0.5 s); disk of the
-   cohort and of the run folder after the stage.
+   the stage's processes together (sampled every 0.5 s): their resident sizes summed, which count
+   memory-mapped cache pages once per process and although the kernel can drop them, and their
+   anonymous memory summed (``RssAnon``: arrays and heap, what a stage needs and cannot give back);
+   disk of the cohort and of the run folder after the stage.
 4. **Extrapolated** (marked as such): the full training budget from the measured CPU step time and
    from the recorded GPU step rate (``benchmarks/gpu_paper.json``), and every stage to 40 patients,
    linearly in the cases a stage handles.
@@ -72,12 +74,27 @@ def du(path: Path) -> int:
     return total
 
 
+def _anon_bytes(pid: int) -> int:
+    """Anonymous resident memory of a process (``RssAnon``: heap and arrays, not file pages), bytes."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 class TreeMemory(threading.Thread):
-    """Samples the summed resident memory of a process and its descendants until stopped."""
+    """Samples the memory of a process and its descendants until stopped: the summed resident set
+    (``peak``; memory-mapped cache files count in it once per process that maps them, although the
+    kernel can drop those pages) and the summed anonymous memory (``peak_anon``: what a stage really
+    needs; it cannot be dropped, only swapped)."""
 
     def __init__(self, pid: int, every: float = 0.5):
         super().__init__(daemon=True)
-        self.pid, self.every, self.peak, self._halt = pid, every, 0, threading.Event()
+        self.pid, self.every, self.peak, self.peak_anon, self._halt = pid, every, 0, 0, threading.Event()
 
     def run(self):
         import psutil
@@ -86,13 +103,14 @@ class TreeMemory(threading.Thread):
             try:
                 root = psutil.Process(self.pid)
                 procs = [root] + root.children(recursive=True)
-                rss = 0
+                rss = anon = 0
                 for p in procs:
                     try:
                         rss += p.memory_info().rss
+                        anon += _anon_bytes(p.pid)
                     except psutil.Error:
                         pass
-                self.peak = max(self.peak, rss)
+                self.peak, self.peak_anon = max(self.peak, rss), max(self.peak_anon, anon)
             except psutil.Error:
                 pass
             self._halt.wait(self.every)
@@ -117,7 +135,8 @@ def run_measured(cmd: list[str], log: Path, env=None) -> dict:
     return {"exit_code": rc, "wall_seconds": round(time.perf_counter() - t0, 1),
             "cpu_seconds": round(ru.ru_utime + ru.ru_stime, 1),
             "peak_process_gib": round(ru.ru_maxrss * 1024 / GIB, 2),
-            "peak_total_gib": round(max(mem.peak, ru.ru_maxrss * 1024) / GIB, 2)}
+            "peak_total_gib": round(max(mem.peak, ru.ru_maxrss * 1024) / GIB, 2),
+            "peak_anon_gib": round(mem.peak_anon / GIB, 2)}
 
 
 GENERATE = """
@@ -218,8 +237,9 @@ def readme_block(rec: dict) -> str:
     return (f"{README_BEGIN}\n{paper_scale_markdown(rec)}\n\nMeasured {rec['date']} at commit "
             f"`{rec['commit'][:12]}` on {rec['machine']} ({rec['cores']} cores, {rec['memory_gib']} GiB), "
             f"{rec['cohort']['labelled_cases']} patients of at least {rec['cohort']['min_slices']} slices of "
-            f"512 x 512, {rec['token_steps']} training steps per network; peak memory of any stage "
-            f"{rec.get('peak_gib_any_stage')} GiB, disk per patient {rec.get('disk_per_case_gib')} GiB.\n{README_END}")
+            f"512 x 512, {rec['token_steps']} training steps per network; memory needed by any stage "
+            f"{rec.get('peak_anon_gib_any_stage')} GiB (resident, with the memory-mapped cache: "
+            f"{rec.get('peak_gib_any_stage')} GiB), disk per patient {rec.get('disk_per_case_gib')} GiB.\n{README_END}")
 
 
 def write_readme(record: Path) -> int:
@@ -312,6 +332,7 @@ def main(argv=None) -> int:
             print(f"{name} failed: see {log}", file=sys.stderr)
             return 1
     rec["peak_gib_any_stage"] = max(s.get("peak_total_gib", 0) for s in rec["stages"].values())
+    rec["peak_anon_gib_any_stage"] = max(s.get("peak_anon_gib", 0) for s in rec["stages"].values())
     rec["disk_per_case_gib"] = round((du(cohort) / max(1, rec["cohort"]["labelled_cases"]
                                                       + args.unlabelled + args.controls)
                                       + du(run / "cache") / max(1, rec["cohort"]["labelled_cases"])) / GIB, 2)

@@ -237,7 +237,8 @@ def paper_scale_table(path: str | Path | None = None) -> tuple[pd.DataFrame, dic
 
 def paper_scale_stages(rec: dict) -> pd.DataFrame:
     """One row per stage of a paper-scale dry run: measured wall and CPU minutes, peak memory and disk on
-    the recorded machine, and the wall minutes extrapolated to 40 patients (linear in the cases a stage
+    the recorded machine (memory needed: the anonymous memory of all the stage's processes; resident:
+    their resident sets, which also count the memory-mapped cache pages the kernel can drop), and the wall minutes extrapolated to 40 patients (linear in the cases a stage
     handles; the token-budget training is not extrapolated here, see :func:`paper_scale_training`)."""
     ext = (rec.get("extrapolated") or {}).get("stages", {})
     rows = []
@@ -248,7 +249,8 @@ def paper_scale_stages(rec: dict) -> pd.DataFrame:
         at40 = ext.get(name, {}).get("wall_seconds")
         rows.append({"stage": name, "what": what, "wall (min)": round(st["wall_seconds"] / 60, 1),
                      "CPU (min)": round(st["cpu_seconds"] / 60, 1),
-                     "peak memory, all processes (GiB)": st["peak_total_gib"],
+                     "memory needed (GiB)": st.get("peak_anon_gib"),
+                     "resident, incl. mapped cache (GiB)": st["peak_total_gib"],
                      "largest process (GiB)": st["peak_process_gib"],
                      "run folder after (GiB)": st.get("disk_run_gib"),
                      "wall at 40 patients (min, extrapolated)": None if name == "train" or at40 is None
@@ -277,12 +279,16 @@ def paper_scale_training(rec: dict) -> pd.DataFrame:
 def paper_scale_markdown(rec: dict) -> str:
     """The README's table of the dry run (the same numbers as :func:`paper_scale_table`), as Markdown."""
     tab = paper_scale_stages(rec)
-    head = "| stage | what | wall (min) | peak memory (GiB) | at 40 patients (min, extrapolated) |"
-    lines = [head, "|---|---|---:|---:|---:|"]
+    head = ("| stage | what | wall (min) | memory needed (GiB) | resident, incl. mapped cache (GiB) "
+            "| at 40 patients (min, extrapolated) |")
+    lines = [head, "|---|---|---:|---:|---:|---:|"]
+
+    def cell(v):
+        return "—" if v is None or v != v else v
+
     for name, r in tab.iterrows():
-        at40 = r["wall at 40 patients (min, extrapolated)"]
-        lines.append(f"| {name} | {r['what']} | {r['wall (min)']} | {r['peak memory, all processes (GiB)']} | "
-                     f"{'—' if at40 is None or at40 != at40 else at40} |")
+        lines.append(f"| {name} | {r['what']} | {r['wall (min)']} | {cell(r['memory needed (GiB)'])} | "
+                     f"{r['resident, incl. mapped cache (GiB)']} | {cell(r['wall at 40 patients (min, extrapolated)'])} |")
     return "\n".join(lines)
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-__all__ = ["SlurmOptions", "render_script", "read_status"]
+__all__ = ["SlurmOptions", "render_script", "read_status", "measured_fold_mem", "MEM_HEADROOM"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -99,6 +99,38 @@ class SlurmOptions:
 # the batch script and the status files
 # --------------------------------------------------------------------------------------------------
 _VAR_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+
+
+MEM_HEADROOM = 1.5
+"""A fold task asks for this many times the measured peak of a fold (:func:`measured_fold_mem`)."""
+
+
+def measured_fold_mem(profile: str, record: str | os.PathLike) -> tuple[str, str] | None:
+    """``--mem`` for a fold of ``profile`` from a recorded dry run of that profile, and why; else ``None``.
+
+    The record is ``benchmarks/paper_scale_cpu.json`` (``scripts/paper_scale_dry_run.py``): its training
+    stage's largest process is one fold at full size (resident memory, which includes the memory-mapped
+    cache pages). The request is :data:`MEM_HEADROOM` times that, in whole GiB, at least 4G.
+
+    >>> import json, tempfile
+    >>> f = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
+    >>> _ = f.write(json.dumps({"profile": "paper", "commit": "abc1234", "stages": {"train": {"peak_process_gib": 5.5}}}))
+    >>> f.close()
+    >>> measured_fold_mem("paper", f.name)[0], measured_fold_mem("cpu", f.name)
+    ('9G', None)
+    """
+    import math
+
+    try:
+        rec = json.loads(Path(record).read_text())
+        peak = float(rec["stages"]["train"]["peak_process_gib"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if rec.get("profile") != profile or peak <= 0:
+        return None
+    gib = max(4, math.ceil(MEM_HEADROOM * peak))
+    return f"{gib}G", (f"{MEM_HEADROOM:g} x the {peak:g} GiB a {profile}-profile fold used at full size "
+                       f"({Path(record).name}, commit {str(rec.get('commit', '?'))[:10]})")
 
 
 def render_script(*, repo: str | os.PathLike, slurm_dir: str | os.PathLike, folds: Sequence[int], job_name: str,

@@ -10,6 +10,8 @@ Make calls :func:`main` once for all folds (``mk/slurm.mk``). It
 3. waits for the array, polling ``scontrol show job`` (which works without Slurm accounting) and the
    per-task status files ``<run>/slurm/fold_<k>.status`` that each task's script writes when its make
    finishes; a task that left the queue without a status file is judged failed;
+   Without ``SLURM_MEM`` a task asks for memory from the measured peak of a fold of the profile, where
+   a paper-scale dry run recorded one (:func:`sscild.cluster.sbatch.measured_fold_mem`);
 4. records every task (node, state, exit code, start, end, wall time) in ``<run>/slurm/jobs.json``
    and stops at the first failed, cancelled or timed-out task with a message naming the fold, its
    state, its exit code and its log ``<run>/slurm/fold_<k>.log`` (the other tasks are cancelled).
@@ -33,7 +35,7 @@ import sys
 from pathlib import Path
 
 from sscild.cluster.queue import SlurmError, parse_duration
-from sscild.cluster.sbatch import SlurmOptions
+from sscild.cluster.sbatch import SlurmOptions, measured_fold_mem
 from sscild.cluster.submit import submit_folds
 
 __all__ = ["main"]
@@ -61,6 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--poll", default="15", help="seconds between polls (SLURM_POLL)")
     t.add_argument("--max-wait", default="2-00:00:00", help="give up after this long (SLURM_MAX_WAIT)")
     args = ap.parse_args(argv)
+    if not args.mem.strip():
+        profile = next((v.split("=", 1)[1] for v in args.make_var if v.startswith("PROFILE=")), "")
+        measured = measured_fold_mem(profile, args.repo / "benchmarks" / "paper_scale_cpu.json")
+        if measured:
+            args.mem = measured[0]
+            print(f"SLURM_MEM not given: each fold task asks for --mem={measured[0]}, {measured[1]}.", flush=True)
     try:
         options = SlurmOptions.from_strings(partition=args.partition, time=args.time, cpus=args.cpus, mem=args.mem,
                                             gres=args.gres, account=args.account, extra=args.extra)

@@ -25,9 +25,10 @@ data_dir = None
 from sscild.paths import resolve_data_dir
 from IPython.display import Markdown, display
 
-from sscild.book.provenance import (benchmark_records, environment_table, fold_parallel_table, gpu_check_table,
-                                    input_checksums, paper_scale_table, paper_scale_training, run_settings,
-                                    step_times, train_step_tables)
+from sscild.book.provenance import (arithmetic_difference, benchmark_records, environment_table,
+                                    fold_parallel_table, gpu_check_table, input_checksums, paper_scale_table,
+                                    paper_scale_training, read_record, run_settings, step_times,
+                                    train_step_tables)
 from sscild.book.report import banner, chapter_context, show
 from sscild.cluster.jobs import jobs_table
 
@@ -62,13 +63,40 @@ show(step_times(run), caption="Steps: latest execution, and the longest (the run
 # the GPU check) are recorded once in `benchmarks/` by a script and read by the chapters that show them.
 # Each names the date, the commit and the machine it was measured on where it recorded them; for a record
 # that does not, the commit that added it is given instead. Timings depend on the machine: machines of one
-# kind differ by up to about twice. Results depend on the arithmetic too: the same seed trains to slightly
-# other weights where bfloat16 is native (recent x86 CPUs) than where it is emulated or float32 is used, so
-# a record is reproduced exactly only on the same kind of machine.
+# kind differ by up to about twice. Results depend on the arithmetic too, so a record is reproduced exactly
+# only on the same kind of machine (how much it moves them: below).
 
 # %%
 show(benchmark_records(), caption="Recorded benchmarks (benchmarks/): what, when, commit, machine, command",
      fold=False)
+
+# %% [markdown]
+# ### How much the arithmetic moves the results
+#
+# Every run of one commit with one seed on one kind of machine gives the same weights and the same
+# numbers. Across machines they can differ: where the CPU computes bfloat16 natively (recent x86 CPUs)
+# the `cpu` profile trains in bfloat16, elsewhere in float32, and other processors round sums in other
+# orders. The size of that difference was measured by training the default recipe's folds 0 and 1 again
+# with the same seed in float32 instead of bfloat16, on the same machine, and scoring their held-out
+# patients (`benchmarks/study_arithmetic.json`, `scripts/screen_training.py`).
+
+# %%
+arith = arithmetic_difference()
+seeds = (read_record("study_seed_spread.json") or {}).get("across_seeds", {}).get("mean_dice")
+if arith is None:
+    display(Markdown("The arithmetic comparison is not recorded in this checkout (`benchmarks/study_arithmetic.json`)."))
+else:
+    les = arith.loc["total lesion"]
+    display(Markdown(
+        f"Over {int(les['patients'])} held-out patients, float32 moved a patient's total-lesion Dice by "
+        f"{les['mean |difference|']:.3f} on average and by up to {les['largest |difference|']:.3f}; the mean over "
+        f"them by {les['mean difference']:+.3f}. EF and GGO moved by {arith.loc['EF', 'mean |difference|']:.3f} and "
+        f"{arith.loc['GGO', 'mean |difference|']:.3f} per patient on average. A re-run on another kind of machine "
+        "should be expected to differ by about this much."
+        + (f" For scale, the mean total-lesion Dice of the whole study moves by SD {seeds['lesion']['sd']:.3f} "
+           f"between seeds (EF {seeds['ef']['sd']:.3f}, GGO {seeds['ggo']['sd']:.3f}; "
+           "`benchmarks/study_seed_spread.json`, Segmentation page)." if seeds else "")))
+    show(arith, caption="Held-out Dice, folds 0-1, trained in bfloat16 and in float32 with the same seed (one machine)")
 
 # %% [markdown]
 # ## Training on other machines

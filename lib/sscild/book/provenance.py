@@ -213,6 +213,34 @@ def fold_parallel_table(path: str | Path | None = None) -> pd.DataFrame | None:
     return pd.DataFrame(rows, columns=["", "value"]).set_index("")
 
 
+def arithmetic_difference(path: str | Path | None = None) -> pd.DataFrame | None:
+    """How much the arithmetic moves the results: per-patient held-out Dice of the default recipe trained
+    in bfloat16 (where the CPU computes it natively, as the recorded machine does) against the same seed
+    trained in float32 (what a CPU without native bfloat16 runs), from ``benchmarks/study_arithmetic.json``
+    (``scripts/screen_training.py``, variants ``base`` and ``float32``). ``None`` without the record.
+
+    One row per class: patients, mean difference (float32 - bfloat16), mean and largest absolute
+    per-patient difference, and the two means.
+    """
+    rec = read_record("study_arithmetic.json", path)
+    if rec is None:
+        return None
+    by = {v["name"]: v for v in rec.get("variants", [])}
+    if not {"base", "float32"} <= set(by):
+        return None
+    base = pd.DataFrame(by["base"]["dice"]["per_case"]).set_index("case")
+    f32 = pd.DataFrame(by["float32"]["dice"]["per_case"]).set_index("case")
+    rows = []
+    for cls, name in (("lesion", "total lesion"), ("ef", "EF"), ("ggo", "GGO"), ("lung", "lung")):
+        d = (f32[cls] - base[cls]).dropna()
+        rows.append({"class": name, "patients": int(len(d)), "mean difference": round(float(d.mean()), 4),
+                     "mean |difference|": round(float(d.abs().mean()), 4),
+                     "largest |difference|": round(float(d.abs().max()), 4),
+                     "bfloat16 mean Dice": round(float(base[cls].mean()), 3),
+                     "float32 mean Dice": round(float(f32[cls].mean()), 3)})
+    return pd.DataFrame(rows).set_index("class")
+
+
 PAPER_SCALE_STAGES = {
     "cohort": "write the synthetic cohort (built-in cohort only)",
     "data": "validate, preprocess and cache, split; Data chapter",

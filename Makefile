@@ -199,7 +199,7 @@ ifeq ($(LAUNCHER),slurm)
 # one Slurm job array, one task per fold; each task runs this Makefile's local fold target
 include mk/slurm.mk
 else ifeq ($(LAUNCHER),local)
-$(RES)/fold_%/training.ipynb: notebooks/02_training.py $(NB)/01_data.ipynb $(LIBDEPS_02_training) | $(STAMP)
+$(RES)/fold_%/training.ipynb: notebooks/train_fold.py $(NB)/01_data.ipynb $(LIBDEPS_train_fold) | $(STAMP)
 	SSCILD_THREADS=$(FOLD_THREADS) $(RUN) --step train_fold_$* -p fold $* $< $@
 else
 $(error LAUNCHER=$(LAUNCHER) is not known: use LAUNCHER=local (default) or LAUNCHER=slurm)

@@ -41,7 +41,7 @@ SLURM_MAKE_VARS := PROFILE=$(PROFILE) DATA=$(abspath $(DATA)) DATA_ROOT=$(abspat
 # a failed array must not delete the notebooks of the folds that did finish
 .PRECIOUS: $(FOLD_NBS)
 
-$(FOLD_NBS) &: notebooks/02_training.py $(NB)/01_data.ipynb $(LIBDEPS_02_training) | $(STAMP)
+$(FOLD_NBS) &: notebooks/train_fold.py $(NB)/01_data.ipynb $(LIBDEPS_train_fold) | $(STAMP)
 	$(PY) -m sscild.cluster.slurm train --repo $(CURDIR) --run-dir $(abspath $(RES)) --folds "$(SLURM_FOLDS)" \
 	  --job-name sscild-$(COHORT)-$(PROFILE) --make "$(SLURM_MAKE)" $(foreach v,$(SLURM_MAKE_VARS),--make-var $(v)) \
 	  --partition "$(SLURM_PARTITION)" --time "$(SLURM_TIME)" --cpus "$(SLURM_CPUS)" --mem "$(SLURM_MEM)" \

@@ -14,15 +14,14 @@
 # # Model & training
 #
 # One network per fold of the patient-wise cross-validation: each is trained only on the patients
-# of its training split and later predicts only the patients it never saw. Make runs this notebook
-# once per fold (`fold = k`, the executed copies are kept next to each fold's checkpoints) and once
-# with `fold = None`, which renders this chapter: the recipe, the learning curves of every fold and
-# what each fold cost.
+# of its training split and later predicts only the patients it never saw. The folds are trained by
+# their own notebook (`notebooks/train_fold.py`, once per fold; its executed copy is kept next to each
+# fold's checkpoints); this chapter reads what they wrote: the recipe, the learning curves of every
+# fold and what each fold cost.
 
 # %% tags=["parameters"]
 profile = "cpu"
 data_dir = None
-fold = None
 
 # %%
 import pandas as pd
@@ -32,7 +31,7 @@ from sscild.book import plots
 from sscild.paths import read_json, resolve_data_dir
 from sscild.book.plots.training import learning_curves
 from sscild.book.report import banner, chapter_context, figure, glue, show
-from sscild.model.train import fold_is_done, train_fold
+from sscild.model.train import fold_is_done
 from sscild.data.folds import read_splits
 from sscild.model.recipe import recipe_table
 
@@ -61,12 +60,6 @@ display(Markdown(
     + ("This is not HRCT: thin-section HRCT has sub-millimetre pixels and about 1 mm slices."
        if (ps[2] > 2.0 or ps[0] > 1.0) else "This is an HRCT-like grid.")))
 
-# %%
-if fold is not None:
-    summary = train_fold(run, prof, int(fold))
-    display(Markdown(f"Fold {fold}: {summary['steps']} steps in {summary['seconds']:.0f} s "
-                     f"({summary['steps_per_s']:.2f} steps/s) on {summary['device']}."))
-
 # %% [markdown]
 # ## Learning curves
 #
@@ -79,7 +72,7 @@ if fold is not None:
 
 # %%
 splits = read_splits(run.splits)
-folds = [k for k in range(len(splits)) if fold is None or k == int(fold)]
+folds = list(range(len(splits)))
 done = [k for k in folds if fold_is_done(run, k)]
 missing = sorted(set(folds) - set(done))
 if missing:

@@ -69,3 +69,14 @@ def test_failing_notebook_reports_cell_not_json(tmp_path):
     assert '"cell_type"' not in proc.stderr  # not a wall of JSON
     assert not (tmp_path / "out.ipynb").exists()  # nothing that looks finished
     assert (tmp_path / "out.failed.ipynb").exists()
+
+
+def test_changing_a_chapter_figure_retrains_no_fold(smoke_run):
+    """The folds are trained by their own notebook (notebooks/train_fold.py), whose library files exclude
+    the book's figures: a changed training figure re-runs the training chapter, never a fold."""
+    from conftest import smoke_make
+
+    proc = smoke_make("-n", "-W", "lib/sscild/book/plots/training.py", "all")
+    assert proc.returncode == 0, proc.stderr
+    assert "--step training_chapter" in proc.stdout
+    assert "--step train_fold_" not in proc.stdout and "train_fold.py" not in proc.stdout

@@ -166,6 +166,27 @@ def cohort_geometry(cohort: Path) -> dict:
             "voxels_per_case_millions": round(sum(s[0] * s[1] * s[2] for s in lab) / max(1, len(lab)) / 1e6, 1)}
 
 
+def cell_times(notebook: Path, top: int = 5) -> list[dict]:
+    """The slowest code cells of an executed notebook (papermill's per-cell duration): where a stage's
+    time went."""
+    import nbformat
+
+    if not notebook.exists():
+        return []
+    cells = []
+    for c in nbformat.read(notebook, as_version=4).cells:
+        d = (c.get("metadata", {}).get("papermill") or {}).get("duration")
+        if c.cell_type == "code" and d:
+            first = next((ln.strip() for ln in c.source.splitlines() if ln.strip() and not ln.startswith("#")), "")
+            cells.append({"seconds": round(float(d), 1), "cell": first[:90]})
+    return sorted(cells, key=lambda r: -r["seconds"])[:top]
+
+
+STAGE_NOTEBOOKS = {"data": "01_data", "training_chapter": "02_training", "segmentation": "03_segmentation",
+                   "clinical": "04_clinical", "abstract": "00_abstract", "real_ct": "A2_real_ct",
+                   "reproducibility": "05_reproducibility"}
+
+
 def git_commit() -> str:
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
@@ -227,6 +248,22 @@ def train_step_seconds(run: Path) -> dict:
             "note": "token budget: includes start-up (data loading, first steps), so an upper bound"}
 
 
+def annotate(record: Path, work: Path) -> int:
+    """Add each stage's slowest cells to a record whose run folder is still there (papermill keeps the
+    per-cell durations in the executed notebooks)."""
+    from sscild.context import resolve
+    from sscild.paths import write_json
+
+    rec = json.loads(record.read_text())
+    nb = resolve("paper", str(work / "cohort"), str(work / "results")).run.root / "notebooks"
+    for name, stem in STAGE_NOTEBOOKS.items():
+        if name in rec.get("stages", {}):
+            rec["stages"][name]["slowest_cells"] = cell_times(nb / f"{stem}.ipynb")
+    write_json(record, rec)
+    print(f"{record}: slowest cells added")
+    return 0
+
+
 README_BEGIN, README_END = "<!-- paper-scale table: begin -->", "<!-- paper-scale table: end -->"
 
 
@@ -266,11 +303,15 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--stages", default="", help="comma-separated stages to run (default: all)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "paper_scale_cpu.json"))
+    ap.add_argument("--annotate", action="store_true",
+                    help="only add the slowest cells of each executed chapter to an existing record")
     ap.add_argument("--readme", action="store_true",
                     help="only write the record's table into README.md (between its paper-scale markers)")
     args = ap.parse_args(argv)
     if args.readme:
         return write_readme(Path(args.out))
+    if args.annotate:
+        return annotate(Path(args.out), Path(args.work).resolve())
 
     from sscild.context import resolve
     from sscild.machine import describe_machine
@@ -322,6 +363,8 @@ def main(argv=None) -> int:
         m = run_measured(make + [target.format(nb=nb)], log)
         m.update({"load_before": round(load, 2), "disk_run_gib": round(du(run) / GIB, 2),
                   "disk_cache_gib": round(du(run / "cache") / GIB, 2)})
+        if name in STAGE_NOTEBOOKS:
+            m["slowest_cells"] = cell_times(nb / f"{STAGE_NOTEBOOKS[name]}.ipynb")
         rec["stages"][name] = m
         if name == "train":
             rec["train_steps_measured"] = train_step_seconds(run)

@@ -173,9 +173,8 @@ PROFILES: dict[str, Profile] = {
         checkpoint_every=100,
         log_every=10,
         tta_flips=True,
-        # 1.75x faster steps where the CPU computes bfloat16 natively (scripts/bench_train.py
-        # --variants); held-out Dice of folds 0-1 unchanged (paired, 10 patients: lesion +0.001,
-        # EF 0.000, GGO -0.006, SD of the differences 0.013-0.019). float32 on other CPUs.
+        # bfloat16 where the CPU computes it natively (faster steps: benchmarks/train_cpu_cpu.json),
+        # float32 elsewhere; what that does to the Dice: benchmarks/study_arithmetic.json
         cpu_bf16=True,
         # 40 unlabelled synthetic patients and 1000 steps of pretraining on them: out-of-fold EF Dice
         # against the same cohort without them +0.030 [+0.020, +0.043] (seed 0) and +0.026 [+0.004, +0.055]

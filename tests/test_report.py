@@ -130,3 +130,8 @@ def test_book_buttons_link_to_a_real_repository_or_are_left_out(monkeypatch):
     assert build.repository_url() == "https://gitlab.com/group/sub/sscild"
     monkeypatch.setenv(build.REPO_URL_ENV, "")
     assert build.repository_url() is None
+
+
+def test_row_labels_that_are_code_names_are_shown_in_words_but_ids_are_kept():
+    html = report.table_html(pd.DataFrame({"value": [1, 2, 3]}, index=["patch_size", "case_007", "Dice EF"]))
+    assert "<th>patch size</th>" in html and "<th>case_007</th>" in html and "<th>Dice EF</th>" in html

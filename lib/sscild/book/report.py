@@ -15,6 +15,9 @@ FOLD_ROWS = 12
 CODE_NAME = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)+$")
 """A header written as a code name (``lung_dice``, ``ci_low``): :func:`table_html` shows it in words."""
 
+_ID = re.compile(r"^[a-z]+(_\d+)+$")
+"""A row label that names a thing (``case_007``, ``fold_3``), kept as written."""
+
 _WORDS = {"pct": "%", "ml": "mL", "hu": "HU", "ci": "CI", "cpu": "CPU", "gpu": "GPU", "gib": "GiB", "mib": "MiB",
           "nsd": "surface Dice", "dice": "Dice", "ef": "EF", "ggo": "GGO", "icc": "ICC", "fvc": "FVC", "fev1": "FEV1",
           "dlco": "DLCO", "rho": "ρ", "sd": "SD", "id": "ID", "oof": "out-of-fold", "tta": "TTA", "bf16": "bfloat16",
@@ -109,7 +112,8 @@ def table_html(df, *, floatfmt: int = 3, na_rep: str = "—") -> str:
     display limits; a book page must show what the table holds, so the table is written with
     :meth:`pandas.DataFrame.to_html`, which truncates nothing, and long text wraps in the cell.
     Numbers are rounded to ``floatfmt`` decimals; missing values show as ``na_rep``; p-value columns as
-    ``<0.001``, never ``0.000``; headers that are code names are shown in words (:func:`readable_header`).
+    ``<0.001``, never ``0.000``; column headers and row labels that are code names are shown in words
+    (:func:`readable_header`), except identifiers such as ``case_007``.
 
     Example:
         >>> import pandas as pd
@@ -135,6 +139,8 @@ def table_html(df, *, floatfmt: int = 3, na_rep: str = "—") -> str:
                                    else readable_header(c)))
     out.columns.names = [readable_header(n) for n in out.columns.names]
     out.index.names = [readable_header(n) for n in out.index.names]
+    if not isinstance(out.index, pd.MultiIndex):   # row labels are headers too; identifiers such as case_007 stay as they are
+        out.index = out.index.map(lambda v: v if not isinstance(v, str) or _ID.match(v) else readable_header(v))
     return out.to_html(na_rep=na_rep, border=0, classes="dataframe sscild-table", escape=True)
 
 

@@ -225,6 +225,9 @@ def extrapolate(rec: dict, n_target: int) -> dict:
                           "seconds_per_fold": round(fold_s),
                           "seconds_all_folds_one_gpu": round(fold_s * paper.num_folds),
                           "seconds_pretraining_at_fold_rate": round(paper.pretrain_steps / rate)}
+            seg = g.get("segment") or {}
+            if seg.get("seconds") and seg.get("input_shape"):
+                out["gpu"]["segment_seconds_per_slice"] = round(seg["seconds"] / seg["input_shape"][2], 4)
     if steps.get("seconds_per_step"):
         out["cpu_full_budget"] = {
             "seconds_per_step": steps["seconds_per_step"],

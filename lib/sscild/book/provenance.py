@@ -287,8 +287,10 @@ def paper_scale_stages(rec: dict) -> pd.DataFrame:
 
 
 def paper_scale_training(rec: dict) -> pd.DataFrame:
-    """The full training budget of the ``paper`` profile, extrapolated from the dry run's CPU step time
-    and the recorded GPU step rate (``benchmarks/gpu_paper.json``): nothing here was measured at that length."""
+    """What a GPU changes: the full training budget of the ``paper`` profile, extrapolated from the dry
+    run's CPU step time and the recorded GPU step rate (``benchmarks/gpu_paper.json``), and the
+    out-of-fold prediction of 40 patients from the dry run's measured CPU time and the recorded GPU time
+    of one volume. Nothing here was run at that length."""
     ext = rec.get("extrapolated") or {}
     rows = []
     cpu, gpu = ext.get("cpu_full_budget"), ext.get("gpu")
@@ -301,6 +303,17 @@ def paper_scale_training(rec: dict) -> pd.DataFrame:
                      "seconds per step": round(1 / gpu["steady_steps_per_s"], 3),
                      "one fold (h)": round(gpu["seconds_per_fold"] / 3600, 2),
                      "all folds, one after another (days)": round(gpu["seconds_all_folds_one_gpu"] / 86400, 2)})
+    seg = (rec.get("stages") or {}).get("segmentation") or {}
+    oof = next((c for c in seg.get("slowest_cells", []) if "predict_oof" in c["cell"]), None)
+    n, slices = (rec.get("cohort") or {}).get("labelled_cases"), (rec.get("cohort") or {}).get("min_slices")
+    if oof and n and gpu and gpu.get("segment_seconds_per_slice"):
+        rows.append({"where": f"out-of-fold prediction and its metrics, CPU (measured: {n} patients in {oof['seconds'] / 60:.0f} min)",
+                     "seconds per step": None, "one fold (h)": None,
+                     "all folds, one after another (days)": None,
+                     "40 patients (h)": round(oof["seconds"] / n * 40 / 3600, 1)})
+        rows.append({"where": "out-of-fold prediction, GPU (from the recorded segmentation of one volume)",
+                     "seconds per step": None, "one fold (h)": None, "all folds, one after another (days)": None,
+                     "40 patients (h)": round(gpu["segment_seconds_per_slice"] * slices * 40 / 3600, 2)})
     return pd.DataFrame(rows).set_index("where") if rows else pd.DataFrame()
 
 

@@ -232,3 +232,25 @@ def test_intensity_augmentation_setting():
     assert strong.gamma_prob > 0 and strong.intensity > augment_for_profile(light).intensity
     with pytest.raises(ValueError, match="intensity_aug"):
         augment_for_profile(light.with_overrides(intensity_aug="extreme"))
+
+
+def test_a_fold_reads_its_cases_through_memory_maps(prepared):
+    """What keeps training memory flat in the number of patients: a fold maps the cached cases instead of
+    loading them, and the sampler keeps at most a bounded set of candidate centres per case."""
+    import tracemalloc
+
+    import numpy as np
+
+    from sscild.data.folds import read_splits
+    from sscild.model.sampling import PatchSampler
+    from sscild.model.train import load_training_cases
+
+    ids = read_splits(prepared.splits)[0]["train"]
+    cases = load_training_cases(prepared, ids)
+    assert all(isinstance(c.image, np.memmap) and isinstance(c.label, np.memmap) for c in cases.values())
+    tracemalloc.start()
+    sampler = PatchSampler(cases, patch_size=(32, 32), lesion_oversample=0.5)
+    kept, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert kept <= len(ids) * 2 * 200_000 * 8 + (1 << 20)
+    assert sampler.sample(np.random.default_rng(0), 2)[0].shape[-2:] == (32, 32)

@@ -51,7 +51,8 @@ from sscild.book.chapters import clinical as ch
 from sscild.paper import EXTENT_THRESHOLD_PCT
 from sscild.paths import resolve_data_dir
 from sscild.book.plots.clinical import pft_scatter, rho_heatmap, staging_scatter
-from sscild.book.report import banner, chapter_context, figure, rel, fmt_ci, show
+from sscild.book.report import banner, chapter_context, figure, rel, show
+from sscild.numfmt import fmt_interval
 
 data_dir = resolve_data_dir(data_dir, profile)
 run, prof, info = chapter_context(data_dir, profile)
@@ -211,7 +212,7 @@ stage = clin.staging(table, threshold=EXTENT_THRESHOLD_PCT, seed=prof.seed, n_re
 show(stage["display"], caption=f"Extent stage, reference (rows) vs predicted (columns); cut-off {EXTENT_THRESHOLD_PCT:g} %")
 display(Markdown(
     f"Agreement {stage['percent_agreement']:.0f} % of {stage['n']} patients; Cohen's κ = "
-    f"**{fmt_ci(stage['kappa'], stage['ci_low'], stage['ci_high'])}** "
+    f"**{fmt_interval(stage['kappa'], stage['ci_low'], stage['ci_high'])}** "
     f"(interval: {stage['ci_method']})."))
 show(ch.staging_accuracy_table(stage), caption="Predicted stage as a test for extensive disease (reference stage as "
      "truth; Wilson 95% intervals)", fold=False)

@@ -22,7 +22,7 @@ matplotlib.use("Agg")
 from sscild.analysis import clinical as clin  # noqa: E402
 from sscild.analysis.clinical_inputs import load_clinical  # noqa: E402
 from sscild.book.chapters import clinical as ch  # noqa: E402
-from sscild.book.chapters.formatting import fmt_p  # noqa: E402
+from sscild.numfmt import fmt_p  # noqa: E402
 from sscild.evaluation.stats import holm  # noqa: E402
 from sscild.paths import RunPaths  # noqa: E402
 

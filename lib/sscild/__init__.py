@@ -3,10 +3,11 @@
 The package is laid out by pipeline stage. Subpackages flow one way: each imports only from
 those listed above it (``tests/test_layering.py`` enforces it)::
 
-    (top level)   errors, profiles, paths, context, progress, paper, palette, machine
+    (top level)   errors, profiles, paths, context, progress, paper, palette, machine, numfmt
                   error type, run profiles, results layout and atomic writes, the run context
                   (profile, cohort, folders, folds, how folds share the machine), terminal progress,
-                  the published numbers, the label colours, the processor and device in words
+                  the published numbers, the label colours, the processor and device in words, numbers
+                  as every page, report and message writes them
     data          image I/O, the cohort folder and its validation, preprocessing, folds, lung mask
     synthetic     the synthetic SSc-ILD cohort generator
     model         network, augmentation, training loop, inference

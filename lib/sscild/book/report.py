@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-__all__ = ["cohort_info", "banner", "glue", "show", "table_html", "figure", "fmt_ci", "chapter_context", "rel",
+__all__ = ["cohort_info", "banner", "glue", "show", "table_html", "figure", "chapter_context", "rel",
            "FOLD_ROWS", "readable_header", "CODE_NAME", "TABLE_MARK"]
 
 FOLD_ROWS = 12
@@ -126,7 +126,7 @@ def table_html(df, *, floatfmt: int = 3, na_rep: str = "—") -> str:
         raise ValueError(f"floatfmt must be a non-negative number of decimals, got {floatfmt!r}")
     if hasattr(df, "to_frame") and not hasattr(df, "columns"):
         df = df.to_frame()
-    from sscild.book.chapters.formatting import fmt_p
+    from sscild.numfmt import fmt_p
 
     out = df.copy()
     for c in out.columns:
@@ -236,16 +236,6 @@ def figure(fig, name: str, folder, *, caption: str, dpi: int | None = None) -> P
     display(Markdown(f"```{{glue:figure}} {name}\n:name: fig-{name.replace('_', '-')}\n:alt: {alt}\n\n"
                      f"{caption.strip()}\n```"))
     return path
-
-
-def fmt_ci(est, lo, hi, nd: int = 2) -> str:
-    """``0.78 [0.71, 0.84]`` style; NaN-safe."""
-    import math
-
-    def f(v):
-        return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{nd}f}"
-
-    return f"{f(est)} [{f(lo)}, {f(hi)}]"
 
 
 def chapter_context(data_dir, profile, results=None):

@@ -3,10 +3,10 @@ the training-plateau summary of the folds' ``epochs.csv`` (Model & training, Seg
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
+from sscild.numfmt import fmt_num, p_text
 from sscild.paper import PAPER
 
 __all__ = ["abstract_paragraph", "training_plateau", "plateau_words"]
@@ -14,24 +14,15 @@ __all__ = ["abstract_paragraph", "training_plateau", "plateau_words"]
 _PFT = {"fvc_pct": "FVC %pred", "fev1_pct": "FEV1 %pred", "fev1_fvc": "FEV1/FVC", "dlco_pct": "DLCO %pred"}
 
 
-def _num(v, nd=2) -> str:
-    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{nd}f}"
-
-
 def _rho(cell: dict | None) -> str:
     if not cell:
         return "not available"
-    return (f"ρ = {_num(cell.get('rho'))} [95 % CI {_num(cell.get('ci_low'))}, {_num(cell.get('ci_high'))}], "
+    return (f"ρ = {fmt_num(cell.get('rho'))} [95 % CI {fmt_num(cell.get('ci_low'))}, {fmt_num(cell.get('ci_high'))}], "
             f"n = {cell.get('n', 'n/a')}")
 
 
 def _holm_text(cell: dict | None) -> str:
-    p = (cell or {}).get("p_holm")
-    if p is None or (isinstance(p, float) and math.isnan(p)):
-        return "Holm-adjusted p n/a"
-    if p < 0.001:
-        return "Holm-adjusted p < 0.001"
-    return f"Holm-adjusted p = {p:.3f}" if p < 0.01 else f"Holm-adjusted p = {p:.2f}"
+    return f"Holm-adjusted {p_text((cell or {}).get('p_holm'))}"
 
 
 def abstract_paragraph(seg: dict, clin: dict, info: dict, profile: str) -> str:
@@ -45,7 +36,7 @@ def abstract_paragraph(seg: dict, clin: dict, info: dict, profile: str) -> str:
 
     def mean_ci(key):
         d = m.get(key) or {}
-        return f"**{_num(d.get('mean'))}** [95 % CI {_num(d.get('ci_low'))}, {_num(d.get('ci_high'))}]"
+        return f"**{fmt_num(d.get('mean'))}** [95 % CI {fmt_num(d.get('ci_low'))}, {fmt_num(d.get('ci_high'))}]"
 
     dice = (f"the out-of-fold mean Dice was {mean_ci('dice_lesion')} for total lesion, {mean_ci('dice_ef')} for "
             f"EF and {mean_ci('dice_ggo')} for GGO")
@@ -53,7 +44,7 @@ def abstract_paragraph(seg: dict, clin: dict, info: dict, profile: str) -> str:
     base_txt = ""
     if diff:
         base_txt = (f"; the paired difference in lesion Dice, network − Hounsfield-unit density threshold, was "
-                    f"{_num(diff.get('mean_diff'))} [95 % CI {_num(diff.get('ci_low'))}, {_num(diff.get('ci_high'))}] "
+                    f"{fmt_num(diff.get('mean_diff'))} [95 % CI {fmt_num(diff.get('ci_low'))}, {fmt_num(diff.get('ci_high'))}] "
                     "per patient")
     ends = clin.get("endpoints") or {}
     prim = {r["outcome"]: r for r in ends.get("primary", [])}

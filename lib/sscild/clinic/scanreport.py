@@ -21,6 +21,7 @@ import math
 import pandas as pd
 
 from sscild.palette import LABEL_HEX
+from sscild.numfmt import fmt_num
 
 __all__ = ["scan_report_html", "comparison_report_html", "png_data_uri"]
 
@@ -47,9 +48,7 @@ def _e(v) -> str:
 
 
 def _num(v, nd=1) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "&ndash;"
-    return f"{v:.{nd}f}"
+    return fmt_num(v, nd, na="&ndash;")
 
 
 def _page(title: str, body: list[str]) -> str:

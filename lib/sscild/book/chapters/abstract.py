@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from sscild.book.chapters.formatting import fmt_num
+from sscild.numfmt import fmt_num
 from sscild.evaluation.stats import RHO_POWER, detectable_rho
 from sscild.paper import PAPER
 

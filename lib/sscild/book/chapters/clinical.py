@@ -22,7 +22,7 @@ import pandas as pd
 
 from sscild.analysis.clinical import (EXTENT_MEASURE, MEASURES, OUTCOMES, SOURCES, endpoints, grid_cell, json_safe,
                                       predictor_label)
-from sscild.book.chapters.formatting import fmt_interval, fmt_num, fmt_p
+from sscild.numfmt import fmt_interval, fmt_num, fmt_p
 from sscild.evaluation.stats import RHO_POWER, detectable_rho
 from sscild.paper import PAPER
 

@@ -21,7 +21,7 @@ import pandas as pd
 
 from sscild.analysis.segmentation_errors import label_swaps
 from sscild.analysis.segmentation_summary import network_scores, paired_baseline_difference, pooled_dice
-from sscild.book.chapters.formatting import fmt_num
+from sscild.numfmt import fmt_num
 from sscild.paper import PAPER
 
 __all__ = [

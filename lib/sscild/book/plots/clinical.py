@@ -24,7 +24,7 @@ from statsmodels.nonparametric.smoothers_lowess import lowess
 
 from sscild.analysis.clinical import (EXTENT_MEASURE, MEASURES, OUTCOMES, SOURCES, endpoints, predictor_column,
                                       predictor_label)
-from sscild.book.chapters.formatting import fmt_p, p_text
+from sscild.numfmt import fmt_p, p_text
 from sscild.paper import EXTENT_THRESHOLD_PCT
 
 __all__ = ["pft_scatter", "rho_heatmap", "staging_scatter", "save_and_show"]

@@ -1,4 +1,7 @@
-"""Numbers as the chapters' tables and sentences write them: estimates, intervals and p-values.
+"""Numbers as every page, report and message writes them: estimates, intervals, p-values.
+
+One formatter for the book's tables and sentences, the scan reports and the command line, so a p-value
+or an interval is rounded the same way wherever it appears.
 
 Example:
     >>> fmt_num(0.7512), fmt_num(float("nan")), fmt_interval(-0.64, -0.8, -0.41)
@@ -14,16 +17,16 @@ import numpy as np
 __all__ = ["fmt_num", "fmt_interval", "fmt_p", "p_text"]
 
 
-def fmt_num(v, nd: int = 2) -> str:
-    """``v`` with ``nd`` decimals, or ``'n/a'`` for None, NaN and infinity."""
-    return "n/a" if v is None or not np.isfinite(v) else f"{v:.{nd}f}"
+def fmt_num(v, nd: int = 2, *, na: str = "n/a") -> str:
+    """``v`` with ``nd`` decimals, or ``na`` for None, NaN and infinity."""
+    return na if v is None or not np.isfinite(v) else f"{v:.{nd}f}"
 
 
-def fmt_interval(est, lo, hi) -> str:
-    """``'0.78 [0.71, 0.84]'``: an estimate and its interval, two decimals; ``'n/a'`` without an estimate."""
+def fmt_interval(est, lo, hi, nd: int = 2, *, na: str = "n/a") -> str:
+    """``'0.78 [0.71, 0.84]'``: an estimate and its interval, ``nd`` decimals; ``na`` without an estimate."""
     if est is None or not np.isfinite(est):
-        return "n/a"
-    return f"{fmt_num(est)} [{fmt_num(lo)}, {fmt_num(hi)}]"
+        return na
+    return f"{fmt_num(est, nd, na=na)} [{fmt_num(lo, nd, na=na)}, {fmt_num(hi, nd, na=na)}]"
 
 
 def fmt_p(p) -> str:

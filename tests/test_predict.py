@@ -84,7 +84,7 @@ def spy(monkeypatch):
         return np.asarray(pre.label).copy()
 
     monkeypatch.setattr(predict, "load_fold_model", fake_load)
-    monkeypatch.setattr(predict, "predict_preprocessed", fake_predict)
+    monkeypatch.setattr("sscild.model.inference.predict_preprocessed", fake_predict)   # under segment_preprocessed
     calls["register"] = lambda run: splits_by_run.__setitem__(str(run.root), read_splits(run.splits))
     return calls
 

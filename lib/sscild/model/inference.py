@@ -51,6 +51,7 @@ missed.
 from __future__ import annotations
 
 import math
+import dataclasses
 import time
 
 import numpy as np
@@ -68,7 +69,7 @@ from sscild.model.network import native_cpu_bf16
 __all__ = ["SECOND_LUNG_MIN_FRACTION", "POSTPROCESS_RULE", "UNCERTAIN_PCT", "predict_preprocessed",
            "keep_largest_lung_components", "AERATED_HU", "COMPLETE_MIN_PCT", "complete_lung_field", "preprocessed_body",
            "postprocess_labels",
-           "VolumePrediction", "segment_volume"]
+           "VolumePrediction", "segment_volume", "segment_preprocessed"]
 
 UNCERTAIN_PCT = 50
 """A voxel whose uncertainty (normalised entropy, percent) is at least this is *uncertain*: as unsure as
@@ -296,7 +297,7 @@ def keep_largest_lung_components(label: np.ndarray, *, min_fraction: float = SEC
 
 @dataclass
 class VolumePrediction:
-    """A volume's labels from :func:`segment_volume`.
+    """A volume's labels from :func:`segment_volume` or :func:`segment_preprocessed`.
 
     Attributes:
         label: uint8 labels on the input's voxel grid (0 background, 1 normal, 2 EF, 3 GGO).
@@ -304,7 +305,8 @@ class VolumePrediction:
         pre: the preprocessed volume the networks saw (its grid and geometry record).
         label_pre: the labels on that grid (after post-processing).
         uncertainty_pre: the uncertainty on that grid, or ``None``.
-        seconds: wall time of ``preprocess``, ``predict`` and ``postprocess_and_restore``.
+        seconds: wall time of ``preprocess`` (:func:`segment_volume` only), ``predict`` and
+            ``postprocess_and_restore``.
         lung_added: voxels the lung completion added as normal lung (bool, the input's grid; all
             ``False`` without post-processing).
         lung_added_pre: the same on the network's grid.
@@ -323,22 +325,47 @@ class VolumePrediction:
 def segment_volume(vol: Volume, nets, profile, *, tta: bool | None = None, postprocess: bool = True, device=None,
                    cpu_bf16: bool | None = False, uncertainty: bool = False, progress: bool = False,
                    desc: str = "segmenting", case_id: str = "scan") -> VolumePrediction:
-    """Labels of a CT volume in HU by the ensemble ``nets``: preprocess, predict, post-process, restore.
+    """Labels of a CT volume in HU by the ensemble ``nets``: preprocess, then :func:`segment_preprocessed`.
 
     Args:
         vol: the CT (:class:`~sscild.data.image.Volume`, HU, any orientation).
-        nets: the networks (one or a list); ``profile``: the profile they were trained with (its
-            preprocessing, batch of slices and, when ``tta`` is ``None``, its ``tta_flips``).
-        postprocess: :func:`postprocess_labels` (body, largest components, lung completion).
-        cpu_bf16, device, progress: as :func:`predict_preprocessed`.
-        uncertainty: also compute the uncertainty map (background outside the network's crop is 0).
+        nets, profile, tta, postprocess, device, cpu_bf16, uncertainty, progress, desc: as
+            :func:`segment_preprocessed`.
 
     Returns:
         :class:`VolumePrediction`.
     """
-    tta = bool(profile.tta_flips) if tta is None else bool(tta)
     t0 = time.perf_counter()
     pre = preprocess_volume(vol, None, profile=profile, case_id=case_id)
+    t_pre = round(time.perf_counter() - t0, 2)
+    res = segment_preprocessed(nets, pre, profile, tta=tta, postprocess=postprocess, device=device, cpu_bf16=cpu_bf16,
+                               uncertainty=uncertainty, progress=progress, desc=desc)
+    return dataclasses.replace(res, seconds={"preprocess": t_pre, **res.seconds})
+
+
+def segment_preprocessed(nets, pre: Preprocessed, profile, *, tta: bool | None = None, postprocess: bool = True,
+                         device=None, cpu_bf16: bool | None = False, uncertainty: bool = False, progress: bool = False,
+                         desc: str = "segmenting") -> VolumePrediction:
+    """Labels of a preprocessed case by the ensemble ``nets``: predict, post-process, restore to the scan's grid.
+
+    The one path from a case to its label map: ``sscild segment``, the controls, the real-CT checks
+    (through :func:`segment_volume`) and the out-of-fold prediction of the study (on the cached case)
+    all come here, so the lesion threshold, flip averaging and post-processing cannot differ between them.
+
+    Args:
+        nets: the networks (one or a list); ``profile``: the profile they were trained with (its batch
+            of slices, its ``lesion_threshold`` and, when ``tta`` is ``None``, its ``tta_flips``).
+        pre: the preprocessed case (:func:`~sscild.data.preprocess.preprocess_volume` or the cache).
+        postprocess: :func:`postprocess_labels` (body, largest components, lung completion).
+        cpu_bf16, device, progress, desc: as :func:`predict_preprocessed` (the out-of-fold evaluation
+            passes ``False``: float32, so its Dice does not depend on the CPU's arithmetic; the clinic's
+            commands ``None``: bfloat16 where the CPU computes it natively).
+        uncertainty: also compute the uncertainty map (background outside the network's crop is 0).
+
+    Returns:
+        :class:`VolumePrediction` (``seconds``: predict, post-process and restore).
+    """
+    tta = bool(profile.tta_flips) if tta is None else bool(tta)
     t1 = time.perf_counter()
     res = predict_preprocessed(nets, pre, tta=tta, batch_slices=profile.sw_batch_size, device=device,
                                cpu_bf16=cpu_bf16, progress=progress, desc=desc, uncertainty=uncertainty,
@@ -352,7 +379,6 @@ def segment_volume(vol: Volume, nets, profile, *, tta: bool | None = None, postp
     added = (restore_label(added_pre.astype(np.uint8), pre.info) > 0 if added_pre.any()
              else np.zeros(label.shape, bool))
     unc = restore_label(unc_pre, pre.info) if unc_pre is not None else None
-    seconds = {"preprocess": round(t1 - t0, 2), "predict": round(t2 - t1, 2),
-               "postprocess_and_restore": round(time.perf_counter() - t2, 2)}
+    seconds = {"predict": round(t2 - t1, 2), "postprocess_and_restore": round(time.perf_counter() - t2, 2)}
     return VolumePrediction(label=label, uncertainty=unc, pre=pre, label_pre=lab_pre, uncertainty_pre=unc_pre,
                             seconds=seconds, lung_added=added, lung_added_pre=added_pre)

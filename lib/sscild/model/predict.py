@@ -4,7 +4,8 @@
 held it out, and only by it; a model whose recorded training cases include the case is refused.
 ``predictions/manifest.json`` records, per case, the fold, the model file and its SHA-256 and the
 settings, and a case is predicted again only when one of those changed. Inference, the lesion
-threshold of the run's profile and post-processing are :mod:`sscild.model.inference`'s, in float32.
+threshold of the run's profile and post-processing are :func:`sscild.model.inference.segment_preprocessed`,
+the path every label map of the package takes, in float32.
 
 **Geometry.** The argmax label map is mapped back to the case's original voxel grid (nearest
 neighbour, :func:`sscild.data.preprocess.restore_label`) and written with the input's affine, so it
@@ -13,6 +14,7 @@ overlays exactly on the input scan in 3D Slicer or ITK-SNAP.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +22,7 @@ import numpy as np
 from sscild.data.folds import read_splits
 from sscild.data.nifti_writer import save_volume
 from sscild.data.cache import load_cached
-from sscild.data.preprocess import restore_label
-from sscild.model.inference import POSTPROCESS_RULE, postprocess_labels, predict_preprocessed
+from sscild.model.inference import POSTPROCESS_RULE, segment_preprocessed
 from sscild.model.loading import file_sha256, load_fold_model
 from sscild.paths import RunPaths, read_json, write_json
 from sscild.profiles import PROFILES
@@ -105,15 +106,12 @@ def predict_oof(run: RunPaths, *, tta: bool | None = None, postprocess: bool = T
             raise ValueError(f"{model_path} was trained on {leaked}, which fold {fold} of {run.splits} holds out: "
                              "the model and the splits do not belong together. Retrain the fold (`make train`).")
         use_tta = meta["profile"].tta_flips if tta is None else bool(tta)
+        model_profile = dataclasses.replace(meta["profile"], lesion_threshold=thr)
         for cid in todo:
             pre = load_cached(run, cid)
-            lab = predict_preprocessed([net], pre, tta=use_tta, batch_slices=meta["profile"].sw_batch_size,
-                                       device=device, cpu_bf16=False, progress=progress, desc=f"fold {fold} {cid}",
-                                       lesion_threshold=thr)
-            if postprocess:
-                lab, _ = postprocess_labels(lab, pre, meta["profile"])
-            restored = restore_label(lab, pre.info)
-            save_volume(out_dir / f"{cid}.nii.gz", restored, np.asarray(pre.info["original_affine"]), dtype=np.uint8)
+            res = segment_preprocessed([net], pre, model_profile, tta=use_tta, postprocess=postprocess, device=device,
+                                       cpu_bf16=False, progress=progress, desc=f"fold {fold} {cid}")
+            save_volume(out_dir / f"{cid}.nii.gz", res.label, np.asarray(pre.info["original_affine"]), dtype=np.uint8)
             cases[cid] = {"fold": fold, "model": str(model_path.relative_to(run.root)), "model_sha256": digest,
                           "cache_key": _cache_key(run, cid), "tta": bool(use_tta), "postprocess": rule}
             write_json(manifest_path, manifest)

@@ -29,7 +29,7 @@ from sscild.book.provenance import (arithmetic_difference, benchmark_records, en
                                     fold_parallel_table, gpu_check_table, input_checksums, paper_scale_table,
                                     paper_scale_training, read_record, run_settings, step_times,
                                     train_step_tables)
-from sscild.book.report import banner, chapter_context, show
+from sscild.book.report import banner, chapter_context, show, show_record
 from sscild.cluster.jobs import jobs_table
 
 data_dir = resolve_data_dir(data_dir, profile)
@@ -110,11 +110,8 @@ else:
 # the batches (a test trains with and without them and compares the weights).
 
 # %%
-gpu = gpu_check_table()
-if gpu is None:
-    display(Markdown("No GPU check is recorded in this checkout (`benchmarks/gpu_paper.json` is absent)."))
-else:
-    show(gpu, caption="Recorded GPU check of the paper profile (synthetic phantom)")
+show_record(gpu_check_table(), "Recorded GPU check of the paper profile (synthetic phantom)",
+            record="gpu_paper.json", what="GPU check")
 
 # %% [markdown]
 # **What a training step costs.** `scripts/bench_train.py` times one training step of a profile in one
@@ -126,13 +123,10 @@ else:
 # phases show where the rest goes (`benchmarks/train_cpu_cpu.json`).
 
 # %%
-steps = train_step_tables()
-if steps is None:
-    display(Markdown("No CPU training benchmark is recorded (`benchmarks/train_cpu_cpu.json` is absent)."))
-else:
-    show(steps[0], caption="Recorded training-step benchmark (CPU)")
-    if steps[1] is not None:
-        show(steps[1], caption="Pure network step under other numeric settings (same run)")
+step, variants = train_step_tables() or (None, None)
+if show_record(step, "Recorded training-step benchmark (CPU)", record="train_cpu_cpu.json",
+               what="CPU training benchmark") and variants is not None:
+    show(variants, caption="Pure network step under other numeric settings (same run)")
 
 # %% [markdown]
 # **How the folds share a CPU.** A small 2D network does not keep several cores busy: on a CPU, `make`
@@ -143,11 +137,8 @@ else:
 # floating-point sums split over a different number of threads round differently.
 
 # %%
-folds = fold_parallel_table()
-if folds is None:
-    display(Markdown("No fold-parallelism benchmark is recorded (`benchmarks/fold_parallel_cpu.json` is absent)."))
-else:
-    show(folds, caption="Recorded fold-parallelism benchmark (CPU)")
+show_record(fold_parallel_table(), "Recorded fold-parallelism benchmark (CPU)", record="fold_parallel_cpu.json",
+            what="fold-parallelism benchmark")
 
 # %% [markdown]
 # ## At paper scale: time, memory and disk of every stage

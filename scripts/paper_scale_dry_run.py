@@ -355,7 +355,7 @@ def main(argv=None) -> int:
     ctx = resolve("paper", str(cohort), str(results))
     run = ctx.run.root
     nb = run / "notebooks"
-    make = ["make", "--no-print-directory", f"PROFILE=paper", f"DATA={cohort}", f"RESULTS={results}",
+    make = ["make", "--no-print-directory", "PROFILE=paper", f"DATA={cohort}", f"RESULTS={results}",
             f"STEPS={args.steps}", f"BOOK_OUT={work / 'book'}"]
     wanted = [s for s in args.stages.split(",") if s]
     for name, target, _ in STAGES:

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 __all__ = ["cohort_info", "banner", "glue", "show", "table_html", "figure", "chapter_context", "rel",
-           "FOLD_ROWS", "readable_header", "CODE_NAME", "TABLE_MARK"]
+           "FOLD_ROWS", "readable_header", "CODE_NAME", "TABLE_MARK", "show_record"]
 
 FOLD_ROWS = 12
 """Tables longer than this are folded (a click opens them) unless the page asks otherwise."""
@@ -196,6 +196,18 @@ def show(df, caption: str | None = None, floatfmt: int = 3, *, fold: bool | None
                      f"</summary>\n{body}\n</details>"))
         return
     display(HTML(f'<p class="sscild-table-caption"><strong>{label}</strong></p>\n{body}'))
+
+
+def show_record(df, caption: str, *, record: str, what: str, **kw) -> bool:
+    """:func:`show` a table made from a recorded benchmark, or say in one line that ``benchmarks/<record>``
+    (``what``) is not in this checkout. Returns whether the table was shown."""
+    from IPython.display import Markdown, display
+
+    if df is None:
+        display(Markdown(f"No {what} is recorded in this checkout (`benchmarks/{record}` is absent)."))
+        return False
+    show(df, caption, **kw)
+    return True
 
 
 def figure(fig, name: str, folder, *, caption: str, dpi: int | None = None) -> Path:

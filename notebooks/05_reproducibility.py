@@ -163,13 +163,16 @@ else:
         f"Recorded {srec['date']} at commit `{srec['commit'][:12]}` on {srec['machine']}, {srec['cores']} cores, "
         f"{srec['memory_gib']} GiB: {c['labelled_cases']} labelled patients of {', '.join(c['in_plane'])} pixels "
         f"and at least {c['min_slices']} slices ({c['voxels_per_case_millions']} million voxels per scan on "
-        f"average), {srec['token_steps']} training steps per network (synthetic phantom cohort). Memory needed "
-        f"by any stage (anonymous memory of all its processes): **{srec.get('peak_anon_gib_any_stage')} GiB**; "
-        f"resident memory, which also counts the memory-mapped cache pages the kernel can give back: "
-        f"{srec.get('peak_gib_any_stage')} GiB; disk per patient (scan and cache): "
-        f"**{srec.get('disk_per_case_gib')} GiB**."))
+        f"average), {srec['token_steps']} training steps per network (synthetic phantom cohort). Peak resident "
+        f"memory of any stage (all its processes, counting the memory-mapped cache pages the kernel can give back): "
+        f"**{srec.get('peak_gib_any_stage')} GiB**"
+        + (f"; memory it needs (anonymous): **{srec['peak_anon_gib_any_stage']} GiB**"
+           if srec.get("peak_anon_gib_any_stage") is not None else "")
+        + f"; disk per patient (scan and cache): **{srec.get('disk_per_case_gib')} GiB**."))
     show(stages, caption="Paper profile at full HRCT size, stage by stage (measured on the CPU named above; "
                          "last column extrapolated)", fold=False)
+    if srec.get("notes"):
+        display(Markdown("Notes of the record:\n" + "\n".join(f"- {n}" for n in srec["notes"])))
     show(paper_scale_training(srec), caption="The paper profile's full training budget (extrapolated, not run)")
 
 # %% [markdown]

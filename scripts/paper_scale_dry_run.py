@@ -204,15 +204,18 @@ def extrapolate(rec: dict, n_target: int) -> dict:
 
     paper = PROFILES["paper"]
     n = rec["cohort"]["labelled_cases"] or 1
-    out = {"patients": n_target, "how": "linear in the cases (or folds) a stage handles; "
-           "the training budget from the step times below; not measured"}
+    out = {"patients": n_target, "how": "linear in the patients a stage handles (the controls, scored once "
+           "whatever the number of patients, not scaled); the training budget from the step times below; not measured"}
     stages = {}
     for name, _, scales in STAGES:
         s = rec["stages"].get(name)
         if not s:
             continue
         f = n_target / n if scales == "cases" else 1.0
-        stages[name] = {"wall_seconds": round(s["wall_seconds"] * f), "disk_gib": None}
+        # the controls are scored once whatever the number of patients: not scaled
+        fixed = sum(c["seconds"] for c in s.get("slowest_cells", []) if "score_controls" in c["cell"])
+        stages[name] = {"wall_seconds": round((s["wall_seconds"] - fixed) * f + fixed),
+                        "of_which_not_scaled_seconds": round(fixed) if fixed else None}
     steps = rec.get("train_steps_measured") or {}
     gpu = REPO / "benchmarks" / "gpu_paper.json"
     if gpu.exists():
@@ -277,9 +280,13 @@ def readme_block(rec: dict) -> str:
     return (f"{README_BEGIN}\n{paper_scale_markdown(rec)}\n\nMeasured {rec['date']} at commit "
             f"`{rec['commit'][:12]}` on {rec['machine']} ({rec['cores']} cores, {rec['memory_gib']} GiB), "
             f"{rec['cohort']['labelled_cases']} patients of at least {rec['cohort']['min_slices']} slices of "
-            f"512 x 512, {rec['token_steps']} training steps per network; memory needed by any stage "
-            f"{rec.get('peak_anon_gib_any_stage')} GiB (resident, with the memory-mapped cache: "
-            f"{rec.get('peak_gib_any_stage')} GiB), disk per patient {rec.get('disk_per_case_gib')} GiB.\n{README_END}")
+            f"512 x 512, {rec['token_steps']} training steps per network; "
+            + (f"memory needed by any stage {rec['peak_anon_gib_any_stage']} GiB (resident, with the memory-mapped "
+               f"cache: {rec.get('peak_gib_any_stage')} GiB)" if rec.get("peak_anon_gib_any_stage") is not None else
+               f"peak resident memory of any stage {rec.get('peak_gib_any_stage')} GiB (an upper bound of what it "
+               "needs: this run did not sample anonymous memory)")
+            + f", disk per patient {rec.get('disk_per_case_gib')} GiB."
+            + "".join(f"\n\n- {n}" for n in rec.get("notes", [])) + f"\n{README_END}")
 
 
 def write_readme(record: Path) -> int:

@@ -59,8 +59,11 @@ def test_the_record_names_commit_machine_every_stage_and_stays_under_16_gib():
     for stage in ("data", "train", "training_chapter", "segmentation", "clinical", "abstract", "reproducibility",
                   "book"):
         st = rec["stages"][stage]
-        assert st["exit_code"] == 0 and st["wall_seconds"] > 0 and 0 < st["peak_anon_gib"] <= st["peak_total_gib"], stage
-    assert rec["peak_anon_gib_any_stage"] <= 16 and rec["peak_gib_any_stage"] <= 16
+        assert st["exit_code"] == 0 and st["wall_seconds"] > 0 and st["peak_total_gib"] > 0, stage
+        if st.get("peak_anon_gib") is not None:      # measured by runs of the script since it samples it
+            assert st["peak_anon_gib"] <= st["peak_total_gib"], stage
+    # the resident sum bounds what the stages need (it also counts mapped cache pages): within 16 GiB
+    assert rec["peak_gib_any_stage"] <= 16
 
 
 def test_readme_holds_the_records_table():

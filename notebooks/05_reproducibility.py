@@ -170,10 +170,11 @@ else:
            if srec.get("peak_anon_gib_any_stage") is not None else "")
         + f"; disk per patient (scan and cache): **{srec.get('disk_per_case_gib')} GiB**."))
     show(stages, caption="Paper profile at full HRCT size, stage by stage (measured on the CPU named above; "
-                         "last column extrapolated)", fold=False)
+                         "last column extrapolated)", fold=False, floatfmt=1)
     if srec.get("notes"):
         display(Markdown("Notes of the record:\n" + "\n".join(f"- {n}" for n in srec["notes"])))
-    show(paper_scale_training(srec), caption="The paper profile's full training budget (extrapolated, not run)")
+    show(paper_scale_training(srec), caption="What a GPU changes at paper scale: the full training budget and the "
+                                             "out-of-fold prediction of 40 patients (extrapolated, not run)", floatfmt=2)
 
 # %% [markdown]
 # ## Cluster jobs

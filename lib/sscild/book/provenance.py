@@ -263,6 +263,10 @@ def paper_scale_table(path: str | Path | None = None) -> tuple[pd.DataFrame, dic
     return None if rec is None else (paper_scale_stages(rec), rec)
 
 
+def _or_nan(v) -> float:
+    return float("nan") if v is None else float(v)
+
+
 def paper_scale_stages(rec: dict) -> pd.DataFrame:
     """One row per stage of a paper-scale dry run: measured wall and CPU minutes, peak memory and disk on
     the recorded machine (memory needed: the anonymous memory of all the stage's processes; resident:
@@ -277,13 +281,16 @@ def paper_scale_stages(rec: dict) -> pd.DataFrame:
         at40 = ext.get(name, {}).get("wall_seconds")
         rows.append({"stage": name, "what": what, "wall (min)": round(st["wall_seconds"] / 60, 1),
                      "CPU (min)": round(st["cpu_seconds"] / 60, 1),
-                     "memory needed (GiB)": st.get("peak_anon_gib"),
+                     "memory needed (GiB)": _or_nan(st.get("peak_anon_gib")),
                      "resident, incl. mapped cache (GiB)": st["peak_total_gib"],
                      "largest process (GiB)": st["peak_process_gib"],
-                     "run folder after (GiB)": st.get("disk_run_gib"),
-                     "wall at 40 patients (min, extrapolated)": None if name == "train" or at40 is None
+                     "run folder after (GiB)": _or_nan(st.get("disk_run_gib")),
+                     "wall at 40 patients (min, extrapolated)": float("nan") if name == "train" or at40 is None
                      else round(at40 / 60, 1)})
-    return pd.DataFrame(rows).set_index("stage")
+    tab = pd.DataFrame(rows).set_index("stage")
+    if tab["memory needed (GiB)"].isna().all():   # a record made before anonymous memory was sampled
+        tab = tab.drop(columns="memory needed (GiB)")
+    return tab.astype({c: float for c in tab.columns if c != "what"})
 
 
 def paper_scale_training(rec: dict) -> pd.DataFrame:
@@ -328,7 +335,7 @@ def paper_scale_markdown(rec: dict) -> str:
         return "—" if v is None or v != v else v
 
     for name, r in tab.iterrows():
-        lines.append(f"| {name} | {r['what']} | {r['wall (min)']} | {cell(r['memory needed (GiB)'])} | "
+        lines.append(f"| {name} | {r['what']} | {r['wall (min)']} | {cell(r.get('memory needed (GiB)'))} | "
                      f"{r['resident, incl. mapped cache (GiB)']} | {cell(r['wall at 40 patients (min, extrapolated)'])} |")
     return "\n".join(lines)
 

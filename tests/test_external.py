@@ -260,7 +260,8 @@ def _text(nb) -> str:
     for c in nb["cells"]:
         for o in c.get("outputs", []):
             data = o.get("data", {})
-            parts.append("".join(data.get("text/markdown", "")) + "".join(o.get("text", "")))
+            parts.append("".join(data.get("text/markdown", "")) + "".join(data.get("text/html", ""))   # table captions
+                         + "".join(o.get("text", "")))
     return "\n".join(parts)
 
 

@@ -151,16 +151,17 @@ class PatchSource:
         return x.contiguous()
 
 
-def unlabelled_image(run: RunPaths, profile: Profile, uid: str, scan: Path) -> np.ndarray:
+def unlabelled_image(run: RunPaths, profile: Profile, uid: str, scan: Path, *, key: str | None = None) -> np.ndarray:
     """The preprocessed unlabelled scan ``uid`` as float16, memory-mapped read-only from the run's cache.
 
     ``<run>/cache/unlabelled/<uid>.f16.npy`` is written once (and again when the scan or the
     preprocessing changes: its :func:`~sscild.data.cache.cache_key` is kept beside it), so pretraining
-    holds no scan in memory however many there are: the patches are read from the file.
+    holds no scan in memory however many there are: the patches are read from the file. ``key``: that
+    cache key when the caller already has it (hashing a full-size scan twice is not free).
     """
     folder = run.cache / "unlabelled"
     arr_path, key_path = folder / f"{uid}.f16.npy", folder / f"{uid}.json"
-    key = cache_key(scan, None, profile)
+    key = key or cache_key(scan, None, profile)
     fresh = arr_path.exists() and key_path.exists() and read_json(key_path).get("key") == key
     if not fresh:
         folder.mkdir(parents=True, exist_ok=True)
@@ -199,7 +200,7 @@ def cohort_pretrained_state(run: RunPaths, profile: Profile, scans: Mapping[str,
                     and read_json(out / "pretrain_key.json") == key:
                 summary = {**read_json(out / "summary.json"), "reused": True}
                 return torch.load(out / "pretrained.pt", map_location="cpu", weights_only=False), summary
-            volumes = [unlabelled_image(run, p, uid, scans[uid]) for uid in sorted(scans)]
+            volumes = [unlabelled_image(run, p, uid, scans[uid], key=key["scans"][uid]) for uid in sorted(scans)]
             source = PatchSource(volumes, p.patch_size, p.batch_size)
             state, summary = restoration_pretrain(source, p, steps=int(p.pretrain_steps), out_channels=NUM_CLASSES,
                                                   desc=f"pretraining on {len(volumes)} unlabelled scans",

@@ -88,14 +88,20 @@ endif
 ALL_FOLDS := $(shell seq 0 $$(( $(NUM_FOLDS) - 1 )))
 NB     := $(RES)/notebooks
 RUN    := $(PY) -m sscild.book.runner --run-dir $(RES) -p profile $(PROFILE) -p data_dir $(abspath $(DATA))
-# folds train FOLD_JOBS at a time without `make -j` (an explicit -j wins); chapters still run one
-# at a time (the runner's --one-at-a-time lock), since each uses every core
+# folds train FOLD_JOBS at a time without `make -j` (an explicit -j wins), and the chapters run the
+# same way, FOLD_JOBS at a time on FOLD_THREADS threads each (their predictions are the same on any
+# number of threads); with one job at a time a chapter uses every core, and an explicit -j makes
+# chapters take turns (the runner's --one-at-a-time lock)
 ifeq ($(LAUNCHER),local)
 ifneq ($(FOLD_JOBS),1)
 MAKEFLAGS += -j$(FOLD_JOBS)
 endif
 endif
+ifeq ($(FOLD_JOBS),1)
 CHAPTER_RUN := $(RUN) --one-at-a-time
+else
+CHAPTER_RUN := SSCILD_THREADS=$(FOLD_THREADS) $(RUN)
+endif
 
 # ---- make follows the library: each chapter depends on the library files it imports -----------
 # (.make/libdeps.mk: LIBDEPS_<chapter>, made by lib/sscild/book/deps.py and remade when a library file
@@ -182,12 +188,29 @@ $(DATA)/dataset.json:
 	@exit 2
 endif
 
+# Each step runs once, here, and the Data chapter only reads what it wrote: validation
+# (validation.json; a failed validation stops make), the run context, the cache with its table
+# (cases.csv) and the folds (splits.json). Pretraining on the unlabelled scans needs only the
+# validation, so it runs beside the cache and the Data chapter, before the first fold.
+VALIDATION := $(RES)/validation.json
+PREPARED   := $(RES)/cases.csv
+PRETRAINED := $(RES)/pretrained/.made
+
 data: $(NB)/01_data.ipynb
 
-$(NB)/01_data.ipynb: notebooks/01_data.py $(DATA)/dataset.json $(LIBDEPS_01_data) | $(STAMP)
-	$(PY) -m sscild.cli validate $(abspath $(DATA)) --exclude-bad --brief $(if $(filter 1 yes true,$(ALLOW_CLINICAL_GAPS)),--allow-clinical-gaps)
+$(VALIDATION): $(DATA)/dataset.json $(LIBDEPS_stage_prepare) | $(STAMP)
+	$(PY) -m sscild.cli validate $(abspath $(DATA)) --exclude-bad --brief --record $@ $(if $(filter 1 yes true,$(ALLOW_CLINICAL_GAPS)),--allow-clinical-gaps)
 	@SSCILD_DATA_ROOT=$(abspath $(DATA_ROOT)) PYTHONPATH=lib $(PYTHON) -m sscild.context write --profile "$(PROFILE)" --data "$(DATA)" \
 	  --results "$(RESULTS)" --jobs "$(FOLD_JOBS)" --threads "$(THREADS)"
+
+$(PREPARED): $(VALIDATION) $(LIBDEPS_stage_prepare)
+	$(PY) -m sscild.cli prepare $(abspath $(DATA)) --profile $(PROFILE) --quiet
+
+$(PRETRAINED): $(VALIDATION) $(LIBDEPS_stage_pretrain)
+	$(PY) -m sscild.cli pretrain $(abspath $(DATA)) --profile $(PROFILE)
+	@mkdir -p $(@D) && touch $@
+
+$(NB)/01_data.ipynb: notebooks/01_data.py $(PREPARED) $(LIBDEPS_01_data)
 	$(CHAPTER_RUN) --step data $< $@
 
 # ---- training: one target per fold, so `make -j4 train` trains four folds at once ----------
@@ -199,7 +222,7 @@ ifeq ($(LAUNCHER),slurm)
 # one Slurm job array, one task per fold; each task runs this Makefile's local fold target
 include mk/slurm.mk
 else ifeq ($(LAUNCHER),local)
-$(RES)/fold_%/training.ipynb: notebooks/train_fold.py $(NB)/01_data.ipynb $(LIBDEPS_train_fold) | $(STAMP)
+$(RES)/fold_%/training.ipynb: notebooks/train_fold.py $(PREPARED) $(LIBDEPS_train_fold) | $(STAMP) $(PRETRAINED)
 	SSCILD_THREADS=$(FOLD_THREADS) $(RUN) --step train_fold_$* -p fold $* $< $@
 else
 $(error LAUNCHER=$(LAUNCHER) is not known: use LAUNCHER=local (default) or LAUNCHER=slurm)

@@ -2,7 +2,8 @@
 # Makefile. All fold notebooks are one grouped target, so make submits ONE job array for every fold
 # that is not done (task id = fold), waits for it, then goes on with evaluation. Each task runs this
 # Makefile's local fold target (`make fold-K LAUNCHER=local ...`), so a fold trains the same way as
-# without Slurm. Logic: lib/sscild/cluster/ (command line: slurm.py); logs, status files, jobs.json: $(RES)/slurm/.
+# without Slurm (the first task to start pretrains, on its node; the others wait for it and reuse it).
+# Logic: lib/sscild/cluster/ (command line: slurm.py); logs, status files, jobs.json: $(RES)/slurm/.
 #
 #   SLURM_PARTITION  --partition            SLURM_GRES     --gres, e.g. gpu:1
 #   SLURM_TIME       --time per fold task   SLURM_ACCOUNT  --account
@@ -41,7 +42,7 @@ SLURM_MAKE_VARS := PROFILE=$(PROFILE) DATA=$(abspath $(DATA)) DATA_ROOT=$(abspat
 # a failed array must not delete the notebooks of the folds that did finish
 .PRECIOUS: $(FOLD_NBS)
 
-$(FOLD_NBS) &: notebooks/train_fold.py $(NB)/01_data.ipynb $(LIBDEPS_train_fold) | $(STAMP)
+$(FOLD_NBS) &: notebooks/train_fold.py $(PREPARED) $(LIBDEPS_train_fold) | $(STAMP)
 	$(PY) -m sscild.cluster.slurm train --repo $(CURDIR) --run-dir $(abspath $(RES)) --folds "$(SLURM_FOLDS)" \
 	  --job-name sscild-$(COHORT)-$(PROFILE) --make "$(SLURM_MAKE)" $(foreach v,$(SLURM_MAKE_VARS),--make-var $(v)) \
 	  --partition "$(SLURM_PARTITION)" --time "$(SLURM_TIME)" --cpus "$(SLURM_CPUS)" --mem "$(SLURM_MEM)" \

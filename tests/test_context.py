@@ -77,7 +77,8 @@ def _fake_finished_run(tmp_path):
     (tmp_path / "cohort" / "dataset.json").write_text("{}")
     res = tmp_path / "results" / "cohort" / "smoke"
     nb = res / "notebooks"
-    order = [[nb / "01_data.ipynb"], [res / f"fold_{k}" / "training.ipynb" for k in range(2)],
+    order = [[res / "validation.json"], [res / "cases.csv", res / "pretrained" / ".made"],
+             [nb / "01_data.ipynb"], [res / f"fold_{k}" / "training.ipynb" for k in range(2)],
              [nb / f"{c}.ipynb" for c in ("02_training", "03_segmentation", "A2_real_ct")],
              [nb / "04_clinical.ipynb"], [nb / "00_abstract.ipynb"], [nb / "05_reproducibility.ipynb"],
              [tmp_path / "book" / "_build" / "html" / "index.html"]]
@@ -103,6 +104,11 @@ def test_a_library_change_reruns_the_chapters_that_use_it_and_only_those(tmp_pat
     assert _steps(metrics) == {"evaluate", "correlate", "abstract", "reproducibility"}, metrics.stdout
     realct = _make(tmp_path, "-n", "-W", "lib/sscild/book/plots/realct.py", "all")
     assert _steps(realct) == {"real_ct", "reproducibility"}, realct.stdout
+    figure = _make(tmp_path, "-n", "-W", "lib/sscild/book/plots/training.py", "all")
+    assert _steps(figure) == {"training_chapter", "reproducibility"}, figure.stdout   # no fold retrains
+    data_fig = _make(tmp_path, "-n", "-W", "lib/sscild/book/plots/data.py", "all")
+    assert not any(s.startswith("train_fold") for s in _steps(data_fig)), data_fig.stdout
+    assert "cli prepare" not in data_fig.stdout and "cli pretrain" not in data_fig.stdout
 
 
 @pytest.mark.parametrize("allow", ["", "1"])
@@ -112,6 +118,17 @@ def test_make_validates_the_cohort_before_the_data_chapter(tmp_path, allow):
     proc = _make(tmp_path, "-n", "data", extra=[f"ALLOW_CLINICAL_GAPS={allow}"])
     lines = proc.stdout.splitlines()
     check = next(i for i, x in enumerate(lines) if "sscild.cli validate" in x)
+    prepare = next(i for i, x in enumerate(lines) if "sscild.cli prepare" in x)
     data = next(i for i, x in enumerate(lines) if "--step data" in x)
-    assert check < data and "--exclude-bad" in lines[check]
+    assert check < prepare < data and "--exclude-bad" in lines[check] and "--record" in lines[check]
     assert ("--allow-clinical-gaps" in lines[check]) is bool(allow)
+
+
+def test_pretraining_runs_once_before_the_folds_and_not_after_the_data_chapter(tmp_path):
+    (tmp_path / "cohort").mkdir()
+    (tmp_path / "cohort" / "dataset.json").write_text("{}")
+    lines = _make(tmp_path, "-n", "-j1", "train").stdout.splitlines()
+    pretrain = [i for i, x in enumerate(lines) if "sscild.cli pretrain" in x]
+    folds = [i for i, x in enumerate(lines) if "--step train_fold_" in x]
+    assert len(pretrain) == 1 and folds and pretrain[0] < min(folds)
+    assert not any("--step data" in x for x in lines)      # the folds need the data stage, not its chapter

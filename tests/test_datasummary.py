@@ -19,6 +19,8 @@ from sscild.book.chapters import data as ch
 from sscild.data.labels import LABEL_MAP_ENV, label_map_from_env
 from sscild.data.cohort import load_cohort
 from sscild.data.validate import validate_cohort
+from sscild.data.validation_report import validation_record
+from sscild.data.prepare import prepare_stage, read_cases, read_validation, validate_stage
 from sscild.data.folds import make_splits
 from sscild.paths import RunPaths
 from sscild.data.cache import build_cache
@@ -111,7 +113,7 @@ def test_exclusions_list_every_broken_case_with_its_reason(tmp_path):
     assert "missing_label" in reasons["case_002"]
     assert ex["fix"].str.len().gt(0).all()
 
-    record = ds.validation_record(report)
+    record = validation_record(report)
     json.dumps(record)
     assert [e["case_id"] for e in record["excluded"]] == ["case_001", "case_002"]
     assert record["included"] == ["case_000", "case_003"]
@@ -122,6 +124,31 @@ def test_exclusions_list_every_broken_case_with_its_reason(tmp_path):
     assert summary.loc[("error", "missing_label"), "cases"] == "case_002"
     rows, hidden = ch.problem_rows(report, limit=1)
     assert len(rows) == 1 and rows.loc[0, "severity"] == "error" and hidden == len(report.problems) - 1
+
+
+def test_the_data_stage_writes_what_the_chapter_reads_back_unchanged(tmp_path):
+    """validation.json, cases.csv and splits.json are written once by make's data stage; the Data
+    chapter's report and table read from them equal the ones computed directly."""
+    root = make_tiny_cohort(tmp_path / "cohort", n=5)
+    (root / "labelsTr" / "case_004.nii.gz").unlink()          # one unusable case, excluded by the stage
+    run = RunPaths.for_run(root, "smoke", tmp_path / "results")
+    with pytest.raises(FileNotFoundError, match="make data"):
+        prepare_stage(root, run, get_profile("smoke"), progress=False)
+    report = validate_stage(root, run.validation)
+    again, label_map = read_validation(run)
+    assert again.to_dict() == report.to_dict() and label_map is None
+    assert again.bad_cases == ["case_004"] and again.format() == report.format()
+    cases = prepare_stage(root, run, get_profile("smoke"), progress=False)
+    assert sorted(cases["case_id"]) == ["case_000", "case_001", "case_002", "case_003"]
+    pd.testing.assert_frame_equal(read_cases(run), cases, check_dtype=False)   # floats bit for bit
+    splits = json.loads(run.splits.read_text())
+    assert sorted(c for f in splits for c in f["val"]) == sorted(cases["case_id"])
+    stage = ch.read_stage(run, root)
+    assert stage.report.bad_cases == ["case_004"] and len(stage.splits) == len(splits)
+    assert "case_004" not in {c.case_id for c in stage.cohort.cases}
+    other = make_tiny_cohort(tmp_path / "other", n=3)
+    with pytest.raises(ValueError, match="validation of"):
+        prepare_stage(other, run, get_profile("smoke"), progress=False)
 
 
 def test_folder_error_excludes_every_case(tmp_path):
@@ -136,7 +163,7 @@ def test_clean_cohort_has_no_exclusions(tiny):
     root, _ = tiny
     report = validate_cohort(root)
     assert ds.exclusions(report).empty
-    assert ds.validation_record(report)["excluded"] == []
+    assert validation_record(report)["excluded"] == []
 
 
 def test_label_map_example_and_environment(tmp_path):

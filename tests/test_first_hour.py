@@ -25,7 +25,7 @@ from sscild.profiles import get_profile
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    """Two smoke-profile fold models trained a few steps on a 4-patient synthetic cohort, with the Data chapter's
+    """Two smoke-profile fold models trained a few steps on a 4-patient synthetic cohort, with the data stage's
     validation.json (which names the cohort folder) written first, as `make all` does."""
     from sscild.paths import write_json
     from sscild.synthetic.writer import generate_cohort

@@ -462,7 +462,7 @@ def test_smoke_folds_on_slurm_equal_a_local_run_and_a_failing_fold_stops_make(cl
                  results="slurm")
     assert slurm.returncode == 0, slurm.stdout[-4000:] + slurm.stderr[-4000:]
     assert slurm.stdout.count("submitted array job") == 1  # one array for both folds
-    assert "[sscild] running notebooks/01_data.py" not in slurm.stdout  # the copied data step is up to date
+    assert "sscild.cli prepare" not in slurm.stdout  # the copied data stage is up to date
     import torch
 
     for k in (0, 1):

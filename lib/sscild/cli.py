@@ -74,7 +74,12 @@ def _cmd_validate(args) -> int:
         label_map = _label_map(args.label_map) if args.label_map else label_map_from_env()
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    report = validate_cohort(args.data, label_map=label_map)
+    if args.record is not None:  # the data stage: the run's validation.json, which later steps read
+        from sscild.data.prepare import validate_stage
+
+        report = validate_stage(args.data, args.record, label_map=label_map)
+    else:
+        report = validate_cohort(args.data, label_map=label_map)
     if report.ok or (args.exclude_bad and report.usable_cases):
         code = 0 if args.allow_clinical_gaps else exit_code_of(report.problems)
     else:
@@ -111,6 +116,38 @@ def _cmd_import_dicom(args) -> int:
     out = import_dicom(args.src, args.out, labels=args.labels, clinical=args.clinical,
                        label_map=_label_map(args.label_map), segment_codes=SEGMENT_CODES, progress=not args.quiet)
     print(f"cohort written to {out}")
+    return 0
+
+
+def _cmd_prepare(args) -> int:
+    from sscild.data.prepare import prepare_stage
+    from sscild.paths import RunPaths
+
+    run = RunPaths.for_run(args.data, args.profile, args.results)
+    cases = prepare_stage(args.data, run, get_profile(args.profile), progress=not args.quiet)
+    print(f"prepare: {len(cases)} cases in {run.cache} ({int((~cases['reused']).sum())} preprocessed now), "
+          f"{run.cases.name} and {run.splits.name} written")
+    return 0
+
+
+def _cmd_pretrain(args) -> int:
+    from sscild.model.device import set_threads
+    from sscild.model.pretrain import cohort_pretrained_state
+    from sscild.model.selftrain import semi_mode, unlabelled_scans
+    from sscild.paths import RunPaths
+
+    prof = get_profile(args.profile)
+    run = RunPaths.for_run(args.data, args.profile, args.results)
+    scans = unlabelled_scans(run) if semi_mode(prof) == "pretrain" else {}
+    if not scans:
+        print(f"pretrain: nothing to do (profile {prof.name!r}: semi_supervised={prof.semi_supervised!r}, "
+              f"{len(unlabelled_scans(run))} unlabelled scans passed validation)")
+        return 0
+    device = _machine(args)
+    set_threads()
+    _, summary = cohort_pretrained_state(run, prof, scans, device=device, log=None if args.quiet else print)
+    print(f"pretrain: {'reused' if summary['reused'] else 'trained'} on {summary['scans']} unlabelled scans "
+          f"({summary['steps']} steps), {run.root / 'pretrained'}")
     return 0
 
 
@@ -268,6 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--allow-clinical-gaps", action="store_true",
                    help="succeed although clinical values or rows would be set aside (exit 3 / 4 otherwise)")
     v.add_argument("--brief", action="store_true", help="print only the summary line when the cohort passes")
+    v.add_argument("--record", type=Path, default=None,
+                   help="also write the report, exclusions and label map to this JSON file (a run's validation.json)")
     v.add_argument("--label-map", help='JSON mapping of dataset.json label names to roles, e.g. '
                    '\'{"reticulation": "ef", "honeycombing": "ef", "consolidation": "ggo"}\'')
     v.set_defaults(func=_cmd_validate)
@@ -307,8 +346,34 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     d.set_defaults(func=_cmd_import_dicom)
 
+    pr = _sub(sub, "prepare", "preprocess a validated cohort into the cache and split it into folds",
+              "The data stage after `sscild validate --record`: preprocess the usable cases into the run's cache and "
+              "write cases.csv (the preprocessing table) and splits.json (patient-wise folds stratified by lesion "
+              "extent). make runs it (`make data`); the Data chapter reads what it wrote.",
+              "  sscild validate data/mycohort --exclude-bad --record results/mycohort/cpu/validation.json\n"
+              "  sscild prepare data/mycohort --profile cpu")
+    pr.add_argument("data", type=Path, help="the cohort folder")
+    pr.add_argument("--profile", default="cpu", choices=profiles, help="the profile (default cpu)")
+    pr.add_argument("--results", type=Path, default=None, help="the results folder (default: results/)")
+    pr.add_argument("--quiet", action="store_true", help="no progress bar")
+    pr.set_defaults(func=_cmd_prepare)
+
+    pt = _sub(sub, "pretrain", "pretrain the study network on the cohort's unlabelled scans",
+              "Pretrain the network once on the validated unlabelled scans (unlabelledTr/) by restoring corrupted "
+              "patches, when the profile's semi_supervised is 'pretrain'; every fold then starts from these weights. "
+              "Kept in <run>/pretrained/ and reused while network, steps, preprocessing and scans are unchanged. "
+              "make runs it before the folds.",
+              "  sscild pretrain data/synthetic-cpu --profile cpu")
+    pt.add_argument("data", type=Path, help="the cohort folder")
+    pt.add_argument("--profile", default="cpu", choices=profiles, help="the profile (default cpu)")
+    pt.add_argument("--results", type=Path, default=None, help="the results folder (default: results/)")
+    pt.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda, cuda:N or mps")
+    pt.add_argument("--threads", type=int, default=None, help="CPU threads (default: every core, or SSCILD_THREADS)")
+    pt.add_argument("--quiet", action="store_true", help="no step log")
+    pt.set_defaults(func=_cmd_pretrain)
+
     t = _sub(sub, "train", "train one cross-validation fold (outside make)",
-             "Train one fold of a run whose Data chapter has run (splits and cache in the results folder). "
+             "Train one fold of a run whose data stage has run (`make data`: splits and cache in the results folder). "
              "`make all` / `make train` train the folds through their notebooks; this is the same training for "
              "scripts and schedulers.",
              "  sscild train data/synthetic-cpu --profile cpu --fold 0")

@@ -152,6 +152,11 @@ class RunPaths:
     def cache(self) -> Path:
         return self.root / "cache"
 
+    @property
+    def cases(self) -> Path:
+        """The preprocessing table of the cases used (``sscild prepare``): one row per case."""
+        return self.root / "cases.csv"
+
     def fold_dir(self, fold: int) -> Path:
         return self.root / f"fold_{int(fold)}"
 

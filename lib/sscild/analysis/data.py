@@ -5,8 +5,7 @@ preprocessing table of :func:`sscild.data.cache.build_cache` and the splits, as 
 records; the tables and sentences the page shows are built from them by
 :mod:`sscild.book.chapters.data`.
 
-* :func:`exclusions`, :func:`validation_record`: which cases validation leaves out and why
-  (``validation.json``).
+* :func:`exclusions`: which cases validation leaves out and why.
 * :func:`quartiles`, :func:`read_clinical`: median and quartiles of a variable with the number of
   patients who have it and who miss it; the clinical table as the cohort table reads it.
 * :func:`pick_examples`, :func:`pick_slice`, :func:`example_case`: mild, moderate and severe cases
@@ -39,7 +38,6 @@ __all__ = [
     "quartiles",
     "read_clinical",
     "exclusions",
-    "validation_record",
     "pick_examples",
     "pick_slice",
     "example_case",
@@ -124,11 +122,6 @@ def key_numbers(report, cases: pd.DataFrame) -> dict:
 # --------------------------------------------------------------------------------------------
 
 
-def _reason(p) -> str:
-    where = f" ({p.file})" if p.file else ""
-    return f"{p.kind}{where}: {p.message}"
-
-
 def exclusions(report) -> pd.DataFrame:
     """Every excluded (unusable) case and why: one row per case.
 
@@ -148,34 +141,11 @@ def exclusions(report) -> pd.DataFrame:
     for case in report.bad_cases:
         errs = [p for p in report.errors if p.case_id == case] + list(folder)
         rows.append({"case_id": case, "errors": len(errs),
-                     "reasons": "; ".join(_reason(p) for p in errs),
+                     "reasons": "; ".join(p.reason() for p in errs),
                      "fix": "; ".join(dict.fromkeys(p.fix for p in errs))})
     return pd.DataFrame(rows, columns=cols)
 
 
-def validation_record(report, *, label_map: dict | None = None) -> dict:
-    """What ``validation.json`` holds: the report, the exclusion policy and every exclusion.
-
-    Args:
-        report: a :class:`sscild.data.cohort.ValidationReport`.
-        label_map: the label map validation used (recorded as given).
-
-    Returns:
-        ``report.to_dict()`` plus ``policy``, ``label_map``, ``included`` and ``excluded`` (a list of
-        ``{"case_id", "reasons": [...], "fix": [...]}``).
-    """
-    out = report.to_dict()
-    out["policy"] = ("strict: a case with at least one validation error is excluded from every later step; "
-                     "warnings are reported and the case is kept")
-    out["label_map"] = dict(label_map) if label_map else None
-    out["included"] = list(report.usable_cases)
-    folder = report.folder_errors
-    out["excluded"] = [
-        {"case_id": c,
-         "reasons": [_reason(p) for p in [q for q in report.errors if q.case_id == c] + list(folder)],
-         "fix": list(dict.fromkeys(p.fix for p in [q for q in report.errors if q.case_id == c] + list(folder)))}
-        for c in report.bad_cases]
-    return out
 
 
 # --------------------------------------------------------------------------------------------

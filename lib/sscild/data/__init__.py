@@ -14,5 +14,6 @@ validate           validation of a cohort folder: every problem at once, each wi
 preprocess         orientation, resampling, HU normalisation, cropping of one scan; restoring a label map
 cache              the per-case cache of preprocessed cases, keyed by input bytes and settings
 folds              patient-wise stratified K-fold -> splits.json
+prepare            make's data stage: validation.json, the cache with cases.csv, splits.json; reading them back
 lungmask           the classical (threshold + components) lung mask and parenchyma statistics
 """

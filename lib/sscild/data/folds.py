@@ -123,7 +123,7 @@ def validate_splits(splits, case_ids: Sequence[str] | None = None, *, source: st
         >>> validate_splits([{"train": ["b"], "val": ["a"]}, {"train": ["a"], "val": ["b"]}])[0]
         {'train': ['b'], 'val': ['a']}
     """
-    fix = "regenerate it with sscild.data.folds.make_splits (delete the file and re-run the Data chapter)"
+    fix = "regenerate it with sscild.data.folds.make_splits (delete the file and re-run the data stage, `make data`)"
     if not isinstance(splits, list) or not splits:
         raise ValueError(f"{source}: expected a non-empty JSON list of folds, got {type(splits).__name__}; {fix}.")
     out = []
@@ -188,11 +188,11 @@ def read_splits(path: str | os.PathLike, case_ids: Sequence[str] | None = None) 
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: create it with sscild.data.folds.write_splits "
-                                "(the Data chapter, `make data`).")
+                                "(the data stage, `make data`).")
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); delete it and re-run the Data chapter.") from None
+        raise ValueError(f"{path} is not valid JSON ({e}); delete it and re-run the data stage (`make data`).") from None
     return validate_splits(data, case_ids, source=str(path))
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-__all__ = ["Problem", "ValidationReport", "PROBLEM_KINDS", "UNLABELLED_DIR", "CONTROLS_DIR"]
+__all__ = ["Problem", "ValidationReport", "validation_record", "PROBLEM_KINDS", "UNLABELLED_DIR", "CONTROLS_DIR"]
 
 PROBLEM_KINDS: dict[str, str] = {
     # folder level
@@ -101,6 +101,11 @@ class Problem:
     def __post_init__(self):
         if self.severity not in ("error", "warning"):
             raise ValueError(f"severity must be 'error' or 'warning', got {self.severity!r}")
+
+    def reason(self) -> str:
+        """The problem in a few words: ``kind (file): message``."""
+        where = f" ({self.file})" if self.file else ""
+        return f"{self.kind}{where}: {self.message}"
 
     def __str__(self) -> str:
         where = " | ".join(x for x in (self.case_id or "cohort", self.file) if x)
@@ -207,3 +212,34 @@ class ValidationReport:
             "n_warnings": len(self.warnings),
             "problems": [asdict(p) for p in self.problems],
         }
+
+    @classmethod
+    def from_dict(cls, record: dict) -> "ValidationReport":
+        """The report again from what :meth:`to_dict` (or ``validation.json``) holds."""
+        return cls(root=Path(record["root"]), cases=list(record.get("cases", [])),
+                   problems=[Problem(**p) for p in record.get("problems", [])])
+
+
+def validation_record(report: ValidationReport, *, label_map: dict | None = None) -> dict:
+    """What ``validation.json`` holds: the report, the exclusion policy and every exclusion.
+
+    Args:
+        report: the cohort's :class:`ValidationReport`.
+        label_map: the label map validation used (recorded as given).
+
+    Returns:
+        ``report.to_dict()`` plus ``policy``, ``label_map``, ``included`` and ``excluded`` (a list of
+        ``{"case_id", "reasons": [...], "fix": [...]}``).
+    """
+    out = report.to_dict()
+    out["policy"] = ("strict: a case with at least one validation error is excluded from every later step; "
+                     "warnings are reported and the case is kept")
+    out["label_map"] = dict(label_map) if label_map else None
+    out["included"] = list(report.usable_cases)
+    folder = report.folder_errors
+    out["excluded"] = [
+        {"case_id": c,
+         "reasons": [p.reason() for p in [q for q in report.errors if q.case_id == c] + list(folder)],
+         "fix": list(dict.fromkeys(p.fix for p in [q for q in report.errors if q.case_id == c] + list(folder)))}
+        for c in report.bad_cases]
+    return out

@@ -82,7 +82,7 @@ def load_training_cases(run: RunPaths, case_ids) -> dict:
 def cohort_identity(run: RunPaths) -> dict:
     """Which cohort a run trains on, for the model files: ``{"name", "synthetic"}``.
 
-    ``synthetic`` is the cohort's ``dataset.json`` flag (the Data chapter's ``validation.json`` names the
+    ``synthetic`` is the cohort's ``dataset.json`` flag (the data stage's ``validation.json`` names the
     cohort folder); ``None`` when that cannot be read.
     """
     synthetic = None
@@ -115,7 +115,7 @@ def train_fold(run: RunPaths, profile: Profile, fold: int, *, device=None, progr
     fold = int(fold)
     out = run.fold_dir(fold)
     if not run.splits.exists():
-        raise FileNotFoundError(f"{run.splits} is missing: run the Data chapter first (`make data`).")
+        raise FileNotFoundError(f"{run.splits} is missing: run the data stage first (`make data`).")
     splits = read_splits(run.splits)
     if not 0 <= fold < len(splits):
         raise ValueError(f"fold {fold} does not exist: {run.splits} has {len(splits)} folds (0..{len(splits) - 1}).")

@@ -1,8 +1,11 @@
-"""The Data chapter's tables: the cohort table (Table 1), voxel grids, validation problems, label
-maps and the synthetic generator's planted model.
+"""The Data chapter: what make's data stage wrote, read back, and the chapter's tables and figures.
 
-The numbers come from :mod:`sscild.analysis.data` and the validation report; this module formats
-them for the page.
+The chapter runs no stage itself: validation, the cache and the folds are make's data stage
+(:mod:`sscild.data.prepare`), and :func:`read_stage` reads their records. The numbers come from
+:mod:`sscild.analysis.data`; this module formats them for the page.
+
+* :func:`read_stage`, :func:`builtin_changes`, :func:`unlabelled_sentence`: the run's validated and
+  preprocessed cohort, whether the built-in cohort is still the current generator's, the unlabelled scans.
 
 * :func:`summarise`, :func:`table_one`, :func:`geometry_table`: a paper-style cohort table,
   continuous values as median [interquartile range] with the number of patients who have the value
@@ -10,7 +13,9 @@ them for the page.
 * :func:`problem_summary`, :func:`problem_rows`: what validation found.
 * :func:`label_map_example`: mapping another annotation scheme onto the study's roles.
 * :func:`clinical_model_table`, :func:`population_table`: the synthetic generator's planted model
-  (``sscild.synthetic.lungfunction.CLINICAL_MODEL``, passed in).
+  (:func:`planted_model`, passed in).
+* :func:`example_gallery`, :func:`fold_sections`, :func:`phantom_vs_real`, :func:`variety_sections`:
+  the chapter's figures (example patients, folds, the phantom beside real CT, the cohort's variety).
 
 Example:
     >>> summarise([1.0, 2.0, 3.0, None])["summary"]
@@ -21,18 +26,50 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from sscild import LABELS
-from sscild.analysis.data import quartiles
-from sscild.data.validation_report import PROBLEM_KINDS
+from sscild.analysis.data import (example_case, exclusions, fold_composition, fold_table, key_numbers, pick_examples,
+                                  quartiles, read_clinical)
+from sscild.analysis.phantomcheck import load_real_ct, parenchyma_comparison, real_ct_files
+from sscild.book.plots import window_text
+from sscild.book.plots.data import case_gallery, extent_distribution, fold_plot
+from sscild.book.plots.phantom import phantom_vs_real as plot_phantom_vs_real
+from sscild.book.plots.variety import lung_hu_histograms, pick_variety_examples, variety_gallery, variety_table
 from sscild.data.clinical_table import set_aside_table
+from sscild.data.cohort import Cohort, load_cohort, read_case
+from sscild.data.folds import read_splits
 from sscild.data.labels import resolve_label_map
+from sscild.data.lungmask import lung_mask_by_threshold
 from sscild.data.names import normalise_name
+from sscild.data.orientation import to_canonical
+from sscild.data.prepare import read_cases, read_validation
+from sscild.data.validation_report import PROBLEM_KINDS, ValidationReport
+from sscild.model.selftrain import semi_mode, unlabelled_scans
+from sscild.paths import RunPaths, read_json
+from sscild.profiles import Profile
+from sscild.synthetic.lungfunction import CLINICAL_MODEL
+from sscild.synthetic.writer import settings_changes
 
 __all__ = [
+    "DataStage",
+    "read_stage",
+    "builtin_changes",
+    "unlabelled_sentence",
+    "planted_model",
+    "example_gallery",
+    "fold_sections",
+    "phantom_vs_real",
+    "variety_sections",
+    "exclusions",
+    "key_numbers",
+    "extent_distribution",
+    "real_ct_files",
+    "window_text",
     "PFT_COLUMNS",
     "summarise",
     "table_one",
@@ -350,3 +387,102 @@ def population_table(model: Mapping) -> pd.DataFrame:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             pop[key] = value
     return pd.DataFrame({"rule": {k.replace("_", " "): str(v) for k, v in pop.items()}}).rename_axis("setting")
+
+
+# --------------------------------------------------------------------------------------------
+# the chapter's sections, from what the data stage wrote
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DataStage:
+    """What make's data stage wrote for this run, read back: the validation report and label map
+    (``validation.json``), the cohort without its excluded cases, the preprocessing table
+    (``cases.csv``), the folds (``splits.json``) and the clinical table as the cohort table reads it."""
+
+    report: ValidationReport
+    label_map: dict | None
+    cohort: Cohort
+    cases: pd.DataFrame
+    splits: list
+    clinical: pd.DataFrame | None
+    clinical_notes: list[str]
+
+
+def read_stage(run: RunPaths, data_dir) -> DataStage:
+    """The data stage's records of ``run`` (``make data`` writes them; see :mod:`sscild.data.prepare`)."""
+    report, label_map = read_validation(run)
+    cases = read_cases(run)
+    clinical, notes = read_clinical(data_dir)
+    return DataStage(report=report, label_map=label_map,
+                     cohort=load_cohort(data_dir, label_map=label_map, exclude=report.bad_cases), cases=cases,
+                     splits=read_splits(run.splits, list(cases["case_id"])), clinical=clinical, clinical_notes=notes)
+
+
+def builtin_changes(run: RunPaths, data_dir, profile: Profile) -> list[str]:
+    """How the built-in cohort's generator settings differ from the profile's now (``[]`` when they
+    agree or the cohort is not the built-in one, as the run context make wrote says)."""
+    ctx = run.root / "run_context.json"
+    builtin = ctx.exists() and read_json(ctx).get("builtin_cohort") is True
+    return settings_changes(data_dir, profile) if builtin else []
+
+
+def unlabelled_sentence(run: RunPaths, profile: Profile, synthetic: bool) -> str:
+    """What the run does with the cohort's validated unlabelled scans, in one sentence."""
+    unlabelled, mode = unlabelled_scans(run), semi_mode(profile)
+    if not unlabelled:
+        return "This cohort has no unlabelled scans."
+    return (f"{len(unlabelled)} unlabelled scans passed validation"
+            + (" (synthetic patients other than the labelled ones)" if synthetic else "")
+            + {"pretrain": f"; the network will be pretrained on them for {profile.pretrain_steps} iterations.",
+               "self-training": "; each fold's supervised model will pseudo-label them (self-training).",
+               "off": f"; the profile's `semi_supervised` is `{profile.semi_supervised}` with {profile.pretrain_steps} "
+                      "pretraining iterations, so they are not used."}[mode])
+
+
+def planted_model() -> dict:
+    """The synthetic generator's planted lung-function model (``CLINICAL_MODEL``)."""
+    return CLINICAL_MODEL
+
+
+def example_gallery(stage: DataStage):
+    """Mild, moderate and severe example patients (10th, 50th, 90th percentile of lesion extent)."""
+    return case_gallery({level: example_case(stage.cohort, cid) for level, cid in pick_examples(stage.cases).items()})
+
+
+def fold_sections(stage: DataStage) -> tuple[pd.DataFrame, object]:
+    """The folds' composition table and the figure of each fold's held-out patients by lesion extent."""
+    return fold_composition(stage.splits, stage.cases), fold_plot(fold_table(stage.splits, stage.cases))
+
+
+def phantom_vs_real(stage: DataStage, real_files) -> tuple[object, pd.DataFrame, float]:
+    """The least-diseased synthetic patient beside the first real CT, and the lung attenuation of two
+    synthetic patients (least and median disease) and every real scan, measured alike.
+
+    Returns ``(figure, table, pixel size in mm the real scans were resampled to)``."""
+    picks = pick_examples(stage.cases, levels={"least disease": 0.0, "median disease": 0.5})
+    vols = {level: read_case(stage.cohort, cid)[0] for level, cid in picks.items()}
+    synth = [(f"{cid} (synthetic, {level})", "synthetic", *to_canonical(vols[level].array, vols[level].affine))
+             for level, cid in picks.items()]
+    pixel = synth[0][3][0]
+    real = [(f.stem, "real", *load_real_ct(f, pixel_mm=pixel)) for f in real_files]
+    fig = plot_phantom_vs_real(synth[0][2], synth[0][3], real[0][2], real[0][3])
+    return fig, parenchyma_comparison(synth + real), pixel
+
+
+def variety_sections(data_dir, real_files) -> dict | None:
+    """The synthetic cohort's variety features: the count table, one patient per feature, and the
+    normal-lung attenuation of synthetic patients beside the real scans' lungs (``None`` when the
+    cohort has no ``phantom_truth.csv`` or was made without the variety features)."""
+    truth_file = Path(data_dir) / "phantom_truth.csv"
+    if not truth_file.exists():
+        return None
+    truth = pd.read_csv(truth_file)
+    if "emphysema_kind" not in truth:
+        return {}
+    real_lungs = []
+    for f in real_files:
+        hu_r, sp_r = load_real_ct(f, pixel_mm=float(truth["pixel_mm"].median()))
+        real_lungs.append((f.stem, hu_r, lung_mask_by_threshold(hu_r, sp_r)))
+    return {"table": variety_table(truth), "gallery": variety_gallery(data_dir, pick_variety_examples(truth)),
+            "histograms": lung_hu_histograms(data_dir, list(truth["case_id"][:16]), real_lungs)}

@@ -45,35 +45,18 @@ real_ct_dir = None  # a folder of real chest CT volumes (.nrrd, .nii.gz, .mha); 
 
 # %%
 import time
-from pathlib import Path
 
 from IPython.display import Markdown, display
 
-from sscild.book import plots
-from sscild.paths import RunPaths, repo_root, resolve_data_dir
-from sscild.book.plots.realct import lung_check_overlays
-from sscild.book.provenance import read_record
-from sscild.analysis.realcheck import list_volumes, real_lung_check
-from sscild.analysis.false_lesions import false_lesion_summary, name_false_lesions
-from sscild.analysis.robustness import family, robustness_check, trust_checks
-from sscild.book.report import figure, show
+from sscild.book.chapters import real_ct as ch
+from sscild.book.report import chapter_context, figure, show
+from sscild.paths import resolve_data_dir
 
-plots.style()
 t0 = time.perf_counter()
 data_dir = resolve_data_dir(data_dir, profile)
-run = RunPaths.for_run(data_dir, profile)
-if real_ct_dir in (None, ""):
-    default = repo_root().parent / "shared" / "data" / "real-ct"
-    real_ct_dir = default if default.is_dir() else None
-scans = list_volumes(real_ct_dir) if real_ct_dir is not None and Path(real_ct_dir).is_dir() else []
-if not scans:
-    display(Markdown(
-        ":::{note}\n**No real CT volumes were given to this build**, so the check did not run here. "
-        "Run it with `make all REAL_CT=/path/to/folder` (a folder of chest CT volumes in HU: .nrrd, "
-        ".nii.gz or .mha). The recorded result below comes from `scripts/check_real_ct.py`.\n:::"))
-else:
-    display(Markdown(f":::{{note}}\nModels: the {run.profile!r} run of cohort `{run.cohort}`. "
-                     f"Real scans: {len(scans)} volume(s) from `{Path(real_ct_dir).name}`.\n:::"))
+run, _, _ = chapter_context(data_dir, profile)
+real_ct_dir, scans = ch.find_scans(real_ct_dir)
+display(Markdown(ch.scans_note(run, real_ct_dir, scans)))
 
 # %% [markdown]
 # ## Lung field and lesion share, scan by scan
@@ -86,8 +69,8 @@ else:
 
 # %%
 if scans:
-    table, views = real_lung_check(scans, run.root)
-    show(table.drop(columns=["shape"]), "Real-CT lung check")
+    table, views = ch.lung_check(scans, run)
+    show(ch.lung_table(table), "Real-CT lung check")
 
 # %% [markdown]
 # ## What the network draws
@@ -99,8 +82,8 @@ if scans:
 
 # %%
 if scans:
-    figure(lung_check_overlays(views, table), "real_ct_lung_check", run.figures, caption=(
-        f"Three levels of each real scan ({plots.window_text()}): the raw slice, then the network's labels as "
+    figure(ch.lung_check_figure(views, table), "real_ct_lung_check", run.figures, caption=(
+        f"Three levels of each real scan ({ch.window_text()}): the raw slice, then the network's labels as "
         "translucent fills with the classical lung outlined in white. Look for lung left unfilled inside the white "
         "outline, fill outside it, and EF or GGO drawn on lungs that are not diseased."))
 
@@ -119,21 +102,12 @@ if scans:
 
 # %%
 if scans:
-    named = {}
-    for name, v in views.items():
-        named[name] = name_false_lesions(v["hu"], v["label"], v["affine"])
-        summary_by_name = false_lesion_summary(named[name]).rename(
-            columns={"pieces": "pieces", "ml": "volume (mL)", "share_of_lesion_pct": "share of the called lesion (%)"})
-        show(summary_by_name, f"{name}: the called lesion by what it is")
-    biggest = {n: t.iloc[0] for n, t in named.items() if len(t)}
-    display(Markdown(" ".join(
-        f"On {n} the largest piece ({r['ml']:.1f} mL, {r['share_of_lesion_pct']:.0f} % of the called lesion) is "
-        f"*{r['name']}*." for n, r in biggest.items())))
+    named = ch.named_false_lesions(views)
+    for name, pieces in named.items():
+        show(ch.false_lesion_table(pieces), f"{name}: the called lesion by what it is")
+    display(Markdown(ch.largest_piece_words(named)))
     first = next(iter(named))
-    show(named[first].head(12).rename(columns={"ml": "volume (mL)", "ef_ml": "EF (mL)", "ggo_ml": "GGO (mL)",
-                                                "share_of_lesion_pct": "share (%)", "slice": "slice (from the feet)",
-                                                "measured": "what the rule measured"}),
-         f"{first}: the twelve largest pieces")
+    show(ch.largest_pieces(named[first], 12), f"{first}: the twelve largest pieces")
 
 # %% [markdown]
 # ## Can the answer be trusted? Uncertainty, quality control, refusal
@@ -151,9 +125,9 @@ if scans:
 
 # %%
 if scans:
-    trust = trust_checks(scans, run.root)
-    show(trust.drop(columns=["said"]), "Broken copies of the real scans: what the command does")
-    display(Markdown("\n\n".join(f"*{r.scan}, {r.copy}:* {r.said}" for r in trust.itertuples())))
+    trust, said = ch.trust(scans, run)
+    show(trust, "Broken copies of the real scans: what the command does")
+    display(Markdown(said))
 
 # %% [markdown]
 # ## Changed copies of the real scans: robustness
@@ -175,52 +149,21 @@ if scans:
 # again here with this run's models and drawn.
 
 # %%
-rob = read_record("real_ct_robustness.json")
-if rob is None:
-    display(Markdown("No robustness record in `benchmarks/` (`scripts/check_robustness.py` writes it)."))
-else:
-    import pandas as pd
-
-    rtab = pd.DataFrame(rob["rows"])
-    display(Markdown(f"Recorded {rob['date']} at commit `{rob['commit'][:12]}` on {rob['processor']} "
-                     f"({rob['models']}), `{rob['command']}`. Lung volume within "
-                     f"{rob['aims']['lung_change_pct_within']:g} %: **{rob['met']['lung_volume']}** changed copies; "
-                     f"lung Dice at least {rob['aims']['lung_dice_at_least']:g}: **{rob['met']['lung_dice']}**. "
-                     f"Worst: {rob['worst']['scan']}, {rob['worst']['change']} (Dice {rob['worst']['lung_dice']:.3f}, "
-                     f"volume {rob['worst']['lung_change_pct']:+.1f} %). The network alone (before the lung completion "
-                     f"added the air-filled lung it left out): volume within the aim "
-                     f"**{rob['met'].get('network_lung_volume', 'not recorded')}**, Dice "
-                     f"**{rob['met'].get('network_lung_dice', 'not recorded')}**."))
-    names = {"change": "change", "lung_ml": "lung (mL)", "lung_change_pct": "lung volume change (%)",
-             "lung_dice": "lung Dice", "network_lung_change_pct": "network alone: volume change (%)",
-             "network_lung_dice": "network alone: Dice", "lesion_pct": "lesion (% of lung)",
-             "lung_median_hu": "lung median (HU)"}
-    for scan_name, part in rtab.groupby("scan", sort=False):
-        show(part[[c for c in names if c in part.columns]].rename(columns=names).set_index("change"),
-             f"Recorded robustness of the lung field, {scan_name}: every change")
+rob = ch.robustness_record()
+display(Markdown(ch.robustness_words(rob)))
+if rob is not None:
+    for scan_name, part in ch.robustness_tables(rob):
+        show(part, f"Recorded robustness of the lung field, {scan_name}: every change")
 
 # %%
-if rob is not None and scans:
-    worst = rob["worst"]
-    wscan = [p for p in scans if p.name == worst["scan"]]
-    if wscan:
-        from sscild.data.image import load_header
-
-        pick = [c for c in family(load_header(wscan[0]).spacing) if c.name in ("unchanged", worst["change"])]
-        wtab, wviews = robustness_check(wscan, run.root, changes=pick, keep_views="all", progress=False)
-        wtab = wtab.assign(scan=[f"{s}, {c}" for s, c in zip(wtab["scan"], wtab["change"])])
-        wviews = {f"{s}, {c}": v for (s, c), v in wviews.items()}
-        figure(lung_check_overlays(wviews, wtab), "real_ct_worst_change", run.figures, caption=(
-            f"The recorded worst case made again with this run's models: {worst['scan']} unchanged (top) and "
-            f"with '{worst['change']}' (bottom), three levels each ({plots.window_text()}). The white outline is the "
-            "classical lung of the unchanged scan; fill missing inside it is lung the network lost."))
-        show(wtab[["scan", "lung_ml", "lung_change_pct", "lung_dice", "network_lung_change_pct", "network_lung_dice",
-                   "lesion_pct"]].rename(columns={"lung_ml": "lung (mL)", "lung_change_pct": "lung volume change (%)",
-                                                  "lung_dice": "lung Dice",
-                                                  "network_lung_change_pct": "network alone: volume change (%)",
-                                                  "network_lung_dice": "network alone: Dice",
-                                                  "lesion_pct": "lesion (% of lung)"}),
-             "The worst case, this run's models")
+worst = ch.worst_case(rob, scans, run) if rob is not None and scans else None
+if worst is not None:
+    fig, wtab = worst
+    figure(fig, "real_ct_worst_change", run.figures, caption=(
+        f"The recorded worst case made again with this run's models: {rob['worst']['scan']} unchanged (top) and "
+        f"with '{rob['worst']['change']}' (bottom), three levels each ({ch.window_text()}). The white outline is the "
+        "classical lung of the unchanged scan; fill missing inside it is lung the network lost."))
+    show(wtab, "The worst case, this run's models")
 
 # %% [markdown]
 # ### Could training make the network itself robust?
@@ -234,31 +177,12 @@ if rob is not None and scans:
 # (`benchmarks/study_density_aug_cv.csv`).
 
 # %%
-import pandas as pd
-from sscild.analysis.arms import arms_table, read_arms
-from sscild.paths import repo_root
-
-screen = read_record("study_robustness_screen.json")
+screen = ch.screen_table()
 if screen is not None:
-    srows = []
-    for v in screen["variants"]:
-        rc = {(r["scan"], r["change"]): r for r in v["real_ct"]}
-        row = {"variant": v["name"], "held-out Dice lesion": v["dice"]["lesion"], "Dice EF": v["dice"]["ef"],
-               "Dice GGO": v["dice"]["ggo"],
-               "controls: false lesion (% of lung, mean)": sum(v["controls_lesion_pct"]) / len(v["controls_lesion_pct"])}
-        for (scan_name, change), col in ((("chest-ct-1.nrrd", "lung -70 HU"), "ct-1 lung -70 HU"),
-                                         (("chest-ct-2.nrrd", "lung -70 HU"), "ct-2 lung -70 HU"),
-                                         (("chest-ct-1.nrrd", "panlobular emphysema 40 %"), "ct-1 panlobular 40 %")):
-            if (scan_name, change) in rc:
-                row[f"network alone, {col}: volume change (%)"] = rc[(scan_name, change)]["network_lung_change_pct"]
-        key = ("chest-ct-2.nrrd", "sharp kernel, noise 80 HU")
-        if key in rc:
-            row["ct-2 sharp kernel 80 HU: lesion (% of lung)"] = rc[key]["lesion_pct"]
-        srows.append(row)
-    show(pd.DataFrame(srows).set_index("variant"), "Training transforms screened on folds 0-1 (recorded)", floatfmt=3)
-cv_path = repo_root() / "benchmarks" / "study_density_aug_cv.csv"
-if cv_path.exists():
-    show(arms_table(read_arms(cv_path)).T, "The lung-density transform on all eight folds, 40 patients, against the "
+    show(screen, "Training transforms screened on folds 0-1 (recorded)", floatfmt=3)
+cv = ch.density_aug_cv_table()
+if cv is not None:
+    show(cv, "The lung-density transform on all eight folds, 40 patients, against the "
          "default recipe (recorded; paired 95 % BCa intervals)")
 
 # %% [markdown]
@@ -277,12 +201,11 @@ if cv_path.exists():
 # for readers of a build that had no real scans.
 
 # %%
-rec = read_record("real_lung_cpu.json")
+rec = ch.recorded_check()
 if rec is None:
     display(Markdown("No recorded check is in `benchmarks/`."))
 else:
-    import pandas as pd
-
-    display(Markdown(f"Recorded {rec['date']} with `{rec['command']}` ({rec['models']}):"))
-    show(pd.DataFrame(rec["scans"]).drop(columns=["shape"], errors="ignore"), "Recorded real-CT lung check")
+    said, recorded = rec
+    display(Markdown(said))
+    show(recorded, "Recorded real-CT lung check")
 print(f"chapter time {time.perf_counter() - t0:.1f} s")

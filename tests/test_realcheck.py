@@ -136,3 +136,28 @@ def test_false_lesions_are_named_by_where_they_lie():
     assert t["share_of_lesion_pct"].sum() == pytest.approx(100.0, abs=0.5)
     s = false_lesion_summary(t)
     assert s["pieces"].sum() == len(t) and s.index[0] == "dependent density"
+
+
+def test_chapter_formats_the_records_for_the_page(tmp_path):
+    import pandas as pd
+
+    from sscild.book.chapters import real_ct as ch
+
+    rob = {"date": "2026-01-02", "commit": "0123456789abcdef", "processor": "CPU", "models": "results/x/cpu",
+           "command": "python scripts/check_robustness.py", "aims": {"lung_change_pct_within": 5.0,
+                                                                    "lung_dice_at_least": 0.95},
+           "met": {"lung_volume": "1 of 2", "lung_dice": "2 of 2"},
+           "worst": {"scan": "a.nrrd", "change": "lung -100 HU", "lung_dice": 0.75241, "lung_change_pct": -38.27},
+           "rows": [{"scan": s, "change": c, "group": "g", "lung_ml": 1.0, "lung_dice": 0.9, "extra": 1}
+                    for s in ("b.nrrd", "a.nrrd") for c in ("unchanged", "lung -100 HU")]}
+    words = ch.robustness_words(rob)
+    assert "commit `0123456789ab`" in words and "(Dice 0.752, volume -38.3 %)" in words
+    assert "Dice **not recorded**" in words and ch.robustness_words(None).startswith("No robustness record")
+    tables = ch.robustness_tables(rob)
+    assert [s for s, _ in tables] == ["b.nrrd", "a.nrrd"]           # the record's order
+    assert list(tables[0][1].columns) == ["lung (mL)", "lung Dice"] and tables[0][1].index.name == "change"
+    named = {"a.nrrd": pd.DataFrame([{"name": "apical cap", "ml": 2.34, "share_of_lesion_pct": 61.7}]),
+             "b.nrrd": pd.DataFrame(columns=["name", "ml", "share_of_lesion_pct"])}
+    assert ch.largest_piece_words(named) == ("On a.nrrd the largest piece (2.3 mL, 62 % of the called lesion) "
+                                             "is *apical cap*.")
+    assert ch.find_scans(tmp_path / "absent") == (tmp_path / "absent", [])

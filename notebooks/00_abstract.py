@@ -33,10 +33,9 @@ data_dir = None
 # %%
 from IPython.display import Markdown, display
 
-from sscild.paths import read_json, resolve_data_dir
 from sscild.book.chapters import abstract as ch
 from sscild.book.report import banner, chapter_context, show
-from sscild.book.summary import abstract_paragraph
+from sscild.paths import read_json, resolve_data_dir
 
 data_dir = resolve_data_dir(data_dir, profile)
 run, prof, info = chapter_context(data_dir, profile)
@@ -68,7 +67,7 @@ show(ch.methods_table(prof, seg), caption="Methods: the paper (as its abstract s
 # ## This run in one paragraph
 
 # %%
-display(Markdown(abstract_paragraph(seg, clin, info, profile)))
+display(Markdown(ch.abstract_paragraph(seg, clin, info, profile)))
 
 # %% [markdown]
 # :::{admonition} Reading these numbers

@@ -24,16 +24,11 @@ profile = "cpu"
 data_dir = None
 
 # %%
-import pandas as pd
 from IPython.display import Markdown, display
 
-from sscild.book import plots
-from sscild.paths import read_json, resolve_data_dir
-from sscild.book.plots.training import learning_curves
+from sscild.book.chapters import training as ch
 from sscild.book.report import banner, chapter_context, figure, glue, show
-from sscild.model.train import fold_is_done
-from sscild.data.folds import read_splits
-from sscild.model.recipe import recipe_table
+from sscild.paths import resolve_data_dir
 
 data_dir = resolve_data_dir(data_dir, profile)
 run, prof, info = chapter_context(data_dir, profile)
@@ -52,13 +47,9 @@ banner(data_dir, profile)
 # a 2D network sees many more independent training samples per patient.
 
 # %%
-show(recipe_table(prof), caption=f"Training recipe, profile `{prof.name}`", fold=False)
-ps, ts = prof.phantom_spacing, prof.target_spacing
-display(Markdown(
-    f"Grid of profile `{prof.name}`: synthetic scans with {ps[0]:g} × {ps[1]:g} mm pixels and {ps[2]:g} mm "
-    f"slices, resampled to " + ", ".join("native" if t is None else f"{t:g} mm" for t in ts) + " (x, y, z). "
-    + ("This is not HRCT: thin-section HRCT has sub-millimetre pixels and about 1 mm slices."
-       if (ps[2] > 2.0 or ps[0] > 1.0) else "This is an HRCT-like grid.")))
+recipe, grid = ch.recipe(prof)
+show(recipe, caption=f"Training recipe, profile `{prof.name}`", fold=False)
+display(Markdown(grid))
 
 # %% [markdown]
 # ## Learning curves
@@ -71,14 +62,11 @@ display(Markdown(
 # `epochs.csv`.
 
 # %%
-splits = read_splits(run.splits)
-folds = list(range(len(splits)))
-done = [k for k in folds if fold_is_done(run, k)]
-missing = sorted(set(folds) - set(done))
+done, missing = ch.trained_folds(run)
 if missing:
     display(Markdown(f"**Not yet trained:** folds {missing} (run `make train`)."))
 if done:
-    figure(learning_curves(run, done), "learning_curves", run.figures, caption=(
+    figure(ch.learning_curves(run, done), "learning_curves", run.figures, caption=(
         "Training loss per step (left) and training-batch Dice of EF (solid) and GGO (dashed) per epoch "
         "(right), one colour per fold. A curve still climbing at the right edge has not reached a plateau."))
 
@@ -90,32 +78,22 @@ if done:
 # curve was still rising when the budget ended.
 
 # %%
-from sscild.book.summary import plateau_words, training_plateau
-
-for col, what in (("train_dice_ef", "EF training Dice"), ("train_dice_ggo", "GGO training Dice")):
-    pt = training_plateau(run, done, column=col)
+for caption, pt, words in ch.plateau_sections(run, done):
     if not pt.empty:
-        show(pt, caption=f"{what}: slope over the last 20 % of steps", floatfmt=3)
-    display(Markdown(plateau_words(pt, what=what)))
+        show(pt, caption=caption, floatfmt=3)
+    display(Markdown(words))
 
 # %% [markdown]
 # ## Cost of each fold
 
 # %%
-rows = []
-for k in done:
-    s = read_json(run.fold_dir(k) / "train_summary.json")
-    rows.append({"fold": k, "training patients": len(s["train_cases"]), "held-out patients": len(s["test_cases"]),
-                 "steps": s["steps"], "seconds": s["seconds"], "steps/s": s["steps_per_s"],
-                 "final loss": s["final_loss"], "device": s["device"],
-                 "numerics": (s.get("numerics") or {}).get("dtype", "float16" if s["amp"] else "float32")})
-table = pd.DataFrame(rows).set_index("fold")
+table, parameters = ch.fold_costs(run, done)
 show(table, caption="Per-fold training cost")
-if rows:
+if parameters is not None:
     glue("train_total_seconds", float(table["seconds"].sum()), display=False)
-    glue("train_parameters", s["parameters"], display=False)
-    display(Markdown(f"Network parameters: **{s['parameters']:,}**. Total training time: "
-                     f"**{table['seconds'].sum() / 60:.1f} min** over {len(rows)} folds."))
+    glue("train_parameters", parameters, display=False)
+    display(Markdown(f"Network parameters: **{parameters:,}**. Total training time: "
+                     f"**{table['seconds'].sum() / 60:.1f} min** over {len(table)} folds."))
 
 # %% [markdown]
 # ## Unlabelled scans: pretraining
@@ -125,38 +103,20 @@ if rows:
 # patches of them in which rectangles are hidden and noise is added (self-supervised pretraining,
 # `sscild.model.pretrain`), and every fold's training starts from those weights. The pretraining
 # reads no label and no labelled scan, so no held-out patient reaches any fold through it. It runs
-# once per run, before the first fold trains (folds trained at the same time wait for it), and is
-# kept in `pretrained/` of the run folder. On the real CT of the external benchmark (appendix A1) the
+# once per run, as its own make step before the first fold (`sscild pretrain`), and is kept in
+# `pretrained/` of the run folder. On the real CT of the external benchmark (appendix A1) the
 # same pretraining helped consolidation, while self-training (the other mode: each fold's model
 # pseudo-labels the unlabelled scans) lost to the same extra steps without them.
 
 # %%
-from sscild.book.plots.data import restoration_plot
-from sscild.model.pretrain import cohort_pretrained_state, restoration_example
-from sscild.model.selftrain import semi_mode, unlabelled_scans
-
-unlabelled = unlabelled_scans(run)
-mode = semi_mode(prof)
-if not unlabelled:
-    display(Markdown("This cohort has no unlabelled scans: every fold started from a random initialisation."))
-elif mode != "pretrain":
-    display(Markdown(f"{len(unlabelled)} unlabelled scans; the profile's `semi_supervised` is `{mode}`, so they were "
-                     + ("pseudo-labelled by each fold's teacher." if mode == "self-training" else "not used.")))
-elif not done:
-    display(Markdown("No fold is trained yet, so the pretraining has not run (run `make train`)."))
-else:
-    pre_state, pre = cohort_pretrained_state(run, prof, unlabelled, log=None)  # the folds' pretraining, reused
-    display(Markdown(
-        f"{len(unlabelled)} unlabelled scans: pretraining of {pre['steps']} iterations (batch {prof.batch_size}, "
-        f"patch {list(prof.patch_size)}) took {pre['seconds']:.0f} s; the restoration error (L1 on the [-1, 1] "
-        f"scale) went from {pre['first_l1']:.3f} (first 50 iterations) to {pre['last_l1']:.3f} (last 50)."))
-    example = restoration_example(pre_state, prof, unlabelled[sorted(unlabelled)[0]], seed=prof.seed)
-    fig = figure(restoration_plot(example, l1_first=pre["first_l1"], l1_last=pre["last_l1"]), "training_pretraining",
-                 run.figures, caption=(
-                     "The pretraining task on a patch of an unlabelled scan (axial, radiological orientation): look "
-                     "at what the network gives back, whether it only removes the noise and keeps the edges of the "
-                     "anatomy or also fills the hidden boxes with plausible anatomy (on the synthetic cpu cohort it "
-                     "filled them only faintly: it learns mostly local texture)."))
+words, restored = ch.pretraining(run, prof, done)  # reads the folds' finished pretraining, never runs one
+display(Markdown(words))
+if restored is not None:
+    figure(restored, "training_pretraining", run.figures, caption=(
+        "The pretraining task on a patch of an unlabelled scan (axial, radiological orientation): look "
+        "at what the network gives back, whether it only removes the noise and keeps the edges of the "
+        "anatomy or also fills the hidden boxes with plausible anatomy (on the synthetic cpu cohort it "
+        "filled them only faintly: it learns mostly local texture)."))
 
 # %% [markdown]
 # ### What pretraining changed (recorded)
@@ -173,15 +133,10 @@ else:
 # randomness is what the second record shows.
 
 # %%
-from sscild.analysis.arms import arms_table, read_arms
-from sscild.paths import repo_root
-
-for arms_name, seed_words in (("study_pretrain_cv.csv", "seed 0"), ("study_pretrain_cv_seed1.csv", "seed 1")):
-    arms_path = repo_root() / "benchmarks" / arms_name
-    if not arms_path.exists():
+for arms_name, seed_words, arms in ch.pretraining_records(prof):
+    if arms is None:
         display(Markdown(f"The pretraining record `benchmarks/{arms_name}` is not in this checkout."))
         continue
-    arms = arms_table(read_arms(arms_path), seed=prof.seed)
     show(arms.T, caption=f"Synthetic cpu cohort, 8-fold cross-validation ({seed_words}), 40 patients: without "
                          "unlabelled scans and with pretraining on 40 unlabelled ones (recorded)")
 

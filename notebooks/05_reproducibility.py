@@ -22,15 +22,11 @@ profile = "cpu"
 data_dir = None
 
 # %%
-from sscild.paths import resolve_data_dir
 from IPython.display import Markdown, display
 
-from sscild.book.provenance import (arithmetic_difference, benchmark_records, environment_table,
-                                    fold_parallel_table, gpu_check_table, input_checksums, paper_scale_table,
-                                    paper_scale_training, read_record, run_settings, step_times,
-                                    train_step_tables)
+from sscild.book.chapters import reproducibility as ch
 from sscild.book.report import banner, chapter_context, show, show_record
-from sscild.cluster.jobs import jobs_table
+from sscild.paths import resolve_data_dir
 
 data_dir = resolve_data_dir(data_dir, profile)
 run, prof, info = chapter_context(data_dir, profile)
@@ -40,13 +36,13 @@ banner(data_dir, profile)
 # ## Code and environment
 
 # %%
-show(environment_table(), caption="Code, software and hardware")
+show(ch.environment_table(), caption="Code, software and hardware")
 
 # %% [markdown]
 # ## Settings and seeds
 
 # %%
-show(run_settings(run, prof), caption="Profile settings and seeds of this run")
+show(ch.run_settings(run, prof), caption="Profile settings and seeds of this run")
 
 # %% [markdown]
 # ## Wall time of each step
@@ -54,7 +50,7 @@ show(run_settings(run, prof), caption="Profile settings and seeds of this run")
 # From `runlog.json`, which make's notebook runner appends to (latest run of each step).
 
 # %%
-show(step_times(run), caption="Steps: latest execution, and the longest (the run that did the work)")
+show(ch.step_times(run), caption="Steps: latest execution, and the longest (the run that did the work)")
 
 # %% [markdown]
 # ## Recorded benchmarks
@@ -67,7 +63,7 @@ show(step_times(run), caption="Steps: latest execution, and the longest (the run
 # only on the same kind of machine (how much it moves them: below).
 
 # %%
-show(benchmark_records(), caption="Recorded benchmarks (benchmarks/): what, when, commit, machine, command",
+show(ch.benchmark_records(), caption="Recorded benchmarks (benchmarks/): what, when, commit, machine, command",
      fold=False)
 
 # %% [markdown]
@@ -81,21 +77,9 @@ show(benchmark_records(), caption="Recorded benchmarks (benchmarks/): what, when
 # patients (`benchmarks/study_arithmetic.json`, `scripts/screen_training.py`).
 
 # %%
-arith = arithmetic_difference()
-seeds = (read_record("study_seed_spread.json") or {}).get("across_seeds", {}).get("mean_dice")
-if arith is None:
-    display(Markdown("The arithmetic comparison is not recorded in this checkout (`benchmarks/study_arithmetic.json`)."))
-else:
-    les = arith.loc["total lesion"]
-    display(Markdown(
-        f"Over {int(les['patients'])} held-out patients, float32 moved a patient's total-lesion Dice by "
-        f"{les['mean |difference|']:.3f} on average and by up to {les['largest |difference|']:.3f}; the mean over "
-        f"them by {les['mean difference']:+.3f}. EF and GGO moved by {arith.loc['EF', 'mean |difference|']:.3f} and "
-        f"{arith.loc['GGO', 'mean |difference|']:.3f} per patient on average. A re-run on another kind of machine "
-        "should be expected to differ by about this much."
-        + (f" For scale, the mean total-lesion Dice of the whole study moves by SD {seeds['lesion']['sd']:.3f} "
-           f"between seeds (EF {seeds['ef']['sd']:.3f}, GGO {seeds['ggo']['sd']:.3f}; "
-           "`benchmarks/study_seed_spread.json`, Segmentation page)." if seeds else "")))
+arith, words = ch.arithmetic()
+display(Markdown(words))
+if arith is not None:
     show(arith, caption="Held-out Dice, folds 0-1, trained in bfloat16 and in float32 with the same seed (one machine)")
 
 # %% [markdown]
@@ -110,7 +94,7 @@ else:
 # the batches (a test trains with and without them and compares the weights).
 
 # %%
-show_record(gpu_check_table(), "Recorded GPU check of the paper profile (synthetic phantom)",
+show_record(ch.gpu_check_table(), "Recorded GPU check of the paper profile (synthetic phantom)",
             record="gpu_paper.json", what="GPU check")
 
 # %% [markdown]
@@ -123,7 +107,7 @@ show_record(gpu_check_table(), "Recorded GPU check of the paper profile (synthet
 # phases show where the rest goes (`benchmarks/train_cpu_cpu.json`).
 
 # %%
-step, variants = train_step_tables() or (None, None)
+step, variants = ch.train_step_tables() or (None, None)
 if show_record(step, "Recorded training-step benchmark (CPU)", record="train_cpu_cpu.json",
                what="CPU training benchmark") and variants is not None:
     show(variants, caption="Pure network step under other numeric settings (same run)")
@@ -137,7 +121,7 @@ if show_record(step, "Recorded training-step benchmark (CPU)", record="train_cpu
 # floating-point sums split over a different number of threads round differently.
 
 # %%
-show_record(fold_parallel_table(), "Recorded fold-parallelism benchmark (CPU)", record="fold_parallel_cpu.json",
+show_record(ch.fold_parallel_table(), "Recorded fold-parallelism benchmark (CPU)", record="fold_parallel_cpu.json",
             what="fold-parallelism benchmark")
 
 # %% [markdown]
@@ -153,28 +137,18 @@ show_record(fold_parallel_table(), "Recorded fold-parallelism benchmark (CPU)", 
 # in separate columns; nothing extrapolated was run.
 
 # %%
-scale = paper_scale_table()
+scale = ch.paper_scale()
 if scale is None:
     display(Markdown("No paper-scale dry run is recorded (`benchmarks/paper_scale_cpu.json` is absent)."))
 else:
-    stages, srec = scale
-    c = srec["cohort"]
-    display(Markdown(
-        f"Recorded {srec['date']} at commit `{srec['commit'][:12]}` on {srec['machine']}, {srec['cores']} cores, "
-        f"{srec['memory_gib']} GiB: {c['labelled_cases']} labelled patients of {', '.join(c['in_plane'])} pixels "
-        f"and at least {c['min_slices']} slices ({c['voxels_per_case_millions']} million voxels per scan on "
-        f"average), {srec['token_steps']} training steps per network (synthetic phantom cohort). Peak resident "
-        f"memory of any stage (all its processes, counting the memory-mapped cache pages the kernel can give back): "
-        f"**{srec.get('peak_gib_any_stage')} GiB**"
-        + (f"; memory it needs (anonymous): **{srec['peak_anon_gib_any_stage']} GiB**"
-           if srec.get("peak_anon_gib_any_stage") is not None else "")
-        + f"; disk per patient (scan and cache): **{srec.get('disk_per_case_gib')} GiB**."))
+    words, stages, notes, gpu = scale
+    display(Markdown(words))
     show(stages, caption="Paper profile at full HRCT size, stage by stage (measured on the CPU named above; "
                          "last column extrapolated)", fold=False, floatfmt=1)
-    if srec.get("notes"):
-        display(Markdown("Notes of the record:\n" + "\n".join(f"- {n}" for n in srec["notes"])))
-    show(paper_scale_training(srec), caption="What a GPU changes at paper scale: the full training budget and the "
-                                             "out-of-fold prediction of 40 patients (extrapolated, not run)", floatfmt=2)
+    if notes:
+        display(Markdown(notes))
+    show(gpu, caption="What a GPU changes at paper scale: the full training budget and the "
+                      "out-of-fold prediction of 40 patients (extrapolated, not run)", floatfmt=2)
 
 # %% [markdown]
 # ## Cluster jobs
@@ -183,7 +157,7 @@ else:
 # node, state, exit code and wall time.
 
 # %%
-jobs = jobs_table(run)
+jobs = ch.jobs_table(run)
 if jobs is None or jobs.empty:
     display(Markdown("No Slurm job array was used for this run: the folds were trained locally."))
 else:
@@ -195,5 +169,5 @@ else:
 # SHA-256 of every file of the cohort folder (the inputs are never modified by any step).
 
 # %%
-sums = input_checksums(data_dir)
+sums = ch.input_checksums(data_dir)
 show(sums, caption=f"{len(sums)} input files of {info['folder']}")

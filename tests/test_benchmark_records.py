@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from sscild.book.provenance import benchmark_records
+from sscild.book.chapters.reproducibility import benchmark_records
 from sscild.paths import repo_root
 
 

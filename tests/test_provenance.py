@@ -7,7 +7,7 @@ import json
 import pandas as pd
 
 from sscild.paths import RunPaths, repo_root
-from sscild.book.provenance import step_times
+from sscild.book.chapters.reproducibility import step_times
 
 
 def test_step_times_keep_the_run_that_did_the_work(tmp_path):
@@ -32,7 +32,7 @@ def test_step_times_without_a_log_is_an_empty_table(tmp_path):
 
 
 def test_arithmetic_difference_is_float32_minus_bfloat16_per_patient(tmp_path):
-    from sscild.book.provenance import arithmetic_difference
+    from sscild.book.chapters.reproducibility import arithmetic_difference
 
     def variant(name, lesion):
         rows = [{"case": f"c{i}", "fold": 0, "lesion": v, "ef": 0.5, "ggo": 0.6 + i / 100, "lung": 0.97}

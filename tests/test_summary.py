@@ -1,6 +1,7 @@
 """The abstract's paragraph: this run's numbers with intervals, the named primary endpoint with its
-Holm-adjusted p, the paper's values apart for orientation, the synthetic caveat; and the training
-plateau summary computed from the folds' epochs.csv."""
+Holm-adjusted p, the paper's values apart for orientation, the synthetic caveat; the training
+plateau summary computed from the folds' epochs.csv; and the Model & training chapter reading the
+finished pretraining without ever running one."""
 
 import math
 
@@ -8,7 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sscild.book.summary import abstract_paragraph, plateau_words, training_plateau
+from sscild.book.chapters.abstract import abstract_paragraph
+from sscild.book.chapters.training import plateau_words, training_plateau
+from sscild.model.pretrain import finished_pretrained_state
 
 
 def _seg(lesion=0.81, ef=0.66, ggo=0.7):
@@ -87,3 +90,28 @@ def test_training_plateau_slope_hand_computed(tmp_path):
     with pytest.raises(ValueError, match="last_fraction"):
         training_plateau(_Run(tmp_path), [0], last_fraction=0)
     assert math.isfinite(t.loc[1, "slope 95% CI high"])
+
+
+def test_training_chapter_reads_the_finished_pretraining_and_never_runs_one(tmp_path):
+    import torch
+
+    from sscild.model.pretrain import cohort_pretrain_key
+    from sscild.paths import write_json
+    from sscild.profiles import get_profile
+
+    prof = get_profile("smoke")
+    scan = tmp_path / "u1.nii.gz"
+    scan.write_bytes(b"not really a scan")
+    run = _Run(tmp_path / "run")
+    assert finished_pretrained_state(run, prof, {"u1": scan}) is None                # nothing pretrained: nothing run
+    assert not (run.root / "pretrained").exists()
+    folder = run.root / "pretrained"
+    folder.mkdir(parents=True)
+    torch.save({"w": torch.ones(2)}, folder / "pretrained.pt")
+    write_json(folder / "summary.json", {"steps": 3, "seconds": 1.0, "first_l1": 0.5, "last_l1": 0.2})
+    write_json(folder / "pretrain_key.json", cohort_pretrain_key(prof, {"u1": scan}))
+    state, summary = finished_pretrained_state(run, prof, {"u1": scan})
+    assert torch.equal(state["w"], torch.ones(2)) and summary["last_l1"] == 0.2
+    scan.write_bytes(b"another scan")                                            # made from other scans: not used
+    assert finished_pretrained_state(run, prof, {"u1": scan}) is None
+    assert sorted(p.name for p in folder.iterdir()) == ["pretrain_key.json", "pretrained.pt", "summary.json"]

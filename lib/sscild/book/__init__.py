@@ -5,8 +5,7 @@ deps        the library files each chapter uses (make re-runs a chapter when one
 build       executed notebooks + hand-written pages -> static HTML without network
 check       the rendered book's checks (truncated tables, duplicate figures, captions)
 report      notebook helpers: tables, glued numbers, numbered figures
-provenance  what ran where: versions, machine, data fingerprints
-summary     the abstract's paragraph and the training-plateau sentences, from summary files
+provenance  the code version and the recorded measurements several pages and scripts read (benchmarks/)
 plots       every figure of the book
 chapters    the chapters' tables and sentences, from the analyses' numbers
 """

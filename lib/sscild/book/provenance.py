@@ -1,26 +1,23 @@
-"""What produced a run: code version, software, hardware, settings, seeds, step times, input checksums."""
+"""What produced a run and what was measured apart from it: the code version (:func:`git_state`) and the
+recorded measurements of ``benchmarks/`` that several pages and scripts read (:func:`read_record`, the GPU
+check, the ``sscild segment`` benchmark, the paper-scale dry run).
+
+The Reproducibility page's own tables (software, settings, step times, input checksums, the list of
+records) are in :mod:`sscild.book.chapters.reproducibility`.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import platform
 import subprocess
-import sys
-from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
 
-from sscild.machine import describe_machine
-from sscild.paths import RunPaths, read_json, repo_root, unroot
-from sscild.profiles import Profile
+from sscild.paths import repo_root
 
-__all__ = ["git_state", "environment_table", "run_settings", "step_times", "input_checksums", "sha256_file",
-           "gpu_check_table", "segment_benchmark_table", "read_record", "benchmark_records"]
-
-PACKAGES = ["sscild", "torch", "monai", "numpy", "scipy", "pandas", "nibabel", "SimpleITK", "pydicom",
-            "statsmodels", "seaborn", "matplotlib", "papermill", "jupytext", "jupyter-book"]
+__all__ = ["git_state", "gpu_check_table", "segment_benchmark_table", "read_record", "paper_scale_table",
+           "paper_scale_stages", "paper_scale_training", "paper_scale_markdown", "PAPER_SCALE_STAGES"]
 
 
 def git_state(root: Path | None = None) -> dict:
@@ -32,84 +29,6 @@ def git_state(root: Path | None = None) -> dict:
     except (OSError, subprocess.CalledProcessError):
         return {"commit": "unknown (not a git checkout)", "dirty": None}
     return {"commit": commit, "dirty": dirty}
-
-
-def environment_table() -> pd.DataFrame:
-    g = git_state()
-    rows = [("git commit", g["commit"]),
-            ("uncommitted changes", {True: "yes (dirty)", False: "no", None: "unknown"}[g["dirty"]]),
-            ("python", sys.version.split()[0]),
-            ("platform", platform.platform()),
-            ("device", describe_machine())]
-    for pkg in PACKAGES:
-        try:
-            rows.append((pkg, metadata.version(pkg)))
-        except metadata.PackageNotFoundError:
-            rows.append((pkg, "not installed"))
-    return pd.DataFrame(rows, columns=["item", "value"]).set_index("item")
-
-
-def _fold_amp(run: RunPaths) -> str | None:
-    """The network's number type as the folds' ``train_summary.json`` record it: ``"float32 (cpu ...)"``,
-    ``"bfloat16 (cpu ...)"``, ``"float16 (cuda ...)"`` or a mix; ``None`` when no fold is trained."""
-    seen = set()
-    for path in sorted(Path(run.root).glob("fold_*/train_summary.json")):
-        s = read_json(path)
-        dtype = (s.get("numerics") or {}).get("dtype", "float16" if s.get("amp") else "float32")
-        seen.add(f"{dtype} ({s.get('device', '?')})")
-    return ", ".join(sorted(seen)) or None
-
-
-def run_settings(run: RunPaths, profile: Profile) -> pd.DataFrame:
-    rows = [("cohort", run.cohort), ("profile", profile.name), ("results folder", unroot(run.root.resolve())),
-            ("base seed", profile.seed), ("fold seeds", f"seed*1000 + k for k in 0..{profile.num_folds - 1}")]
-    used = _fold_amp(run)
-    for k, v in profile.to_dict().items():
-        if k == "amp":
-            # one answer for the page: the setting means "on CUDA", and what the folds did is recorded
-            v = (f"{'on CUDA only' if v else 'off'}; this run's folds computed in {used}" if used
-                 else ("on CUDA only" if v else "off"))
-        if k not in ("name", "seed", "extra"):
-            rows.append((k, str(v)))
-    return pd.DataFrame(rows, columns=["setting", "value"]).set_index("setting")
-
-
-def step_times(run: RunPaths) -> pd.DataFrame:
-    """Each step of ``runlog.json``: its latest execution, and the longest, which did the work.
-
-    A step re-run after its outputs exist (a finished fold, say) takes seconds, so the latest time
-    alone would hide what the step cost; ``longest s`` keeps it. Empty table if there is no log.
-    """
-    cols = ["status", "latest s", "longest s", "runs", "started", "parameters"]
-    if not run.runlog.exists():
-        return pd.DataFrame(columns=["step", *cols]).set_index("step")
-    steps = read_json(run.runlog)["steps"]
-    groups: dict[str, list[dict]] = {}
-    for s in steps:
-        groups.setdefault(s["step"], []).append(s)
-    rows = []
-    for k, runs in groups.items():
-        last = runs[-1]
-        ok = [float(r["seconds"]) for r in runs if r.get("status") == "ok" and r.get("seconds") is not None]
-        rows.append({"step": k, "status": last["status"], "latest s": last["seconds"],
-                     "longest s": max(ok) if ok else None, "runs": len(runs), "started": last["started"],
-                     "parameters": unroot(", ".join(f"{a}={b}" for a, b in last.get("parameters", {}).items()))})
-    return pd.DataFrame(rows).set_index("step")
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def input_checksums(data_dir: str | Path) -> pd.DataFrame:
-    data_dir = Path(data_dir)
-    rows = [{"file": str(p.relative_to(data_dir)), "bytes": p.stat().st_size, "sha256": sha256_file(p)}
-            for p in sorted(data_dir.rglob("*")) if p.is_file()]
-    return pd.DataFrame(rows, columns=["file", "bytes", "sha256"]).set_index("file")
 
 
 def read_record(name: str, path: str | Path | None = None) -> dict | None:
@@ -175,70 +94,6 @@ def segment_benchmark_table(path: str | Path | None = None) -> pd.DataFrame | No
                                                  f"{r['wall_s']} s, {r['peak_rss_gib']} GiB"))
     return pd.DataFrame(rows, columns=["", "value"]).set_index("")
 
-
-def train_step_tables(path: str | Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame | None] | None:
-    """The recorded training-step benchmark (``benchmarks/train_cpu_cpu.json``, ``scripts/bench_train.py``):
-    the step, its phases and overhead ratio; and the pure network step under other numeric settings
-    (``None`` when not recorded). ``None`` when there is no record."""
-    rec = read_record("train_cpu_cpu.json", path)
-    if rec is None:
-        return None
-    num = rec["numerics"]
-    rows = [("recorded", f"{rec['date']}: `{rec['benchmark_command']}`"), ("device", rec["device"]),
-            ("load before the run", rec.get("load_before")),
-            ("batch", " x ".join(map(str, rec["batch"]))),
-            ("numerics", f"autocast {num['autocast']} ({num['dtype']}), channels-last {num['channels_last']}"),
-            ("real step", f"{rec['real_s_per_step']:.4f} s ({rec['real_steps_per_s']} steps/s)"),
-            ("pure network step", f"{rec['pure_network_s_per_step']:.4f} s"),
-            ("overhead ratio (pure / real)", f"{rec['overhead_ratio']:.3f}")]
-    rows += [(f"phase: {k}", f"{v * 1000:.1f} ms") for k, v in rec["phases_s"].items()]
-    variants = pd.DataFrame(rec["variants"]).set_index("variant") if rec.get("variants") else None
-    return pd.DataFrame(rows, columns=["", "value"]).set_index(""), variants
-
-
-def fold_parallel_table(path: str | Path | None = None) -> pd.DataFrame | None:
-    """The recorded fold-parallelism benchmark (``benchmarks/fold_parallel_cpu.json``, ``scripts/bench_folds.py``):
-    one fold on every core against one fold per core side by side; ``None`` when there is no record."""
-    rec = read_record("fold_parallel_cpu.json", path)
-    if rec is None:
-        return None
-    n = rec["cores"]
-    rows = [("recorded", f"{rec['date']}: `{rec['benchmark_command']}`"),
-            ("processor", rec.get("processor")), ("cores", n),
-            (f"one fold on {n} threads", f"{rec['one_fold_all_cores_steps_per_s']:.2f} steps/s"),
-            (f"{n} folds side by side, 1 thread each",
-             f"{rec['side_by_side_total_steps_per_s']:.2f} steps/s together "
-             f"({', '.join(f'{v:.2f}' for v in rec['side_by_side_steps_per_s'])})"),
-            ("throughput ratio (side by side / one fold)", f"{rec['throughput_ratio']:.2f}")]
-    return pd.DataFrame(rows, columns=["", "value"]).set_index("")
-
-
-def arithmetic_difference(path: str | Path | None = None) -> pd.DataFrame | None:
-    """How much the arithmetic moves the results: per-patient held-out Dice of the default recipe trained
-    in bfloat16 (where the CPU computes it natively, as the recorded machine does) against the same seed
-    trained in float32 (what a CPU without native bfloat16 runs), from ``benchmarks/study_arithmetic.json``
-    (``scripts/screen_training.py``, variants ``base`` and ``float32``). ``None`` without the record.
-
-    One row per class: patients, mean difference (float32 - bfloat16), mean and largest absolute
-    per-patient difference, and the two means.
-    """
-    rec = read_record("study_arithmetic.json", path)
-    if rec is None:
-        return None
-    by = {v["name"]: v for v in rec.get("variants", [])}
-    if not {"base", "float32"} <= set(by):
-        return None
-    base = pd.DataFrame(by["base"]["dice"]["per_case"]).set_index("case")
-    f32 = pd.DataFrame(by["float32"]["dice"]["per_case"]).set_index("case")
-    rows = []
-    for cls, name in (("lesion", "total lesion"), ("ef", "EF"), ("ggo", "GGO"), ("lung", "lung")):
-        d = (f32[cls] - base[cls]).dropna()
-        rows.append({"class": name, "patients": int(len(d)), "mean difference": round(float(d.mean()), 4),
-                     "mean |difference|": round(float(d.abs().mean()), 4),
-                     "largest |difference|": round(float(d.abs().max()), 4),
-                     "bfloat16 mean Dice": round(float(base[cls].mean()), 3),
-                     "float32 mean Dice": round(float(f32[cls].mean()), 3)})
-    return pd.DataFrame(rows).set_index("class")
 
 
 PAPER_SCALE_STAGES = {
@@ -338,52 +193,3 @@ def paper_scale_markdown(rec: dict) -> str:
         lines.append(f"| {name} | {r['what']} | {r['wall (min)']} | {cell(r.get('memory needed (GiB)'))} | "
                      f"{r['resident, incl. mapped cache (GiB)']} | {cell(r['wall at 40 patients (min, extrapolated)'])} |")
     return "\n".join(lines)
-
-
-def _last_commit(path: Path) -> str | None:
-    """The commit that last changed ``path`` (short hash), or ``None`` outside a git checkout."""
-    try:
-        out = subprocess.run(["git", "log", "-1", "--format=%h %ad", "--date=short", "--", str(path)],
-                             cwd=path.parent, capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return out or None
-
-
-def _machine_text(d: dict) -> str:
-    m = d.get("machine")
-    if isinstance(m, dict):
-        return ", ".join(f"{v}" + (" cores" if k == "cores" else "") for k, v in m.items() if k in ("cpu", "cores", "gpu"))
-    for key in ("gpu", "processor", "cpu"):
-        if d.get(key):
-            return str(d[key])
-    return "not recorded"
-
-
-def benchmark_records(folder: str | Path | None = None) -> pd.DataFrame:
-    """Every recorded measurement in ``benchmarks/``: what, when, on which commit and machine, by which command.
-
-    A JSON record names its commit when it was measured with one (``commit``); for the others, and for CSV
-    records, the commit that added or last changed the file is given and marked as such.
-    """
-    folder = Path(folder) if folder is not None else repo_root() / "benchmarks"
-    rows = []
-    for path in sorted(folder.glob("*")):
-        if path.suffix not in (".json", ".csv"):
-            continue
-        d = {}
-        if path.suffix == ".json":
-            try:
-                d = json.loads(path.read_text())
-            except ValueError:
-                d = {}
-        if not isinstance(d, dict):
-            d = {}
-        last = _last_commit(path)
-        commit = (f"{d['commit']} (measured on)" if d.get("commit") else
-                  f"{last} (committed in; the record names none)" if last else "not recorded")
-        rows.append({"record": path.name, "what": str(d.get("what", "arm record: per-patient metrics of each arm"
-                                                              if path.suffix == ".csv" else ""))[:160],
-                     "date": d.get("date", "not recorded"), "commit": commit, "machine": _machine_text(d),
-                     "command": d.get("benchmark_command") or d.get("command") or "not recorded"})
-    return pd.DataFrame(rows, columns=["record", "what", "date", "commit", "machine", "command"]).set_index("record")

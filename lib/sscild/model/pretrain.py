@@ -41,7 +41,7 @@ from sscild.profiles import Profile, require_profile
 from sscild.progress import Heartbeat
 
 __all__ = ["corrupt", "restoration_pretrain", "cohort_pretrain_key", "cohort_pretrained_state", "PatchSource",
-           "restoration_example", "unlabelled_image"]
+           "finished_pretrained_state", "restoration_example", "unlabelled_image"]
 
 
 def corrupt(x: torch.Tensor, rng: np.random.Generator, *, boxes: int = 6, max_side: float = 0.25,
@@ -196,10 +196,9 @@ def cohort_pretrained_state(run: RunPaths, profile: Profile, scans: Mapping[str,
     with open(out / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # folds trained at once: one pretrains, the others wait and reuse
         try:
-            if (out / "pretrain_key.json").exists() and (out / "pretrained.pt").exists() \
-                    and read_json(out / "pretrain_key.json") == key:
-                summary = {**read_json(out / "summary.json"), "reused": True}
-                return torch.load(out / "pretrained.pt", map_location="cpu", weights_only=False), summary
+            found = finished_pretrained_state(run, p, scans)
+            if found is not None:
+                return found[0], {**found[1], "reused": True}
             volumes = [unlabelled_image(run, p, uid, scans[uid], key=key["scans"][uid]) for uid in sorted(scans)]
             source = PatchSource(volumes, p.patch_size, p.batch_size)
             state, summary = restoration_pretrain(source, p, steps=int(p.pretrain_steps), out_channels=NUM_CLASSES,
@@ -213,6 +212,18 @@ def cohort_pretrained_state(run: RunPaths, profile: Profile, scans: Mapping[str,
             return state, {**summary, "reused": False}
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def finished_pretrained_state(run: RunPaths, profile: Profile, scans: Mapping[str, Path]) -> tuple[dict, dict] | None:
+    """The weights and summary of a finished pretraining in ``<run>/pretrained/`` made with the key these
+    ``scans`` and this profile give (:func:`cohort_pretrain_key`); ``None`` when there is none. Never trains."""
+    out = run.root / "pretrained"
+    files = [out / "pretrain_key.json", out / "pretrained.pt", out / "summary.json"]
+    if not all(f.exists() for f in files):
+        return None
+    if read_json(files[0]) != json.loads(json.dumps(cohort_pretrain_key(require_profile(profile), scans))):
+        return None
+    return torch.load(files[1], map_location="cpu", weights_only=False), read_json(files[2])
 
 
 @torch.no_grad()

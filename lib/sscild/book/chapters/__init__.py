@@ -1,6 +1,13 @@
-"""The chapters' tables and sentences: the analyses' numbers formatted for the page.
+"""One module per chapter: what the chapter's notebook shows, read from the run's files and the records.
 
-data          the Data chapter: cohort table (Table 1), voxel grids, validation problems, label maps, planted model
-segmentation  the Segmentation chapter: score tables, agreement, baseline comparison, worst-patient sentences
-clinical      the Clinical chapter: correlation tables, planted model, computed sentences
+A chapter notebook imports its module here, :mod:`sscild.book.report` and at most one more sscild
+module (``tests/test_layering.py``); the analyses' numbers are formatted for the page here.
+
+abstract         the Abstract: claims ledger, methods of the paper against the re-run, the run in one paragraph
+data             the Data chapter: the data stage's records read back, Table 1, voxel grids, validation problems, folds, phantom
+training         the Model & training chapter: recipe, learning curves, plateau check, fold costs, pretraining (read only)
+segmentation     the Segmentation chapter: score tables, agreement, baseline comparison, worst-patient sentences
+clinical         the Clinical chapter: correlation tables, planted model, computed sentences
+reproducibility  the Reproducibility chapter: software, settings, step times, recorded benchmarks, paper-scale run, input checksums
+real_ct          the real-CT appendix: lung check, named false lesions, broken and changed copies, recorded screens
 """

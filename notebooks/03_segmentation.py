@@ -43,22 +43,14 @@ data_dir = None
 # %%
 from IPython.display import Markdown, display
 
-from sscild.analysis import segmentation as ev
-from sscild.analysis import segmentation_errors as everr
-from sscild.analysis import segmentation_summary as evsum
-from sscild.book import plots
 from sscild.book.chapters import segmentation as ch
-from sscild.data.cohort import load_cohort
-from sscild.paths import resolve_data_dir, write_json
-from sscild.book.plots import segmentation as segplots
-from sscild.model.inference import POSTPROCESS_RULE
-from sscild.model.predict import predict_oof
+from sscild.paths import resolve_data_dir
 from sscild.book.report import banner, chapter_context, figure, rel, show
 
 data_dir = resolve_data_dir(data_dir, profile)
 run, prof, info = chapter_context(data_dir, profile)
 banner(data_dir, profile)
-cohort = load_cohort(data_dir)
+cohort = ch.load_cohort(data_dir)
 
 # %% [markdown]
 # ## Methods
@@ -91,32 +83,10 @@ cohort = load_cohort(data_dir)
 #   NSD for the baseline.
 
 # %%
-paths = predict_oof(run, progress=False)
-tolerance = ev.nsd_tolerance_mm(cohort, prof)
-df = ev.evaluate_oof(run, cohort, tolerance_mm=tolerance, progress=False)
-summary = evsum.summary_dict(df, info["name"], info["synthetic"], profile, tolerance_mm=tolerance,
-                             settings=ev.oof_settings(run))
-summary_path = write_json(run.segmentation_summary, summary)
+n_predictions, tolerance, df, summary = ch.score_out_of_fold(run, cohort, prof, info, profile)
 
 # %%
-pol = summary["policies"]
-z_lo, z_hi = ev.slice_spacing_mm(cohort)
-display(Markdown(
-    f"{len(paths)} out-of-fold predictions, {summary['n_cases']} patients scored. "
-    f"Test-time left-right flips: **{ {True: 'on', False: 'off'}.get(pol['tta'], pol['tta']) }**. "
-    f"Post-processing: {POSTPROCESS_RULE}. "
-    + ("Lesion threshold: none (each voxel takes its most likely class). " if prof.lesion_threshold is None else
-       f"Lesion threshold: a voxel whose most likely class is EF or GGO is called lesion only when the model gives "
-       f"EF and GGO together a probability of at least {prof.lesion_threshold:g} (otherwise normal lung; chosen on "
-       "this cohort's out-of-fold Dice and the real scans of the appendix, `benchmarks/study_lesion_threshold.json`). ")
-    + 
-    f"NSD tolerance: **{tolerance:.2f} mm, in-plane** for every patient (1.5 × the coarser in-plane "
-    f"spacing of the network's grid and of the scans, so a boundary one voxel off *within a slice* is "
-    f"tolerated). The slices are {z_lo:g}–{z_hi:g} mm apart, "
-    + ("more than the tolerance: a boundary one slice off through the plane is *not* tolerated, so the NSD "
-       "penalises through-plane disagreement fully and is best read as an in-plane measure. "
-       if z_lo > tolerance else "within the tolerance, so a boundary one slice off is tolerated too. ")
-    + f"Intervals: {pol['ci_method']}. ICC form: {pol['icc_form']}. Baseline: {summary['baseline']['method']}."))
+display(Markdown(ch.methods_words(summary, prof, cohort, n_predictions=n_predictions, tolerance=tolerance)))
 
 # %% [markdown]
 # ## The published values, for orientation
@@ -138,12 +108,12 @@ show(ch.paper_table(), caption="Published mean Dice (SICCS, real HRCT), for orie
 
 # %%
 kind = "synthetic" if info["synthetic"] else "real"
-png = figure(segplots.metric_strip(df, "dice"), "seg_dice", run.figures, caption=(
+png = figure(ch.metric_strip(df, "dice"), "seg_dice", run.figures, caption=(
     f"Dice per patient and region, out of fold ({kind} cohort `{info['folder']}`). Each point is a patient, "
     "the box its quartiles: look at the spread and at the patients far below the box, not only at the median."))
 
 # %%
-png = figure(segplots.metric_strip(df, "nsd", tolerance_mm=tolerance), "seg_nsd", run.figures, caption=(
+png = figure(ch.metric_strip(df, "nsd", tolerance_mm=tolerance), "seg_nsd", run.figures, caption=(
     f"Normalised surface Dice per patient at an in-plane tolerance of {tolerance:.2f} mm: the share of both "
     "boundaries within the tolerance of the other. It rewards boundaries that are nearly right, which Dice "
     "does not distinguish from gross errors."))
@@ -166,9 +136,7 @@ show(ch.summary_table(df), caption="Dice and surface Dice over patients: n (excl
 # weights; the Reproducibility chapter records the machine of this run.
 
 # %%
-from sscild.book.provenance import read_record
-
-seeds = read_record("study_seed_spread.json")
+seeds = ch.read_record("study_seed_spread.json")
 if seeds is None:
     display(Markdown("_No seed repeats are recorded in this checkout (`benchmarks/study_seed_spread.json`)._"))
 else:
@@ -184,7 +152,7 @@ else:
 # the estimate depends on which patients a network was trained on.
 
 # %%
-show(evsum.per_fold_table(df), caption="Mean per fold (held-out patients of that fold); a baseline cut is "
+show(ch.per_fold_table(df), caption="Mean per fold (held-out patients of that fold); a baseline cut is "
      "fitted per fold, so the pooled row has none (—)")
 
 # %% [markdown]
@@ -205,16 +173,9 @@ show(evsum.per_fold_table(df), caption="Mean per fold (held-out patients of that
 # the same as in the files `sscild segment` writes).
 
 # %%
-picked = ev.extreme_cases(df)
-cases = []
-for rank, cid in picked.items():
-    image, ref, pred = ev.load_case_maps(run, cohort, cid)
-    d = float(df.set_index("case_id").loc[cid, "dice_lesion"])
-    cases.append({"image": image.array, "ref": ref, "pred": pred, "affine": image.affine,
-                  "title": f"{rank}: {cid}\nlesion Dice {d:.2f}"})
-png = figure(segplots.case_montage(cases), "seg_cases", run.figures, caption=(
+png = figure(ch.case_figure(run, cohort, df), "seg_cases", run.figures, caption=(
     "Best, median and worst patient by lesion Dice: CT, reference outline, predicted outline, axial then "
-    f"coronal ({plots.window_text()}). Compare the outlines with the texture under them: where the "
+    f"coronal ({ch.window_text()}). Compare the outlines with the texture under them: where the "
     "prediction draws a lesion the CT does not show, or misses one it does."))
 
 # %% [markdown]
@@ -225,14 +186,10 @@ png = figure(segplots.case_montage(cases), "seg_cases", run.figures, caption=(
 # computed from the table.
 
 # %%
-worst = everr.worst_cases(df, n=min(3, len(df)))
-where = {}
-for cid in worst.index:
-    image, ref, pred = ev.load_case_maps(run, cohort, cid)
-    where[cid] = everr.error_location(ref, pred, image.affine)
+worst, words = ch.worst_patients(run, cohort, df)
 show(worst, caption="Lowest lesion Dice: what went wrong", floatfmt=2)
 display(Markdown("Zones are thirds of the reference lung from base to apex; *medial* is the inner third "
-                 "between the midline and the lateral edge of the lungs.\n\n" + ch.worst_case_words(worst, where)))
+                 "between the midline and the lateral edge of the lungs.\n\n" + words))
 
 # %% [markdown]
 # ## EF and GGO: which label the voxels received
@@ -242,7 +199,7 @@ display(Markdown("Zones are thirds of the reference lung from base to apex; *med
 # patient. A large "reference EF predicted GGO" share means fibrosis is being called ground glass.
 
 # %%
-conf = everr.confusion_table(df)
+conf = ch.confusion_table(df)
 if conf.empty:
     display(Markdown("This run's per-case table has no voxel counts (scored before they were recorded)."))
 else:
@@ -266,7 +223,7 @@ show(ch.regression_limits_table(summary), caption="Regression-based Bland–Altm
      "low, middle and high extent (10th, 50th, 90th percentile), bootstrap 95% CIs", floatfmt=2)
 
 # %%
-png = figure(segplots.bland_altman_grid(df, summary), "seg_bland_altman", run.figures, caption=(
+png = figure(ch.bland_altman_grid(df, summary), "seg_bland_altman", run.figures, caption=(
     "Bland–Altman plots of lesion, EF and GGO extent (network) and of lesion extent (HU baseline): difference "
     "against mean, fixed bias and limits (grey, solid and dashed) and the regression-based bias and limits "
     "(vermillion). A cloud that slopes is proportional bias: the fixed limits are then too wide at one end and "
@@ -283,11 +240,10 @@ png = figure(segplots.bland_altman_grid(df, summary), "seg_bland_altman", run.fi
 
 # %%
 lo, hi = summary["baseline"]["haa_range_hu"]
-cuts = summary["baseline"].get("ef_cut_hu_per_fold") or {}
 show(ch.baseline_table(df, summary), caption=f"Network vs HU density mask ({lo:g} to {hi:g} HU) per region")
-if cuts:
-    display(Markdown("EF/GGO cut fitted on each fold's training patients (HU): " +
-                     ", ".join(f"fold {k}: {v:g}" for k, v in cuts.items()) + "."))
+cut_words = ch.baseline_cut_words(summary)
+if cut_words:
+    display(Markdown(cut_words))
 
 # %% [markdown]
 # ### Why density cannot tell EF from GGO here
@@ -297,17 +253,15 @@ if cuts:
 # distribution, 0 = none shared) says how much.
 
 # %%
-hist = everr.label_attenuation(cohort, list(df["case_id"]))
-ovl = everr.overlap_coefficient(hist["ef"], hist["ggo"])
-png = figure(segplots.attenuation_histograms(hist, band=(lo, hi), cuts=list(cuts.values())), "seg_ef_ggo_hu",
-             run.figures, caption=(
+hist_fig, ovl = ch.attenuation_figure(cohort, df, summary)
+png = figure(hist_fig, "seg_ef_ggo_hu", run.figures, caption=(
                  f"Attenuation of reference EF and GGO voxels ({'synthetic' if info['synthetic'] else 'real'} cohort), "
                  f"with the baseline's band (grey) and its fitted EF/GGO cuts (dotted). Overlap coefficient "
                  f"{ovl:.2f}: the larger the shared area, the less any density cut can separate the two."
                  + (" On the synthetic cohort this overlap is set by the generator." if info["synthetic"] else "")))
 
 # %%
-png = figure(segplots.baseline_comparison(df), "seg_baseline", run.figures, caption=(
+png = figure(ch.baseline_comparison(df), "seg_baseline", run.figures, caption=(
     "Network against the HU baseline. Left: each patient's Dice for both methods, joined by a line; lines "
     "rising to the right are patients the network segments better. Right: measured against reference "
     "lesion extent; points on the dashed line are exact."))
@@ -323,11 +277,7 @@ png = figure(segplots.baseline_comparison(df), "seg_baseline", run.figures, capt
 # Every voxel it calls EF or GGO there is a false lesion. The aim is at most 1 % of the lung.
 
 # %%
-from sscild.model.controls import control_maps, score_controls
-
-controls = score_controls(run, progress=False)
-summary["controls"] = evsum.controls_summary(controls)
-summary_path = write_json(run.segmentation_summary, summary)
+controls = ch.score_controls(run, summary)
 if controls.empty:
     display(Markdown(":::{note}\nThis cohort has no controls (`controlsTs/`), so false lesions on healthy lungs "
                      "were not measured here. Put CT scans of patients without lung disease there as "
@@ -341,11 +291,10 @@ else:
 # %%
 if not controls.empty:
     worst = summary["controls"]["worst"]
-    vol, lab, unc = control_maps(run, worst)
-    png = figure(ch.control_figure(vol, lab, unc, worst), "seg_controls", run.figures, caption=(
+    png = figure(ch.control_figure(run, worst), "seg_controls", run.figures, caption=(
         f"The control with the most false lesion ({worst}): the ensemble's labels (top) and its uncertainty "
         f"(bottom, percent; 50 is an even split between two classes) on four axial slices and one coronal "
-        f"({plots.window_text()}). Any EF (vermillion) or GGO (yellow) here is false."))
+        f"({ch.window_text()}). Any EF (vermillion) or GGO (yellow) here is false."))
 
 # %% [markdown]
 # ## Applying the models to a new scan
@@ -360,9 +309,7 @@ if not controls.empty:
 # `scripts/bench_segment.py` on a thin-slice-sized volume with this profile's eight models:
 
 # %%
-from sscild.book.provenance import segment_benchmark_table
-
-bench = segment_benchmark_table()
+bench = ch.segment_benchmark_table()
 if bench is None:
     display(Markdown("No `sscild segment` benchmark is recorded in this checkout (`benchmarks/segment_cpu.json`)."))
 else:
@@ -382,17 +329,14 @@ display(Markdown(f"Written: `{run.segmentation_metrics.name}` ({len(df)} patient
 # GGO are given as a share of each zone's own lung, so a zone's extent does not depend on its size.
 
 # %%
-from sscild.clinic import zones as zn
-from sscild.book.plots.zones import cohort_zone_figure
-
-zone_df = zn.cohort_zone_extent(run, cohort)
-display(Markdown("**Zones.** " + "; ".join(zn.ZONE_RULES.values()) + "."))
-show(zn.zone_agreement(zone_df), caption=f"EF and GGO per zone, % of the zone's lung, over "
+zone_df = ch.cohort_zones(run, cohort)
+display(Markdown("**Zones.** " + "; ".join(ch.ZONE_RULES.values()) + "."))
+show(ch.zone_agreement(zone_df), caption=f"EF and GGO per zone, % of the zone's lung, over "
      f"{zone_df['case_id'].nunique()} patients{' of the synthetic cohort' if info['synthetic'] else ''}: "
      "reference and out-of-fold prediction (mean), bias = predicted − reference (percentage points), ICC(2,1)")
 
 # %%
-png = figure(cohort_zone_figure(zone_df), "seg_zones", run.figures, caption=(
+png = figure(ch.cohort_zone_figure(zone_df), "seg_zones", run.figures, caption=(
     "EF and GGO extent per zone, % of the zone's lung, one point per patient: reference hollow, out-of-fold "
     "prediction filled, medians as bars. Look for the basal and peripheral predominance in both, and for "
     "zones where the filled points sit systematically above or below the hollow ones (a zonal bias)."))

@@ -45,14 +45,9 @@ data_dir = None
 # %%
 from IPython.display import Markdown, display
 
-from sscild.analysis import clinical as clin
-from sscild.analysis.clinical_inputs import load_clinical
 from sscild.book.chapters import clinical as ch
-from sscild.paper import EXTENT_THRESHOLD_PCT
 from sscild.paths import resolve_data_dir
-from sscild.book.plots.clinical import pft_scatter, rho_heatmap, staging_scatter
 from sscild.book.report import banner, chapter_context, figure, rel, show
-from sscild.numfmt import fmt_interval
 
 data_dir = resolve_data_dir(data_dir, profile)
 run, prof, info = chapter_context(data_dir, profile)
@@ -67,10 +62,8 @@ banner(data_dir, profile)
 # patients, *n*, is given with every coefficient.
 
 # %%
-seg = clin.load_segmentation_metrics(run.segmentation_metrics)
-clinical = load_clinical(data_dir)
-table = clin.join_tables(seg, clinical)
-show(clin.availability(seg, clinical), caption="Patients available for each measurement")
+seg, clinical, table = ch.load_tables(run, data_dir)
+show(ch.availability(seg, clinical), caption="Patients available for each measurement")
 for line in clinical.attrs["problems"] + clinical.attrs["notes"]:
     display(Markdown(f"- `clinical.csv`: {line}."))
 
@@ -118,12 +111,8 @@ else:
 #   height by their reference equations, so this is a sensitivity analysis, not a correction.
 
 # %%
-covariates = clin.covariates_present(table)
-full = clin.clinical_correlations(table, covariates=covariates, seed=prof.seed, n_resamples=clin.N_RESAMPLES)
-display(Markdown(
-    f"Bootstrap: **{clin.N_RESAMPLES}** resamples, seed **{prof.seed}** (profile `{prof.name}`); "
-    f"intervals by method: {full['ci_method'].value_counts().to_dict()}. "
-    f"Partial correlations adjusted for: **{', '.join(covariates) or 'nothing (no covariate columns)'}**."))
+full, covariates = ch.correlations(table, prof)
+display(Markdown(ch.bootstrap_words(full, covariates, prof)))
 
 # %% [markdown]
 # ## Primary and secondary endpoints
@@ -166,7 +155,7 @@ if planted is not None:
 # the first two panels look alike and the third is pale.
 
 # %%
-png = figure(rho_heatmap(full), "clinical_rho_heatmap", run.figures, caption=(
+png = figure(ch.rho_heatmap(full), "clinical_rho_heatmap", run.figures, caption=(
     "Spearman ρ of every lesion measure with every lung-function test: predicted volumes (left), reference "
     "volumes (middle), their difference (right). Where the model keeps the reference's signal the first two "
     "panels look alike and the third is pale."))
@@ -192,7 +181,7 @@ show(ch.partial_table(full), caption="Spearman ρ unadjusted and partial (adjust
 # the 20 % extent cut-off used for staging below.
 
 # %%
-png = figure(pft_scatter(table, full), "clinical_scatter_lesion_pct", run.figures, caption=(
+png = figure(ch.pft_scatter(table, full), "clinical_scatter_lesion_pct", run.figures, caption=(
     "Predicted total lesion (% of lung) against each lung-function test, one point per patient, with a LOWESS "
     "trend and ρ [95% CI] per panel. Look at the shape of the trend and at patients far from it; the dashed "
     "line is the 20 % staging cut-off."))
@@ -208,18 +197,16 @@ png = figure(pft_scatter(table, full), "clinical_scatter_lesion_pct", run.figure
 # labels by Cohen's κ, with a seeded patient-bootstrap interval (BCa, percentile if BCa is degenerate).
 
 # %%
-stage = clin.staging(table, threshold=EXTENT_THRESHOLD_PCT, seed=prof.seed, n_resamples=clin.N_RESAMPLES)
-show(stage["display"], caption=f"Extent stage, reference (rows) vs predicted (columns); cut-off {EXTENT_THRESHOLD_PCT:g} %")
-display(Markdown(
-    f"Agreement {stage['percent_agreement']:.0f} % of {stage['n']} patients; Cohen's κ = "
-    f"**{fmt_interval(stage['kappa'], stage['ci_low'], stage['ci_high'])}** "
-    f"(interval: {stage['ci_method']})."))
+stage = ch.extent_staging(table, prof)
+show(stage["display"],
+     caption=f"Extent stage, reference (rows) vs predicted (columns); cut-off {stage['threshold']:g} %")
+display(Markdown(ch.kappa_words(stage)))
 show(ch.staging_accuracy_table(stage), caption="Predicted stage as a test for extensive disease (reference stage as "
      "truth; Wilson 95% intervals)", fold=False)
 display(Markdown(ch.cutoff_band_words(stage, run.segmentation_summary)))
 
 # %%
-png = figure(staging_scatter(stage), "clinical_staging", run.figures, caption=(
+png = figure(ch.staging_scatter(stage), "clinical_staging", run.figures, caption=(
     "Predicted against reference lesion extent with the 20 % cut-off on both axes: patients in the off-diagonal "
     "quadrants are staged differently by the network and by the reference."))
 
@@ -254,9 +241,7 @@ show(ch.paper_comparison(), caption="Published Spearman ρ (SICCS, 40 real patie
 display(Markdown("**This run's primary endpoints, in words:**\n\n" + ch.paper_contrast(full, synthetic=info["synthetic"])))
 
 # %%
-summary = clin.summary_dict(full, stage, cohort=info["name"], synthetic=info["synthetic"], profile=profile,
-                            n_cases=len(seg), seed=prof.seed, n_resamples=clin.N_RESAMPLES)
-csv_path, json_path = clin.write_outputs(run, full, summary)
+csv_path, json_path = ch.write_results(run, full, stage, info, profile=profile, seed=prof.seed, n_cases=len(seg))
 display(Markdown(f"Written: `{csv_path.name}` ({len(full)} rows: both grids, partial correlations and "
                  f"differences) and `{json_path.name}` in `{rel(run.root)}`."))
 
@@ -271,14 +256,10 @@ display(Markdown(f"Written: `{csv_path.name}` ({len(full)} rows: both grids, par
 # multiplicity.
 
 # %%
-from sscild.clinic import zones as zn
-from sscild.data.cohort import load_cohort
-
-if (data_dir / "labelsTr").is_dir() and run.predictions.is_dir():
-    zone_df = zn.cohort_zone_extent(run, load_cohort(data_dir))
-    show(zn.zone_correlations(zone_df, clinical, n_resamples=clin.N_RESAMPLES, seed=prof.seed),
-         caption="Zonal extent (% of the zone's lung, predicted out of fold) against FVC and DLCO (% predicted): "
-         f"Spearman ρ{' (synthetic cohort)' if info['synthetic'] else ''}")
+zones = ch.zone_correlation_table(run, data_dir, clinical, seed=prof.seed)
+if zones is not None:
+    show(zones, caption="Zonal extent (% of the zone's lung, predicted out of fold) against FVC and DLCO "
+         f"(% predicted): Spearman ρ{' (synthetic cohort)' if info['synthetic'] else ''}")
 else:
     display(Markdown("The zonal analysis needs the cohort's label maps and the out-of-fold predictions "
                      "(Segmentation chapter); this run has none, so it is not shown."))

@@ -386,6 +386,29 @@ def test_chapter_runs_end_to_end_on_the_fake_run(tmp_path, monkeypatch):
     assert not math.isnan(summary["staging"]["kappa"])
 
 
+def test_zone_correlations_read_the_zones_the_segmentation_chapter_wrote(tmp_path):
+    from sscild.analysis.segmentation import ZONE_EXTENT_FILE
+    from sscild.clinic.zones import zone_correlations
+
+    cohort, run = make_fake_run(tmp_path)
+    clinical = load_clinical(cohort)
+    assert ch.zone_correlation_table(run, cohort, clinical, seed=0) is None     # no label maps, no predictions
+    (cohort / "labelsTr").mkdir()
+    run.predictions.mkdir()
+    with pytest.raises(FileNotFoundError, match="Segmentation chapter first"):
+        ch.zone_correlation_table(run, cohort, clinical, seed=0)
+    rng = np.random.default_rng(1)
+    ids = [f"case_{i:03d}" for i in range(N)]
+    zones = pd.DataFrame([{"case_id": cid, "source": "predicted", "zone": zone, "lesion_pct": rng.uniform(0, 40) / 3,
+                           "ef_pct": rng.uniform(0, 20) / 7}
+                          for cid in ids for zone in ("whole lung", "lower", "peripheral")])
+    zones.to_csv(run.root / ZONE_EXTENT_FILE, index=False)
+    got = ch.zone_correlation_table(run, cohort, clinical, seed=0)
+    pd.testing.assert_frame_equal(got, zone_correlations(zones, clinical, n_resamples=clin.N_RESAMPLES, seed=0),
+                                  check_exact=True)
+    assert len(got) == 10
+
+
 def test_primary_endpoint_is_named_and_holm_adjusted_as_a_pair(fake):
     full = fake[4]
     e = clin.endpoints(full)

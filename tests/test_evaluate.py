@@ -314,6 +314,31 @@ def test_worst_cases_name_the_dominant_error(scored):
         everr.worst_cases(raw, n=0)
 
 
+def test_chapter_sections_read_the_run(scored):
+    run, cohort, raw = scored["run"], scored["cohort"], scored["raw"]
+    worst, words = ch.worst_patients(run, cohort, raw, n=2)
+    assert list(worst.index)[0] == "case_002" and "**case_002**" in words and "under-calls" in words
+    summary = evsum.summary_dict(raw, "cohort", True, "smoke", tolerance_mm=2.0)
+    fig, ovl = ch.attenuation_figure(cohort, raw, summary)
+    assert ovl == 0.0 and fig.axes                              # noise-free phantom: EF and GGO apart
+    assert ch.baseline_cut_words({"baseline": {}}) == ""
+    assert ch.baseline_cut_words({"baseline": {"ef_cut_hu_per_fold": {"0": -420.0, "1": -400.5}}}) == (
+        "EF/GGO cut fitted on each fold's training patients (HU): fold 0: -420, fold 1: -400.5.")
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
+def test_zones_are_written_once_and_read_back_exactly(scored, tmp_path):
+    run, cohort = scored["run"], scored["cohort"]
+    zones = ev.cohort_zones(run, cohort)
+    assert (run.root / ev.ZONE_EXTENT_FILE).is_file()
+    assert set(zones["source"]) == {"predicted", "reference"} and zones["case_id"].nunique() == len(KINDS)
+    pd.testing.assert_frame_equal(ev.read_cohort_zones(run), zones, check_exact=True)   # every float as computed
+    with pytest.raises(FileNotFoundError, match="Segmentation chapter first"):
+        ev.read_cohort_zones(RunPaths(results=tmp_path, cohort="cohort", profile="smoke"))
+
+
 def test_slice_spacing_is_read_from_the_headers(scored):
     assert ev.slice_spacing_mm(scored["cohort"]) == (4.0, 4.0)
 

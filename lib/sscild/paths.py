@@ -2,13 +2,16 @@
 
 Everything a run derives goes under ``<results>/<cohort>/<profile>/``::
 
-    splits.json                 patient-wise folds (nnU-Net ``splits_final.json`` shape)
-    validation.json             the cohort validation report and exclusions
+    validation.json             the cohort validation report and exclusions (make's data stage)
+    cases.csv                   the preprocessing table of the cases used (data stage)
+    splits.json                 patient-wise folds (nnU-Net ``splits_final.json`` shape; data stage)
     cache/<case>.npz            preprocessed case (+ cache/<case>.json: key and geometry)
     cache/unlabelled/<id>.f16.npy  preprocessed unlabelled scan for pretraining (+ .json: its key)
+    pretrained/                 the network pretrained on the unlabelled scans (make's pretraining step)
     fold_<k>/                   checkpoint_latest.pt, model_final.pt, history.csv, train_summary.json
     predictions/<case>.nii.gz   out-of-fold label maps, input geometry
     segmentation_metrics.csv    per-case metrics; segmentation_summary.json
+    zone_extent.csv             EF and GGO extent per lung zone (Segmentation chapter; read by the Clinical chapter)
     clinical_correlations.csv   the correlation grid; clinical_summary.json
     run_context.json            the resolved run: profile, folders, folds, how folds shared the machine
     runlog.json                 wall time and status of each make step

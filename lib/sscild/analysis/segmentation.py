@@ -34,6 +34,11 @@ the reference: about 0.8 s per case (Dice and volumes 0.3 s, NSD of EF, GGO and 
 baseline 0.1 s); two threads score 40 cases in about 20 s. The NSD costs grow with the predicted
 regions: an untrained network that paints a third of the scan as lesion costs seconds per case.
 
+* **Zones** (:func:`cohort_zones`): the EF and GGO extent per lung zone of every out-of-fold
+  prediction and its reference (:func:`sscild.clinic.zones.cohort_zone_extent`, about 10 s on the
+  smoke cohort), computed once and written to ``zone_extent.csv`` in the run folder; the Clinical
+  chapter reads them back (:func:`read_cohort_zones`).
+
 Summaries over cases and the agreement of volumes are :mod:`sscild.analysis.segmentation_summary`;
 where and how the network errs is :mod:`sscild.analysis.segmentation_errors`; the tables and
 sentences of the chapter are built from them by :mod:`sscild.book.chapters.segmentation`.
@@ -47,6 +52,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pandas as pd
 
+from sscild.clinic.zones import cohort_zone_extent
 from sscild.data.cohort import Cohort, read_case
 from sscild.data.folds import fold_of, read_splits
 from sscild.data.image import load_header, load_volume
@@ -65,6 +71,9 @@ __all__ = [
     "evaluate_oof",
     "extreme_cases",
     "load_case_maps",
+    "ZONE_EXTENT_FILE",
+    "cohort_zones",
+    "read_cohort_zones",
 ]
 
 NETWORK_REGIONS = ("normal", "ef", "ggo", "lesion", "lung")
@@ -244,3 +253,33 @@ def load_case_maps(run: RunPaths, cohort: Cohort, case_id: str):
     image, ref = read_case(cohort, case_id)
     pred = np.asarray(load_volume(run.predictions / f"{case_id}.nii.gz").array, dtype=np.uint8)
     return image, ref, pred
+
+
+ZONE_EXTENT_FILE = "zone_extent.csv"
+"""The run folder's table of zone extents, written by :func:`cohort_zones`."""
+
+
+def cohort_zones(run: RunPaths, cohort: Cohort) -> pd.DataFrame:
+    """Zone extents of every out-of-fold prediction and its reference label map; writes ``zone_extent.csv``.
+
+    The table of :func:`sscild.clinic.zones.cohort_zone_extent` (``case_id``, ``source``, ``zone`` and
+    the zone's volumes and percentages), written atomically to the run folder so that the Clinical
+    chapter reads it (:func:`read_cohort_zones`) instead of computing it again.
+    """
+    zones = cohort_zone_extent(run, cohort)
+    with atomic_path(run.root / ZONE_EXTENT_FILE, suffix=".csv") as tmp:
+        zones.to_csv(tmp, index=False)
+    return zones
+
+
+def read_cohort_zones(run: RunPaths) -> pd.DataFrame:
+    """The zone extents :func:`cohort_zones` wrote, every number as computed (floats read back exactly).
+
+    Raises:
+        FileNotFoundError: the file is missing; run the Segmentation chapter first, which writes it.
+    """
+    path = run.root / ZONE_EXTENT_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no zone extents. Run the Segmentation chapter first (`make evaluate`): "
+                                "it computes them from the out-of-fold predictions and writes this file.")
+    return pd.read_csv(path, dtype={"case_id": str, "source": str, "zone": str}, float_precision="round_trip")

@@ -1,33 +1,57 @@
-"""The Clinical correlation chapter's tables and sentences, built from the correlation grid.
+"""The Clinical correlation chapter: what its notebook shows, section by section.
 
-The grid, the staging and the endpoints are computed by :mod:`sscild.analysis.clinical`; this
-module formats them for the page and describes the synthetic generator's planted model
+The lesion measures come from the Segmentation chapter's files (``segmentation_metrics.csv``, and the
+lung zones of ``zone_extent.csv``), lung function from the cohort's clinical table. The grid, the
+staging and the endpoints are computed by :mod:`sscild.analysis.clinical` (which also writes the
+chapter's files), the figures drawn by :mod:`sscild.book.plots.clinical`; this module hands the page
+its tables, figures and sentences, and describes the synthetic generator's planted model
 (``sscild.synthetic.lungfunction.CLINICAL_MODEL``).
 
+* :func:`load_tables`: the per-case lesion measures, the clinical table and the two joined.
 * :func:`describe`: lesion burden, lung function and covariates of the patients.
+* :func:`correlations`, :func:`bootstrap_words`: the grid and how its intervals were computed.
 * :func:`endpoints_table`, :func:`side_by_side`, :func:`p_value_table`, :func:`partial_table`:
   the grid as tables.
 * :func:`paper_comparison`: the published correlations, for orientation only.
 * :func:`planted_model`, :func:`planted_model_markdown`, :func:`planted_vs_recovered`: what the
   synthetic generator planted, and whether it came back.
 * :func:`interpretation`, :func:`paper_contrast`: computed sentences on the grid.
+* :func:`extent_staging`, :func:`kappa_words`, :func:`staging_accuracy_table`, :func:`cutoff_band_words`:
+  extent staging, predicted against reference.
+* :func:`write_results`: ``clinical_correlations.csv`` and ``clinical_summary.json``.
+* :func:`zone_correlation_table`: zonal extent against lung function.
+
+The other names are the analysis's and the plots' own, for the notebook: :func:`availability`,
+:func:`rho_heatmap`, :func:`pft_scatter`, :func:`staging_scatter`.
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from sscild.analysis.clinical import (EXTENT_MEASURE, MEASURES, OUTCOMES, SOURCES, endpoints, grid_cell, json_safe,
-                                      predictor_label)
+from sscild.analysis.clinical import (EXTENT_MEASURE, MEASURES, N_RESAMPLES, OUTCOMES, SOURCES, availability,
+                                      clinical_correlations, covariates_present, endpoints, grid_cell, join_tables,
+                                      json_safe, load_segmentation_metrics, predictor_label, staging, summary_dict,
+                                      write_outputs)
+from sscild.analysis.clinical_inputs import load_clinical
+from sscild.analysis.segmentation import read_cohort_zones
+from sscild.book.plots.clinical import pft_scatter, rho_heatmap, staging_scatter
+from sscild.clinic.zones import zone_correlations
 from sscild.numfmt import fmt_interval, fmt_num, fmt_p
 from sscild.evaluation.stats import RHO_POWER, detectable_rho
-from sscild.paper import PAPER
+from sscild.paper import EXTENT_THRESHOLD_PCT, PAPER
+from sscild.paths import RunPaths
+from sscild.profiles import Profile
 
 __all__ = [
+    "load_tables",
     "describe",
+    "correlations",
+    "bootstrap_words",
     "side_by_side",
     "p_value_table",
     "partial_table",
@@ -38,9 +62,47 @@ __all__ = [
     "planted_vs_recovered",
     "interpretation",
     "paper_contrast",
+    "extent_staging",
+    "kappa_words",
     "staging_accuracy_table",
     "cutoff_band_words",
+    "write_results",
+    "zone_correlation_table",
+    # the analysis's and the plots' own names, for the notebook
+    "availability",
+    "rho_heatmap",
+    "pft_scatter",
+    "staging_scatter",
 ]
+
+
+# --------------------------------------------------------------------------------------------
+# the chapter's inputs and its grid
+# --------------------------------------------------------------------------------------------
+
+
+def load_tables(run: RunPaths, data_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """``(seg, clinical, table)``: the Segmentation chapter's per-case lesion measures
+    (:func:`sscild.analysis.clinical.load_segmentation_metrics`), the cohort's clinical table
+    (:func:`sscild.analysis.clinical_inputs.load_clinical`, its problems and notes in ``attrs``) and the two
+    joined, one row per segmented patient (:func:`sscild.analysis.clinical.join_tables`)."""
+    seg = load_segmentation_metrics(run.segmentation_metrics)
+    clinical = load_clinical(data_dir)
+    return seg, clinical, join_tables(seg, clinical)
+
+
+def correlations(table: pd.DataFrame, prof: Profile) -> tuple[pd.DataFrame, list[str]]:
+    """The whole correlation grid (:func:`sscild.analysis.clinical.clinical_correlations`, seeded by the profile,
+    :data:`~sscild.analysis.clinical.N_RESAMPLES` resamples) and the covariates its partial correlations adjust for."""
+    covariates = covariates_present(table)
+    return clinical_correlations(table, covariates=covariates, seed=prof.seed, n_resamples=N_RESAMPLES), covariates
+
+
+def bootstrap_words(full: pd.DataFrame, covariates: list[str], prof: Profile) -> str:
+    """The bootstrap as run (resamples, seed, interval methods) and the covariates of the partial correlations."""
+    return (f"Bootstrap: **{N_RESAMPLES}** resamples, seed **{prof.seed}** (profile `{prof.name}`); "
+            f"intervals by method: {full['ci_method'].value_counts().to_dict()}. "
+            f"Partial correlations adjusted for: **{', '.join(covariates) or 'nothing (no covariate columns)'}**.")
 
 
 # --------------------------------------------------------------------------------------------
@@ -311,6 +373,19 @@ def interpretation(full: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def extent_staging(table: pd.DataFrame, prof: Profile) -> dict:
+    """Extent stage predicted against reference at the published cut-off
+    (:func:`sscild.analysis.clinical.staging`, seeded by the profile)."""
+    return staging(table, threshold=EXTENT_THRESHOLD_PCT, seed=prof.seed, n_resamples=N_RESAMPLES)
+
+
+def kappa_words(stage: dict) -> str:
+    """Percent agreement and Cohen's κ [95% CI] of the predicted against the reference stage."""
+    return (f"Agreement {stage['percent_agreement']:.0f} % of {stage['n']} patients; Cohen's κ = "
+            f"**{fmt_interval(stage['kappa'], stage['ci_low'], stage['ci_high'])}** "
+            f"(interval: {stage['ci_method']}).")
+
+
 def staging_accuracy_table(stage: dict) -> pd.DataFrame:
     """Sensitivity, specificity, PPV and NPV of the predicted stage for *extensive* disease (reference stage as
     truth), each with its counts and Wilson 95 % interval (:func:`sscild.evaluation.staging.extensive_accuracy`)."""
@@ -331,8 +406,6 @@ def cutoff_band_words(stage: dict, seg_summary) -> str:
 
     ``seg_summary``: the Segmentation chapter's summary dict, or the path of its ``segmentation_summary.json``
     (a missing file: the band is not computed, and the sentence says so)."""
-    from pathlib import Path
-
     from sscild.evaluation.staging import cutoff_band
 
     if isinstance(seg_summary, (str, Path)):
@@ -347,3 +420,33 @@ def cutoff_band_words(stage: dict, seg_summary) -> str:
             f"cut-off, a predicted extent between {fmt_num(band['band_low'], 1)} and {fmt_num(band['band_high'], 1)} % "
             f"may belong to either stage: **{band['in_band']} of {band['n']}** patients lie in that band, and for them "
             "the predicted stage alone should not decide; their scans need a reader.")
+
+
+# --------------------------------------------------------------------------------------------
+# the chapter's files, and the lung zones
+# --------------------------------------------------------------------------------------------
+
+
+def write_results(run: RunPaths, full: pd.DataFrame, stage: dict, info: dict, *, profile: str, seed: int,
+                  n_cases: int) -> tuple[Path, Path]:
+    """Write the grid (``clinical_correlations.csv``) and the summary (``clinical_summary.json``,
+    :func:`sscild.analysis.clinical.summary_dict`); returns both paths."""
+    summary = summary_dict(full, stage, cohort=info["name"], synthetic=info["synthetic"], profile=profile,
+                           n_cases=n_cases, seed=seed, n_resamples=N_RESAMPLES)
+    return write_outputs(run, full, summary)
+
+
+def zone_correlation_table(run: RunPaths, data_dir: str | Path, clinical: pd.DataFrame, *,
+                           seed: int) -> pd.DataFrame | None:
+    """Spearman ρ of the predicted extent in the lower and the peripheral zones (and the whole lung) against FVC
+    and DLCO (:func:`sscild.clinic.zones.zone_correlations`), from the zone extents the Segmentation chapter wrote
+    (:func:`sscild.analysis.segmentation.read_cohort_zones`).
+
+    ``None`` when the cohort has no label maps or the run no out-of-fold predictions.
+
+    Raises:
+        FileNotFoundError: there are predictions but no zone extents: run the Segmentation chapter first.
+    """
+    if not ((Path(data_dir) / "labelsTr").is_dir() and run.predictions.is_dir()):
+        return None
+    return zone_correlations(read_cohort_zones(run), clinical, n_resamples=N_RESAMPLES, seed=seed)

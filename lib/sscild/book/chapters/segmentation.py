@@ -1,17 +1,30 @@
-"""The Segmentation chapter's tables and sentences, built from the analysis's numbers.
+"""The Segmentation chapter: what its notebook shows, section by section.
 
-The scores are computed by :mod:`sscild.analysis.segmentation`,
-:mod:`sscild.analysis.segmentation_summary` and :mod:`sscild.analysis.segmentation_errors`; this
-module formats them for the page.
+The chapter's stage runs here, where make calls it: the out-of-fold prediction, the scoring
+(:func:`score_out_of_fold`), the controls (:func:`score_controls`) and the lung zones
+(:func:`cohort_zones`, written once for the Clinical chapter). The scores are computed by
+:mod:`sscild.analysis.segmentation`, :mod:`sscild.analysis.segmentation_summary` and
+:mod:`sscild.analysis.segmentation_errors`, the figures drawn by :mod:`sscild.book.plots.segmentation`
+and :mod:`sscild.book.plots.zones`; this module hands the page its tables, figures and sentences.
 
+* :func:`score_out_of_fold`, :func:`methods_words`: predict, score, summarise; the methods as run.
 * :func:`paper_table`: the published mean Dice, for orientation only.
 * :func:`summary_table`: Dice and surface Dice per region over patients.
-* :func:`agreement_table`, :func:`regression_limits_table`: ICC and Bland–Altman of the extents.
-* :func:`baseline_table`: the network against the HU baseline, with the paired difference.
+* :func:`seed_spread_table`, :func:`seed_spread_words`: the recorded seed repeats.
+* :func:`case_figure`: best, median and worst patient.
+* :func:`worst_patients`, :func:`worst_case_words`: the worst patients and what went wrong.
 * :func:`confusion_per_patient`: EF/GGO swaps per patient.
-* :func:`worst_case_words`: one computed sentence per worst patient.
-* :func:`controls_table`, :func:`controls_words`, :func:`control_figure`: false lesions on the
-  controls without lung disease.
+* :func:`agreement_table`, :func:`regression_limits_table`: ICC and Bland–Altman of the extents.
+* :func:`baseline_table`, :func:`baseline_cut_words`, :func:`attenuation_figure`: the network against
+  the HU baseline, and why density cannot tell EF from GGO.
+* :func:`score_controls`, :func:`controls_table`, :func:`controls_words`, :func:`control_figure`: false
+  lesions on the controls without lung disease.
+* :func:`cohort_zones`: EF and GGO per lung zone.
+
+The other names are the analysis's and the plots' own, for the notebook: :func:`load_cohort`,
+:func:`per_fold_table`, :func:`confusion_table`, :func:`metric_strip`, :func:`bland_altman_grid`,
+:func:`baseline_comparison`, :func:`cohort_zone_figure`, :func:`zone_agreement`, :data:`ZONE_RULES`,
+:func:`window_text`, :func:`read_record`, :func:`segment_benchmark_table`.
 """
 
 from __future__ import annotations
@@ -19,30 +32,109 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from sscild.analysis.segmentation_errors import label_swaps
-from sscild.analysis.segmentation_summary import network_scores, paired_baseline_difference, pooled_dice
+from sscild.analysis.segmentation import (cohort_zones, evaluate_oof, extreme_cases, load_case_maps,
+                                          nsd_tolerance_mm, oof_settings, slice_spacing_mm)
+from sscild.analysis.segmentation_errors import (confusion_table, error_location, label_attenuation, label_swaps,
+                                                 overlap_coefficient, worst_cases)
+from sscild.analysis.segmentation_summary import (controls_summary, network_scores, paired_baseline_difference,
+                                                  per_fold_table, pooled_dice, summary_dict)
+from sscild.book.plots import window_text
+from sscild.book.plots.segmentation import (attenuation_histograms, baseline_comparison, bland_altman_grid,
+                                            case_montage, metric_strip)
+from sscild.book.plots.zones import cohort_zone_figure
+from sscild.book.provenance import read_record, segment_benchmark_table
+from sscild.clinic.figures import scan_montage
+from sscild.clinic.zones import ZONE_RULES, zone_agreement
+from sscild.data.cohort import Cohort, load_cohort
+from sscild.model import controls as model_controls
+from sscild.model.inference import POSTPROCESS_RULE
+from sscild.model.predict import predict_oof
 from sscild.numfmt import fmt_num
 from sscild.paper import PAPER
+from sscild.paths import RunPaths, write_json
+from sscild.profiles import Profile
 
 __all__ = [
     "REGION_NAMES",
+    "score_out_of_fold",
+    "methods_words",
     "paper_table",
     "summary_table",
     "agreement_table",
     "regression_limits_table",
     "baseline_table",
+    "baseline_cut_words",
+    "attenuation_figure",
+    "case_figure",
     "confusion_per_patient",
+    "worst_patients",
     "worst_case_words",
+    "score_controls",
     "controls_table",
     "controls_words",
     "control_figure",
     "seed_spread_table",
     "seed_spread_words",
+    "cohort_zones",
+    # the analysis's and the plots' own names, for the notebook
+    "load_cohort",
+    "per_fold_table",
+    "confusion_table",
+    "metric_strip",
+    "bland_altman_grid",
+    "baseline_comparison",
+    "cohort_zone_figure",
+    "zone_agreement",
+    "ZONE_RULES",
+    "window_text",
+    "read_record",
+    "segment_benchmark_table",
 ]
 
 REGION_NAMES = {"normal": "normal lung", "ef": "EF", "ggo": "GGO", "lesion": "total lesion (EF ∪ GGO)",
                 "lung": "whole lung"}
 """How the book names each region."""
+
+
+def score_out_of_fold(run: RunPaths, cohort: Cohort, prof: Profile, info: dict,
+                      profile: str) -> tuple[int, float, pd.DataFrame, dict]:
+    """The chapter's stage: predict every held-out patient with its fold's network
+    (:func:`sscild.model.predict.predict_oof`), score it (:func:`sscild.analysis.segmentation.evaluate_oof`,
+    which writes ``segmentation_metrics.csv``) and write the summary (``segmentation_summary.json``).
+
+    Returns:
+        ``(number of predictions, NSD tolerance in mm, per-case table, summary dict)``.
+    """
+    paths = predict_oof(run, progress=False)
+    tolerance = nsd_tolerance_mm(cohort, prof)
+    df = evaluate_oof(run, cohort, tolerance_mm=tolerance, progress=False)
+    summary = summary_dict(df, info["name"], info["synthetic"], profile, tolerance_mm=tolerance,
+                           settings=oof_settings(run))
+    write_json(run.segmentation_summary, summary)
+    return len(paths), tolerance, df, summary
+
+
+def methods_words(summary: dict, prof: Profile, cohort: Cohort, *, n_predictions: int, tolerance: float) -> str:
+    """The methods as this run applied them: predictions scored, test-time flips, post-processing, lesion
+    threshold, the NSD tolerance against the slice spacing, the interval and ICC methods and the baseline."""
+    pol = summary["policies"]
+    z_lo, z_hi = slice_spacing_mm(cohort)
+    return (
+        f"{n_predictions} out-of-fold predictions, {summary['n_cases']} patients scored. "
+        f"Test-time left-right flips: **{ {True: 'on', False: 'off'}.get(pol['tta'], pol['tta']) }**. "
+        f"Post-processing: {POSTPROCESS_RULE}. "
+        + ("Lesion threshold: none (each voxel takes its most likely class). " if prof.lesion_threshold is None else
+           f"Lesion threshold: a voxel whose most likely class is EF or GGO is called lesion only when the model gives "
+           f"EF and GGO together a probability of at least {prof.lesion_threshold:g} (otherwise normal lung; chosen on "
+           "this cohort's out-of-fold Dice and the real scans of the appendix, "
+           "`benchmarks/study_lesion_threshold.json`). ")
+        + f"NSD tolerance: **{tolerance:.2f} mm, in-plane** for every patient (1.5 × the coarser in-plane "
+        f"spacing of the network's grid and of the scans, so a boundary one voxel off *within a slice* is "
+        f"tolerated). The slices are {z_lo:g}–{z_hi:g} mm apart, "
+        + ("more than the tolerance: a boundary one slice off through the plane is *not* tolerated, so the NSD "
+           "penalises through-plane disagreement fully and is best read as an in-plane measure. "
+           if z_lo > tolerance else "within the tolerance, so a boundary one slice off is tolerated too. ")
+        + f"Intervals: {pol['ci_method']}. ICC form: {pol['icc_form']}. Baseline: {summary['baseline']['method']}.")
 
 
 def paper_table(summary: dict | None = None, folder: str | None = None) -> pd.DataFrame:
@@ -155,6 +247,52 @@ def baseline_table(df: pd.DataFrame, summary: dict, *, n_boot: int = 2000, seed:
     return pd.DataFrame(rows).set_index(["region", "method"])
 
 
+def baseline_cut_words(summary: dict) -> str:
+    """The EF/GGO cut of the HU baseline fitted on each fold's training patients, in words ("" if none)."""
+    cuts = summary["baseline"].get("ef_cut_hu_per_fold") or {}
+    if not cuts:
+        return ""
+    return ("EF/GGO cut fitted on each fold's training patients (HU): " +
+            ", ".join(f"fold {k}: {v:g}" for k, v in cuts.items()) + ".")
+
+
+def attenuation_figure(cohort: Cohort, df: pd.DataFrame, summary: dict):
+    """The attenuation of the reference EF and GGO voxels of the scored patients
+    (:func:`sscild.analysis.segmentation_errors.label_attenuation`) with the baseline's band and fitted cuts.
+
+    Returns:
+        ``(figure, overlap coefficient of the EF and GGO histograms)``.
+    """
+    lo, hi = summary["baseline"]["haa_range_hu"]
+    cuts = summary["baseline"].get("ef_cut_hu_per_fold") or {}
+    hist = label_attenuation(cohort, list(df["case_id"]))
+    ovl = overlap_coefficient(hist["ef"], hist["ggo"])
+    return attenuation_histograms(hist, band=(lo, hi), cuts=list(cuts.values())), ovl
+
+
+def case_figure(run: RunPaths, cohort: Cohort, df: pd.DataFrame):
+    """The best, median and worst patient by lesion Dice (:func:`sscild.analysis.segmentation.extreme_cases`):
+    CT, reference and prediction, axial and coronal (:func:`sscild.book.plots.segmentation.case_montage`)."""
+    cases = []
+    for rank, cid in extreme_cases(df).items():
+        image, ref, pred = load_case_maps(run, cohort, cid)
+        d = float(df.set_index("case_id").loc[cid, "dice_lesion"])
+        cases.append({"image": image.array, "ref": ref, "pred": pred, "affine": image.affine,
+                      "title": f"{rank}: {cid}\nlesion Dice {d:.2f}"})
+    return case_montage(cases)
+
+
+def worst_patients(run: RunPaths, cohort: Cohort, df: pd.DataFrame, n: int = 3) -> tuple[pd.DataFrame, str]:
+    """The ``n`` patients with the lowest lesion Dice (:func:`sscild.analysis.segmentation_errors.worst_cases`)
+    and one sentence each on what went wrong and where (:func:`worst_case_words`)."""
+    worst = worst_cases(df, n=min(n, len(df)))
+    where = {}
+    for cid in worst.index:
+        image, ref, pred = load_case_maps(run, cohort, cid)
+        where[cid] = error_location(ref, pred, image.affine)
+    return worst, worst_case_words(worst, where)
+
+
 def confusion_per_patient(df: pd.DataFrame) -> pd.DataFrame:
     """Per patient: the share (%) of reference EF predicted GGO, and of reference GGO predicted EF,
     summarised over patients as median [IQR] and range (patients without that reference label are
@@ -209,6 +347,15 @@ def worst_case_words(table: pd.DataFrame, locations: dict | None = None) -> str:
     return "\n".join(lines)
 
 
+def score_controls(run: RunPaths, summary: dict) -> pd.DataFrame:
+    """Label every control with the fold ensemble (:func:`sscild.model.controls.score_controls`), add their
+    summary to ``summary["controls"]`` and write ``segmentation_summary.json`` again; returns the per-control table."""
+    table = model_controls.score_controls(run, progress=False)
+    summary["controls"] = controls_summary(table)
+    write_json(run.segmentation_summary, summary)
+    return table
+
+
 def controls_table(table: pd.DataFrame) -> pd.DataFrame:
     """The controls' false lesions with readable headers (one row per control)."""
     names = {"control": "control", "lung_ml": "lung (mL)", "ef_ml": "EF (mL)", "ggo_ml": "GGO (mL)",
@@ -242,10 +389,10 @@ def controls_words(summary: dict, *, synthetic: bool) -> str:
     return text
 
 
-def control_figure(vol, label: np.ndarray, uncertainty: np.ndarray, name: str):
-    """The labels and uncertainty of one control (:func:`sscild.clinic.figures.scan_montage`)."""
-    from sscild.clinic.figures import scan_montage
-
+def control_figure(run: RunPaths, name: str):
+    """The labels and uncertainty of one scored control (:func:`sscild.model.controls.control_maps`), drawn by
+    :func:`sscild.clinic.figures.scan_montage`."""
+    vol, label, uncertainty = model_controls.control_maps(run, name)
     les = 100.0 * float((label >= 2).sum()) / max(int((label > 0).sum()), 1)
     return scan_montage(vol.array, label, vol.affine, title=f"control {name}: false lesion {les:.2f} % of lung",
                         uncertainty=uncertainty)

@@ -56,7 +56,7 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2.0 * int((a & b).sum()) / s if s else float("nan")
 
 
-def check_volume(path: str | Path, nets, profile, *, tta: bool = True) -> tuple[dict, dict]:
+def check_volume(path: str | Path, nets, profile, *, tta: bool | None = None) -> tuple[dict, dict]:
     """One scan: the network's labels and the classical lung, compared.
 
     Returns:
@@ -67,7 +67,7 @@ def check_volume(path: str | Path, nets, profile, *, tta: bool = True) -> tuple[
     path = Path(path)
     vol = load_volume(path)
     hu = np.asarray(vol.array)
-    res = segment_volume(vol, nets, profile, tta=tta, cpu_bf16=None, uncertainty=True, case_id=path.name)
+    res = segment_volume(vol, nets, profile, tta=tta, uncertainty=True, case_id=path.name)
     lab = res.label
     spacing = tuple(float(v) for v in vol.spacing)
     classical = lung_mask_by_threshold(hu, spacing)
@@ -101,13 +101,13 @@ def check_volume(path: str | Path, nets, profile, *, tta: bool = True) -> tuple[
                  "affine": np.asarray(vol.affine, dtype=float), "uncertainty": res.uncertainty, "qc": qc}
 
 
-def real_lung_check(scans, models, *, tta: bool = True, device=None) -> tuple[pd.DataFrame, dict]:
+def real_lung_check(scans, models, *, tta: bool | None = None, device=None) -> tuple[pd.DataFrame, dict]:
     """Run :func:`check_volume` on each scan with the fold ensemble of ``models`` (a run folder).
 
     Args:
         scans: CT volume files, or one folder of them (:func:`list_volumes`).
         models: what :func:`sscild.model.loading.find_models` accepts (e.g. ``results/<cohort>/<profile>``).
-        tta: average the flipped slices too, as ``sscild segment`` does by default.
+        tta: average the flipped slices too; ``None``: as the models' profile says, like ``sscild segment``.
 
     Returns:
         ``(table, views)``: one row per scan and ``{scan name: view}`` for the overlays.

@@ -125,7 +125,7 @@ def _row(scan: str, change: Change, label: np.ndarray, added: np.ndarray, classi
     }
 
 
-def robustness_check(scans, models, *, changes=None, tta: bool = True, device=None, keep_views=("worst",),
+def robustness_check(scans, models, *, changes=None, tta: bool | None = None, device=None, keep_views=("worst",),
                      progress: bool = True) -> tuple[pd.DataFrame, dict]:
     """Apply every change of :func:`family` to each scan and compare the network's lungs (module docstring).
 
@@ -133,7 +133,7 @@ def robustness_check(scans, models, *, changes=None, tta: bool = True, device=No
         scans: CT volume files.
         models: a run folder with fold models (what :func:`sscild.model.loading.find_models` accepts).
         changes: the changes to apply (default :func:`family` of each scan's spacing).
-        tta: left-right flip averaging, as ``sscild segment`` does.
+        tta: left-right flip averaging; ``None``: as the models' profile says, like ``sscild segment``.
         keep_views: which label maps to keep for figures: ``"worst"`` (each scan's unchanged view and the
             change with the lowest lung Dice) or ``"all"``.
 
@@ -155,7 +155,7 @@ def robustness_check(scans, models, *, changes=None, tta: bool = True, device=No
         ref, kept = None, {}
         for i, change in enumerate(todo, 1):
             hu = apply_change(hu0, classical, spacing, change)
-            res = segment_volume(Volume(hu, vol.affine), ens.nets, ens.profile, tta=tta, device=device, cpu_bf16=None)
+            res = segment_volume(Volume(hu, vol.affine), ens.nets, ens.profile, tta=tta, device=device)
             label = res.label
             row = _row(scan.name, change, label, res.lung_added, classical, ml, ref, hu)
             if change.kind == "none":
@@ -173,7 +173,7 @@ def robustness_check(scans, models, *, changes=None, tta: bool = True, device=No
     return pd.DataFrame(rows), views
 
 
-def trust_checks(scans, models, *, tta: bool = True, device=None) -> pd.DataFrame:
+def trust_checks(scans, models, *, tta: bool | None = None, device=None) -> pd.DataFrame:
     """Does the command know when not to answer? Two broken copies of each real scan, as ``sscild segment`` sees them.
 
     * the lungs filled with soft tissue (:func:`~sscild.analysis.perturb.fill_lungs`): must be refused
@@ -197,7 +197,7 @@ def trust_checks(scans, models, *, tta: bool = True, device=None) -> pd.DataFram
         for name, hu in (("lungs filled with soft tissue", perturb.fill_lungs(hu0, classical)),
                          ("slices reversed, header unchanged", perturb.reverse_slices(hu0))):
             res = segment_volume(Volume(hu, vol.affine), ens.nets, ens.profile, tta=tta, device=device,
-                                 cpu_bf16=None, uncertainty=True)
+                                 uncertainty=True)
             lung_ml = int((res.label > 0).sum()) * float(np.prod(spacing)) / 1000.0
             row = {"scan": scan.name, "copy": name, "lung_ml": round(lung_ml, 1)}
             try:

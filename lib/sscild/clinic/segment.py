@@ -39,9 +39,8 @@ from sscild.data.nifti_writer import save_volume
 from sscild.errors import InputError
 from sscild.evaluation.metrics import volumes_ml
 from sscild.model.device import select_device, set_threads
-from sscild.model.inference import POSTPROCESS_RULE, UNCERTAIN_PCT, VolumePrediction, segment_volume
+from sscild.model.inference import POSTPROCESS_RULE, UNCERTAIN_PCT, VolumePrediction, segment_volume, uses_cpu_bf16
 from sscild.model.loading import Ensemble, find_models, load_ensemble
-from sscild.model.network import native_cpu_bf16
 from sscild.paper import EXTENT_THRESHOLD_PCT
 from sscild.paths import atomic_path, write_json
 
@@ -177,7 +176,7 @@ def _predict_scan(vol: Volume, scan: Path, ens: Ensemble, *, tta: bool | None, p
     tta = bool(profile.tta_flips) if tta is None else bool(tta)
     t_load = time.perf_counter()
     device = select_device(device)
-    bf16 = device.type == "cpu" and (native_cpu_bf16() if cpu_bf16 is None else bool(cpu_bf16))
+    bf16 = uses_cpu_bf16(device, cpu_bf16)
     res = segment_volume(vol, ens.nets, profile, tta=tta, postprocess=postprocess, device=device, cpu_bf16=bf16,
                          uncertainty=True, progress=progress, case_id=scan.name)
     t_post = time.perf_counter()

@@ -100,7 +100,7 @@ def score_controls(run: RunPaths, *, device=None, progress: bool = True) -> pd.D
         else:
             ens = ens or load_ensemble(run.root, device)
             vol = load_volume(path)
-            res = segment_volume(vol, ens.nets, ens.profile, device=device, cpu_bf16=None, uncertainty=True,
+            res = segment_volume(vol, ens.nets, ens.profile, device=device, uncertainty=True,
                                  case_id=cid)
             save_volume(out / f"{cid}.nii.gz", res.label, vol.affine, dtype=np.uint8)
             save_volume(out / f"{cid}_uncertainty.nii.gz", res.uncertainty, vol.affine, dtype=np.uint8)

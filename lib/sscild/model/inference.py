@@ -69,7 +69,7 @@ from sscild.model.network import native_cpu_bf16
 __all__ = ["SECOND_LUNG_MIN_FRACTION", "POSTPROCESS_RULE", "UNCERTAIN_PCT", "predict_preprocessed",
            "keep_largest_lung_components", "AERATED_HU", "COMPLETE_MIN_PCT", "complete_lung_field", "preprocessed_body",
            "postprocess_labels",
-           "VolumePrediction", "segment_volume", "segment_preprocessed"]
+           "VolumePrediction", "segment_volume", "segment_preprocessed", "uses_cpu_bf16"]
 
 UNCERTAIN_PCT = 50
 """A voxel whose uncertainty (normalised entropy, percent) is at least this is *uncertain*: as unsure as
@@ -99,6 +99,15 @@ POSTPROCESS_RULE = (
     f"the slice by aerated lung, when it amounts to more than {COMPLETE_MIN_PCT:g} % of the network's lung"
 )
 """One sentence for reports and the book."""
+
+
+def uses_cpu_bf16(device: torch.device, cpu_bf16: bool | None) -> bool:
+    """Whether inference on ``device`` runs in bfloat16 autocast: the one place this is decided.
+
+    On a CPU, ``cpu_bf16=None`` means where the CPU computes bfloat16 natively
+    (:func:`native_cpu_bf16`); ``True``/``False`` force it. Never on CUDA (float16 autocast there).
+    """
+    return device.type == "cpu" and (native_cpu_bf16() if cpu_bf16 is None else bool(cpu_bf16))
 
 
 def predict_preprocessed(nets, pre: Preprocessed, *, tta: bool = True, batch_slices: int = 16, device=None,
@@ -141,7 +150,7 @@ def predict_preprocessed(nets, pre: Preprocessed, *, tta: bool = True, batch_sli
     if device.type == "cuda":
         amp_dtype = torch.float16
     else:
-        amp_dtype = torch.bfloat16 if (native_cpu_bf16() if cpu_bf16 is None else cpu_bf16) else None
+        amp_dtype = torch.bfloat16 if uses_cpu_bf16(device, cpu_bf16) else None
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -323,7 +332,7 @@ class VolumePrediction:
 
 
 def segment_volume(vol: Volume, nets, profile, *, tta: bool | None = None, postprocess: bool = True, device=None,
-                   cpu_bf16: bool | None = False, uncertainty: bool = False, progress: bool = False,
+                   cpu_bf16: bool | None = None, uncertainty: bool = False, progress: bool = False,
                    desc: str = "segmenting", case_id: str = "scan") -> VolumePrediction:
     """Labels of a CT volume in HU by the ensemble ``nets``: preprocess, then :func:`segment_preprocessed`.
 
@@ -344,7 +353,7 @@ def segment_volume(vol: Volume, nets, profile, *, tta: bool | None = None, postp
 
 
 def segment_preprocessed(nets, pre: Preprocessed, profile, *, tta: bool | None = None, postprocess: bool = True,
-                         device=None, cpu_bf16: bool | None = False, uncertainty: bool = False, progress: bool = False,
+                         device=None, cpu_bf16: bool | None = None, uncertainty: bool = False, progress: bool = False,
                          desc: str = "segmenting") -> VolumePrediction:
     """Labels of a preprocessed case by the ensemble ``nets``: predict, post-process, restore to the scan's grid.
 
@@ -357,9 +366,12 @@ def segment_preprocessed(nets, pre: Preprocessed, profile, *, tta: bool | None =
             of slices, its ``lesion_threshold`` and, when ``tta`` is ``None``, its ``tta_flips``).
         pre: the preprocessed case (:func:`~sscild.data.preprocess.preprocess_volume` or the cache).
         postprocess: :func:`postprocess_labels` (body, largest components, lung completion).
-        cpu_bf16, device, progress, desc: as :func:`predict_preprocessed` (the out-of-fold evaluation
-            passes ``False``: float32, so its Dice does not depend on the CPU's arithmetic; the clinic's
-            commands ``None``: bfloat16 where the CPU computes it natively).
+        tta: left-right flip averaging; ``None`` (the default, what every caller but a screen uses):
+            the profile's ``tta_flips``.
+        cpu_bf16, device, progress, desc: as :func:`predict_preprocessed`; ``cpu_bf16=None`` (the
+            default): bfloat16 where the CPU computes it natively (:func:`uses_cpu_bf16`). Only the
+            out-of-fold evaluation passes ``False`` (float32, so the study's Dice does not depend on the
+            CPU's arithmetic).
         uncertainty: also compute the uncertainty map (background outside the network's crop is 0).
 
     Returns:

@@ -9,6 +9,7 @@ import torch
 
 from cohort_factory import prepare_run
 from sscild.model import train as train_mod
+from sscild.model.loading import fold_is_done
 from sscild.model.network import build_network
 from sscild.data.folds import read_splits
 from sscild.paths import RunPaths
@@ -73,7 +74,7 @@ def test_resumed_run_equals_uninterrupted(prepared, tmp_path):
     part = train_mod.train_fold(broken, get_profile("smoke"), 1, iterations=20, progress=False, stop_after=10)
     assert part.get("interrupted") and part["steps"] == 10
     assert (broken.fold_dir(1) / "checkpoint_latest.pt").exists()
-    assert not train_mod.fold_is_done(broken, 1)
+    assert not fold_is_done(broken, 1)
     done = train_mod.train_fold(broken, get_profile("smoke"), 1, iterations=20, progress=False)
     assert done["steps"] == 20
     assert_same(weights(whole, 1), weights(broken, 1))

@@ -25,13 +25,14 @@ from sscild import LABELS
 from sscild.errors import InputError
 from sscild.model.device import select_device
 from sscild.model.network import NUM_CLASSES, build_network
-from sscild.paths import repo_root
+from sscild.paths import RunPaths, repo_root
 from sscild.profiles import PROFILES, Profile
 
 __all__ = [
     "DEFAULT_PROFILE",
     "fuse_batchnorm",
     "load_fold_model",
+    "fold_is_done",
     "file_sha256",
     "model_identity",
     "checkpoint_label_scheme",
@@ -123,6 +124,12 @@ def _weights_only_load(path: Path, device):
                 f"{found.group(1)}, and unpickling can run code), so torch.load(weights_only=True) does not load it. "
                 "sscild only loads model files it wrote itself; use a fold_*/model_final.pt from `make train`.") from exc
         raise
+
+
+def fold_is_done(run: RunPaths, fold: int) -> bool:
+    """Whether fold ``fold`` of ``run`` finished training (its summary and final model are written)."""
+    d = run.fold_dir(fold)
+    return (d / "train_summary.json").exists() and (d / "model_final.pt").exists()
 
 
 def load_fold_model(path: str | Path, device=None) -> tuple[torch.nn.Module, dict]:

@@ -48,7 +48,7 @@ from sscild.model.checkpoint import (final_model_state, recipe_diff, resume_trai
                                      training_recipe)
 from sscild.model.device import (configure_backend, describe_device, loader_workers, network_numerics,
                                  select_device, set_threads, worker_init)
-from sscild.model.loading import load_fold_model
+from sscild.model.loading import fold_is_done, load_fold_model
 from sscild.model.network import NUM_CLASSES, build_network, count_parameters
 from sscild.model.sampling import PatchSampler, StepBatches
 from sscild.model.pretrain import cohort_pretrained_state
@@ -58,7 +58,7 @@ from sscild.paths import RunPaths, atomic_path, read_json, write_json
 from sscild.profiles import Profile, require_profile
 from sscild.progress import Heartbeat
 
-__all__ = ["train_fold", "train_model", "fold_is_done", "load_training_cases"]
+__all__ = ["train_fold", "train_model", "load_training_cases"]
 
 
 def _lr_lambda(iterations: int, warmup: int):
@@ -67,11 +67,6 @@ def _lr_lambda(iterations: int, warmup: int):
             return (step + 1) / warmup
         return max(0.0, 1.0 - (step - warmup) / max(1, iterations - warmup)) ** 0.9
     return f
-
-
-def fold_is_done(run: RunPaths, fold: int) -> bool:
-    d = run.fold_dir(fold)
-    return (d / "train_summary.json").exists() and (d / "model_final.pt").exists()
 
 
 def load_training_cases(run: RunPaths, case_ids) -> dict:

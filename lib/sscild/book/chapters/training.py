@@ -28,9 +28,9 @@ from sscild.book.plots.data import restoration_plot
 from sscild.book.plots.training import learning_curves
 from sscild.data.folds import read_splits
 from sscild.model.pretrain import finished_pretrained_state, restoration_example
+from sscild.model.loading import fold_is_done
 from sscild.model.recipe import recipe_table
 from sscild.model.selftrain import semi_mode, unlabelled_scans
-from sscild.model.train import fold_is_done
 from sscild.paths import RunPaths, read_json, repo_root
 from sscild.profiles import Profile
 

@@ -22,8 +22,9 @@ EXT_MARK := $(EXT_RES)/.params
 EXT_STAMP := $(EXT_RES)/.executed
 EXT_PARAMS := profile=$(EXTERNAL_PROFILE) train=$(abspath $(EXTERNAL_TRAIN)) test=$(if $(EXTERNAL_TEST),$(abspath $(EXTERNAL_TEST))) unlabelled=$(if $(EXTERNAL_UNLABELLED),$(abspath $(EXTERNAL_UNLABELLED)))
 # what the appendix uses: every library file its chapter imports (LIBDEPS_A1_external, the Makefile's
-# .make/libdeps.mk) and the recorded screens it shows
-EXT_LIB  := $(LIBDEPS_A1_external) benchmarks/external_semi_screen.csv benchmarks/external_paper_gpu.json
+# .make/libdeps.mk) and the recorded screens and runs it shows (benchmarks/external_*)
+EXT_LIB  := $(LIBDEPS_A1_external) benchmarks/external_recipe_search.json benchmarks/external_semi_screen.csv \
+            benchmarks/external_selftrain_cv.csv benchmarks/external_lever_screen.csv benchmarks/external_paper_gpu.json
 
 .PHONY: external
 # The book follows the run: once the appendix is executed, a book that is already built is rebuilt

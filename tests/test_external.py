@@ -16,13 +16,13 @@ from PIL import Image
 from sscild.errors import InputError
 from sscild.external.grid import GridMap, normalize_intensity, training_case
 from sscild.external.predict import MeanProb, predict_slices, pseudo_label_cases
-from sscild.external.recipe import external_profile
+from sscild.external.recipe import check_extra, external_profile, recipe_dict
 from sscild.external.runs import cross_validate, run_external
 from sscild.external.scores import score_slices, summarize_scores
 from sscild.external.screens import lever_screen, screen_table, semi_screen
 from sscild.external.slices import SliceImage, read_slice_folder, read_unlabelled_folder
 from sscild.external.tables import PUBLISHED, recorded_gpu_run, results_table
-from sscild.external.training import profile_key, training_jobs
+from sscild.external.training import profile_key, recorded_ident, train_or_load, training_jobs
 
 REPO = Path(__file__).resolve().parents[1]
 COVID_TRAIN = REPO.parent / "shared" / "data" / "covid-semiseg" / "train"
@@ -387,6 +387,53 @@ def test_recorded_gpu_run_table(tmp_path):
     assert recorded_gpu_run(tmp_path / "absent.json") is None
 
 
+def test_settings_of_the_former_name_read_in_the_studys_words(tmp_path):
+    """The former ``extra["semi"]`` ("off" / "fine-tune" / "self-training") reads as ``semi_supervised`` and
+    ``second_stage``, in a profile, an override and a finished model's recorded key (reused, not retrained)."""
+    cpu = external_profile("cpu")
+    assert cpu.semi_supervised == "pretrain" and cpu.pretrain_steps == 2000 and cpu.extra["second_stage"]
+    assert not {"semi", "semi_supervised", "pretrain_steps"} & set(cpu.extra)
+    for old, new in (({"semi": "fine-tune"}, {}), ({"semi": "off"}, {"second_stage": False}),
+                     ({"semi": "self-training"}, {"semi_supervised": "self-training", "second_stage": False}),
+                     ({"semi": "fine-tune", "pretrain_steps": 0}, {"semi_supervised": "off", "pretrain_steps": 0})):
+        a, b = external_profile("cpu", **old), external_profile("cpu", **new)
+        assert profile_key(a) == profile_key(b) and recipe_dict(a, 1) == recipe_dict(b, 1), old
+        # a profile as the former code built it: the study's fields off, the check's own settings in extra
+        raw = cpu.with_overrides(semi_supervised="off", pretrain_steps=0, extra={
+            **{k: v for k, v in cpu.extra.items() if k != "second_stage"}, "pretrain_steps": 2000, **old})
+        assert profile_key(raw) == profile_key(b) and check_extra(raw) == check_extra(b), old
+    with pytest.raises(ValueError, match="former name"):
+        external_profile("cpu", semi="sometimes")
+    with pytest.raises(ValueError, match="semi_supervised must be one of pretrain, self-training, off"):
+        external_profile("cpu", semi_supervised="fine-tune")
+    # a model whose recipe_key.json says "fine-tune" is found finished
+    _tiny_parts(tmp_path)
+    train = read_slice_folder(tmp_path / "train")
+    prof = external_profile("smoke", grid_size=32, patch_size=(32, 32), iterations=2, batch_size=2)
+    _, _, reused = train_or_load(train, prof, tmp_path / "m", key=0, progress=False, desc="m")
+    assert not reused
+    rec = json.loads((tmp_path / "m" / "recipe_key.json").read_text())
+    semi = rec["recipe"]["semi"]
+    assert semi.pop("semi_supervised") == "pretrain" and semi.pop("second_stage") is True
+    rec["recipe"]["semi"] = {"semi": "fine-tune", **semi}
+    (tmp_path / "m" / "recipe_key.json").write_text(json.dumps(rec))
+    assert recorded_ident(rec)["recipe"] == profile_key(prof)
+    assert train_or_load(train, prof, tmp_path / "m", key=0, progress=False, desc="m")[2]
+
+
+def test_recipe_search_record_and_the_chapters_reading_of_it(tmp_path):
+    from sscild.book.chapters.external import recipe_search
+
+    t = recipe_search()
+    assert t is not None, "benchmarks/external_recipe_search.json should be in the repository"
+    assert len(t) == 14 and t.index[0] == "chosen recipe" and t.loc["chosen recipe", "dice_ggo"] == 0.561
+    assert t["train_cpu_seconds"].iloc[0] == 283 and t["train_cpu_seconds"].isna().sum() == 1  # one not recorded
+    from sscild.external.screens import SEARCH_VARIANTS
+
+    assert set(t.index) <= set(SEARCH_VARIANTS)
+    assert recipe_search(tmp_path / "absent.json") is None
+
+
 def test_recipe_key_tells_training_settings_apart():
     base = external_profile("smoke")
     keys = {json.dumps(profile_key(p), sort_keys=True) for p in (
@@ -413,7 +460,7 @@ def _tiny_parts(root: Path, *, n_train: int = 6, n_test: int = 2, n_unlabelled: 
 
 def _semi_profile(**kw):
     return external_profile("smoke", grid_size=32, patch_size=(32, 32), iterations=2, batch_size=2, num_folds=2,
-                            semi="self-training", student_iterations=2, **kw)
+                            semi_supervised="self-training", student_iterations=2, **kw)
 
 
 def _tree(folder: Path) -> dict:
@@ -516,7 +563,8 @@ def test_self_training_run_reports_supervised_beside_semi(tmp_path):
     assert (tmp_path / "out" / "test" / "model" / "teacher" / "model_final.pt").exists()
     # with self-training and pretraining off, the unlabelled folder is not used at all
     off = run_external(tmp_path / "train", tmp_path / "off", unlabelled_dir=tmp_path / "unlabelled",
-                       profile=external_profile(prof, semi="off", pretrain_steps=0), n_boot=100, log=None)
+                       profile=external_profile(prof, semi_supervised="off", second_stage=False), n_boot=100,
+                       log=None)
     assert off["cv_supervised"] is None and off["data"]["n_unlabelled"] is None
 
 
@@ -555,9 +603,9 @@ def test_test_part_ensemble_averages_the_fold_models(tmp_path):
     assert profile_key(prof) == profile_key(external_profile(prof, test_ensemble=False))
 
 
-def test_fine_tune_mode_trains_two_stages_without_unlabelled_slices(tmp_path):
+def test_second_stage_trains_two_stages_without_unlabelled_slices(tmp_path):
     _tiny_parts(tmp_path)
-    prof = _semi_profile().with_overrides(extra={**_semi_profile().extra, "semi": "fine-tune", "pretrain_steps": 0})
+    prof = external_profile(_semi_profile(), semi_supervised="off", second_stage=True)
     summ = run_external(tmp_path / "train", tmp_path / "out", unlabelled_dir=tmp_path / "unlabelled",
                         profile=prof, n_boot=100, log=None)
     assert summ["data"]["n_unlabelled"] is None and summ["cv_supervised"]["n_slices"] == 6
@@ -571,8 +619,8 @@ def test_pseudo_labels_keep_confident_pixels_and_lesion_slices():
 
     img, lab = blob_slice()
     s = SliceImage("u", img.T.copy(), None, Path("u.png"), None)
-    prof = external_profile("smoke", grid_size=32, patch_size=(32, 32), semi="self-training", pseudo_tta="none",
-                            pseudo_confidence=0.9)
+    prof = external_profile("smoke", grid_size=32, patch_size=(32, 32), semi_supervised="self-training",
+                            pseudo_tta="none", pseudo_confidence=0.9)
     cases, stats = pseudo_label_cases(PixelNet(), {"u": s}, prof)
     lab_u = cases["u:u"].label[..., 0]
     assert set(np.unique(lab_u)) <= {0, 1, 2, IGNORE_LABEL} and stats["slices"] == 1
@@ -682,4 +730,4 @@ def test_recorded_screens_name_variants_the_search_can_rerun():
     assert lever_screen(n_boot=200).index[0] == "recipe as it was: two stages, 1500 + 1000 iterations"
     for name in set(rec["variant"]):
         want = int(name.split(", ")[-1].split()[0]) if name.startswith("self-supervised pretraining") else 0
-        assert external_profile("cpu", **SEARCH_VARIANTS[name]).extra["pretrain_steps"] == want, name
+        assert external_profile("cpu", **SEARCH_VARIANTS[name]).pretrain_steps == want, name

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from cohort_factory import prepare_run
-from sscild.analysis import data as ds
 from sscild.model import train as train_mod
 from sscild.model.network import build_network
 from sscild.model.pretrain import cohort_pretrained_state
 from sscild.model.selftrain import semi_mode, unlabelled_scans
 from sscild.data.validate import validate_cohort
+from sscild.data.validation_report import validation_record
 from sscild.paths import RunPaths, write_json
 from sscild.synthetic.writer import generate_cohort
 from sscild.profiles import get_profile
@@ -36,7 +36,7 @@ def semi_run(tmp_path_factory):
     run = RunPaths(results=base / "results", cohort="cohort", profile="smoke")
     report = validate_cohort(data)
     assert report.ok, report.format()
-    write_json(run.validation, ds.validation_record(report))
+    write_json(run.validation, validation_record(report))
     prepare_run(data, run.results)
     return run
 
@@ -117,6 +117,22 @@ def test_pretraining_changes_the_start_and_the_mode_is_checked(semi_run):
     assert semi_mode(prof.with_overrides(pretrain_steps=0)) == "off"
 
 
+def test_the_external_check_uses_the_studys_words_and_check():
+    """One vocabulary for unlabelled scans: the external check's profiles use the study's
+    ``semi_supervised`` and ``pretrain_steps``, checked by the same function (the same error, the same
+    "pretrain with 0 steps is off")."""
+    from sscild.external.recipe import check_extra, external_profile
+    from sscild.model.selftrain import SEMI_MODES
+
+    for mode in SEMI_MODES:
+        assert check_extra(external_profile("smoke", semi_supervised=mode))["semi_supervised"] == mode
+    assert check_extra(external_profile("smoke", pretrain_steps=0))["semi_supervised"] == semi_mode(
+        get_profile("smoke").with_overrides(pretrain_steps=0)) == "off"
+    for bad in ("auto", "fine-tune"):
+        with pytest.raises(ValueError, match="semi_supervised must be one of pretrain, self-training, off"):
+            external_profile("smoke", semi_supervised=bad)
+
+
 # ------------------------------------------------------------------ the recorded comparison of arms
 def test_arm_record_pairs_patients_and_refuses_other_patients(tmp_path):
     import subprocess
@@ -174,7 +190,7 @@ def test_interrupted_fold_is_not_resumed_from_other_starting_weights(tmp_path):
     data = generate_cohort(tmp_path / "cohort", profile=get_profile("smoke"), n=4, seed=5, progress=False)
     run = RunPaths(results=tmp_path / "results", cohort="cohort", profile="smoke")
     report = validate_cohort(data)
-    write_json(run.validation, ds.validation_record(report))
+    write_json(run.validation, validation_record(report))
     prepare_run(data, run.results)
     prof = get_profile("smoke").with_overrides(checkpoint_every=2)
     part = train_mod.train_fold(run, prof, 0, progress=False, iterations=6, stop_after=2)

@@ -43,7 +43,7 @@ def pretrain_key(p: Profile, unlabelled: Mapping[str, SliceImage]) -> dict:
 
 def pretrained_state(unlabelled: Mapping[str, SliceImage], p: Profile, out: Path, *,
                      log=print) -> tuple[dict, dict]:
-    """The network weights after ``extra["pretrain_steps"]`` steps of restoring corrupted unlabelled
+    """The network weights after the profile's ``pretrain_steps`` steps of restoring corrupted unlabelled
     slices (trained now, or read from ``out`` when it holds a finished run with the same key).
 
     Returns (state dict for :func:`sscild.model.network.build_network` with 3 outputs, summary)."""

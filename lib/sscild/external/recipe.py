@@ -1,16 +1,27 @@
 """The external check's recipe: its profiles (derived from the study's), their image-folder and
-semi-supervised settings, validation, and the recipe as plain values."""
+semi-supervised settings, validation, and the recipe as plain values.
+
+How the unlabelled slices are used is the study's own setting and word: the profile's
+``semi_supervised`` (:data:`sscild.model.selftrain.SEMI_MODES`, checked by
+:func:`sscild.model.selftrain.semi_mode`) and ``pretrain_steps``. Settings written with the former
+names (``extra["semi"]``: ``"off"`` / ``"fine-tune"`` / ``"self-training"``, and ``extra["pretrain_steps"]``)
+are read in those words (:data:`RENAMED_SEMI`, :func:`in_study_words`)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import numpy as np
 
+from sscild.model.selftrain import semi_mode
 from sscild.profiles import Profile, get_profile
 
 __all__ = [
     "SEMI_DEFAULTS",
+    "RENAMED_SEMI",
+    "semi_settings",
+    "in_study_words",
     "EXTERNAL_PROFILES",
     "check_extra",
     "external_profile",
@@ -18,10 +29,9 @@ __all__ = [
 ]
 
 _TTA = ("none", "flip", "dihedral")
-_SEMI_MODES = ("off", "self-training", "fine-tune")
 
 SEMI_DEFAULTS = {
-    "semi": "off",
+    "second_stage": False,
     "pseudo_confidence": 0.9,
     "pseudo_share": 0.5,
     "student_iterations": 1000,
@@ -30,22 +40,71 @@ SEMI_DEFAULTS = {
     "pseudo_tta": "flip",
     "pseudo_min_lesion": 0.0,
 }
-"""Semi-supervised settings (profile ``extra``) and their defaults. ``semi``: ``"off"`` (supervised
-only) or ``"self-training"``: each training (a fold, or the final model) first trains a supervised
-*teacher* on its own labelled slices, the teacher labels up to ``unlabelled_max`` unlabelled slices
-(an even spread over the folder, in natural id order; softmax averaged over the ``pseudo_tta``
-variants), pixels whose highest class probability is below ``pseudo_confidence`` are ignored by the
-loss, and a *student* trains ``student_iterations`` steps on both, ``pseudo_share`` of each batch
-pseudo-labelled, starting from the teacher's weights (``student_init="teacher"``) or afresh
-(``"random"``). With ``pseudo_min_lesion`` > 0, only the slices whose confident pseudo-label
-marks at least that share of the grid as GGO or consolidation are kept. ``"fine-tune"``: the same
-two stages without unlabelled slices (the student continues from the teacher's weights on the
-labelled slices alone) -- the screen's control, which separates what the unlabelled slices add from
+"""Semi-supervised settings of the profile's ``extra`` and their defaults, beside the profile's
+``semi_supervised`` (the study's words) and ``pretrain_steps``:
+
+* ``semi_supervised="pretrain"``: ``pretrain_steps`` steps of self-supervised pretraining on the
+  unlabelled slices (:mod:`sscild.external.pretrain`), from which every model's first stage starts
+  (0 steps: ``"off"``, as in the study).
+* ``"self-training"``: each training (a fold, or the final model) first trains a supervised *teacher*
+  on its own labelled slices (from the pretrained weights when ``pretrain_steps`` > 0: unlike the
+  study's profiles, the external check can do both), the teacher labels up to ``unlabelled_max``
+  unlabelled slices (an even spread over the folder, in natural id order; softmax averaged over the
+  ``pseudo_tta`` variants), pixels whose highest class probability is below ``pseudo_confidence`` are
+  ignored by the loss, and a *student* trains ``student_iterations`` steps on both, ``pseudo_share`` of
+  each batch pseudo-labelled, starting from the teacher's weights (``student_init="teacher"``) or
+  afresh (``"random"``). With ``pseudo_min_lesion`` > 0, only the slices whose confident pseudo-label
+  marks at least that share of the grid as GGO or consolidation are kept.
+* ``"off"``: the unlabelled slices are not used.
+
+``second_stage``: without self-training, the model trains the same two stages without unlabelled
+slices (the student continues ``student_iterations`` steps from the teacher's weights on the labelled
+slices alone) -- the second screen's control, which separates what the unlabelled slices add from
 what the extra steps add, and the adopted ``cpu`` recipe."""
+
+RENAMED_SEMI = {"off": ("pretrain", False), "fine-tune": ("pretrain", True),
+                "self-training": ("self-training", False)}
+"""The former setting ``extra["semi"]`` read in the study's words: its value -> (``semi_supervised``,
+``second_stage``). The former ``"off"`` and ``"fine-tune"`` pretrained whenever ``pretrain_steps`` > 0,
+as ``"pretrain"`` does (with 0 steps it reads as ``"off"``); ``"fine-tune"`` is the second stage on the
+labelled slices alone."""
+
+
+def semi_settings(settings: Mapping) -> dict:
+    """Settings with one of the former name ``semi`` read as ``semi_supervised`` and ``second_stage``
+    (:data:`RENAMED_SEMI`: a recorded ``"fine-tune"`` is ``"pretrain"`` with the second stage); the
+    others unchanged.
+
+    >>> semi_settings({"semi": "fine-tune", "pretrain_steps": 2000})
+    {'pretrain_steps': 2000, 'semi_supervised': 'pretrain', 'second_stage': True}
+    """
+    out = {k: v for k, v in settings.items() if k != "semi"}
+    if "semi" in settings:
+        if settings["semi"] not in RENAMED_SEMI:
+            raise ValueError(f"extra['semi'] (the former name of semi_supervised) must be one of "
+                             f"{', '.join(RENAMED_SEMI)}, got {settings['semi']!r}.")
+        mode, second = RENAMED_SEMI[settings["semi"]]
+        out.setdefault("semi_supervised", mode)
+        out.setdefault("second_stage", second)
+    return out
+
+
+def in_study_words(p: Profile) -> Profile:
+    """``p`` with the former ``extra["semi"]`` and ``extra["pretrain_steps"]`` moved to the profile's
+    ``semi_supervised`` (:func:`semi_settings`) and ``pretrain_steps``; ``p`` itself when it has none.
+    An ``extra`` that named pretraining steps but no ``semi`` had the former default, ``"off"``."""
+    ex = dict(p.extra or {})
+    if not {"semi", "semi_supervised", "pretrain_steps"} & set(ex):
+        return p
+    if "pretrain_steps" in ex and "semi" not in ex:
+        ex["semi"] = "off"
+    ex = semi_settings(ex)
+    fields = {k: ex.pop(k) for k in ("semi_supervised", "pretrain_steps") if k in ex}
+    return p.with_overrides(**fields, extra=ex)
 
 
 def _base_overrides() -> dict:
-    # The recipe chosen by cross-validation on the training slices (see sscild.external.screens.RECIPE_SEARCH):
+    # The recipe chosen by cross-validation on the training slices (benchmarks/external_recipe_search.json):
     # whole slices on a 192-pixel grid, batch 4, 1500 iterations, one residual unit per level.
     return dict(
         channels=(16, 32, 64, 128),
@@ -61,32 +120,29 @@ def _base_overrides() -> dict:
         checkpoint_every=250,
         log_every=25,
         tta_flips=True,
-        # the study's settings for a cohort's unlabelled scans do not apply to image folders: the external
-        # check pretrains with extra["pretrain_steps"] (sscild.external.pretrain)
+        # image folders have no synthetic cohort: the unlabelled slices are a folder of their own
         phantom_unlabelled=0,
         phantom_controls=0,
-        semi_supervised="off",
-        pretrain_steps=0,
     )
 
 
 def _make_profiles() -> dict[str, Profile]:
     cpu = get_profile("cpu").with_overrides(
         name="external-cpu", **_base_overrides(),
+        # third screen (sscild.external.screens.lever_screen): 2000 steps of self-supervised pretraining on the
+        # unlabelled slices raised consolidation Dice on folds 0-2; no other nnU-Net lever helped
+        semi_supervised="pretrain", pretrain_steps=2000,
         extra={"grid_size": 192, "rotations": True, "tta": "dihedral",
                # second screen (sscild.external.screens.semi_screen): 1000 more steps from the supervised model's
                # weights, and the test part predicted with the fold models too; self-training did not help there
-               "semi": "fine-tune", "student_iterations": 1000, "test_ensemble": True,
-               # third screen (sscild.external.screens.lever_screen): 2000 steps of self-supervised pretraining on
-               # the unlabelled slices raised consolidation Dice on folds 0-2; no other nnU-Net lever helped
-               "pretrain_steps": 2000})
-    # the cpu recipe's structure (two stages, fold ensemble on the test part) in a few steps
+               "second_stage": True, "student_iterations": 1000, "test_ensemble": True})
+    # the cpu recipe's structure (pretraining, two stages, fold ensemble on the test part) in a few steps
     smoke = get_profile("smoke").with_overrides(
         name="external-smoke", channels=(8, 16, 32), strides=(2, 2), num_res_units=1, patch_size=(64, 64),
         batch_size=4, iterations=6, num_folds=5, seed=0, checkpoint_every=6, log_every=3, tta_flips=False,
-        lesion_oversample=0.5, phantom_unlabelled=0, phantom_controls=0, semi_supervised="off", pretrain_steps=0,
-        extra={"grid_size": 64, "rotations": True, "tta": "flip", "semi": "fine-tune",
-               "student_iterations": 3, "test_ensemble": True, "pretrain_steps": 4})
+        lesion_oversample=0.5, phantom_unlabelled=0, phantom_controls=0, semi_supervised="pretrain", pretrain_steps=4,
+        extra={"grid_size": 64, "rotations": True, "tta": "flip", "second_stage": True,
+               "student_iterations": 3, "test_ensemble": True})
     # a larger budget for a GPU (mixed precision); not tuned: its settings scale the cpu recipe up, and it keeps the
     # cpu recipe's pretraining, two stages and fold ensemble (screened on CPU; no GPU run of it is recorded yet)
     paper = cpu.with_overrides(name="external-paper", num_res_units=2, batch_size=8, iterations=4000,
@@ -97,19 +153,22 @@ def _make_profiles() -> dict[str, Profile]:
 
 EXTERNAL_PROFILES: dict[str, Profile] = _make_profiles()
 """External-check profiles, derived from the study's profiles (``smoke`` for tests, ``cpu`` the
-default of ``make external``, ``paper`` a longer run for a GPU). Image-folder settings live in
-``extra``: ``grid_size`` (square network input, pixels), ``rotations`` (train on the four 90-degree
-rotations of each slice), ``tta`` (``"none"``, ``"flip"`` or ``"dihedral"``: flips and 90-degree
-rotations averaged at prediction), ``pretrain_steps`` (0: off; else steps of self-supervised
-pretraining on the unlabelled slices, :mod:`sscild.external.pretrain`, from which every model's
-first stage starts), ``test_ensemble`` (the test part is predicted by the mean softmax
-of the model trained on all labelled slices and the cross-validation fold models) and the
+default of ``make external``, ``paper`` a longer run for a GPU). The unlabelled slices are used as the
+profile's ``semi_supervised`` and ``pretrain_steps`` say (:data:`SEMI_DEFAULTS`). Image-folder settings
+live in ``extra``: ``grid_size`` (square network input, pixels), ``rotations`` (train on the four
+90-degree rotations of each slice), ``tta`` (``"none"``, ``"flip"`` or ``"dihedral"``: flips and
+90-degree rotations averaged at prediction), ``test_ensemble`` (the test part is predicted by the mean
+softmax of the model trained on all labelled slices and the cross-validation fold models) and the
 semi-supervised settings of :data:`SEMI_DEFAULTS`."""
 
 
 def check_extra(p: Profile) -> dict:
-    """The profile's image-folder and semi-supervised settings (its ``extra``), checked, with their
-    defaults filled in; a ``ValueError`` names a setting out of range."""
+    """The profile's image-folder and semi-supervised settings (its ``extra``, and its ``semi_supervised``
+    and ``pretrain_steps``; former names read by :func:`in_study_words`), checked, with their defaults
+    filled in; a ``ValueError`` names a setting out of range. ``semi_supervised`` is the mode in effect
+    (:func:`sscild.model.selftrain.semi_mode`, the study's check: ``"pretrain"`` with 0 steps is
+    ``"off"``) and ``pretrain_steps`` the steps that are trained (0 when the mode is ``"off"``)."""
+    p = in_study_words(p)
     ex = dict(p.extra or {})
     grid = ex.get("grid_size")
     if isinstance(grid, bool) or not isinstance(grid, (int, np.integer)) or grid < 16:
@@ -128,8 +187,13 @@ def check_extra(p: Profile) -> dict:
     if p.spatial_dims != 2:
         raise ValueError(f"profile {p.name!r}: the external check trains 2D networks (spatial_dims=2).")
     semi = {**SEMI_DEFAULTS, **{k: ex[k] for k in SEMI_DEFAULTS if k in ex}}
-    if semi["semi"] not in _SEMI_MODES:
-        raise ValueError(f"profile {p.name!r}: extra['semi'] must be one of {_SEMI_MODES}, got {semi['semi']!r}.")
+    pre = p.pretrain_steps
+    if isinstance(pre, bool) or not isinstance(pre, (int, np.integer)) or pre < 0:
+        raise ValueError(f"profile {p.name!r}: pretrain_steps must be an integer >= 0, got {pre!r}.")
+    mode = semi_mode(p)
+    if not isinstance(semi["second_stage"], bool):
+        raise ValueError(f"profile {p.name!r}: extra['second_stage'] must be True or False, "
+                         f"got {semi['second_stage']!r}.")
     conf = semi["pseudo_confidence"]
     if isinstance(conf, bool) or not isinstance(conf, (int, float)) or not 0.0 <= float(conf) < 1.0:
         raise ValueError(f"profile {p.name!r}: extra['pseudo_confidence'] must be a number in [0, 1), got {conf!r}.")
@@ -148,20 +212,19 @@ def check_extra(p: Profile) -> dict:
         raise ValueError(f"profile {p.name!r}: extra['pseudo_min_lesion'] must be a number in [0, 1), got {mls!r}.")
     if semi["pseudo_tta"] not in _TTA:
         raise ValueError(f"profile {p.name!r}: extra['pseudo_tta'] must be one of {_TTA}, got {semi['pseudo_tta']!r}.")
-    pre = ex.get("pretrain_steps", 0)
-    if isinstance(pre, bool) or not isinstance(pre, (int, np.integer)) or pre < 0:
-        raise ValueError(f"profile {p.name!r}: extra['pretrain_steps'] must be an integer >= 0, got {pre!r}.")
     if not isinstance(ex.get("test_ensemble", False), bool):
         raise ValueError(f"profile {p.name!r}: extra['test_ensemble'] must be True or False, got {ex['test_ensemble']!r}.")
     return {"grid_size": int(grid), "rotations": bool(ex.get("rotations", True)), "tta": ex.get("tta", "dihedral"),
-            "test_ensemble": bool(ex.get("test_ensemble", False)), "pretrain_steps": int(pre), **semi}
+            "test_ensemble": bool(ex.get("test_ensemble", False)),
+            "semi_supervised": mode, "pretrain_steps": int(pre) if mode != "off" else 0, **semi}
 
 
 def external_profile(name: str | Profile = "cpu", **overrides) -> Profile:
     """The external-check profile ``name`` (``smoke``, ``cpu`` or ``paper``), with optional overrides.
 
-    ``overrides`` are :class:`~sscild.profiles.Profile` fields, plus ``grid_size``, ``rotations``,
-    ``tta`` and the semi-supervised settings of :data:`SEMI_DEFAULTS`, which go into ``extra``. A :class:`Profile` is validated and passed through.
+    ``overrides`` are :class:`~sscild.profiles.Profile` fields (``semi_supervised`` and ``pretrain_steps``
+    among them), plus ``grid_size``, ``rotations``, ``tta`` and the semi-supervised settings of
+    :data:`SEMI_DEFAULTS`, which go into ``extra`` (the former ``semi`` is read as :data:`RENAMED_SEMI` says). A :class:`Profile` is validated and passed through.
 
     Example:
         >>> p = external_profile("cpu", iterations=300, rotations=False)
@@ -176,7 +239,9 @@ def external_profile(name: str | Profile = "cpu", **overrides) -> Profile:
             raise ValueError(f"Unknown external-check profile {name!r}. Choose one of: {', '.join(EXTERNAL_PROFILES)} "
                              "(the chapter's `profile` parameter, or `make external EXTERNAL_PROFILE=...`).")
         p = EXTERNAL_PROFILES[key]
-    extra_keys = {"grid_size", "rotations", "tta", "test_ensemble", "pretrain_steps", *SEMI_DEFAULTS}
+    p = in_study_words(p)
+    overrides = semi_settings(overrides)
+    extra_keys = {"grid_size", "rotations", "tta", "test_ensemble", *SEMI_DEFAULTS}
     extra = {**(p.extra or {}), **{k: v for k, v in overrides.items() if k in extra_keys}}
     fields = {k: v for k, v in overrides.items() if k not in extra_keys}
     for k in ("channels", "strides", "patch_size"):
@@ -216,9 +281,10 @@ def recipe_dict(p: Profile, threads: int) -> dict:
                             f"{p.num_folds} cross-validation fold models" if ex["test_ensemble"]
                             else "the model trained on all labelled slices"),
         "semi_supervised": (
-            "off" if ex["semi"] == "off" else
+            "off" if ex["semi_supervised"] != "self-training" and not ex["second_stage"] else
             f"off; the supervised model is trained {ex['student_iterations']} more iterations from its own "
-            "weights (warm restart of the schedule) on the labelled slices only" if ex["semi"] == "fine-tune" else
+            "weights (warm restart of the schedule) on the labelled slices only"
+            if ex["semi_supervised"] != "self-training" else
             f"self-training: the supervised teacher labels up to {ex['unlabelled_max']} unlabelled slices "
             f"({ex['pseudo_tta']} TTA), pixels below {ex['pseudo_confidence']} confidence ignored; the student "
             f"trains {ex['student_iterations']} iterations from the {ex['student_init']} weights, "

@@ -60,10 +60,10 @@ def cross_validate(slices: Mapping[str, SliceImage], out_dir: str | Path, profil
     ``jobs`` overrides how many at once), then each is scored in this process. ``trained_now``: the
     fold folders a caller has just trained itself (:func:`run_external` trains the folds and the
     test model in one batch); they are not trained again and are reported as trained, not reused.
-    With ``extra["pretrain_steps"]``, every fold starts from the network pretrained on the
+    With ``pretrain_steps`` (and ``semi_supervised`` on), every fold starts from the network pretrained on the
     unlabelled slices (:mod:`sscild.external.pretrain`, cached in ``out_dir/pretrained``, or ``init``).
 
-    With ``unlabelled`` slices and a profile whose ``semi`` is ``"self-training"``, each fold's
+    With ``unlabelled`` slices and a profile whose ``semi_supervised`` is ``"self-training"``, each fold's
     teacher is trained on that fold's training slices only, labels the unlabelled slices, and the
     fold's student is what is scored; the teachers' (supervised) out-of-fold predictions are scored
     too, into ``scores_supervised.csv`` and ``info["supervised_scores"]``. An unlabelled slice
@@ -85,7 +85,7 @@ def cross_validate(slices: Mapping[str, SliceImage], out_dir: str | Path, profil
                          "num_folds.")
     strata = _consolidation_share(slices)
     semi = semi_on(p, unlabelled)
-    self_training = check_extra(p)["semi"] == "self-training"
+    self_training = check_extra(p)["semi_supervised"] == "self-training"
     if unlabelled and (self_training or check_extra(p)["pretrain_steps"]):
         check_no_overlap(unlabelled, {"training": slices})
     splits = make_splits(list(slices), strata=strata, k=p.num_folds, seed=p.seed)
@@ -126,7 +126,7 @@ def cross_validate(slices: Mapping[str, SliceImage], out_dir: str | Path, profil
 
 
 def pretraining(p: Profile, unlabelled: Mapping[str, SliceImage] | None, folder: Path, *, log=print) -> Init | None:
-    """The pretrained starting weights when the profile asks for them (``extra["pretrain_steps"]``) and
+    """The pretrained starting weights when the profile asks for them (``pretrain_steps``) and
     there are unlabelled slices, else ``None`` (without unlabelled slices the models start from a
     random initialisation, and the log says so)."""
     steps = check_extra(p)["pretrain_steps"]
@@ -268,8 +268,9 @@ def _train_everything(train: Mapping[str, SliceImage], test: Mapping[str, SliceI
     n_jobs, n_threads = training_jobs(len(tasks), set_threads(), jobs=jobs)
     init = pretraining(p, unlabelled, out_dir / "pretrained", log=log)
     tt = time.perf_counter()  # the models' wall time; the pretraining's own is in its summary
-    fresh = train_many(tasks, p, unlabelled=unlabelled if check_extra(p)["semi"] == "self-training" else None,
-                       jobs=n_jobs, threads=n_threads, progress=progress, log=log, init=init)
+    self_training = check_extra(p)["semi_supervised"] == "self-training"
+    fresh = train_many(tasks, p, unlabelled=unlabelled if self_training else None, jobs=n_jobs, threads=n_threads,
+                       progress=progress, log=log, init=init)
     pre = read_json(out_dir / "pretrained" / "summary.json") if init is not None else None
     return fresh, init, {"models": len(tasks), "trained_now": len(fresh), "at_once": n_jobs,
                          "threads_each": n_threads, "seconds": round(time.perf_counter() - tt, 2),
@@ -307,8 +308,7 @@ def run_external(train_dir: str | Path, out_dir: str | Path, *, test_dir: str | 
     train = read_slice_folder(train_dir, what="training folder")
     test = read_slice_folder(test_dir, what="test folder") if test_dir not in (None, "") else None
     unlabelled = None
-    if unlabelled_dir not in (None, "") and (check_extra(p)["semi"] == "self-training"
-                                            or check_extra(p)["pretrain_steps"]):
+    if unlabelled_dir not in (None, "") and check_extra(p)["semi_supervised"] != "off":
         unlabelled = read_unlabelled_folder(unlabelled_dir)
         check_no_overlap(unlabelled, {"training": train, **({"test": test} if test is not None else {})})
     if test is not None:  # leakage checks before any training

@@ -22,7 +22,7 @@ import torch
 from sscild.errors import InputError
 from sscild.external.grid import training_case
 from sscild.external.predict import pseudo_label_cases
-from sscild.external.recipe import SEMI_DEFAULTS, check_extra, external_profile
+from sscild.external.recipe import SEMI_DEFAULTS, check_extra, external_profile, in_study_words, semi_settings
 from sscild.external.slices import CLASS_NAMES, SliceImage, natural_key
 from sscild.model.loading import load_fold_model
 from sscild.model.train import train_model
@@ -30,7 +30,8 @@ from sscild.model.checkpoint import training_recipe
 from sscild.paths import read_json, write_json
 from sscild.profiles import Profile
 
-__all__ = ["Init", "TrainTask", "profile_key", "semi_on", "train_or_load", "train_semi", "train_many", "training_jobs"]
+__all__ = ["Init", "TrainTask", "profile_key", "recorded_ident", "semi_on", "train_or_load", "train_semi", "train_many",
+           "training_jobs"]
 
 
 @dataclass(frozen=True)
@@ -43,21 +44,37 @@ class Init:
 
 def profile_key(p: Profile) -> dict:
     """The settings a trained model depends on: the training recipe of :mod:`sscild.model.train` and the
-    image-folder settings (test-time augmentation is not one of them; the semi-supervised settings
-    only when the mode is on, so a supervised model and a self-training teacher share their key)."""
-    key = training_recipe(p)
-    key["extra"] = {k: v for k, v in sorted((p.extra or {}).items())
-                    if k not in ("tta", "test_ensemble") and k not in SEMI_DEFAULTS}
+    image-folder settings with the pretraining steps (test-time augmentation is not one of them; the
+    semi-supervised settings only with a second stage, so a supervised model and a self-training teacher
+    share their key)."""
+    p = in_study_words(p)
     ex = check_extra(p)
-    if ex["semi"] != "off":
-        key["semi"] = {k: ex[k] for k in SEMI_DEFAULTS}
+    key = training_recipe(p)
+    key["extra"] = {k: v for k, v in sorted({**p.extra, "pretrain_steps": ex["pretrain_steps"]}.items())
+                    if k not in ("tta", "test_ensemble") and k not in SEMI_DEFAULTS}
+    if ex["second_stage"] or ex["semi_supervised"] == "self-training":
+        key["semi"] = {"semi_supervised": ex["semi_supervised"], **{k: ex[k] for k in SEMI_DEFAULTS}}
     return key
 
 
+def recorded_ident(rec: dict) -> dict:
+    """A model's recorded ``recipe_key.json`` with semi-supervised settings of the former name read in
+    the study's words (:func:`sscild.external.recipe.semi_settings`), so a model trained before the
+    renaming is still found finished: a recorded ``"fine-tune"`` reads as ``"pretrain"`` with the second
+    stage, or ``"off"`` when the recipe had no pretraining steps."""
+    semi = (rec.get("recipe") or {}).get("semi")
+    if not isinstance(semi, dict) or "semi" not in semi:
+        return rec
+    new = semi_settings(semi)
+    if new["semi_supervised"] == "pretrain" and not rec["recipe"].get("extra", {}).get("pretrain_steps"):
+        new["semi_supervised"] = "off"
+    return {**rec, "recipe": {**rec["recipe"], "semi": new}}
+
+
 def semi_on(p: Profile, unlabelled: Mapping[str, SliceImage] | None) -> bool:
-    """Whether ``p`` trains in two stages: ``"fine-tune"``, or ``"self-training"`` with unlabelled slices."""
-    mode = check_extra(p)["semi"]
-    return mode == "fine-tune" or (mode == "self-training" and bool(unlabelled))
+    """Whether ``p`` trains in two stages: ``"self-training"`` with unlabelled slices, or ``second_stage``."""
+    ex = check_extra(p)
+    return ex["second_stage"] or (ex["semi_supervised"] == "self-training" and bool(unlabelled))
 
 
 def _spread(ids: Sequence[str], n: int) -> list[str]:
@@ -81,7 +98,7 @@ def train_or_load(train: Mapping[str, SliceImage], p: Profile, out: Path, *, key
     if init is not None:
         ident["init"] = init.ident
     ident_path, summary_path, model_path = out / "recipe_key.json", out / "train_summary.json", out / "model_final.pt"
-    if ident_path.exists() and json.loads(json.dumps(ident)) != read_json(ident_path):
+    if ident_path.exists() and json.loads(json.dumps(ident)) != recorded_ident(read_json(ident_path)):
         shutil.rmtree(out)  # a different recipe or training set: start again (derived files only)
     if summary_path.exists() and model_path.exists():
         net, _ = load_fold_model(model_path)
@@ -109,10 +126,12 @@ def train_semi(train: Mapping[str, SliceImage], unlabelled: Mapping[str, SliceIm
     Returns (student, teacher, summary, whether the student was reused)."""
     out = Path(out)
     ex = check_extra(p)
-    sup = external_profile(p, semi="off")
+    # the teacher: the supervised recipe in one stage, pretrained as the profile says (``init``)
+    sup = external_profile(p, second_stage=False,
+                           **({"semi_supervised": "pretrain"} if ex["semi_supervised"] == "self-training" else {}))
     teacher, t_summ, t_reused = train_or_load(train, sup, out / "teacher", key=key, progress=progress,
                                               desc=f"{desc}, teacher", init=init)
-    if ex["semi"] == "fine-tune":
+    if ex["semi_supervised"] != "self-training":
         unlabelled = {}
     use = _spread(sorted(unlabelled, key=natural_key), ex["unlabelled_max"])
     u_digest = hashlib.sha1("".join(unlabelled[u].digest() for u in use).encode()).hexdigest()
@@ -121,7 +140,7 @@ def train_semi(train: Mapping[str, SliceImage], unlabelled: Mapping[str, SliceIm
     if init is not None:
         ident["init"] = init.ident
     ident_path, summary_path, model_path = out / "recipe_key.json", out / "train_summary.json", out / "model_final.pt"
-    if ident_path.exists() and json.loads(json.dumps(ident)) != read_json(ident_path):
+    if ident_path.exists() and json.loads(json.dumps(ident)) != recorded_ident(read_json(ident_path)):
         for f in out.iterdir():  # a different recipe, training set or unlabelled set: the student starts again
             if f.name != "teacher":
                 shutil.rmtree(f) if f.is_dir() else f.unlink()

@@ -28,7 +28,8 @@ __all__ = ["IGNORE_LABEL", "MaskedDiceCE", "SEMI_MODES", "semi_mode", "unlabelle
            "semi_record"]
 
 SEMI_MODES = ("pretrain", "self-training", "off")
-"""Values of ``profile.semi_supervised``: how training uses the cohort's unlabelled scans."""
+"""Values of ``profile.semi_supervised``: how training uses the cohort's unlabelled scans (and the external
+check its unlabelled slices, :mod:`sscild.external.recipe`; both are checked by :func:`semi_mode`)."""
 
 
 IGNORE_LABEL = 255

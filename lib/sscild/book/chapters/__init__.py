@@ -10,5 +10,6 @@ segmentation     the Segmentation chapter: out-of-fold prediction and scoring, c
                  the Clinical chapter); score tables, agreement, baseline comparison, worst-patient sentences
 clinical         the Clinical chapter: inputs, correlation grid, staging, zonal correlations; tables and sentences
 reproducibility  the Reproducibility chapter: software, settings, step times, recorded benchmarks, paper-scale run, input checksums
+external         the external-check appendix: the check on COVID-SemiSeg slices, recorded screens, GPU record, cost
 real_ct          the real-CT appendix: lung check, named false lesions, broken and changed copies, recorded screens
 """

@@ -19,7 +19,6 @@ __all__ = ["EXTERNAL_COLORS", "pick_examples", "example_slices", "dice_distribut
 EXTERNAL_COLORS = {1: LABEL_HEX[3], 2: "#CC79A7"}
 """Ground glass in the study's GGO colour; consolidation in Okabe–Ito reddish purple (both from the
 colour-blind-safe palette of :mod:`sscild.palette`)."""
-"""Ground glass amber (as GGO in the study's figures), consolidation red."""
 
 _NAMES = {1: "ground glass", 2: "consolidation"}
 

@@ -1,0 +1,331 @@
+"""The appendix "External check on real CT" (A1): what its notebook shows, section by section.
+
+The check itself is :mod:`sscild.external`: it reads the COVID-SemiSeg slice folders, trains the study's
+recipe on them and scores it (``summary.json``, ``cv/scores*.csv``, ``cv/predictions/``). This module
+sets the check up from the notebook's parameters, runs it, and hands the page its tables, figures and
+sentences, from the run's files and from the recorded benchmarks (``benchmarks/external_*``).
+
+* :class:`ExternalCheck`, :func:`setup`, :func:`data_note`: the parameters resolved, the slices read,
+  what the run uses.
+* :func:`recipe_table`: the recipe as plain values.
+* :func:`recipe_search`: the first recipe screen (``benchmarks/external_recipe_search.json``).
+* :func:`run_check`: the external check itself (:func:`sscild.external.runs.run_external`).
+* :func:`cv_words`, :func:`lesion_union`: the cross-validated Dice in words; GGO and consolidation as
+  one lesion class.
+* :func:`selftrain_cv`, :func:`selftrain_words`: the recorded five-fold self-training comparison.
+* :func:`stage_comparison`: the two training stages of the run side by side.
+* :func:`gpu_caption`, :func:`gpu_words`: the recorded GPU run of the ``paper`` external profile.
+* :func:`example_figure`, :func:`distribution_figure`: out-of-fold predictions, Dice per slice.
+* :func:`scored_test_part`: the test part's Dice, examples and sentence.
+* :func:`fold_table`, :func:`cost`: what the run cost.
+
+The other names are the external check's own, for the notebook: :func:`describe_slices`,
+:func:`results_table`, :func:`semi_screen`, :func:`lever_screen`, :func:`recorded_gpu_run`, :data:`CLASS_NAMES`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from sscild.book.plots import style
+from sscild.book.plots.external import dice_distribution, example_slices, pick_examples
+from sscild.evaluation.overlap import dice
+from sscild.external.predict import read_predictions
+from sscild.external.recipe import check_extra, external_profile, recipe_dict
+from sscild.external.runs import run_external
+from sscild.external.screens import lever_screen, semi_screen
+from sscild.external.slices import (CLASS_NAMES, HOW_TO_GET_DATA, SliceImage, default_train_dir,
+                                    default_unlabelled_dir, read_slice_folder)
+from sscild.external.tables import (PUBLISHED, compare_to_published, describe_slices, recorded_gpu_run, results_table,
+                                    semi_supervised_table)
+from sscild.paths import read_json, repo_root, results_root
+from sscild.profiles import Profile
+
+__all__ = [
+    "ExternalCheck",
+    "setup",
+    "data_note",
+    "recipe_table",
+    "recipe_search",
+    "run_check",
+    "cv_words",
+    "lesion_union",
+    "selftrain_cv",
+    "selftrain_words",
+    "stage_comparison",
+    "gpu_caption",
+    "gpu_words",
+    "example_figure",
+    "distribution_figure",
+    "scored_test_part",
+    "fold_table",
+    "cost",
+    "SELFTRAIN_CV_COMMAND",
+    # the external check's own names, for the notebook
+    "CLASS_NAMES",
+    "describe_slices",
+    "results_table",
+    "semi_screen",
+    "lever_screen",
+    "recorded_gpu_run",
+]
+
+SELFTRAIN_CV_COMMAND = (
+    "the fold teachers of a finished run of the cpu recipe (results/external/cv/fold_<k>/teacher) copied into OUT; "
+    "then cross_validate(train, OUT, external_profile('cpu', semi='self-training'), unlabelled=...) with "
+    "SSCILD_THREADS=1, and python scripts/record_screen.py benchmarks/external_selftrain_cv.csv --folds 0,1,2,3,4 "
+    "with the teachers' scores, the run's cv/scores.csv (control) and OUT's scores"
+)
+"""How the five-fold self-training comparison (``benchmarks/external_selftrain_cv.csv``) was made: the
+same teachers, two second stages (the record's words: its former setting ``semi`` reads as
+``semi_supervised``, :data:`sscild.external.recipe.RENAMED_SEMI`)."""
+
+
+@dataclass
+class ExternalCheck:
+    """The appendix's run: its profile and settings, its folders, the labelled slices read (``train``
+    is ``None`` when the training folder is absent) and when the chapter started."""
+
+    prof: Profile
+    settings: dict
+    train_dir: str | Path | None
+    test_dir: Path | None
+    unlabelled_dir: Path | None
+    out_dir: Path
+    self_training: bool
+    use_unlabelled: bool
+    started: float
+    train: dict[str, SliceImage] | None = None
+    test: dict[str, SliceImage] | None = None
+
+    @property
+    def available(self) -> bool:
+        """Whether the training folder was found (the check runs)."""
+        return self.train is not None
+
+    @property
+    def fig_dir(self) -> Path:
+        return self.out_dir / "figures"
+
+
+def setup(profile: str, *, train_dir=None, test_dir=None, unlabelled_dir=None, out_dir=None) -> ExternalCheck:
+    """The notebook's parameters resolved: the external profile, the folders (defaults beside the
+    checkout; ``unlabelled_dir="none"``: without), whether the unlabelled slices are used (the profile
+    pretrains on them or self-trains with them), and the labelled slices read when present."""
+    style()
+    started = time.perf_counter()
+    prof = external_profile(profile)
+    if train_dir in (None, ""):
+        train_dir = default_train_dir()
+    test_dir = None if test_dir in (None, "") else Path(test_dir)
+    if unlabelled_dir is None:
+        unlabelled_dir = default_unlabelled_dir()
+    unlabelled_dir = None if str(unlabelled_dir).lower() in ("", "none") else Path(unlabelled_dir)
+    ex = check_extra(prof)
+    self_training = ex["semi_supervised"] == "self-training" and unlabelled_dir is not None
+    use_unlabelled = (self_training or ex["pretrain_steps"] > 0) and unlabelled_dir is not None
+    out_dir = Path(results_root() / "external" if out_dir in (None, "") else out_dir)
+    chk = ExternalCheck(prof=prof, settings=ex, train_dir=train_dir, test_dir=test_dir, unlabelled_dir=unlabelled_dir,
+                        out_dir=out_dir, self_training=self_training, use_unlabelled=use_unlabelled, started=started)
+    if train_dir is not None and (Path(train_dir) / "images").is_dir():
+        chk.train_dir = Path(train_dir)
+        chk.train = read_slice_folder(chk.train_dir, what="training folder")
+        chk.test = read_slice_folder(test_dir, what="test folder") if test_dir is not None else None
+    return chk
+
+
+def data_note(chk: ExternalCheck) -> str:
+    """The note at the top of the page: the slices and the profile of this run, or how to get the data."""
+    if not chk.available:
+        return (":::{note}\n**Not run: the training folder is absent**"
+                + (f" (`{chk.train_dir}` has no `images/`)" if chk.train_dir is not None else "")
+                + ".\n\n" + HOW_TO_GET_DATA + "\n:::")
+    pre = chk.settings["pretrain_steps"]
+    unl = chk.unlabelled_dir
+    return (f":::{{note}}\nReal CT: **{len(chk.train)} labelled training slices** from `{chk.train_dir.name}`"
+            + (f" and **{len(chk.test)} test slices** from `{chk.test_dir.name}`" if chk.test else
+               "; no test folder was given, so the results are cross-validated only")
+            + (f"; **{len(list((unl / 'images').iterdir()))} files of unlabelled slices** from `{unl.name}` for "
+               + " and ".join((["pretraining"] if pre else []) + (["self-training"] if chk.self_training else []))
+               if chk.use_unlabelled else
+               "; no unlabelled slices are used (labelled slices only" + (", so no pretraining" if pre else "") + ")")
+            + f". Profile `{chk.prof.name}`.\n:::")
+
+
+def recipe_table(chk: ExternalCheck) -> pd.DataFrame:
+    """The recipe of the run as plain values (:func:`sscild.external.recipe.recipe_dict`), one row each."""
+    rec = recipe_dict(chk.prof, threads=int(os.environ.get("SSCILD_THREADS") or 0) or os.cpu_count())
+    return pd.DataFrame({"value": {k: str(v) for k, v in rec.items()}})
+
+
+def recipe_search(path: str | Path | None = None) -> pd.DataFrame | None:
+    """The first recipe screen (``benchmarks/external_recipe_search.json``): one row per variant, its
+    fold-0 Dice (per-slice mean and pooled) and training CPU seconds; ``None`` when the record is absent."""
+    path = Path(path) if path is not None else repo_root() / "benchmarks" / "external_recipe_search.json"
+    if not path.exists():
+        return None
+    return pd.DataFrame(read_json(path)["variants"]).set_index("variant")
+
+
+def run_check(chk: ExternalCheck, *, jobs=None) -> dict:
+    """Run the external check (cross-validation, and the test part when given) into ``chk.out_dir``;
+    its ``summary.json``."""
+    return run_external(chk.train_dir, chk.out_dir, test_dir=chk.test_dir, profile=chk.prof,
+                        unlabelled_dir=chk.unlabelled_dir if chk.use_unlabelled else None,
+                        jobs=None if jobs is None else int(jobs))
+
+
+def cv_words(summary: Mapping) -> str:
+    """The cross-validated Dice in words, set against the best published rows."""
+    cv = summary["cv"]
+    return (f"Cross-validated Dice, mean over slices: **GGO {cv['dice_ggo']:.3f}** "
+            f"({cv['n_ggo']} slices with GGO), **consolidation {cv['dice_consolidation']:.3f}** "
+            f"({cv['n_consolidation']} slices with consolidation; {cv['n_excluded_consolidation']} without it "
+            f"are left out of that mean). Pooled over slices: GGO {cv['pooled_dice_ggo']:.3f}, consolidation "
+            f"{cv['pooled_dice_consolidation']:.3f}. " + compare_to_published(cv))
+
+
+def lesion_union(chk: ExternalCheck, summary: Mapping) -> tuple[float, str]:
+    """The out-of-fold masks scored as one lesion class (GGO or consolidation): the mean Dice over the
+    slices with a lesion, and the sentence setting it beside the two classes apart."""
+    cv = summary["cv"]
+    masks = read_predictions(chk.out_dir / "cv" / "predictions", chk.train)
+    union = [dice(masks[s] > 0, chk.train[s].label > 0) for s in chk.train if (chk.train[s].label > 0).any()]
+    mean = float(np.mean(union))
+    return mean, (
+        f"The same out-of-fold masks scored as one lesion class (GGO or consolidation): mean Dice "
+        f"**{np.mean(union):.3f}** over {len(union)} slices, against {cv['dice_ggo']:.3f} and "
+        f"{cv['dice_consolidation']:.3f} for the two classes apart: much of what the classes lose is the border "
+        "between them.")
+
+
+def selftrain_cv(path: str | Path | None = None) -> pd.DataFrame | None:
+    """The recorded five-fold comparison of self-training and its control
+    (``benchmarks/external_selftrain_cv.csv``) as a screen table; ``None`` when the record is absent."""
+    return semi_screen(path if path is not None else repo_root() / "benchmarks" / "external_selftrain_cv.csv")
+
+
+def selftrain_words(st_cv: pd.DataFrame) -> str:
+    """What the unlabelled slices gained over the control in the five-fold record, and how it was made."""
+    st_row = st_cv.loc[[v for v in st_cv.index if v.startswith("self-training")][0]]
+    st_gain = {label: st_row[f"gain from the unlabelled slices (vs control), {label} [95% CI]"]
+               for label in ("GGO", "consolidation")}
+    worse = all(g.startswith("-") for g in st_gain.values())
+    return ("Gain from the unlabelled slices over the control that spends the same steps on the labelled slices "
+            f"alone: GGO {st_gain['GGO']}, consolidation {st_gain['consolidation']} (paired, 50 slices). "
+            + ("Self-training is **worse** than the control for both classes: the teacher's confident pseudo-labels "
+               "are mostly background and carry its own mistakes into the student. " if worse else "")
+            + "Self-training stays off in the `cpu` recipe; it remains a profile setting of the study "
+            "(`semi_supervised = \"self-training\"`), whose default for unlabelled scans is pretraining. "
+            "How the record was made: " + SELFTRAIN_CV_COMMAND + ".")
+
+
+def stage_comparison(chk: ExternalCheck, summary: Mapping) -> tuple[pd.DataFrame, dict, str]:
+    """The run's two training stages on the same out-of-fold slices: their table (mean [95 % CI]), the
+    paired gain per class and the sentence. The second stage is labelled-only unless the run self-trained."""
+    self_trained = chk.settings["semi_supervised"] == "self-training" and bool(summary["data"]["n_unlabelled"])
+    sup_scores = pd.read_csv(chk.out_dir / "cv" / "scores_supervised.csv", dtype={"slice_id": str})
+    cv_scores = pd.read_csv(chk.out_dir / "cv" / "scores.csv", dtype={"slice_id": str})
+    names = (("supervised (fold teachers, labelled slices only)", "semi-supervised (self-trained fold students)")
+             if self_trained else
+             ("first stage: supervised recipe", "second stage: more steps, labelled slices only"))
+    stage_t = semi_supervised_table(cv_scores, sup_scores, seed=chk.prof.seed, names=names)
+    gain = stage_t.attrs["gain"]
+    words = (f"The second stage changes cross-validated Dice by {gain['ggo']['mean']:+.3f} "
+             f"[{gain['ggo']['ci'][0]:+.3f}, {gain['ggo']['ci'][1]:+.3f}] for GGO and "
+             f"{gain['consolidation']['mean']:+.3f} [{gain['consolidation']['ci'][0]:+.3f}, "
+             f"{gain['consolidation']['ci'][1]:+.3f}] for consolidation (paired, same slices)."
+             + (f" Self-training used {summary['data']['n_unlabelled']} unlabelled slices." if self_trained else ""))
+    return stage_t, gain, words
+
+
+def gpu_caption(gpu_cv: pd.DataFrame) -> str:
+    """The caption of the recorded GPU run's table: when, where and with which settings."""
+    meta = gpu_cv.attrs["meta"]
+    return (f"Recorded {meta['date']} on {meta['device']}: profile `{meta['profile']}`, "
+            f"{meta['iterations']} iterations x batch {meta['batch']}, grid {meta['grid']}, "
+            f"{meta['res_units']} residual units, TTA {meta['tta']}")
+
+
+def gpu_words(gpu_cv: pd.DataFrame, chk: ExternalCheck, summary: Mapping) -> str:
+    """The recorded GPU run's Dice beside this run's and the best published rows."""
+    meta, g, here = gpu_cv.attrs["meta"], gpu_cv.attrs["cv"], summary["cv"]
+    views = meta["iterations"] * meta["batch"] / (chk.prof.iterations * chk.prof.batch_size)
+    return (f"With {views:.1f} times the training slices seen by a wider network, cross-validated Dice moves "
+            f"from {here['dice_ggo']:.3f} to {g['dice_ggo']:.3f} for GGO and from "
+            f"{here['dice_consolidation']:.3f} to {g['dice_consolidation']:.3f} for consolidation (mean over "
+            "slices), against the best published test-part row of "
+            f"{PUBLISHED['dice_ggo'].max():.3f} / {PUBLISHED['dice_consolidation'].max():.3f}.")
+
+
+def _scores(chk: ExternalCheck, part: str) -> pd.DataFrame:
+    return pd.read_csv(chk.out_dir / part / "scores.csv", dtype={"slice_id": str})
+
+
+def example_figure(chk: ExternalCheck):
+    """The out-of-fold predictions of the best, the median and the worst slice beside the expert outlines."""
+    scores = _scores(chk, "cv")
+    preds = read_predictions(chk.out_dir / "cv" / "predictions", chk.train)
+    return example_slices(chk.train, preds, pick_examples(scores, 3), scores)
+
+
+def distribution_figure(chk: ExternalCheck):
+    """Per-slice cross-validated Dice with the pooled and the published values."""
+    return dice_distribution(_scores(chk, "cv"), PUBLISHED)
+
+
+def scored_test_part(chk: ExternalCheck, summary: Mapping):
+    """The test part's example figure (best, median, worst slice) and its sentence: which models
+    predicted it, its Dice set against the published rows."""
+    t = summary["test"]
+    t_scores = _scores(chk, "test")
+    t_preds = read_predictions(chk.out_dir / "test" / "predictions", chk.test)
+    fig = example_slices(chk.test, t_preds, pick_examples(t_scores, 3), t_scores)
+    n_models = int(t.get("models") or 1)
+    n_train = summary["data"]["n_train"]
+    who = (f"One network trained on all {n_train} training slices with the recipe above" if n_models == 1 else
+           f"The mean class probabilities of {n_models} models (the network trained on all "
+           f"{n_train} training slices with the recipe above and the {n_models - 1} "
+           "cross-validation fold models)")
+    words = (f"{who}, scored on the {t['n_slices']} test slices: GGO **{t['dice_ggo']:.3f}**, "
+             f"consolidation **{t['dice_consolidation']:.3f}** (mean over slices); the table above "
+             "sets them beside the published rows. " + compare_to_published(t, what="test-part"))
+    return fig, words
+
+
+def fold_table(summary: Mapping) -> pd.DataFrame:
+    """The cross-validation folds: slices, seconds, whether each model was reused."""
+    return pd.DataFrame(summary["cv"]["per_fold"]).set_index("fold")
+
+
+def cost(chk: ExternalCheck, summary: Mapping) -> tuple[float, str]:
+    """The minutes this chapter has run so far, and the sentence on what the run cost: training time,
+    side-by-side training, pretraining, reused models, where the results are."""
+    minutes = (time.perf_counter() - chk.started) / 60
+    per_fold = fold_table(summary)
+    test = summary["test"] or {}
+    trained_min = per_fold["train_seconds"].sum() / 60 + (test.get("train_seconds") or 0) / 60
+    reused = int(per_fold["reused"].sum()) + int(bool(test.get("reused")))
+    tr = summary.get("training") or {}
+    side = (f"; the {tr['models']} networks trained {tr['at_once']} at a time on {tr['threads_each']} thread(s) "
+            f"each, {tr['seconds'] / 60:.1f} min of wall time" if tr.get("at_once", 1) > 1 and tr.get("trained_now")
+            else "")
+    if tr.get("pretrained"):
+        side += (f"; the pretraining on {tr['pretrained']['slices']} unlabelled slices took "
+                 f"{tr['pretrained']['seconds'] / 60:.1f} min when it ran (L1 restoration error "
+                 f"{tr['pretrained']['first_l1']:.3f} -> {tr['pretrained']['last_l1']:.3f})")
+    return minutes, (
+        f"This run of the chapter took **{minutes:.1f} min** on {summary['recipe']['threads']} CPU threads "
+        f"(torch {summary['torch']}). Training took {trained_min:.1f} min in all when the networks were trained"
+        + side
+        + (f"; {reused} finished network(s) trained earlier with the same recipe and slices were reused in this run"
+           if reused else "")
+        + f". Results: `{chk.out_dir.name}/summary.json`, per-slice scores in `cv/scores.csv`, out-of-fold masks in "
+          "`cv/predictions/`.")

@@ -103,7 +103,9 @@ class Profile:
     * ``"off"``: the unlabelled scans are validated but not used.
 
     Pretraining is the default: on the real CT of the external benchmark (appendix A1) it helped
-    consolidation, while self-training lost to the same extra steps without unlabelled slices."""
+    consolidation, while self-training lost to the same extra steps without unlabelled slices. The
+    external check's profiles (:mod:`sscild.external.recipe`) use this setting, and ``pretrain_steps``,
+    for their unlabelled slices."""
     pretrain_steps: int = 1000
     """Steps of the self-supervised pretraining (``semi_supervised="pretrain"``); 0: none."""
     pseudo_confidence: float = 0.9

@@ -33,7 +33,6 @@ train_dir = None  # None: ../shared/data/covid-semiseg/train beside the checkout
 test_dir = None  # the benchmark's test part (48 slices), same layout; None: cross-validation only
 unlabelled_dir = None  # unlabelled slices (images/ only); None: ../shared/data/covid-semiseg/unlabelled when present; "none": without
 out_dir = None  # None: <results>/external
-jobs = None  # networks trained at once; None: side by side on one thread each on a CPU, one at a time on a GPU
 
 # %%
 from IPython.display import Markdown, display
@@ -147,7 +146,7 @@ else:
 
 # %%
 if chk.available:
-    summary = ch.run_check(chk, jobs=jobs)
+    summary = ch.read_check(chk)  # what `make external` wrote (python -m sscild.external run)
     cv = summary["cv"]
     for key in ("dice_ggo", "dice_consolidation", "pooled_dice_ggo", "pooled_dice_consolidation"):
         glue(f"external_cv_{key}", round(cv[key], 3), display=False)

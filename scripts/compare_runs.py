@@ -28,10 +28,11 @@ import re
 import sys
 from pathlib import Path
 
-# model_sha256: a checkpoint file embeds its temporary file name, so its bytes differ while its weights
-# (compared separately) do not
+# model_sha256, and the controls manifest's "models" (the same file hashes): a checkpoint file embeds its
+# temporary file name, so its bytes differ while its weights (compared separately) do not
 VOLATILE = re.compile(r"(second|_s$|_per_s|per_step|^time|_time|date|elapsed|wall|load|host|node|python|"
-                      r"version|processor|model_sha256|started|finished|duration|^when|pid|_dir$|^path|_path$|command|memory|mem_)",
+                      r"version|processor|model_sha256|^models$|started|finished|duration|^when|pid|_dir$|^path|_path$|"
+                      r"command|memory|mem_)",
                       re.I)
 
 

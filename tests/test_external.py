@@ -278,7 +278,17 @@ def test_chapter_smoke_on_real_slices(tmp_path):
         pytest.skip(f"COVID-SemiSeg training slices not available ({COVID_TRAIN} is absent; "
                     "they live in ../shared/data beside the checkout)")
     out = tmp_path / "ext"
+    from sscild.book.chapters import external as ch
+    from sscild.external.__main__ import main as external_main
+
+    with pytest.raises(FileNotFoundError, match="make external"):      # the page reads the check, never runs it
+        ch.read_check(ch.setup("smoke", train_dir=str(COVID_TRAIN), out_dir=str(out)))
+    unl_dir = COVID_TRAIN.parent / "unlabelled"
+    assert external_main(["run", str(COVID_TRAIN), str(out), "--profile", "smoke"]
+                         + (["--unlabelled-dir", str(unl_dir)] if (unl_dir / "images").is_dir() else [])) == 0
     nb = _run_chapter(tmp_path, profile="smoke", train_dir=str(COVID_TRAIN), out_dir=str(out))
+    with pytest.raises(ValueError, match="other settings"):            # a check of other folders is refused
+        ch.read_check(ch.setup("smoke", train_dir=str(COVID_TRAIN), out_dir=str(out), unlabelled_dir="none"))
     summ = json.loads((out / "summary.json").read_text())
     assert set(summ) >= {"cv", "test", "recipe"} and summ["test"] is None
     cv = summ["cv"]
@@ -428,7 +438,7 @@ def test_recipe_search_record_and_the_chapters_reading_of_it(tmp_path):
     assert t is not None, "benchmarks/external_recipe_search.json should be in the repository"
     assert len(t) == 14 and t.index[0] == "chosen recipe" and t.loc["chosen recipe", "dice_ggo"] == 0.561
     assert t["train_cpu_seconds"].iloc[0] == 283 and t["train_cpu_seconds"].isna().sum() == 1  # one not recorded
-    from sscild.external.screens import SEARCH_VARIANTS
+    from sscild.external.search import SEARCH_VARIANTS
 
     assert set(t.index) <= set(SEARCH_VARIANTS)
     assert recipe_search(tmp_path / "absent.json") is None
@@ -723,7 +733,7 @@ def test_pretraining_reads_unlabelled_slices_only_and_is_reused(tmp_path):
 def test_recorded_screens_name_variants_the_search_can_rerun():
     """Each row of a recorded screen is a variant of SEARCH_VARIANTS (the command re-runs it by name), and
     the screens recorded before pretraining existed re-run without it."""
-    from sscild.external.screens import SEARCH_VARIANTS
+    from sscild.external.search import SEARCH_VARIANTS
 
     rec = pd.read_csv(REPO / "benchmarks" / "external_lever_screen.csv", dtype={"slice_id": str})
     assert set(rec["variant"]) <= set(SEARCH_VARIANTS)

@@ -159,3 +159,72 @@ def test_analysis_and_inference_stay_clean(name):
         for path in (LIB / layer).rglob("*.py"):
             for line, imported in _imports(path):
                 assert not imported.startswith(name), f"{path.relative_to(LIB)}:{line} imports {imported}"
+
+
+# ---- the chapter dimension: a chapter is one notebook over one chapter module -----------------
+
+NOTEBOOKS = LIB.parents[1] / "notebooks"
+TOC = LIB.parents[1] / "book" / "_toc.yml"
+MAX_NOTEBOOK_MODULES = 3
+TRAINING_ENTRY_POINTS = {"sscild.model.train", "sscild.model.selftrain.train_fold", "sscild.cli"}
+"""What starts training (a fold, pretraining through the command); a chapter reads what the folds wrote."""
+
+
+def _toc_chapters() -> list[str]:
+    return [line.split("chapters/", 1)[1].strip() for line in TOC.read_text().splitlines()
+            if "file: chapters/" in line]
+
+
+def _sscild_modules(path: Path) -> set[str]:
+    """Distinct sscild modules a notebook imports, anywhere in it: ``from sscild.x import y`` counts
+    ``sscild.x.y`` when ``y`` is a module and ``sscild.x`` otherwise."""
+    def is_module(dotted: str) -> bool:
+        base = LIB.parent.joinpath(*dotted.split("."))
+        return base.with_suffix(".py").is_file() or (base / "__init__.py").is_file()
+
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names if a.name.split(".")[0] == "sscild")
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "sscild":
+            for a in node.names:
+                out.add(f"{node.module}.{a.name}" if is_module(f"{node.module}.{a.name}") else node.module)
+    return out
+
+
+def test_every_chapter_in_the_book_has_a_notebook_and_a_chapter_module():
+    chapters = _toc_chapters()
+    assert "01_data" in chapters and "A2_real_ct" in chapters, chapters
+    for name in chapters:
+        assert (NOTEBOOKS / f"{name}.py").exists(), f"the table of contents names {name}, which has no notebook"
+        modules = _sscild_modules(NOTEBOOKS / f"{name}.py")
+        own = [m for m in modules if m.startswith("sscild.book.chapters.")]
+        assert len(own) == 1, f"notebooks/{name}.py imports no single chapter module of sscild.book.chapters: {modules}"
+
+
+def test_chapter_notebooks_import_at_most_three_sscild_modules():
+    counts = {name: sorted(_sscild_modules(NOTEBOOKS / f"{name}.py")) for name in _toc_chapters()}
+    over = {k: v for k, v in counts.items() if len(v) > MAX_NOTEBOOK_MODULES}
+    assert not over, f"chapter notebooks importing more than {MAX_NOTEBOOK_MODULES} sscild modules: {over}"
+
+
+def test_no_chapter_in_the_book_trains_a_fold():
+    """Only notebooks/train_fold.py (run per fold by make) trains; a chapter that imported the trainer,
+    directly or through its chapter module, would retrain when one of its figures changed."""
+    from sscild.book.deps import library_files
+
+    trainer = {LIB / "model" / "train.py", LIB / "cli.py"}
+    for name in _toc_chapters():
+        used = set(library_files(NOTEBOOKS / f"{name}.py"))
+        assert not used & trainer, f"notebooks/{name}.py reaches {sorted(str(p.relative_to(LIB)) for p in used & trainer)}"
+        text = (NOTEBOOKS / f"{name}.py").read_text()
+        assert "train_fold(" not in text and "cohort_pretrained_state(" not in text, name
+    assert "train_fold(" in (NOTEBOOKS / "train_fold.py").read_text()   # the rule has something to find
+
+
+def test_the_notebook_rules_can_fail(tmp_path):
+    bad = tmp_path / "x.py"
+    bad.write_text("from sscild.book.chapters import data as ch\nfrom sscild.book.report import show\n"
+                   "from sscild.paths import rel\nfrom sscild.analysis import segmentation as ev\n"
+                   "import sscild.model.train\n")
+    assert len(_sscild_modules(bad)) == 5

@@ -66,8 +66,8 @@ def library_files(source: Path, lib: Path = LIB) -> list[Path]:
     return sorted(set(seen.values()))
 
 
-STAGES = {"prepare": "sscild.data.prepare", "pretrain": "sscild.model.pretrain"}
-"""The data and pretraining stages make runs through the command line: ``LIBDEPS_stage_<name>`` lists
+STAGES = {"prepare": "sscild.data.prepare", "pretrain": "sscild.model.pretrain", "external": "sscild.external.runs"}
+"""The stages make runs through the command line (data, pretraining, the external check): ``LIBDEPS_stage_<name>`` lists
 the module's file and every library file it uses."""
 
 

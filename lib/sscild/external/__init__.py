@@ -10,6 +10,7 @@ tables      the appendix's tables: the data, results beside the published number
 pretrain    self-supervised pretraining on unlabelled slices (restoring corrupted slices)
 training    models trained (or reused): supervised, or teacher then student; side by side on a CPU
 runs        cross-validation, training on all and testing, the whole check (summary.json)
-screens     how the recipe was chosen: the screens' variants, search_recipes, the recorded screens as tables
+screens     how the recipe was chosen: the recorded screens as tables, paired intervals against controls
+search      the screens' variants and search_recipes, which cross-validates them (python -m sscild.external search)
 __main__    the command line: python -m sscild.external run|search
 """

@@ -1,8 +1,9 @@
 """The external check's command line: ``python -m sscild.external run|search TRAIN_DIR OUT_DIR ...``.
 
 ``run``: cross-validation on the training folder (and, with ``--test-dir``, the test part) ->
-``OUT_DIR/summary.json`` (:func:`sscild.external.runs.run_external`). ``search``: cross-validate the
-recipe variants on the training folder only (:func:`sscild.external.screens.search_recipes`).
+``OUT_DIR/summary.json`` (:func:`sscild.external.runs.run_external`); ``make external`` runs it, and
+the appendix reads what it wrote. ``search``: cross-validate the
+recipe variants on the training folder only (:func:`sscild.external.search.search_recipes`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from sscild.errors import InputError
 from sscild.external.runs import run_external
-from sscild.external.screens import SEARCH_VARIANTS, search_recipes
+from sscild.external.search import SEARCH_VARIANTS, search_recipes
 
 __all__ = ["main"]
 
@@ -29,6 +30,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("--test-dir", type=Path, default=None)
     r.add_argument("--profile", default="cpu")
     r.add_argument("--unlabelled-dir", type=Path, default=None, help="unlabelled slices (images/ only)")
+    r.add_argument("--jobs", type=int, default=None,
+                   help="networks trained at once (default: side by side on one thread each on a CPU, one at a time on a GPU)")
     s = sub.add_parser("search", help="cross-validate the recipe variants (training folder only)")
     s.add_argument("train_dir", type=Path)
     s.add_argument("out_dir", type=Path)
@@ -39,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.cmd == "run":
             summ = run_external(args.train_dir, args.out_dir, test_dir=args.test_dir, profile=args.profile,
-                                unlabelled_dir=args.unlabelled_dir)
+                                unlabelled_dir=args.unlabelled_dir, jobs=args.jobs)
             print(json.dumps({k: summ[k] for k in ("cv", "test")}, indent=2, default=str))
         else:
             v = SEARCH_VARIANTS if not args.only else {k: SEARCH_VARIANTS[k] for k in args.only}

@@ -2,14 +2,15 @@
 
 The check itself is :mod:`sscild.external`: it reads the COVID-SemiSeg slice folders, trains the study's
 recipe on them and scores it (``summary.json``, ``cv/scores*.csv``, ``cv/predictions/``). This module
-sets the check up from the notebook's parameters, runs it, and hands the page its tables, figures and
+sets the check up from the notebook's parameters, reads what the check wrote, and hands the page its tables, figures and
 sentences, from the run's files and from the recorded benchmarks (``benchmarks/external_*``).
 
 * :class:`ExternalCheck`, :func:`setup`, :func:`data_note`: the parameters resolved, the slices read,
   what the run uses.
 * :func:`recipe_table`: the recipe as plain values.
 * :func:`recipe_search`: the first recipe screen (``benchmarks/external_recipe_search.json``).
-* :func:`run_check`: the external check itself (:func:`sscild.external.runs.run_external`).
+* :func:`read_check`: what the external check wrote (``make external`` runs
+  :func:`sscild.external.runs.run_external` first; this page never trains).
 * :func:`cv_words`, :func:`lesion_union`: the cross-validated Dice in words; GGO and consolidation as
   one lesion class.
 * :func:`selftrain_cv`, :func:`selftrain_words`: the recorded five-fold self-training comparison.
@@ -26,7 +27,6 @@ The other names are the external check's own, for the notebook: :func:`describe_
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +39,6 @@ from sscild.book.plots.external import dice_distribution, example_slices, pick_e
 from sscild.evaluation.overlap import dice
 from sscild.external.predict import read_predictions
 from sscild.external.recipe import check_extra, external_profile, recipe_dict
-from sscild.external.runs import run_external
 from sscild.external.screens import lever_screen, semi_screen
 from sscild.external.slices import (CLASS_NAMES, HOW_TO_GET_DATA, SliceImage, default_train_dir,
                                     default_unlabelled_dir, read_slice_folder)
@@ -54,7 +53,7 @@ __all__ = [
     "data_note",
     "recipe_table",
     "recipe_search",
-    "run_check",
+    "read_check",
     "cv_words",
     "lesion_union",
     "selftrain_cv",
@@ -91,7 +90,7 @@ same teachers, two second stages (the record's words: its former setting ``semi`
 @dataclass
 class ExternalCheck:
     """The appendix's run: its profile and settings, its folders, the labelled slices read (``train``
-    is ``None`` when the training folder is absent) and when the chapter started."""
+    is ``None`` when the training folder is absent)."""
 
     prof: Profile
     settings: dict
@@ -101,7 +100,6 @@ class ExternalCheck:
     out_dir: Path
     self_training: bool
     use_unlabelled: bool
-    started: float
     train: dict[str, SliceImage] | None = None
     test: dict[str, SliceImage] | None = None
 
@@ -120,7 +118,6 @@ def setup(profile: str, *, train_dir=None, test_dir=None, unlabelled_dir=None, o
     checkout; ``unlabelled_dir="none"``: without), whether the unlabelled slices are used (the profile
     pretrains on them or self-trains with them), and the labelled slices read when present."""
     style()
-    started = time.perf_counter()
     prof = external_profile(profile)
     if train_dir in (None, ""):
         train_dir = default_train_dir()
@@ -133,7 +130,7 @@ def setup(profile: str, *, train_dir=None, test_dir=None, unlabelled_dir=None, o
     use_unlabelled = (self_training or ex["pretrain_steps"] > 0) and unlabelled_dir is not None
     out_dir = Path(results_root() / "external" if out_dir in (None, "") else out_dir)
     chk = ExternalCheck(prof=prof, settings=ex, train_dir=train_dir, test_dir=test_dir, unlabelled_dir=unlabelled_dir,
-                        out_dir=out_dir, self_training=self_training, use_unlabelled=use_unlabelled, started=started)
+                        out_dir=out_dir, self_training=self_training, use_unlabelled=use_unlabelled)
     if train_dir is not None and (Path(train_dir) / "images").is_dir():
         chk.train_dir = Path(train_dir)
         chk.train = read_slice_folder(chk.train_dir, what="training folder")
@@ -174,12 +171,25 @@ def recipe_search(path: str | Path | None = None) -> pd.DataFrame | None:
     return pd.DataFrame(read_json(path)["variants"]).set_index("variant")
 
 
-def run_check(chk: ExternalCheck, *, jobs=None) -> dict:
-    """Run the external check (cross-validation, and the test part when given) into ``chk.out_dir``;
-    its ``summary.json``."""
-    return run_external(chk.train_dir, chk.out_dir, test_dir=chk.test_dir, profile=chk.prof,
-                        unlabelled_dir=chk.unlabelled_dir if chk.use_unlabelled else None,
-                        jobs=None if jobs is None else int(jobs))
+def read_check(chk: ExternalCheck) -> dict:
+    """The external check's ``summary.json`` in ``chk.out_dir``, which ``make external`` wrote
+    (``python -m sscild.external run``) for these folders and this profile; the page never trains."""
+    path = chk.out_dir / "summary.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: the external check has not run for this folder (`make external`, "
+                                "or `python -m sscild.external run TRAIN_DIR OUT_DIR --profile P`).")
+    summary = read_json(path)
+    data, want = summary.get("data") or {}, {
+        "train_dir": str(Path(chk.train_dir).resolve()),
+        "test_dir": str(Path(chk.test_dir).resolve()) if chk.test_dir is not None else None,
+        "unlabelled_dir": str(Path(chk.unlabelled_dir).resolve()) if chk.use_unlabelled else None}
+    other = {k: (data.get(k), v) for k, v in want.items() if data.get(k) != v}
+    if summary.get("recipe", {}).get("profile") not in (None, chk.prof.name):
+        other["profile"] = (summary["recipe"]["profile"], chk.prof.name)
+    if other:
+        raise ValueError(f"{path} is the check of other settings than this page's ({other}: recorded, asked); "
+                         "run `make external` with these settings.")
+    return summary
 
 
 def cv_words(summary: Mapping) -> str:
@@ -306,9 +316,9 @@ def fold_table(summary: Mapping) -> pd.DataFrame:
 
 
 def cost(chk: ExternalCheck, summary: Mapping) -> tuple[float, str]:
-    """The minutes this chapter has run so far, and the sentence on what the run cost: training time,
-    side-by-side training, pretraining, reused models, where the results are."""
-    minutes = (time.perf_counter() - chk.started) / 60
+    """The minutes the check took (``summary.json``'s wall time), and the sentence on what it cost:
+    training time, side-by-side training, pretraining, reused models, where the results are."""
+    minutes = summary["seconds"] / 60
     per_fold = fold_table(summary)
     test = summary["test"] or {}
     trained_min = per_fold["train_seconds"].sum() / 60 + (test.get("train_seconds") or 0) / 60
@@ -322,7 +332,7 @@ def cost(chk: ExternalCheck, summary: Mapping) -> tuple[float, str]:
                  f"{tr['pretrained']['seconds'] / 60:.1f} min when it ran (L1 restoration error "
                  f"{tr['pretrained']['first_l1']:.3f} -> {tr['pretrained']['last_l1']:.3f})")
     return minutes, (
-        f"This run of the chapter took **{minutes:.1f} min** on {summary['recipe']['threads']} CPU threads "
+        f"The check took **{minutes:.1f} min** on {summary['recipe']['threads']} CPU threads "
         f"(torch {summary['torch']}). Training took {trained_min:.1f} min in all when the networks were trained"
         + side
         + (f"; {reused} finished network(s) trained earlier with the same recipe and slices were reused in this run"

@@ -275,6 +275,13 @@ def _sub(sub, name: str, summary: str, description: str, examples: str, **kw):
                           formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
 
 
+def _run_arguments(parser, profiles) -> None:
+    """The arguments naming a run of the study: the cohort folder, the profile, the results folder."""
+    parser.add_argument("data", type=Path, help="the cohort folder")
+    parser.add_argument("--profile", default="cpu", choices=profiles, help="the profile (default cpu)")
+    parser.add_argument("--results", type=Path, default=None, help="the results folder (default: results/)")
+
+
 # long: one declaration per subcommand and option (descriptions, examples and help of the whole command line)
 def build_parser() -> argparse.ArgumentParser:
     from sscild.profiles import PROFILES
@@ -352,9 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
               "extent). make runs it (`make data`); the Data chapter reads what it wrote.",
               "  sscild validate data/mycohort --exclude-bad --record results/mycohort/cpu/validation.json\n"
               "  sscild prepare data/mycohort --profile cpu")
-    pr.add_argument("data", type=Path, help="the cohort folder")
-    pr.add_argument("--profile", default="cpu", choices=profiles, help="the profile (default cpu)")
-    pr.add_argument("--results", type=Path, default=None, help="the results folder (default: results/)")
+    _run_arguments(pr, profiles)
     pr.add_argument("--quiet", action="store_true", help="no progress bar")
     pr.set_defaults(func=_cmd_prepare)
 
@@ -364,9 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
               "Kept in <run>/pretrained/ and reused while network, steps, preprocessing and scans are unchanged. "
               "make runs it before the folds.",
               "  sscild pretrain data/synthetic-cpu --profile cpu")
-    pt.add_argument("data", type=Path, help="the cohort folder")
-    pt.add_argument("--profile", default="cpu", choices=profiles, help="the profile (default cpu)")
-    pt.add_argument("--results", type=Path, default=None, help="the results folder (default: results/)")
+    _run_arguments(pt, profiles)
     pt.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda, cuda:N or mps")
     pt.add_argument("--threads", type=int, default=None, help="CPU threads (default: every core, or SSCILD_THREADS)")
     pt.add_argument("--quiet", action="store_true", help="no step log")
@@ -377,10 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
              "`make all` / `make train` train the folds through their notebooks; this is the same training for "
              "scripts and schedulers.",
              "  sscild train data/synthetic-cpu --profile cpu --fold 0")
-    t.add_argument("data", type=Path, help="the cohort folder")
-    t.add_argument("--profile", default="cpu", choices=profiles, help="the profile (default cpu)")
+    _run_arguments(t, profiles)
     t.add_argument("--fold", type=int, required=True, help="the fold index, 0 .. folds - 1")
-    t.add_argument("--results", type=Path, default=None, help="the results folder (default: results/)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=_cmd_train)
 

@@ -10,7 +10,8 @@ Make calls it through the command line, in two steps, and the Data chapter only 
    and after, reference volumes and extents, whether each entry was reused), and the patient-wise
    folds, stratified by reference lesion extent, written as ``splits.json``.
 
-:func:`read_validation` and :func:`read_cases` give the chapters these records back.
+:func:`read_validation` and :func:`read_cases` give the chapters these records back;
+:func:`validated_scans` the unlabelled scans and controls that passed validation.
 
 Example::
 
@@ -30,11 +31,11 @@ from sscild.data.cache import build_cache
 from sscild.data.cohort import load_cohort
 from sscild.data.folds import make_splits, write_splits
 from sscild.data.validate import validate_cohort
-from sscild.data.validation_report import ValidationReport, validation_record
+from sscild.data.validation_report import CONTROLS_DIR, UNLABELLED_DIR, ValidationReport, validation_record
 from sscild.paths import RunPaths, atomic_path, read_json, write_json
 from sscild.profiles import Profile, require_profile
 
-__all__ = ["validate_stage", "prepare_stage", "read_validation", "read_cases"]
+__all__ = ["validate_stage", "prepare_stage", "read_validation", "read_cases", "validated_scans"]
 
 
 def validate_stage(data_dir: str | os.PathLike, record: str | os.PathLike, *,
@@ -88,3 +89,23 @@ def read_cases(run: RunPaths) -> pd.DataFrame:
         raise FileNotFoundError(f"{run.cases} is missing: the cohort has not been prepared for this run "
                                 "(`make data`, or `sscild prepare DATA --profile P`).")
     return pd.read_csv(run.cases, dtype={"case_id": str}, float_precision="round_trip")
+
+
+_EXTRA_SCANS = {"unlabelled": ("unlabelledTr", UNLABELLED_DIR), "controls": ("controlsTs", CONTROLS_DIR)}
+
+
+def validated_scans(run: RunPaths, kind: str) -> dict[str, Path]:
+    """The run's cohort's unlabelled scans (``kind="unlabelled"``, ``unlabelledTr/``) or controls
+    (``"controls"``, ``controlsTs/``) that validation found no error in, read from ``validation.json``
+    (id -> file); ``{}`` when it is absent or the cohort has none."""
+    folder, key = _EXTRA_SCANS[kind]
+    if not run.validation.exists():
+        return {}
+    rec = read_json(run.validation)
+    root = Path(rec.get("root", ""))
+    if not (root / folder).is_dir():
+        return {}
+    bad = {str(q["case_id"]).split("/", 1)[1] for q in rec.get("problems", [])
+           if q.get("severity") == "error" and str(q.get("case_id") or "").startswith(key + "/")}
+    found = getattr(load_cohort(root, label_map=rec.get("label_map")), kind)
+    return {u: f for u, f in found.items() if u not in bad}

@@ -21,10 +21,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sscild.data.cohort import load_cohort
 from sscild.data.image import load_volume
 from sscild.data.nifti_writer import save_volume
-from sscild.data.validation_report import CONTROLS_DIR
+from sscild.data.prepare import validated_scans
 from sscild.evaluation.metrics import volumes_ml
 from sscild.model.inference import UNCERTAIN_PCT, segment_volume
 from sscild.model.loading import file_sha256, find_models, load_ensemble
@@ -41,16 +40,7 @@ lesion that is uncertain (:data:`~sscild.model.inference.UNCERTAIN_PCT`), the la
 
 def control_scans(run: RunPaths) -> dict[str, Path]:
     """The run's cohort's controls (``controlsTs/``) that validation found no error in (``{}`` when none)."""
-    if not run.validation.exists():
-        return {}
-    rec = read_json(run.validation)
-    root = Path(rec.get("root", ""))
-    if not (root / "controlsTs").is_dir():
-        return {}
-    bad = {str(q["case_id"]).split("/", 1)[1] for q in rec.get("problems", [])
-           if q.get("severity") == "error" and str(q.get("case_id") or "").startswith(CONTROLS_DIR + "/")}
-    found = load_cohort(root, label_map=rec.get("label_map")).controls
-    return {u: f for u, f in found.items() if u not in bad}
+    return validated_scans(run, "controls")
 
 
 def _largest_ml(mask: np.ndarray, ml: float) -> float:

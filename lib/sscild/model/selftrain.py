@@ -16,12 +16,11 @@ import numpy as np
 import torch
 from monai.losses import DiceLoss
 
-from sscild.data.validation_report import UNLABELLED_DIR
-from sscild.data.cohort import load_cohort
 from sscild.data.image import load_volume
+from sscild.data.prepare import validated_scans
 from sscild.data.preprocess import preprocess_volume
 from sscild.model.device import select_device
-from sscild.paths import RunPaths, read_json
+from sscild.paths import RunPaths
 from sscild.profiles import Profile, require_profile
 
 __all__ = ["IGNORE_LABEL", "MaskedDiceCE", "SEMI_MODES", "semi_mode", "unlabelled_scans", "pseudo_label_volumes",
@@ -56,19 +55,10 @@ class MaskedDiceCE(torch.nn.Module):
 def unlabelled_scans(run: RunPaths) -> dict[str, Path]:
     """The run's cohort's unlabelled scans (``unlabelledTr/``) that validation found no error in.
 
-    Read from ``validation.json`` (the Data chapter writes it, with the cohort folder and every
+    Read from ``validation.json`` (make's data stage writes it, with the cohort folder and every
     problem); ``{}`` when it is absent or the cohort has no unlabelled scans.
     """
-    if not run.validation.exists():
-        return {}
-    rec = read_json(run.validation)
-    root = Path(rec.get("root", ""))
-    if not (root / "unlabelledTr").is_dir():
-        return {}
-    bad = {str(q["case_id"]).split("/", 1)[1] for q in rec.get("problems", [])
-           if q.get("severity") == "error" and str(q.get("case_id") or "").startswith(UNLABELLED_DIR + "/")}
-    found = load_cohort(root, label_map=rec.get("label_map")).unlabelled
-    return {u: f for u, f in found.items() if u not in bad}
+    return validated_scans(run, "unlabelled")
 
 
 class _Pseudo:

@@ -56,10 +56,9 @@ TORCH_INDEX     ?= auto
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH_PIN := $(shell sed -n 's/^torch==\([^[:space:];#]*\).*/\1/p' requirements.txt)
 STAMP  := $(VENV)/.installed-$(REQ_HASH)$(if $(filter-out auto,$(TORCH_INDEX)),-torch-$(notdir $(patsubst %/,%,$(TORCH_INDEX))))
-# OpenMP threads sleep instead of spinning while they wait: on a busy machine spinning threads of
-# two processes starve each other (a cpu-profile step took 2.7 s with 2 spinning threads against
-# 0.46 s with passive waiting, measured side by side while other jobs ran); set it to ACTIVE to
-# spin again
+# OpenMP threads sleep instead of spinning while they wait: spinning threads of two processes
+# side by side take the cores from each other (measured: benchmarks/omp_wait_policy.json, made by
+# scripts/bench_omp_wait.py); set it to ACTIVE to spin again
 export OMP_WAIT_POLICY ?= PASSIVE
 # another annotation scheme mapped onto the study's roles (JSON or a JSON file), e.g.
 # LABEL_MAP='{"reticulation": "ef", "honeycombing": "ef", "consolidation": "ggo"}'

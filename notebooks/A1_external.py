@@ -158,6 +158,10 @@ if chk.available:
     union, union_words = ch.lesion_union(chk, summary)
     glue("external_cv_dice_lesion", round(union, 3), display=False)
     display(Markdown(union_words))
+    lesion_t = ch.lesion_table(summary)
+    if lesion_t is not None:
+        show(lesion_t, caption="Lesion as one class (GGO or consolidation): this recipe beside the published "
+             "single-class rows")
 
 # %% [markdown]
 # The published rows are Dice on the benchmark's 48-slice **test** part; the cross-validated rows
@@ -343,8 +347,9 @@ if chk.available:
 # %%
 if chk.available and summary["test"]:
     t = summary["test"]
-    for key in ("dice_ggo", "dice_consolidation", "pooled_dice_ggo", "pooled_dice_consolidation"):
-        glue(f"external_test_{key}", round(t[key], 3), display=False)
+    for key in ("dice_ggo", "dice_consolidation", "pooled_dice_ggo", "pooled_dice_consolidation", "dice_lesion"):
+        if key in t:
+            glue(f"external_test_{key}", round(t[key], 3), display=False)
     fig, test_words = ch.scored_test_part(chk, summary)
     figure(fig, "external_test_examples", chk.fig_dir, caption=(
         "Test-part slices (best, median, worst) as predicted for the test part (the models named below), beside "

@@ -21,7 +21,7 @@ from sscild.external.runs import cross_validate, run_external
 from sscild.external.scores import score_slices, summarize_scores
 from sscild.external.screens import lever_screen, screen_table, semi_screen
 from sscild.external.slices import SliceImage, read_slice_folder, read_unlabelled_folder
-from sscild.external.tables import PUBLISHED, recorded_gpu_run, results_table
+from sscild.external.tables import PUBLISHED, lesion_table, recorded_gpu_run, results_table
 from sscild.external.training import profile_key, recorded_ident, train_or_load, training_jobs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -217,6 +217,18 @@ def test_scores_mean_and_pooled_by_hand():
     assert s["pooled_dice_consolidation"] == pytest.approx(2 * 2 / (1 + 2 + 2))  # the false pixel counts
     with pytest.raises(ValueError, match="map the prediction back"):
         score_slices({"a": pred_a[:, :5]}, sl)
+    # lesion as one class: a: ref 4 px, pred 3 px (2 GGO inside, 1 consolidation outside) -> 2*2/7;
+    # b: ref {0,1,3,4}, pred {1,2,3,4} -> 2*3/8; the class label does not matter, only lesion or not
+    assert df.set_index("slice_id").loc["a", "dice_lesion"] == pytest.approx(4 / 7)
+    assert s["dice_lesion"] == pytest.approx((4 / 7 + 6 / 8) / 2) and s["n_lesion"] == 2
+    assert s["pooled_dice_lesion"] == pytest.approx(2 * (2 + 3) / (7 + 8))
+    alone = summarize_scores(df.drop(columns=[c for c in df if c.endswith("_lesion")]), n_boot=200)
+    assert alone["dice_ggo_ci"] == s["dice_ggo_ci"] and "dice_lesion" not in alone   # the classes' intervals unchanged
+    table = lesion_table({"cv": s, "test": None})
+    assert list(table.index[-2:]) == ["published: Inf-Net (test part, one class)",
+                                      "published: Semi-Inf-Net (test part, one class)"]
+    assert table.iloc[0]["Dice lesion (mean over slices)"].startswith(f"{s['dice_lesion']:.3f} [")
+    assert lesion_table({"cv": alone, "test": None}) is None          # a summary written before lesion was scored
 
 
 def test_profiles_are_validated():

@@ -1,7 +1,8 @@
 """Scores of predicted slices: Dice per slice and class, and their summary with bootstrap intervals.
 
 Per slice and class, Dice with the study's empty-reference policy (a slice without the class in its
-reference is excluded from that class's mean, and counted). *Pooled* Dice sums the intersections
+reference is excluded from that class's mean, and counted); also for **lesion**, both classes as one
+(any lesion label against any lesion label), the task of the single-class rows of the literature. *Pooled* Dice sums the intersections
 and sizes over all slices, 2 sum|P n R| / sum(|P| + |R|), so large lesions weigh more and false
 positives on slices without the class count. 95 % intervals: BCa bootstrap over slices.
 """
@@ -19,7 +20,10 @@ from sscild.evaluation.overlap import dice
 from sscild.evaluation.metrics import summarize
 from sscild.external.slices import CLASS_NAMES, SliceImage
 
-__all__ = ["score_slices", "summarize_scores"]
+__all__ = ["score_slices", "summarize_scores", "LESION"]
+
+LESION = "lesion"
+"""The name of both lesion classes scored as one (``dice_lesion`` ...)."""
 
 
 def score_slices(preds: Mapping[str, np.ndarray], slices: Mapping[str, SliceImage]) -> pd.DataFrame:
@@ -43,14 +47,20 @@ def score_slices(preds: Mapping[str, np.ndarray], slices: Mapping[str, SliceImag
             raise ValueError(f"slice {sid}: prediction is {pred.shape}, reference {s.label.shape}; map the prediction "
                              "back to the slice's size (GridMap.probs_from_grid) before scoring.")
         row = {"slice_id": sid, "width": s.shape[0], "height": s.shape[1]}
-        for c, name in enumerate(CLASS_NAMES, start=1):
-            p, r = pred == c, s.label == c
+        for name, (p, r) in _masks(pred, s.label):
             row[f"dice_{name}"] = dice(p, r, empty="nan")
             row[f"inter_{name}"] = int(np.count_nonzero(p & r))
             row[f"pred_{name}"] = int(np.count_nonzero(p))
             row[f"ref_{name}"] = int(np.count_nonzero(r))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _masks(pred: np.ndarray, label: np.ndarray):
+    """(name, predicted mask, reference mask) of each class, then of lesion (every class together)."""
+    for c, name in enumerate(CLASS_NAMES, start=1):
+        yield name, (pred == c, label == c)
+    yield LESION, (pred > 0, label > 0)
 
 
 def _pooled_ci(inter: np.ndarray, sizes: np.ndarray, n_boot: int, seed: int) -> tuple[float, float]:
@@ -77,7 +87,8 @@ def _pooled_ci(inter: np.ndarray, sizes: np.ndarray, n_boot: int, seed: int) -> 
 def summarize_scores(df: pd.DataFrame, *, n_boot: int = 2000, seed: int = 0) -> dict:
     """Per-slice mean Dice and pooled Dice of each class, with 95 % bootstrap intervals over slices.
 
-    Returns a flat dict: ``dice_<class>`` (mean over slices with the class in the reference),
+    Returns a flat dict, for each class and, when ``df`` scores it, for ``lesion``: ``dice_<class>``
+    (mean over slices with the class in the reference),
     ``dice_<class>_ci`` ([low, high], BCa), ``n_<class>`` / ``n_excluded_<class>``,
     ``pooled_dice_<class>`` and ``pooled_dice_<class>_ci``, and ``n_slices``.
 
@@ -91,8 +102,14 @@ def summarize_scores(df: pd.DataFrame, *, n_boot: int = 2000, seed: int = 0) -> 
     """
     cols = [f"dice_{n}" for n in CLASS_NAMES]
     desc = summarize(df[cols], columns=cols, n_boot=max(100, int(n_boot)), seed=seed).set_index("metric")
+    names = list(CLASS_NAMES)
+    if f"dice_{LESION}" in df:  # summarised on its own, so the classes' intervals are those of the classes alone
+        one = [f"dice_{LESION}"]
+        desc = pd.concat([desc, summarize(df[one], columns=one, n_boot=max(100, int(n_boot)), seed=seed)
+                          .set_index("metric")])
+        names.append(LESION)
     out: dict = {"n_slices": int(len(df))}
-    for n in CLASS_NAMES:
+    for n in names:
         d = desc.loc[f"dice_{n}"]
         inter = df[f"inter_{n}"].to_numpy(float)
         sizes = (df[f"pred_{n}"] + df[f"ref_{n}"]).to_numpy(float)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sscild.numfmt import fmt_interval
 from sscild.evaluation.metrics import summarize
 from sscild.external.scores import summarize_scores
 from sscild.external.slices import CLASS_NAMES, SliceImage
@@ -19,6 +20,8 @@ __all__ = [
     "PUBLISHED",
     "describe_slices",
     "results_table",
+    "PUBLISHED_LESION",
+    "lesion_table",
     "semi_supervised_table",
     "compare_to_published",
     "recorded_gpu_run",
@@ -34,6 +37,10 @@ PUBLISHED = pd.DataFrame(
     columns=["method", "dice_ggo", "dice_consolidation"],
 )
 """Published Dice on the COVID-SemiSeg 48-slice test part (Fan et al. 2020, Inf-Net; multi-class results)."""
+
+PUBLISHED_LESION = pd.DataFrame([("Inf-Net", 0.682), ("Semi-Inf-Net", 0.739)], columns=["method", "dice_lesion"])
+"""Published Dice of lung infection as one class (GGO and consolidation together) on the same 48-slice
+test part (Fan et al. 2020, Inf-Net, the single-class comparison)."""
 
 
 def describe_slices(slices: Mapping[str, SliceImage]) -> pd.DataFrame:
@@ -94,6 +101,27 @@ def results_table(summary: Mapping, *, published: pd.DataFrame | None = PUBLISHE
                          "Dice consolidation (mean over slices)": f(float(p["dice_consolidation"])),
                          "pooled Dice GGO": "", "pooled Dice consolidation": ""})
     return pd.DataFrame(rows).set_index("result")
+
+
+def lesion_table(summary: Mapping, *, published: pd.DataFrame | None = PUBLISHED_LESION) -> pd.DataFrame | None:
+    """This recipe's Dice of lesion as one class (cross-validation and, when run, test) beside the
+    published single-class rows; ``None`` for a summary written before lesion was scored."""
+    rows = []
+    for part, label in (("cv", "this recipe, 5-fold CV on the training part (by slice)"),
+                        ("test", "this recipe, trained on the training part, scored on the test part")):
+        r = summary.get(part)
+        if not r:
+            continue
+        if "dice_lesion" not in r:
+            return None
+        rows.append({"result": label, "slices": r["n_slices"], "slices with lesion": r["n_lesion"],
+                     "Dice lesion (mean over slices)": fmt_interval(r["dice_lesion"], *r["dice_lesion_ci"], 3),
+                     "pooled Dice lesion": fmt_interval(r["pooled_dice_lesion"], *r["pooled_dice_lesion_ci"], 3)})
+    for _, p in (published if published is not None else pd.DataFrame()).iterrows():
+        rows.append({"result": f"published: {p['method']} (test part, one class)", "slices": 48,
+                     "slices with lesion": "", "Dice lesion (mean over slices)": f"{float(p['dice_lesion']):.3f}",
+                     "pooled Dice lesion": ""})
+    return pd.DataFrame(rows).set_index("result") if rows else None
 
 
 def semi_supervised_table(scores: pd.DataFrame, supervised_scores: pd.DataFrame, *, n_boot: int = 2000,

@@ -21,7 +21,7 @@ sentences, from the run's files and from the recorded benchmarks (``benchmarks/e
 * :func:`fold_table`, :func:`cost`: what the run cost.
 
 The other names are the external check's own, for the notebook: :func:`describe_slices`,
-:func:`results_table`, :func:`semi_screen`, :func:`lever_screen`, :func:`recorded_gpu_run`, :data:`CLASS_NAMES`.
+:func:`results_table`, :func:`lesion_table`, :func:`semi_screen`, :func:`lever_screen`, :func:`recorded_gpu_run`, :data:`CLASS_NAMES`.
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ from sscild.external.recipe import check_extra, external_profile, recipe_dict
 from sscild.external.screens import lever_screen, semi_screen
 from sscild.external.slices import (CLASS_NAMES, HOW_TO_GET_DATA, SliceImage, default_train_dir,
                                     default_unlabelled_dir, read_slice_folder)
-from sscild.external.tables import (PUBLISHED, compare_to_published, describe_slices, recorded_gpu_run, results_table,
-                                    semi_supervised_table)
+from sscild.external.tables import (PUBLISHED, compare_to_published, describe_slices, lesion_table, recorded_gpu_run,
+                                    results_table, semi_supervised_table)
 from sscild.paths import read_json, repo_root, results_root
 from sscild.profiles import Profile
 
@@ -56,6 +56,7 @@ __all__ = [
     "read_check",
     "cv_words",
     "lesion_union",
+    "lesion_table",
     "selftrain_cv",
     "selftrain_words",
     "stage_comparison",
@@ -304,8 +305,10 @@ def scored_test_part(chk: ExternalCheck, summary: Mapping):
            f"The mean class probabilities of {n_models} models (the network trained on all "
            f"{n_train} training slices with the recipe above and the {n_models - 1} "
            "cross-validation fold models)")
+    lesion = (f"; both as one lesion class **{t['dice_lesion']:.3f}** (the lesion table sets it beside the "
+              "published single-class rows)" if "dice_lesion" in t else "")
     words = (f"{who}, scored on the {t['n_slices']} test slices: GGO **{t['dice_ggo']:.3f}**, "
-             f"consolidation **{t['dice_consolidation']:.3f}** (mean over slices); the table above "
+             f"consolidation **{t['dice_consolidation']:.3f}** (mean over slices){lesion}; the table above "
              "sets them beside the published rows. " + compare_to_published(t, what="test-part"))
     return fig, words
 

@@ -98,3 +98,18 @@ def test_uncertainty_summary_and_flag(patient):
     calm = uncertainty_summary(label, np.zeros_like(unc))
     found, _ = flags(hu, label, affine, uncertainty=calm)
     assert "uncertain" not in found
+
+
+def test_orientation_measure_says_unknown_where_no_slice_is_measurable():
+    """Slices too small to measure (as a barely trained model's lung can give) leave the solidity of
+    that part unknown (None), without a NumPy warning reaching the report or the book."""
+    import warnings
+
+    lung = np.zeros((40, 40, 20), bool)
+    lung[5:35, 5:35, :16] = True            # measurable slices at the bottom
+    for x, y in ((8, 8), (8, 28), (28, 8), (28, 28)):  # top slices: four specks of 9 voxels, too small to measure
+        lung[x:x + 3, y:y + 3, 16:] = True
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = orientation_measure(lung)
+    assert m["solidity_top"] is None and m["solidity_bottom"] == pytest.approx(1.0, abs=0.05)

@@ -150,9 +150,13 @@ def orientation_measure(lung_ras: np.ndarray) -> dict:
     if zs.size < 6:
         return {"solidity_top": None, "solidity_bottom": None}
     n = max(2, int(round(0.2 * (zs[-1] - zs[0] + 1))))
-    s = [_solidity(lung_ras[:, :, z]) for z in range(zs[0], zs[-1] + 1)]
-    bottom, top = np.nanmean(s[:n]), np.nanmean(s[-n:])
-    return {"solidity_top": round(float(top), 3), "solidity_bottom": round(float(bottom), 3)}
+    s = np.array([_solidity(lung_ras[:, :, z]) for z in range(zs[0], zs[-1] + 1)])
+
+    def mean(part: np.ndarray) -> float | None:  # None when no slice of the part had a measurable lung
+        part = part[np.isfinite(part)]
+        return round(float(part.mean()), 3) if part.size else None
+
+    return {"solidity_top": mean(s[-n:]), "solidity_bottom": mean(s[:n])}
 
 
 def _mediastinum_hu(hu_ras: np.ndarray, lung_ras: np.ndarray) -> float | None:
@@ -235,7 +239,7 @@ def quality_control(pred, affine, *, lung_ml: float, profile, slice_mm: float, u
             "Emphysema, bullae or a lung darker than the training cohort's: the models did not judge that part for EF "
             "or GGO, and disease inside it would be missed.", ["EF", "GGO", "zones"]))
     top, bottom = m["solidity_top"], m["solidity_bottom"]
-    if top is not None and bottom - top > ORIENTATION_MARGIN:
+    if top is not None and bottom is not None and bottom - top > ORIENTATION_MARGIN:
         flags.append(Flag(
             "orientation", "warning",
             f"The lung is convex at the bottom of the scan (solidity {bottom:.2f}) and hollowed at the top "

@@ -425,3 +425,25 @@ def test_confusion_counts_hand_computed_and_checked():
         confusion_counts(np.array([[0, 5]]), np.array([[0, 1]]))
     with pytest.raises(ValueError, match="shape"):
         confusion_counts(np.zeros((2, 2), int), np.zeros((2, 3), int))
+
+
+def test_surface_dice_scored_in_threads_prints_no_monai_deprecation():
+    """Cases are scored in threads (analysis.segmentation); MONAI's internal deprecation warning of
+    get_mask_edges must not reach a chapter's output from any of them."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import numpy as np\n"
+        "from concurrent.futures import ThreadPoolExecutor\n"
+        "from sscild.evaluation.overlap import surface_dice\n"
+        "ref = np.zeros((96, 96, 24), bool); ref[20:70, 25:75, 4:20] = True\n"
+        "with ThreadPoolExecutor(4) as pool:\n"
+        "    out = list(pool.map(lambda k: surface_dice(np.roll(ref, k % 3, axis=0), ref, (1.0, 1.0, 1.0), 1.0), range(16)))\n"
+        "print(len(out))\n")
+    lib = Path(__file__).resolve().parents[1] / "lib"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "PYTHONPATH": str(lib)})
+    assert proc.returncode == 0 and proc.stdout.strip() == "16", proc.stderr
+    assert "always_return_as_numpy" not in proc.stderr, proc.stderr

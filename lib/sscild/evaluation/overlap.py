@@ -47,6 +47,12 @@ from monai.metrics import compute_dice, compute_surface_dice
 
 __all__ = ["EMPTY_POLICIES", "case_prefix", "check_spacing", "check_pair", "empty_score", "dice", "surface_dice"]
 
+# MONAI 1.5+ passes its own deprecated argument (get_mask_edges' always_return_as_numpy) inside
+# compute_surface_dice: nothing for a user to fix. Filtered once for the process, not per call: a
+# catch_warnings() block is not thread-safe, and cases are scored in threads
+# (sscild.analysis.segmentation), where one thread leaving the block let another's warning through.
+warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*", category=FutureWarning)
+
 EMPTY_POLICIES = ("nan", "nnunet", "one")
 """Names accepted by the ``empty`` argument; see the module docstring."""
 
@@ -199,10 +205,7 @@ def surface_dice(
         return special
     pred, ref = _crop_pair(pred, ref, margin=1)
     t = lambda m: torch.from_numpy(np.ascontiguousarray(m))[None, None]  # noqa: E731
-    with warnings.catch_warnings():
-        # MONAI 1.5+ passes its own deprecated argument internally; nothing for a user to fix
-        warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*", category=FutureWarning)
-        nsd = compute_surface_dice(
-            t(pred), t(ref), [tol], include_background=True, spacing=list(sp), use_subvoxels=bool(subvoxels)
-        )
+    nsd = compute_surface_dice(
+        t(pred), t(ref), [tol], include_background=True, spacing=list(sp), use_subvoxels=bool(subvoxels)
+    )
     return float(nsd[0, 0])

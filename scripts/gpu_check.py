@@ -105,8 +105,9 @@ def main(argv=None) -> int:
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     t = time.perf_counter()
+    # a model of a few steps (a dry run of this script) finds no plausible lung: its segmentation is timed, not refused
     rep = segment_scan(scan, work / "segment", models=run.fold_dir(0) / "model_final.pt", progress=False,
-                       montage=False)
+                       montage=False, refuse=a.steps >= 100)
     report["segment"] = {"case": held_out, "seconds": round(time.perf_counter() - t, 2),
                          "input_shape": rep.get("input_shape"), "stage_seconds": rep.get("seconds"),
                          "lung_volume_ml": rep["summary"].get("lung_volume_ml")}

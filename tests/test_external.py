@@ -426,7 +426,7 @@ def test_settings_of_the_former_name_read_in_the_studys_words(tmp_path):
         assert profile_key(raw) == profile_key(b) and check_extra(raw) == check_extra(b), old
     with pytest.raises(ValueError, match="former name"):
         external_profile("cpu", semi="sometimes")
-    with pytest.raises(ValueError, match="semi_supervised must be one of pretrain, self-training, off"):
+    with pytest.raises(ValueError, match="semi_supervised must be one of pretrain, self-training, consistency, off"):
         external_profile("cpu", semi_supervised="fine-tune")
     # a model whose recipe_key.json says "fine-tune" is found finished
     _tiny_parts(tmp_path)

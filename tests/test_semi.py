@@ -129,7 +129,7 @@ def test_the_external_check_uses_the_studys_words_and_check():
     assert check_extra(external_profile("smoke", pretrain_steps=0))["semi_supervised"] == semi_mode(
         get_profile("smoke").with_overrides(pretrain_steps=0)) == "off"
     for bad in ("auto", "fine-tune"):
-        with pytest.raises(ValueError, match="semi_supervised must be one of pretrain, self-training, off"):
+        with pytest.raises(ValueError, match="semi_supervised must be one of pretrain, self-training, consistency, off"):
             external_profile("smoke", semi_supervised=bad)
 
 
@@ -227,3 +227,23 @@ def test_pretraining_reads_its_scans_from_memory_maps_not_memory(semi_run, tmp_p
     img = unlabelled_image(run, prof, uid, scan)
     a, b = (PatchSource([v], prof.patch_size, 3)(np.random.default_rng(5)) for v in (img, in_memory))
     assert torch.equal(a, b)
+
+
+def test_fold_with_consistency_learning(semi_run, tmp_path):
+    """The study's folds with consistency learning: pretrained start, unlabelled patches beside every
+    batch, reused when finished and stale under another mode (a copy of the run, without its folds)."""
+    shutil.copytree(semi_run.results, tmp_path / "results", ignore=shutil.ignore_patterns("fold_*"))
+    run = RunPaths(results=tmp_path / "results", cohort=semi_run.cohort, profile=semi_run.profile)
+    prof = get_profile("smoke").with_overrides(semi_supervised="consistency")
+    summ = train_mod.train_fold(run, prof, 0, progress=False, iterations=4)
+    assert summ["semi"]["mode"] == "consistency" and summ["semi"]["unlabelled"] == ["other"]
+    assert summ["consistency"]["per_batch"] == prof.batch_size and summ["init"] == "given state"  # pretrained start
+    assert "pretraining" in summ
+    # reused when finished; stale under another mode
+    assert train_mod.train_fold(run, prof, 0, progress=False, iterations=4)["seconds"] == summ["seconds"]
+    with pytest.raises(ValueError, match="semi-supervised"):
+        train_mod.train_fold(run, prof.with_overrides(semi_supervised="pretrain"), 0, progress=False, iterations=4)
+    # without pretraining steps, consistency starts from random weights
+    fresh = prof.with_overrides(pretrain_steps=0)
+    s1 = train_mod.train_fold(run, fresh, 1, progress=False, iterations=4)
+    assert s1["init"] == "random" and s1["semi"]["mode"] == "consistency" and "pretraining" not in s1

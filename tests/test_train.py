@@ -53,7 +53,7 @@ def test_same_seed_gives_identical_weights(prepared, tmp_path):
     assert_same(weights(r1), weights(r2))
     # and training actually changed the weights
     torch.manual_seed(0)
-    init = train_mod.build_network(get_profile("smoke")).state_dict()
+    init = build_network(get_profile("smoke")).state_dict()
     assert any(not torch.equal(init[k], weights(r1)[k]) for k in init if init[k].dtype.is_floating_point)
 
 

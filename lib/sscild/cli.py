@@ -133,12 +133,12 @@ def _cmd_prepare(args) -> int:
 def _cmd_pretrain(args) -> int:
     from sscild.model.device import set_threads
     from sscild.model.pretrain import cohort_pretrained_state
-    from sscild.model.selftrain import semi_mode, unlabelled_scans
+    from sscild.model.selftrain import pretrains, unlabelled_scans
     from sscild.paths import RunPaths
 
     prof = get_profile(args.profile)
     run = RunPaths.for_run(args.data, args.profile, args.results)
-    scans = unlabelled_scans(run) if semi_mode(prof) == "pretrain" else {}
+    scans = unlabelled_scans(run) if pretrains(prof) else {}
     if not scans:
         print(f"pretrain: nothing to do (profile {prof.name!r}: semi_supervised={prof.semi_supervised!r}, "
               f"{len(unlabelled_scans(run))} unlabelled scans passed validation)")

@@ -80,7 +80,7 @@ def pseudo_label_cases(net: torch.nn.Module, unlabelled: Mapping[str, SliceImage
     Each slice goes onto the grid, in one 90-degree orientation chosen from its id and the
     profile's seed (so the student also sees turned slices); the teacher's softmax is averaged over
     the profile's ``pseudo_tta`` variants; pixels whose highest class probability is below
-    ``pseudo_confidence`` get :data:`sscild.model.train.IGNORE_LABEL` (the loss skips them).
+    ``pseudo_confidence`` get :data:`sscild.model.selftrain.IGNORE_LABEL` (the loss skips them).
 
     Returns:
         (id -> case of shape (grid, grid, 1), stats: slices, share of pixels kept, share of kept

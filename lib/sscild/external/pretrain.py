@@ -28,7 +28,7 @@ from sscild.model.pretrain import restoration_pretrain
 from sscild.paths import atomic_path, read_json, write_json
 from sscild.profiles import Profile
 
-__all__ = ["pretrain_key", "pretrained_state"]
+__all__ = ["pretrain_key", "pretrained_state", "slice_batches"]
 
 
 def pretrain_key(p: Profile, unlabelled: Mapping[str, SliceImage]) -> dict:
@@ -39,6 +39,25 @@ def pretrain_key(p: Profile, unlabelled: Mapping[str, SliceImage]) -> dict:
             "norm": p.norm, "grid_size": ex["grid_size"], "steps": ex["pretrain_steps"], "batch_size": p.batch_size,
             "learning_rate": p.learning_rate, "seed": p.seed, "n_unlabelled": len(ids),
             "unlabelled_sha1": hashlib.sha1("".join(unlabelled[u].digest() for u in ids).encode()).hexdigest()}
+
+
+def slice_batches(unlabelled: Mapping[str, SliceImage], p: Profile, batch_size: int):
+    """``rng -> (batch_size, 1, grid, grid)`` tensor: unlabelled slices on the profile's grid, drawn with
+    replacement, the batch turned by a random multiple of 90 degrees and maybe flipped (the source of
+    pretraining and of consistency learning)."""
+    ex = check_extra(p)
+    ids = sorted(unlabelled, key=natural_key)
+    grids = np.stack([GridMap(shape=unlabelled[u].shape, size=ex["grid_size"]).image_to_grid(
+        normalize_intensity(unlabelled[u].image)) for u in ids])[:, None]
+
+    def next_batch(rng: np.random.Generator) -> torch.Tensor:
+        x = torch.from_numpy(grids[rng.integers(0, len(ids), int(batch_size))])
+        x = torch.rot90(x, int(rng.integers(4)), dims=(2, 3))
+        if rng.random() < 0.5:
+            x = torch.flip(x, dims=(3,))
+        return x.contiguous()
+
+    return next_batch
 
 
 def pretrained_state(unlabelled: Mapping[str, SliceImage], p: Profile, out: Path, *,
@@ -54,16 +73,7 @@ def pretrained_state(unlabelled: Mapping[str, SliceImage], p: Profile, out: Path
             and (out / "pretrained.pt").exists():
         return torch.load(out / "pretrained.pt", map_location="cpu", weights_only=False), read_json(out / "summary.json")
     ids = sorted(unlabelled, key=natural_key)
-    grids = np.stack([GridMap(shape=unlabelled[u].shape, size=ex["grid_size"]).image_to_grid(
-        normalize_intensity(unlabelled[u].image)) for u in ids])[:, None]
-
-    def next_batch(rng: np.random.Generator) -> torch.Tensor:
-        x = torch.from_numpy(grids[rng.integers(0, len(ids), p.batch_size)])
-        x = torch.rot90(x, int(rng.integers(4)), dims=(2, 3))
-        if rng.random() < 0.5:
-            x = torch.flip(x, dims=(3,))
-        return x.contiguous()
-
+    next_batch = slice_batches(unlabelled, p, p.batch_size)
     state, summary = restoration_pretrain(next_batch, p, steps=int(ex["pretrain_steps"]), out_channels=3,
                                           desc=f"pretraining on {len(ids)} unlabelled slices", log=log)
     summary = {"steps": summary["steps"], "seconds": summary["seconds"], "slices": len(ids),

@@ -19,6 +19,7 @@ from sscild.profiles import Profile, get_profile
 
 __all__ = [
     "SEMI_DEFAULTS",
+    "STUDENT_MODES",
     "RENAMED_SEMI",
     "semi_settings",
     "in_study_words",
@@ -55,12 +56,20 @@ SEMI_DEFAULTS = {
   each batch pseudo-labelled, starting from the teacher's weights (``student_init="teacher"``) or
   afresh (``"random"``). With ``pseudo_min_lesion`` > 0, only the slices whose confident pseudo-label
   marks at least that share of the grid as GGO or consolidation are kept.
+* ``"consistency"``: as self-training, a first supervised stage; then the second stage
+  (``student_iterations`` steps from its weights) takes, beside every labelled batch, as many of up
+  to ``unlabelled_max`` unlabelled slices and learns to agree on a strongly perturbed view of them
+  with a mean teacher's labels of a weakly perturbed one (:mod:`sscild.model.consistency`; pixels
+  below ``pseudo_confidence`` ignored). Its control is ``second_stage`` without unlabelled slices.
 * ``"off"``: the unlabelled slices are not used.
 
 ``second_stage``: without self-training, the model trains the same two stages without unlabelled
 slices (the student continues ``student_iterations`` steps from the teacher's weights on the labelled
 slices alone) -- the second screen's control, which separates what the unlabelled slices add from
 what the extra steps add, and the adopted ``cpu`` recipe."""
+
+STUDENT_MODES = ("self-training", "consistency")
+"""The ``semi_supervised`` modes whose second stage (the student) trains on the unlabelled slices."""
 
 RENAMED_SEMI = {"off": ("pretrain", False), "fine-tune": ("pretrain", True),
                 "self-training": ("self-training", False)}
@@ -281,6 +290,11 @@ def recipe_dict(p: Profile, threads: int) -> dict:
                             f"{p.num_folds} cross-validation fold models" if ex["test_ensemble"]
                             else "the model trained on all labelled slices"),
         "semi_supervised": (
+            f"consistency learning: the supervised model is trained {ex['student_iterations']} more iterations "
+            f"from its own weights, each step beside {max(2, p.batch_size)} of up to {ex['unlabelled_max']} "
+            "unlabelled slices, matching on a strongly perturbed view (intensity changes, CutMix) a mean "
+            f"teacher's labels of a weakly perturbed one (pixels below {ex['pseudo_confidence']} confidence ignored)"
+            if ex["semi_supervised"] == "consistency" else
             "off" if ex["semi_supervised"] != "self-training" and not ex["second_stage"] else
             f"off; the supervised model is trained {ex['student_iterations']} more iterations from its own "
             "weights (warm restart of the schedule) on the labelled slices only"

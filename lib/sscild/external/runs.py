@@ -32,7 +32,7 @@ import torch
 from sscild.data.folds import make_splits
 from sscild.errors import InputError
 from sscild.external.predict import MeanProb, predict_slices, write_png
-from sscild.external.recipe import check_extra, external_profile, recipe_dict
+from sscild.external.recipe import STUDENT_MODES, check_extra, external_profile, recipe_dict
 from sscild.external.scores import score_slices, summarize_scores
 from sscild.external.slices import (SliceImage, check_no_overlap, natural_key, read_slice_folder,
                                     read_unlabelled_folder)
@@ -63,9 +63,9 @@ def cross_validate(slices: Mapping[str, SliceImage], out_dir: str | Path, profil
     With ``pretrain_steps`` (and ``semi_supervised`` on), every fold starts from the network pretrained on the
     unlabelled slices (:mod:`sscild.external.pretrain`, cached in ``out_dir/pretrained``, or ``init``).
 
-    With ``unlabelled`` slices and a profile whose ``semi_supervised`` is ``"self-training"``, each fold's
-    teacher is trained on that fold's training slices only, labels the unlabelled slices, and the
-    fold's student is what is scored; the teachers' (supervised) out-of-fold predictions are scored
+    With ``unlabelled`` slices and a profile whose ``semi_supervised`` is ``"self-training"`` or
+    ``"consistency"``, each fold's teacher is trained on that fold's training slices only, the
+    fold's student learns from it and the unlabelled slices, and the student is what is scored; the teachers' (supervised) out-of-fold predictions are scored
     too, into ``scores_supervised.csv`` and ``info["supervised_scores"]``. An unlabelled slice
     identical to a labelled one is an ``InputError`` (:func:`sscild.external.slices.check_no_overlap`).
 
@@ -85,8 +85,8 @@ def cross_validate(slices: Mapping[str, SliceImage], out_dir: str | Path, profil
                          "num_folds.")
     strata = _consolidation_share(slices)
     semi = semi_on(p, unlabelled)
-    self_training = check_extra(p)["semi_supervised"] == "self-training"
-    if unlabelled and (self_training or check_extra(p)["pretrain_steps"]):
+    student_learns = check_extra(p)["semi_supervised"] in STUDENT_MODES
+    if unlabelled and (student_learns or check_extra(p)["pretrain_steps"]):
         check_no_overlap(unlabelled, {"training": slices})
     splits = make_splits(list(slices), strata=strata, k=p.num_folds, seed=p.seed)
     write_json(out_dir / "splits.json", splits)
@@ -100,7 +100,7 @@ def cross_validate(slices: Mapping[str, SliceImage], out_dir: str | Path, profil
     if trained_now is None:
         tasks = fold_tasks(slices, splits, out_dir, chosen)
         n_jobs, n_threads = training_jobs(len(tasks), threads, jobs=jobs)
-        trained_now = train_many(tasks, p, unlabelled=unlabelled if self_training else None, jobs=n_jobs, threads=n_threads,
+        trained_now = train_many(tasks, p, unlabelled=unlabelled if student_learns else None, jobs=n_jobs, threads=n_threads,
                                  progress=progress, log=log, init=init)
     frames, sup_frames, done = [], [], []
     for k in chosen:
@@ -268,8 +268,8 @@ def _train_everything(train: Mapping[str, SliceImage], test: Mapping[str, SliceI
     n_jobs, n_threads = training_jobs(len(tasks), set_threads(), jobs=jobs)
     init = pretraining(p, unlabelled, out_dir / "pretrained", log=log)
     tt = time.perf_counter()  # the models' wall time; the pretraining's own is in its summary
-    self_training = check_extra(p)["semi_supervised"] == "self-training"
-    fresh = train_many(tasks, p, unlabelled=unlabelled if self_training else None, jobs=n_jobs, threads=n_threads,
+    student_learns = check_extra(p)["semi_supervised"] in STUDENT_MODES
+    fresh = train_many(tasks, p, unlabelled=unlabelled if student_learns else None, jobs=n_jobs, threads=n_threads,
                        progress=progress, log=log, init=init)
     pre = read_json(out_dir / "pretrained" / "summary.json") if init is not None else None
     return fresh, init, {"models": len(tasks), "trained_now": len(fresh), "at_once": n_jobs,

@@ -18,6 +18,7 @@ from sscild.paths import repo_root
 __all__ = [
     "semi_screen",
     "lever_screen",
+    "consistency_screen",
     "screen_table",
 ]
 
@@ -50,6 +51,20 @@ def lever_screen(path: str | Path | None = None, *, n_boot: int = 2000) -> pd.Da
     if not path.exists():
         return None
     return screen_table(pd.read_csv(path, dtype={"slice_id": str}), n_boot=n_boot, baseline_name="the first row")
+
+
+def consistency_screen(path: str | Path | None = None, *, n_boot: int = 2000) -> pd.DataFrame | None:
+    """The fourth recipe screen (consistency learning against its control, folds 0-2) from its recorded
+    per-slice scores (``benchmarks/external_consistency_screen.csv``): Dice per variant with 95 % BCa
+    intervals over the 30 held-out slices, pooled Dice and the paired gain of consistency learning over
+    its control (the adopted ``cpu`` recipe: the same second stage, the same steps, no unlabelled
+    slices). ``None`` when the file is absent. Re-running it: the two variants of
+    :data:`sscild.external.search.SEARCH_VARIANTS` named in the record, on folds 0-2, then
+    ``scripts/record_screen.py``."""
+    path = Path(path) if path is not None else repo_root() / "benchmarks" / "external_consistency_screen.csv"
+    if not path.exists():
+        return None
+    return screen_table(pd.read_csv(path, dtype={"slice_id": str}), n_boot=n_boot, baseline_name="its control")
 
 
 def screen_table(df: pd.DataFrame, *, n_boot: int = 2000, baseline_name: str = "the first row",

@@ -66,6 +66,11 @@ _THIRD_SCREEN: dict[str, dict] = {  # on the two-stage recipe; the nnU-Net augme
     "5 levels (channels 16-256)": {"channels": (16, 32, 64, 128, 256), "strides": (2, 2, 2, 2)},
 }
 
+_FOURTH_SCREEN: dict[str, dict] = {  # on the adopted cpu recipe (pretraining, two stages)
+    "control: the cpu recipe, second stage on the labelled slices only": {},
+    "consistency learning in the second stage (mean teacher, strong view, CutMix)": {"semi_supervised": "consistency"},
+}
+
 SEARCH_VARIANTS: dict[str, dict] = {
     # every screen before the third ran without pretraining (pretrain_steps 0): the variants say so, so that they
     # re-run as they were recorded now that the cpu recipe pretrains
@@ -79,6 +84,8 @@ SEARCH_VARIANTS: dict[str, dict] = {
     **{name: {"pretrain_steps": 0, **ov} for name, ov in _THIRD_SCREEN.items()},
     "self-supervised pretraining on the unlabelled slices, 2000 steps": {"pretrain_steps": 2000},
     "self-supervised pretraining on the unlabelled slices, 4000 steps": {"pretrain_steps": 4000},
+    # the fourth screen (consistency_screen): the cpu recipe as adopted, against consistency learning
+    **_FOURTH_SCREEN,
 }
 """Variants for :func:`search_recipes`: name -> overrides of the ``cpu`` external profile."""
 

@@ -22,8 +22,11 @@ import torch
 from sscild.errors import InputError
 from sscild.external.grid import training_case
 from sscild.external.predict import pseudo_label_cases
-from sscild.external.recipe import SEMI_DEFAULTS, check_extra, external_profile, in_study_words, semi_settings
+from sscild.external.pretrain import slice_batches
+from sscild.external.recipe import (SEMI_DEFAULTS, STUDENT_MODES, check_extra, external_profile, in_study_words,
+                                    semi_settings)
 from sscild.external.slices import CLASS_NAMES, SliceImage, natural_key
+from sscild.model.consistency import ConsistencySettings
 from sscild.model.loading import load_fold_model
 from sscild.model.train import train_model
 from sscild.model.checkpoint import training_recipe
@@ -52,7 +55,7 @@ def profile_key(p: Profile) -> dict:
     key = training_recipe(p)
     key["extra"] = {k: v for k, v in sorted({**p.extra, "pretrain_steps": ex["pretrain_steps"]}.items())
                     if k not in ("tta", "test_ensemble") and k not in SEMI_DEFAULTS}
-    if ex["second_stage"] or ex["semi_supervised"] == "self-training":
+    if ex["second_stage"] or ex["semi_supervised"] in STUDENT_MODES:
         key["semi"] = {"semi_supervised": ex["semi_supervised"], **{k: ex[k] for k in SEMI_DEFAULTS}}
     return key
 
@@ -72,9 +75,10 @@ def recorded_ident(rec: dict) -> dict:
 
 
 def semi_on(p: Profile, unlabelled: Mapping[str, SliceImage] | None) -> bool:
-    """Whether ``p`` trains in two stages: ``"self-training"`` with unlabelled slices, or ``second_stage``."""
+    """Whether ``p`` trains in two stages: ``"self-training"`` or ``"consistency"`` with unlabelled
+    slices, or ``second_stage``."""
     ex = check_extra(p)
-    return ex["second_stage"] or (ex["semi_supervised"] == "self-training" and bool(unlabelled))
+    return ex["second_stage"] or (ex["semi_supervised"] in STUDENT_MODES and bool(unlabelled))
 
 
 def _spread(ids: Sequence[str], n: int) -> list[str]:
@@ -118,21 +122,27 @@ def train_or_load(train: Mapping[str, SliceImage], p: Profile, out: Path, *, key
 def train_semi(train: Mapping[str, SliceImage], unlabelled: Mapping[str, SliceImage], p: Profile, out: Path, *,
                key: int, progress: bool, desc: str,
                init: Init | None = None) -> tuple[torch.nn.Module, torch.nn.Module, dict, bool]:
-    """Self-training on ``train`` (labelled) and ``unlabelled``: the teacher is the supervised model of
-    the same slices and recipe (``out/teacher``); it labels the unlabelled slices; the student trains
-    into ``out``. Only ``train`` and ``unlabelled`` are ever read, so a held-out slice cannot reach
-    its fold's teacher, pseudo-labels or student.
+    """Two stages on ``train`` (labelled) and ``unlabelled``: the first is the supervised model of the
+    same slices and recipe (``out/teacher``); the second (the student, into ``out``) continues from
+    it, as the profile's ``semi_supervised`` says: ``"self-training"``, the first stage labels the
+    unlabelled slices and the student trains on both; ``"consistency"``, the student trains with a
+    mean teacher on perturbed unlabelled slices beside every labelled batch
+    (:mod:`sscild.model.consistency`); otherwise (``second_stage``), on the labelled slices alone.
+    Only ``train`` and ``unlabelled`` are ever read, so a held-out slice cannot reach its fold's
+    teacher, pseudo-labels or student.
 
     Returns (student, teacher, summary, whether the student was reused)."""
     out = Path(out)
     ex = check_extra(p)
     # the teacher: the supervised recipe in one stage, pretrained as the profile says (``init``)
     sup = external_profile(p, second_stage=False,
-                           **({"semi_supervised": "pretrain"} if ex["semi_supervised"] == "self-training" else {}))
+                           **({"semi_supervised": "pretrain"} if ex["semi_supervised"] in STUDENT_MODES
+                              else {}))
     teacher, t_summ, t_reused = train_or_load(train, sup, out / "teacher", key=key, progress=progress,
                                               desc=f"{desc}, teacher", init=init)
-    if ex["semi_supervised"] != "self-training":
+    if ex["semi_supervised"] not in STUDENT_MODES:
         unlabelled = {}
+    consistency = ex["semi_supervised"] == "consistency"
     use = _spread(sorted(unlabelled, key=natural_key), ex["unlabelled_max"])
     u_digest = hashlib.sha1("".join(unlabelled[u].digest() for u in use).encode()).hexdigest()
     ident = {"train_slices": sorted(train, key=natural_key), "key": int(key), "recipe": profile_key(p),
@@ -149,8 +159,15 @@ def train_semi(train: Mapping[str, SliceImage], unlabelled: Mapping[str, SliceIm
         return net, teacher, read_json(summary_path), True
     write_json(ident_path, ident)
     cpu0, w0 = time.process_time(), time.perf_counter()
-    pseudo, stats = pseudo_label_cases(teacher, {u: unlabelled[u] for u in use}, p) if use else ({}, {"slices": 0})
-    if use and not pseudo:
+    cons = {}
+    if consistency and use:
+        cons = {"consistency": ConsistencySettings(per_batch=max(2, p.batch_size), confidence=ex["pseudo_confidence"],
+                                                   rot90=ex["rotations"]),
+                "unlabelled_batch": slice_batches({u: unlabelled[u] for u in use}, p, max(2, p.batch_size))}
+        pseudo, stats = {}, {"slices": len(use), "consistency": True}
+    else:
+        pseudo, stats = pseudo_label_cases(teacher, {u: unlabelled[u] for u in use}, p) if use else ({}, {"slices": 0})
+    if use and not pseudo and not consistency:
         raise InputError(f"{desc}: none of the {len(use)} unlabelled slices has a confident lesion share of at least "
                          f"{ex['pseudo_min_lesion']:.1%}; lower pseudo_min_lesion or pseudo_confidence.")
     stats["seconds"] = round(time.perf_counter() - w0, 2)
@@ -160,7 +177,7 @@ def train_semi(train: Mapping[str, SliceImage], unlabelled: Mapping[str, SliceIm
     cases = {sid: training_case(s, p) for sid, s in train.items()}
     res = train_model(cases, p, out, key=key, num_classes=3, class_names=CLASS_NAMES, progress=progress,
                       desc=f"{desc}, student", iterations=ex["student_iterations"], pseudo_cases=pseudo or None,
-                      pseudo_share=ex["pseudo_share"] if pseudo else 0.0, init_state=init)
+                      pseudo_share=ex["pseudo_share"] if pseudo else 0.0, init_state=init, **cons)
     student_s = res["seconds"]
     teacher_cpu = 0.0 if t_reused else float(t_summ.get("cpu_seconds") or 0.0)
     summary = {**res, "cpu_seconds": round(time.process_time() - cpu0 + teacher_cpu, 2),

@@ -102,6 +102,8 @@ def resume_training(path: Path, net, opt, sched, scaler, *, recipe: dict, profil
     if "init" in saved and "init" in recipe and saved["init"] != recipe["init"]:
         diff.append("initial weights: " + ("a random initialisation" if saved["init"] == "random" else "given weights")
                     + " -> " + ("a random initialisation" if recipe["init"] == "random" else "other given weights"))
+    if saved.get("consistency") != recipe.get("consistency"):
+        diff.append(f"consistency learning: {saved.get('consistency')!r} -> {recipe.get('consistency')!r}")
     if diff:
         raise ValueError(f"{path} was written with other settings than profile {profile_name!r} now has "
                          f"({'; '.join(diff)}); it cannot be resumed. Delete it to start this fold afresh.")

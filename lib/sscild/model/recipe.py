@@ -38,6 +38,11 @@ def recipe_table(profile: Profile) -> pd.DataFrame:
                         "(hidden rectangles, noise; L1), once per run; every fold starts from those weights",
             "self-training": f"self-training: each fold's supervised teacher pseudo-labels them (voxels below "
                              f"{p.pseudo_confidence:g} confidence ignored), a student continues on both",
+            "consistency": f"consistency learning: every step also takes {max(2, p.batch_size)} unlabelled patches; "
+                           f"the student matches, on a strongly perturbed view (intensity changes, CutMix), a "
+                           f"mean teacher's labels of a weakly perturbed one (pixels below {p.pseudo_confidence:g} "
+                           "confidence ignored)" + (f"; from weights pretrained {p.pretrain_steps} iterations on them"
+                                                    if p.pretrain_steps else ""),
             "off": "validated, not used"}[semi_mode(p)]),
         ("checkpoints", f"every {p.checkpoint_every} iterations (resumable)"),
         ("mixed precision", ("float16 on CUDA" if p.amp else "off on CUDA") + "; "

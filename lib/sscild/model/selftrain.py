@@ -24,11 +24,13 @@ from sscild.paths import RunPaths
 from sscild.profiles import Profile, require_profile
 
 __all__ = ["IGNORE_LABEL", "MaskedDiceCE", "SEMI_MODES", "semi_mode", "unlabelled_scans", "pseudo_label_volumes",
-           "semi_record"]
+           "semi_record", "study_consistency", "pretrains"]
 
-SEMI_MODES = ("pretrain", "self-training", "off")
+SEMI_MODES = ("pretrain", "self-training", "consistency", "off")
 """Values of ``profile.semi_supervised``: how training uses the cohort's unlabelled scans (and the external
-check its unlabelled slices, :mod:`sscild.external.recipe`; both are checked by :func:`semi_mode`)."""
+check its unlabelled slices, :mod:`sscild.external.recipe`; both are checked by :func:`semi_mode`).
+``"consistency"``: a mean teacher and a perturbed student (:mod:`sscild.model.consistency`), from the
+pretrained weights when ``pretrain_steps`` > 0."""
 
 
 IGNORE_LABEL = 255
@@ -110,10 +112,28 @@ def semi_mode(p: Profile) -> str:
     return mode
 
 
+def pretrains(p: Profile) -> bool:
+    """Whether a run of ``p`` pretrains on its unlabelled scans: ``"pretrain"``, and ``"consistency"``
+    with ``pretrain_steps`` > 0 (the folds then start from those weights)."""
+    return semi_mode(p) in ("pretrain", "consistency") and int(p.pretrain_steps) > 0
+
+
 def semi_record(p: Profile, scans: dict[str, Path], iterations: int | None) -> dict:
     """How a fold used the unlabelled scans (recorded, and compared with when the fold is reused)."""
     if semi_mode(p) == "pretrain":
         return {"mode": "pretrain", "unlabelled": sorted(scans), "pretrain_steps": int(p.pretrain_steps)}
+    if semi_mode(p) == "consistency":
+        return {"mode": "consistency", "unlabelled": sorted(scans), "pretrain_steps": int(p.pretrain_steps),
+                **study_consistency(p).record()}
     return {"mode": "self-training", "unlabelled": sorted(scans), "pseudo_confidence": p.pseudo_confidence,
             "pseudo_share": p.pseudo_share, "student_iterations": int(p.student_iterations
                                                                       or max(1, int(iterations or p.iterations) // 2))}
+
+
+def study_consistency(p: Profile):
+    """The consistency-learning settings of a study profile (:mod:`sscild.model.consistency`): as many
+    unlabelled patches per step as labelled ones, the profile's ``pseudo_confidence`` as the teacher's
+    threshold, the module's defaults otherwise."""
+    from sscild.model.consistency import ConsistencySettings
+
+    return ConsistencySettings(per_batch=max(2, int(p.batch_size)), confidence=float(p.pseudo_confidence))

@@ -19,8 +19,10 @@ The recipe (what the Model & training chapter tabulates):
   uninterrupted one would (:mod:`sscild.model.checkpoint`).
 * **Unlabelled scans** (when the cohort has some, ``profile.semi_supervised``): by default every fold
   starts from a network pretrained to restore corrupted patches of them (:mod:`sscild.model.pretrain`);
-  or, with ``"self-training"``, a supervised teacher pseudo-labels them and the fold's model is a
-  student trained on both (:mod:`sscild.model.selftrain`).
+  with ``"self-training"``, a supervised teacher pseudo-labels them and the fold's model is a
+  student trained on both (:mod:`sscild.model.selftrain`); with ``"consistency"``, every step also
+  trains the network to agree with a mean teacher on perturbed unlabelled patches
+  (:mod:`sscild.model.consistency`), starting from the pretrained weights when ``pretrain_steps`` > 0.
 
 Outputs in ``results/<cohort>/<profile>/fold_<k>/``: ``checkpoint_latest.pt`` (every
 ``profile.checkpoint_every`` steps), ``history.csv`` (per logged step), ``epochs.csv`` (per epoch of
@@ -33,40 +35,31 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
-from monai.losses import DiceCELoss
 
 from sscild.data.folds import read_splits
 from sscild.data.cache import load_cached
 from sscild.model.augment import augment_for_profile
-from sscild.model.deepsup import DeepSupervision
+from sscild.model.consistency import Consistency, ConsistencySettings
 from sscild.model.checkpoint import (final_model_state, recipe_diff, resume_training, save_checkpoint,
                                      training_recipe)
 from sscild.model.device import (configure_backend, describe_device, loader_workers, network_numerics,
                                  select_device, set_threads, worker_init)
 from sscild.model.loading import fold_is_done, load_fold_model
-from sscild.model.network import NUM_CLASSES, build_network, count_parameters
+from sscild.model.fit import Fit, RunningMeans, setup_fit, train_step
+from sscild.model.network import NUM_CLASSES, count_parameters
 from sscild.model.sampling import PatchSampler, StepBatches
-from sscild.model.pretrain import cohort_pretrained_state
-from sscild.model.selftrain import (IGNORE_LABEL, MaskedDiceCE, pseudo_label_volumes, semi_mode, semi_record,
-                                    unlabelled_scans)
+from sscild.model.pretrain import PatchSource, cohort_pretrained_state, unlabelled_image
+from sscild.model.selftrain import (pretrains, pseudo_label_volumes, semi_mode, semi_record,
+                                    study_consistency, unlabelled_scans)
 from sscild.paths import RunPaths, atomic_path, read_json, write_json
 from sscild.profiles import Profile, require_profile
 from sscild.progress import Heartbeat
 
 __all__ = ["train_fold", "train_model", "load_training_cases"]
-
-
-def _lr_lambda(iterations: int, warmup: int):
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, 1.0 - (step - warmup) / max(1, iterations - warmup)) ** 0.9
-    return f
 
 
 def load_training_cases(run: RunPaths, case_ids) -> dict:
@@ -140,18 +133,24 @@ def train_fold(run: RunPaths, profile: Profile, fold: int, *, device=None, progr
     if unlabelled and mode == "self-training":
         return _train_fold_semi(run, p, fold, cases, unlabelled, test_ids, device=device, progress=progress,
                                 stop_after=stop_after, iterations=iterations)
-    init, pre = None, None
-    if unlabelled:  # pretraining: unlabelled scans only, the same weights for every fold
+    init, pre, cons = None, None, {}
+    if unlabelled and pretrains(p):  # pretraining: unlabelled scans only, the same weights for every fold
         init, pre = cohort_pretrained_state(run, p, unlabelled, device=device)
+    if unlabelled and mode == "consistency":  # unlabelled patches beside every labelled batch
+        settings = study_consistency(p)
+        volumes = [unlabelled_image(run, p, uid, unlabelled[uid]) for uid in sorted(unlabelled)]
+        cons = {"consistency": settings, "unlabelled_batch": PatchSource(volumes, p.patch_size[:2], settings.per_batch)}
     result = train_model(cases, p, out, key=fold, device=device, progress=progress, stop_after=stop_after,
-                         iterations=iterations, desc=f"fold {fold}", init_state=init, cohort=cohort_identity(run))
+                         iterations=iterations, desc=f"fold {fold}", init_state=init, cohort=cohort_identity(run),
+                         **cons)
     if result.get("interrupted"):
         return {"fold": fold, **result}
     summary = {"fold": fold, "profile": p.name, "cohort": run.cohort, **result,
                "train_cases": train_ids, "test_cases": sorted(test_ids)}
     if unlabelled:
         summary["semi"] = semi_record(p, unlabelled, iterations)
-        summary["pretraining"] = {k: pre[k] for k in ("steps", "seconds", "scans", "first_l1", "last_l1")}
+        if pre is not None:
+            summary["pretraining"] = {k: pre[k] for k in ("steps", "seconds", "scans", "first_l1", "last_l1")}
     write_json(out / "train_summary.json", summary)
     return summary
 
@@ -192,25 +191,6 @@ def _train_fold_semi(run: RunPaths, p: Profile, fold: int, cases: dict, scans: d
     return summary
 
 
-@dataclass
-class _Fit:
-    """What one training step uses: the network, its loss, optimiser, schedule and gradient scaler."""
-
-    net: torch.nn.Module
-    loss_fn: torch.nn.Module
-    opt: torch.optim.Optimizer
-    sched: torch.optim.lr_scheduler.LambdaLR
-    scaler: torch.amp.GradScaler
-    numerics: dict
-    device: torch.device
-    ds: DeepSupervision | None = None
-
-    @property
-    def trained(self) -> torch.nn.Module:
-        """What the optimiser trains and a checkpoint holds: the network, with the deep-supervision heads."""
-        return self.net if self.ds is None else torch.nn.ModuleDict({"net": self.net, "ds": self.ds})
-
-
 def _pseudo_per_batch(p: Profile, cases: dict, pseudo_cases: dict | None, pseudo_share: float) -> int:
     """Patches of every batch that come from the pseudo-labelled cases (0 without them)."""
     n_pseudo = 0
@@ -229,100 +209,6 @@ def _pseudo_per_batch(p: Profile, cases: dict, pseudo_cases: dict | None, pseudo
     return n_pseudo
 
 
-def _setup_fit(p: Profile, *, seed: int, total: int, device: torch.device, numerics: dict, use_amp: bool,
-               num_classes: int, init_state: dict | None, masked: bool) -> _Fit:
-    """Seed torch, build the network (or start it from ``init_state``), its loss, optimiser and schedule."""
-    torch.manual_seed(seed)
-    net = build_network(p, out_channels=num_classes).to(device)
-    if init_state is not None:
-        net.load_state_dict(init_state)
-    if numerics["channels_last"]:
-        net = net.to(memory_format=torch.channels_last)
-    if masked:
-        loss_fn = MaskedDiceCE(batch=bool(p.batch_dice))
-    else:
-        loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=bool(p.batch_dice))
-    ds = DeepSupervision(net, num_classes, p.deep_supervision).to(device) if p.deep_supervision else None
-    params = list(net.parameters()) + (list(ds.parameters()) if ds is not None else [])
-    if p.optimizer == "adamw":
-        opt = torch.optim.AdamW(params, lr=p.learning_rate, weight_decay=p.weight_decay)
-    elif p.optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=p.learning_rate, momentum=0.99, nesterov=True, weight_decay=p.weight_decay)
-    else:
-        raise ValueError(f"profile {p.name!r}: optimizer must be 'adamw' or 'sgd', got {p.optimizer!r}")
-    warmup = max(1, min(50, total // 20))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, warmup))
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    return _Fit(net=net, loss_fn=loss_fn, opt=opt, sched=sched, scaler=scaler, numerics=numerics, device=device, ds=ds)
-
-
-def _train_step(fit: _Fit, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimiser step on the augmented batch; returns the logits and the loss."""
-    if fit.numerics["channels_last"]:
-        x = x.contiguous(memory_format=torch.channels_last)
-    fit.opt.zero_grad(set_to_none=True)
-    with torch.autocast(device_type=fit.device.type, dtype=fit.numerics["dtype"], enabled=fit.numerics["autocast"]):
-        logits = fit.net(x)
-        if fit.ds is not None:
-            loss = fit.ds.loss(fit.loss_fn, logits, y)
-    if fit.ds is None:
-        loss = fit.loss_fn(logits.float(), y)
-    fit.scaler.scale(loss).backward()
-    fit.scaler.step(fit.opt)
-    fit.scaler.update()
-    fit.sched.step()
-    return logits, loss
-
-
-class _RunningMeans:
-    """Loss and per-class training Dice summed over the log window and the epoch.
-
-    The sums stay on the device: no host synchronisation except when a log line is written.
-    """
-
-    def __init__(self, num_classes: int, device: torch.device, spatial_dims: int):
-        self.device, self.nfg = device, num_classes - 1
-        self.reset_window()
-        self.reset_epoch()
-        self.classes = torch.arange(1, num_classes, device=device).view(1, -1, *[1] * spatial_dims)
-
-    def _zeros(self, n=()) -> torch.Tensor:
-        return torch.zeros(n, dtype=torch.float64, device=self.device)
-
-    def reset_window(self) -> None:
-        self.window_loss, self.window_n = self._zeros(), 0
-
-    def reset_epoch(self) -> None:
-        self.epoch_loss, self.epoch_dice, self.epoch_cnt, self.epoch_n = (
-            self._zeros(), self._zeros(self.nfg), self._zeros(self.nfg), 0)
-
-    @torch.no_grad()
-    def add(self, logits: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> None:
-        pred = logits.argmax(1, keepdim=True) == self.classes          # (B, C-1, ...) one-hot of foreground
-        ref = (y == self.classes) & (y != IGNORE_LABEL)
-        pred = pred & (y != IGNORE_LABEL)
-        dims = tuple(d for d in range(pred.ndim) if d != 1)
-        inter = (pred & ref).sum(dims).double()
-        denom = pred.sum(dims).double() + ref.sum(dims).double()
-        present = denom > 0
-        self.epoch_dice += torch.where(present, 2 * inter / denom.clamp_min(1), torch.zeros_like(denom))
-        self.epoch_cnt += present.double()
-        lv = loss.detach().double()
-        self.window_loss += lv
-        self.epoch_loss += lv
-        self.window_n += 1
-        self.epoch_n += 1
-
-    def epoch_row(self, epoch: int, step: int, class_names) -> dict:
-        """The epoch's row of ``epochs.csv``; starts the next epoch's sums."""
-        row = {"epoch": epoch, "step": step, "train_loss": float(self.epoch_loss) / self.epoch_n}
-        dice_sum, dice_cnt = self.epoch_dice.cpu().numpy(), self.epoch_cnt.cpu().numpy()
-        for i, name in enumerate(class_names):
-            row[f"train_dice_{name}"] = dice_sum[i] / dice_cnt[i] if dice_cnt[i] else float("nan")
-        self.reset_epoch()
-        return row
-
-
 def _batch_loader(data: StepBatches, *, start: int, device: torch.device, workers: int):
     """The batches of steps ``start .. data.total - 1``, made by ``workers`` loader processes (or none)."""
     return torch.utils.data.DataLoader(
@@ -331,7 +217,7 @@ def _batch_loader(data: StepBatches, *, start: int, device: torch.device, worker
         prefetch_factor=4 if workers else None, multiprocessing_context="fork" if workers else None)
 
 
-def _run_steps(fit: _Fit, aug, data: StepBatches, p: Profile, *, step: int, history: list, epochs: list, ckpt: Path,
+def _run_steps(fit: Fit, aug, data: StepBatches, p: Profile, *, step: int, history: list, epochs: list, ckpt: Path,
                elapsed_before: float, num_classes: int, class_names, desc: str, progress: bool,
                stop_after: int | None, workers: int, recipe: dict) -> tuple[int, float, bool]:
     """The training loop from ``step`` on: log rows into ``history``, epoch rows into ``epochs``, checkpoints.
@@ -349,13 +235,18 @@ def _run_steps(fit: _Fit, aug, data: StepBatches, p: Profile, *, step: int, hist
     batches = _batch_loader(data, start=step, device=device, workers=workers)
     fit.trained.train()
     t0 = time.perf_counter()
-    means = _RunningMeans(num_classes, device, len(p.patch_size[:2]))
+    means = RunningMeans(num_classes, device, len(p.patch_size[:2]))
     t_last = t0
     batch_iter = iter(batches)
     while step < total:
         img, lab, aug_seed = next(batch_iter)
         x, y = aug(img.to(device, non_blocking=True), lab.to(device, non_blocking=True), seed=aug_seed)
-        logits, loss = _train_step(fit, x, y)
+        unl = None
+        if fit.cons is not None:
+            xs, tu, info = fit.cons.views(step, device, numerics=fit.numerics)
+            unl = (xs, tu, fit.cons.ramp(step))
+            means.add_unlabelled(info["labelled_share"])
+        logits, loss = train_step(fit, x, y, unl)
         step += 1
         means.add(logits, y, loss)
         if bar is not None:
@@ -364,7 +255,9 @@ def _run_steps(fit: _Fit, aug, data: StepBatches, p: Profile, *, step: int, hist
             now = time.perf_counter()
             mean_loss = float(means.window_loss) / means.window_n
             history.append({"step": step, "loss": mean_loss, "lr": fit.sched.get_last_lr()[0],
-                            "steps_per_s": means.window_n / max(now - t_last, 1e-9)})
+                            "steps_per_s": means.window_n / max(now - t_last, 1e-9),
+                            **({"teacher_labelled_share": means.window_unl / means.window_n}
+                               if fit.cons is not None else {})})
             if bar is not None:
                 bar.set_postfix(loss=f"{mean_loss:.3f}", refresh=False)
             beat.update(step, loss=mean_loss)
@@ -402,11 +295,14 @@ def _state_digest(state: dict) -> str:
     return h.hexdigest()
 
 
+# long: the set-up of one training in the order it happens (arguments, device, data, network, resumption,
+# the loop, outputs, summary), so that a reader follows a training from top to bottom in one place
 def train_model(cases: dict, profile: Profile, out: Path, *, key: int = 0, num_classes: int = NUM_CLASSES,
                 class_names: tuple[str, ...] = ("normal", "ef", "ggo"), device=None, progress: bool = True,
                 stop_after: int | None = None, iterations: int | None = None, desc: str = "training",
                 pseudo_cases: dict | None = None, pseudo_share: float = 0.0,
-                init_state: dict | None = None, cohort: dict | None = None) -> dict:
+                init_state: dict | None = None, cohort: dict | None = None,
+                consistency: ConsistencySettings | None = None, unlabelled_batch=None) -> dict:
     """The training loop on already-loaded cases; resumes from ``out/checkpoint_latest.pt``.
 
     ``cases`` maps an id to an object with ``image`` (float32, (x, y, z)) and ``label`` (uint8). ``key``
@@ -420,12 +316,23 @@ def train_model(cases: dict, profile: Profile, out: Path, *, key: int = 0, num_c
     least one, at most all but one) come from them, and the loss ignores the masked pixels.
     ``init_state`` (a network ``state_dict``, e.g. the teacher's) starts the weights from it instead
     of a random initialisation. With neither, training is exactly the supervised loop.
+
+    **Consistency learning.** ``consistency`` (:class:`~sscild.model.consistency.ConsistencySettings`)
+    with ``unlabelled_batch`` (``rng -> (n, 1, H, W)`` tensor of unlabelled images): every step also
+    trains the network to agree, on a strongly perturbed view of those images, with a mean teacher's
+    labels of a weakly perturbed one (:mod:`sscild.model.consistency`). Not with ``pseudo_cases`` or
+    deep supervision.
     """
     p = require_profile(profile)
     out = Path(out)
     if len(class_names) != num_classes - 1:
         raise ValueError(f"class_names must name the {num_classes - 1} foreground classes, got {class_names}")
     n_pseudo = _pseudo_per_batch(p, cases, pseudo_cases, pseudo_share)
+    if (consistency is None) != (unlabelled_batch is None):
+        raise ValueError("consistency learning needs both its settings and unlabelled_batch")
+    if consistency is not None and (n_pseudo or p.deep_supervision):
+        raise ValueError(f"profile {p.name!r}: consistency learning is not combined with pseudo-labelled cases "
+                         "or deep supervision")
     out.mkdir(parents=True, exist_ok=True)
     total = int(iterations or p.iterations)
     seed = p.seed * 1000 + int(key)
@@ -440,11 +347,15 @@ def train_model(cases: dict, profile: Profile, out: Path, *, key: int = 0, num_c
     pseudo = (PatchSampler(pseudo_cases, patch_size=p.patch_size[:2], lesion_oversample=p.lesion_oversample)
               if n_pseudo else None)
     aug = augment_for_profile(p)
-    fit = _setup_fit(p, seed=seed, total=total, device=device, numerics=numerics, use_amp=use_amp,
+    fit = setup_fit(p, seed=seed, total=total, device=device, numerics=numerics, use_amp=use_amp,
                      num_classes=num_classes, init_state=init_state, masked=bool(n_pseudo))
+    if consistency is not None:
+        fit.cons = Consistency(fit.net, unlabelled_batch, consistency, seed=seed, key=key, total=total)
     ckpt = out / "checkpoint_latest.pt"
     # the checkpoint also records where the weights started, so a run is never resumed from another start
     recipe = {**training_recipe(p, total), "init": _state_digest(init_state) if init_state is not None else "random"}
+    if consistency is not None:
+        recipe["consistency"] = consistency.record()
     step, history, epochs, elapsed_before = resume_training(ckpt, fit.trained, fit.opt, fit.sched, fit.scaler,
                                                             recipe=recipe, profile_name=p.name, device=device)
     workers = loader_workers(device)
@@ -480,4 +391,11 @@ def train_model(cases: dict, profile: Profile, out: Path, *, key: int = 0, num_c
         "pseudo_per_batch": n_pseudo,
         "init": "given state" if init_state is not None else "random",
         "torch": torch.__version__,
+        **({"consistency": _consistency_summary(consistency, history)} if consistency is not None else {}),
     }
+
+
+def _consistency_summary(settings: ConsistencySettings, history: list) -> dict:
+    """The consistency settings and the mean share of unlabelled pixels the teacher labelled."""
+    share = pd.DataFrame(history)["teacher_labelled_share"].mean() if history else None
+    return {**settings.record(), "teacher_labelled_share": None if share is None else round(float(share), 4)}

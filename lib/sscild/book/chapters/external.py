@@ -39,7 +39,7 @@ from sscild.book.plots.external import dice_distribution, example_slices, pick_e
 from sscild.evaluation.overlap import dice
 from sscild.external.predict import read_predictions
 from sscild.external.recipe import check_extra, external_profile, recipe_dict
-from sscild.external.screens import lever_screen, semi_screen
+from sscild.external.screens import consistency_screen, lever_screen, semi_screen
 from sscild.external.slices import (CLASS_NAMES, HOW_TO_GET_DATA, SliceImage, default_train_dir,
                                     default_unlabelled_dir, read_slice_folder)
 from sscild.external.tables import (PUBLISHED, compare_to_published, describe_slices, lesion_table, recorded_gpu_run,
@@ -74,6 +74,7 @@ __all__ = [
     "results_table",
     "semi_screen",
     "lever_screen",
+    "consistency_screen",
     "recorded_gpu_run",
 ]
 

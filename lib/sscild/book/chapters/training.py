@@ -30,7 +30,7 @@ from sscild.data.folds import read_splits
 from sscild.model.pretrain import finished_pretrained_state, restoration_example
 from sscild.model.loading import fold_is_done
 from sscild.model.recipe import recipe_table
-from sscild.model.selftrain import semi_mode, unlabelled_scans
+from sscild.model.selftrain import pretrains, semi_mode, study_consistency, unlabelled_scans
 from sscild.paths import RunPaths, read_json, repo_root
 from sscild.profiles import Profile
 
@@ -177,7 +177,14 @@ def pretraining(run: RunPaths, prof: Profile, done) -> tuple[str, matplotlib.fig
     mode = semi_mode(prof)
     if not unlabelled:
         return "This cohort has no unlabelled scans: every fold started from a random initialisation.", None
-    if mode != "pretrain":
+    lead = ""
+    if mode == "consistency":
+        lead = (f"{len(unlabelled)} unlabelled scans; the profile's `semi_supervised` is `consistency`: every "
+                f"training step also took {study_consistency(prof).per_batch} unlabelled patches, on which the fold "
+                "learned to agree with a mean teacher (Model & training recipe above). ")
+        if not pretrains(prof):
+            return lead + "The folds started from a random initialisation (`pretrain_steps` 0).", None
+    elif mode != "pretrain":
         return (f"{len(unlabelled)} unlabelled scans; the profile's `semi_supervised` is `{mode}`, so they were "
                 + ("pseudo-labelled by each fold's teacher." if mode == "self-training" else "not used.")), None
     if not done:
@@ -188,7 +195,7 @@ def pretraining(run: RunPaths, prof: Profile, done) -> tuple[str, matplotlib.fig
                 "unlabelled scans with this profile's settings (missing, or made from other scans or settings); "
                 "this page never pretrains (run `make train`)."), None
     state, pre = found
-    words = (f"{len(unlabelled)} unlabelled scans: pretraining of {pre['steps']} iterations (batch {prof.batch_size}, "
+    words = lead + (f"{len(unlabelled)} unlabelled scans: pretraining of {pre['steps']} iterations (batch {prof.batch_size}, "
              f"patch {list(prof.patch_size)}) took {pre['seconds']:.0f} s; the restoration error (L1 on the [-1, 1] "
              f"scale) went from {pre['first_l1']:.3f} (first 50 iterations) to {pre['last_l1']:.3f} (last 50).")
     example = restoration_example(state, prof, unlabelled[sorted(unlabelled)[0]], seed=prof.seed)

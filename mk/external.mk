@@ -26,7 +26,8 @@ EXT_PARAMS := profile=$(EXTERNAL_PROFILE) train=$(abspath $(EXTERNAL_TRAIN)) tes
 # (LIBDEPS_A1_external) import (the Makefile's .make/libdeps.mk) and the recorded screens and runs
 # it shows (benchmarks/external_*)
 EXT_LIB  := $(sort $(LIBDEPS_stage_external) $(LIBDEPS_A1_external)) benchmarks/external_recipe_search.json benchmarks/external_semi_screen.csv \
-            benchmarks/external_selftrain_cv.csv benchmarks/external_lever_screen.csv benchmarks/external_paper_gpu.json
+            benchmarks/external_selftrain_cv.csv benchmarks/external_lever_screen.csv benchmarks/external_paper_gpu.json \
+            benchmarks/external_consistency_screen.csv benchmarks/external_consistency_screen.json
 
 .PHONY: external
 # The book follows the run: once the appendix is executed, a book that is already built is rebuilt

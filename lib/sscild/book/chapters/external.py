@@ -59,6 +59,8 @@ __all__ = [
     "lesion_table",
     "selftrain_cv",
     "selftrain_words",
+    "consistency_record",
+    "consistency_words",
     "stage_comparison",
     "gpu_caption",
     "gpu_words",
@@ -237,6 +239,33 @@ def selftrain_words(st_cv: pd.DataFrame) -> str:
             + "Self-training stays off in the `cpu` recipe; it remains a profile setting of the study "
             "(`semi_supervised = \"self-training\"`), whose default for unlabelled scans is pretraining. "
             "How the record was made: " + SELFTRAIN_CV_COMMAND + ".")
+
+
+def consistency_record(path: str | Path | None = None) -> tuple[pd.DataFrame, dict] | None:
+    """The fourth screen (consistency learning against its control, folds 0-2): its table
+    (:func:`sscild.external.screens.consistency_screen`) and its record
+    (``benchmarks/external_consistency_screen.json``: settings, wall times, what was adopted and why);
+    ``None`` when either is absent."""
+    path = Path(path) if path is not None else repo_root() / "benchmarks" / "external_consistency_screen.json"
+    table = consistency_screen(path.with_suffix(".csv"))
+    if table is None or not path.exists():
+        return None
+    return table, read_json(path)
+
+
+def consistency_words(table: pd.DataFrame, rec: Mapping) -> str:
+    """The fourth screen in words: the paired gains, the cost and what was adopted, from the record."""
+    row = table.loc[[v for v in table.index if v.startswith("consistency")][0]]
+    gain = {label: row[f"gain over its control, {label} [95% CI]"] for label in ("GGO", "consolidation")}
+    wall = rec["wall_seconds"]
+    ctrl = wall["second stage per fold, control"][-1]
+    cons = wall["second stage per fold, consistency learning"][-1]
+    return (f"Gain of consistency learning over its control (paired, {rec['held_out_slices']} slices): GGO "
+            f"{gain['GGO']}, consolidation {gain['consolidation']}. Its second stage took {cons / ctrl:.1f} times "
+            f"as long ({cons:.0f} s against {ctrl:.0f} s for fold 2, each trained alone on one thread of "
+            f"{rec['machine'].split(',')[0]}); the teacher gave a confident label to "
+            f"{100 * float(np.mean(rec['teacher_labelled_share'])):.0f} % of the unlabelled pixels. "
+            f"Adopted: {rec['adopted']} ({rec['why'].split(':')[0]}).")
 
 
 def stage_comparison(chk: ExternalCheck, summary: Mapping) -> tuple[pd.DataFrame, dict, str]:

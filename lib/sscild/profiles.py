@@ -100,6 +100,10 @@ class Profile:
       labelled scan, so no held-out patient can reach it.
     * ``"self-training"``: each fold's supervised model (``fold_<k>/teacher/``) pseudo-labels the
       scans, and the fold's model is a student trained from the teacher's weights on both.
+    * ``"consistency"``: every training step also takes as many unlabelled patches as labelled ones,
+      on which the network learns to agree with a mean teacher of itself (:mod:`sscild.model.consistency`;
+      ``pseudo_confidence`` is the teacher's threshold), starting from the pretrained weights when
+      ``pretrain_steps`` > 0.
     * ``"off"``: the unlabelled scans are validated but not used.
 
     Pretraining is the default: on the real CT of the external benchmark (appendix A1) it helped
@@ -107,9 +111,10 @@ class Profile:
     external check's profiles (:mod:`sscild.external.recipe`) use this setting, and ``pretrain_steps``,
     for their unlabelled slices."""
     pretrain_steps: int = 1000
-    """Steps of the self-supervised pretraining (``semi_supervised="pretrain"``); 0: none."""
+    """Steps of the self-supervised pretraining (``semi_supervised="pretrain"`` or ``"consistency"``); 0: none."""
     pseudo_confidence: float = 0.9
-    """Pseudo-labelled voxels whose highest class probability is below this are ignored by the loss."""
+    """Pseudo-labelled voxels (and, with consistency learning, the teacher's pixels) whose highest class
+    probability is below this are ignored by the loss."""
     pseudo_share: float = 0.5
     """Share of each batch drawn from pseudo-labelled scans when self-training."""
     student_iterations: int | None = None

@@ -31,11 +31,12 @@ from sscild.model.pretrain import finished_pretrained_state, restoration_example
 from sscild.model.loading import fold_is_done
 from sscild.model.recipe import recipe_table
 from sscild.model.selftrain import pretrains, semi_mode, study_consistency, unlabelled_scans
+from sscild.book.provenance import read_record
 from sscild.paths import RunPaths, read_json, repo_root
 from sscild.profiles import Profile
 
 __all__ = ["recipe", "trained_folds", "learning_curves", "training_plateau", "plateau_words", "plateau_sections",
-           "fold_costs", "pretraining", "pretraining_records"]
+           "fold_costs", "pretraining", "pretraining_records", "consistency_record"]
 
 PRETRAINING_RECORDS = (("study_pretrain_cv.csv", "seed 0"), ("study_pretrain_cv_seed1.csv", "seed 1"))
 """The recorded comparisons without and with pretraining (``benchmarks/``), with the seed each was run with."""
@@ -211,3 +212,21 @@ def pretraining_records(prof: Profile) -> list[tuple[str, str, pd.DataFrame | No
         path = repo_root() / "benchmarks" / name
         out.append((name, seed_words, arms_table(read_arms(path), seed=prof.seed) if path.exists() else None))
     return out
+
+
+def consistency_record(prof: Profile) -> tuple[pd.DataFrame, str] | None:
+    """The recorded comparison of consistency learning with the default recipe on the built-in cohort
+    (``benchmarks/study_consistency_cv.csv``, its run in ``study_consistency_cv.json``): the arms table
+    (:func:`sscild.analysis.arms.arms_table`) and a sentence on how it was made; ``None`` when absent."""
+    path = repo_root() / "benchmarks" / "study_consistency_cv.csv"
+    rec = read_record("study_consistency_cv.json")
+    if not path.exists() or rec is None:
+        return None
+    table = arms_table(read_arms(path), seed=prof.seed)
+    return table, (f"Folds {', '.join(str(k) for k in rec['folds'])} of the default run retrained with "
+                   f"`semi_supervised = \"consistency\"` from the same pretrained weights, seed and splits, "
+                   f"their held-out patients scored on the network's grid. Measured on {rec['machine']} at commit "
+                   f"{rec['commit']}: {rec['train_seconds_consistency']:.0f} s of training for the "
+                   f"{len(rec['folds'])} folds side by side, against {rec['train_seconds_base']:.0f} s for the "
+                   f"same folds of the default run. {rec['adopted']}")
+

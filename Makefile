@@ -227,13 +227,16 @@ else
 $(error LAUNCHER=$(LAUNCHER) is not known: use LAUNCHER=local (default) or LAUNCHER=slurm)
 endif
 
-$(NB)/02_training.ipynb: notebooks/02_training.py $(FOLD_NBS) $(LIBDEPS_02_training)
+# the recorded measurements (benchmarks/) that chapters show: a changed record re-runs the chapters that read records
+RECORDS := $(wildcard benchmarks/*.json benchmarks/*.csv)
+
+$(NB)/02_training.ipynb: notebooks/02_training.py $(FOLD_NBS) $(LIBDEPS_02_training) $(RECORDS)
 	$(CHAPTER_RUN) --step training_chapter $< $@
 
 # ---- evaluation, clinical correlation, front matter, provenance ------------------------------
 evaluate: $(NB)/03_segmentation.ipynb
 
-$(NB)/03_segmentation.ipynb: notebooks/03_segmentation.py $(FOLD_NBS) $(LIBDEPS_03_segmentation)
+$(NB)/03_segmentation.ipynb: notebooks/03_segmentation.py $(FOLD_NBS) $(LIBDEPS_03_segmentation) $(RECORDS)
 	$(CHAPTER_RUN) --step evaluate $< $@
 
 correlate: $(NB)/04_clinical.ipynb
@@ -247,10 +250,10 @@ $(NB)/00_abstract.ipynb: notebooks/00_abstract.py $(NB)/03_segmentation.ipynb $(
 # appendix: the trained models on real CT without labels (lung field vs the classical lung mask);
 # REAL_CT names a folder of chest CT volumes (default: ../shared/data/real-ct when it exists)
 REAL_CT ?= $(wildcard ../shared/data/real-ct)
-$(NB)/A2_real_ct.ipynb: notebooks/A2_real_ct.py $(FOLD_NBS) $(LIBDEPS_A2_real_ct)
+$(NB)/A2_real_ct.ipynb: notebooks/A2_real_ct.py $(FOLD_NBS) $(LIBDEPS_A2_real_ct) $(RECORDS)
 	$(CHAPTER_RUN) --step real_ct $< $@ $(if $(REAL_CT),-p real_ct_dir $(abspath $(REAL_CT)))
 
-$(NB)/05_reproducibility.ipynb: notebooks/05_reproducibility.py $(filter-out $(NB)/05_reproducibility.ipynb,$(CHAPTER_NBS)) $(LIBDEPS_05_reproducibility)
+$(NB)/05_reproducibility.ipynb: notebooks/05_reproducibility.py $(filter-out $(NB)/05_reproducibility.ipynb,$(CHAPTER_NBS)) $(LIBDEPS_05_reproducibility) $(RECORDS)
 	$(CHAPTER_RUN) --step reproducibility $< $@
 
 # ---- appendix: external check on real CT (`make external`; not part of `make all`) ------------

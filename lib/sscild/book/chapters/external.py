@@ -265,7 +265,7 @@ def consistency_words(table: pd.DataFrame, rec: Mapping) -> str:
             f"as long ({cons:.0f} s against {ctrl:.0f} s for fold 2, each trained alone on one thread of "
             f"{rec['machine'].split(',')[0]}); the teacher gave a confident label to "
             f"{100 * float(np.mean(rec['teacher_labelled_share'])):.0f} % of the unlabelled pixels. "
-            f"Adopted: {rec['adopted']}.")
+            f"{rec['adopted']}.")
 
 
 def stage_comparison(chk: ExternalCheck, summary: Mapping) -> tuple[pd.DataFrame, dict, str]:

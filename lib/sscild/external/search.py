@@ -71,6 +71,12 @@ _FOURTH_SCREEN: dict[str, dict] = {  # on the adopted cpu recipe (pretraining, t
     "consistency learning in the second stage (mean teacher, strong view, CutMix)": {"semi_supervised": "consistency"},
 }
 
+_FIFTH_SCREEN: dict[str, dict] = {  # for a longer cpu budget, on the third screen's base (two stages, no pretraining),
+    # beside its rows "grid 256, whole slices" (resolution) and "2500 + 1000 iterations" (steps)
+    "channels 24-192 (1.5x width)": {"channels": (24, 48, 96, 192)},
+    "grid 320, whole slices": {"grid_size": 320, "patch_size": (320, 320)},
+}
+
 SEARCH_VARIANTS: dict[str, dict] = {
     # every screen before the third ran without pretraining (pretrain_steps 0): the variants say so, so that they
     # re-run as they were recorded now that the cpu recipe pretrains
@@ -82,6 +88,8 @@ SEARCH_VARIANTS: dict[str, dict] = {
     **{name: {"pretrain_steps": 0, **ov} for name, ov in _SECOND_SCREEN.items()},
     # the third screen (lever_screen); its adopted lever is the cpu recipe's pretraining
     **{name: {"pretrain_steps": 0, **ov} for name, ov in _THIRD_SCREEN.items()},
+    # the fifth screen (width and resolution for the long profile) on the same base
+    **{name: {"pretrain_steps": 0, **ov} for name, ov in _FIFTH_SCREEN.items()},
     "self-supervised pretraining on the unlabelled slices, 2000 steps": {"pretrain_steps": 2000},
     "self-supervised pretraining on the unlabelled slices, 4000 steps": {"pretrain_steps": 4000},
     # the fourth screen (consistency_screen): the cpu recipe as adopted, against consistency learning

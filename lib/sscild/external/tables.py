@@ -71,6 +71,14 @@ def describe_slices(slices: Mapping[str, SliceImage]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["", "value"]).set_index("")
 
 
+def _parts(summary: Mapping):
+    """(row label, scores) of the parts the summary scored: the cross-validation, then the test part."""
+    for part, label in (("cv", "this recipe, 5-fold CV on the training part (by slice)"),
+                        ("test", "this recipe, trained on the training part, scored on the test part")):
+        if summary.get(part):
+            yield label, summary[part]
+
+
 def results_table(summary: Mapping, *, published: pd.DataFrame | None = PUBLISHED) -> pd.DataFrame:
     """This recipe's Dice (cross-validation and, when run, test) beside the published test-set rows.
 
@@ -84,11 +92,7 @@ def results_table(summary: Mapping, *, published: pd.DataFrame | None = PUBLISHE
         return f"{v:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
 
     rows = []
-    for part, label in (("cv", "this recipe, 5-fold CV on the training part (by slice)"),
-                        ("test", "this recipe, trained on the training part, scored on the test part")):
-        r = summary.get(part)
-        if not r:
-            continue
+    for label, r in _parts(summary):
         rows.append({"result": label, "slices": r["n_slices"],
                      "Dice GGO (mean over slices)": f(r["dice_ggo"], r["dice_ggo_ci"]),
                      "Dice consolidation (mean over slices)": f(r["dice_consolidation"], r["dice_consolidation_ci"]),
@@ -107,11 +111,7 @@ def lesion_table(summary: Mapping, *, published: pd.DataFrame | None = PUBLISHED
     """This recipe's Dice of lesion as one class (cross-validation and, when run, test) beside the
     published single-class rows; ``None`` for a summary written before lesion was scored."""
     rows = []
-    for part, label in (("cv", "this recipe, 5-fold CV on the training part (by slice)"),
-                        ("test", "this recipe, trained on the training part, scored on the test part")):
-        r = summary.get(part)
-        if not r:
-            continue
+    for label, r in _parts(summary):
         if "dice_lesion" not in r:
             return None
         rows.append({"result": label, "slices": r["n_slices"], "slices with lesion": r["n_lesion"],

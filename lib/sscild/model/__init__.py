@@ -10,6 +10,7 @@ checkpoint  the training recipe of a fold, resumable checkpoints, the final mode
 pretrain    self-supervised pretraining on unlabelled scans: restoring corrupted patches
 selftrain   self-training: unlabelled scans, the teacher's pseudo-labels, the masked loss
 consistency consistency learning: a mean teacher's labels of a weak view, a student on a strong view
+ignore      IGNORE_LABEL, the label value a loss skips (unsure pseudo-labels)
 fit         one training step: network, loss, optimiser, schedule; the running means the loop logs
 train       one fold's training: its cases, pretrained start or teacher and student, the training loop
 loading     which fold models a prediction uses; loading them safely; the ensemble

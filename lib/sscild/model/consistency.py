@@ -7,7 +7,7 @@ Each training step, beside its labelled batch, takes ``per_batch`` unlabelled im
 
 1. makes a **weak view** of them: random flips and 90-degree turns only;
 2. lets the **teacher** label the weak view: its softmax, the arg-max class where the highest
-   probability reaches ``confidence``, and :data:`~sscild.model.selftrain.IGNORE_LABEL` elsewhere.
+   probability reaches ``confidence``, and :data:`~sscild.model.ignore.IGNORE_LABEL` elsewhere.
    The teacher is an exponential moving average (decay ``ema``) of the student's weights and
    batch-norm statistics, so its labels change slowly and are better than any single student state;
 3. makes a **strong view** of the weak one: intensity changes (scale, shift, gamma, blur, low
@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from sscild.model.augment import BatchAugment
-from sscild.model.selftrain import IGNORE_LABEL
+from sscild.model.ignore import IGNORE_LABEL
 
 __all__ = ["ConsistencySettings", "Consistency"]
 

@@ -19,7 +19,9 @@ from monai.losses import DiceLoss
 from sscild.data.image import load_volume
 from sscild.data.prepare import validated_scans
 from sscild.data.preprocess import preprocess_volume
+from sscild.model.consistency import ConsistencySettings
 from sscild.model.device import select_device
+from sscild.model.ignore import IGNORE_LABEL
 from sscild.paths import RunPaths
 from sscild.profiles import Profile, require_profile
 
@@ -31,10 +33,6 @@ SEMI_MODES = ("pretrain", "self-training", "consistency", "off")
 check its unlabelled slices, :mod:`sscild.external.recipe`; both are checked by :func:`semi_mode`).
 ``"consistency"``: a mean teacher and a perturbed student (:mod:`sscild.model.consistency`), from the
 pretrained weights when ``pretrain_steps`` > 0."""
-
-
-IGNORE_LABEL = 255
-"""Label value of pixels the loss ignores (pseudo-labels below the confidence threshold)."""
 
 
 class MaskedDiceCE(torch.nn.Module):
@@ -134,6 +132,4 @@ def study_consistency(p: Profile):
     """The consistency-learning settings of a study profile (:mod:`sscild.model.consistency`): as many
     unlabelled patches per step as labelled ones, the profile's ``pseudo_confidence`` as the teacher's
     threshold, the module's defaults otherwise."""
-    from sscild.model.consistency import ConsistencySettings
-
     return ConsistencySettings(per_batch=max(2, int(p.batch_size)), confidence=float(p.pseudo_confidence))

@@ -116,7 +116,7 @@ class Consistency:
     def views(self, step: int, device: torch.device, *, numerics: dict | None = None
               ) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """The strong view of step ``step``'s unlabelled images and the teacher's labels for it
-        (:data:`IGNORE_LABEL` where unsure), and what share of pixels got a label. ``numerics``: the
+        (:data:`IGNORE_LABEL` where unsure), and what share of pixels got a label (a 0-d tensor). ``numerics``: the
         training's autocast settings (:func:`sscild.model.device.network_numerics`), which the
         teacher's forward pass uses too."""
         rng = np.random.default_rng([self.seed, self.key, int(step), 7])   # a stream of its own
@@ -153,7 +153,8 @@ class Consistency:
         other = torch.roll(torch.arange(b, device=device), 1)
         xs = torch.where(box, xs[other], xs)
         lab = torch.where(box, lab[other], lab)
-        return xs, lab, {"labelled_share": float((lab != IGNORE_LABEL).float().mean())}
+        # a 0-d tensor on the device: read on the host only when a log line is written
+        return xs, lab, {"labelled_share": (lab != IGNORE_LABEL).float().mean()}
 
     @staticmethod
     def loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -131,11 +131,11 @@ class RunningMeans:
         return torch.zeros(n, dtype=torch.float64, device=self.device)
 
     def reset_window(self) -> None:
-        self.window_loss, self.window_n, self.window_unl = self._zeros(), 0, 0.0
+        self.window_loss, self.window_n, self.window_unl = self._zeros(), 0, self._zeros()
 
-    def add_unlabelled(self, labelled_share: float) -> None:
-        """The share of unlabelled pixels the consistency teacher labelled this step."""
-        self.window_unl += float(labelled_share)
+    def add_unlabelled(self, labelled_share: torch.Tensor) -> None:
+        """The share of unlabelled pixels the consistency teacher labelled this step (summed on the device)."""
+        self.window_unl += labelled_share.detach().double()
 
     def reset_epoch(self) -> None:
         self.epoch_loss, self.epoch_dice, self.epoch_cnt, self.epoch_n = (

@@ -256,7 +256,7 @@ def _run_steps(fit: Fit, aug, data: StepBatches, p: Profile, *, step: int, histo
             mean_loss = float(means.window_loss) / means.window_n
             history.append({"step": step, "loss": mean_loss, "lr": fit.sched.get_last_lr()[0],
                             "steps_per_s": means.window_n / max(now - t_last, 1e-9),
-                            **({"teacher_labelled_share": means.window_unl / means.window_n}
+                            **({"teacher_labelled_share": float(means.window_unl) / means.window_n}
                                if fit.cons is not None else {})})
             if bar is not None:
                 bar.set_postfix(loss=f"{mean_loss:.3f}", refresh=False)

@@ -66,3 +66,23 @@ def test_an_appendix_executed_before_the_stamp_existed_is_still_shown(tmp_path):
     assert "--step external" not in proc.stdout
     line = next(x for x in proc.stdout.splitlines() if "sscild.book.build" in x)
     assert f"--external {ext / 'A1_external.ipynb'}" in line
+
+
+def test_each_external_profile_runs_into_its_own_folder(tmp_path):
+    """`make external EXTERNAL_PROFILE=long` trains into results/external-long (sscild.external.recipe.run_folder)
+    and executes the appendix there on that run; the default profile keeps results/external."""
+    from sscild.external.recipe import run_folder
+
+    train = tmp_path / "train"
+    (train / "images").mkdir(parents=True)
+    results = tmp_path / "results"
+    for profile in ("cpu", "long"):
+        proc = _dry_run(tmp_path, "external", f"EXTERNAL_PROFILE={profile}", f"EXTERNAL_TRAIN={train}",
+                        "EXTERNAL_UNLABELLED=")
+        assert proc.returncode == 0, proc.stderr
+        lines = proc.stdout.replace("\\\n", " ").splitlines()                # continued recipe lines joined
+        run = next(x for x in lines if "sscild.external run" in x)
+        assert f" {run_folder(profile, results)} " in run + " " and f"--profile {profile}" in run
+        page = next(x for x in lines if "--step external" in x)
+        assert f"-p out_dir {run_folder(profile, results)} " in page + " "
+        assert f"{results / 'external' / 'A1_external.ipynb'}" in page       # one appendix page for both

@@ -753,3 +753,79 @@ def test_recorded_screens_name_variants_the_search_can_rerun():
     for name in set(rec["variant"]):
         want = int(name.split(", ")[-1].split()[0]) if name.startswith("self-supervised pretraining") else 0
         assert external_profile("cpu", **SEARCH_VARIANTS[name]).pretrain_steps == want, name
+
+
+def _fake_run(folder: Path, profile: str, train_dir: Path, ggo: list[float], cons: list[float], seconds: float):
+    """A finished run's summary.json and cv/scores.csv, as `python -m sscild.external run` writes them."""
+    (folder / "cv").mkdir(parents=True)
+    ids = [f"s{i}" for i in range(len(ggo))]
+    pd.DataFrame({"slice_id": ids, "fold": 0, "dice_ggo": ggo, "dice_consolidation": cons}).to_csv(
+        folder / "cv" / "scores.csv", index=False)
+    cv = {"dice_ggo": float(np.mean(ggo)), "dice_ggo_ci": [0.0, 1.0],
+          "dice_consolidation": float(np.mean(cons)), "dice_consolidation_ci": [0.0, 1.0]}
+    (folder / "summary.json").write_text(json.dumps({
+        "cv": cv, "test": None, "recipe": recipe_dict(external_profile(profile), 2), "seconds": seconds,
+        "data": {"train_dir": str(train_dir.resolve()), "test_dir": None, "unlabelled_dir": None}}))
+
+
+def test_the_appendix_sets_the_profiles_that_ran_side_by_side(tmp_path):
+    """Each profile runs into its own folder (run_folder, as make external names it); the page shows the
+    runs of the same folders side by side with the paired gain over cpu, and leaves out a run of others."""
+    from sscild.book.chapters import external as ch
+    from sscild.external.recipe import run_folder
+
+    results, train = tmp_path / "results", tmp_path / "train"
+    train.mkdir()
+    assert run_folder("cpu", results) == results / "external"
+    assert run_folder("long", results) == results / "external-long" == run_folder("external-long", results)
+    rng = np.random.default_rng(1)
+    base_g, base_c = rng.uniform(0.3, 0.8, 12), rng.uniform(0.2, 0.7, 12)
+    _fake_run(results / "external", "cpu", train, list(base_g), list(base_c), 1800)
+    chk = ch.ExternalCheck(prof=external_profile("cpu"), settings={}, train_dir=train, test_dir=None,
+                           unlabelled_dir=None, out_dir=results / "external", self_training=False,
+                           use_unlabelled=False)
+    summ = ch.read_check(chk)
+    table, words = ch.profile_comparison(chk, summ, n_boot=200)
+    assert list(table.index) == ["cpu"] and "EXTERNAL_PROFILE=long" in words and "external-long/" in words
+    # a long run of other folders is not this page's
+    _fake_run(results / "external-long", "long", tmp_path / "elsewhere", list(base_g), list(base_c), 5000)
+    assert list(ch.profile_comparison(chk, summ, n_boot=200)[0].index) == ["cpu"]
+    shutil.rmtree(results / "external-long")
+    diff = rng.uniform(0.0, 0.06, 12)
+    _fake_run(results / "external-long", "long", train, list(base_g + diff), list(base_c - 0.01), 5400)
+    table, words = ch.profile_comparison(chk, summ, n_boot=200)
+    assert list(table.index) == ["cpu", "long"]
+    long = external_profile("long")
+    assert table.loc["long", "steps (first + second stage)"] == f"{long.iterations} + {check_extra(long)['student_iterations']}"
+    assert table.loc["cpu", "pretraining steps"] == "2000" and table.loc["long", "minutes"] == "90.0"
+    gain = table.loc["long", "CV gain over cpu, GGO [95% CI]"]
+    assert gain.startswith(f"{diff.mean():+.3f} [") and table.loc["cpu", "CV gain over cpu, GGO [95% CI]"] == ""
+    assert table.loc["long", "CV gain over cpu, consolidation [95% CI]"].startswith("-0.010")
+    assert f"{diff.mean():+.3f}" in words and "3.0 times the wall time" in words and "12 out-of-fold" in words
+    # the long profile's page finds the default run beside it
+    chk_long = ch.ExternalCheck(prof=long, settings={}, train_dir=train, test_dir=None, unlabelled_dir=None,
+                                out_dir=results / "external-long", self_training=False, use_unlabelled=False)
+    assert list(ch.profile_comparison(chk_long, ch.read_check(chk_long), n_boot=200)[0].index) == ["cpu", "long"]
+
+
+def test_the_fifth_screen_record_and_the_long_profile_it_chose():
+    """The budget screen's rows are variants the search re-runs by name, its control comes first, the words
+    carry the table's gains, and the long profile is the cpu recipe with exactly the overrides the record
+    says were adopted."""
+    from sscild.book.chapters import external as ch
+    from sscild.external.search import SEARCH_VARIANTS
+
+    rec_t = ch.budget_record()
+    if rec_t is None:
+        pytest.skip("benchmarks/external_budget_screen.* is not in this checkout")
+    table, rec = rec_t
+    assert list(table.index)[0] == rec["control"] and set(table.index) == set(rec["variants"])
+    assert set(table.index) <= set(SEARCH_VARIANTS)
+    words = ch.budget_words(table, rec)
+    for name in rec["variants"]:
+        if name != rec["control"]:
+            assert table.loc[name, "gain over the control, GGO [95% CI]"] in words
+    assert rec["adopted"] in words and "third screen" in words
+    key = {k: v for k, v in profile_key(external_profile("long")).items()}
+    want = profile_key(external_profile("cpu", **rec["long_profile"]["overrides_of_cpu"]))
+    assert key == want

@@ -19,6 +19,7 @@ __all__ = [
     "semi_screen",
     "lever_screen",
     "consistency_screen",
+    "budget_screen",
     "screen_table",
 ]
 
@@ -65,6 +66,19 @@ def consistency_screen(path: str | Path | None = None, *, n_boot: int = 2000) ->
     if not path.exists():
         return None
     return screen_table(pd.read_csv(path, dtype={"slice_id": str}), n_boot=n_boot, baseline_name="its control")
+
+
+def budget_screen(path: str | Path | None = None, *, n_boot: int = 2000) -> pd.DataFrame | None:
+    """The fifth recipe screen (a longer CPU budget: resolution, width and steps, folds 0-2) from its
+    recorded per-slice scores (``benchmarks/external_budget_screen.csv``): Dice per variant with 95 % BCa
+    intervals over the 30 held-out slices, pooled Dice and the paired gain over the control (the third
+    screen's base: two stages, no pretraining). ``None`` when the file is absent. Re-running it: the
+    variants of :data:`sscild.external.search.SEARCH_VARIANTS` named in ``external_budget_screen.json``, on
+    folds 0-2, then ``scripts/record_screen.py``."""
+    path = Path(path) if path is not None else repo_root() / "benchmarks" / "external_budget_screen.csv"
+    if not path.exists():
+        return None
+    return screen_table(pd.read_csv(path, dtype={"slice_id": str}), n_boot=n_boot, baseline_name="the control")
 
 
 def screen_table(df: pd.DataFrame, *, n_boot: int = 2000, baseline_name: str = "the first row",

@@ -14,11 +14,16 @@ sentences, from the run's files and from the recorded benchmarks (``benchmarks/e
 * :func:`cv_words`, :func:`lesion_union`: the cross-validated Dice in words; GGO and consolidation as
   one lesion class.
 * :func:`selftrain_cv`, :func:`selftrain_words`: the recorded five-fold self-training comparison.
+* :func:`consistency_record`, :func:`consistency_words`: the fourth screen (consistency learning).
+* :func:`budget_record`, :func:`budget_words`: the fifth screen (a longer CPU budget) and the ``long``
+  profile it chose.
 * :func:`stage_comparison`: the two training stages of the run side by side.
 * :func:`gpu_caption`, :func:`gpu_words`: the recorded GPU run of the ``paper`` external profile.
 * :func:`example_figure`, :func:`distribution_figure`: out-of-fold predictions, Dice per slice.
 * :func:`scored_test_part`: the test part's Dice, examples and sentence.
 * :func:`fold_table`, :func:`cost`: what the run cost.
+* :func:`profile_runs`, :func:`profile_comparison`: the runs of the other external profiles on the same
+  folders (``make external EXTERNAL_PROFILE=long``), set beside this one.
 
 The other names are the external check's own, for the notebook: :func:`describe_slices`,
 :func:`results_table`, :func:`lesion_table`, :func:`semi_screen`, :func:`lever_screen`, :func:`recorded_gpu_run`, :data:`CLASS_NAMES`.
@@ -36,10 +41,11 @@ import pandas as pd
 
 from sscild.book.plots import style
 from sscild.book.plots.external import dice_distribution, example_slices, pick_examples
+from sscild.evaluation.metrics import summarize
 from sscild.evaluation.overlap import dice
 from sscild.external.predict import read_predictions
-from sscild.external.recipe import check_extra, external_profile, recipe_dict
-from sscild.external.screens import consistency_screen, lever_screen, semi_screen
+from sscild.external.recipe import EXTERNAL_PROFILES, check_extra, external_profile, recipe_dict, run_folder
+from sscild.external.screens import budget_screen, consistency_screen, lever_screen, semi_screen
 from sscild.external.slices import (CLASS_NAMES, HOW_TO_GET_DATA, SliceImage, default_train_dir,
                                     default_unlabelled_dir, read_slice_folder)
 from sscild.external.tables import (PUBLISHED, compare_to_published, describe_slices, lesion_table, recorded_gpu_run,
@@ -61,6 +67,8 @@ __all__ = [
     "selftrain_words",
     "consistency_record",
     "consistency_words",
+    "budget_record",
+    "budget_words",
     "stage_comparison",
     "gpu_caption",
     "gpu_words",
@@ -69,6 +77,8 @@ __all__ = [
     "scored_test_part",
     "fold_table",
     "cost",
+    "profile_runs",
+    "profile_comparison",
     "SELFTRAIN_CV_COMMAND",
     # the external check's own names, for the notebook
     "CLASS_NAMES",
@@ -132,7 +142,7 @@ def setup(profile: str, *, train_dir=None, test_dir=None, unlabelled_dir=None, o
     ex = check_extra(prof)
     self_training = ex["semi_supervised"] == "self-training" and unlabelled_dir is not None
     use_unlabelled = (self_training or ex["pretrain_steps"] > 0) and unlabelled_dir is not None
-    out_dir = Path(results_root() / "external" if out_dir in (None, "") else out_dir)
+    out_dir = Path(run_folder(prof, results_root()) if out_dir in (None, "") else out_dir)
     chk = ExternalCheck(prof=prof, settings=ex, train_dir=train_dir, test_dir=test_dir, unlabelled_dir=unlabelled_dir,
                         out_dir=out_dir, self_training=self_training, use_unlabelled=use_unlabelled)
     if train_dir is not None and (Path(train_dir) / "images").is_dir():
@@ -175,10 +185,12 @@ def recipe_search(path: str | Path | None = None) -> pd.DataFrame | None:
     return pd.DataFrame(read_json(path)["variants"]).set_index("variant")
 
 
-def read_check(chk: ExternalCheck) -> dict:
+def read_check(chk: ExternalCheck, out_dir: str | Path | None = None, prof: Profile | None = None) -> dict:
     """The external check's ``summary.json`` in ``chk.out_dir``, which ``make external`` wrote
-    (``python -m sscild.external run``) for these folders and this profile; the page never trains."""
-    path = chk.out_dir / "summary.json"
+    (``python -m sscild.external run``) for these folders and this profile; the page never trains.
+    ``out_dir`` and ``prof``: another profile's run, which must have read the same folders."""
+    path = Path(out_dir if out_dir is not None else chk.out_dir) / "summary.json"
+    prof = prof if prof is not None else chk.prof
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: the external check has not run for this folder (`make external`, "
                                 "or `python -m sscild.external run TRAIN_DIR OUT_DIR --profile P`).")
@@ -188,8 +200,8 @@ def read_check(chk: ExternalCheck) -> dict:
         "test_dir": str(Path(chk.test_dir).resolve()) if chk.test_dir is not None else None,
         "unlabelled_dir": str(Path(chk.unlabelled_dir).resolve()) if chk.use_unlabelled else None}
     other = {k: (data.get(k), v) for k, v in want.items() if data.get(k) != v}
-    if summary.get("recipe", {}).get("profile") not in (None, chk.prof.name):
-        other["profile"] = (summary["recipe"]["profile"], chk.prof.name)
+    if summary.get("recipe", {}).get("profile") not in (None, prof.name):
+        other["profile"] = (summary["recipe"]["profile"], prof.name)
     if other:
         raise ValueError(f"{path} is the check of other settings than this page's ({other}: recorded, asked); "
                          "run `make external` with these settings.")
@@ -268,6 +280,55 @@ def consistency_words(table: pd.DataFrame, rec: Mapping) -> str:
             f"{rec['adopted']}.")
 
 
+def budget_record(path: str | Path | None = None) -> tuple[pd.DataFrame, dict] | None:
+    """The fifth screen (resolution, width and steps for a longer CPU budget, folds 0-2): its table
+    (:func:`sscild.external.screens.budget_screen`) and its record (``benchmarks/external_budget_screen.json``:
+    each variant's training time, what the ``long`` profile adopted and why); ``None`` when either is absent."""
+    path = Path(path) if path is not None else repo_root() / "benchmarks" / "external_budget_screen.json"
+    table = budget_screen(path.with_suffix(".csv"))
+    if table is None or not path.exists():
+        return None
+    return table, read_json(path)
+
+
+def budget_words(table: pd.DataFrame, rec: Mapping, *, n_boot: int = 2000) -> str:
+    """The fifth screen in words, from its record: each lever's paired gain over the control and its cost
+    (``relative_cost``: training time per fold against the control's), the steps lever from the third
+    screen (against that screen's own control), how far the control trained again lies from the third
+    screen's (the run-to-run noise of a lever's estimate), and what was adopted."""
+    ctrl = rec["control"]
+    parts = []
+    for name, v in rec["variants"].items():
+        if name == ctrl:
+            continue
+        row = table.loc[name]
+        gain = {label: row[f"gain over the control, {label} [95% CI]"] for label in ("GGO", "consolidation")}
+        parts.append(f"{v['lever']} ({name}): GGO {gain['GGO']}, consolidation {gain['consolidation']}, "
+                     f"{v['relative_cost']:.1f} times the control's training time")
+    steps = rec.get("steps_from_third_screen")
+    lever_t = lever_screen(n_boot=n_boot) if steps else None
+    if lever_t is not None and steps["variant"] in lever_t.index:
+        row = lever_t.loc[steps["variant"]]
+        parts.append(f"steps ({steps['variant']}, the third screen's row against its own control): GGO "
+                     f"{row['gain over the first row, GGO [95% CI]']}, consolidation "
+                     f"{row['gain over the first row, consolidation [95% CI]']}, {steps['relative_cost']:.1f} times "
+                     "the training time")
+    noise = ""
+    third = repo_root() / "benchmarks" / "external_lever_screen.csv"
+    if third.exists():
+        old = pd.read_csv(third, dtype={"slice_id": str})
+        old = old[old["variant"] == ctrl].set_index("slice_id")
+        new = pd.read_csv(repo_root() / "benchmarks" / "external_budget_screen.csv", dtype={"slice_id": str})
+        new = new[new["variant"] == ctrl].set_index("slice_id")
+        if len(old) and sorted(old.index) == sorted(new.index):
+            d = new.loc[old.index, "dice_ggo"] - old["dice_ggo"]
+            noise = (f" The control trained again (another day, another machine) does not repeat the third "
+                     f"screen's control slice for slice: per slice its GGO Dice differs by up to {d.abs().max():.3f}, "
+                     f"on average by {d.mean():+.3f}, so differences of that size between levers are noise.")
+    return (f"Paired gains over the control ({rec['held_out_slices']} slices): " + "; ".join(parts) + ". "
+            f"{rec['cost_note']}{noise} **{rec['adopted']}**: {rec['why']}")
+
+
 def stage_comparison(chk: ExternalCheck, summary: Mapping) -> tuple[pd.DataFrame, dict, str]:
     """The run's two training stages on the same out-of-fold slices: their table (mean [95 % CI]), the
     paired gain per class and the sentence. The second stage is labelled-only unless the run self-trained."""
@@ -341,6 +402,78 @@ def scored_test_part(chk: ExternalCheck, summary: Mapping):
              f"consolidation **{t['dice_consolidation']:.3f}** (mean over slices){lesion}; the table above "
              "sets them beside the published rows. " + compare_to_published(t, what="test-part"))
     return fig, words
+
+
+def profile_runs(chk: ExternalCheck, summary: Mapping) -> dict[str, tuple[dict, Path]]:
+    """This page's run and every finished run of another external profile (but ``smoke``) on the same
+    folders, in the folders ``make external EXTERNAL_PROFILE=...`` gives them
+    (:func:`sscild.external.recipe.run_folder`, beside this run's): profile name -> (summary, run folder).
+    A run of other folders, or one whose scores are missing, is left out."""
+    runs = {chk.prof.name: (dict(summary), chk.out_dir)}
+    for key, prof in EXTERNAL_PROFILES.items():
+        folder = run_folder(prof, chk.out_dir.parent)
+        if key == "smoke" or prof.name == chk.prof.name or not (folder / "cv" / "scores.csv").exists():
+            continue
+        try:
+            runs[prof.name] = (read_check(chk, folder, prof), folder)
+        except (ValueError, FileNotFoundError):
+            continue
+    order = [p.name for p in EXTERNAL_PROFILES.values()]
+    return dict(sorted(runs.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
+
+
+def profile_comparison(chk: ExternalCheck, summary: Mapping, *, n_boot: int = 2000) -> tuple[pd.DataFrame, str]:
+    """The external profiles that ran on these folders, side by side (:func:`profile_runs`): each one's
+    budget (grid, network, steps), its cross-validated Dice (and the test part's when scored), its wall
+    time, and the paired gain over the default ``cpu`` run on the same out-of-fold slices; with the
+    sentence saying what the longer budget bought, or how to run the other profile."""
+    runs = profile_runs(chk, summary)
+    base = "external-cpu"
+    scores = {name: pd.read_csv(folder / "cv" / "scores.csv", dtype={"slice_id": str}).set_index("slice_id")
+              for name, (_, folder) in runs.items()}
+    rows, gains = [], {}
+    for name, (summ, _) in runs.items():
+        rec, cv, test = summ["recipe"], summ["cv"], summ.get("test") or {}
+        second, pre = rec.get("second_stage_iterations"), rec.get("pretrain_steps")
+        row = {"profile": name.removeprefix("external-"),
+               "grid, network": f"{rec['grid_size']} px, channels {'-'.join(str(c) for c in rec['channels'])}",
+               "steps (first + second stage)": f"{rec['iterations']} + {second}" if second else str(rec["iterations"]),
+               "pretraining steps": "?" if pre is None else str(pre)}
+        for n, label in (("ggo", "GGO"), ("consolidation", "consolidation")):
+            lo, hi = cv[f"dice_{n}_ci"]
+            row[f"CV {label} [95% CI]"] = f"{cv[f'dice_{n}']:.3f} [{lo:.3f}, {hi:.3f}]"
+        for n, label in (("ggo", "GGO"), ("consolidation", "consolidation")):
+            row[f"test {label}"] = f"{test[f'dice_{n}']:.3f}" if f"dice_{n}" in test else "not scored"
+        row["minutes"] = f"{summ['seconds'] / 60:.1f}"
+        if name != base and base in runs:
+            a, b = scores[name], scores[base]
+            if sorted(a.index) == sorted(b.index):
+                cols = [f"dice_{n}" for n in CLASS_NAMES]
+                g = summarize((a.loc[b.index, cols] - b[cols]).reset_index(drop=True), columns=cols, n_boot=n_boot,
+                              seed=0).set_index("metric")
+                gains[name] = {n: (g.loc[f"dice_{n}", "mean"], g.loc[f"dice_{n}", "ci_low"], g.loc[f"dice_{n}", "ci_high"])
+                               for n in CLASS_NAMES}
+        for n, label in (("ggo", "GGO"), ("consolidation", "consolidation")):
+            m = gains.get(name, {}).get(n)
+            row[f"CV gain over cpu, {label} [95% CI]"] = f"{m[0]:+.3f} [{m[1]:+.3f}, {m[2]:+.3f}]" if m else ""
+        rows.append(row)
+    table = pd.DataFrame(rows).set_index("profile")
+    if len(runs) == 1:
+        other = "long" if chk.prof.name == base else "cpu"
+        folder = run_folder(other, chk.out_dir.parent)
+        words = (f"Only the `{chk.prof.name.removeprefix('external-')}` profile has run on these folders. "
+                 f"`make external EXTERNAL_PROFILE={other}` runs the `{other}` profile into `{folder.name}/` beside "
+                 "this run, and this table then sets both side by side.")
+        return table, words
+    parts = []
+    for name, g in gains.items():
+        ratio = runs[name][0]["seconds"] / runs[base][0]["seconds"]
+        parts.append(f"The `{name.removeprefix('external-')}` profile changes cross-validated Dice over the `cpu` "
+                     f"run by {g['ggo'][0]:+.3f} [{g['ggo'][1]:+.3f}, {g['ggo'][2]:+.3f}] for GGO and "
+                     f"{g['consolidation'][0]:+.3f} [{g['consolidation'][1]:+.3f}, {g['consolidation'][2]:+.3f}] "
+                     f"for consolidation (paired, the same {len(scores[base])} out-of-fold slices) at {ratio:.1f} "
+                     "times the wall time.")
+    return table, " ".join(parts) or "The runs were scored on different slices, so no paired gain is given."
 
 
 def fold_table(summary: Mapping) -> pd.DataFrame:

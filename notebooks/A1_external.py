@@ -296,7 +296,8 @@ else:
 # Nesterov momentum, which nnU-Net pairs with a thousand epochs, lost badly in 2500 steps; a fifth level
 # lost on both classes; and 1000 more first-stage steps gained nothing measurable for 40 % more time. A
 # 256-pixel grid, tried on fold 0 alone, took twice the time of the 192-pixel grid for no gain there, and
-# would break the 30-minute budget of `make external` on two cores; it is left to the GPU profile. **What
+# would break the 30-minute budget of `make external` on two cores; the fifth screen (below) measured it on
+# all three folds for the longer `long` profile. **What
 # carries into the study:** pretraining, the one lever that helped. It needs only unlabelled scans, for
 # which the cohort format has a place (`unlabelledTr/`): the study's default for them is now the same
 # pretraining on axial patches (profile setting `semi_supervised = "pretrain"`, Model & training chapter),
@@ -352,9 +353,9 @@ else:
 # ### A fifth screen: a longer CPU budget
 #
 # The `cpu` recipe's 192-pixel grid and 16-128 channels were chosen to fit 30 minutes on two cores, while
-# the published peers train at 352 pixels. The `long` profile may take up to 90 minutes on two cores, and
-# three levers could spend that budget: **resolution** (a 256-pixel grid, whole slices), **width** (1.5
-# times the channels, 24-192) and **steps** (1000 more first-stage steps). Each was added on its own to
+# the published peers train at 352 pixels. A `long` profile may take up to 90 minutes on two cores, and
+# three levers could spend that budget: **resolution** (256- and 320-pixel grids, whole slices), **width**
+# (1.5 times the channels, 24-192) and **steps** (1000 more first-stage steps). Each was added on its own to
 # the third screen's base (two stages, 1500 + 1000 steps, no pretraining, so that a lever's effect is not
 # mixed with the pretraining's) and cross-validated on folds 0-2, one CPU thread per training, two
 # trainings side by side. The control is that base, trained again in the same run; the steps lever was
@@ -374,14 +375,16 @@ else:
 
 # %% [markdown]
 # **What the fifth screen says.** On these 40-slice folds the budget is not what holds ground glass
-# back: a finer grid, a wider network and more steps each cost more than half as much again as the control
-# and none moved either class beyond the noise of 30 slices. That agrees with the third screen (a fifth
-# level, more steps) and with the recorded GPU run below, whose larger budget bought little. The
-# disagreement that costs GGO Dice is at the border between ground glass and consolidation, and in slices
-# whose reference holds a few hundred pixels of a class, neither of which a larger network resolves from 40
-# labelled slices. The `long` profile therefore spends its budget as the record says (its run, when made,
-# is set beside the `cpu` run under "Two budgets" below); it is offered for users who have the time, not
-# as a recipe shown to be better.
+# back: a finer grid and a wider network each cost nearly twice the control's time or more, and none
+# moved either class beyond the noise of 30 slices. That agrees with the third screen (a fifth level, more
+# steps) and with the recorded GPU run below, whose larger budget bought little. The finer grids even
+# lowered consolidation, the class of large confluent regions; a likely reason, not tested, is that the
+# network's four levels see a smaller share of the slice at a finer grid, and consolidation needs that
+# context. The disagreement that costs GGO Dice is at the border between ground glass and consolidation,
+# and in slices whose reference holds a few hundred pixels of a class; neither is resolved by a larger
+# network trained on 40 labelled slices. The `long` profile therefore spends only the one lever that lost
+# nothing (1000 more first-stage steps) and is offered for users who have the time, not as a recipe shown
+# to be better; its five-fold run, when made, is set beside the `cpu` run under "Two budgets" below.
 
 # %% [markdown]
 # ### A longer budget on a GPU
@@ -438,7 +441,7 @@ elif chk.available:
 # ## Two budgets
 #
 # The default profile, `cpu`, is sized for about 30 minutes on two CPU cores. The `long` profile is the
-# same recipe with the budget the fifth screen (above) chose for up to 90 minutes on two cores
+# same recipe with what the fifth screen (above) kept of a longer budget, 1000 more first-stage steps
 # (`make external EXTERNAL_PROFILE=long`); its run has a folder of its own (`external-long/`, beside
 # this run's), so neither overwrites the other. When both have run on the same folders, the table sets
 # them side by side: the same 50 slices out of fold, so the gain is paired.

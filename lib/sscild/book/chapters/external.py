@@ -326,7 +326,7 @@ def budget_words(table: pd.DataFrame, rec: Mapping, *, n_boot: int = 2000) -> st
                      f"screen's control slice for slice: per slice its GGO Dice differs by up to {d.abs().max():.3f}, "
                      f"on average by {d.mean():+.3f}, so differences of that size between levers are noise.")
     return (f"Paired gains over the control ({rec['held_out_slices']} slices): " + "; ".join(parts) + ". "
-            f"{rec['cost_note']}{noise} **{rec['adopted']}**: {rec['why']}")
+            f"{rec['cost_note']}{noise} **{rec['adopted']}**: {rec['why'].rstrip('.')}.")
 
 
 def stage_comparison(chk: ExternalCheck, summary: Mapping) -> tuple[pd.DataFrame, dict, str]:
@@ -462,7 +462,8 @@ def profile_comparison(chk: ExternalCheck, summary: Mapping, *, n_boot: int = 20
         other = "long" if chk.prof.name == base else "cpu"
         folder = run_folder(other, chk.out_dir.parent)
         words = (f"Only the `{chk.prof.name.removeprefix('external-')}` profile has run on these folders. "
-                 f"`make external EXTERNAL_PROFILE={other}` runs the `{other}` profile into `{folder.name}/` beside "
+                 f"`make external{'' if other == 'cpu' else ' EXTERNAL_PROFILE=' + other}` runs the `{other}` profile "
+                 f"into `{folder.name}/` beside "
                  "this run, and this table then sets both side by side.")
         return table, words
     parts = []

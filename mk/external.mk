@@ -26,6 +26,8 @@ EXT_NB   := $(EXT_RES)/A1_external.ipynb
 EXT_RUN  := $(EXT_RES)$(if $(filter-out cpu external-cpu,$(EXTERNAL_PROFILE)),-$(EXTERNAL_PROFILE:external-%=%))
 EXT_SUMMARY := $(EXT_RUN)/summary.json
 EXT_MARK := $(EXT_RES)/.params
+# the run's own parameters, in its folder: switching profiles re-runs the page, not the other profile's run
+EXT_RUN_MARK := $(EXT_RUN)/.run-params
 EXT_STAMP := $(EXT_RES)/.executed
 EXT_PARAMS := profile=$(EXTERNAL_PROFILE) train=$(abspath $(EXTERNAL_TRAIN)) test=$(if $(EXTERNAL_TEST),$(abspath $(EXTERNAL_TEST))) unlabelled=$(if $(EXTERNAL_UNLABELLED),$(abspath $(EXTERNAL_UNLABELLED)))
 # what the appendix uses: every library file the check (LIBDEPS_stage_external) and its chapter
@@ -53,7 +55,11 @@ _external_params: ;
 # the check itself (training, prediction, scores -> summary.json) is a stage, as the study's folds
 # are: the appendix's notebook only reads what it wrote, so editing the page never retrains
 # (without the training folder there is nothing to run: the page then says how to get the data)
-$(EXT_SUMMARY): $(LIBDEPS_stage_external) $(EXT_MARK) | $(STAMP)
+$(EXT_RUN_MARK): _external_params
+	@mkdir -p $(@D)
+	@echo '$(EXT_PARAMS)' | cmp -s - $@ || echo '$(EXT_PARAMS)' > $@
+
+$(EXT_SUMMARY): $(LIBDEPS_stage_external) $(EXT_RUN_MARK) | $(STAMP)
 	@if [ ! -d "$(abspath $(EXTERNAL_TRAIN))/images" ]; then \
 	  echo "external: $(abspath $(EXTERNAL_TRAIN)) has no images/: the check is not run (the appendix says how to get the data)"; \
 	else set -x; SSCILD_THREADS=$(or $(THREADS),2) $(PY) -m sscild.external run $(abspath $(EXTERNAL_TRAIN)) $(abspath $(EXT_RUN)) \

@@ -86,3 +86,32 @@ def test_each_external_profile_runs_into_its_own_folder(tmp_path):
         page = next(x for x in lines if "--step external" in x)
         assert f"-p out_dir {run_folder(profile, results)} " in page + " "
         assert f"{results / 'external' / 'A1_external.ipynb'}" in page       # one appendix page for both
+
+
+def test_switching_profiles_never_reruns_the_other_profiles_finished_check(tmp_path):
+    """Each run folder keeps its own parameter mark: after the long profile's check, the cpu check that is
+    already finished stays finished (and the reverse); only the page follows the profile. Real make runs:
+    a check that had to run would fail here (its training folder is empty)."""
+    train = tmp_path / "train"
+    (train / "images").mkdir(parents=True)
+    results = tmp_path / "results"
+    common = [f"EXTERNAL_TRAIN={train}", "EXTERNAL_UNLABELLED=", "PROFILE=smoke", f"RESULTS={results}",
+              f"DATA_ROOT={tmp_path / 'data'}", f"BOOK_OUT={tmp_path / 'book'}"]
+
+    def make(target, profile):
+        return subprocess.run(["make", "-C", str(REPO), str(target), f"EXTERNAL_PROFILE={profile}", *common],
+                              capture_output=True, text=True)
+
+    for profile, folder in (("cpu", "external"), ("long", "external-long")):
+        for mark in (results / folder / ".run-params", results / "external" / ".params"):
+            proc = make(mark, profile)
+            assert proc.returncode == 0 and mark.exists(), proc.stderr
+        time.sleep(0.05)
+        (results / folder / "summary.json").write_text("{}")              # the finished check, after its marks
+    for profile, folder in (("cpu", "external"), ("long", "external-long"), ("cpu", "external")):
+        assert make(results / "external" / ".params", profile).returncode == 0     # the page switches profile
+        assert (results / "external" / ".params").read_text().startswith(f"profile={profile} ")
+        time.sleep(0.05)
+        proc = make(results / folder / "summary.json", profile)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "sscild.external run" not in proc.stdout, (profile, proc.stdout)

@@ -371,7 +371,7 @@ if budget is None:
 else:
     show(budget[0], caption="Fifth screen, folds 0-2 (30 held-out slices): resolution, width and steps against "
          "the control")
-    display(Markdown(ch.budget_words(*budget)))
+    display(Markdown(ch.budget_words(*budget, lever_t=lever_t)))
 
 # %% [markdown]
 # **What the fifth screen says.** On these 40-slice folds the budget is not what holds ground glass

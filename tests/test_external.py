@@ -821,11 +821,14 @@ def test_the_fifth_screen_record_and_the_long_profile_it_chose():
     table, rec = rec_t
     assert list(table.index)[0] == rec["control"] and set(table.index) == set(rec["variants"])
     assert set(table.index) <= set(SEARCH_VARIANTS)
-    words = ch.budget_words(table, rec)
+    words = ch.budget_words(table, rec, lever_t=ch.lever_screen(n_boot=200))
     for name in rec["variants"]:
         if name != rec["control"]:
             assert table.loc[name, "gain over the control, GGO [95% CI]"] in words
-    assert rec["adopted"] in words and "third screen" in words
+    assert rec["adopted"] in words and "the third screen's row" in words and "differs by up to" in words
+    # without the third screen's table, the words leave out what comes from it
+    alone = ch.budget_words(table, rec)
+    assert "the third screen's row" not in alone and "differs by up to" not in alone and rec["adopted"] in alone
     key = {k: v for k, v in profile_key(external_profile("long")).items()}
     want = profile_key(external_profile("cpu", **rec["long_profile"]["overrides_of_cpu"]))
     assert key == want

@@ -21,6 +21,7 @@ __all__ = [
     "consistency_screen",
     "budget_screen",
     "screen_table",
+    "paired_gain",
 ]
 
 
@@ -90,7 +91,8 @@ def screen_table(df: pd.DataFrame, *, n_boot: int = 2000, baseline_name: str = "
 
     One row per variant: Dice with 95 % BCa intervals, pooled Dice, the paired gain over the
     baseline and, for variants named ``treated_prefix...``, the paired gain over the variant named
-    ``control_prefix...`` (column "gain from ``control_name``")."""
+    ``control_prefix...`` (column "gain from ``control_name``"). The per-slice scores it was made from are
+    kept in ``table.attrs["scores"]``."""
     variants = list(dict.fromkeys(df["variant"]))
     base = df[df["variant"] == variants[0]].set_index("slice_id")
     control = next((v for v in variants if control_prefix and v.startswith(control_prefix)), None)
@@ -98,9 +100,8 @@ def screen_table(df: pd.DataFrame, *, n_boot: int = 2000, baseline_name: str = "
     labels = ("GGO", "consolidation")
 
     def gain(a: pd.DataFrame, b: pd.DataFrame) -> dict:
-        g = summarize((a[cols] - b[cols]).reset_index(drop=True), columns=cols, n_boot=n_boot, seed=0).set_index("metric")
-        return {label: f"{g.loc[f'dice_{n}', 'mean']:+.3f} [{g.loc[f'dice_{n}', 'ci_low']:+.3f}, "
-                       f"{g.loc[f'dice_{n}', 'ci_high']:+.3f}]" for n, label in zip(CLASS_NAMES, labels)}
+        g = paired_gain(a, b, n_boot=n_boot)
+        return {label: f"{g[n][0]:+.3f} [{g[n][1]:+.3f}, {g[n][2]:+.3f}]" for n, label in zip(CLASS_NAMES, labels)}
 
     rows = []
     for v in variants:
@@ -122,4 +123,17 @@ def screen_table(df: pd.DataFrame, *, n_boot: int = 2000, baseline_name: str = "
                  if treated_prefix and v.startswith(treated_prefix) else {k: "" for k in labels})
             row |= {f"gain from {control_name}, {k} [95% CI]": x for k, x in c.items()}
         rows.append(row)
-    return pd.DataFrame(rows).set_index("variant")
+    table = pd.DataFrame(rows).set_index("variant")
+    table.attrs["scores"] = df
+    return table
+
+
+def paired_gain(a: pd.DataFrame, b: pd.DataFrame, *, n_boot: int = 2000) -> dict[str, tuple[float, float, float]]:
+    """The paired per-slice gain of ``a`` over ``b`` (both indexed by slice id, with the Dice columns of
+    :func:`~sscild.external.scores.score_slices`; ``a`` holds at least ``b``'s slices): class name ->
+    (mean, 95 % BCa low, high), the bootstrap seeded with 0."""
+    cols = [f"dice_{n}" for n in CLASS_NAMES]
+    g = summarize((a.loc[b.index, cols] - b[cols]).reset_index(drop=True), columns=cols, n_boot=n_boot,
+                  seed=0).set_index("metric")
+    return {n: (float(g.loc[f"dice_{n}", "mean"]), float(g.loc[f"dice_{n}", "ci_low"]),
+                float(g.loc[f"dice_{n}", "ci_high"])) for n in CLASS_NAMES}

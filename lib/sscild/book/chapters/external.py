@@ -41,11 +41,10 @@ import pandas as pd
 
 from sscild.book.plots import style
 from sscild.book.plots.external import dice_distribution, example_slices, pick_examples
-from sscild.evaluation.metrics import summarize
 from sscild.evaluation.overlap import dice
 from sscild.external.predict import read_predictions
 from sscild.external.recipe import EXTERNAL_PROFILES, check_extra, external_profile, recipe_dict, run_folder
-from sscild.external.screens import budget_screen, consistency_screen, lever_screen, semi_screen
+from sscild.external.screens import budget_screen, consistency_screen, lever_screen, paired_gain, semi_screen
 from sscild.external.slices import (CLASS_NAMES, HOW_TO_GET_DATA, SliceImage, default_train_dir,
                                     default_unlabelled_dir, read_slice_folder)
 from sscild.external.tables import (PUBLISHED, compare_to_published, describe_slices, lesion_table, recorded_gpu_run,
@@ -291,11 +290,13 @@ def budget_record(path: str | Path | None = None) -> tuple[pd.DataFrame, dict] |
     return table, read_json(path)
 
 
-def budget_words(table: pd.DataFrame, rec: Mapping, *, n_boot: int = 2000) -> str:
-    """The fifth screen in words, from its record: each lever's paired gain over the control and its cost
-    (``relative_cost``: training time per fold against the control's), the steps lever from the third
-    screen (against that screen's own control), how far the control trained again lies from the third
-    screen's (the run-to-run noise of a lever's estimate), and what was adopted."""
+def budget_words(table: pd.DataFrame, rec: Mapping, *, lever_t: pd.DataFrame | None = None) -> str:
+    """The fifth screen in words, from its table and record (:func:`budget_record`): each lever's paired
+    gain over the control and its cost (``relative_cost``: training time per fold against the control's),
+    the steps lever from the third screen's table ``lever_t`` (:func:`lever_screen`; against that screen's
+    own control), how far the control trained again lies from the third screen's (the run-to-run noise of
+    a lever's estimate, from both tables' per-slice scores), and what was adopted. Without ``lever_t``
+    the steps lever and the noise are left out."""
     ctrl = rec["control"]
     parts = []
     for name, v in rec["variants"].items():
@@ -306,19 +307,17 @@ def budget_words(table: pd.DataFrame, rec: Mapping, *, n_boot: int = 2000) -> st
         parts.append(f"{v['lever']} ({name}): GGO {gain['GGO']}, consolidation {gain['consolidation']}, "
                      f"{v['relative_cost']:.1f} times the control's training time")
     steps = rec.get("steps_from_third_screen")
-    lever_t = lever_screen(n_boot=n_boot) if steps else None
-    if lever_t is not None and steps["variant"] in lever_t.index:
+    if steps and lever_t is not None and steps["variant"] in lever_t.index:
         row = lever_t.loc[steps["variant"]]
         parts.append(f"steps ({steps['variant']}, the third screen's row against its own control): GGO "
                      f"{row['gain over the first row, GGO [95% CI]']}, consolidation "
                      f"{row['gain over the first row, consolidation [95% CI]']}, {steps['relative_cost']:.1f} times "
                      "the training time")
     noise = ""
-    third = repo_root() / "benchmarks" / "external_lever_screen.csv"
-    if third.exists():
-        old = pd.read_csv(third, dtype={"slice_id": str})
+    if lever_t is not None:
+        old = lever_t.attrs["scores"]
         old = old[old["variant"] == ctrl].set_index("slice_id")
-        new = pd.read_csv(repo_root() / "benchmarks" / "external_budget_screen.csv", dtype={"slice_id": str})
+        new = table.attrs["scores"]
         new = new[new["variant"] == ctrl].set_index("slice_id")
         if len(old) and sorted(old.index) == sorted(new.index):
             d = new.loc[old.index, "dice_ggo"] - old["dice_ggo"]
@@ -448,11 +447,7 @@ def profile_comparison(chk: ExternalCheck, summary: Mapping, *, n_boot: int = 20
         if name != base and base in runs:
             a, b = scores[name], scores[base]
             if sorted(a.index) == sorted(b.index):
-                cols = [f"dice_{n}" for n in CLASS_NAMES]
-                g = summarize((a.loc[b.index, cols] - b[cols]).reset_index(drop=True), columns=cols, n_boot=n_boot,
-                              seed=0).set_index("metric")
-                gains[name] = {n: (g.loc[f"dice_{n}", "mean"], g.loc[f"dice_{n}", "ci_low"], g.loc[f"dice_{n}", "ci_high"])
-                               for n in CLASS_NAMES}
+                gains[name] = paired_gain(a, b, n_boot=n_boot)
         for n, label in (("ggo", "GGO"), ("consolidation", "consolidation")):
             m = gains.get(name, {}).get(n)
             row[f"CV gain over cpu, {label} [95% CI]"] = f"{m[0]:+.3f} [{m[1]:+.3f}, {m[2]:+.3f}]" if m else ""

@@ -46,8 +46,10 @@ external: $(EXT_NB)
 	@if [ -f "$(BOOK_HTML)" ]; then $(MAKE) --no-print-directory book; \
 	else echo "external: appendix executed ($(EXT_NB)); no book is built yet: 'make all' builds it with this appendix."; fi
 
-# rewritten only when the parameters change, so switching folders or profile re-runs the chapter
-$(EXT_MARK): _external_params
+# the parameter marks, each rewritten only when the parameters change: the page's (switching folders or
+# profile re-runs the chapter) and the run's own, in its folder (switching profiles leaves the other
+# profile's finished run alone)
+$(EXT_MARK) $(EXT_RUN_MARK): _external_params
 	@mkdir -p $(@D)
 	@echo '$(EXT_PARAMS)' | cmp -s - $@ || echo '$(EXT_PARAMS)' > $@
 _external_params: ;
@@ -55,10 +57,6 @@ _external_params: ;
 # the check itself (training, prediction, scores -> summary.json) is a stage, as the study's folds
 # are: the appendix's notebook only reads what it wrote, so editing the page never retrains
 # (without the training folder there is nothing to run: the page then says how to get the data)
-$(EXT_RUN_MARK): _external_params
-	@mkdir -p $(@D)
-	@echo '$(EXT_PARAMS)' | cmp -s - $@ || echo '$(EXT_PARAMS)' > $@
-
 $(EXT_SUMMARY): $(LIBDEPS_stage_external) $(EXT_RUN_MARK) | $(STAMP)
 	@if [ ! -d "$(abspath $(EXTERNAL_TRAIN))/images" ]; then \
 	  echo "external: $(abspath $(EXTERNAL_TRAIN)) has no images/: the check is not run (the appendix says how to get the data)"; \

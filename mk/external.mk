@@ -32,10 +32,8 @@ EXT_STAMP := $(EXT_RES)/.executed
 EXT_PARAMS := profile=$(EXTERNAL_PROFILE) train=$(abspath $(EXTERNAL_TRAIN)) test=$(if $(EXTERNAL_TEST),$(abspath $(EXTERNAL_TEST))) unlabelled=$(if $(EXTERNAL_UNLABELLED),$(abspath $(EXTERNAL_UNLABELLED)))
 # what the appendix uses: every library file the check (LIBDEPS_stage_external) and its chapter
 # (LIBDEPS_A1_external) import (the Makefile's .make/libdeps.mk) and the recorded screens and runs
-# it shows (benchmarks/external_*)
-EXT_LIB  := $(sort $(LIBDEPS_stage_external) $(LIBDEPS_A1_external)) benchmarks/external_recipe_search.json benchmarks/external_semi_screen.csv \
-            benchmarks/external_selftrain_cv.csv benchmarks/external_lever_screen.csv benchmarks/external_paper_gpu.json \
-            benchmarks/external_consistency_screen.csv benchmarks/external_consistency_screen.json
+# it shows (every benchmarks/external_* record: a new screen's record re-runs the page without a line here)
+EXT_LIB  := $(sort $(LIBDEPS_stage_external) $(LIBDEPS_A1_external)) $(wildcard benchmarks/external_*.csv benchmarks/external_*.json)
 
 .PHONY: external
 # The book follows the run: once the appendix is executed, a book that is already built is rebuilt

@@ -115,3 +115,19 @@ def test_switching_profiles_never_reruns_the_other_profiles_finished_check(tmp_p
         proc = make(results / folder / "summary.json", profile)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert "sscild.external run" not in proc.stdout, (profile, proc.stdout)
+
+
+def test_the_appendix_page_follows_every_recorded_external_screen(tmp_path):
+    """Every benchmarks/external_* record the appendix reads is a prerequisite of its page, so a screen
+    recorded again (or a new one) re-executes the page on the next `make external`."""
+    proc = subprocess.run(["make", "-n", "-p", "-C", str(REPO), "external", "PROFILE=smoke",
+                           f"RESULTS={tmp_path / 'results'}", f"DATA_ROOT={tmp_path / 'data'}",
+                           f"BOOK_OUT={tmp_path / 'book'}", f"EXTERNAL_TRAIN={tmp_path / 'train'}"],
+                          capture_output=True, text=True)
+    page = f"{tmp_path / 'results' / 'external' / 'A1_external.ipynb'}:"
+    rule = next(x for x in proc.stdout.splitlines() if x.startswith(page))
+    records = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "benchmarks").glob("external_*")
+                     if p.suffix in (".csv", ".json"))
+    assert records and "benchmarks/external_budget_screen.json" in records
+    missing = [r for r in records if r not in rule.split()]
+    assert not missing, missing

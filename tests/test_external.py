@@ -832,3 +832,30 @@ def test_the_fifth_screen_record_and_the_long_profile_it_chose():
     key = {k: v for k, v in profile_key(external_profile("long")).items()}
     want = profile_key(external_profile("cpu", **rec["long_profile"]["overrides_of_cpu"]))
     assert key == want
+
+
+def test_the_recorded_profile_runs_agree_with_their_scores():
+    """The recorded end-to-end runs of the profiles: the per-slice record and the run summaries agree (each
+    run's cross-validated Dice is the mean of its recorded slices), the baseline comes first, and the words
+    carry the table's paired gains, each run's command and the cost ratio of the recorded seconds."""
+    from sscild.book.chapters import external as ch
+
+    got = ch.recorded_profile_runs(n_boot=200)
+    if got is None:
+        pytest.skip("benchmarks/external_profile_runs.* is not in this checkout")
+    table, rec = got
+    assert list(table.index) == list(rec["runs"]) and table.index[0] == rec["baseline"]
+    scores = table.attrs["scores"]
+    for name, run in rec["runs"].items():
+        mine = scores[scores["variant"] == name]
+        assert len(mine) == run["cv"]["n_slices"]
+        for n in ("ggo", "consolidation"):
+            assert abs(mine[f"dice_{n}"].mean() - run["cv"][f"dice_{n}"]) < 1e-9, (name, n)
+        assert table.loc[name, "Dice GGO [95% CI]"].startswith(f"{run['cv']['dice_ggo']:.3f} [")
+    words = ch.recorded_profile_words(table, rec)
+    base = rec["runs"][rec["baseline"]]
+    for name, run in rec["runs"].items():
+        assert f"`{run['command']}` {run['make_wall_seconds'] / 60:.1f} min" in words
+        if name != rec["baseline"]:
+            assert table.loc[name, f"gain over {rec['baseline']}, GGO [95% CI]"] in words
+            assert f"{run['models_wall_seconds'] / base['models_wall_seconds']:.2f} times as long" in words

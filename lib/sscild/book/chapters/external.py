@@ -44,7 +44,8 @@ from sscild.book.plots.external import dice_distribution, example_slices, pick_e
 from sscild.evaluation.overlap import dice
 from sscild.external.predict import read_predictions
 from sscild.external.recipe import EXTERNAL_PROFILES, check_extra, external_profile, recipe_dict, run_folder
-from sscild.external.screens import budget_screen, consistency_screen, lever_screen, paired_gain, semi_screen
+from sscild.external.screens import (budget_screen, consistency_screen, lever_screen, paired_gain, screen_table,
+                                     semi_screen)
 from sscild.external.slices import (CLASS_NAMES, HOW_TO_GET_DATA, SliceImage, default_train_dir,
                                     default_unlabelled_dir, read_slice_folder)
 from sscild.external.tables import (PUBLISHED, compare_to_published, describe_slices, lesion_table, recorded_gpu_run,
@@ -78,6 +79,8 @@ __all__ = [
     "cost",
     "profile_runs",
     "profile_comparison",
+    "recorded_profile_runs",
+    "recorded_profile_words",
     "SELFTRAIN_CV_COMMAND",
     # the external check's own names, for the notebook
     "CLASS_NAMES",
@@ -471,6 +474,46 @@ def profile_comparison(chk: ExternalCheck, summary: Mapping, *, n_boot: int = 20
                      "times the wall time.")
     return table, " ".join(parts) or "The runs were scored on different slices, so no paired gain is given."
 
+
+
+def recorded_profile_runs(path: str | Path | None = None, *, n_boot: int = 2000) -> tuple[pd.DataFrame, dict] | None:
+    """The recorded end-to-end runs of the external profiles (``benchmarks/external_profile_runs.csv``:
+    each run's out-of-fold scores per slice, the ``cpu`` run first; ``.json``: the commands, wall times,
+    machine and commit): the table of :func:`sscild.external.screens.screen_table` (paired gain over the
+    ``cpu`` run) and the record. ``None`` when either file is absent."""
+    path = Path(path) if path is not None else repo_root() / "benchmarks" / "external_profile_runs.json"
+    if not path.exists() or not path.with_suffix(".csv").exists():
+        return None
+    rec = read_json(path)
+    table = screen_table(pd.read_csv(path.with_suffix(".csv"), dtype={"slice_id": str}), n_boot=n_boot,
+                         baseline_name=rec["baseline"])
+    return table, rec
+
+
+def recorded_profile_words(table: pd.DataFrame, rec: Mapping) -> str:
+    """The recorded profile runs in words: how long each ``make`` took from the fresh clone, what the
+    longer profiles changed over the baseline on the same out-of-fold slices, and at what cost."""
+    base = rec["baseline"]
+    runs = rec["runs"]
+    times = "; ".join(f"`{r['command']}` {r['make_wall_seconds'] / 60:.1f} min ({r['models']} models, "
+                      f"{r['at_once']} at a time, {np.mean(r['model_train_seconds']):.0f} s each; pretraining "
+                      f"{r['pretraining_seconds']:.0f} s)" for r in runs.values())
+    parts = []
+    for name, r in runs.items():
+        if name == base:
+            continue
+        row = table.loc[name]
+        parts.append(f"`{name}` changes cross-validated Dice over `{base}` by "
+                     f"{row[f'gain over {base}, GGO [95% CI]']} for GGO and "
+                     f"{row[f'gain over {base}, consolidation [95% CI]']} for consolidation (paired, the same "
+                     f"{rec['runs'][base]['cv']['n_slices']} out-of-fold slices), its models training "
+                     f"{r['models_wall_seconds'] / runs[base]['models_wall_seconds']:.2f} times as long "
+                     f"({r['run_seconds'] / runs[base]['run_seconds']:.2f} times the whole run)")
+    return (f"Recorded on {rec['date']} from a fresh clone at commit {rec['commit']} ({rec['machine']}): {times}. "
+            f"{rec['setup_note']}; {rec['overlap_note']}. "
+            + ". ".join(parts) + ". The intervals are over slices, not over trainings: the same recipe trained "
+            "twice does not repeat slice for slice (the fifth screen's control, above), and one run of each "
+            "profile cannot show how much of a gain of this size is that noise.")
 
 def fold_table(summary: Mapping) -> pd.DataFrame:
     """The cross-validation folds: slices, seconds, whether each model was reused."""

@@ -11,5 +11,6 @@ segmentation     the Segmentation chapter: out-of-fold prediction and scoring, c
 clinical         the Clinical chapter: inputs, correlation grid, staging, zonal correlations; tables and sentences
 reproducibility  the Reproducibility chapter: software, settings, step times, recorded benchmarks, paper-scale run, input checksums
 external         the external-check appendix: the check on COVID-SemiSeg slices, recorded screens, GPU record, cost
+external_records the external-check appendix's recorded screens and end-to-end runs, as tables and sentences
 real_ct          the real-CT appendix: lung check, named false lesions, broken and changed copies, recorded screens
 """

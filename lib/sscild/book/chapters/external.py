@@ -43,9 +43,11 @@ from sscild.book.plots.external import dice_distribution, example_slices, pick_e
 from sscild.evaluation.overlap import dice
 from sscild.external.predict import read_predictions
 from sscild.external.recipe import EXTERNAL_PROFILES, check_extra, external_profile, recipe_dict, run_folder
+from sscild.book.chapters import external_records
 from sscild.book.chapters.external_records import (SELFTRAIN_CV_COMMAND, budget_record, budget_words,
-                                                   consistency_record, consistency_words, recorded_profile_runs,
-                                                   recorded_profile_words, selftrain_cv, selftrain_words)
+                                                   consistency_record, consistency_words, gain_words,
+                                                   recorded_profile_runs, recorded_profile_words, selftrain_cv,
+                                                   selftrain_words)
 from sscild.external.screens import consistency_screen, lever_screen, paired_gain, semi_screen
 from sscild.external.slices import (CLASS_NAMES, HOW_TO_GET_DATA, SliceImage, default_train_dir,
                                     default_unlabelled_dir, read_slice_folder)
@@ -64,12 +66,6 @@ __all__ = [
     "cv_words",
     "lesion_union",
     "lesion_table",
-    "selftrain_cv",
-    "selftrain_words",
-    "consistency_record",
-    "consistency_words",
-    "budget_record",
-    "budget_words",
     "stage_comparison",
     "gpu_caption",
     "gpu_words",
@@ -80,9 +76,8 @@ __all__ = [
     "cost",
     "profile_runs",
     "profile_comparison",
-    "recorded_profile_runs",
-    "recorded_profile_words",
-    "SELFTRAIN_CV_COMMAND",
+    # the appendix's record readers (external_records), re-exported
+    *external_records.__all__,
     # the external check's own names, for the notebook
     "CLASS_NAMES",
     "describe_slices",
@@ -317,6 +312,11 @@ def profile_runs(chk: ExternalCheck, summary: Mapping) -> dict[str, tuple[dict, 
     return dict(sorted(runs.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
 
 
+def _gain_text(m: tuple[float, float, float]) -> str:
+    """A paired gain (mean, low, high) as ``+mean [low, high]``."""
+    return f"{m[0]:+.3f} [{m[1]:+.3f}, {m[2]:+.3f}]"
+
+
 def profile_comparison(chk: ExternalCheck, summary: Mapping, *, n_boot: int = 2000) -> tuple[pd.DataFrame, str]:
     """The external profiles that ran on these folders, side by side (:func:`profile_runs`): each one's
     budget (grid, network, steps), its cross-validated Dice (and the test part's when scored), its wall
@@ -346,7 +346,7 @@ def profile_comparison(chk: ExternalCheck, summary: Mapping, *, n_boot: int = 20
                 gains[name] = paired_gain(a, b, n_boot=n_boot)
         for n, label in (("ggo", "GGO"), ("consolidation", "consolidation")):
             m = gains.get(name, {}).get(n)
-            row[f"CV gain over cpu, {label} [95% CI]"] = f"{m[0]:+.3f} [{m[1]:+.3f}, {m[2]:+.3f}]" if m else ""
+            row[f"CV gain over cpu, {label} [95% CI]"] = _gain_text(m) if m else ""
         rows.append(row)
     table = pd.DataFrame(rows).set_index("profile")
     if len(runs) == 1:
@@ -360,11 +360,9 @@ def profile_comparison(chk: ExternalCheck, summary: Mapping, *, n_boot: int = 20
     parts = []
     for name, g in gains.items():
         ratio = runs[name][0]["seconds"] / runs[base][0]["seconds"]
-        parts.append(f"The `{name.removeprefix('external-')}` profile changes cross-validated Dice over the `cpu` "
-                     f"run by {g['ggo'][0]:+.3f} [{g['ggo'][1]:+.3f}, {g['ggo'][2]:+.3f}] for GGO and "
-                     f"{g['consolidation'][0]:+.3f} [{g['consolidation'][1]:+.3f}, {g['consolidation'][2]:+.3f}] "
-                     f"for consolidation (paired, the same {len(scores[base])} out-of-fold slices) at {ratio:.1f} "
-                     "times the wall time.")
+        parts.append(gain_words(name.removeprefix("external-"), "cpu", _gain_text(g["ggo"]),
+                                _gain_text(g["consolidation"]), len(scores[base]))
+                     + f" at {ratio:.1f} times the wall time.")
     return table, " ".join(parts) or "The runs were scored on different slices, so no paired gain is given."
 
 

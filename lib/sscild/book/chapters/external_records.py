@@ -29,6 +29,7 @@ __all__ = [
     "consistency_words",
     "budget_record",
     "budget_words",
+    "gain_words",
     "recorded_profile_runs",
     "recorded_profile_words",
 ]
@@ -155,6 +156,13 @@ def recorded_profile_runs(path: str | Path | None = None, *, n_boot: int = 2000)
     return table, rec
 
 
+def gain_words(name: str, base: str, ggo: str, consolidation: str, n_slices: int) -> str:
+    """The sentence (without its full stop) on what profile ``name`` changed over ``base``: the paired
+    gains in cross-validated Dice, each already written as ``+mean [low, high]``, on ``n_slices`` slices."""
+    return (f"`{name}` changes cross-validated Dice over `{base}` by {ggo} for GGO and {consolidation} for "
+            f"consolidation (paired, the same {n_slices} out-of-fold slices)")
+
+
 def recorded_profile_words(table: pd.DataFrame, rec: Mapping) -> str:
     """The recorded profile runs in words: how long each ``make`` took from the fresh clone, what the
     longer profiles changed over the baseline on the same out-of-fold slices, and at what cost."""
@@ -168,11 +176,9 @@ def recorded_profile_words(table: pd.DataFrame, rec: Mapping) -> str:
         if name == base:
             continue
         row = table.loc[name]
-        parts.append(f"`{name}` changes cross-validated Dice over `{base}` by "
-                     f"{row[f'gain over {base}, GGO [95% CI]']} for GGO and "
-                     f"{row[f'gain over {base}, consolidation [95% CI]']} for consolidation (paired, the same "
-                     f"{rec['runs'][base]['cv']['n_slices']} out-of-fold slices), its models training "
-                     f"{r['models_wall_seconds'] / runs[base]['models_wall_seconds']:.2f} times as long "
+        parts.append(gain_words(name, base, row[f"gain over {base}, GGO [95% CI]"],
+                                row[f"gain over {base}, consolidation [95% CI]"], rec["runs"][base]["cv"]["n_slices"])
+                     + f", its models training {r['models_wall_seconds'] / runs[base]['models_wall_seconds']:.2f} times as long "
                      f"({r['run_seconds'] / runs[base]['run_seconds']:.2f} times the whole run)")
     return (f"Recorded on {rec['date']} from a fresh clone at commit {rec['commit']} ({rec['machine']}): {times}. "
             f"{rec['setup_note']}; {rec['overlap_note']}. "

@@ -77,6 +77,12 @@ _FIFTH_SCREEN: dict[str, dict] = {  # for a longer cpu budget, on the third scre
     "grid 320, whole slices": {"grid_size": 320, "patch_size": (320, 320)},
 }
 
+_SIXTH_SCREEN: dict[str, dict] = {  # on the adopted cpu recipe (pretraining, two stages): its first-stage steps,
+    # beside the fourth screen's control (1500 + 1000 iterations)
+    "the long profile: 2500 + 1000 iterations, pretrained": {"iterations": 2500},
+    "5000 + 1000 iterations, pretrained": {"iterations": 5000},
+}
+
 SEARCH_VARIANTS: dict[str, dict] = {
     # every screen before the third ran without pretraining (pretrain_steps 0): the variants say so, so that they
     # re-run as they were recorded now that the cpu recipe pretrains
@@ -94,6 +100,8 @@ SEARCH_VARIANTS: dict[str, dict] = {
     "self-supervised pretraining on the unlabelled slices, 4000 steps": {"pretrain_steps": 4000},
     # the fourth screen (consistency_screen): the cpu recipe as adopted, against consistency learning
     **_FOURTH_SCREEN,
+    # the sixth screen (first-stage steps with the pretraining, for the long profile)
+    **_SIXTH_SCREEN,
 }
 """Variants for :func:`search_recipes`: name -> overrides of the ``cpu`` external profile."""
 

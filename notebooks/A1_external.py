@@ -471,6 +471,38 @@ else:
     display(Markdown(ch.recorded_profile_words(*recorded_runs)))
 
 # %% [markdown]
+# ### A sixth screen: more first-stage steps, with the pretraining
+#
+# The fifth screen left the pretraining out, and there 1000 more first-stage steps gained nothing; run end
+# to end with the pretraining (above), the same steps gained a little in both classes. The sixth screen
+# asks how far that goes: the `cpu` recipe as adopted (pretraining, two stages) with 5000 instead of 1500
+# first-stage steps, cross-validated on all five folds, one CPU thread per training, two trainings side by
+# side, against the `cpu` recipe (the control) and the `long` profile (2500 steps) on the same 50 slices.
+# Training on the CPU with a fixed seed and one thread repeats itself bit for bit, so the control and
+# the `long` row are the recorded end-to-end runs above rather than trained again (the record says how
+# that was checked). Records: `benchmarks/external_steps_screen.csv` (per slice) and `.json` (where each
+# row was trained, times, what was adopted and why); the variants re-run by name with
+# `python -m sscild.external search ... --only`.
+
+# %%
+steps = ch.steps_record()
+if steps is None:
+    display(Markdown("The sixth screen's record (`benchmarks/external_steps_screen.csv` and `.json`) is not in "
+                     "this checkout."))
+else:
+    show(steps[0], caption="Sixth screen, five folds (50 held-out slices): first-stage steps on the cpu recipe "
+         "with its pretraining")
+    display(Markdown(ch.steps_words(*steps)))
+
+# %% [markdown]
+# **What the sixth screen says.** After the pretraining, the first 1000 extra first-stage steps (the
+# `long` profile) bought a small gain in both classes; 2500 more on top of those, at about twice the
+# `long` profile's training time, bought nothing that the 50 slices can tell from noise. The adoption rule
+# was written down before any fold finished, and the `long` profile keeps 2500 + 1000 steps. With the fifth
+# screen (resolution and width), on this evidence the gap between the `cpu` recipe's ground glass and the
+# published rows is not closed by more steps, pixels or channels on 40 labelled slices per fold.
+
+# %% [markdown]
 # ## Cost
 
 # %%

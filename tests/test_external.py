@@ -859,3 +859,48 @@ def test_the_recorded_profile_runs_agree_with_their_scores():
         if name != rec["baseline"]:
             assert table.loc[name, f"gain over {rec['baseline']}, GGO [95% CI]"] in words
             assert f"{run['models_wall_seconds'] / base['models_wall_seconds']:.2f} times as long" in words
+
+
+def test_the_sixth_screen_record_agrees_with_the_profile_runs_and_the_long_profile():
+    """The steps screen: its rows are variants the search re-runs by name, the control comes first, a row
+    that the record says came from the recorded profile runs holds exactly those runs' per-slice scores,
+    the words carry the table's gains (over the control and over the reference row), and the long
+    profile is the cpu recipe with exactly the overrides the record says it adopted."""
+    from sscild.book.chapters import external as ch
+    from sscild.book.chapters import external_records
+    from sscild.external.search import SEARCH_VARIANTS
+
+    assert all(hasattr(ch, name) for name in external_records.__all__)
+    got = ch.steps_record()  # the bootstrap the page and the record's reasons use
+    if got is None:
+        pytest.skip("benchmarks/external_steps_screen.* is not in this checkout")
+    table, rec = got
+    assert list(table.index)[0] == rec["control"] and list(table.index) == list(rec["variants"])
+    assert set(table.index) <= set(SEARCH_VARIANTS) and rec["reference"] in table.index
+    scores = table.attrs["scores"]
+    runs = ch.recorded_profile_runs(n_boot=200)
+    for name, v in rec["variants"].items():
+        assert len(v["train_seconds_per_fold"]) == len(rec["folds"])
+        assert profile_key(external_profile("cpu", **SEARCH_VARIANTS[name])) == profile_key(
+            external_profile("cpu", **v["overrides"]))
+        if v.get("profile_run") and runs is not None:
+            mine = scores[scores["variant"] == name].set_index("slice_id").sort_index()
+            run = runs[0].attrs["scores"]
+            run = run[run["variant"] == v["profile_run"]].set_index("slice_id").loc[mine.index]
+            for n in ("ggo", "consolidation"):
+                assert np.array_equal(mine[f"dice_{n}"].to_numpy(), run[f"dice_{n}"].to_numpy(), equal_nan=True), (name, n)
+    words = ch.steps_words(table, rec)
+    for name in rec["variants"]:
+        if name != rec["control"]:
+            assert table.loc[name, "gain over the control, GGO [95% CI]"] in words
+        if name.startswith(rec["treated_prefix"]):
+            assert table.loc[name, f"gain from {rec['reference']}, GGO [95% CI]"] in words
+    assert rec["adopted"] in words and rec["rule"] in words
+    # the reasons given for the choice quote the table's gains over the reference row
+    for name in rec["variants"]:
+        if name.startswith(rec["treated_prefix"]):
+            for label in ("GGO", "consolidation"):
+                gain = table.loc[name, f"gain from {rec['reference']}, {label} [95% CI]"]
+                assert f"{label} {gain}" in rec["why"], (label, gain)
+    assert profile_key(external_profile("long")) == profile_key(
+        external_profile("cpu", **rec["long_profile"]["overrides_of_cpu"]))

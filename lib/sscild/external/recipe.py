@@ -162,7 +162,9 @@ def _make_profiles() -> dict[str, Profile]:
     # a longer CPU run (make external EXTERNAL_PROFILE=long; under 90 minutes on two cores): the fifth screen
     # (benchmarks/external_budget_screen.*) found no lever of a longer budget -- a 256- or 320-pixel grid, 1.5x the
     # channels -- that beat the cpu recipe beyond noise, and the finer grids lowered consolidation Dice; the one lever
-    # that lowered neither class is 1000 more first-stage steps (third screen), which is what this profile adds
+    # that lowered neither class is 1000 more first-stage steps (third screen), which is what this profile adds; the
+    # sixth screen (benchmarks/external_steps_screen.*, with the pretraining, five folds) found 2500 more steps on top
+    # of these no better, at about twice the training time
     long = cpu.with_overrides(name="external-long", iterations=2500)
     return {"smoke": smoke, "cpu": cpu, "long": long, "paper": paper}
 

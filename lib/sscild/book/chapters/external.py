@@ -47,7 +47,7 @@ from sscild.book.chapters import external_records
 from sscild.book.chapters.external_records import (SELFTRAIN_CV_COMMAND, budget_record, budget_words,
                                                    consistency_record, consistency_words, gain_words,
                                                    recorded_profile_runs, recorded_profile_words, selftrain_cv,
-                                                   selftrain_words)
+                                                   selftrain_words, steps_record, steps_words)
 from sscild.external.screens import consistency_screen, lever_screen, paired_gain, semi_screen
 from sscild.external.slices import (CLASS_NAMES, HOW_TO_GET_DATA, SliceImage, default_train_dir,
                                     default_unlabelled_dir, read_slice_folder)

@@ -8,6 +8,8 @@ sentences that say what each found. :mod:`sscild.book.chapters.external` hands t
   profile it chose.
 * :func:`recorded_profile_runs`, :func:`recorded_profile_words`: both external profiles run end to end
   from a fresh clone (``benchmarks/external_profile_runs.*``).
+* :func:`steps_record`, :func:`steps_words`: the sixth screen (first-stage steps with the pretraining,
+  five folds) and what the ``long`` profile took from it.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ __all__ = [
     "gain_words",
     "recorded_profile_runs",
     "recorded_profile_words",
+    "steps_record",
+    "steps_words",
 ]
 
 SELFTRAIN_CV_COMMAND = (
@@ -185,3 +189,45 @@ def recorded_profile_words(table: pd.DataFrame, rec: Mapping) -> str:
             + ". ".join(parts) + ". The intervals are over slices, not over trainings: the same recipe trained "
             "twice does not repeat slice for slice (the fifth screen's control, above), and one run of each "
             "profile cannot show how much of a gain of this size is that noise.")
+
+
+def steps_record(path: str | Path | None = None, *, n_boot: int = 2000) -> tuple[pd.DataFrame, dict] | None:
+    """The sixth screen (``benchmarks/external_steps_screen.csv``: per-slice out-of-fold scores of the
+    cpu recipe with more first-stage steps, the control first; ``.json``: where each row was trained, its
+    training time per fold, what was adopted and why): the table of
+    :func:`sscild.external.screens.screen_table` (paired gain over the control, and of the treated rows
+    over the record's ``reference`` row) and the record. ``None`` when either file is absent."""
+    path = Path(path) if path is not None else repo_root() / "benchmarks" / "external_steps_screen.json"
+    if not path.exists() or not path.with_suffix(".csv").exists():
+        return None
+    rec = read_json(path)
+    ref = rec["reference"]
+    table = screen_table(pd.read_csv(path.with_suffix(".csv"), dtype={"slice_id": str}), n_boot=n_boot,
+                         baseline_name="the control", control_prefix=ref, treated_prefix=rec["treated_prefix"],
+                         control_name=ref)
+    return table, rec
+
+
+def steps_words(table: pd.DataFrame, rec: Mapping) -> str:
+    """The sixth screen in words: each row's paired gain over the control and its training time relative to
+    the control's (``train_seconds_per_fold``), the treated rows' gain over the reference row, where the
+    rows were trained, and what was adopted and why."""
+    ctrl, ref = rec["control"], rec["reference"]
+    base = np.mean(rec["variants"][ctrl]["train_seconds_per_fold"])
+    parts = []
+    for name, v in rec["variants"].items():
+        if name == ctrl:
+            continue
+        row = table.loc[name]
+        text = (f"*{name}*: GGO {row['gain over the control, GGO [95% CI]']}, consolidation "
+                f"{row['gain over the control, consolidation [95% CI]']} over the control, at "
+                f"{np.mean(v['train_seconds_per_fold']) / base:.2f} times its training time per fold")
+        if name.startswith(rec["treated_prefix"]):
+            text += (f" (over *{ref}*: GGO {row[f'gain from {ref}, GGO [95% CI]']}, consolidation "
+                     f"{row[f'gain from {ref}, consolidation [95% CI]']})")
+        parts.append(text)
+    trained = "; ".join(f"*{name}*: {v['trained']}" for name, v in rec["variants"].items())
+    return (f"Paired gains ({rec['held_out_slices']} out-of-fold slices, folds "
+            f"{', '.join(str(k) for k in rec['folds'])}): " + "; ".join(parts) + f". Where each row was trained: "
+            f"{trained}. {rec['determinism_note']} The adoption rule, {rec['rule']}. **{rec['adopted']}**: "
+            f"{rec['why'].rstrip('.')}.")

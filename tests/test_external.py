@@ -802,6 +802,14 @@ def test_the_appendix_sets_the_profiles_that_ran_side_by_side(tmp_path):
     assert gain.startswith(f"{diff.mean():+.3f} [") and table.loc["cpu", "CV gain over cpu, GGO [95% CI]"] == ""
     assert table.loc["long", "CV gain over cpu, consolidation [95% CI]"].startswith("-0.010")
     assert f"{diff.mean():+.3f}" in words and "3.0 times the wall time" in words and "12 out-of-fold" in words
+    # runs that reused their models (wall time of seconds) are compared by the models' recorded training time
+    for folder, secs in ((results / "external", 400.0), (results / "external-long", 560.0)):
+        summ_f = json.loads((folder / "summary.json").read_text())
+        summ_f["cv"]["per_fold"] = [{"fold": 0, "reused": True, "train_seconds": secs}]
+        summ_f["seconds"] = 15.0
+        (folder / "summary.json").write_text(json.dumps(summ_f))
+    words = ch.profile_comparison(chk, ch.read_check(chk), n_boot=200)[1]
+    assert "1.4 times the fold models' training time" in words and "wall time" not in words
     # the long profile's page finds the default run beside it
     chk_long = ch.ExternalCheck(prof=long, settings={}, train_dir=train, test_dir=None, unlabelled_dir=None,
                                 out_dir=results / "external-long", self_training=False, use_unlabelled=False)
@@ -904,3 +912,56 @@ def test_the_sixth_screen_record_agrees_with_the_profile_runs_and_the_long_profi
                 assert f"{label} {gain}" in rec["why"], (label, gain)
     assert profile_key(external_profile("long")) == profile_key(
         external_profile("cpu", **rec["long_profile"]["overrides_of_cpu"]))
+
+
+def test_search_keeps_each_decision_variants_scores_though_they_share_models(tmp_path):
+    """Two variants that differ only in the decision from the probabilities train one set of models; each
+    keeps its own per-slice scores, and they are the scores of its own decision."""
+    from sscild.external.predict import decide
+    from sscild.external.search import search_recipes
+
+    _tiny_parts(tmp_path)
+    base = external_profile("smoke", grid_size=32, patch_size=(32, 32), iterations=2, batch_size=2, num_folds=2)
+    variants = {"most probable": {"lesion_threshold": None},
+                "low threshold": {"lesion_threshold": 0.05, "consolidation_weight": 0.5}}
+    out = search_recipes(tmp_path / "train", tmp_path / "search", variants, base=base, n_boot=50, log=None)
+    assert out["folder"].nunique() == 1 and out["scores"].nunique() == 2
+    tables = {r.variant: pd.read_csv(tmp_path / "search" / r.scores, dtype={"slice_id": str}) for r in out.itertuples()}
+    assert all(len(t) == 6 for t in tables.values())
+    # the low threshold calls more pixels lesion than the most probable class does, on the same models
+    lesion = {v: int(t["pred_ggo"].sum() + t["pred_consolidation"].sum()) for v, t in tables.items()}
+    assert lesion["low threshold"] > lesion["most probable"], lesion
+    assert decide(np.array([[0.9], [0.06], [0.04]]), 0.05, 0.5).tolist() == [1]
+
+
+def test_the_seventh_screen_record_and_the_decision_the_profiles_adopted():
+    """The decision screen: its rows re-run by name, the most probable class rows are the recorded profile
+    runs' per-slice scores, the words carry gains computed from the record for the folds where the decision
+    was chosen and where it was not, and the cpu and long profiles decide as the adopted row says."""
+    from sscild.book.chapters import external as ch
+    from sscild.external.search import SEARCH_VARIANTS
+
+    got = ch.decision_record(n_boot=200)
+    if got is None:
+        pytest.skip("benchmarks/external_decision_screen.* is not in this checkout")
+    table, rec = got
+    assert list(table.index)[0] == rec["control"] and set(table.index) <= set(SEARCH_VARIANTS)
+    scores = table.attrs["scores"]
+    runs = ch.recorded_profile_runs(n_boot=200)
+    if runs is not None:
+        rs = runs[0].attrs["scores"]
+        for name, run in ((rec["control"], "cpu"), (rec["reference"], "long")):
+            mine = scores[scores["variant"] == name].set_index("slice_id").sort_index()
+            theirs = rs[rs["variant"] == run].set_index("slice_id").loc[mine.index]
+            assert np.array_equal(mine["dice_ggo"].to_numpy(), theirs["dice_ggo"].to_numpy(), equal_nan=True)
+    words = ch.decision_words(table, rec, n_boot=200)
+    assert "folds 0, 1, 2" in words and "folds 3, 4" in words and rec["adopted"] in words
+    # the gain on all slices in the words is the table's
+    assert table.loc[rec["adopted_variant"], "gain over the control, GGO [95% CI]"].split(" [")[0] in words
+    for prof in ("cpu", "long"):
+        ex = check_extra(external_profile(prof))
+        adopted = SEARCH_VARIANTS[rec["adopted_variant"]]
+        assert (ex["lesion_threshold"], ex["consolidation_weight"]) == (adopted["lesion_threshold"],
+                                                                        adopted["consolidation_weight"])
+    # the decision is not a training setting: both decisions share the models
+    assert profile_key(external_profile("cpu")) == profile_key(external_profile("cpu", **SEARCH_VARIANTS[rec["control"]]))

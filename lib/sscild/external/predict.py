@@ -19,7 +19,27 @@ from sscild.model.device import select_device
 from sscild.paths import atomic_path
 from sscild.profiles import Profile
 
-__all__ = ["predict_slices", "MeanProb", "pseudo_label_cases", "write_png", "read_predictions"]
+__all__ = ["predict_slices", "decide", "MeanProb", "pseudo_label_cases", "write_png", "read_predictions"]
+
+
+def decide(probs: np.ndarray, lesion_threshold: float | None = None, consolidation_weight: float = 1.0) -> np.ndarray:
+    """The label map (uint8) from class probabilities ``probs`` (C, ...; background, GGO, consolidation).
+
+    Without ``lesion_threshold``: the most probable class. With it: lesion where P(GGO) +
+    P(consolidation) > ``lesion_threshold``, and of the lesion, consolidation where
+    ``consolidation_weight`` x P(consolidation) > P(GGO), else GGO (the profile's
+    ``lesion_threshold`` and ``consolidation_weight``).
+
+    Example:
+        >>> p = np.array([[0.55, 0.2, 0.15], [0.3, 0.38, 0.2], [0.15, 0.42, 0.65]])  # rows: classes; 3 pixels
+        >>> decide(p).ravel().tolist(), decide(p, 0.4, 0.7).ravel().tolist()
+        ([0, 2, 2], [1, 1, 2])
+    """
+    if lesion_threshold is None:
+        return probs.argmax(0).astype(np.uint8)
+    lesion = probs[1] + probs[2] > lesion_threshold
+    cons = consolidation_weight * probs[2] > probs[1]
+    return np.where(lesion, np.where(cons, 2, 1), 0).astype(np.uint8)
 
 
 def _tta_variants(mode: str) -> list[tuple[int, bool]]:
@@ -37,7 +57,8 @@ def predict_slices(net: torch.nn.Module, slices: Mapping[str, SliceImage], profi
 
     The slice goes onto the grid, the network sees it under each test-time variant (rotation by
     k x 90 degrees, then optional flip), each softmax is turned back, the mean is resized to the
-    slice's size, then argmax. With ``return_probs`` the (C, nx, ny) mean probabilities are returned.
+    slice's size, then the profile's decision (:func:`decide`). With ``return_probs`` the (C, nx, ny) mean
+    probabilities are returned.
     """
     ex = check_extra(profile)
     device = select_device(device)
@@ -57,7 +78,7 @@ def predict_slices(net: torch.nn.Module, slices: Mapping[str, SliceImage], profi
             p = torch.flip(prob[i], dims=(1,)) if flip else prob[i]
             acc += torch.rot90(p, -k, dims=(1, 2))
         probs = g.probs_from_grid((acc / len(variants)).numpy())
-        out[sid] = probs if return_probs else probs.argmax(0).astype(np.uint8)
+        out[sid] = probs if return_probs else decide(probs, ex["lesion_threshold"], ex["consolidation_weight"])
     return out
 
 

@@ -20,6 +20,7 @@ from sscild.profiles import Profile, get_profile
 
 __all__ = [
     "SEMI_DEFAULTS",
+    "ARGMAX",
     "STUDENT_MODES",
     "RENAMED_SEMI",
     "semi_settings",
@@ -32,6 +33,9 @@ __all__ = [
 ]
 
 _TTA = ("none", "flip", "dihedral")
+ARGMAX = {"lesion_threshold": None, "consolidation_weight": 1.0}
+"""The decision from class probabilities that every recipe screen before the seventh used: the most
+probable class (:func:`sscild.external.predict.decide`)."""
 
 SEMI_DEFAULTS = {
     "second_stage": False,
@@ -146,7 +150,11 @@ def _make_profiles() -> dict[str, Profile]:
         extra={"grid_size": 192, "rotations": True, "tta": "dihedral",
                # second screen (sscild.external.screens.semi_screen): 1000 more steps from the supervised model's
                # weights, and the test part predicted with the fold models too; self-training did not help there
-               "second_stage": True, "student_iterations": 1000, "test_ensemble": True})
+               "second_stage": True, "student_iterations": 1000, "test_ensemble": True,
+               # seventh screen (benchmarks/external_decision_screen.*): lesion where P(GGO) + P(consolidation) > 0.4,
+               # consolidation where 0.7 P(consolidation) > P(GGO); chosen on the out-of-fold probabilities of folds
+               # 0-2, it held on folds 3-4 and on the long run's five folds
+               "lesion_threshold": 0.4, "consolidation_weight": 0.7})
     # the cpu recipe's structure (pretraining, two stages, fold ensemble on the test part) in a few steps
     smoke = get_profile("smoke").with_overrides(
         name="external-smoke", channels=(8, 16, 32), strides=(2, 2), num_res_units=1, patch_size=(64, 64),
@@ -232,10 +240,20 @@ def check_extra(p: Profile) -> dict:
         raise ValueError(f"profile {p.name!r}: extra['pseudo_min_lesion'] must be a number in [0, 1), got {mls!r}.")
     if semi["pseudo_tta"] not in _TTA:
         raise ValueError(f"profile {p.name!r}: extra['pseudo_tta'] must be one of {_TTA}, got {semi['pseudo_tta']!r}.")
+    thr, w = ex.get("lesion_threshold"), ex.get("consolidation_weight", 1.0)
+    if thr is not None and (isinstance(thr, bool) or not isinstance(thr, (int, float)) or not 0.0 < float(thr) < 1.0):
+        raise ValueError(f"profile {p.name!r}: extra['lesion_threshold'] must be None (the most probable class) or "
+                         f"a number in (0, 1), got {thr!r}.")
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not float(w) > 0.0:
+        raise ValueError(f"profile {p.name!r}: extra['consolidation_weight'] must be a number > 0, got {w!r}.")
+    if thr is None and float(w) != 1.0:
+        raise ValueError(f"profile {p.name!r}: extra['consolidation_weight'] {w!r} needs a lesion_threshold "
+                         "(without one the decision is the most probable class).")
     if not isinstance(ex.get("test_ensemble", False), bool):
         raise ValueError(f"profile {p.name!r}: extra['test_ensemble'] must be True or False, got {ex['test_ensemble']!r}.")
     return {"grid_size": int(grid), "rotations": bool(ex.get("rotations", True)), "tta": ex.get("tta", "dihedral"),
             "test_ensemble": bool(ex.get("test_ensemble", False)),
+            "lesion_threshold": None if thr is None else float(thr), "consolidation_weight": float(w),
             "semi_supervised": mode, "pretrain_steps": int(pre) if mode != "off" else 0, **semi}
 
 
@@ -243,7 +261,7 @@ def external_profile(name: str | Profile = "cpu", **overrides) -> Profile:
     """The external-check profile ``name`` (``smoke``, ``cpu``, ``long`` or ``paper``), with optional overrides.
 
     ``overrides`` are :class:`~sscild.profiles.Profile` fields (``semi_supervised`` and ``pretrain_steps``
-    among them), plus ``grid_size``, ``rotations``, ``tta`` and the semi-supervised settings of
+    among them), plus ``grid_size``, ``rotations``, ``tta``, the decision (:data:`ARGMAX`'s keys) and the semi-supervised settings of
     :data:`SEMI_DEFAULTS`, which go into ``extra`` (the former ``semi`` is read as :data:`RENAMED_SEMI` says). A :class:`Profile` is validated and passed through.
 
     Example:
@@ -261,7 +279,7 @@ def external_profile(name: str | Profile = "cpu", **overrides) -> Profile:
         p = EXTERNAL_PROFILES[key]
     p = in_study_words(p)
     overrides = semi_settings(overrides)
-    extra_keys = {"grid_size", "rotations", "tta", "test_ensemble", *SEMI_DEFAULTS}
+    extra_keys = {"grid_size", "rotations", "tta", "test_ensemble", *ARGMAX, *SEMI_DEFAULTS}
     extra = {**(p.extra or {}), **{k: v for k, v in overrides.items() if k in extra_keys}}
     fields = {k: v for k, v in overrides.items() if k not in extra_keys}
     for k in ("channels", "strides", "patch_size"):
@@ -295,7 +313,11 @@ def recipe_dict(p: Profile, threads: int) -> dict:
         "lesion_oversample": p.lesion_oversample, "rotations": ex["rotations"], "tta": ex["tta"],
         "intensity": "v / 255 * 2 - 1 (8-bit windowed grey levels to [-1, 1])",
         "geometry": f"longer side resized to {ex['grid_size']} px, aspect kept, padded square; "
-                    "probabilities resized back to each slice's size before argmax",
+                    "probabilities resized back to each slice's size before the decision",
+        "decision": ("the most probable class" if ex["lesion_threshold"] is None else
+                     f"lesion where P(GGO) + P(consolidation) > {ex['lesion_threshold']:g}; of it, consolidation "
+                     f"where {ex['consolidation_weight']:g} P(consolidation) > P(GGO), else GGO"),
+        "lesion_threshold": ex["lesion_threshold"], "consolidation_weight": ex["consolidation_weight"],
         "loss": "DiceCELoss (sscild.model.train.train_model), 3 classes, Dice over "
                 + ("the whole batch" if p.batch_dice else "each slice"),
         "folds": p.num_folds, "seed": p.seed, "split": "by slice (no patient ids in the benchmark), "

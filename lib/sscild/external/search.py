@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sscild.external.recipe import external_profile
+from sscild.external.recipe import ARGMAX, external_profile
 from sscild.external.runs import cross_validate
 from sscild.external.scores import summarize_scores
 from sscild.external.slices import read_slice_folder, read_unlabelled_folder
@@ -83,7 +83,17 @@ _SIXTH_SCREEN: dict[str, dict] = {  # on the adopted cpu recipe (pretraining, tw
     "5000 + 1000 iterations, pretrained": {"iterations": 5000},
 }
 
-SEARCH_VARIANTS: dict[str, dict] = {
+_SEVENTH_SCREEN: dict[str, dict] = {  # the decision from the probabilities, on the cpu recipe as adopted
+    "the cpu recipe, the most probable class": dict(ARGMAX),
+    "the cpu recipe, lesion where P(GGO) + P(consolidation) > 0.4, consolidation where 0.7 P(consolidation) > P(GGO)":
+        {"lesion_threshold": 0.4, "consolidation_weight": 0.7},
+    # the same two decisions on the long profile's models, which took no part in the choice
+    "the long profile, the most probable class": {"iterations": 2500, **ARGMAX},
+    "the long profile, lesion where P(GGO) + P(consolidation) > 0.4, consolidation where 0.7 P(consolidation) > P(GGO)":
+        {"iterations": 2500, "lesion_threshold": 0.4, "consolidation_weight": 0.7},
+}
+
+_EARLIER: dict[str, dict] = {
     # every screen before the third ran without pretraining (pretrain_steps 0): the variants say so, so that they
     # re-run as they were recorded now that the cpu recipe pretrains
     # the first screen (benchmarks/external_recipe_search.json) trained one stage: its variants keep the second
@@ -103,6 +113,14 @@ SEARCH_VARIANTS: dict[str, dict] = {
     # the sixth screen (first-stage steps with the pretraining, for the long profile)
     **_SIXTH_SCREEN,
 }
+
+SEARCH_VARIANTS: dict[str, dict] = {
+    # the screens before the seventh scored the most probable class: their variants say so, so that they re-run
+    # as they were recorded now that the cpu recipe decides with a lesion threshold
+    **{name: {**ARGMAX, **ov} for name, ov in _EARLIER.items()},
+    # the seventh screen (the decision; both variants share their models, the decision is not a training setting)
+    **_SEVENTH_SCREEN,
+}
 """Variants for :func:`search_recipes`: name -> overrides of the ``cpu`` external profile."""
 
 
@@ -114,7 +132,9 @@ def search_recipes(train_dir: str | Path, out_dir: str | Path, variants: Mapping
     Args:
         train_dir: the labelled training folder (no test data is read).
         out_dir: where each trained recipe gets a folder (named by a hash of its training
-            settings, so variants differing only at test time share their models).
+            settings, so variants differing only at test time share their models); each variant's
+            per-slice scores go to ``<folder>/scores_<hash of its overrides>.csv`` (the folder's own
+            ``scores.csv`` holds the last variant scored with its models).
         variants: name -> overrides of :func:`sscild.external.recipe.external_profile`; default :data:`SEARCH_VARIANTS`.
         base: the profile the overrides apply to.
         folds: screen on these folds only (default all).
@@ -122,7 +142,8 @@ def search_recipes(train_dir: str | Path, out_dir: str | Path, variants: Mapping
 
     Returns:
         One row per variant: its overrides, the slices scored, cross-validated Dice (per-slice mean
-        and pooled) and the mean training CPU seconds per fold; also ``out_dir/search.csv``.
+        and pooled), the mean training CPU seconds per fold and the variant's per-slice scores file
+        (relative to ``out_dir``); also ``out_dir/search.csv``.
     """
     variants = dict(variants if variants is not None else SEARCH_VARIANTS)
     if not variants:
@@ -135,6 +156,9 @@ def search_recipes(train_dir: str | Path, out_dir: str | Path, variants: Mapping
         tag = hashlib.sha1(json.dumps(profile_key(p), sort_keys=True).encode()).hexdigest()[:10]
         scores, info = cross_validate(train, Path(out_dir) / tag, p, folds=folds, log=log, unlabelled=unlabelled)
         s = summarize_scores(scores, n_boot=n_boot, seed=p.seed)
+        mine = Path(tag) / f"scores_{hashlib.sha1(json.dumps(dict(ov), sort_keys=True).encode()).hexdigest()[:10]}.csv"
+        with atomic_path(Path(out_dir) / mine, suffix=".csv") as tmp:
+            scores.to_csv(tmp, index=False)
         cpu = [f["train_cpu_seconds"] for f in info["folds"] if f.get("train_cpu_seconds") is not None]
         rows.append({"variant": name, "overrides": json.dumps(dict(ov)),
                      "folds": ",".join(str(f["fold"]) for f in info["folds"]),
@@ -142,7 +166,7 @@ def search_recipes(train_dir: str | Path, out_dir: str | Path, variants: Mapping
                      **{k: round(s[k], 3) for k in ("dice_ggo", "dice_consolidation", "pooled_dice_ggo",
                                                      "pooled_dice_consolidation")},
                      "train_cpu_seconds_per_fold": round(float(np.mean(cpu)), 0) if cpu else float("nan"),
-                     "folder": tag})
+                     "folder": tag, "scores": str(mine)})
         if log:
             log(f"[search] {rows[-1]}")
         with atomic_path(Path(out_dir) / "search.csv", suffix=".csv") as tmp:

@@ -23,8 +23,8 @@ from sscild.errors import InputError
 from sscild.external.grid import training_case
 from sscild.external.predict import pseudo_label_cases
 from sscild.external.pretrain import slice_batches
-from sscild.external.recipe import (SEMI_DEFAULTS, STUDENT_MODES, check_extra, external_profile, in_study_words,
-                                    semi_settings)
+from sscild.external.recipe import (ARGMAX, SEMI_DEFAULTS, STUDENT_MODES, check_extra, external_profile,
+                                    in_study_words, semi_settings)
 from sscild.external.slices import CLASS_NAMES, SliceImage, natural_key
 from sscild.model.consistency import ConsistencySettings
 from sscild.model.loading import load_fold_model
@@ -47,14 +47,15 @@ class Init:
 
 def profile_key(p: Profile) -> dict:
     """The settings a trained model depends on: the training recipe of :mod:`sscild.model.train` and the
-    image-folder settings with the pretraining steps (test-time augmentation is not one of them; the
+    image-folder settings with the pretraining steps (test-time augmentation and the decision from the
+    probabilities are not among them; the
     semi-supervised settings only with a second stage, so a supervised model and a self-training teacher
     share their key)."""
     p = in_study_words(p)
     ex = check_extra(p)
     key = training_recipe(p)
     key["extra"] = {k: v for k, v in sorted({**p.extra, "pretrain_steps": ex["pretrain_steps"]}.items())
-                    if k not in ("tta", "test_ensemble") and k not in SEMI_DEFAULTS}
+                    if k not in ("tta", "test_ensemble", *ARGMAX) and k not in SEMI_DEFAULTS}
     if ex["second_stage"] or ex["semi_supervised"] in STUDENT_MODES:
         key["semi"] = {"semi_supervised": ex["semi_supervised"], **{k: ex[k] for k in SEMI_DEFAULTS}}
     return key

@@ -47,7 +47,8 @@ from sscild.book.chapters import external_records
 from sscild.book.chapters.external_records import (SELFTRAIN_CV_COMMAND, budget_record, budget_words,
                                                    consistency_record, consistency_words, gain_words,
                                                    recorded_profile_runs, recorded_profile_words, selftrain_cv,
-                                                   selftrain_words, steps_record, steps_words)
+                                                   selftrain_words, steps_record, steps_words, decision_record,
+                                                   decision_words)
 from sscild.external.screens import consistency_screen, lever_screen, paired_gain, semi_screen
 from sscild.external.slices import (CLASS_NAMES, HOW_TO_GET_DATA, SliceImage, default_train_dir,
                                     default_unlabelled_dir, read_slice_folder)
@@ -317,6 +318,20 @@ def _gain_text(m: tuple[float, float, float]) -> str:
     return f"{m[0]:+.3f} [{m[1]:+.3f}, {m[2]:+.3f}]"
 
 
+def _cost_ratio(summ: Mapping, base: Mapping) -> str:
+    """How much longer run ``summ`` took than ``base``: from the fold models' training seconds as recorded
+    when each was trained (a run that reused its models, e.g. after a change to the prediction, has a
+    wall time of seconds), else from the runs' wall times."""
+    def train_seconds(s: Mapping) -> float | None:
+        folds = (s.get("cv") or {}).get("per_fold") or []
+        secs = [f.get("train_seconds") for f in folds]
+        return float(sum(secs)) if secs and all(x for x in secs) else None
+    a, b = train_seconds(summ), train_seconds(base)
+    if a and b:
+        return f"{a / b:.1f} times the fold models' training time (as recorded when they were trained)"
+    return f"{summ['seconds'] / base['seconds']:.1f} times the wall time"
+
+
 def profile_comparison(chk: ExternalCheck, summary: Mapping, *, n_boot: int = 2000) -> tuple[pd.DataFrame, str]:
     """The external profiles that ran on these folders, side by side (:func:`profile_runs`): each one's
     budget (grid, network, steps), its cross-validated Dice (and the test part's when scored), its wall
@@ -359,10 +374,9 @@ def profile_comparison(chk: ExternalCheck, summary: Mapping, *, n_boot: int = 20
         return table, words
     parts = []
     for name, g in gains.items():
-        ratio = runs[name][0]["seconds"] / runs[base][0]["seconds"]
         parts.append(gain_words(name.removeprefix("external-"), "cpu", _gain_text(g["ggo"]),
                                 _gain_text(g["consolidation"]), len(scores[base]))
-                     + f" at {ratio:.1f} times the wall time.")
+                     + f" at {_cost_ratio(runs[name][0], runs[base][0])}.")
     return table, " ".join(parts) or "The runs were scored on different slices, so no paired gain is given."
 
 

@@ -10,6 +10,8 @@ sentences that say what each found. :mod:`sscild.book.chapters.external` hands t
   from a fresh clone (``benchmarks/external_profile_runs.*``).
 * :func:`steps_record`, :func:`steps_words`: the sixth screen (first-stage steps with the pretraining,
   five folds) and what the ``long`` profile took from it.
+* :func:`decision_record`, :func:`decision_words`: the seventh screen (the decision from the class
+  probabilities), where it was chosen and where it was checked.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sscild.external.screens import budget_screen, consistency_screen, screen_table, semi_screen
+from sscild.external.screens import budget_screen, consistency_screen, paired_gain, screen_table, semi_screen
 from sscild.paths import read_json, repo_root
 
 __all__ = [
@@ -36,6 +38,8 @@ __all__ = [
     "recorded_profile_words",
     "steps_record",
     "steps_words",
+    "decision_record",
+    "decision_words",
 ]
 
 SELFTRAIN_CV_COMMAND = (
@@ -191,13 +195,11 @@ def recorded_profile_words(table: pd.DataFrame, rec: Mapping) -> str:
             "profile cannot show how much of a gain of this size is that noise.")
 
 
-def steps_record(path: str | Path | None = None, *, n_boot: int = 2000) -> tuple[pd.DataFrame, dict] | None:
-    """The sixth screen (``benchmarks/external_steps_screen.csv``: per-slice out-of-fold scores of the
-    cpu recipe with more first-stage steps, the control first; ``.json``: where each row was trained, its
-    training time per fold, what was adopted and why): the table of
-    :func:`sscild.external.screens.screen_table` (paired gain over the control, and of the treated rows
-    over the record's ``reference`` row) and the record. ``None`` when either file is absent."""
-    path = Path(path) if path is not None else repo_root() / "benchmarks" / "external_steps_screen.json"
+def _paired_record(name: str, path: str | Path | None, n_boot: int) -> tuple[pd.DataFrame, dict] | None:
+    """A screen's per-slice record ``benchmarks/<name>.csv`` (the control first) and its ``.json`` (with
+    ``reference`` and ``treated_prefix``): the table of :func:`sscild.external.screens.screen_table` with
+    the paired gain over the control and of the treated rows over the reference row, and the record."""
+    path = Path(path) if path is not None else repo_root() / "benchmarks" / f"{name}.json"
     if not path.exists() or not path.with_suffix(".csv").exists():
         return None
     rec = read_json(path)
@@ -206,6 +208,15 @@ def steps_record(path: str | Path | None = None, *, n_boot: int = 2000) -> tuple
                          baseline_name="the control", control_prefix=ref, treated_prefix=rec["treated_prefix"],
                          control_name=ref)
     return table, rec
+
+
+def steps_record(path: str | Path | None = None, *, n_boot: int = 2000) -> tuple[pd.DataFrame, dict] | None:
+    """The sixth screen (``benchmarks/external_steps_screen.csv``: per-slice out-of-fold scores of the
+    cpu recipe with more first-stage steps, the control first; ``.json``: where each row was trained, its
+    training time per fold, what was adopted and why): the table of
+    :func:`sscild.external.screens.screen_table` (paired gain over the control, and of the treated rows
+    over the record's ``reference`` row) and the record. ``None`` when either file is absent."""
+    return _paired_record("external_steps_screen", path, n_boot)
 
 
 def steps_words(table: pd.DataFrame, rec: Mapping) -> str:
@@ -231,3 +242,38 @@ def steps_words(table: pd.DataFrame, rec: Mapping) -> str:
             f"{', '.join(str(k) for k in rec['folds'])}): " + "; ".join(parts) + f". Where each row was trained: "
             f"{trained}. {rec['determinism_note']} The adoption rule, {rec['rule']}. **{rec['adopted']}**: "
             f"{rec['why'].rstrip('.')}.")
+
+
+def decision_record(path: str | Path | None = None, *, n_boot: int = 2000) -> tuple[pd.DataFrame, dict] | None:
+    """The seventh screen (``benchmarks/external_decision_screen.csv``: per-slice out-of-fold scores of the
+    cpu and long runs' models under two decisions from the class probabilities, the cpu recipe's most
+    probable class first; ``.json``: how the decision was chosen, what was adopted and why): the table
+    (paired gain over the control, and of the long profile's new decision over its most probable class)
+    and the record. ``None`` when either file is absent."""
+    return _paired_record("external_decision_screen", path, n_boot)
+
+
+def decision_words(table: pd.DataFrame, rec: Mapping, *, n_boot: int = 2000) -> str:
+    """The seventh screen in words: how the decision was chosen (folds ``rec["chosen_on_folds"]``, leave
+    one fold out), and its paired gain where it was chosen and where it was not (the cpu run's other folds;
+    the long run's models, on all folds), computed from the record's per-slice scores."""
+    scores = table.attrs["scores"]
+    ctrl, ref, new = rec["control"], rec["reference"], rec["adopted_variant"]
+    long_new = [v for v in table.index if v.startswith(rec["treated_prefix"])][0]
+
+    def gain(a: str, b: str, folds) -> str:
+        x = scores[(scores["variant"] == a) & scores["fold"].isin(folds)].set_index("slice_id")
+        y = scores[(scores["variant"] == b) & scores["fold"].isin(folds)].set_index("slice_id")
+        g = paired_gain(x, y.loc[x.index], n_boot=n_boot)
+        return (f"GGO {g['ggo'][0]:+.3f} [{g['ggo'][1]:+.3f}, {g['ggo'][2]:+.3f}], consolidation "
+                f"{g['consolidation'][0]:+.3f} [{g['consolidation'][1]:+.3f}, {g['consolidation'][2]:+.3f}] "
+                f"({len(x)} slices)")
+
+    chosen = list(rec["chosen_on_folds"])
+    other = sorted(set(scores["fold"]) - set(chosen))
+    every = sorted(set(scores["fold"]))
+    return (f"{rec['how_chosen']} Paired gain of the new decision over the most probable class, on the cpu "
+            f"run's models: where it was chosen (folds {', '.join(map(str, chosen))}) {gain(new, ctrl, chosen)}; "
+            f"on the folds that took no part (folds {', '.join(map(str, other))}) {gain(new, ctrl, other)}; "
+            f"on all five {gain(new, ctrl, every)}. On the long run's models, which took no part in the choice: "
+            f"{gain(long_new, ref, every)}. {rec['caveat']} **{rec['adopted']}**: {rec['why'].rstrip('.')}.")

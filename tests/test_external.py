@@ -965,3 +965,21 @@ def test_the_seventh_screen_record_and_the_decision_the_profiles_adopted():
                                                                         adopted["consolidation_weight"])
     # the decision is not a training setting: both decisions share the models
     assert profile_key(external_profile("cpu")) == profile_key(external_profile("cpu", **SEARCH_VARIANTS[rec["control"]]))
+
+
+def test_the_gpu_comparison_says_when_the_decisions_differ():
+    """The recorded GPU run scored the most probable class; a run that decides with a lesion threshold is
+    set beside it with a sentence saying so, a run with the most probable class without it."""
+    from sscild.book.chapters import external as ch
+
+    gpu = recorded_gpu_run()
+    if gpu is None:
+        pytest.skip("benchmarks/external_paper_gpu.json is not in this checkout")
+    chk = ch.ExternalCheck(prof=external_profile("cpu"), settings={}, train_dir=None, test_dir=None,
+                           unlabelled_dir=None, out_dir=Path("."), self_training=False, use_unlabelled=False)
+    cv = {"dice_ggo": 0.5, "dice_consolidation": 0.4}
+    new = ch.gpu_words(gpu, chk, {"cv": cv, "recipe": recipe_dict(external_profile("cpu"), 1)})
+    old = ch.gpu_words(gpu, chk, {"cv": cv, "recipe": recipe_dict(external_profile("cpu", lesion_threshold=None,
+                                                                                   consolidation_weight=1.0), 1)})
+    assert "differ in the decision" in new and "differ in the decision" not in old
+    assert "0.500" in new and "0.400" in new

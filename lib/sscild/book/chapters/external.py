@@ -255,7 +255,11 @@ def gpu_words(gpu_cv: pd.DataFrame, chk: ExternalCheck, summary: Mapping) -> str
             f"from {here['dice_ggo']:.3f} to {g['dice_ggo']:.3f} for GGO and from "
             f"{here['dice_consolidation']:.3f} to {g['dice_consolidation']:.3f} for consolidation (mean over "
             "slices), against the best published test-part row of "
-            f"{PUBLISHED['dice_ggo'].max():.3f} / {PUBLISHED['dice_consolidation'].max():.3f}.")
+            f"{PUBLISHED['dice_ggo'].max():.3f} / {PUBLISHED['dice_consolidation'].max():.3f}."
+            + (" The recorded GPU run scored the most probable class of each pixel and this run the decision of "
+               "the seventh screen (below), so the two differ in the decision as well as in the budget."
+               if (summary.get("recipe") or {}).get("lesion_threshold") is not None
+               and meta.get("lesion_threshold") is None else ""))
 
 
 def _scores(chk: ExternalCheck, part: str) -> pd.DataFrame:

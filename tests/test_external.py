@@ -956,6 +956,8 @@ def test_the_seventh_screen_record_and_the_decision_the_profiles_adopted():
             assert np.array_equal(mine["dice_ggo"].to_numpy(), theirs["dice_ggo"].to_numpy(), equal_nan=True)
     words = ch.decision_words(table, rec, n_boot=200)
     assert "folds 0, 1, 2" in words and "folds 3, 4" in words and rec["adopted"] in words
+    if rec.get("ensemble_check"):
+        assert rec["ensemble_check"]["gain"]["ggo"] in words and rec["ensemble_check"]["command"] in words
     # the gain on all slices in the words is the table's
     assert table.loc[rec["adopted_variant"], "gain over the control, GGO [95% CI]"].split(" [")[0] in words
     for prof in ("cpu", "long"):

@@ -276,4 +276,15 @@ def decision_words(table: pd.DataFrame, rec: Mapping, *, n_boot: int = 2000) -> 
             f"run's models: where it was chosen (folds {', '.join(map(str, chosen))}) {gain(new, ctrl, chosen)}; "
             f"on the folds that took no part (folds {', '.join(map(str, other))}) {gain(new, ctrl, other)}; "
             f"on all five {gain(new, ctrl, every)}. On the long run's models, which took no part in the choice: "
-            f"{gain(long_new, ref, every)}. {rec['caveat']} **{rec['adopted']}**: {rec['why'].rstrip('.')}.")
+            f"{gain(long_new, ref, every)}. {rec['caveat']}{_ensemble_words(rec.get('ensemble_check'))} "
+            f"**{rec['adopted']}**: {rec['why'].rstrip('.')}.")
+
+
+def _ensemble_words(check: Mapping | None) -> str:
+    """The recorded check of the decision on averaged models (``scripts/decision_grid.py --check``)."""
+    if not check:
+        return ""
+    a, b, g = check["most_probable_class"], check["decision"], check["gain"]
+    return (f" On {check['what']} ({check['n_slices']} slices; `{check['command']}`): the most probable class "
+            f"scores GGO {a['ggo']:.3f} and consolidation {a['consolidation']:.3f}, the decision {b['ggo']:.3f} and "
+            f"{b['consolidation']:.3f}, a paired gain of GGO {g['ggo']}, consolidation {g['consolidation']}.")

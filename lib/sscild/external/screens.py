@@ -22,6 +22,7 @@ __all__ = [
     "budget_screen",
     "screen_table",
     "paired_gain",
+    "gain_text",
 ]
 
 
@@ -101,7 +102,7 @@ def screen_table(df: pd.DataFrame, *, n_boot: int = 2000, baseline_name: str = "
 
     def gain(a: pd.DataFrame, b: pd.DataFrame) -> dict:
         g = paired_gain(a, b, n_boot=n_boot)
-        return {label: f"{g[n][0]:+.3f} [{g[n][1]:+.3f}, {g[n][2]:+.3f}]" for n, label in zip(CLASS_NAMES, labels)}
+        return {label: gain_text(g[n]) for n, label in zip(CLASS_NAMES, labels)}
 
     rows = []
     for v in variants:
@@ -126,6 +127,11 @@ def screen_table(df: pd.DataFrame, *, n_boot: int = 2000, baseline_name: str = "
     table = pd.DataFrame(rows).set_index("variant")
     table.attrs["scores"] = df
     return table
+
+
+def gain_text(m: tuple[float, float, float]) -> str:
+    """A paired gain (mean, low, high) as ``+mean [low, high]``, as the screens' tables write it."""
+    return f"{m[0]:+.3f} [{m[1]:+.3f}, {m[2]:+.3f}]"
 
 
 def paired_gain(a: pd.DataFrame, b: pd.DataFrame, *, n_boot: int = 2000) -> dict[str, tuple[float, float, float]]:

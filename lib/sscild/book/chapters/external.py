@@ -13,9 +13,8 @@ sentences, from the run's files and from the recorded benchmarks (``benchmarks/e
   :func:`sscild.external.runs.run_external` first; this page never trains).
 * :func:`cv_words`, :func:`lesion_union`: the cross-validated Dice in words; GGO and consolidation as
   one lesion class.
-* :func:`selftrain_cv`, :func:`selftrain_words`, :func:`consistency_record`, :func:`consistency_words`,
-  :func:`budget_record`, :func:`budget_words`, :func:`recorded_profile_runs`, :func:`recorded_profile_words`:
-  the recorded screens and end-to-end runs in words (:mod:`sscild.book.chapters.external_records`).
+* the recorded screens and end-to-end runs as tables and words (self-training, the fourth to seventh
+  screens, the profile runs): re-exported from :mod:`sscild.book.chapters.external_records`.
 * :func:`stage_comparison`: the two training stages of the run side by side.
 * :func:`gpu_caption`, :func:`gpu_words`: the recorded GPU run of the ``paper`` external profile.
 * :func:`example_figure`, :func:`distribution_figure`: out-of-fold predictions, Dice per slice.
@@ -49,7 +48,7 @@ from sscild.book.chapters.external_records import (SELFTRAIN_CV_COMMAND, budget_
                                                    recorded_profile_runs, recorded_profile_words, selftrain_cv,
                                                    selftrain_words, steps_record, steps_words, decision_record,
                                                    decision_words)
-from sscild.external.screens import consistency_screen, lever_screen, paired_gain, semi_screen
+from sscild.external.screens import consistency_screen, gain_text, lever_screen, paired_gain, semi_screen
 from sscild.external.slices import (CLASS_NAMES, HOW_TO_GET_DATA, SliceImage, default_train_dir,
                                     default_unlabelled_dir, read_slice_folder)
 from sscild.external.tables import (PUBLISHED, compare_to_published, describe_slices, lesion_table, recorded_gpu_run,
@@ -317,11 +316,6 @@ def profile_runs(chk: ExternalCheck, summary: Mapping) -> dict[str, tuple[dict, 
     return dict(sorted(runs.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
 
 
-def _gain_text(m: tuple[float, float, float]) -> str:
-    """A paired gain (mean, low, high) as ``+mean [low, high]``."""
-    return f"{m[0]:+.3f} [{m[1]:+.3f}, {m[2]:+.3f}]"
-
-
 def _cost_ratio(summ: Mapping, base: Mapping) -> str:
     """How much longer run ``summ`` took than ``base``: from the fold models' training seconds as recorded
     when each was trained (a run that reused its models, e.g. after a change to the prediction, has a
@@ -365,7 +359,7 @@ def profile_comparison(chk: ExternalCheck, summary: Mapping, *, n_boot: int = 20
                 gains[name] = paired_gain(a, b, n_boot=n_boot)
         for n, label in (("ggo", "GGO"), ("consolidation", "consolidation")):
             m = gains.get(name, {}).get(n)
-            row[f"CV gain over cpu, {label} [95% CI]"] = _gain_text(m) if m else ""
+            row[f"CV gain over cpu, {label} [95% CI]"] = gain_text(m) if m else ""
         rows.append(row)
     table = pd.DataFrame(rows).set_index("profile")
     if len(runs) == 1:
@@ -378,8 +372,8 @@ def profile_comparison(chk: ExternalCheck, summary: Mapping, *, n_boot: int = 20
         return table, words
     parts = []
     for name, g in gains.items():
-        parts.append(gain_words(name.removeprefix("external-"), "cpu", _gain_text(g["ggo"]),
-                                _gain_text(g["consolidation"]), len(scores[base]))
+        parts.append(gain_words(name.removeprefix("external-"), "cpu", gain_text(g["ggo"]),
+                                gain_text(g["consolidation"]), len(scores[base]))
                      + f" at {_cost_ratio(runs[name][0], runs[base][0])}.")
     return table, " ".join(parts) or "The runs were scored on different slices, so no paired gain is given."
 

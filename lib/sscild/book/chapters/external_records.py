@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sscild.external.screens import budget_screen, consistency_screen, paired_gain, screen_table, semi_screen
+from sscild.external.screens import (budget_screen, consistency_screen, gain_text, paired_gain, screen_table,
+                                     semi_screen)
 from sscild.paths import read_json, repo_root
 
 __all__ = [
@@ -265,9 +266,7 @@ def decision_words(table: pd.DataFrame, rec: Mapping, *, n_boot: int = 2000) -> 
         x = scores[(scores["variant"] == a) & scores["fold"].isin(folds)].set_index("slice_id")
         y = scores[(scores["variant"] == b) & scores["fold"].isin(folds)].set_index("slice_id")
         g = paired_gain(x, y.loc[x.index], n_boot=n_boot)
-        return (f"GGO {g['ggo'][0]:+.3f} [{g['ggo'][1]:+.3f}, {g['ggo'][2]:+.3f}], consolidation "
-                f"{g['consolidation'][0]:+.3f} [{g['consolidation'][1]:+.3f}, {g['consolidation'][2]:+.3f}] "
-                f"({len(x)} slices)")
+        return f"GGO {gain_text(g['ggo'])}, consolidation {gain_text(g['consolidation'])} ({len(x)} slices)"
 
     chosen = list(rec["chosen_on_folds"])
     other = sorted(set(scores["fold"]) - set(chosen))

@@ -15,14 +15,15 @@ from PIL import Image
 
 from sscild.errors import InputError
 from sscild.external.grid import GridMap, normalize_intensity, training_case
-from sscild.external.predict import MeanProb, predict_slices, pseudo_label_cases
+from sscild.external.predict import MeanProb, decide, predict_slices, pseudo_label_cases
 from sscild.external.recipe import check_extra, external_profile, recipe_dict
 from sscild.external.runs import cross_validate, run_external
 from sscild.external.scores import score_slices, summarize_scores
 from sscild.external.screens import lever_screen, screen_table, semi_screen
-from sscild.external.slices import SliceImage, read_slice_folder, read_unlabelled_folder
+from sscild.external.slices import SliceImage, read_label, read_slice_folder, read_unlabelled_folder
 from sscild.external.tables import PUBLISHED, lesion_table, recorded_gpu_run, results_table
 from sscild.external.training import profile_key, recorded_ident, train_or_load, training_jobs
+from sscild.model.loading import load_fold_model
 
 REPO = Path(__file__).resolve().parents[1]
 COVID_TRAIN = REPO.parent / "shared" / "data" / "covid-semiseg" / "train"
@@ -625,6 +626,43 @@ def test_test_part_ensemble_averages_the_fold_models(tmp_path):
     assert profile_key(prof) == profile_key(external_profile(prof, test_ensemble=False))
 
 
+def test_members_add_networks_to_each_model_and_keep_the_first(tmp_path):
+    """``members`` trains further networks per model with other seed keys; the first is the one-member
+    run's network (reused, not trained again), and each model predicts with the mean of its members."""
+    _tiny_parts(tmp_path)
+    one = external_profile("smoke", grid_size=32, patch_size=(32, 32), iterations=2, batch_size=2, num_folds=2,
+                           test_ensemble=True)
+    two = external_profile(one, members=2)
+    assert profile_key(one) == profile_key(two) and check_extra(two)["members"] == 2
+    for bad in (0, 9, True, 1.5):
+        with pytest.raises(ValueError, match="members"):
+            external_profile(one, members=bad)
+    out = tmp_path / "out"
+    first = run_external(tmp_path / "train", out, test_dir=tmp_path / "test", profile=one, n_boot=100, log=None)
+    stamp = (out / "cv" / "fold_0" / "model_final.pt").stat().st_mtime_ns
+    summ = run_external(tmp_path / "train", out, test_dir=tmp_path / "test", profile=two, n_boot=100, log=None)
+    assert (out / "cv" / "fold_0" / "model_final.pt").stat().st_mtime_ns == stamp
+    assert summ["training"]["models"] == 6 and summ["training"]["trained_now"] == 3
+    assert summ["test"]["models"] == 6 and first["test"]["models"] == 3 and summ["recipe"]["members"] == 2
+    assert "mean of 2 networks" in summ["recipe"]["test_prediction"]
+    for k, row in enumerate(summ["cv"]["per_fold"]):
+        a, b = (json.loads((f / "train_summary.json").read_text())
+                for f in (out / "cv" / f"fold_{k}", out / "cv" / f"fold_{k}" / "member_1"))
+        assert (a["key"], b["key"]) == (k, 100 + k) and row["reused"] is False
+        assert row["train_seconds"] == pytest.approx(a["seconds"] + b["seconds"], abs=0.02)
+    assert json.loads((out / "test" / "model" / "member_1" / "train_summary.json").read_text())["key"] == 102
+    w0, w1 = (_weights(out / "cv" / "fold_0" / f / "model_final.pt") for f in (".", "member_1"))
+    assert not _same(w0, w1)
+    # fold 0's out-of-fold masks are the decision on the mean probabilities of its two networks
+    train = read_slice_folder(tmp_path / "train")
+    held = {s: train[s] for s in json.loads((out / "cv" / "splits.json").read_text())[0]["val"]}
+    nets = [load_fold_model(out / "cv" / "fold_0" / f / "model_final.pt")[0] for f in (".", "member_1")]
+    probs = [predict_slices(n, held, two, return_probs=True) for n in nets]
+    for sid in held:
+        mean = (probs[0][sid] + probs[1][sid]) / 2
+        assert np.array_equal(read_label(out / "cv" / "predictions" / f"{sid}.png"), decide(mean))
+
+
 def test_second_stage_trains_two_stages_without_unlabelled_slices(tmp_path):
     _tiny_parts(tmp_path)
     prof = external_profile(_semi_profile(), semi_supervised="off", second_stage=True)
@@ -985,3 +1023,4 @@ def test_the_gpu_comparison_says_when_the_decisions_differ():
                                                                                    consolidation_weight=1.0), 1)})
     assert "differ in the decision" in new and "differ in the decision" not in old
     assert "0.500" in new and "0.400" in new
+

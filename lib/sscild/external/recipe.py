@@ -21,6 +21,7 @@ from sscild.profiles import Profile, get_profile
 __all__ = [
     "SEMI_DEFAULTS",
     "ARGMAX",
+    "MAX_MEMBERS",
     "STUDENT_MODES",
     "RENAMED_SEMI",
     "semi_settings",
@@ -33,6 +34,8 @@ __all__ = [
 ]
 
 _TTA = ("none", "flip", "dihedral")
+MAX_MEMBERS = 8
+"""The most networks a profile's ``members`` may train per model (their seed keys stay apart below 1000)."""
 ARGMAX = {"lesion_threshold": None, "consolidation_weight": 1.0}
 """The decision from class probabilities that every recipe screen before the seventh used: the most
 probable class (:func:`sscild.external.predict.decide`)."""
@@ -186,7 +189,9 @@ profile's ``semi_supervised`` and ``pretrain_steps`` say (:data:`SEMI_DEFAULTS`)
 live in ``extra``: ``grid_size`` (square network input, pixels), ``rotations`` (train on the four
 90-degree rotations of each slice), ``tta`` (``"none"``, ``"flip"`` or ``"dihedral"``: flips and
 90-degree rotations averaged at prediction), ``test_ensemble`` (the test part is predicted by the mean
-softmax of the model trained on all labelled slices and the cross-validation fold models) and the
+softmax of the model trained on all labelled slices and the cross-validation fold models), ``members``
+(how many networks each model is: trained from the same start with other seeds -- other draws of
+batches and augmentation -- and averaged at prediction; 1 by default) and the
 semi-supervised settings of :data:`SEMI_DEFAULTS`."""
 
 
@@ -251,8 +256,12 @@ def check_extra(p: Profile) -> dict:
                          "(without one the decision is the most probable class).")
     if not isinstance(ex.get("test_ensemble", False), bool):
         raise ValueError(f"profile {p.name!r}: extra['test_ensemble'] must be True or False, got {ex['test_ensemble']!r}.")
+    members = ex.get("members", 1)
+    if isinstance(members, bool) or not isinstance(members, (int, np.integer)) or not 1 <= members <= MAX_MEMBERS:
+        raise ValueError(f"profile {p.name!r}: extra['members'] must be an integer from 1 to {MAX_MEMBERS} (networks "
+                         f"trained per model), got {members!r}.")
     return {"grid_size": int(grid), "rotations": bool(ex.get("rotations", True)), "tta": ex.get("tta", "dihedral"),
-            "test_ensemble": bool(ex.get("test_ensemble", False)),
+            "test_ensemble": bool(ex.get("test_ensemble", False)), "members": int(members),
             "lesion_threshold": None if thr is None else float(thr), "consolidation_weight": float(w),
             "semi_supervised": mode, "pretrain_steps": int(pre) if mode != "off" else 0, **semi}
 
@@ -279,7 +288,7 @@ def external_profile(name: str | Profile = "cpu", **overrides) -> Profile:
         p = EXTERNAL_PROFILES[key]
     p = in_study_words(p)
     overrides = semi_settings(overrides)
-    extra_keys = {"grid_size", "rotations", "tta", "test_ensemble", *ARGMAX, *SEMI_DEFAULTS}
+    extra_keys = {"grid_size", "rotations", "tta", "test_ensemble", "members", *ARGMAX, *SEMI_DEFAULTS}
     extra = {**(p.extra or {}), **{k: v for k, v in overrides.items() if k in extra_keys}}
     fields = {k: v for k, v in overrides.items() if k not in extra_keys}
     for k in ("channels", "strides", "patch_size"):
@@ -322,9 +331,12 @@ def recipe_dict(p: Profile, threads: int) -> dict:
                 + ("the whole batch" if p.batch_dice else "each slice"),
         "folds": p.num_folds, "seed": p.seed, "split": "by slice (no patient ids in the benchmark), "
                                                         "stratified by consolidation share",
+        "members": ex["members"],
         "test_prediction": ("mean softmax of the model trained on all labelled slices and the "
                             f"{p.num_folds} cross-validation fold models" if ex["test_ensemble"]
-                            else "the model trained on all labelled slices"),
+                            else "the model trained on all labelled slices")
+                           + (f"; each model the mean of {ex['members']} networks trained with other seeds"
+                              if ex["members"] > 1 else ""),
         "semi_supervised": (
             f"consistency learning: the supervised model is trained {ex['student_iterations']} more iterations "
             f"from its own weights, each step beside {max(2, p.batch_size)} of up to {ex['unlabelled_max']} "

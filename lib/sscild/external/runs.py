@@ -45,7 +45,10 @@ from sscild.model.device import set_threads
 from sscild.paths import atomic_path, read_json, write_json
 from sscild.profiles import Profile
 
-__all__ = ["cross_validate", "fold_tasks", "train_and_test", "run_external"]
+__all__ = ["cross_validate", "fold_tasks", "member_folders", "train_and_test", "run_external"]
+
+MEMBER_KEY_STEP = 100
+"""A model's member m trains with seed key ``key + MEMBER_KEY_STEP * m`` (:func:`member_folders`)."""
 
 
 def cross_validate(slices: Mapping[str, SliceImage], out_dir: str | Path, profile: str | Profile = "cpu", *,
@@ -98,7 +101,7 @@ def cross_validate(slices: Mapping[str, SliceImage], out_dir: str | Path, profil
     if init is None:
         init = pretraining(p, unlabelled, out_dir / "pretrained", log=log)
     if trained_now is None:
-        tasks = fold_tasks(slices, splits, out_dir, chosen)
+        tasks = fold_tasks(slices, splits, out_dir, chosen, members=check_extra(p)["members"])
         n_jobs, n_threads = training_jobs(len(tasks), threads, jobs=jobs)
         trained_now = train_many(tasks, p, unlabelled=unlabelled if student_learns else None, jobs=n_jobs, threads=n_threads,
                                  progress=progress, log=log, init=init)
@@ -142,11 +145,54 @@ def pretraining(p: Profile, unlabelled: Mapping[str, SliceImage] | None, folder:
     return Init(state=state, ident=f"pretrained:{digest}")
 
 
+def member_folders(folder: str | Path, key: int, members: int) -> list[tuple[Path, int]]:
+    """Where each of a model's ``members`` networks is trained, and its seed key: the first in ``folder``
+    with ``key`` (the network a one-member profile trains, so finished runs are reused), member m in
+    ``folder/member_<m>`` with ``key + 100 m`` (:data:`MEMBER_KEY_STEP`). All start from the same
+    pretrained weights; the seed key changes the network's other draws (batches, augmentation).
+
+    >>> [(f.as_posix(), k) for f, k in member_folders("cv/fold_2", 2, 3)]
+    [('cv/fold_2', 2), ('cv/fold_2/member_1', 102), ('cv/fold_2/member_2', 202)]
+    """
+    return [(Path(folder) / f"member_{m}" if m else Path(folder), int(key) + MEMBER_KEY_STEP * m)
+            for m in range(int(members))]
+
+
+def _member_tasks(train: Mapping[str, SliceImage], folder: Path, key: int, desc: str, members: int) -> list[TrainTask]:
+    return [TrainTask(train, f, k, f"{desc}, member {m + 1}" if m else desc)
+            for m, (f, k) in enumerate(member_folders(folder, key, members))]
+
+
 def fold_tasks(slices: Mapping[str, SliceImage], splits: Sequence[Mapping], out_dir: Path,
-               folds: Sequence[int]) -> list[TrainTask]:
-    """The training of each chosen fold: its training slices, into ``out_dir/fold_<k>``, seed key ``k``."""
-    return [TrainTask({s: slices[s] for s in splits[k]["train"]}, Path(out_dir) / f"fold_{k}", k, f"fold {k}")
-            for k in folds]
+               folds: Sequence[int], *, members: int = 1) -> list[TrainTask]:
+    """The training of each chosen fold: its training slices, into ``out_dir/fold_<k>``, seed key ``k``
+    (and its further ``members``, :func:`member_folders`)."""
+    return [t for k in folds for t in _member_tasks({s: slices[s] for s in splits[k]["train"]},
+                                                    Path(out_dir) / f"fold_{k}", k, f"fold {k}", members)]
+
+
+def _model(train: Mapping[str, SliceImage], p: Profile, folder: Path, key: int, *, semi: bool,
+           unlabelled: Mapping[str, SliceImage] | None, progress: bool, desc: str, init: Init | None,
+           trained_now: set[str]) -> tuple[torch.nn.Module, torch.nn.Module | None, dict, bool]:
+    """The model in ``folder``, its members trained or reused (:func:`member_folders`): (network -- the mean
+    softmax of the members when there are several --, the teacher(s) likewise when ``semi`` else ``None``,
+    summary -- training seconds and CPU seconds summed over the members --, reused)."""
+    nets, teachers, summs, reused = [], [], [], True
+    for m, (f, k) in enumerate(member_folders(folder, key, check_extra(p)["members"])):
+        name = f"{desc}, member {m + 1}" if m else desc
+        if semi:
+            net, teacher, summ, r = train_semi(train, unlabelled or {}, p, f, key=k, progress=progress, desc=name,
+                                               init=init)
+            teachers.append(teacher)
+        else:
+            net, summ, r = train_or_load(train, p, f, key=k, progress=progress, desc=name, init=init)
+        nets.append(net)
+        summs.append(summ)
+        reused = reused and r and str(f) not in trained_now
+    if len(nets) == 1:
+        return nets[0], (teachers[0] if semi else None), summs[0], reused
+    total = {n: round(sum(float(s.get(n) or 0.0) for s in summs), 2) for n in ("seconds", "cpu_seconds")}
+    return MeanProb(nets).eval(), (MeanProb(teachers).eval() if semi else None), total, reused
 
 
 def _consolidation_share(slices: Mapping[str, SliceImage]) -> dict[str, float]:
@@ -167,13 +213,8 @@ def _run_fold(k: int, fold: Mapping, slices: Mapping[str, SliceImage], p: Profil
     ``None``, and the fold's row of ``info["folds"]``)."""
     tk = time.perf_counter()
     fold_train = {s: slices[s] for s in fold["train"]}
-    if semi:
-        net, teacher, summ, reused = train_semi(fold_train, unlabelled or {}, p, out_dir / f"fold_{k}", key=k,
-                                                progress=progress, desc=f"fold {k}", init=init)
-    else:
-        net, summ, reused = train_or_load(fold_train, p, out_dir / f"fold_{k}", key=k,
-                                          progress=progress, desc=f"fold {k}", init=init)
-    reused = reused and str(out_dir / f"fold_{k}") not in trained_now
+    net, teacher, summ, reused = _model(fold_train, p, out_dir / f"fold_{k}", k, semi=semi, unlabelled=unlabelled,
+                                        progress=progress, desc=f"fold {k}", init=init, trained_now=trained_now)
     held = {s: slices[s] for s in sorted(fold["val"], key=natural_key)}
     ti = time.perf_counter()
     preds = predict_slices(net, held, p)
@@ -219,18 +260,16 @@ def train_and_test(train: Mapping[str, SliceImage], test: Mapping[str, SliceImag
     t0 = time.perf_counter()
     set_threads()
     _check_test_apart(train, test)
-    if semi_on(p, unlabelled):
-        if unlabelled:
-            check_no_overlap(unlabelled, {"training": train, "test": test})
-        net, _, summ, reused = train_semi(train, unlabelled or {}, p, out_dir / "model", key=p.num_folds,
-                                          progress=progress, desc="all slices", init=init)
-    else:
-        net, summ, reused = train_or_load(train, p, out_dir / "model", key=p.num_folds, progress=progress,
-                                          desc="all slices", init=init)
-    reused = reused and str(out_dir / "model") not in trained_now
+    semi = semi_on(p, unlabelled)
+    if semi and unlabelled:
+        check_no_overlap(unlabelled, {"training": train, "test": test})
+    net, _, summ, reused = _model(train, p, out_dir / "model", p.num_folds, semi=semi, unlabelled=unlabelled,
+                                  progress=progress, desc="all slices", init=init, trained_now=trained_now)
+    n_nets = len(net.nets) if isinstance(net, MeanProb) else 1
     ti = time.perf_counter()
     if ensemble_with:
-        net = MeanProb([net] + [load_fold_model(Path(f))[0] for f in ensemble_with]).eval()
+        net = MeanProb(list(net.nets if isinstance(net, MeanProb) else [net])
+                       + [load_fold_model(Path(f))[0] for f in ensemble_with]).eval()
     preds = predict_slices(net, test, p)
     for sid, pred in preds.items():
         write_png(out_dir / "predictions" / f"{sid}.png", pred)
@@ -240,7 +279,7 @@ def train_and_test(train: Mapping[str, SliceImage], test: Mapping[str, SliceImag
     if log:
         log(f"test: {'reused the model' if reused else 'trained'} on {len(train)} slices "
             f"({summ.get('seconds', 0):.0f} s when trained), scored {len(test)}")
-    return scores, {"reused": reused, "train_seconds": summ.get("seconds"), "ensemble": 1 + len(ensemble_with),
+    return scores, {"reused": reused, "train_seconds": summ.get("seconds"), "ensemble": n_nets + len(ensemble_with),
                     "predict_seconds": round(time.perf_counter() - ti, 2),
                     "seconds": round(time.perf_counter() - t0, 2)}
 
@@ -262,9 +301,10 @@ def _train_everything(train: Mapping[str, SliceImage], test: Mapping[str, SliceI
 
     Returns (folders trained now, the pretrained starting weights or ``None``, ``summary["training"]``)."""
     splits = make_splits(list(train), strata=_consolidation_share(train), k=p.num_folds, seed=p.seed)
-    tasks = fold_tasks(train, splits, out_dir / "cv", range(len(splits)))
+    members = check_extra(p)["members"]
+    tasks = fold_tasks(train, splits, out_dir / "cv", range(len(splits)), members=members)
     if test is not None:
-        tasks.append(TrainTask(train, out_dir / "test" / "model", p.num_folds, "all slices"))
+        tasks += _member_tasks(train, out_dir / "test" / "model", p.num_folds, "all slices", members)
     n_jobs, n_threads = training_jobs(len(tasks), set_threads(), jobs=jobs)
     init = pretraining(p, unlabelled, out_dir / "pretrained", log=log)
     tt = time.perf_counter()  # the models' wall time; the pretraining's own is in its summary
@@ -324,7 +364,8 @@ def run_external(train_dir: str | Path, out_dir: str | Path, *, test_dir: str | 
         cv_sup = summarize_scores(cv_info["supervised_scores"], n_boot=n_boot, seed=p.seed)
     test_summary = None
     if test is not None:
-        folds = [out_dir / "cv" / f"fold_{k}" / "model_final.pt" for k in range(p.num_folds)] \
+        folds = [f / "model_final.pt" for k in range(p.num_folds)
+                 for f, _ in member_folders(out_dir / "cv" / f"fold_{k}", k, check_extra(p)["members"])] \
             if check_extra(p)["test_ensemble"] else []
         t_scores, t_info = train_and_test(train, test, out_dir / "test", p, progress=progress, log=log,
                                           unlabelled=unlabelled, ensemble_with=folds, trained_now=fresh, init=init)

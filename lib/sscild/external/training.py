@@ -47,15 +47,16 @@ class Init:
 
 def profile_key(p: Profile) -> dict:
     """The settings a trained model depends on: the training recipe of :mod:`sscild.model.train` and the
-    image-folder settings with the pretraining steps (test-time augmentation and the decision from the
-    probabilities are not among them; the
+    image-folder settings with the pretraining steps (test-time augmentation, the decision from the
+    probabilities and the number of members are not among them -- a member's own seed key is in its
+    reuse key; the
     semi-supervised settings only with a second stage, so a supervised model and a self-training teacher
     share their key)."""
     p = in_study_words(p)
     ex = check_extra(p)
     key = training_recipe(p)
     key["extra"] = {k: v for k, v in sorted({**p.extra, "pretrain_steps": ex["pretrain_steps"]}.items())
-                    if k not in ("tta", "test_ensemble", *ARGMAX) and k not in SEMI_DEFAULTS}
+                    if k not in ("tta", "test_ensemble", "members", *ARGMAX) and k not in SEMI_DEFAULTS}
     if ex["second_stage"] or ex["semi_supervised"] in STUDENT_MODES:
         key["semi"] = {"semi_supervised": ex["semi_supervised"], **{k: ex[k] for k in SEMI_DEFAULTS}}
     return key

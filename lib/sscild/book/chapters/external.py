@@ -286,10 +286,12 @@ def scored_test_part(chk: ExternalCheck, summary: Mapping):
     fig = example_slices(chk.test, t_preds, pick_examples(t_scores, 3), t_scores)
     n_models = int(t.get("models") or 1)
     n_train = summary["data"]["n_train"]
+    members = int((summary.get("recipe") or {}).get("members") or 1)
+    each = f", each the mean of {members} networks trained with other seeds" if members > 1 else ""
     who = (f"One network trained on all {n_train} training slices with the recipe above" if n_models == 1 else
-           f"The mean class probabilities of {n_models} models (the network trained on all "
-           f"{n_train} training slices with the recipe above and the {n_models - 1} "
-           "cross-validation fold models)")
+           f"The mean class probabilities of {n_models} networks (the model trained on all "
+           f"{n_train} training slices with the recipe above and the {n_models // members - 1} "
+           f"cross-validation fold models{each})")
     lesion = (f"; both as one lesion class **{t['dice_lesion']:.3f}** (the lesion table sets it beside the "
               "published single-class rows)" if "dice_lesion" in t else "")
     words = (f"{who}, scored on the {t['n_slices']} test slices: GGO **{t['dice_ggo']:.3f}**, "

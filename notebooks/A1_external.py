@@ -529,6 +529,40 @@ else:
     display(Markdown(ch.decision_words(*decision)))
 
 # %% [markdown]
+# ### An eighth screen: members
+#
+# The `long` profile uses well under its 90 minutes, and the fifth and sixth screens found no gain in
+# spending the rest on more pixels, channels or steps. One more way to spend it is a common one: train
+# each model twice from the same pretrained weights with other seeds (other draws of batches and
+# augmentation) and average the two networks' probabilities (profile setting `members`; the first member
+# is the network a one-member run trains, so it is reused, and member *m* trains with seed key
+# *k* + 100 *m*). The eighth screen trained a second member for each of the `long` run's five fold
+# models and set the mean of the two against the `long` profile alone and the `cpu` recipe, all with the
+# decision the seventh screen adopted, on the same 50 out-of-fold slices; the adoption rule was written
+# down before any second member finished. Records: `benchmarks/external_members_screen.csv` (per slice)
+# and `.json`.
+
+# %%
+members = ch.members_record()
+if members is None:
+    display(Markdown("The eighth screen's record (`benchmarks/external_members_screen.csv` and `.json`) is not "
+                     "in this checkout."))
+else:
+    show(members[0], caption="Eighth screen, five folds (50 held-out slices): two networks per model for the long "
+         "profile, with the adopted decision")
+    display(Markdown(ch.members_words(*members)))
+
+# %% [markdown]
+# **What the eighth screen says.** A second network per model bought consolidation and no ground glass:
+# the two members differ by about what one training differs from another, and their mean does not find
+# ground glass that neither finds alone. The test part is already predicted with the mean of six models
+# trained on different slices, which are more different from each other than two seeds on the same
+# slices, so the gain there is likely smaller still. With the fifth to eighth screens, the ways of
+# spending more CPU time that this appendix has tried -- pixels, channels, steps, members -- leave
+# cross-validated ground glass at about 0.59-0.60, where the `long` profile's extra steps and the
+# decision put it.
+
+# %% [markdown]
 # ## Cost
 
 # %%

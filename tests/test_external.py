@@ -1024,3 +1024,42 @@ def test_the_gpu_comparison_says_when_the_decisions_differ():
     assert "differ in the decision" in new and "differ in the decision" not in old
     assert "0.500" in new and "0.400" in new
 
+
+def test_the_eighth_screen_record_agrees_with_the_seventh_and_the_long_profile_keeps_one_member():
+    """The members screen: its rows re-run by name, its cpu and long rows are the seventh screen's rows of
+    the same names slice for slice, the treated row differs from the long profile only in ``members``,
+    the words and the reasons carry the table's gains over the long profile, and the long profile keeps
+    one network per model as the record says."""
+    from sscild.book.chapters import external as ch
+    from sscild.external.search import SEARCH_VARIANTS
+
+    got, seventh = ch.members_record(), ch.decision_record(n_boot=200)  # the bootstrap of the page and the reasons
+    if got is None:
+        pytest.skip("benchmarks/external_members_screen.* is not in this checkout")
+    table, rec = got
+    assert list(table.index) == list(rec["variants"]) and list(table.index)[0] == rec["control"]
+    assert set(table.index) <= set(SEARCH_VARIANTS)
+    scores = table.attrs["scores"]
+    if seventh is not None:
+        before = seventh[0].attrs["scores"]
+        for name in (rec["control"], rec["reference"]):
+            mine = scores[scores["variant"] == name].set_index("slice_id").sort_index()
+            theirs = before[before["variant"] == name].set_index("slice_id").loc[mine.index]
+            for n in ("ggo", "consolidation"):
+                assert np.array_equal(mine[f"dice_{n}"].to_numpy(), theirs[f"dice_{n}"].to_numpy(), equal_nan=True)
+    treated = [v for v in table.index if v.startswith(rec["treated_prefix"])]
+    assert len(treated) == 1
+    ov = SEARCH_VARIANTS[treated[0]]
+    assert ov["members"] == 2
+    assert external_profile("cpu", **ov) == external_profile("cpu", **SEARCH_VARIANTS[rec["reference"]], members=2)
+    # the second member is what the row adds: its first member is the long profile's network (same training key)
+    assert profile_key(external_profile("cpu", **ov)) == profile_key(external_profile("long"))
+    words = ch.members_words(table, rec)
+    for label in ("GGO", "consolidation"):
+        gain = table.loc[treated[0], f"gain from {rec['reference']}, {label} [95% CI]"]
+        assert gain in words and f"{label} {gain}" in rec["why"], (label, gain)
+    assert rec["adopted"] in words and rec["rule"] in words and rec["ensemble_note"]["command"] in words
+    v = rec["variants"][treated[0]]
+    assert v["train_seconds_per_fold"] == pytest.approx(
+        [a + b for a, b in zip(rec["variants"][rec["reference"]]["train_seconds_per_fold"], v["second_member_seconds"])])
+    assert check_extra(external_profile("long"))["members"] == 1 and rec["adopted"].startswith("Not adopted")

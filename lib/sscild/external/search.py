@@ -93,6 +93,11 @@ _SEVENTH_SCREEN: dict[str, dict] = {  # the decision from the probabilities, on 
         {"iterations": 2500, "lesion_threshold": 0.4, "consolidation_weight": 0.7},
 }
 
+_EIGHTH_SCREEN: dict[str, dict] = {  # a longer budget spent on members, with the decision as adopted; beside the
+    # seventh screen's rows for the cpu recipe and the long profile with that decision
+    "the long profile with two members (networks per model, seed keys k and k + 100)": {"iterations": 2500, "members": 2},
+}
+
 _EARLIER: dict[str, dict] = {
     # every screen before the third ran without pretraining (pretrain_steps 0): the variants say so, so that they
     # re-run as they were recorded now that the cpu recipe pretrains
@@ -120,6 +125,8 @@ SEARCH_VARIANTS: dict[str, dict] = {
     **{name: {**ARGMAX, **ov} for name, ov in _EARLIER.items()},
     # the seventh screen (the decision; both variants share their models, the decision is not a training setting)
     **_SEVENTH_SCREEN,
+    # the eighth screen (members; the first member of each model is the long profile's network, reused)
+    **_EIGHTH_SCREEN,
 }
 """Variants for :func:`search_recipes`: name -> overrides of the ``cpu`` external profile."""
 

@@ -12,6 +12,8 @@ sentences that say what each found. :mod:`sscild.book.chapters.external` hands t
   five folds) and what the ``long`` profile took from it.
 * :func:`decision_record`, :func:`decision_words`: the seventh screen (the decision from the class
   probabilities), where it was chosen and where it was checked.
+* :func:`members_record`, :func:`members_words`: the eighth screen (two networks per model for the
+  ``long`` profile).
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ __all__ = [
     "steps_words",
     "decision_record",
     "decision_words",
+    "members_record",
+    "members_words",
 ]
 
 SELFTRAIN_CV_COMMAND = (
@@ -287,3 +291,26 @@ def _ensemble_words(check: Mapping | None) -> str:
     return (f" On {check['what']} ({check['n_slices']} slices; `{check['command']}`): the most probable class "
             f"scores GGO {a['ggo']:.3f} and consolidation {a['consolidation']:.3f}, the decision {b['ggo']:.3f} and "
             f"{b['consolidation']:.3f}, a paired gain of GGO {g['ggo']}, consolidation {g['consolidation']}.")
+
+
+def members_record(path: str | Path | None = None, *, n_boot: int = 2000) -> tuple[pd.DataFrame, dict] | None:
+    """The eighth screen (``benchmarks/external_members_screen.csv``: per-slice out-of-fold scores of the
+    cpu recipe, the long profile and the long profile with a second network per model, all with the
+    adopted decision, the cpu recipe first; ``.json``: where each row was trained, its training time per
+    fold, the rule, what was adopted and why): the table (paired gain over the control, and of the
+    treated row over the long profile) and the record. ``None`` when either file is absent."""
+    return _paired_record("external_members_screen", path, n_boot)
+
+
+def members_words(table: pd.DataFrame, rec: Mapping) -> str:
+    """The eighth screen in words: as :func:`steps_words` (gains, times, where trained, the rule and the
+    verdict), then the recorded check of the adopted decision on the mean of three networks per fold."""
+    note = rec.get("ensemble_note")
+    if not note:
+        return steps_words(table, rec)
+    a, b, lofo = note["most_probable_class"], note["adopted_decision"], note["leave_one_fold_out"]
+    return (steps_words(table, rec) + f" The decision on {note['what']} (`{note['command']}`): the most probable "
+            f"class scores GGO {a['ggo']:.3f} and consolidation {a['consolidation']:.3f}, the adopted decision "
+            f"{b['ggo']:.3f} and {b['consolidation']:.3f}, and the decision chosen afresh leave one fold out from the "
+            f"seventh screen's grid ({note['chosen']}) {lofo['ggo']:.3f} and {lofo['consolidation']:.3f}: "
+            f"{note['reading']}.")

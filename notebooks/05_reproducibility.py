@@ -95,7 +95,7 @@ if arith is not None:
 
 # %%
 show_record(ch.gpu_check_table(), "Recorded GPU check of the paper profile (synthetic phantom)",
-            record="gpu_paper.json", what="GPU check")
+            record="gpu_paper.json", what="GPU check");
 
 # %% [markdown]
 # **What a training step costs.** `scripts/bench_train.py` times one training step of a profile in one
@@ -122,7 +122,7 @@ if show_record(step, "Recorded training-step benchmark (CPU)", record="train_cpu
 
 # %%
 show_record(ch.fold_parallel_table(), "Recorded fold-parallelism benchmark (CPU)", record="fold_parallel_cpu.json",
-            what="fold-parallelism benchmark")
+            what="fold-parallelism benchmark");
 
 # %% [markdown]
 # ## At paper scale: time, memory and disk of every stage

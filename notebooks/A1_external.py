@@ -38,7 +38,7 @@ out_dir = None  # None: <results>/external
 from IPython.display import Markdown, display
 
 from sscild.book.chapters import external as ch
-from sscild.book.report import figure, glue, show
+from sscild.book.report import figure, glue, show, show_record
 
 chk = ch.setup(profile, train_dir=train_dir, test_dir=test_dir, unlabelled_dir=unlabelled_dir, out_dir=out_dir)
 display(Markdown(ch.data_note(chk)))
@@ -114,10 +114,8 @@ if chk.available:
 
 # %%
 search_t = ch.recipe_search()
-if search_t is None:
-    display(Markdown("The first screen's record (`benchmarks/external_recipe_search.json`) is not in this checkout."))
-else:
-    show(search_t, caption="Variants screened on fold 0 (10 training slices held out)")
+show_record(search_t, "Variants screened on fold 0 (10 training slices held out)",
+            record="external_recipe_search.json", what="first screen");
 
 # %% [markdown]
 # **Why this recipe.** The first attempt -- the study's `cpu` network (two residual units per level) on
@@ -204,10 +202,8 @@ if chk.available:
 
 # %%
 semi_t = ch.semi_screen()
-if semi_t is None:
-    display(Markdown("The second screen's record (`benchmarks/external_semi_screen.csv`) is not in this checkout."))
-else:
-    show(semi_t, caption="Second screen, fold 0 (10 held-out slices): self-training and its control")
+show_record(semi_t, "Second screen, fold 0 (10 held-out slices): self-training and its control",
+            record="external_semi_screen.csv", what="second screen");
 
 # %% [markdown]
 # **Why no unlabelled slices, and why the extra steps.** The second screen asked whether the 1600
@@ -238,11 +234,8 @@ else:
 
 # %%
 st_cv = ch.selftrain_cv()
-if st_cv is None:
-    display(Markdown("The five-fold self-training record (`benchmarks/external_selftrain_cv.csv`) is not in this "
-                     "checkout."))
-else:
-    show(st_cv, caption="Supervised and self-trained side by side, five folds (all 50 slices held out once)")
+if show_record(st_cv, "Supervised and self-trained side by side, five folds (all 50 slices held out once)",
+               record="external_selftrain_cv.csv", what="five-fold self-training comparison"):
     display(Markdown(ch.selftrain_words(st_cv)))
 
 # %% [markdown]
@@ -277,10 +270,8 @@ elif chk.available:
 
 # %%
 lever_t = ch.lever_screen()
-if lever_t is None:
-    display(Markdown("The third screen's record (`benchmarks/external_lever_screen.csv`) is not in this checkout."))
-else:
-    show(lever_t, caption="Third screen, folds 0-2 (30 held-out slices): one lever at a time")
+show_record(lever_t, "Third screen, folds 0-2 (30 held-out slices): one lever at a time",
+            record="external_lever_screen.csv", what="third screen");
 
 # %% [markdown]
 # **What the third screen adopted: pretraining on the unlabelled slices.** Only one lever moved Dice by
@@ -332,11 +323,8 @@ else:
 
 # %%
 cons = ch.consistency_record()
-if cons is None:
-    display(Markdown("The fourth screen's record (`benchmarks/external_consistency_screen.csv` and `.json`) "
-                     "is not in this checkout."))
-else:
-    show(cons[0], caption="Fourth screen, folds 0-2 (30 held-out slices): consistency learning against its control")
+if show_record(cons and cons[0], "Fourth screen, folds 0-2 (30 held-out slices): consistency learning against its "
+               "control", record="external_consistency_screen.*", what="fourth screen"):
     display(Markdown(ch.consistency_words(*cons)))
 
 # %% [markdown]
@@ -368,12 +356,8 @@ else:
 
 # %%
 budget = ch.budget_record()
-if budget is None:
-    display(Markdown("The fifth screen's record (`benchmarks/external_budget_screen.csv` and `.json`) is not in "
-                     "this checkout."))
-else:
-    show(budget[0], caption="Fifth screen, folds 0-2 (30 held-out slices): resolution, width and steps against "
-         "the control")
+if show_record(budget and budget[0], "Fifth screen, folds 0-2 (30 held-out slices): resolution, width and steps "
+               "against the control", record="external_budget_screen.*", what="fifth screen"):
     display(Markdown(ch.budget_words(*budget, lever_t=lever_t)))
 
 # %% [markdown]
@@ -465,12 +449,9 @@ if chk.available:
 
 # %%
 recorded_runs = ch.recorded_profile_runs()
-if recorded_runs is None:
-    display(Markdown("The recorded runs of both profiles (`benchmarks/external_profile_runs.*`) are not in this "
-                     "checkout."))
-else:
-    show(recorded_runs[0], caption="Recorded runs of the external profiles, five-fold cross-validation on the 50 "
-         "training slices (paired gain over the cpu run)")
+if show_record(recorded_runs and recorded_runs[0], "Recorded runs of the external profiles, five-fold "
+               "cross-validation on the 50 training slices (paired gain over the cpu run)",
+               record="external_profile_runs.*", what="end-to-end run of both profiles"):
     display(Markdown(ch.recorded_profile_words(*recorded_runs)))
 
 # %% [markdown]
@@ -489,12 +470,8 @@ else:
 
 # %%
 steps = ch.steps_record()
-if steps is None:
-    display(Markdown("The sixth screen's record (`benchmarks/external_steps_screen.csv` and `.json`) is not in "
-                     "this checkout."))
-else:
-    show(steps[0], caption="Sixth screen, five folds (50 held-out slices): first-stage steps on the cpu recipe "
-         "with its pretraining")
+if show_record(steps and steps[0], "Sixth screen, five folds (50 held-out slices): first-stage steps on the cpu "
+               "recipe with its pretraining", record="external_steps_screen.*", what="sixth screen"):
     display(Markdown(ch.steps_words(*steps)))
 
 # %% [markdown]
@@ -520,12 +497,9 @@ else:
 
 # %%
 decision = ch.decision_record()
-if decision is None:
-    display(Markdown("The seventh screen's record (`benchmarks/external_decision_screen.csv` and `.json`) is not "
-                     "in this checkout."))
-else:
-    show(decision[0], caption="Seventh screen, five folds (50 held-out slices): the decision from the class "
-         "probabilities, on the recorded cpu and long runs' models")
+if show_record(decision and decision[0], "Seventh screen, five folds (50 held-out slices): the decision from the "
+               "class probabilities, on the recorded cpu and long runs' models", record="external_decision_screen.*",
+               what="seventh screen"):
     display(Markdown(ch.decision_words(*decision)))
 
 # %% [markdown]
@@ -544,12 +518,8 @@ else:
 
 # %%
 members = ch.members_record()
-if members is None:
-    display(Markdown("The eighth screen's record (`benchmarks/external_members_screen.csv` and `.json`) is not "
-                     "in this checkout."))
-else:
-    show(members[0], caption="Eighth screen, five folds (50 held-out slices): two networks per model for the long "
-         "profile, with the adopted decision")
+if show_record(members and members[0], "Eighth screen, five folds (50 held-out slices): two networks per model for "
+               "the long profile, with the adopted decision", record="external_members_screen.*", what="eighth screen"):
     display(Markdown(ch.members_words(*members)))
 
 # %% [markdown]

@@ -73,6 +73,7 @@ __all__ = [
     "distribution_figure",
     "scored_test_part",
     "fold_table",
+    "who_predicted_test",
     "cost",
     "profile_runs",
     "profile_comparison",
@@ -277,6 +278,31 @@ def distribution_figure(chk: ExternalCheck):
     return dice_distribution(_scores(chk, "cv"), PUBLISHED)
 
 
+def who_predicted_test(n_models: int, members: int, n_train: int) -> str:
+    """Which networks predicted the test part: ``n_models`` in all, ``members`` per model, the first model
+    trained on all ``n_train`` slices and the rest the cross-validation fold models.
+
+    >>> who_predicted_test(1, 1, 50)
+    'One network trained on all 50 training slices with the recipe above'
+    >>> who_predicted_test(6, 1, 50)
+    'The mean class probabilities of 6 networks (the model trained on all 50 training slices with the recipe above and the 5 cross-validation fold models)'
+    >>> who_predicted_test(12, 2, 50).endswith("the 5 cross-validation fold models, each the mean of 2 networks "
+    ...                                         "trained with other seeds)")
+    True
+    >>> who_predicted_test(2, 2, 50)
+    'The mean class probabilities of 2 networks trained on all 50 training slices with the recipe above and other seeds'
+    """
+    n_folds = n_models // members - 1
+    if n_models == 1:
+        return f"One network trained on all {n_train} training slices with the recipe above"
+    if n_folds < 1:
+        return (f"The mean class probabilities of {n_models} networks trained on all {n_train} training slices with "
+                "the recipe above and other seeds")
+    each = f", each the mean of {members} networks trained with other seeds" if members > 1 else ""
+    return (f"The mean class probabilities of {n_models} networks (the model trained on all {n_train} training slices "
+            f"with the recipe above and the {n_folds} cross-validation fold models{each})")
+
+
 def scored_test_part(chk: ExternalCheck, summary: Mapping):
     """The test part's example figure (best, median, worst slice) and its sentence: which models
     predicted it, its Dice set against the published rows."""
@@ -284,14 +310,8 @@ def scored_test_part(chk: ExternalCheck, summary: Mapping):
     t_scores = _scores(chk, "test")
     t_preds = read_predictions(chk.out_dir / "test" / "predictions", chk.test)
     fig = example_slices(chk.test, t_preds, pick_examples(t_scores, 3), t_scores)
-    n_models = int(t.get("models") or 1)
-    n_train = summary["data"]["n_train"]
-    members = int((summary.get("recipe") or {}).get("members") or 1)
-    each = f", each the mean of {members} networks trained with other seeds" if members > 1 else ""
-    who = (f"One network trained on all {n_train} training slices with the recipe above" if n_models == 1 else
-           f"The mean class probabilities of {n_models} networks (the model trained on all "
-           f"{n_train} training slices with the recipe above and the {n_models // members - 1} "
-           f"cross-validation fold models{each})")
+    who = who_predicted_test(int(t.get("models") or 1), int((summary.get("recipe") or {}).get("members") or 1),
+                            summary["data"]["n_train"])
     lesion = (f"; both as one lesion class **{t['dice_lesion']:.3f}** (the lesion table sets it beside the "
               "published single-class rows)" if "dice_lesion" in t else "")
     words = (f"{who}, scored on the {t['n_slices']} test slices: GGO **{t['dice_ggo']:.3f}**, "

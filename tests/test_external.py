@@ -1063,3 +1063,32 @@ def test_the_eighth_screen_record_agrees_with_the_seventh_and_the_long_profile_k
     assert v["train_seconds_per_fold"] == pytest.approx(
         [a + b for a, b in zip(rec["variants"][rec["reference"]]["train_seconds_per_fold"], v["second_member_seconds"])])
     assert check_extra(external_profile("long"))["members"] == 1 and rec["adopted"].startswith("Not adopted")
+
+
+def test_the_ninth_screen_record_agrees_with_the_seventh_and_the_cpu_recipe_keeps_its_sampler():
+    """The sampler screen: its rows re-run by name, its control is the seventh screen's cpu row slice for
+    slice, the treated row differs from the cpu recipe only in the sampler, the words and the reasons carry
+    the table's gains, and the cpu recipe keeps the setting the record says it kept."""
+    from sscild.book.chapters import external as ch
+    from sscild.external.search import SEARCH_VARIANTS
+
+    got, seventh = ch.sampler_record(), ch.decision_record(n_boot=200)  # the bootstrap of the page and the reasons
+    if got is None:
+        pytest.skip("benchmarks/external_sampler_screen.* is not in this checkout")
+    table, rec = got
+    assert list(table.index) == list(rec["variants"]) and list(table.index)[0] == rec["control"]
+    assert set(table.index) <= set(SEARCH_VARIANTS)
+    if seventh is not None:
+        mine, before = table.attrs["scores"], seventh[0].attrs["scores"]
+        mine = mine[mine["variant"] == rec["control"]].set_index("slice_id").sort_index()
+        theirs = before[before["variant"] == rec["control"]].set_index("slice_id").loc[mine.index]
+        assert np.array_equal(mine["dice_consolidation"].to_numpy(), theirs["dice_consolidation"].to_numpy(),
+                              equal_nan=True)
+    words = ch.sampler_words(table, rec)
+    (treated,) = [v for v in table.index if v != rec["control"]]
+    assert external_profile("cpu", **SEARCH_VARIANTS[treated]) == external_profile("cpu", lesion_oversample=0.0)
+    for label in ("GGO", "consolidation"):
+        gain = table.loc[treated, f"gain over the control, {label} [95% CI]"]
+        assert gain in words and f"{label} {gain}" in rec["why"], (label, gain)
+    assert rec["adopted"] in words and rec["rule"] in words and rec["adopted"].startswith("Not adopted")
+    assert external_profile("cpu").lesion_oversample == 0.5

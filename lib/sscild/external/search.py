@@ -98,6 +98,10 @@ _EIGHTH_SCREEN: dict[str, dict] = {  # a longer budget spent on members, with th
     "the long profile with two members (networks per model, seed keys k and k + 100)": {"iterations": 2500, "members": 2},
 }
 
+_NINTH_SCREEN: dict[str, dict] = {  # the sampler, with the decision as adopted, against the cpu recipe (seventh screen's row)
+    "the cpu recipe, every patch centred on any lesion pixel (no consolidation emphasis)": {"lesion_oversample": 0.0},
+}
+
 _EARLIER: dict[str, dict] = {
     # every screen before the third ran without pretraining (pretrain_steps 0): the variants say so, so that they
     # re-run as they were recorded now that the cpu recipe pretrains
@@ -127,6 +131,8 @@ SEARCH_VARIANTS: dict[str, dict] = {
     **_SEVENTH_SCREEN,
     # the eighth screen (members; the first member of each model is the long profile's network, reused)
     **_EIGHTH_SCREEN,
+    # the ninth screen (the sampler's consolidation emphasis)
+    **_NINTH_SCREEN,
 }
 """Variants for :func:`search_recipes`: name -> overrides of the ``cpu`` external profile."""
 

@@ -14,6 +14,8 @@ sentences that say what each found. :mod:`sscild.book.chapters.external` hands t
   probabilities), where it was chosen and where it was checked.
 * :func:`members_record`, :func:`members_words`: the eighth screen (two networks per model for the
   ``long`` profile).
+* :func:`sampler_record`, :func:`sampler_words`: the ninth screen (the training sampler's emphasis on
+  consolidation).
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ __all__ = [
     "decision_words",
     "members_record",
     "members_words",
+    "sampler_record",
+    "sampler_words",
 ]
 
 SELFTRAIN_CV_COMMAND = (
@@ -314,3 +318,32 @@ def members_words(table: pd.DataFrame, rec: Mapping) -> str:
             f"{b['ggo']:.3f} and {b['consolidation']:.3f}, and the decision chosen afresh leave one fold out from the "
             f"seventh screen's grid ({note['chosen']}) {lofo['ggo']:.3f} and {lofo['consolidation']:.3f}: "
             f"{note['reading']}.")
+
+
+def sampler_record(path: str | Path | None = None, *, n_boot: int = 2000) -> tuple[pd.DataFrame, dict] | None:
+    """The ninth screen (``benchmarks/external_sampler_screen.csv``: per-slice out-of-fold scores of the cpu
+    recipe and of the same recipe without the sampler's emphasis on consolidation, the control first;
+    ``.json``: where each row was trained, times, the rule, what was adopted and why): the table of
+    :func:`sscild.external.screens.screen_table` (paired gain over the control) and the record. ``None``
+    when either file is absent."""
+    path = Path(path) if path is not None else repo_root() / "benchmarks" / "external_sampler_screen.json"
+    if not path.exists() or not path.with_suffix(".csv").exists():
+        return None
+    table = screen_table(pd.read_csv(path.with_suffix(".csv"), dtype={"slice_id": str}), n_boot=n_boot,
+                         baseline_name="the control")
+    return table, read_json(path)
+
+
+def sampler_words(table: pd.DataFrame, rec: Mapping) -> str:
+    """The ninth screen in words: each row's paired gain over the control and its training time relative
+    to the control's, where the rows were trained, the rule and the verdict."""
+    ctrl = rec["control"]
+    base = np.mean(rec["variants"][ctrl]["train_seconds_per_fold"])
+    parts = [f"*{name}*: GGO {table.loc[name, 'gain over the control, GGO [95% CI]']}, consolidation "
+             f"{table.loc[name, 'gain over the control, consolidation [95% CI]']}, at "
+             f"{np.mean(v['train_seconds_per_fold']) / base:.2f} times the control's training time per fold"
+             for name, v in rec["variants"].items() if name != ctrl]
+    trained = "; ".join(f"*{name}*: {v['trained']}" for name, v in rec["variants"].items())
+    return (f"Paired gains over the control ({rec['held_out_slices']} out-of-fold slices, folds "
+            f"{', '.join(str(k) for k in rec['folds'])}): " + "; ".join(parts) + f". Where each row was trained: "
+            f"{trained}. The adoption rule, {rec['rule']}. **{rec['adopted']}**: {rec['why'].rstrip('.')}.")

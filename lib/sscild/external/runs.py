@@ -178,17 +178,16 @@ def _model(train: Mapping[str, SliceImage], p: Profile, folder: Path, key: int, 
     softmax of the members when there are several --, the teacher(s) likewise when ``semi`` else ``None``,
     summary -- training seconds and CPU seconds summed over the members --, reused)."""
     nets, teachers, summs, reused = [], [], [], True
-    for m, (f, k) in enumerate(member_folders(folder, key, check_extra(p)["members"])):
-        name = f"{desc}, member {m + 1}" if m else desc
+    for t in _member_tasks(train, folder, key, desc, check_extra(p)["members"]):
         if semi:
-            net, teacher, summ, r = train_semi(train, unlabelled or {}, p, f, key=k, progress=progress, desc=name,
-                                               init=init)
+            net, teacher, summ, r = train_semi(train, unlabelled or {}, p, t.out, key=t.key, progress=progress,
+                                               desc=t.desc, init=init)
             teachers.append(teacher)
         else:
-            net, summ, r = train_or_load(train, p, f, key=k, progress=progress, desc=name, init=init)
+            net, summ, r = train_or_load(train, p, t.out, key=t.key, progress=progress, desc=t.desc, init=init)
         nets.append(net)
         summs.append(summ)
-        reused = reused and r and str(f) not in trained_now
+        reused = reused and r and str(t.out) not in trained_now
     if len(nets) == 1:
         return nets[0], (teachers[0] if semi else None), summs[0], reused
     total = {n: round(sum(float(s.get(n) or 0.0) for s in summs), 2) for n in ("seconds", "cpu_seconds")}

@@ -465,6 +465,14 @@ def test_recipe_key_tells_training_settings_apart():
     assert len(keys) == 4
     # test-time augmentation does not change the trained model
     assert profile_key(base) == profile_key(external_profile(base, tta="none"))
+    # the architecture enters the key only when it is not the residual U-Net every earlier run had, so those
+    # runs keep their keys (and their trained models)
+    assert "architecture" not in profile_key(base)
+    plain = external_profile(base, architecture="plain")
+    assert profile_key(plain)["architecture"] == "plain" and profile_key(plain) != profile_key(base)
+    # and so do the pretrained weights, which belong to one network
+    from sscild.external.pretrain import pretrain_key
+    assert "architecture" not in pretrain_key(base, {}) and pretrain_key(plain, {})["architecture"] == "plain"
 
 
 # ---- unlabelled slices and self-training --------------------------------------------------------

@@ -9,7 +9,7 @@ import torch
 
 from cohort_factory import prepare_run
 from sscild.model import train as train_mod
-from sscild.model.loading import fold_is_done
+from sscild.model.loading import fold_is_done, load_fold_model
 from sscild.model.network import build_network
 from sscild.data.folds import read_splits
 from sscild.paths import RunPaths
@@ -83,8 +83,9 @@ def test_resumed_run_equals_uninterrupted(prepared, tmp_path):
     assert [l.split(",")[:2] for l in h_whole.splitlines()] == [l.split(",")[:2] for l in h_broken.splitlines()]
 
 
-@pytest.mark.parametrize("overrides", [{"deep_supervision": 1}, {"optimizer": "sgd", "learning_rate": 1e-2}])
-def test_deep_supervision_and_sgd_resume_exactly_and_save_a_plain_network(prepared, tmp_path, overrides):
+@pytest.mark.parametrize("overrides", [{"deep_supervision": 1}, {"optimizer": "sgd", "learning_rate": 1e-2},
+                                       {"architecture": "plain", "num_res_units": 0}])
+def test_training_variants_resume_exactly_and_save_the_profiles_network(prepared, tmp_path, overrides):
     p = get_profile("smoke").with_overrides(**overrides)
     whole, broken = fresh_copy(prepared, tmp_path, "whole"), fresh_copy(prepared, tmp_path, "broken")
     s = train_mod.train_fold(whole, p, 1, iterations=12, progress=False)
@@ -95,6 +96,15 @@ def test_deep_supervision_and_sgd_resume_exactly_and_save_a_plain_network(prepar
     assert_same(weights(whole, 1), weights(broken, 1))
     # the final model is the network alone: the auxiliary heads are training-only
     assert weights(whole, 1).keys() == build_network(p).state_dict().keys()
+    # and it loads back as the profile's network, computing what the trained one computes (loading may fold
+    # batch norms into convolutions, so the outputs are compared, not the state dicts)
+    net, _ = load_fold_model(whole.fold_dir(1) / "model_final.pt")
+    trained = build_network(p)
+    trained.load_state_dict(weights(whole, 1))
+    assert type(net) is type(trained)
+    x = torch.randn(2, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(net.eval()(x), trained.eval()(x), atol=1e-4)
     # and the fold is stale for the plain recipe: the setting that differs is named
     key = next(iter(overrides))
     with pytest.raises(ValueError, match=f"{key}: .* -> "):
@@ -255,3 +265,21 @@ def test_a_fold_reads_its_cases_through_memory_maps(prepared):
     tracemalloc.stop()
     assert kept <= len(ids) * 2 * 200_000 * 8 + (1 << 20)
     assert sampler.sample(np.random.default_rng(0), 2)[0].shape[-2:] == (32, 32)
+
+
+def test_the_architecture_setting_keeps_older_recipes_and_refuses_unknown_names(prepared, tmp_path):
+    """Recipes recorded before the setting existed were trained with the residual U-Net: they still
+    match the default recipe and are stale for the plain one; an unknown name is refused by name."""
+    from sscild.model.checkpoint import recipe_diff, training_recipe
+    from sscild.model.network import build_network
+
+    smoke = get_profile("smoke")
+    older = {k: v for k, v in training_recipe(smoke).items() if k != "architecture"}
+    assert recipe_diff(older, training_recipe(smoke)) == []
+    plain = smoke.with_overrides(architecture="plain")
+    assert recipe_diff(older, training_recipe(plain)) == ["architecture: 'unet' -> 'plain'"]
+    with pytest.raises(ValueError, match="architecture must be one of unet, plain, got 'dynunet'"):
+        build_network(smoke.with_overrides(architecture="dynunet"))
+    run = fresh_copy(prepared, tmp_path, "plain_ds")
+    with pytest.raises(ValueError, match="deep_supervision is built for architecture 'unet' only"):
+        train_mod.train_fold(run, plain.with_overrides(deep_supervision=1), 0, iterations=2, progress=False)

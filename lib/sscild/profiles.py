@@ -45,6 +45,12 @@ class Profile:
     num_folds: int = 8
     seed: int = 0
     # --- network ---------------------------------------------------------------------------
+    architecture: str = "unet"
+    """``"unet"``: MONAI's residual U-Net (each level one strided convolution with ``num_res_units``
+    residual units; light, as it works below full resolution from the first level); ``"plain"``:
+    nnU-Net's plain convolutional U-Net (MONAI ``DynUNet``: two 3x3 convolution-norm-LeakyReLU blocks
+    per stage, the first stage at full resolution; ``num_res_units`` > 0 makes its blocks residual).
+    ``channels`` and ``strides`` mean the same for both."""
     spatial_dims: int = 2
     channels: tuple[int, ...] = (16, 32, 64, 128)
     strides: tuple[int, ...] = (2, 2, 2)

@@ -35,10 +35,11 @@ def pretrain_key(p: Profile, unlabelled: Mapping[str, SliceImage]) -> dict:
     """What the pretrained weights depend on: the network, grid, steps, batch, seed and the slices."""
     ex = check_extra(p)
     ids = sorted(unlabelled, key=natural_key)
-    return {"channels": list(p.channels), "strides": list(p.strides), "num_res_units": p.num_res_units,
-            "norm": p.norm, "grid_size": ex["grid_size"], "steps": ex["pretrain_steps"], "batch_size": p.batch_size,
-            "learning_rate": p.learning_rate, "seed": p.seed, "n_unlabelled": len(ids),
-            "unlabelled_sha1": hashlib.sha1("".join(unlabelled[u].digest() for u in ids).encode()).hexdigest()}
+    key = {"channels": list(p.channels), "strides": list(p.strides), "num_res_units": p.num_res_units,
+           "norm": p.norm, "grid_size": ex["grid_size"], "steps": ex["pretrain_steps"], "batch_size": p.batch_size,
+           "learning_rate": p.learning_rate, "seed": p.seed, "n_unlabelled": len(ids),
+           "unlabelled_sha1": hashlib.sha1("".join(unlabelled[u].digest() for u in ids).encode()).hexdigest()}
+    return key if p.architecture == "unet" else {"architecture": p.architecture, **key}
 
 
 def slice_batches(unlabelled: Mapping[str, SliceImage], p: Profile, batch_size: int):

@@ -55,6 +55,8 @@ def profile_key(p: Profile) -> dict:
     p = in_study_words(p)
     ex = check_extra(p)
     key = training_recipe(p)
+    if key["architecture"] == "unet":  # the network every run had before the choice existed: its keys stay as they were
+        del key["architecture"]
     key["extra"] = {k: v for k, v in sorted({**p.extra, "pretrain_steps": ex["pretrain_steps"]}.items())
                     if k not in ("tta", "test_ensemble", "members", *ARGMAX) and k not in SEMI_DEFAULTS}
     if ex["second_stage"] or ex["semi_supervised"] in STUDENT_MODES:

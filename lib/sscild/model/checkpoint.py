@@ -30,7 +30,7 @@ from sscild.profiles import Profile
 __all__ = ["RECIPE_KEYS", "training_recipe", "recipe_diff", "save_checkpoint", "resume_training",
            "final_model_state"]
 
-RECIPE_KEYS = ("spatial_dims", "channels", "strides", "num_res_units", "dropout", "norm", "patch_size",
+RECIPE_KEYS = ("architecture", "spatial_dims", "channels", "strides", "num_res_units", "dropout", "norm", "patch_size",
                "iterations", "batch_size", "learning_rate", "weight_decay", "batch_dice", "intensity_aug",
                "lung_density_aug", "lung_density_hu", "kernel_aug", "lowres_aug",
                "optimizer", "deep_supervision", "lesion_oversample", "cpu_bf16", "channels_last",
@@ -67,8 +67,8 @@ def recipe_diff(saved: dict, now: dict) -> list[str]:
     return out
 
 
-_NEW_KEY_DEFAULTS = {"lung_density_aug": 0.0, "lung_density_hu": [-110.0, 0.0], "kernel_aug": 0.0,
-                     "lowres_aug": 0.0}
+_NEW_KEY_DEFAULTS = {"architecture": "unet", "lung_density_aug": 0.0, "lung_density_hu": [-110.0, 0.0],
+                     "kernel_aug": 0.0, "lowres_aug": 0.0}
 """Recipe settings added after recipes were first recorded, with the value every older recipe had."""
 
 

@@ -69,6 +69,9 @@ def setup_fit(p: Profile, *, seed: int, total: int, device: torch.device, numeri
         loss_fn = MaskedDiceCE(batch=bool(p.batch_dice))
     else:
         loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=bool(p.batch_dice))
+    if p.deep_supervision and p.architecture != "unet":
+        raise ValueError(f"profile {p.name!r}: deep_supervision is built for architecture 'unet' only, "
+                         f"got architecture {p.architecture!r}")
     ds = DeepSupervision(net, num_classes, p.deep_supervision).to(device) if p.deep_supervision else None
     params = list(net.parameters()) + (list(ds.parameters()) if ds is not None else [])
     if p.optimizer == "adamw":

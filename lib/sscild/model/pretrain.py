@@ -107,10 +107,11 @@ def cohort_pretrain_key(p: Profile, scans: Mapping[str, Path]) -> dict:
     """What the study's pretrained weights depend on: network, patch, steps, optimiser, seed, and
     each unlabelled scan's preprocessing cache key (its file's bytes and the preprocessing settings,
     :func:`sscild.data.cache.cache_key`)."""
-    return {"channels": list(p.channels), "strides": list(p.strides), "num_res_units": p.num_res_units,
-            "norm": p.norm, "dropout": p.dropout, "patch_size": list(p.patch_size), "steps": int(p.pretrain_steps),
-            "batch_size": p.batch_size, "learning_rate": p.learning_rate, "weight_decay": p.weight_decay,
-            "seed": p.seed, "scans": {u: cache_key(scans[u], None, p) for u in sorted(scans)}}
+    key = {"channels": list(p.channels), "strides": list(p.strides), "num_res_units": p.num_res_units,
+           "norm": p.norm, "dropout": p.dropout, "patch_size": list(p.patch_size), "steps": int(p.pretrain_steps),
+           "batch_size": p.batch_size, "learning_rate": p.learning_rate, "weight_decay": p.weight_decay,
+           "seed": p.seed, "scans": {u: cache_key(scans[u], None, p) for u in sorted(scans)}}
+    return key if p.architecture == "unet" else {"architecture": p.architecture, **key}
 
 
 def _crop(sl: np.ndarray, x0: int, y0: int, px: int, py: int) -> np.ndarray:

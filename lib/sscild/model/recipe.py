@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from sscild.model.network import build_network, count_parameters
+from sscild.model.network import build_network, count_parameters, network_words
 from sscild.model.selftrain import semi_mode
 from sscild.profiles import Profile, require_profile
 
@@ -14,8 +14,7 @@ __all__ = ["recipe_table"]
 def recipe_table(profile: Profile) -> pd.DataFrame:
     p = require_profile(profile)
     rows = [
-        ("network", f"MONAI UNet, {p.spatial_dims}D, channels {list(p.channels)}, strides {list(p.strides)}, "
-                    f"{p.num_res_units} residual unit(s), {p.norm} norm"),
+        ("network", network_words(p)),
         ("parameters", f"{count_parameters(build_network(p)):,}"),
         ("input", f"1 channel: HU clipped to {list(p.hu_clip)}, linearly scaled"),
         ("resampling", "in-plane and slice spacing " + ", ".join("native" if s is None else f"{s} mm" for s in p.target_spacing)),

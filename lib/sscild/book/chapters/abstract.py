@@ -124,8 +124,11 @@ def methods_table(prof, seg: dict) -> pd.DataFrame:
     threshold = ("; lesion only where EF and GGO together reach a mean probability of "
                  f"{prof.lesion_threshold:g}" if prof.lesion_threshold else "")
     rows = {
-        "Network": ("convolutional neural network", f"MONAI U-Net, channels {'-'.join(map(str, prof.channels))}, "
-                    f"{prof.num_res_units} residual units, fold ensemble of {prof.num_folds} for new scans"),
+        "Network": ("convolutional neural network",
+                    (f"MONAI U-Net, channels {'-'.join(map(str, prof.channels))}, {prof.num_res_units} residual units"
+                     if prof.architecture == "unet" else
+                     f"plain convolutional U-Net (nnU-Net blocks), channels {'-'.join(map(str, prof.channels))}")
+                    + f", fold ensemble of {prof.num_folds} for new scans"),
         "2D or 3D": (not_stated, f"{prof.spatial_dims}D"),
         "Resolution": (not_stated, f"resampled to {' x '.join(sp)} (x, y, z)"),
         "Cross-validation": (f"{PAPER['num_folds']}-fold, {PAPER['n_patients']} patients",

@@ -548,7 +548,7 @@ if show_record(members and members[0], "Eighth screen, five folds (50 held-out s
 sampler = ch.sampler_record()
 if show_record(sampler and sampler[0], "Ninth screen, five folds (50 held-out slices): the sampler's emphasis on "
                "consolidation", record="external_sampler_screen.*", what="ninth screen"):
-    display(Markdown(ch.sampler_words(*sampler)))
+    display(Markdown(ch.paired_screen_words(*sampler)))
 
 # %% [markdown]
 # **What the ninth screen says.** Drawing slices with consolidation more often costs ground glass nothing

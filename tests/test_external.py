@@ -1092,7 +1092,7 @@ def test_the_ninth_screen_record_agrees_with_the_seventh_and_the_cpu_recipe_keep
         theirs = before[before["variant"] == rec["control"]].set_index("slice_id").loc[mine.index]
         assert np.array_equal(mine["dice_consolidation"].to_numpy(), theirs["dice_consolidation"].to_numpy(),
                               equal_nan=True)
-    words = ch.sampler_words(table, rec)
+    words = ch.paired_screen_words(table, rec)
     (treated,) = [v for v in table.index if v != rec["control"]]
     assert external_profile("cpu", **SEARCH_VARIANTS[treated]) == external_profile("cpu", lesion_oversample=0.0)
     for label in ("GGO", "consolidation"):

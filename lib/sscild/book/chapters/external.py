@@ -48,7 +48,7 @@ from sscild.book.chapters.external_records import (SELFTRAIN_CV_COMMAND, budget_
                                                    recorded_profile_runs, recorded_profile_words, selftrain_cv,
                                                    selftrain_words, steps_record, steps_words, decision_record,
                                                    decision_words, members_record, members_words,
-                                                   sampler_record, sampler_words)
+                                                   paired_screen_record, paired_screen_words, sampler_record)
 from sscild.external.screens import consistency_screen, gain_text, lever_screen, paired_gain, semi_screen
 from sscild.external.slices import (CLASS_NAMES, HOW_TO_GET_DATA, SliceImage, default_train_dir,
                                     default_unlabelled_dir, read_slice_folder)

@@ -14,8 +14,9 @@ sentences that say what each found. :mod:`sscild.book.chapters.external` hands t
   probabilities), where it was chosen and where it was checked.
 * :func:`members_record`, :func:`members_words`: the eighth screen (two networks per model for the
   ``long`` profile).
-* :func:`sampler_record`, :func:`sampler_words`: the ninth screen (the training sampler's emphasis on
-  consolidation).
+* :func:`paired_screen_record`, :func:`paired_screen_words`: a screen of variants against one control, paired
+  over the same slices; :func:`sampler_record` (the ninth screen: the training sampler's emphasis on
+  consolidation) reads its own.
 """
 
 from __future__ import annotations
@@ -47,8 +48,9 @@ __all__ = [
     "decision_words",
     "members_record",
     "members_words",
+    "paired_screen_record",
+    "paired_screen_words",
     "sampler_record",
-    "sampler_words",
 ]
 
 SELFTRAIN_CV_COMMAND = (
@@ -320,13 +322,13 @@ def members_words(table: pd.DataFrame, rec: Mapping) -> str:
             f"{note['reading']}.")
 
 
-def sampler_record(path: str | Path | None = None, *, n_boot: int = 2000) -> tuple[pd.DataFrame, dict] | None:
-    """The ninth screen (``benchmarks/external_sampler_screen.csv``: per-slice out-of-fold scores of the cpu
-    recipe and of the same recipe without the sampler's emphasis on consolidation, the control first;
-    ``.json``: where each row was trained, times, the rule, what was adopted and why): the table of
+def paired_screen_record(name: str, *, n_boot: int = 2000) -> tuple[pd.DataFrame, dict] | None:
+    """A screen recorded as ``benchmarks/<name>.csv`` (per-slice out-of-fold scores, the control first) and
+    ``<name>.json`` (``control``, ``folds``, ``held_out_slices``, ``rule``, ``adopted``, ``why`` and per
+    variant ``train_seconds_per_fold`` and ``trained``): the table of
     :func:`sscild.external.screens.screen_table` (paired gain over the control) and the record. ``None``
     when either file is absent."""
-    path = Path(path) if path is not None else repo_root() / "benchmarks" / "external_sampler_screen.json"
+    path = repo_root() / "benchmarks" / f"{name}.json"
     if not path.exists() or not path.with_suffix(".csv").exists():
         return None
     table = screen_table(pd.read_csv(path.with_suffix(".csv"), dtype={"slice_id": str}), n_boot=n_boot,
@@ -334,9 +336,9 @@ def sampler_record(path: str | Path | None = None, *, n_boot: int = 2000) -> tup
     return table, read_json(path)
 
 
-def sampler_words(table: pd.DataFrame, rec: Mapping) -> str:
-    """The ninth screen in words: each row's paired gain over the control and its training time relative
-    to the control's, where the rows were trained, the rule and the verdict."""
+def paired_screen_words(table: pd.DataFrame, rec: Mapping) -> str:
+    """A screen of :func:`paired_screen_record` in words: each row's paired gain over the control and its
+    training time relative to the control's, where the rows were trained, the rule and the verdict."""
     ctrl = rec["control"]
     base = np.mean(rec["variants"][ctrl]["train_seconds_per_fold"])
     parts = [f"*{name}*: GGO {table.loc[name, 'gain over the control, GGO [95% CI]']}, consolidation "
@@ -347,3 +349,10 @@ def sampler_words(table: pd.DataFrame, rec: Mapping) -> str:
     return (f"Paired gains over the control ({rec['held_out_slices']} out-of-fold slices, folds "
             f"{', '.join(str(k) for k in rec['folds'])}): " + "; ".join(parts) + f". Where each row was trained: "
             f"{trained}. The adoption rule, {rec['rule']}. **{rec['adopted']}**: {rec['why'].rstrip('.')}.")
+
+
+def sampler_record(*, n_boot: int = 2000) -> tuple[pd.DataFrame, dict] | None:
+    """The ninth screen (``benchmarks/external_sampler_screen.*``: the cpu recipe and the same recipe without
+    the sampler's emphasis on consolidation) by :func:`paired_screen_record`."""
+    return paired_screen_record("external_sampler_screen", n_boot=n_boot)
+

@@ -555,6 +555,35 @@ if show_record(sampler and sampler[0], "Ninth screen, five folds (50 held-out sl
 # that 50 slices can see, and is worth about 0.02 of consolidation Dice; the `cpu` recipe keeps it.
 
 # %% [markdown]
+# ### A tenth screen: the network
+#
+# Every screen so far changed how the same network is trained: MONAI's residual U-Net, whose levels
+# each start with a strided convolution, so that it works below full resolution from its first layer and
+# costs little. Two other networks were tried, each with the `cpu` recipe as it is (pretraining, two
+# stages, dihedral averaging, the adopted decision) and its own pretraining, since pretrained weights
+# belong to one network: the same U-Net with a fifth level (channels 16-256, a 12-pixel bottleneck on
+# the 192-pixel grid, so each output pixel sees more of the chest), and nnU-Net's plain U-Net (MONAI
+# `DynUNet`: two 3x3 convolution-norm-LeakyReLU blocks per stage, the first stage at full resolution),
+# five levels of 8-128 channels to stay within about one and a half times the `cpu` recipe's training
+# time (profile setting `architecture`, `"plain"`). Both on all five folds against the recorded `cpu`
+# run, the rule written down before any fold trained. Records:
+# `benchmarks/external_architecture_screen.csv` and `.json`.
+
+# %%
+architecture = ch.architecture_record()
+if show_record(architecture and architecture[0], "Tenth screen, five folds (50 held-out slices): the network",
+               record="external_architecture_screen.*", what="tenth screen"):
+    display(Markdown(ch.paired_screen_words(*architecture)))
+
+# %% [markdown]
+# **What the tenth screen says.** Neither a deeper network nor nnU-Net's plain one does better on 40
+# training slices per fold: both lose about 0.01-0.02 of ground-glass Dice beyond noise and cost more
+# time. Together with the earlier screens (steps, pixels, channels, members, the sampler, consistency
+# learning, self-training), this leaves no lever found on two CPU cores that moves cross-validated ground
+# glass past the `long` profile's; what is left to try needs a GPU (the `paper` profile, larger grids and
+# networks) or pretrained weights from outside this machine.
+
+# %% [markdown]
 # ## Cost
 
 # %%

@@ -1073,6 +1073,28 @@ def test_the_eighth_screen_record_agrees_with_the_seventh_and_the_long_profile_k
     assert check_extra(external_profile("long"))["members"] == 1 and rec["adopted"].startswith("Not adopted")
 
 
+def _paired_screen_against_the_seventh(got, record: str):
+    """A screen of :func:`sscild.book.chapters.external.paired_screen_record` (skipped when absent): its rows
+    in the record's order, the control first, each re-runnable by name; its control the seventh screen's cpu
+    row slice for slice. Returns the table, the record and the page's words for it."""
+    from sscild.book.chapters import external as ch
+    from sscild.external.search import SEARCH_VARIANTS
+
+    if got is None:
+        pytest.skip(f"benchmarks/{record}.* is not in this checkout")
+    table, rec = got
+    assert list(table.index) == list(rec["variants"]) and list(table.index)[0] == rec["control"]
+    assert set(table.index) <= set(SEARCH_VARIANTS)
+    seventh = ch.decision_record(n_boot=200)  # the bootstrap of the page and the reasons
+    if seventh is not None:
+        mine, before = table.attrs["scores"], seventh[0].attrs["scores"]
+        mine = mine[mine["variant"] == rec["control"]].set_index("slice_id").sort_index()
+        theirs = before[before["variant"] == rec["control"]].set_index("slice_id").loc[mine.index]
+        for col in ("dice_ggo", "dice_consolidation"):
+            assert np.array_equal(mine[col].to_numpy(), theirs[col].to_numpy(), equal_nan=True), col
+    return table, rec, ch.paired_screen_words(table, rec)
+
+
 def test_the_ninth_screen_record_agrees_with_the_seventh_and_the_cpu_recipe_keeps_its_sampler():
     """The sampler screen: its rows re-run by name, its control is the seventh screen's cpu row slice for
     slice, the treated row differs from the cpu recipe only in the sampler, the words and the reasons carry
@@ -1080,19 +1102,7 @@ def test_the_ninth_screen_record_agrees_with_the_seventh_and_the_cpu_recipe_keep
     from sscild.book.chapters import external as ch
     from sscild.external.search import SEARCH_VARIANTS
 
-    got, seventh = ch.sampler_record(), ch.decision_record(n_boot=200)  # the bootstrap of the page and the reasons
-    if got is None:
-        pytest.skip("benchmarks/external_sampler_screen.* is not in this checkout")
-    table, rec = got
-    assert list(table.index) == list(rec["variants"]) and list(table.index)[0] == rec["control"]
-    assert set(table.index) <= set(SEARCH_VARIANTS)
-    if seventh is not None:
-        mine, before = table.attrs["scores"], seventh[0].attrs["scores"]
-        mine = mine[mine["variant"] == rec["control"]].set_index("slice_id").sort_index()
-        theirs = before[before["variant"] == rec["control"]].set_index("slice_id").loc[mine.index]
-        assert np.array_equal(mine["dice_consolidation"].to_numpy(), theirs["dice_consolidation"].to_numpy(),
-                              equal_nan=True)
-    words = ch.paired_screen_words(table, rec)
+    table, rec, words = _paired_screen_against_the_seventh(ch.sampler_record(), "external_sampler_screen")
     (treated,) = [v for v in table.index if v != rec["control"]]
     assert external_profile("cpu", **SEARCH_VARIANTS[treated]) == external_profile("cpu", lesion_oversample=0.0)
     for label in ("GGO", "consolidation"):
@@ -1100,3 +1110,26 @@ def test_the_ninth_screen_record_agrees_with_the_seventh_and_the_cpu_recipe_keep
         assert gain in words and f"{label} {gain}" in rec["why"], (label, gain)
     assert rec["adopted"] in words and rec["rule"] in words and rec["adopted"].startswith("Not adopted")
     assert external_profile("cpu").lesion_oversample == 0.5
+
+
+def test_the_tenth_screen_record_agrees_with_the_seventh_and_the_profiles_keep_their_network():
+    """The network screen: its rows re-run by name, its control is the seventh screen's cpu row slice for
+    slice, each treated row is the cpu recipe with another network only, each names its own pretraining, the
+    words and the reasons carry the table's gains, and the profiles keep the network the record says."""
+    from sscild.book.chapters import external as ch
+    from sscild.external.search import SEARCH_VARIANTS
+
+    table, rec, words = _paired_screen_against_the_seventh(ch.architecture_record(), "external_architecture_screen")
+    cpu = external_profile("cpu")
+    network = ("architecture", "channels", "strides", "num_res_units")
+    for treated in (v for v in table.index if v != rec["control"]):
+        p = external_profile("cpu", **SEARCH_VARIANTS[treated])
+        assert p == cpu.with_overrides(**{k: getattr(p, k) for k in network}) and p != cpu
+        assert rec["variants"][treated]["trained"].startswith("in this screen, with its own 2000-step pretraining")
+        for label in ("GGO", "consolidation"):
+            gain = table.loc[treated, f"gain over the control, {label} [95% CI]"]
+            assert gain in words and gain in rec["why"], (treated, label, gain)
+    assert rec["adopted"] in words and rec["rule"] in words
+    if rec["adopted"].startswith("Not adopted"):
+        assert all((external_profile(n).architecture, external_profile(n).channels) == ("unet", (16, 32, 64, 128))
+                   for n in ("cpu", "long"))

@@ -176,7 +176,8 @@ def _make_profiles() -> dict[str, Profile]:
     # that lowered neither class is 1000 more first-stage steps (third screen), which is what this profile adds; the
     # sixth screen (benchmarks/external_steps_screen.*, with the pretraining, five folds) found 2500 more steps on top
     # of these no better, at about twice the training time; the eighth (benchmarks/external_members_screen.*) found a
-    # second network per model (extra["members"] = 2) no better for GGO
+    # second network per model (extra["members"] = 2) no better for GGO; the tenth
+    # (benchmarks/external_architecture_screen.*) found a fifth level and nnU-Net's plain U-Net worse for GGO
     long = cpu.with_overrides(name="external-long", iterations=2500)
     return {"smoke": smoke, "cpu": cpu, "long": long, "paper": paper}
 

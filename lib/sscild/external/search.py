@@ -102,6 +102,12 @@ _NINTH_SCREEN: dict[str, dict] = {  # the sampler, with the decision as adopted,
     "the cpu recipe, every patch centred on any lesion pixel (no consolidation emphasis)": {"lesion_oversample": 0.0},
 }
 
+_TENTH_SCREEN: dict[str, dict] = {  # other networks, each pretrained afresh, with the decision as adopted
+    "the cpu recipe with a fifth level (channels 16-256)": {"channels": [16, 32, 64, 128, 256], "strides": [2, 2, 2, 2]},
+    "the cpu recipe on a plain two-convolution U-Net (nnU-Net blocks), five levels 8-128":
+        {"architecture": "plain", "channels": [8, 16, 32, 64, 128], "strides": [2, 2, 2, 2], "num_res_units": 0},
+}
+
 _EARLIER: dict[str, dict] = {
     # every screen before the third ran without pretraining (pretrain_steps 0): the variants say so, so that they
     # re-run as they were recorded now that the cpu recipe pretrains
@@ -133,6 +139,8 @@ SEARCH_VARIANTS: dict[str, dict] = {
     **_EIGHTH_SCREEN,
     # the ninth screen (the sampler's consolidation emphasis)
     **_NINTH_SCREEN,
+    # the tenth screen (the network: one level more, or nnU-Net's plain blocks)
+    **_TENTH_SCREEN,
 }
 """Variants for :func:`search_recipes`: name -> overrides of the ``cpu`` external profile."""
 

@@ -13,7 +13,7 @@ sentences, from the run's files and from the recorded benchmarks (``benchmarks/e
   :func:`sscild.external.runs.run_external` first; this page never trains).
 * :func:`cv_words`, :func:`lesion_union`: the cross-validated Dice in words; GGO and consolidation as
   one lesion class.
-* the recorded screens and end-to-end runs as tables and words (self-training, the fourth to ninth
+* the recorded screens and end-to-end runs as tables and words (self-training, the fourth to tenth
   screens, the profile runs): re-exported from :mod:`sscild.book.chapters.external_records`.
 * :func:`stage_comparison`: the two training stages of the run side by side.
 * :func:`gpu_caption`, :func:`gpu_words`: the recorded GPU run of the ``paper`` external profile.
@@ -48,7 +48,8 @@ from sscild.book.chapters.external_records import (SELFTRAIN_CV_COMMAND, budget_
                                                    recorded_profile_runs, recorded_profile_words, selftrain_cv,
                                                    selftrain_words, steps_record, steps_words, decision_record,
                                                    decision_words, members_record, members_words,
-                                                   paired_screen_record, paired_screen_words, sampler_record)
+                                                   paired_screen_record, paired_screen_words, sampler_record,
+                                                   architecture_record)
 from sscild.external.screens import consistency_screen, gain_text, lever_screen, paired_gain, semi_screen
 from sscild.external.slices import (CLASS_NAMES, HOW_TO_GET_DATA, SliceImage, default_train_dir,
                                     default_unlabelled_dir, read_slice_folder)

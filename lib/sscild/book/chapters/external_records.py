@@ -16,7 +16,7 @@ sentences that say what each found. :mod:`sscild.book.chapters.external` hands t
   ``long`` profile).
 * :func:`paired_screen_record`, :func:`paired_screen_words`: a screen of variants against one control, paired
   over the same slices; :func:`sampler_record` (the ninth screen: the training sampler's emphasis on
-  consolidation) reads its own.
+  consolidation) and :func:`architecture_record` (the tenth: other networks) read theirs.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ __all__ = [
     "paired_screen_record",
     "paired_screen_words",
     "sampler_record",
+    "architecture_record",
 ]
 
 SELFTRAIN_CV_COMMAND = (
@@ -356,3 +357,8 @@ def sampler_record(*, n_boot: int = 2000) -> tuple[pd.DataFrame, dict] | None:
     the sampler's emphasis on consolidation) by :func:`paired_screen_record`."""
     return paired_screen_record("external_sampler_screen", n_boot=n_boot)
 
+
+def architecture_record(*, n_boot: int = 2000) -> tuple[pd.DataFrame, dict] | None:
+    """The tenth screen (``benchmarks/external_architecture_screen.*``: the cpu recipe and the same recipe on
+    other networks, each with its own pretraining) by :func:`paired_screen_record`."""
+    return paired_screen_record("external_architecture_screen", n_boot=n_boot)

@@ -207,28 +207,13 @@ def recorded_profile_words(table: pd.DataFrame, rec: Mapping) -> str:
             "profile cannot show how much of a gain of this size is that noise.")
 
 
-def _paired_record(name: str, path: str | Path | None, n_boot: int) -> tuple[pd.DataFrame, dict] | None:
-    """A screen's per-slice record ``benchmarks/<name>.csv`` (the control first) and its ``.json`` (with
-    ``reference`` and ``treated_prefix``): the table of :func:`sscild.external.screens.screen_table` with
-    the paired gain over the control and of the treated rows over the reference row, and the record."""
-    path = Path(path) if path is not None else repo_root() / "benchmarks" / f"{name}.json"
-    if not path.exists() or not path.with_suffix(".csv").exists():
-        return None
-    rec = read_json(path)
-    ref = rec["reference"]
-    table = screen_table(pd.read_csv(path.with_suffix(".csv"), dtype={"slice_id": str}), n_boot=n_boot,
-                         baseline_name="the control", control_prefix=ref, treated_prefix=rec["treated_prefix"],
-                         control_name=ref)
-    return table, rec
-
-
 def steps_record(path: str | Path | None = None, *, n_boot: int = 2000) -> tuple[pd.DataFrame, dict] | None:
     """The sixth screen (``benchmarks/external_steps_screen.csv``: per-slice out-of-fold scores of the
     cpu recipe with more first-stage steps, the control first; ``.json``: where each row was trained, its
     training time per fold, what was adopted and why): the table of
     :func:`sscild.external.screens.screen_table` (paired gain over the control, and of the treated rows
     over the record's ``reference`` row) and the record. ``None`` when either file is absent."""
-    return _paired_record("external_steps_screen", path, n_boot)
+    return paired_screen_record("external_steps_screen", path, n_boot=n_boot)
 
 
 def steps_words(table: pd.DataFrame, rec: Mapping) -> str:
@@ -262,7 +247,7 @@ def decision_record(path: str | Path | None = None, *, n_boot: int = 2000) -> tu
     probable class first; ``.json``: how the decision was chosen, what was adopted and why): the table
     (paired gain over the control, and of the long profile's new decision over its most probable class)
     and the record. ``None`` when either file is absent."""
-    return _paired_record("external_decision_screen", path, n_boot)
+    return paired_screen_record("external_decision_screen", path, n_boot=n_boot)
 
 
 def decision_words(table: pd.DataFrame, rec: Mapping, *, n_boot: int = 2000) -> str:
@@ -306,7 +291,7 @@ def members_record(path: str | Path | None = None, *, n_boot: int = 2000) -> tup
     adopted decision, the cpu recipe first; ``.json``: where each row was trained, its training time per
     fold, the rule, what was adopted and why): the table (paired gain over the control, and of the
     treated row over the long profile) and the record. ``None`` when either file is absent."""
-    return _paired_record("external_members_screen", path, n_boot)
+    return paired_screen_record("external_members_screen", path, n_boot=n_boot)
 
 
 def members_words(table: pd.DataFrame, rec: Mapping) -> str:
@@ -323,18 +308,23 @@ def members_words(table: pd.DataFrame, rec: Mapping) -> str:
             f"{note['reading']}.")
 
 
-def paired_screen_record(name: str, *, n_boot: int = 2000) -> tuple[pd.DataFrame, dict] | None:
+def paired_screen_record(name: str, path: str | Path | None = None, *,
+                         n_boot: int = 2000) -> tuple[pd.DataFrame, dict] | None:
     """A screen recorded as ``benchmarks/<name>.csv`` (per-slice out-of-fold scores, the control first) and
     ``<name>.json`` (``control``, ``folds``, ``held_out_slices``, ``rule``, ``adopted``, ``why`` and per
-    variant ``train_seconds_per_fold`` and ``trained``): the table of
-    :func:`sscild.external.screens.screen_table` (paired gain over the control) and the record. ``None``
-    when either file is absent."""
-    path = repo_root() / "benchmarks" / f"{name}.json"
+    variant ``train_seconds_per_fold`` and ``trained``; ``path``: another place for the ``.json``): the table
+    of :func:`sscild.external.screens.screen_table` (paired gain over the control, and -- when the record
+    names a ``reference`` row and a ``treated_prefix`` -- of the treated rows over the reference row) and the
+    record. ``None`` when either file is absent."""
+    path = Path(path) if path is not None else repo_root() / "benchmarks" / f"{name}.json"
     if not path.exists() or not path.with_suffix(".csv").exists():
         return None
+    rec = read_json(path)
+    ref = rec.get("reference")
     table = screen_table(pd.read_csv(path.with_suffix(".csv"), dtype={"slice_id": str}), n_boot=n_boot,
-                         baseline_name="the control")
-    return table, read_json(path)
+                         baseline_name="the control", control_prefix=ref, treated_prefix=rec.get("treated_prefix"),
+                         control_name=ref or "")
+    return table, rec
 
 
 def paired_screen_words(table: pd.DataFrame, rec: Mapping) -> str:
